@@ -1,0 +1,40 @@
+// Typed errors with context. `code` is stable (tests and status match on it); `message` is for people.
+
+export class WeaveError extends Error {
+  readonly code: string;
+  readonly context: Record<string, unknown>;
+  constructor(code: string, message: string, context: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'WeaveError';
+    this.code = code;
+    this.context = context;
+  }
+}
+
+/** Malformed or unexpected bytes from a peer: fatal for that connection only. */
+export class ProtocolError extends WeaveError {
+  constructor(message: string, context: Record<string, unknown> = {}) {
+    super('EPROTO', message, context);
+    this.name = 'ProtocolError';
+  }
+}
+
+/** The peer was refused for a reason an operator must see (password, encryption, name collision ...). */
+export class RefusedError extends WeaveError {
+  constructor(code: string, message: string, context: Record<string, unknown> = {}) {
+    super(code, message, context);
+    this.name = 'RefusedError';
+  }
+}
+
+/** Bad input from a user (CLI flag, API body): the message says what to fix. */
+export class UsageError extends WeaveError {
+  constructor(message: string, context: Record<string, unknown> = {}) {
+    super('EUSAGE', message, context);
+    this.name = 'UsageError';
+  }
+}
+
+export function errMsg(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
