@@ -1,0 +1,576 @@
+// TCP transport: listens and dials on port 6783, runs the wire handshake (mesh/wire.ts) on each
+// socket and hands out authenticated MeshConnections. Owns the per-connection timers (handshake
+// deadline, heartbeats, read timeout, all on the injected Clock), accept rate limiting, and the
+// counters the metrics endpoint reports. Everything protocol-shaped lives in wire.ts.
+import * as net from 'net';
+import { type CryptoEngine } from './crypto';
+import { ProtocolError, RefusedError, WeaveError, errMsg } from './errors';
+import type { Clock, TimerHandle } from './clock';
+import type { Logger } from './log';
+import { type ConnectFailure, type Features, type MeshConnection, Msg, type Transport } from './types';
+import { DEFAULT_MAX_FRAME, type Established, WireSession } from './wire';
+
+export const DEFAULT_PORT = 6783;
+
+export interface TcpTransportOptions {
+  /** listen address; '' = all addresses */
+  host: string;
+  /** listen port; 0 picks a free one (see address()) */
+  port: number;
+  /** shared secret; null or empty = unencrypted */
+  password: Buffer | null;
+  crypto: CryptoEngine;
+  clock: Clock;
+  log: Logger;
+  minVersion?: number;
+  maxVersion?: number;
+  handshakeTimeoutMs?: number;
+  heartbeatMs?: number;
+  /** default 3 * heartbeatMs */
+  readTimeoutMs?: number;
+  acceptRate?: { perSecond: number; burst: number };
+  maxFrame?: number;
+  /** a connection whose unsent bytes exceed this is closed (the peer is not reading) */
+  maxSendQueueBytes?: number;
+}
+
+export interface TransportCounters {
+  accepted: number;
+  established: { inbound: number; outbound: number };
+  refused: Record<string, number>;
+  rateLimited: number;
+  framesIn: number;
+  framesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** established connections closed for a malformed or undecryptable frame */
+  protocolErrors: number;
+  /** exceptions thrown by onMessage/onClose handlers (logged, then ignored) */
+  handlerErrors: number;
+}
+
+/** Parses "host:port", "[v6]:port", "host" or "v6" (port defaults to 6783). */
+export function parseAddress(address: string, defaultPort = DEFAULT_PORT): { host: string; port: number } {
+  const a = address.trim();
+  let host = a;
+  let portStr: string | undefined;
+  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(a);
+  if (v6) {
+    host = v6[1];
+    portStr = v6[2];
+  } else if ((a.match(/:/g) ?? []).length === 1) {
+    const i = a.lastIndexOf(':');
+    host = a.slice(0, i);
+    portStr = a.slice(i + 1);
+  }
+  if (!host) throw new WeaveError('EUSAGE', `invalid peer address "${address}": empty host`);
+  let port = defaultPort;
+  if (portStr !== undefined) {
+    if (!/^\d+$/.test(portStr)) throw new WeaveError('EUSAGE', `invalid peer address "${address}": bad port`);
+    port = Number(portStr);
+    if (port < 1 || port > 65535) throw new WeaveError('EUSAGE', `invalid peer address "${address}": port out of range`);
+  }
+  return { host, port };
+}
+
+function fmtAddr(ip: string | undefined, port: number | undefined): string {
+  if (!ip) return '?';
+  const h = ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
+  return h.includes(':') ? `[${h}]:${port}` : `${h}:${port}`;
+}
+
+/** Token bucket on the injected clock: perSecond refill, at most burst tokens. */
+class TokenBucket {
+  private tokens: number;
+  private last: number;
+  constructor(private readonly clock: Clock, private readonly perSecond: number, private readonly burst: number) {
+    this.tokens = burst;
+    this.last = clock.now();
+  }
+  take(): boolean {
+    const now = this.clock.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) * this.perSecond) / 1000);
+    this.last = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
+const MAX_QUEUED_BEFORE_HANDLER = 10_000;
+// After we end() a socket, give the peer this long to read our last bytes and close its side.
+const LINGER_MS = 2000;
+
+type ConnState = 'handshake' | 'open' | 'closed';
+
+class TcpConnection implements MeshConnection {
+  id = '';
+  remoteAddr: string;
+  localAddr = '';
+  encrypted = false;
+  sessionKey: Uint8Array | null = null;
+  local: Features;
+  remote!: Features;
+
+  private state: ConnState = 'handshake';
+  private readonly session: WireSession;
+  private hsTimer: TimerHandle | undefined;
+  private hbTimer: TimerHandle | undefined;
+  private rtTimer: TimerHandle | undefined;
+  private lingerTimer: TimerHandle | undefined;
+  private lastRead: number;
+  private closeReason: string | null = null;
+  private msgHandler: ((type: number, payload: Uint8Array) => void) | null = null;
+  private closeHandler: ((reason: string) => void) | null = null;
+  private queued: Array<[number, Uint8Array]> = [];
+  private flushScheduled = false;
+  private closeNotified = false;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly t: TcpTransport,
+    private readonly socket: net.Socket,
+    readonly outbound: boolean,
+    local: Features,
+    private readonly settle: (err: WeaveError | null, c: TcpConnection) => void,
+    target: string,
+  ) {
+    this.local = local;
+    this.remoteAddr = target;
+    this.log = t.log.child({ conn: target, outbound });
+    this.lastRead = t.clock.now();
+    socket.setNoDelay(true);
+    this.session = new WireSession(
+      { crypto: t.opts.crypto, password: t.password, outbound, local, minVersion: t.opts.minVersion, maxVersion: t.opts.maxVersion, maxFrame: t.maxFrame },
+      {
+        write: (b) => this.writeRaw(b),
+        established: (e) => this.onEstablished(e),
+        message: (type, payload) => this.onFrame(type, payload),
+      },
+    );
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err: NodeJS.ErrnoException) => this.onSocketError(err));
+    socket.on('end', () => this.onPeerEnd());
+    socket.on('close', () => this.onSocketClose());
+    this.hsTimer = t.clock.setTimeout(() => {
+      this.hsTimer = undefined;
+      this.fail(new WeaveError('ETIMEDOUT', `handshake with ${this.remoteAddr} did not complete within ${t.handshakeTimeoutMs} ms`));
+    }, t.handshakeTimeoutMs);
+    this.session.start();
+  }
+
+  // ---- MeshConnection
+
+  get onMessage(): (type: number, payload: Uint8Array) => void {
+    return this.msgHandler ?? (() => {});
+  }
+  /** Messages that arrive before a handler is set (they can share a chunk with the handshake) are queued, then delivered. */
+  set onMessage(fn: (type: number, payload: Uint8Array) => void) {
+    this.msgHandler = fn;
+    if (this.queued.length) this.scheduleFlush();
+  }
+  get onClose(): (reason: string) => void {
+    return this.closeHandler ?? (() => {});
+  }
+  /** A handler set after the connection already closed is still called (once) with the reason. */
+  set onClose(fn: (reason: string) => void) {
+    this.closeHandler = fn;
+    if (this.state === 'closed' && !this.closeNotified && this.closeReason !== null) {
+      const reason = this.closeReason;
+      queueMicrotask(() => this.notifyClose(reason));
+    }
+  }
+
+  send(type: number, payload: Uint8Array): void {
+    if (this.state !== 'open') return;
+    let frame: Buffer;
+    try {
+      frame = this.session.encode(type, payload);
+    } catch (e) {
+      this.log.error({ err: errMsg(e), type, len: payload.length }, 'cannot frame message; closing connection');
+      this.close(`send failed: ${errMsg(e)}`);
+      return;
+    }
+    if (this.socket.writableLength + frame.length > this.t.maxSendQueueBytes) {
+      this.log.warn({ queued: this.socket.writableLength }, 'peer is not reading; send queue overflow');
+      this.close('send queue overflow');
+      return;
+    }
+    this.t.stats.framesOut++;
+    this.writeRaw(frame);
+  }
+
+  close(reason: string): void {
+    if (this.state === 'closed') return;
+    const wasOpen = this.state === 'open';
+    this.state = 'closed';
+    this.closeReason = reason;
+    this.teardown(true);
+    if (wasOpen) {
+      this.log.info({ reason }, 'connection closed');
+      this.notifyClose(reason);
+    }
+  }
+
+  // ---- internals
+
+  private writeRaw(b: Buffer): void {
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    this.t.stats.bytesOut += b.length;
+    this.socket.write(b);
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.state === 'closed') return;
+    this.t.stats.bytesIn += chunk.length;
+    this.lastRead = this.t.clock.now();
+    try {
+      this.session.push(chunk);
+    } catch (e) {
+      const err = e instanceof WeaveError ? e : new ProtocolError(errMsg(e));
+      if (this.state === 'handshake') this.fail(err);
+      else {
+        this.log.warn({ code: err.code, err: err.message }, 'protocol error; closing connection');
+        this.t.stats.protocolErrors++;
+        this.close(`protocol error: ${err.message}`);
+      }
+    }
+  }
+
+  private onEstablished(e: Established): void {
+    this.t.clock.clearTimeout(this.hsTimer);
+    this.hsTimer = undefined;
+    this.state = 'open';
+    this.remote = e.remote;
+    this.encrypted = e.encrypted;
+    this.sessionKey = e.sessionKey;
+    this.remoteAddr = fmtAddr(this.socket.remoteAddress, this.socket.remotePort);
+    this.localAddr = fmtAddr(this.socket.localAddress, this.socket.localPort);
+    if (this.outbound) this.id = this.local.connId;
+    else {
+      this.id = e.remote.connId;
+      this.local = { ...this.local, connId: e.remote.connId };
+    }
+    this.t.stats.established[this.outbound ? 'outbound' : 'inbound']++;
+    this.log.info({ remote: this.remoteAddr, peer: e.remote.name, nickname: e.remote.nickname, encrypted: e.encrypted, version: e.version, connId: this.id }, 'connection established');
+    this.lastRead = this.t.clock.now();
+    this.scheduleHeartbeat();
+    this.scheduleReadCheck(this.t.readTimeoutMs);
+    this.settle(null, this);
+  }
+
+  private onFrame(type: number, payload: Buffer): void {
+    this.t.stats.framesIn++;
+    if (type === Msg.Heartbeat) return;
+    if (this.msgHandler && this.queued.length === 0) {
+      this.deliver(type, payload);
+      return;
+    }
+    if (this.queued.length >= MAX_QUEUED_BEFORE_HANDLER) {
+      this.close('no message handler attached');
+      return;
+    }
+    this.queued.push([type, payload]);
+    if (this.msgHandler) this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => {
+      this.flushScheduled = false;
+      while (this.queued.length && this.msgHandler && this.state === 'open') {
+        const [type, payload] = this.queued.shift() as [number, Uint8Array];
+        this.deliver(type, payload);
+      }
+    });
+  }
+
+  private deliver(type: number, payload: Uint8Array): void {
+    try {
+      (this.msgHandler as (t: number, p: Uint8Array) => void)(type, payload);
+    } catch (e) {
+      // A bug in a consumer must not kill the connection for everyone else's messages.
+      this.t.stats.handlerErrors++;
+      this.log.error({ err: errMsg(e), type }, 'onMessage handler threw');
+    }
+  }
+
+  private notifyClose(reason: string): void {
+    if (this.closeNotified || !this.closeHandler) return;
+    this.closeNotified = true;
+    try {
+      this.closeHandler(reason);
+    } catch (e) {
+      this.t.stats.handlerErrors++;
+      this.log.error({ err: errMsg(e) }, 'onClose handler threw');
+    }
+  }
+
+  private scheduleHeartbeat(): void {
+    this.hbTimer = this.t.clock.setTimeout(() => {
+      if (this.state !== 'open') return;
+      this.send(Msg.Heartbeat, EMPTY);
+      if (this.state === 'open') this.scheduleHeartbeat();
+    }, this.t.heartbeatMs);
+  }
+
+  // One timer per read-timeout period instead of one reset per packet: on expiry check how long
+  // the line has really been silent and re-arm for the remainder.
+  private scheduleReadCheck(ms: number): void {
+    this.rtTimer = this.t.clock.setTimeout(() => {
+      if (this.state !== 'open') return;
+      const idle = this.t.clock.now() - this.lastRead;
+      if (idle >= this.t.readTimeoutMs) {
+        this.log.warn({ idleMs: idle }, 'nothing received within the read timeout');
+        this.close('read timeout');
+      } else this.scheduleReadCheck(this.t.readTimeoutMs - idle);
+    }, ms);
+  }
+
+  /** Handshake failure: log, count, report, close. */
+  private fail(err: WeaveError): void {
+    if (this.state !== 'handshake') return;
+    this.state = 'closed';
+    this.closeReason = err.message;
+    this.t.countRefused(err.code);
+    // A refusal ends gracefully so the peer still reads our last handshake bytes and reaches the
+    // same verdict; garbage, timeouts and socket errors are cut at once.
+    this.teardown(err instanceof RefusedError);
+    this.settle(err, this);
+  }
+
+  private onSocketError(err: NodeJS.ErrnoException): void {
+    const code = err.code ?? 'ESOCKET';
+    if (this.state === 'handshake') this.fail(new WeaveError(code, `${this.remoteAddr}: ${err.message}`, { remote: this.remoteAddr }));
+    else if (this.state === 'open') this.close(`socket error: ${code}`);
+  }
+
+  private onPeerEnd(): void {
+    if (this.state === 'handshake') this.fail(new WeaveError('ECONNRESET', `${this.remoteAddr} closed the connection during the handshake`));
+    else if (this.state === 'open') this.close('closed by peer');
+  }
+
+  private onSocketClose(): void {
+    this.t.clock.clearTimeout(this.lingerTimer);
+    this.lingerTimer = undefined;
+    if (this.state === 'handshake') this.fail(new WeaveError('ECONNRESET', `${this.remoteAddr} closed the connection during the handshake`));
+    else if (this.state === 'open') this.close('closed by peer');
+    this.t.forget(this);
+  }
+
+  /** graceful: end() so our last bytes (e.g. the features frame) reach the peer, destroy after a linger. */
+  private teardown(graceful: boolean): void {
+    this.session.stop();
+    this.t.clock.clearTimeout(this.hsTimer);
+    this.t.clock.clearTimeout(this.hbTimer);
+    this.t.clock.clearTimeout(this.rtTimer);
+    this.hsTimer = this.hbTimer = this.rtTimer = undefined;
+    this.queued = [];
+    if (this.socket.destroyed) return;
+    if (!graceful) {
+      this.socket.destroy();
+      return;
+    }
+    this.socket.end();
+    this.lingerTimer = this.t.clock.setTimeout(() => {
+      this.lingerTimer = undefined;
+      this.socket.destroy();
+    }, LINGER_MS);
+  }
+
+  /** Immediate close used when the whole transport shuts down. */
+  destroy(reason: string): void {
+    if (this.state === 'handshake') this.fail(new WeaveError('ECLOSED', `transport closed during the handshake with ${this.remoteAddr}`));
+    else this.close(reason);
+    this.t.clock.clearTimeout(this.lingerTimer);
+    this.socket.destroy();
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+export class TcpTransport implements Transport {
+  readonly opts: TcpTransportOptions;
+  readonly log: Logger;
+  readonly clock: Clock;
+  readonly password: Buffer | null;
+  readonly handshakeTimeoutMs: number;
+  readonly heartbeatMs: number;
+  readonly readTimeoutMs: number;
+  readonly maxFrame: number;
+  readonly maxSendQueueBytes: number;
+  readonly stats: TransportCounters = {
+    accepted: 0,
+    established: { inbound: 0, outbound: 0 },
+    refused: {},
+    rateLimited: 0,
+    framesIn: 0,
+    framesOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    protocolErrors: 0,
+    handlerErrors: 0,
+  };
+
+  private server: net.Server | null = null;
+  private localFeatures: Features | null = null;
+  private readonly conns = new Set<TcpConnection>();
+  private readonly bucket: TokenBucket;
+  private rateLogAt = -Infinity;
+  private rateSuppressed = 0;
+  private closed = false;
+
+  constructor(opts: TcpTransportOptions) {
+    this.opts = opts;
+    this.log = opts.log.child({ component: 'tcp' });
+    this.clock = opts.clock;
+    this.password = opts.password && opts.password.length > 0 ? opts.password : null;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 5000;
+    this.heartbeatMs = opts.heartbeatMs ?? 5000;
+    this.readTimeoutMs = opts.readTimeoutMs ?? 3 * this.heartbeatMs;
+    this.maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME;
+    this.maxSendQueueBytes = opts.maxSendQueueBytes ?? 64 * 1024 * 1024;
+    const rate = opts.acceptRate ?? { perSecond: 20, burst: 40 };
+    this.bucket = new TokenBucket(opts.clock, rate.perSecond, rate.burst);
+  }
+
+  setLocalFeatures(f: Features): void {
+    this.localFeatures = f;
+  }
+
+  listen(onConnection: (c: MeshConnection) => void, onRefused: (remoteAddr: string, f: ConnectFailure) => void): Promise<void> {
+    if (this.server) return Promise.reject(new WeaveError('EINVAL', 'already listening'));
+    const server = net.createServer({ noDelay: true });
+    this.server = server;
+    server.on('connection', (socket) => this.onAccept(socket, onConnection, onRefused));
+    return new Promise((resolve, reject) => {
+      const onErr = (err: NodeJS.ErrnoException): void => {
+        this.server = null;
+        reject(new WeaveError(err.code ?? 'ELISTEN', `cannot listen on ${this.opts.host || '*'}:${this.opts.port}: ${err.message}`));
+      };
+      server.once('error', onErr);
+      server.listen({ host: this.opts.host || undefined, port: this.opts.port }, () => {
+        server.off('error', onErr);
+        server.on('error', (err) => this.log.error({ err: errMsg(err) }, 'listener error'));
+        const a = this.address();
+        this.log.info({ host: a.host, port: a.port }, 'listening');
+        resolve();
+      });
+    });
+  }
+
+  /** The bound address (after listen resolves). */
+  address(): { host: string; port: number } {
+    const a = this.server?.address();
+    if (!a || typeof a === 'string') throw new WeaveError('EINVAL', 'not listening');
+    return { host: a.address, port: a.port };
+  }
+
+  private onAccept(socket: net.Socket, onConnection: (c: MeshConnection) => void, onRefused: (remoteAddr: string, f: ConnectFailure) => void): void {
+    const remote = fmtAddr(socket.remoteAddress, socket.remotePort);
+    if (this.closed) {
+      socket.destroy();
+      return;
+    }
+    if (!this.bucket.take()) {
+      socket.destroy();
+      this.stats.rateLimited++;
+      // Under a flood, one line per second with the count, not one per connection.
+      const now = this.clock.now();
+      if (now - this.rateLogAt >= 1000) {
+        this.log.warn({ remote, suppressed: this.rateSuppressed, total: this.stats.rateLimited }, 'inbound connection rate limited');
+        this.rateLogAt = now;
+        this.rateSuppressed = 0;
+      } else this.rateSuppressed++;
+      return;
+    }
+    if (!this.localFeatures) {
+      this.log.error({ remote }, 'inbound connection before setLocalFeatures(); dropping it');
+      socket.destroy();
+      this.countRefused('ENOTREADY');
+      onRefused(remote, { code: 'ENOTREADY', message: 'router not ready (no local features yet)' });
+      return;
+    }
+    this.stats.accepted++;
+    const conn = new TcpConnection(
+      this,
+      socket,
+      false,
+      this.localFeatures,
+      (err, c) => {
+        if (err) {
+          this.log.warn({ remote: c.remoteAddr, code: err.code, err: err.message }, 'inbound connection refused');
+          try {
+            onRefused(c.remoteAddr, { code: err.code, message: err.message });
+          } catch (e) {
+            this.stats.handlerErrors++;
+            this.log.error({ err: errMsg(e) }, 'onRefused handler threw');
+          }
+          return;
+        }
+        try {
+          onConnection(c);
+        } catch (e) {
+          this.stats.handlerErrors++;
+          this.log.error({ err: errMsg(e) }, 'onConnection handler threw; closing the connection');
+          c.close('onConnection handler failed');
+        }
+      },
+      remote,
+    );
+    this.conns.add(conn);
+  }
+
+  dial(address: string, local: Features): Promise<MeshConnection> {
+    if (this.closed) return Promise.reject(new WeaveError('ECLOSED', 'transport is closed'));
+    let target: { host: string; port: number };
+    try {
+      target = parseAddress(address);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const label = target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: target.host, port: target.port, noDelay: true });
+      const conn = new TcpConnection(
+        this,
+        socket,
+        true,
+        local,
+        (err, c) => {
+          if (err) {
+            const lvl = err instanceof RefusedError || err instanceof ProtocolError ? 'warn' : 'info';
+            this.log[lvl]({ remote: label, code: err.code, err: err.message }, 'dial failed');
+            reject(err);
+          } else resolve(c);
+        },
+        label,
+      );
+      this.conns.add(conn);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const c of [...this.conns]) c.destroy('transport closed');
+    this.conns.clear();
+    const s = this.server;
+    this.server = null;
+    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  counters(): TransportCounters {
+    return { ...this.stats, established: { ...this.stats.established }, refused: { ...this.stats.refused } };
+  }
+
+  // ---- used by TcpConnection
+
+  countRefused(code: string): void {
+    this.stats.refused[code] = (this.stats.refused[code] ?? 0) + 1;
+  }
+
+  forget(c: TcpConnection): void {
+    this.conns.delete(c);
+  }
+}
