@@ -1,0 +1,80 @@
+// Router configuration: one typed object built from CLI flags and the environment, validated here
+// so the daemon never sees a half-checked value. Errors say what to fix.
+import * as fs from 'fs';
+import { UsageError } from '../mesh/errors';
+import type { Level } from '../mesh/log';
+
+export const DEFAULT_PORT = 6783;
+export const DEFAULT_HTTP_ADDR = '127.0.0.1:6784';
+export const DEFAULT_DATA_DIR = '/var/lib/weave';
+
+export interface RouterConfig {
+  dataDir: string;
+  name?: string;
+  nickname?: string;
+  host: string;
+  port: number;
+  httpAddr: { host: string; port: number };
+  password: Buffer | null;
+  connLimit: number;
+  discovery: boolean;
+  resume: boolean;
+  peers: string[];
+  logLevel: Level;
+  fastdp: boolean;
+  crypto?: 'sodium' | 'tweetnacl';
+}
+
+export function dataDirFromEnv(env: NodeJS.ProcessEnv = process.env): string {
+  return env.WEAVE_DATA_DIR || DEFAULT_DATA_DIR;
+}
+
+export function parseHostPort(s: string, defaultPort: number, what: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*))(?::(\d+))?$/.exec(s.trim());
+  if (!m) throw new UsageError(`invalid ${what} "${s}": expected HOST[:PORT]`);
+  const host = m[1] ?? m[2] ?? '';
+  const port = m[3] === undefined ? defaultPort : Number(m[3]);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`invalid ${what} "${s}": port must be 0-65535`);
+  return { host, port };
+}
+
+export function parsePort(s: string | number, what: string): number {
+  const n = typeof s === 'number' ? s : Number(s);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`invalid ${what} "${s}": expected a port number 1-65535`);
+  return n;
+}
+
+export function httpAddrFrom(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): { host: string; port: number } {
+  const s = flag || env.WEAVE_HTTP_ADDR || DEFAULT_HTTP_ADDR;
+  const a = parseHostPort(s, 6784, '--http-addr');
+  return { host: a.host || '127.0.0.1', port: a.port };
+}
+
+/** The password never comes from argv (it would show in ps): WEAVE_PASSWORD or --password-file. */
+export function loadPassword(passwordFile: string | undefined, env: NodeJS.ProcessEnv = process.env): Buffer | null {
+  if (passwordFile) {
+    let text: string;
+    try {
+      text = fs.readFileSync(passwordFile, 'utf8');
+    } catch (e) {
+      throw new UsageError(`cannot read --password-file ${passwordFile}: ${(e as Error).message}`);
+    }
+    const pw = text.replace(/\r?\n$/, '');
+    if (!pw) throw new UsageError(`--password-file ${passwordFile} is empty`);
+    return Buffer.from(pw, 'utf8');
+  }
+  if (env.WEAVE_PASSWORD) return Buffer.from(env.WEAVE_PASSWORD, 'utf8');
+  return null;
+}
+
+const LEVELS: Level[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+export function parseLevel(s: string): Level {
+  if (!LEVELS.includes(s as Level)) throw new UsageError(`invalid --log-level "${s}": one of ${LEVELS.join(', ')}`);
+  return s as Level;
+}
+
+export function parseConnLimit(s: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`invalid --conn-limit "${s}": expected a whole number >= 0`);
+  return n;
+}

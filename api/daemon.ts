@@ -1,0 +1,206 @@
+// The router process: builds every component from one RouterConfig with explicit inputs, serves the
+// HTTP API, and shuts down cleanly on SIGTERM/SIGINT or POST /stop. `weave router` runs this in the
+// foreground; `weave launch` runs it detached and waits for the API.
+import * as fs from 'fs';
+import * as path from 'path';
+import { ApiServer } from './http';
+import { MetricsWriter } from './metrics';
+import type { RouterConfig } from './config';
+import type { Report } from './views';
+import { UsageError, WeaveError, errMsg } from '../mesh/errors';
+import { Logger, rootLogger, componentLogger } from '../mesh/log';
+import { realClock } from '../mesh/clock';
+import { loadIdentity } from '../mesh/peer';
+import { loadCrypto } from '../mesh/crypto';
+import { TcpTransport } from '../mesh/tcp-transport';
+import { Mesh } from '../mesh/mesh';
+import { PROTOCOL_MIN_VERSION, PROTOCOL_MAX_VERSION } from '../mesh/wire';
+
+export const VERSION: string = (() => {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')).version;
+  } catch {
+    return 'unknown';
+  }
+})();
+
+export function pidFile(dataDir: string): string {
+  return path.join(dataDir, 'router.pid');
+}
+
+/** The pid in dataDir/router.pid if that process is alive and is a weave router. */
+export function runningPid(dataDir: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(pidFile(dataDir), 'utf8').trim());
+  } catch {
+    return undefined;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  try {
+    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return cmd.includes('weave') && cmd.includes('router') ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Targets persist across restarts (`--resume`); written atomically. */
+export class FileTargetStore {
+  constructor(private readonly file: string, private readonly log: Logger) {}
+  load(): string[] {
+    try {
+      const v = JSON.parse(fs.readFileSync(this.file, 'utf8'));
+      if (Array.isArray(v?.targets) && v.targets.every((t: unknown) => typeof t === 'string')) return v.targets;
+      this.log.warn({ file: this.file }, 'target file malformed; starting with no stored targets');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ file: this.file, err: errMsg(e) }, 'cannot read stored targets');
+    }
+    return [];
+  }
+  save(targets: string[]): void {
+    const tmp = `${this.file}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify({ v: 1, targets }) + '\n');
+    fs.renameSync(tmp, this.file);
+  }
+}
+
+function stringList(body: any, key: string): string[] {
+  const v = body?.[key];
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.length > 0)) {
+    throw new UsageError(`"${key}" must be a list of non-empty strings`);
+  }
+  return v;
+}
+
+export interface RouterHandle {
+  report(): Report;
+  stop(reason: string): Promise<void>;
+  readonly stopped: Promise<void>;
+}
+
+export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; installSignalHandlers?: boolean } = {}): Promise<RouterHandle> {
+  const root = opts.log ?? rootLogger({ level: cfg.logLevel });
+  const log = componentLogger(root, 'router');
+  fs.mkdirSync(cfg.dataDir, { recursive: true });
+  const other = runningPid(cfg.dataDir);
+  if (other && other !== process.pid) throw new WeaveError('ERUNNING', `a weave router is already running with data dir ${cfg.dataDir} (pid ${other}); use "weave stop" first`);
+
+  const identity = loadIdentity(cfg.dataDir, { name: cfg.name, nickname: cfg.nickname });
+  const crypto = loadCrypto(cfg.crypto ?? 'sodium', componentLogger(root, 'crypto'));
+  const clock = realClock;
+  const transport = new TcpTransport({
+    host: cfg.host,
+    port: cfg.port,
+    password: cfg.password,
+    crypto,
+    clock,
+    log: componentLogger(root, 'transport'),
+  });
+  const targetStore = new FileTargetStore(path.join(cfg.dataDir, 'targets.json'), log);
+  if (!cfg.resume) targetStore.save(cfg.peers);
+  const mesh = new Mesh({
+    identity,
+    transport,
+    clock,
+    log: componentLogger(root, 'mesh'),
+    encryption: cfg.password !== null,
+    port: cfg.port,
+    connLimit: cfg.connLimit,
+    discovery: cfg.discovery,
+    overlays: [],
+    overlayParams: {},
+    targetStore,
+  });
+
+  const startedAt = Date.now();
+  const api = new ApiServer(componentLogger(root, 'api'));
+  let stopping: Promise<void> | undefined;
+  let resolveStopped!: () => void;
+  const stopped = new Promise<void>((r) => { resolveStopped = r; });
+
+  const report = (): Report => ({
+    version: VERSION,
+    router: {
+      ...mesh.status(),
+      protocolMinVersion: PROTOCOL_MIN_VERSION,
+      protocolMaxVersion: PROTOCOL_MAX_VERSION,
+      port: cfg.port,
+      crypto: crypto.name,
+      dataDir: cfg.dataDir,
+      pid: process.pid,
+      startedAt,
+    },
+  });
+
+  const metrics = (): string => {
+    const m = new MetricsWriter();
+    const st = mesh.status();
+    m.gauge('weave_peers', 'Number of peers in the topology, including this one.', st.peers.length);
+    const byState = new Map<string, number>();
+    for (const c of st.connections) byState.set(c.state, (byState.get(c.state) ?? 0) + 1);
+    for (const s of ['connecting', 'retrying', 'failed', 'pending', 'established']) {
+      m.gauge('weave_connections', 'Connections by state.', byState.get(s) ?? 0, { state: s });
+    }
+    m.gauge('weave_targets', 'Configured connection targets.', st.targets.length);
+    const tc = transport.counters();
+    m.counter('weave_connections_accepted_total', 'Inbound TCP connections accepted.', tc.accepted);
+    m.counter('weave_connections_rate_limited_total', 'Inbound connections closed by the accept rate limit.', tc.rateLimited);
+    for (const [code, n] of Object.entries(tc.refused)) m.counter('weave_connections_refused_total', 'Connections refused, by reason code.', n, { code });
+    m.counter('weave_control_frames_total', 'Control-plane frames.', tc.framesIn, { direction: 'in' });
+    m.counter('weave_control_frames_total', 'Control-plane frames.', tc.framesOut, { direction: 'out' });
+    m.counter('weave_control_bytes_total', 'Control-plane bytes.', tc.bytesIn, { direction: 'in' });
+    m.counter('weave_control_bytes_total', 'Control-plane bytes.', tc.bytesOut, { direction: 'out' });
+    m.counter('weave_api_requests_total', 'HTTP API requests.', api.requests);
+    return m.text();
+  };
+
+  const stop = (reason: string): Promise<void> => {
+    if (!stopping) {
+      stopping = (async () => {
+        log.info({ reason }, 'router stopping');
+        await api.close().catch((e) => log.warn({ err: errMsg(e) }, 'API close failed'));
+        await mesh.stop().catch((e) => log.warn({ err: errMsg(e) }, 'mesh stop failed'));
+        try {
+          if (runningPid(cfg.dataDir) === process.pid || fs.readFileSync(pidFile(cfg.dataDir), 'utf8').trim() === String(process.pid)) fs.rmSync(pidFile(cfg.dataDir), { force: true });
+        } catch { /* no pid file */ }
+        log.info('router stopped');
+        resolveStopped();
+      })();
+    }
+    return stopping;
+  };
+
+  api.add('GET', '/status', () => report());
+  api.add('GET', '/report', () => report());
+  api.add('GET', '/metrics', () => metrics(), { text: true });
+  api.add('POST', '/connect', ({ body }) => {
+    const peers = stringList(body, 'peers');
+    mesh.connect(peers, { replace: body.replace === true });
+    return { targets: mesh.targets() };
+  });
+  api.add('POST', '/forget', ({ body }) => {
+    mesh.forget(stringList(body, 'peers'));
+    return { targets: mesh.targets() };
+  });
+  api.add('POST', '/stop', () => {
+    setImmediate(() => void stop('stop requested through the API'));
+    return { stopping: true };
+  });
+
+  await mesh.start();
+  if (!cfg.resume && cfg.peers.length) mesh.connect(cfg.peers);
+  try {
+    await api.listen(cfg.httpAddr.host, cfg.httpAddr.port);
+  } catch (e) {
+    await mesh.stop();
+    throw new WeaveError('EAPI', `cannot listen for the HTTP API on ${cfg.httpAddr.host}:${cfg.httpAddr.port}: ${errMsg(e)}`);
+  }
+  fs.writeFileSync(pidFile(cfg.dataDir), `${process.pid}\n`);
+  log.info({ name: identity.name, nickname: identity.nickname, port: cfg.port, http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, encryption: cfg.password !== null, crypto: crypto.name }, 'router ready');
+
+  if (opts.installSignalHandlers !== false) {
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => void stop(`signal ${sig}`));
+  }
+  return { report, stop, stopped };
+}

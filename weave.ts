@@ -1,0 +1,215 @@
+// weave CLI: the commands a Weave Net user knows. Client commands talk to the router's HTTP API
+// (127.0.0.1:6784 in the current namespace, or --http-addr / WEAVE_HTTP_ADDR); `router` runs the
+// router in the foreground and `launch` starts it detached and waits until it answers.
+import { Command, Option, CommanderError } from 'commander';
+import { spawn } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { ApiClient } from './api/client';
+import {
+  DEFAULT_PORT, RouterConfig, dataDirFromEnv, httpAddrFrom, loadPassword, parseConnLimit, parseLevel, parsePort, parseHostPort,
+} from './api/config';
+import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
+import { WeaveError, UsageError, errMsg } from './mesh/errors';
+
+function fail(msg: string, code = 1): never {
+  process.stderr.write(`weave: ${msg}\n`);
+  process.exit(code);
+}
+
+function client(opts: { httpAddr?: string }): ApiClient {
+  const a = httpAddrFrom(opts.httpAddr);
+  return new ApiClient(a.host, a.port);
+}
+
+interface RouterFlags {
+  name?: string; nickname?: string; port: string; host: string; passwordFile?: string; connLimit: string;
+  discovery: boolean; resume?: boolean; httpAddr?: string; logLevel: string; fastdp: boolean; crypto?: string;
+}
+
+function addRouterFlags(c: Command): Command {
+  return c
+    .option('--name <mac>', 'peer name (six hex bytes like 8a:3e:01:02:03:04); default: persisted random name')
+    .option('--nickname <name>', 'nickname shown next to the peer name (default: hostname)')
+    .option('--port <port>', 'TCP (control) and UDP (sleeve) port', String(DEFAULT_PORT))
+    .option('--host <addr>', 'address to listen on (default: all)', '')
+    .option('--password-file <file>', 'file holding the mesh password (or set WEAVE_PASSWORD); never pass it on the command line')
+    .option('--conn-limit <n>', 'maximum number of connections', '200')
+    .option('--no-discovery', 'do not connect to peers learned through gossip')
+    .option('--resume', 'reconnect to the stored targets instead of the peers given')
+    .option('--http-addr <host:port>', 'HTTP API address (env WEAVE_HTTP_ADDR)')
+    .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
+    .option('--no-fastdp', 'do not use the kernel fast datapath')
+    .addOption(new Option('--crypto <engine>', 'crypto engine').choices(['sodium', 'tweetnacl']).hideHelp());
+}
+
+function routerConfig(peers: string[], f: RouterFlags): RouterConfig {
+  for (const p of peers) parseHostPort(p, DEFAULT_PORT, 'peer address');
+  return {
+    dataDir: dataDirFromEnv(),
+    name: f.name,
+    nickname: f.nickname,
+    host: f.host,
+    port: parsePort(f.port, '--port'),
+    httpAddr: httpAddrFrom(f.httpAddr),
+    password: loadPassword(f.passwordFile),
+    connLimit: parseConnLimit(f.connLimit),
+    discovery: f.discovery,
+    resume: !!f.resume,
+    peers,
+    logLevel: parseLevel(f.logLevel),
+    fastdp: f.fastdp,
+    crypto: f.crypto as RouterConfig['crypto'],
+  };
+}
+
+async function waitForApi(api: ApiClient, deadlineMs: number, alive: () => boolean): Promise<Report> {
+  const end = Date.now() + deadlineMs;
+  let last = '';
+  while (Date.now() < end) {
+    try {
+      return await api.request<Report>('GET', '/status', undefined, { timeoutMs: 2000 });
+    } catch (e) {
+      last = errMsg(e);
+    }
+    if (!alive()) throw new WeaveError('ESTART', 'the router exited during start-up');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new WeaveError('ETIMEDOUT', `the router did not answer within ${deadlineMs / 1000}s (${last})`);
+}
+
+function tail(file: string, lines = 20): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('weave')
+    .description('weave.ts: an encrypted mesh overlay network for hosts and containers')
+    .showHelpAfterError()
+    .exitOverride();
+
+  addRouterFlags(program.command('router').description('run the router in the foreground').argument('[peers...]', 'peers to connect to (host[:port])'))
+    .action(async (peers: string[], f: RouterFlags) => {
+      const cfg = routerConfig(peers, f);
+      const { runRouter } = await import('./api/daemon');
+      const h = await runRouter(cfg);
+      await h.stopped;
+      process.exit(0);
+    });
+
+  addRouterFlags(program.command('launch').description('start the router in the background and wait until it is ready').argument('[peers...]', 'peers to connect to (host[:port])'))
+    .action(async (peers: string[], f: RouterFlags) => {
+      const cfg = routerConfig(peers, f); // validate here so errors show at once
+      const { runningPid } = await import('./api/daemon');
+      const pid = runningPid(cfg.dataDir);
+      if (pid) fail(`a weave router is already running with data dir ${cfg.dataDir} (pid ${pid}); use "weave stop" first`);
+      fs.mkdirSync(cfg.dataDir, { recursive: true });
+      const logFile = path.join(cfg.dataDir, 'weave.log');
+      const out = fs.openSync(logFile, 'a');
+      const args = process.argv.slice(process.argv.indexOf('launch') + 1);
+      const child = spawn(process.execPath, [...process.execArgv, __filename, 'router', ...args], { detached: true, stdio: ['ignore', out, out], env: process.env });
+      child.unref();
+      let exited = false;
+      child.on('exit', () => { exited = true; });
+      try {
+        const r = await waitForApi(new ApiClient(cfg.httpAddr.host, cfg.httpAddr.port), 30_000, () => !exited);
+        process.stdout.write(`${r.router.name}\n`);
+        process.exit(0);
+      } catch (e) {
+        fail(`${errMsg(e)}; log ${logFile}:\n${tail(logFile)}`);
+      }
+    });
+
+  program.command('stop').description('stop the router').option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (o: { httpAddr?: string }) => {
+      await stopRouter(o);
+    });
+
+  program.command('reset').description('stop the router and forget all its state (peer name, targets, ...)').option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (o: { httpAddr?: string }) => {
+      await stopRouter(o, true);
+      const dir = dataDirFromEnv();
+      for (const f of ['peer-name', 'targets.json', 'router.pid']) fs.rmSync(path.join(dir, f), { force: true });
+    });
+
+  program.command('connect').description('add connection targets').option('--replace', 'replace the targets with these').argument('<peers...>').option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (peers: string[], o: { replace?: boolean; httpAddr?: string }) => {
+      for (const p of peers) parseHostPort(p, DEFAULT_PORT, 'peer address');
+      await client(o).request('POST', '/connect', { peers, replace: !!o.replace });
+    });
+
+  program.command('forget').description('remove connection targets').argument('<peers...>').option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (peers: string[], o: { httpAddr?: string }) => {
+      await client(o).request('POST', '/forget', { peers });
+    });
+
+  program.command('status').description('router status: summary, or peers | connections | targets').argument('[what]').option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (what: string | undefined, o: { httpAddr?: string }) => {
+      const views: Record<string, (r: Report) => string> = { peers: renderPeers, connections: renderConnections, targets: renderTargets };
+      if (what && !views[what]) throw new UsageError(`unknown status view "${what}": one of ${Object.keys(views).join(', ')}`);
+      const r = await client(o).request<Report>('GET', '/report');
+      process.stdout.write(what ? views[what](r) : renderSummary(r));
+    });
+
+  program.command('report').description('full router state as JSON').option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (o: { httpAddr?: string }) => {
+      const r = await client(o).request('GET', '/report');
+      process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+    });
+
+  program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down')
+    .action(async () => {
+      const { runDemo } = await import('./test/lab/demo');
+      process.exit(await runDemo());
+    });
+
+  return program;
+}
+
+async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false): Promise<void> {
+  const { runningPid } = await import('./api/daemon');
+  const dataDir = dataDirFromEnv();
+  const pid = runningPid(dataDir);
+  try {
+    await client(o).request('POST', '/stop', {}, { timeoutMs: 5000 });
+  } catch (e) {
+    if (!(e instanceof WeaveError && e.code === 'ENOTRUNNING')) throw e;
+    if (!pid) {
+      if (quietIfNotRunning) return;
+      throw e;
+    }
+    process.kill(pid, 'SIGTERM');
+  }
+  if (pid) {
+    const end = Date.now() + 10_000;
+    while (pidAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    if (pidAlive(pid)) throw new WeaveError('ETIMEDOUT', `router pid ${pid} did not stop within 10s`);
+  }
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
+    if (e instanceof UsageError) fail(e.message, 2);
+    if (e instanceof WeaveError) fail(e.message, 1);
+    fail(e instanceof Error ? (e.stack ?? e.message) : String(e), 1);
+  }
+}
+
+if (require.main === module) void main(process.argv);
