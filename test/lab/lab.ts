@@ -50,6 +50,12 @@ export class Host {
     return JSON.parse(r.stdout);
   }
 
+  /** GET a path of this host's router API (127.0.0.1:6784 inside the namespace) as text. */
+  async httpGet(urlPath: string): Promise<string> {
+    const script = `require('http').get('http://127.0.0.1:6784${urlPath}',r=>{let d='';r.setEncoding('utf8');r.on('data',c=>d+=c);r.on('end',()=>{process.stdout.write(d);process.exit(r.statusCode===200?0:1)})}).on('error',e=>{console.error(e.message);process.exit(1)})`;
+    return (await this.exec([process.execPath, '-e', script], { timeoutMs: 15_000 })).stdout;
+  }
+
   /** Starts `weave router ARGS` in the foreground (as a child we own), returns when spawned. */
   startRouter(args: string[], env: Record<string, string> = {}): RouterProcess {
     const child = spawn('ip', ['netns', 'exec', this.ns, process.execPath, '--enable-source-maps', WEAVE_JS, 'router', ...args], {

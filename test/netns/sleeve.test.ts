@@ -1,0 +1,196 @@
+// The sleeve end to end: containers on different lab hosts, real ping / iperf3 / tcpdump.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'fs';
+import * as path from 'path';
+import { Container, Host, Lab, withLab } from '../lab/lab';
+import { run, waitFor } from '../lab/exec';
+
+const PW = { WEAVE_PASSWORD: 'sleeve test password' };
+
+async function launch(h: Host, args: string[], env: Record<string, string> = {}): Promise<string> {
+  return (await h.weave(['launch', '--nickname', h.name, '--no-fastdp', ...args], { env })).stdout.trim();
+}
+
+async function attach(h: Host, c: Container, cidr: string): Promise<void> {
+  await h.weave(['attach', cidr, c.ns]);
+}
+
+async function sleeveEstablished(h: Host, n: number): Promise<any> {
+  return waitFor(`${h.name}: ${n} sleeve connections established`, async () => {
+    const rep = await h.report();
+    const est = rep.router.connections.filter((c: any) => c.state === 'established' && c.overlay === 'sleeve');
+    return est.length === n ? rep : undefined;
+  }, { timeoutMs: 30_000, intervalMs: 300 });
+}
+
+/** A remote address is reachable once the owning router's announcement arrived: poll with single pings. */
+async function pingable(c: Container, addr: string, timeoutMs = 20_000): Promise<void> {
+  await waitFor(`${c.name} to ping ${addr}`, async () => (await c.exec(['ping', '-c', '1', '-W', '1', addr], { allowFail: true })).code === 0, { timeoutMs, intervalMs: 200 });
+}
+
+async function iperf(client: Container, server: Container, serverAddr: string, args: string[] = []): Promise<any> {
+  const port = String(5201 + Math.floor(Math.random() * 1000));
+  const srv = server.exec(['iperf3', '-s', '-1', '-p', port], { allowFail: true, timeoutMs: 60_000 });
+  await waitFor('iperf3 server', async () => (await run(['ip', 'netns', 'exec', server.ns, 'ss', '-ltn'], { allowFail: true })).stdout.includes(`:${port}`), { timeoutMs: 5000, intervalMs: 50 });
+  const r = await client.exec(['iperf3', '-c', serverAddr, '-p', port, '-t', '2', '-J', ...args], { timeoutMs: 60_000 });
+  await srv;
+  return JSON.parse(r.stdout);
+}
+
+async function dropped(h: Host, reason: string): Promise<number> {
+  const rep = await h.report();
+  return rep.sleeve?.dropped?.[reason] ?? 0;
+}
+
+async function twoHosts(lab: Lab, env: Record<string, string>, opts: { mtu2?: number } = {}) {
+  const h1 = await lab.addHost('h1');
+  const h2 = await lab.addHost('h2', { mtu: opts.mtu2 });
+  const c1 = await lab.addContainer('c1');
+  const c2 = await lab.addContainer('c2');
+  await launch(h1, [], env);
+  await launch(h2, [h1.ip], env);
+  await attach(h1, c1, '10.32.1.1/12');
+  await attach(h2, c2, '10.32.2.1/12');
+  return { h1, h2, c1, c2 };
+}
+
+for (const encrypted of [true, false]) {
+  test(`2 hosts ${encrypted ? 'with' : 'without'} a password: ping, iperf3 TCP and UDP, status shows the sleeve`, async () => {
+    await withLab(async (lab) => {
+      const { h1, c1, c2 } = await twoHosts(lab, encrypted ? PW : {});
+      const rep = await sleeveEstablished(h1, 1);
+      const conn = rep.router.connections.find((c: any) => c.state === 'established');
+      assert.equal(conn.encrypted, encrypted);
+      assert.ok(conn.mtu > 1300, `mtu=${conn.mtu}`);
+      const text = (await h1.weave(['status', 'connections'])).stdout;
+      assert.match(text, /sleeve/);
+      assert.match(text, encrypted ? /\bencrypted\b/ : /unencrypted/);
+      assert.match(text, /mtu=\d+/);
+      await pingable(c1, '10.32.2.1');
+      await c1.exec(['ping', '-c', '3', '-i', '0.2', '10.32.2.1']);
+      const tcp = await iperf(c1, c2, '10.32.2.1');
+      assert.ok(tcp.end.sum_received.bytes > 1_000_000, `TCP moved ${tcp.end.sum_received.bytes} bytes`);
+      const udp = await iperf(c1, c2, '10.32.2.1', ['-u', '-b', '50M']);
+      assert.ok(udp.end.sum.packets > 1000, 'UDP flowed');
+      assert.ok(udp.end.sum.lost_percent < 20, `UDP loss ${udp.end.sum.lost_percent}%`);
+    });
+  });
+}
+
+test('3 hosts in a line (h1 and h3 cut on the underlay): h1 container reaches h3 container through h2', async () => {
+  await withLab(async (lab) => {
+    const [h1, h2, h3] = [await lab.addHost('h1'), await lab.addHost('h2'), await lab.addHost('h3')];
+    await lab.cut(h1, h3);
+    const [c1, c3] = [await lab.addContainer('c1'), await lab.addContainer('c3')];
+    await launch(h1, [], PW);
+    await launch(h2, [h1.ip], PW);
+    await launch(h3, [h2.ip], PW);
+    await attach(h1, c1, '10.32.1.1/12');
+    await attach(h3, c3, '10.32.3.1/12');
+    await sleeveEstablished(h2, 2);
+    await pingable(c1, '10.32.3.1', 30_000);
+    const tcp = await iperf(c1, c3, '10.32.3.1');
+    assert.ok(tcp.end.sum_received.bytes > 1_000_000);
+  });
+});
+
+/** Captures sleeve traffic on the underlay bridge while fn runs; returns the raw pcap bytes. */
+async function capture(lab: Lab, fn: () => Promise<void>): Promise<Buffer> {
+  const file = path.join(lab.tmp, `cap-${Date.now()}.pcap`);
+  const td = run(['ip', 'netns', 'exec', lab.underlay, 'tcpdump', '-i', 'br0', '-U', '-s', '0', '-w', file, 'udp port 6783'], { allowFail: true, timeoutMs: 120_000 });
+  await waitFor('tcpdump to start', () => fs.existsSync(file), { timeoutMs: 10_000, intervalMs: 50 });
+  await new Promise((r) => setTimeout(r, 300)); // tcpdump creates the file just before it attaches
+  try {
+    await fn();
+  } finally {
+    for (const pid of await lab.pidsIn(lab.underlay)) { try { process.kill(pid, 'SIGINT'); } catch { /* gone */ } }
+    await td;
+  }
+  return fs.readFileSync(file);
+}
+
+for (const encrypted of [true, false]) {
+  test(`underlay capture ${encrypted ? 'never shows' : 'shows'} the marker ${encrypted ? 'with' : 'without'} a password`, async () => {
+    await withLab(async (lab) => {
+      const { h1, c1 } = await twoHosts(lab, encrypted ? PW : {});
+      await sleeveEstablished(h1, 1);
+      await pingable(c1, '10.32.2.1');
+      const marker = 'f00dcafe5eedbeef1234567890abcdef';
+      const pcap = await capture(lab, async () => {
+        await c1.exec(['ping', '-c', '5', '-i', '0.2', '-p', marker, '10.32.2.1']);
+      });
+      const seen = pcap.indexOf(Buffer.from(marker, 'hex')) >= 0;
+      assert.ok(pcap.length > 500, 'the capture holds sleeve traffic');
+      assert.equal(seen, !encrypted, encrypted ? 'plaintext marker leaked onto the underlay' : 'marker not seen without encryption: the test could not fail');
+    });
+  });
+}
+
+/** Sends UDP datagrams (hex payloads) from inside a namespace. */
+async function sendUdp(ns: string, addr: string, port: number, payloadsHex: string[]): Promise<void> {
+  const script = `const s=require('dgram').createSocket('udp4');const p=${JSON.stringify(payloadsHex)};let i=0;const next=()=>{if(i>=p.length){s.close();return;}s.send(Buffer.from(p[i++],'hex'),${port},'${addr}',next)};next();`;
+  await run(['ip', 'netns', 'exec', ns, process.execPath, '-e', script]);
+}
+
+/** UDP payloads of IPv4/UDP packets in a pcap (Ethernet link type). */
+function udpPayloads(pcap: Buffer, dstIp: string): Buffer[] {
+  const out: Buffer[] = [];
+  let off = 24;
+  const dst = Buffer.from(dstIp.split('.').map(Number));
+  while (off + 16 <= pcap.length) {
+    const incl = pcap.readUInt32LE(off + 8);
+    const pkt = pcap.subarray(off + 16, off + 16 + incl);
+    off += 16 + incl;
+    if (pkt.length < 42 || pkt.readUInt16BE(12) !== 0x0800) continue;
+    const ihl = (pkt[14] & 0x0f) * 4;
+    if (pkt[14 + 9] !== 17 || !pkt.subarray(14 + 16, 14 + 20).equals(dst)) continue;
+    out.push(Buffer.from(pkt.subarray(14 + ihl + 8)));
+  }
+  return out;
+}
+
+test('replayed, random and truncated datagrams are dropped and counted; the router stays up', async () => {
+  await withLab(async (lab) => {
+    const { h1, h2, c1 } = await twoHosts(lab, PW);
+    await sleeveEstablished(h1, 1);
+    await pingable(c1, '10.32.2.1');
+    const pcap = await capture(lab, async () => {
+      await c1.exec(['ping', '-c', '3', '-i', '0.2', '10.32.2.1']);
+    });
+    const sent = udpPayloads(pcap, h2.ip);
+    assert.ok(sent.length >= 3, `captured ${sent.length} datagrams to h2`);
+    const replayBefore = await dropped(h2, 'replay');
+    await sendUdp(h1.ns, h2.ip, 6783, sent.slice(0, 3).map((b) => b.toString('hex')));
+    await waitFor('replays counted', async () => (await dropped(h2, 'replay')) >= replayBefore + 1, { timeoutMs: 5000 });
+    const malformedBefore = await dropped(h2, 'malformed') + await dropped(h2, 'badMac') + await dropped(h2, 'unknownPeer');
+    const junk: string[] = [];
+    for (let i = 0; i < 50; i++) junk.push(Buffer.from(Array.from({ length: 1 + Math.floor(Math.random() * 200) }, () => Math.floor(Math.random() * 256))).toString('hex'));
+    for (const b of sent.slice(0, 5)) junk.push(b.subarray(0, Math.max(1, Math.floor(b.length / 2))).toString('hex'));
+    await sendUdp(h1.ns, h2.ip, 6783, junk);
+    await waitFor('junk counted', async () => {
+      const n = await dropped(h2, 'malformed') + await dropped(h2, 'badMac') + await dropped(h2, 'unknownPeer');
+      return n >= malformedBefore + junk.length;
+    }, { timeoutMs: 5000 });
+    await c1.exec(['ping', '-c', '2', '-i', '0.2', '10.32.2.1']);
+    const metrics = await h2.httpGet('/metrics');
+    assert.match(metrics, /weave_sleeve_dropped_total\{reason="replay"\} [1-9]/);
+  });
+});
+
+test('a reduced underlay MTU: 10 KiB ping and a large TCP transfer still work (PMTU)', async () => {
+  await withLab(async (lab) => {
+    const { h1, c1, c2 } = await twoHosts(lab, PW, { mtu2: 1280 });
+    const rep = await sleeveEstablished(h1, 1);
+    await pingable(c1, '10.32.2.1');
+    await waitFor('PMTU discovered below 1280', async () => {
+      const r = await h1.report();
+      const c = r.router.connections.find((x: any) => x.state === 'established');
+      return c && c.mtu && c.mtu < 1280 ? c : undefined;
+    }, { timeoutMs: 20_000 });
+    assert.ok(rep);
+    await c1.exec(['ping', '-c', '3', '-i', '0.3', '-s', '10240', '10.32.2.1']);
+    const tcp = await iperf(c1, c2, '10.32.2.1');
+    assert.ok(tcp.end.sum_received.bytes > 1_000_000, `TCP moved ${tcp.end.sum_received.bytes} bytes across the small MTU`);
+  });
+});
