@@ -1,0 +1,469 @@
+// weaveDNS record store: a gossip CRDT of (name, addr, origin) entries, plugged into the mesh as the
+// 'dns' gossip channel.
+//
+// Merge rules (order-independent, so any gossip order converges):
+//   - key = (name, addr, origin); only the origin peer edits its own entries (owner-only edits);
+//   - higher version wins; on equal versions a tombstone beats a live entry, then the larger
+//     containerId (a deterministic tie-break that only matters after an owner lost its state);
+//   - tombstones are gossiped like entries so removals beat stale adds still in flight, and are
+//     garbage-collected tombstoneTtlMs after they were last changed here;
+//   - entries whose origin the mesh says is gone are dropped (removePeer) and ignored when they come
+//     back through third parties (isPeerAlive), so a dead peer's records cannot be resurrected.
+//
+// Restart: the store does not persist anything. A restarted router starts empty and RE-LEARNS its
+// own records from its peers' full-state gossip: an entry whose origin is ourselves is accepted as
+// long as we have not asserted that key ourselves since this process started. The version counter for
+// our own entries is a Lamport clock bumped past every own-origin version we see, so the next local
+// add/remove always beats what peers hold. If we did assert a key in this run (e.g. attach registered
+// the container again before gossip arrived) and a peer sends an older incarnation with a higher
+// version, the owner wins: we re-issue our current state with a version above the peer's and broadcast
+// it. Records of containers that died while the router was down are removed by the owner
+// (removeContainer) when it reconciles its containers; that is the caller's job.
+import { pack, unpack } from 'msgpackr';
+import { isIPv4 } from 'net';
+import type { Clock, TimerHandle } from '../mesh/clock';
+import { ProtocolError, UsageError } from '../mesh/errors';
+import type { Logger } from '../mesh/log';
+import { isPeerName, type PeerName } from '../mesh/peer';
+import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
+
+export const RECORDS_WIRE_VERSION = 1;
+/** Entries per encoded gossip message, so one message stays well below the mesh's frame limit. */
+const ENTRIES_PER_MESSAGE = 2000;
+/** Upper bound on entries accepted in one message: a decoder must not be made to allocate without limit. */
+const MAX_ENTRIES_PER_MESSAGE = 100_000;
+const MAX_CONTAINER_ID = 128;
+
+export interface DnsEntry {
+  /** lowercased FQDN with the trailing dot: "web.weave.local." */
+  name: string;
+  /** dotted IPv4 */
+  addr: string;
+  origin: PeerName;
+  containerId?: string;
+  version: number;
+  tombstone: boolean;
+}
+
+interface StoredEntry extends DnsEntry {
+  /** local clock time of the last change here (tombstone GC) */
+  changedAt: number;
+}
+
+function entryKey(name: string, addr: string, origin: string): string {
+  return `${name}|${addr}|${origin}`;
+}
+
+/** Lowercases, adds the trailing dot and checks the name is a valid DNS name (labels 1..63, total <= 253). */
+export function normalizeName(name: string, errorKind: 'usage' | 'protocol' = 'usage'): string {
+  const fail = (why: string): never => {
+    if (errorKind === 'protocol') throw new ProtocolError(`dns record: invalid name: ${why}`, { name: String(name).slice(0, 300) });
+    throw new UsageError(`invalid DNS name "${String(name).slice(0, 300)}": ${why}`);
+  };
+  if (typeof name !== 'string' || name.length === 0) return fail('empty');
+  let n = name.toLowerCase();
+  if (!n.endsWith('.')) n += '.';
+  if (n.length > 254) return fail('longer than 253 characters');
+  const labels = n.slice(0, -1).split('.');
+  for (const l of labels) {
+    if (l.length === 0) return fail('empty label');
+    if (l.length > 63) return fail('label longer than 63 characters');
+    if (!/^[a-z0-9_-]+$/.test(l)) return fail(`label "${l}" has characters other than letters, digits, '-' and '_'`);
+  }
+  return n;
+}
+
+export function ipv4ToNumber(addr: string): number {
+  const p = addr.split('.');
+  return ((+p[0] << 24) | (+p[1] << 16) | (+p[2] << 8) | +p[3]) >>> 0;
+}
+
+export function numberToIpv4(n: number): string {
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+function checkAddr(addr: string, errorKind: 'usage' | 'protocol'): string {
+  // isIPv4 accepts only canonical dotted quads, so the string is a stable key.
+  if (typeof addr !== 'string' || !isIPv4(addr)) {
+    if (errorKind === 'protocol') throw new ProtocolError('dns record: invalid IPv4 address', { addr: String(addr).slice(0, 64) });
+    throw new UsageError(`invalid IPv4 address "${String(addr).slice(0, 64)}"`);
+  }
+  return addr;
+}
+
+/** True when a beats b under the merge order (version, then tombstone, then containerId). */
+function beats(a: DnsEntry, b: DnsEntry): boolean {
+  if (a.version !== b.version) return a.version > b.version;
+  if (a.tombstone !== b.tombstone) return a.tombstone;
+  return (a.containerId ?? '') > (b.containerId ?? '');
+}
+
+function copyEntry(e: DnsEntry): DnsEntry {
+  const c: DnsEntry = { name: e.name, addr: e.addr, origin: e.origin, version: e.version, tombstone: e.tombstone };
+  if (e.containerId !== undefined) c.containerId = e.containerId;
+  return c;
+}
+
+/** Wire tuple: [name, addr, origin, version, tombstone 0|1, containerId or ''] — compact and plain (no class instances). */
+type WireEntry = [string, string, string, number, number, string];
+
+export function encodeEntries(entries: DnsEntry[]): Uint8Array[] {
+  const toWire = (e: DnsEntry): WireEntry => [e.name, e.addr, e.origin, e.version, e.tombstone ? 1 : 0, e.containerId ?? ''];
+  if (entries.length === 0) return [pack({ v: RECORDS_WIRE_VERSION, e: [] })];
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < entries.length; i += ENTRIES_PER_MESSAGE) {
+    out.push(pack({ v: RECORDS_WIRE_VERSION, e: entries.slice(i, i + ENTRIES_PER_MESSAGE).map(toWire) }));
+  }
+  return out;
+}
+
+/** Decodes and validates one gossip message; any malformed input throws ProtocolError. */
+export function decodeEntries(buf: Uint8Array): DnsEntry[] {
+  let msg: unknown;
+  try {
+    msg = unpack(buf);
+  } catch (e) {
+    throw new ProtocolError('dns gossip: undecodable msgpack', { bytes: buf.length, cause: String(e) });
+  }
+  if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) throw new ProtocolError('dns gossip: not a map');
+  const m = msg as Record<string, unknown>;
+  if (m.v !== RECORDS_WIRE_VERSION) throw new ProtocolError('dns gossip: unsupported version', { v: String(m.v) });
+  const list = m.e;
+  if (!Array.isArray(list)) throw new ProtocolError('dns gossip: entries missing');
+  if (list.length > MAX_ENTRIES_PER_MESSAGE) throw new ProtocolError('dns gossip: too many entries', { n: list.length });
+  const out: DnsEntry[] = new Array(list.length);
+  for (let i = 0; i < list.length; i++) {
+    const t = list[i] as unknown;
+    if (!Array.isArray(t) || t.length !== 6) throw new ProtocolError('dns gossip: entry is not a 6-tuple', { index: i });
+    const [name, addr, origin, version, tomb, cid] = t as unknown[];
+    if (typeof name !== 'string' || normalizeName(name, 'protocol') !== name) throw new ProtocolError('dns gossip: name not normalized', { index: i });
+    checkAddr(addr as string, 'protocol');
+    if (typeof origin !== 'string' || !isPeerName(origin)) throw new ProtocolError('dns gossip: bad origin', { index: i });
+    if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 1) throw new ProtocolError('dns gossip: bad version', { index: i });
+    if (tomb !== 0 && tomb !== 1) throw new ProtocolError('dns gossip: bad tombstone flag', { index: i });
+    if (typeof cid !== 'string' || cid.length > MAX_CONTAINER_ID) throw new ProtocolError('dns gossip: bad containerId', { index: i });
+    const e: DnsEntry = { name, addr: addr as string, origin, version, tombstone: tomb === 1 };
+    if (cid !== '') e.containerId = cid;
+    out[i] = e;
+  }
+  return out;
+}
+
+/** GossipData for the 'dns' channel: a set of entries that merges by the CRDT rule. */
+export class DnsRecordSet implements GossipData {
+  readonly entries = new Map<string, DnsEntry>();
+  constructor(entries: Iterable<DnsEntry> = []) {
+    for (const e of entries) this.add(e);
+  }
+  add(e: DnsEntry): void {
+    const k = entryKey(e.name, e.addr, e.origin);
+    const cur = this.entries.get(k);
+    if (!cur || beats(e, cur)) this.entries.set(k, copyEntry(e));
+  }
+  encode(): Uint8Array[] {
+    return encodeEntries([...this.entries.values()]);
+  }
+  merge(other: GossipData): GossipData {
+    if (other instanceof DnsRecordSet) for (const e of other.entries.values()) this.add(e);
+    return this;
+  }
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+export interface DnsStoreOptions {
+  /** our peer name: the origin of records added here */
+  self: PeerName;
+  clock: Clock;
+  log: Logger;
+  /** how long a tombstone is kept after its last change (default 10 min) */
+  tombstoneTtlMs?: number;
+  /** period of the GC timer started by start() (default 1 min) */
+  gcIntervalMs?: number;
+  /** the mesh's view: entries from origins that are not alive are ignored (default: all alive) */
+  isPeerAlive?: (p: PeerName) => boolean;
+}
+
+export interface DnsStoreCounters {
+  gossipReceived: number;
+  gossipMalformed: number;
+  entriesAccepted: number;
+  entriesIgnoredDeadOrigin: number;
+  reasserted: number;
+  tombstonesCollected: number;
+  peersRemoved: number;
+}
+
+export class DnsStore implements Gossiper {
+  readonly self: PeerName;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly tombstoneTtlMs: number;
+  private readonly gcIntervalMs: number;
+  private readonly isPeerAlive: (p: PeerName) => boolean;
+  private readonly entries = new Map<string, StoredEntry>();
+  /** own keys written locally since this process started: the owner is authoritative for those */
+  private readonly asserted = new Set<string>();
+  /** Lamport counter for our own entries */
+  private ownCounter = 0;
+  /** highest version of an own tombstone GC'd in this run: older own entries coming back are stale */
+  private ownGcFloor = 0;
+  private channel: GossipChannel | null = null;
+  private gcTimer: TimerHandle | undefined;
+  /** bumped on every change of the live view; readers (the DNS server's index) compare it */
+  generation = 0;
+  private indexGen = -1;
+  private byName = new Map<string, string[]>();
+  private byAddr = new Map<string, string[]>();
+  readonly counters: DnsStoreCounters = {
+    gossipReceived: 0,
+    gossipMalformed: 0,
+    entriesAccepted: 0,
+    entriesIgnoredDeadOrigin: 0,
+    reasserted: 0,
+    tombstonesCollected: 0,
+    peersRemoved: 0,
+  };
+
+  constructor(opts: DnsStoreOptions) {
+    if (!isPeerName(opts.self)) throw new UsageError(`invalid peer name "${opts.self}"`);
+    this.self = opts.self;
+    this.clock = opts.clock;
+    this.log = opts.log.child({ component: 'dns-records' });
+    this.tombstoneTtlMs = opts.tombstoneTtlMs ?? 10 * 60_000;
+    this.gcIntervalMs = opts.gcIntervalMs ?? 60_000;
+    this.isPeerAlive = opts.isPeerAlive ?? (() => true);
+  }
+
+  /** The mesh channel this store publishes local changes on (mesh.newGossip('dns', store) returns it). */
+  attach(channel: GossipChannel): void {
+    this.channel = channel;
+  }
+
+  start(): void {
+    if (this.gcTimer) return;
+    const tick = (): void => {
+      this.gc();
+      this.gcTimer = this.clock.setTimeout(tick, this.gcIntervalMs);
+    };
+    this.gcTimer = this.clock.setTimeout(tick, this.gcIntervalMs);
+  }
+
+  stop(): void {
+    this.clock.clearTimeout(this.gcTimer);
+    this.gcTimer = undefined;
+  }
+
+  // ---- local edits (owner only) ----
+
+  /** Registers name -> addr with us as origin. Returns the entry (new or already live). */
+  add(name: string, addr: string, containerId?: string): DnsEntry {
+    const n = normalizeName(name);
+    const a = checkAddr(addr, 'usage');
+    if (containerId !== undefined && (containerId.length === 0 || containerId.length > MAX_CONTAINER_ID)) {
+      throw new UsageError(`invalid container id (1..${MAX_CONTAINER_ID} characters)`);
+    }
+    const k = entryKey(n, a, this.self);
+    const cur = this.entries.get(k);
+    this.asserted.add(k);
+    if (cur && !cur.tombstone && cur.containerId === containerId) return copyEntry(cur);
+    const e: StoredEntry = { name: n, addr: a, origin: this.self, version: ++this.ownCounter, tombstone: false, changedAt: this.clock.now() };
+    if (containerId !== undefined) e.containerId = containerId;
+    this.entries.set(k, e);
+    this.changed();
+    this.publish([e]);
+    this.log.debug({ name: n, addr: a, containerId }, 'record added');
+    return copyEntry(e);
+  }
+
+  /**
+   * Tombstones our own live entries matching all given filters (like `weave dns-remove IP [-h FQDN]`):
+   * addr and/or name and/or containerId. Returns how many were removed.
+   */
+  remove(filter: { name?: string; addr?: string; containerId?: string }): number {
+    const n = filter.name !== undefined ? normalizeName(filter.name) : undefined;
+    const a = filter.addr !== undefined ? checkAddr(filter.addr, 'usage') : undefined;
+    if (n === undefined && a === undefined && filter.containerId === undefined) throw new UsageError('dns remove: give a name, an address or a container id');
+    const removed: StoredEntry[] = [];
+    for (const [k, e] of this.entries) {
+      if (e.origin !== this.self || e.tombstone) continue;
+      if (n !== undefined && e.name !== n) continue;
+      if (a !== undefined && e.addr !== a) continue;
+      if (filter.containerId !== undefined && e.containerId !== filter.containerId) continue;
+      e.tombstone = true;
+      e.version = ++this.ownCounter;
+      e.changedAt = this.clock.now();
+      this.asserted.add(k);
+      removed.push(e);
+    }
+    if (removed.length) {
+      this.changed();
+      this.publish(removed);
+      this.log.debug({ name: n, addr: a, containerId: filter.containerId, n: removed.length }, 'records removed');
+    }
+    return removed.length;
+  }
+
+  removeContainer(containerId: string): number {
+    return this.remove({ containerId });
+  }
+
+  /** The mesh says peer p is gone: drop its records locally (not gossiped; every peer does the same). */
+  removePeer(p: PeerName): number {
+    if (p === this.self) return 0;
+    let n = 0;
+    for (const [k, e] of this.entries) {
+      if (e.origin === p) {
+        this.entries.delete(k);
+        n++;
+      }
+    }
+    if (n) {
+      this.counters.peersRemoved++;
+      this.changed();
+      this.log.info({ peer: p, records: n }, 'dropped records of departed peer');
+    }
+    return n;
+  }
+
+  /** Drops tombstones older than the TTL. Returns how many. */
+  gc(): number {
+    const now = this.clock.now();
+    let n = 0;
+    for (const [k, e] of this.entries) {
+      if (e.tombstone && now - e.changedAt >= this.tombstoneTtlMs) {
+        if (e.origin === this.self) this.ownGcFloor = Math.max(this.ownGcFloor, e.version);
+        this.entries.delete(k);
+        n++;
+      }
+    }
+    this.counters.tombstonesCollected += n;
+    return n;
+  }
+
+  // ---- queries ----
+
+  /** Live addresses for a name (any case, with or without the trailing dot), deduplicated across origins. */
+  lookup(name: string): string[] {
+    this.ensureIndex();
+    let n = name.toLowerCase();
+    if (!n.endsWith('.')) n += '.';
+    return this.byName.get(n)?.slice() ?? [];
+  }
+
+  /** Live names for an address. */
+  reverse(addr: string): string[] {
+    this.ensureIndex();
+    return this.byAddr.get(addr)?.slice() ?? [];
+  }
+
+  /** Live (name -> unique addrs) view; the map is rebuilt on change, callers must not mutate it. */
+  liveNames(): ReadonlyMap<string, readonly string[]> {
+    this.ensureIndex();
+    return this.byName;
+  }
+
+  /** Every entry including tombstones, sorted (status, tests). */
+  all(): DnsEntry[] {
+    return [...this.entries.values()].map(copyEntry).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.addr < b.addr ? -1 : a.addr > b.addr ? 1 : a.origin < b.origin ? -1 : 1));
+  }
+
+  // ---- Gossiper ----
+
+  gossip(): GossipData | null {
+    if (this.entries.size === 0) return null;
+    return new DnsRecordSet(this.entries.values());
+  }
+
+  onGossip(update: Uint8Array): GossipData | null {
+    return this.receive(update);
+  }
+
+  onGossipBroadcast(_src: PeerName, update: Uint8Array): GossipData | null {
+    return this.receive(update);
+  }
+
+  onGossipUnicast(_src: PeerName, msg: Uint8Array): void {
+    this.receive(msg);
+  }
+
+  /** Merges a decoded set (also used by tests and by in-process meshes). Returns the delta that was new. */
+  mergeEntries(incoming: Iterable<DnsEntry>): DnsRecordSet | null {
+    const delta = new DnsRecordSet();
+    const reasserted: StoredEntry[] = [];
+    const now = this.clock.now();
+    for (const e of incoming) {
+      const k = entryKey(e.name, e.addr, e.origin);
+      const cur = this.entries.get(k);
+      if (e.origin === this.self) {
+        if (e.version > this.ownCounter) this.ownCounter = e.version;
+        if (this.asserted.has(k)) {
+          if (cur && beats(e, cur)) {
+            // Someone holds an older incarnation of our record with a higher version (we restarted):
+            // the owner's current state wins, re-issued above theirs.
+            cur.version = ++this.ownCounter;
+            cur.changedAt = now;
+            reasserted.push(cur);
+            delta.add(cur);
+            this.counters.reasserted++;
+          }
+          continue;
+        }
+        if (!cur && e.version <= this.ownGcFloor) continue;
+      } else if (!this.isPeerAlive(e.origin)) {
+        this.counters.entriesIgnoredDeadOrigin++;
+        continue;
+      }
+      if (cur && !beats(e, cur)) continue;
+      const s: StoredEntry = { ...copyEntry(e), changedAt: now };
+      this.entries.set(k, s);
+      delta.add(s);
+      this.counters.entriesAccepted++;
+    }
+    if (delta.size === 0) return null;
+    this.changed();
+    if (reasserted.length) this.publish(reasserted);
+    return delta;
+  }
+
+  private receive(buf: Uint8Array): GossipData | null {
+    this.counters.gossipReceived++;
+    let entries: DnsEntry[];
+    try {
+      entries = decodeEntries(buf);
+    } catch (e) {
+      this.counters.gossipMalformed++;
+      // The mesh treats a ProtocolError as fatal for that connection; count and pass it up.
+      this.log.warn({ err: (e as Error).message }, 'malformed dns gossip');
+      throw e;
+    }
+    return this.mergeEntries(entries);
+  }
+
+  private publish(entries: StoredEntry[]): void {
+    if (this.channel) this.channel.gossipBroadcast(new DnsRecordSet(entries));
+  }
+
+  private changed(): void {
+    this.generation++;
+  }
+
+  private ensureIndex(): void {
+    if (this.indexGen === this.generation) return;
+    const byName = new Map<string, string[]>();
+    const byAddr = new Map<string, string[]>();
+    for (const e of this.entries.values()) {
+      if (e.tombstone) continue;
+      const addrs = byName.get(e.name);
+      if (!addrs) byName.set(e.name, [e.addr]);
+      else if (!addrs.includes(e.addr)) addrs.push(e.addr);
+      const names = byAddr.get(e.addr);
+      if (!names) byAddr.set(e.addr, [e.name]);
+      else if (!names.includes(e.name)) names.push(e.name);
+    }
+    this.byName = byName;
+    this.byAddr = byAddr;
+    this.indexGen = this.generation;
+  }
+}
