@@ -1,0 +1,763 @@
+// The IPAM allocator of one router: owns this peer's part of the ring, hands out addresses only
+// inside the ranges it owns (so allocation never collides, even across partitions), asks owners for
+// space when it has none, and plugs into the mesh as the 'ipam' gossip channel (Gossiper).
+//
+// Flow of an allocation: allocate() queues a pending op → tryPending(): no ring yet → consensus
+// (or wait for one, as an observer) | free owned address in the subnet → persist, resolve | none →
+// unicast 'req' to the owner with the most reported free space in the subnet → the owner donates
+// half of its largest free run (ring.transfer, broadcast) and answers with its ring → merge →
+// tryPending() again. Retries ride the Clock, and each pending op shows why it waits in status().
+import type { Clock, TimerHandle } from '../mesh/clock';
+import type { Logger } from '../mesh/log';
+import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
+import { isPeerName, type PeerName } from '../mesh/peer';
+import { ProtocolError, RefusedError, UsageError, WeaveError, errMsg } from '../mesh/errors';
+import { containsRange, formatAddr, formatCidr, formatRange, intersect, parseAddr, parseCidr, usableRange, type Addr, type Cidr, type Range } from './addr';
+import { Ring } from './ring';
+import { Space } from './space';
+import { Paxos } from './paxos';
+import type { IpamStore } from './store';
+import { IpamGossipData, decodeGossip, decodeUnicast, encodeUnicast, type GossipMsg } from './wire';
+
+export type IpamInit = { mode: 'consensus'; quorum?: number } | { mode: 'seed'; peers: PeerName[] } | { mode: 'observer' };
+
+export interface AllocatorOptions {
+  ourName: PeerName;
+  ourNickname: string;
+  /** CIDR, default 10.32.0.0/12 */
+  range?: string;
+  /** CIDR inside range; default = range */
+  defaultSubnet?: string;
+  init: IpamInit;
+  clock: Clock;
+  log: Logger;
+  /** may also be set later with setChannel (the mesh creates the channel after the gossiper) */
+  channel?: GossipChannel;
+  /** peers reachable now (excluding us) */
+  knownPeers: () => PeerName[];
+  store: IpamStore;
+  /** randomness for retry jitter; seeded in simulations */
+  random?: () => number;
+  /** how long to wait for a space request's answer before asking the next owner (ms) */
+  requestTimeoutMs?: number;
+  /** how long a consensus round may take before proposing again (ms, plus jitter) */
+  consensusRetryMs?: number;
+  /** how long handOver waits for the receiver's ack (ms) */
+  handOverTimeoutMs?: number;
+}
+
+export const DEFAULT_RANGE = '10.32.0.0/12';
+
+interface PendingAlloc {
+  ident: string;
+  subnet: Cidr;
+  since: number;
+  reason: string;
+  resolve: (addr: string) => void;
+  reject: (err: Error) => void;
+  onAbort?: () => void;
+  signal?: AbortSignal;
+}
+
+interface SpaceRequest {
+  timer: TimerHandle;
+  donor: PeerName;
+  attempts: number;
+}
+
+export interface IpamOwnerStatus {
+  peer: PeerName;
+  nickname: string;
+  addresses: number;
+  percent: number;
+  free: number;
+  reachable: boolean;
+}
+
+export interface IpamStatus {
+  name: PeerName;
+  nickname: string;
+  range: string;
+  defaultSubnet: string;
+  mode: IpamInit['mode'];
+  ring: { seeded: boolean; seeds: PeerName[]; entries: number };
+  owners: IpamOwnerStatus[];
+  owned: number;
+  allocated: number;
+  allocations: Array<{ ident: string; addrs: string[] }>;
+  pending: Array<{ op: 'allocate'; ident: string; subnet: string; since: number; reason: string }>;
+  consensus: null | { quorum: number; participants: number; promisedToHighest: number; decided: boolean };
+  conflicts: { count: number; last: string | null; foreignRings: PeerName[][] };
+  counters: Record<string, number>;
+}
+
+export class Allocator implements Gossiper {
+  readonly ourName: PeerName;
+  readonly ourNickname: string;
+  readonly range: Cidr;
+  readonly defaultSubnet: Cidr;
+  private readonly init: IpamInit;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private channel: GossipChannel | null;
+  private readonly knownPeers: () => PeerName[];
+  private readonly store: IpamStore;
+  private readonly random: () => number;
+  private readonly requestTimeoutMs: number;
+  private readonly consensusRetryMs: number;
+  private readonly handOverTimeoutMs: number;
+
+  private ring: Ring;
+  private readonly space = new Space();
+  private readonly byIdent = new Map<string, Addr[]>();
+  private paxos: Paxos | null = null;
+  private paxosTimer: TimerHandle | undefined;
+  private pending: PendingAlloc[] = [];
+  private readonly requests = new Map<string, SpaceRequest>();
+  private primeWaiters: Array<() => void> = [];
+  private handOverWaiter: { to: PeerName; done: () => void; timer: TimerHandle } | null = null;
+  private leaving = false;
+  private closed = false;
+  private conflictCount = 0;
+  private lastConflict: string | null = null;
+  private readonly seenConflicts = new Set<string>();
+  private readonly foreignRings = new Map<string, PeerName[]>();
+  private readonly counters: Record<string, number> = {
+    allocations: 0, frees: 0, claims: 0, requestsSent: 0, donationsMade: 0, donationsRefused: 0,
+    decodeErrors: 0, ringMerges: 0, lostAllocations: 0,
+  };
+
+  constructor(o: AllocatorOptions) {
+    this.ourName = o.ourName;
+    this.ourNickname = o.ourNickname;
+    this.range = parseCidr(o.range ?? DEFAULT_RANGE);
+    this.defaultSubnet = o.defaultSubnet ? parseCidr(o.defaultSubnet) : this.range;
+    if (!containsRange(this.range, this.defaultSubnet)) {
+      throw new UsageError(`default subnet ${formatCidr(this.defaultSubnet)} is not inside the allocation range ${formatCidr(this.range)}`);
+    }
+    this.init = o.init;
+    if (o.init.mode === 'consensus' && o.init.quorum !== undefined && !(Number.isInteger(o.init.quorum) && o.init.quorum >= 1)) {
+      throw new UsageError(`consensus quorum must be a positive integer, got ${o.init.quorum}`);
+    }
+    this.clock = o.clock;
+    this.log = o.log.child({ component: 'ipam' });
+    this.channel = o.channel ?? null;
+    this.knownPeers = o.knownPeers;
+    this.store = o.store;
+    this.random = o.random ?? Math.random;
+    this.requestTimeoutMs = o.requestTimeoutMs ?? 2000;
+    this.consensusRetryMs = o.consensusRetryMs ?? 5000;
+    this.handOverTimeoutMs = o.handOverTimeoutMs ?? 5000;
+    this.ring = new Ring(this.range);
+    this.loadPersisted();
+    if (this.ring.isEmpty() && o.init.mode === 'seed') {
+      const peers = o.init.peers.map((p) => {
+        if (!isPeerName(p)) throw new UsageError(`seed peer "${p}" is not a peer name`);
+        return p;
+      });
+      // Nicknames are not known for the other seeds; every peer must compute the same ring, so all
+      // start empty and each owner fills in its own on its first update.
+      this.ring.seed(peers.map((name) => ({ name, nickname: '' })));
+      this.log.info({ seeds: this.ring.seeds }, 'ipam ring seeded from the seed list');
+      this.ringChanged(true);
+    }
+  }
+
+  setChannel(ch: GossipChannel): void {
+    this.channel = ch;
+  }
+
+  // ---------------------------------------------------------------- persistence
+
+  private loadPersisted(): void {
+    const p = this.store.load();
+    if (!p) {
+      this.store.reset(this.range);
+      return;
+    }
+    if (p.range.start !== this.range.start || p.range.end !== this.range.end) {
+      this.log.warn({ old: formatRange(p.range), new: formatCidr(this.range) }, `ipam: range changed from ${formatRange(p.range)} to ${formatCidr(this.range)}: discarding persisted ring and allocations`);
+      this.store.reset(this.range);
+      return;
+    }
+    if (p.ring) {
+      try {
+        this.ring = Ring.decode(p.ring);
+        if (this.ring.range.start !== this.range.start || this.ring.range.end !== this.range.end) throw new ProtocolError('persisted ring has a different range');
+      } catch (err) {
+        this.counters.decodeErrors++;
+        this.log.error({ err: errMsg(err) }, 'ipam: persisted ring is unreadable: discarding persisted data');
+        this.ring = new Ring(this.range);
+        this.store.reset(this.range);
+        return;
+      }
+    }
+    this.space.setOwned(this.ring.ownedRanges(this.ourName));
+    let n = 0;
+    for (const [ident, addrs] of p.allocations) {
+      const kept = addrs.filter((a) => Number.isInteger(a) && a >= this.range.start && a < this.range.end);
+      for (const a of kept) {
+        if (!this.space.owns(a)) this.log.warn({ ident, addr: formatAddr(a) }, 'ipam: persisted allocation is outside the space we own');
+        this.space.restore(a, ident);
+      }
+      if (kept.length) this.byIdent.set(ident, kept);
+      n += kept.length;
+    }
+    this.log.info({ seeded: !this.ring.isEmpty(), owned: this.space.ownedSize(), allocations: n }, 'ipam: restored persisted state');
+  }
+
+  private persistIdent(ident: string): void {
+    this.store.saveAllocations(ident, this.byIdent.get(ident) ?? []);
+  }
+
+  // ---------------------------------------------------------------- public operations
+
+  /** Resolves when the ring exists (starting consensus if we take part in it). */
+  prime(): Promise<void> {
+    if (!this.ring.isEmpty()) return Promise.resolve();
+    this.ensureConsensus();
+    return new Promise((resolve) => this.primeWaiters.push(resolve));
+  }
+
+  /**
+   * An address for ident in subnet (CIDR; default subnet when omitted). Returns the address ident
+   * already has in that subnet, if any. Waits (reason in status().pending) rather than collide.
+   */
+  allocate(ident: string, subnet?: string, opts: { signal?: AbortSignal } = {}): Promise<string> {
+    try {
+      this.checkUsable('allocate');
+      checkIdent(ident);
+      const sn = this.parseSubnet(subnet);
+      for (const a of this.byIdent.get(ident) ?? []) if (a >= sn.start && a < sn.end) return Promise.resolve(formatAddr(a));
+      if (opts.signal?.aborted) throw new WeaveError('ECANCELLED', `allocation for ${ident} cancelled`);
+      return new Promise<string>((resolve, reject) => {
+        const op: PendingAlloc = { ident, subnet: sn, since: this.clock.now(), reason: 'queued', resolve, reject, signal: opts.signal };
+        if (opts.signal) {
+          op.onAbort = () => this.finishOp(op, new WeaveError('ECANCELLED', `allocation for ${ident} cancelled`));
+          opts.signal.addEventListener('abort', op.onAbort, { once: true });
+        }
+        this.pending.push(op);
+        this.tryPending();
+      });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /**
+   * Records addr for ident. Allowed in our own space (unless held by another ident); refused when
+   * another peer owns it. Waits for the ring to exist.
+   */
+  async claim(ident: string, addr: string): Promise<void> {
+    this.checkUsable('claim');
+    checkIdent(ident);
+    const a = parseAddr(addr.includes('/') ? addr.slice(0, addr.indexOf('/')) : addr);
+    if (a < this.range.start || a >= this.range.end) {
+      throw new UsageError(`cannot claim ${formatAddr(a)}: outside the allocation range ${formatCidr(this.range)}`);
+    }
+    await this.prime();
+    this.checkUsable('claim');
+    const owner = this.ring.ownerOf(a);
+    if (owner !== this.ourName) {
+      const e = this.ring.entries[this.ring.indexOf(a)];
+      const who = e.nickname ? `${owner}(${e.nickname})` : String(owner);
+      if (owner && this.isReachable(owner)) {
+        throw new RefusedError('EOWNED', `cannot claim ${formatAddr(a)}: it is in the space of live peer ${who}`, { addr: formatAddr(a), owner });
+      }
+      throw new RefusedError('EUNREACHABLE', `cannot claim ${formatAddr(a)}: it is owned by unreachable peer ${who}; if that peer is gone for good, run rmpeer on it first`, { addr: formatAddr(a), owner });
+    }
+    const holder = this.space.holder(a);
+    if (holder !== undefined && holder !== ident) {
+      throw new RefusedError('EINUSE', `cannot claim ${formatAddr(a)} for ${ident}: already allocated to ${holder}`, { addr: formatAddr(a), holder });
+    }
+    if (holder === ident) return;
+    this.space.take(a, ident);
+    this.byIdent.set(ident, [...(this.byIdent.get(ident) ?? []), a]);
+    this.persistIdent(ident);
+    this.counters.claims++;
+  }
+
+  /** Frees ident's addresses (or just addr), cancels its pending allocations. Never blocks. */
+  free(ident: string, addr?: string): number {
+    for (const op of this.pending.filter((p) => p.ident === ident)) {
+      this.finishOp(op, new WeaveError('ECANCELLED', `allocation for ${ident} cancelled by free`));
+    }
+    const addrs = this.byIdent.get(ident);
+    if (!addrs) return 0;
+    const which = addr === undefined ? addrs : addrs.filter((a) => a === parseAddr(addr.includes('/') ? addr.slice(0, addr.indexOf('/')) : addr));
+    for (const a of which) this.space.release(a);
+    const left = addrs.filter((a) => !which.includes(a));
+    if (left.length) this.byIdent.set(ident, left);
+    else this.byIdent.delete(ident);
+    this.persistIdent(ident);
+    this.counters.frees += which.length;
+    return which.length;
+  }
+
+  lookup(ident: string): string[] {
+    return (this.byIdent.get(ident) ?? []).map(formatAddr);
+  }
+
+  /**
+   * Gives `to` half of our largest free run inside subnet (default: the whole range). Returns the
+   * number of addresses donated (0 when we have no free space there).
+   */
+  donate(to: PeerName, subnet?: string | Range): number {
+    if (to === this.ourName) throw new UsageError('cannot donate space to ourselves');
+    const sn = typeof subnet === 'object' ? subnet : subnet ? this.parseSubnet(subnet) : this.range;
+    this.refreshFree();
+    const run = this.space.largestFreeRun(sn);
+    if (!run) return 0;
+    const size = run.end - run.start;
+    const give: Range = size === 1 ? run : { start: run.start + Math.floor(size / 2), end: run.end };
+    this.ring.transfer(this.ourName, to, '', give);
+    this.counters.donationsMade++;
+    this.log.debug({ to, range: formatRange(give) }, 'ipam: donated space');
+    this.ringChanged(true);
+    return give.end - give.start;
+  }
+
+  /** rmpeer: takes over the ranges of a dead peer (name or nickname). Returns addresses taken. */
+  transferFrom(peer: string): number {
+    const dead = this.resolvePeer(peer);
+    if (dead === this.ourName) throw new UsageError('cannot rmpeer ourselves');
+    if (this.isReachable(dead)) throw new RefusedError('ELIVE', `refusing to take over the space of ${peer}: it is reachable (only remove peers that are gone for good)`, { peer: dead });
+    if (this.init.mode === 'observer') throw new WeaveError('EOBSERVER', 'an observer never owns space; run rmpeer on a peer that allocates');
+    const n = this.ring.claim(dead, this.ourName, this.ourNickname);
+    if (n > 0) {
+      this.log.info({ peer: dead, addresses: n }, `ipam: took over ${n} addresses from removed peer ${dead}`);
+      this.ringChanged(true);
+    }
+    return n;
+  }
+
+  /** Before `weave reset`: gives all our space to a live peer, then stops allocating. */
+  handOver(): Promise<void> {
+    this.leaving = true;
+    for (const op of [...this.pending]) this.finishOp(op, new WeaveError('ESHUTDOWN', 'ipam is handing over its space before leaving'));
+    const owned = this.ring.ownedRanges(this.ourName);
+    if (owned.length === 0) return Promise.resolve();
+    const shares = this.ring.shares();
+    const live = this.knownPeers().filter((p) => p !== this.ourName);
+    if (live.length === 0) {
+      this.log.warn({}, 'ipam: no live peer to hand our space to; run rmpeer on another peer later to reclaim it');
+      return Promise.resolve();
+    }
+    live.sort((a, b) => (shares.get(b) ?? 0) - (shares.get(a) ?? 0) || (a < b ? -1 : 1));
+    const to = live[0];
+    for (const r of owned) this.ring.transfer(this.ourName, to, '', r);
+    for (const ident of [...this.byIdent.keys()]) {
+      for (const a of this.byIdent.get(ident)!) this.space.release(a);
+      this.byIdent.delete(ident);
+      this.persistIdent(ident);
+    }
+    this.ringChanged(true);
+    this.log.info({ to, ranges: owned.map(formatRange) }, 'ipam: handed our space over');
+    this.channel?.gossipUnicast(to, encodeUnicast({ k: 'handover', ring: this.ring }));
+    return new Promise((resolve) => {
+      const timer = this.clock.setTimeout(() => {
+        this.log.warn({ to }, 'ipam: no acknowledgement of hand-over; the ring gossip will still carry it');
+        this.handOverWaiter = null;
+        resolve();
+      }, this.handOverTimeoutMs);
+      this.handOverWaiter = { to, timer, done: resolve };
+    });
+  }
+
+  /** Stops timers and rejects pending operations (process shutdown). */
+  close(): void {
+    this.closed = true;
+    for (const op of [...this.pending]) this.finishOp(op, new WeaveError('ESHUTDOWN', 'ipam allocator closed'));
+    for (const r of this.requests.values()) this.clock.clearTimeout(r.timer);
+    this.requests.clear();
+    this.clock.clearTimeout(this.paxosTimer);
+    if (this.handOverWaiter) {
+      this.clock.clearTimeout(this.handOverWaiter.timer);
+      this.handOverWaiter.done();
+      this.handOverWaiter = null;
+    }
+  }
+
+  /** Our view of the ring (a copy), for tests and the router's prefix announcements. */
+  ringView(): Ring {
+    return this.ring.clone();
+  }
+
+  ownedRanges(): Range[] {
+    return this.ring.ownedRanges(this.ourName);
+  }
+
+  status(): IpamStatus {
+    const shares = this.ring.shares();
+    const total = this.range.end - this.range.start;
+    const free = new Map<PeerName, number>();
+    const nick = new Map<PeerName, string>();
+    for (const e of this.ring.entries) {
+      free.set(e.peer, (free.get(e.peer) ?? 0) + e.free);
+      if (e.nickname) nick.set(e.peer, e.nickname);
+    }
+    const reach = new Set(this.knownPeers());
+    return {
+      name: this.ourName,
+      nickname: this.ourNickname,
+      range: formatCidr(this.range),
+      defaultSubnet: formatCidr(this.defaultSubnet),
+      mode: this.init.mode,
+      ring: { seeded: !this.ring.isEmpty(), seeds: this.ring.seeds.slice(), entries: this.ring.entries.length },
+      owners: [...shares].map(([peer, n]) => ({
+        peer,
+        nickname: peer === this.ourName ? this.ourNickname : nick.get(peer) ?? '',
+        addresses: n,
+        percent: Math.round((n / total) * 10000) / 100,
+        free: peer === this.ourName ? this.space.freeIn(this.range) : free.get(peer) ?? 0,
+        reachable: peer === this.ourName || reach.has(peer),
+      })).sort((a, b) => b.addresses - a.addresses || (a.peer < b.peer ? -1 : 1)),
+      owned: this.space.ownedSize(),
+      allocated: this.space.allocatedCount,
+      allocations: [...this.byIdent].map(([ident, addrs]) => ({ ident, addrs: addrs.map(formatAddr) })),
+      pending: this.pending.map((p) => ({ op: 'allocate' as const, ident: p.ident, subnet: formatCidr(p.subnet), since: p.since, reason: p.reason })),
+      consensus: this.paxos ? { ...this.paxos.progress(), decided: !this.ring.isEmpty() } : null,
+      conflicts: { count: this.conflictCount, last: this.lastConflict, foreignRings: [...this.foreignRings.values()] },
+      counters: { ...this.counters },
+    };
+  }
+
+  // ---------------------------------------------------------------- Gossiper
+
+  gossip(): GossipData | null {
+    if (this.closed) return null;
+    if (this.ring.isEmpty() && !this.paxos) return null;
+    if (this.refreshFree()) this.store.saveRing(this.ring.encode());
+    return this.snapshot();
+  }
+
+  onGossip(update: Uint8Array): GossipData | null {
+    return this.receiveGossip(update, 'gossip');
+  }
+
+  onGossipBroadcast(_src: PeerName, update: Uint8Array): GossipData | null {
+    return this.receiveGossip(update, 'broadcast');
+  }
+
+  onGossipUnicast(src: PeerName, msg: Uint8Array): void {
+    if (this.closed) return;
+    const m = decodeUnicast(msg); // ProtocolError propagates: the mesh blames the connection
+    switch (m.k) {
+      case 'req':
+        this.onSpaceRequest(src, m.subnet);
+        return;
+      case 'donate':
+      case 'nospace':
+      case 'handover':
+        this.mergeRing(m.ring, src);
+        if (m.k === 'handover') this.channel?.gossipUnicast(src, encodeUnicast({ k: 'ack' }));
+        if (m.k === 'nospace') this.nextDonor(src);
+        return;
+      case 'ack':
+        if (this.handOverWaiter && this.handOverWaiter.to === src) {
+          this.clock.clearTimeout(this.handOverWaiter.timer);
+          this.handOverWaiter.done();
+          this.handOverWaiter = null;
+        }
+        return;
+    }
+  }
+
+  private receiveGossip(update: Uint8Array, via: string): GossipData | null {
+    if (this.closed) return null;
+    let m: GossipMsg;
+    try {
+      m = decodeGossip(update);
+    } catch (err) {
+      this.counters.decodeErrors++;
+      this.log.warn({ via, err: errMsg(err) }, 'ipam: malformed gossip');
+      throw err;
+    }
+    if (m.range.start !== this.range.start || m.range.end !== this.range.end) {
+      this.noteConflict('range', `peer gossips range ${formatRange(m.range)}, ours is ${formatCidr(this.range)}`);
+      return null;
+    }
+    let changed = false;
+    if (m.paxos && this.ring.isEmpty() && this.init.mode === 'consensus') {
+      const px = this.ensurePaxos();
+      const merged = px.merge(m.paxos);
+      const thought = px.think();
+      changed = merged || thought;
+      if (thought) this.channel?.gossip(this.snapshot());
+      this.checkDecision();
+    }
+    if (m.ring) changed = this.mergeRing(m.ring, null) || changed;
+    return changed ? this.snapshot() : null;
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private snapshot(): IpamGossipData {
+    return new IpamGossipData({
+      range: { start: this.range.start, end: this.range.end },
+      ring: this.ring.isEmpty() ? null : this.ring.clone(),
+      // consensus state only matters until the ring exists
+      paxos: this.ring.isEmpty() && this.paxos ? new Map(this.paxos.nodes) : null,
+    });
+  }
+
+  private checkUsable(op: string): void {
+    if (this.closed) throw new WeaveError('ESHUTDOWN', `cannot ${op}: ipam allocator closed`);
+    if (this.leaving) throw new WeaveError('ESHUTDOWN', `cannot ${op}: this peer handed its space over and is leaving`);
+    if (this.init.mode === 'observer') throw new WeaveError('EOBSERVER', `cannot ${op}: this peer is an IPAM observer and never owns space`);
+  }
+
+  private parseSubnet(subnet?: string): Cidr {
+    if (!subnet) return this.defaultSubnet;
+    const sn = parseCidr(subnet);
+    if (!containsRange(this.range, sn)) throw new UsageError(`subnet ${formatCidr(sn)} is not inside the allocation range ${formatCidr(this.range)}`);
+    return sn;
+  }
+
+  private isReachable(p: PeerName): boolean {
+    return p === this.ourName || this.knownPeers().includes(p);
+  }
+
+  private resolvePeer(s: string): PeerName {
+    const low = s.trim().toLowerCase();
+    if (isPeerName(low)) return low;
+    const names = new Set(this.ring.entries.filter((e) => e.nickname === s).map((e) => e.peer));
+    if (names.size === 1) return [...names][0];
+    if (names.size > 1) throw new UsageError(`nickname "${s}" is ambiguous: ${[...names].join(', ')}`);
+    throw new UsageError(`no peer named or nicknamed "${s}" owns space in the ring`);
+  }
+
+  private finishOp(op: PendingAlloc, result: string | Error): void {
+    const i = this.pending.indexOf(op);
+    if (i < 0) return;
+    this.pending.splice(i, 1);
+    if (op.signal && op.onAbort) op.signal.removeEventListener('abort', op.onAbort);
+    if (typeof result === 'string') op.resolve(result);
+    else op.reject(result);
+  }
+
+  /** Allocation direction: stay at the opposite end from a conflicting ring that sorts lower. */
+  private direction(): 'up' | 'down' {
+    const ours = this.ring.seeds.join(',');
+    for (const s of this.foreignRings.values()) if (s.join(',') < ours) return 'down';
+    return 'up';
+  }
+
+  private tryPending(): void {
+    if (this.closed || this.pending.length === 0) return;
+    if (this.ring.isEmpty()) {
+      this.ensureConsensus();
+      const reason = this.consensusReason();
+      for (const op of this.pending) op.reason = reason;
+      return;
+    }
+    const dir = this.direction();
+    const needSpace = new Map<string, Cidr>();
+    for (const op of [...this.pending]) {
+      const a = this.space.findFree(usableRange(op.subnet), dir);
+      if (a === null) {
+        needSpace.set(formatCidr(op.subnet), op.subnet);
+        continue;
+      }
+      this.space.take(a, op.ident);
+      this.byIdent.set(op.ident, [...(this.byIdent.get(op.ident) ?? []), a]);
+      this.persistIdent(op.ident);
+      this.counters.allocations++;
+      this.finishOp(op, formatAddr(a));
+    }
+    for (const [key, sn] of needSpace) {
+      if (!this.requests.has(key)) this.requestSpace(sn, 0);
+      const r = this.requests.get(key);
+      const reason = r ? `no free address in ${key}: asked ${r.donor} for space (attempt ${r.attempts + 1})` : this.noDonorReason(sn);
+      for (const op of this.pending) if (formatCidr(op.subnet) === key) op.reason = reason;
+    }
+  }
+
+  private consensusReason(): string {
+    if (this.init.mode === 'observer') return 'waiting for the ring from other peers (observer)';
+    if (!this.paxos) return 'waiting for the ring';
+    const p = this.paxos.progress();
+    return `waiting for consensus on the ring: ${p.promisedToHighest} of ${p.quorum} needed peers agree (${p.participants} known)`;
+  }
+
+  private donorCandidates(sn: Range): Array<{ peer: PeerName; free: number }> {
+    const reach = new Set(this.knownPeers());
+    const m = new Map<PeerName, number>();
+    for (let i = 0; i < this.ring.entries.length; i++) {
+      const e = this.ring.entries[i];
+      if (e.peer === this.ourName || !reach.has(e.peer)) continue;
+      const x = intersect(this.ring.entryRange(i), sn);
+      if (!x) continue;
+      m.set(e.peer, (m.get(e.peer) ?? 0) + Math.min(e.free, x.end - x.start));
+    }
+    return [...m].map(([peer, free]) => ({ peer, free })).sort((a, b) => b.free - a.free || (a.peer < b.peer ? -1 : 1));
+  }
+
+  private noDonorReason(sn: Range): string {
+    const owners = new Set<PeerName>();
+    for (let i = 0; i < this.ring.entries.length; i++) {
+      if (this.ring.entries[i].peer !== this.ourName && intersect(this.ring.entryRange(i), sn)) owners.add(this.ring.entries[i].peer);
+    }
+    if (owners.size === 0) return `no free address in ${formatRange(sn)} and no other peer owns space there`;
+    return `no free address in ${formatRange(sn)}; its owners ${[...owners].join(', ')} are unreachable (rmpeer them if they are gone)`;
+  }
+
+  private requestSpace(sn: Range, attempts: number): void {
+    const key = formatRange(sn);
+    const cands = this.donorCandidates(sn);
+    const withFree = cands.filter((c) => c.free > 0);
+    // Prefer owners reporting free space; their counts can be stale, so after trying those, ask
+    // the rest in turn (an owner's answer carries its fresh counts).
+    const order = withFree.length ? withFree : cands;
+    if (order.length === 0) {
+      // nobody to ask now; look again later (peers may become reachable, rmpeer may happen)
+      const timer = this.clock.setTimeout(() => this.retryRequest(key, sn, attempts + 1), this.requestTimeoutMs);
+      this.requests.set(key, { timer, donor: '(none reachable)', attempts });
+      for (const op of this.pending) if (formatCidr(op.subnet) === key) op.reason = this.noDonorReason(sn);
+      return;
+    }
+    const donor = order[attempts % order.length].peer;
+    const jitter = Math.floor(this.random() * this.requestTimeoutMs * 0.25);
+    const timer = this.clock.setTimeout(() => this.retryRequest(key, sn, attempts + 1), this.requestTimeoutMs + jitter);
+    this.requests.set(key, { timer, donor, attempts });
+    this.counters.requestsSent++;
+    const sent = this.channel?.gossipUnicast(donor, encodeUnicast({ k: 'req', subnet: sn })) ?? false;
+    if (!sent) this.log.debug({ donor }, 'ipam: space request not sent (unreachable)');
+  }
+
+  private retryRequest(key: string, sn: Range, attempts: number): void {
+    this.requests.delete(key);
+    if (this.closed) return;
+    if (!this.pending.some((p) => formatCidr(p.subnet) === key)) return;
+    this.requestSpace(sn, attempts);
+    this.tryPending();
+  }
+
+  /** The donor said it has nothing: ask the next one now instead of waiting for the timeout. */
+  private nextDonor(src: PeerName): void {
+    for (const [key, r] of [...this.requests]) {
+      if (r.donor !== src) continue;
+      this.clock.clearTimeout(r.timer);
+      this.requests.delete(key);
+      const sn = this.pending.find((p) => formatCidr(p.subnet) === key)?.subnet;
+      if (sn) this.requestSpace(sn, r.attempts + 1);
+    }
+    this.tryPending();
+  }
+
+  private onSpaceRequest(src: PeerName, sn: Range): void {
+    if (this.ring.isEmpty() || this.init.mode === 'observer' || this.leaving || src === this.ourName) {
+      if (!this.ring.isEmpty()) this.channel?.gossipUnicast(src, encodeUnicast({ k: 'nospace', ring: this.ring }));
+      return;
+    }
+    // Keep what our own waiting allocations need; otherwise we would give away and ask back.
+    const n = this.pending.some((p) => intersect(p.subnet, sn)) ? 0 : this.donate(src, sn);
+    if (n === 0) {
+      this.counters.donationsRefused++;
+      if (this.refreshFree()) this.ringChanged(true);
+    }
+    this.channel?.gossipUnicast(src, encodeUnicast({ k: n ? 'donate' : 'nospace', ring: this.ring }));
+  }
+
+  /** Owner-only update of our entries' free counts and nicknames. */
+  private refreshFree(): boolean {
+    let changed = false;
+    for (const e of this.ring.entries) {
+      if (e.peer === this.ourName && e.nickname !== this.ourNickname) {
+        e.nickname = this.ourNickname;
+        e.version++;
+        changed = true;
+      }
+    }
+    return this.ring.updateFree(this.ourName, (r) => this.space.freeIn(r)) || changed;
+  }
+
+  private mergeRing(other: Ring, src: PeerName | null): boolean {
+    const wasEmpty = this.ring.isEmpty();
+    const res = this.ring.merge(other);
+    if (res.conflict) {
+      this.noteConflict(res.conflict.kind, res.conflict.detail, res.conflict.count);
+      if (res.conflict.kind === 'seeds') {
+        this.foreignRings.set(other.seeds.join(','), other.seeds.slice());
+      }
+    }
+    if (!res.changed) return false;
+    this.counters.ringMerges++;
+    if (wasEmpty) this.log.info({ seeds: this.ring.seeds, from: src }, 'ipam: received the ring');
+    this.ringChanged(false);
+    return true;
+  }
+
+  private noteConflict(kind: string, detail: string, count = 1): void {
+    this.conflictCount += count;
+    this.lastConflict = `${kind}: ${detail}`;
+    if (!this.seenConflicts.has(this.lastConflict)) {
+      if (this.seenConflicts.size < 1000) this.seenConflicts.add(this.lastConflict);
+      this.log.warn({ kind, detail, total: this.conflictCount }, `ipam: ring merge conflict (${kind}): ${detail}`);
+    }
+  }
+
+  /** After any ring change: recompute our space, persist, wake waiters, maybe tell others. */
+  private ringChanged(ours: boolean): void {
+    const lost = this.space.setOwned(this.ring.ownedRanges(this.ourName));
+    if (lost.length) {
+      this.counters.lostAllocations += lost.length;
+      this.noteConflict('lost', `${lost.length} of our allocations (e.g. ${formatAddr(lost[0])}) are now in another peer's space`, lost.length);
+    }
+    if (ours) this.refreshFree();
+    this.store.saveRing(this.ring.encode());
+    if (!this.ring.isEmpty()) {
+      this.clock.clearTimeout(this.paxosTimer);
+      this.paxosTimer = undefined;
+      const w = this.primeWaiters;
+      this.primeWaiters = [];
+      for (const f of w) f();
+    }
+    if (ours) this.channel?.gossipBroadcast(this.snapshot());
+    this.tryPending();
+  }
+
+  private ensurePaxos(): Paxos {
+    if (!this.paxos) {
+      const q = this.init.mode === 'consensus' && this.init.quorum !== undefined
+        ? this.init.quorum
+        : Math.floor((this.knownPeers().length + 1) / 2) + 1;
+      this.paxos = new Paxos(this.ourName, this.ourNickname, q);
+      this.log.info({ quorum: q }, 'ipam: taking part in the consensus that seeds the ring');
+    }
+    return this.paxos;
+  }
+
+  private ensureConsensus(): void {
+    if (!this.ring.isEmpty() || this.init.mode !== 'consensus' || this.closed) return;
+    if (this.paxosTimer) return; // a round is running
+    const px = this.ensurePaxos();
+    px.propose();
+    px.think();
+    this.checkDecision();
+    if (!this.ring.isEmpty()) return;
+    this.channel?.gossip(this.snapshot());
+    const wait = this.consensusRetryMs + Math.floor(this.random() * this.consensusRetryMs);
+    this.paxosTimer = this.clock.setTimeout(() => {
+      this.paxosTimer = undefined;
+      if (!this.ring.isEmpty()) return;
+      this.log.debug(this.paxos?.progress() ?? {}, 'ipam: consensus not reached yet; proposing again');
+      if (this.pending.length || this.primeWaiters.length) this.ensureConsensus();
+    }, wait);
+  }
+
+  private checkDecision(): void {
+    if (!this.paxos || !this.ring.isEmpty()) return;
+    const v = this.paxos.decision();
+    if (!v) return;
+    this.ring.seed(v.map(([name, nickname]) => ({ name, nickname })));
+    this.log.info({ seeds: this.ring.seeds }, 'ipam: consensus reached; ring seeded');
+    this.ringChanged(false);
+    // tell everyone now rather than on the next periodic round
+    this.channel?.gossipBroadcast(this.snapshot());
+  }
+}
+
+function checkIdent(ident: string): void {
+  if (typeof ident !== 'string' || ident.length === 0 || ident.length > 512) throw new UsageError('container ident must be a non-empty string (at most 512 characters)');
+}
