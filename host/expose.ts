@@ -1,0 +1,58 @@
+// The host's own overlay addresses (`weave expose`). They live as /32s on a port-less bridge named
+// "weave" (this kernel has no dummy driver; a bridge is always available, and `ip addr show weave`
+// finds them where Weave users look). /32 with noprefixroute: a subnet route on a carrier-less link
+// would swallow overlay traffic that has no more specific route. Masquerade for the overlay's traffic to
+// the outside is one chain of ours in the shared nftables table `inet weave`; nothing else is touched.
+import { HostCtx, ipBatch, nftApply, nftExists, nftJson } from './ip';
+import { linkAddrs4, linkByName } from './links';
+
+export const EXPOSE_LINK = 'weave';
+export const NFT_TABLE = 'weave';
+export const EXPOSE_NAT_CHAIN = 'expose-nat';
+
+/** Puts exactly `ips` (bare addresses) on the expose link, creating it, or deletes it when empty. */
+export async function syncExposeLink(ctx: HostCtx, ips: string[], mtu: number): Promise<void> {
+  const link = await linkByName(ctx, EXPOSE_LINK);
+  if (ips.length === 0) {
+    if (link) await ipBatch(ctx, [`link del ${EXPOSE_LINK}`]);
+    return;
+  }
+  const lines: string[] = [];
+  if (!link) lines.push(`link add ${EXPOSE_LINK} mtu ${mtu} type bridge`);
+  lines.push(`link set ${EXPOSE_LINK} up`);
+  const have = new Set(link ? await linkAddrs4(ctx, EXPOSE_LINK) : []);
+  const want = new Set(ips.map((ip) => `${ip}/32`));
+  for (const a of have) if (!want.has(a)) lines.push(`addr del ${a} dev ${EXPOSE_LINK}`);
+  for (const a of want) if (!have.has(a)) lines.push(`addr add ${a} dev ${EXPOSE_LINK} noprefixroute`);
+  await ipBatch(ctx, lines);
+}
+
+/** Pure: the nft script that makes our NAT chain hold exactly these masquerade rules. */
+export function masqueradeScript(sourceNets: string[], overlayRange: string): string {
+  let s = `add table inet ${NFT_TABLE}\n`;
+  s += `add chain inet ${NFT_TABLE} ${EXPOSE_NAT_CHAIN} { type nat hook postrouting priority srcnat; policy accept; }\n`;
+  s += `flush chain inet ${NFT_TABLE} ${EXPOSE_NAT_CHAIN}\n`;
+  for (const net of [...new Set(sourceNets)].sort()) {
+    const excl = net === overlayRange ? `ip daddr != ${overlayRange}` : `ip daddr != ${net} ip daddr != ${overlayRange}`;
+    s += `add rule inet ${NFT_TABLE} ${EXPOSE_NAT_CHAIN} ip saddr ${net} ${excl} masquerade\n`;
+  }
+  return s;
+}
+
+/** Masquerades traffic from sourceNets to outside the overlay; with none, removes our chain. */
+export async function syncMasquerade(ctx: HostCtx, sourceNets: string[], overlayRange: string): Promise<void> {
+  if (sourceNets.length > 0) {
+    await nftApply(ctx, masqueradeScript(sourceNets, overlayRange));
+    return;
+  }
+  if (await nftExists(ctx, ['chain', 'inet', NFT_TABLE, EXPOSE_NAT_CHAIN])) {
+    await nftApply(ctx, `delete chain inet ${NFT_TABLE} ${EXPOSE_NAT_CHAIN}\n`);
+  }
+}
+
+/** The masquerade rules of our chain as nft -j shows them (for status and tests). */
+export async function listMasquerade(ctx: HostCtx): Promise<unknown[]> {
+  if (!(await nftExists(ctx, ['chain', 'inet', NFT_TABLE, EXPOSE_NAT_CHAIN]))) return [];
+  const j = await nftJson<{ nftables: Array<Record<string, any>> }>(ctx, ['list', 'chain', 'inet', NFT_TABLE, EXPOSE_NAT_CHAIN]);
+  return j.nftables.filter((o) => o.rule && o.rule.expr?.some((e: Record<string, unknown>) => 'masquerade' in e)).map((o) => o.rule);
+}

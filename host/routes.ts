@@ -1,0 +1,279 @@
+// Routes as desired state. Several owners (endpoints, sleeve, fastdp ...) each declare the routes they
+// want; the reconciler reads what the kernel has under our rtnetlink protocol number and applies the
+// difference in one `ip -batch`. It runs again on every change (debounced) and on a timer, so a route
+// deleted by hand or flushed by some tool comes back on its own. Routes with any other protocol number
+// are not ours and are never read, changed or deleted (`ip route del ... proto N` only matches ours).
+import { Clock, TimerHandle } from '../mesh/clock';
+import { WeaveError, errMsg } from '../mesh/errors';
+import type { Logger } from '../mesh/log';
+import { canonicalPrefix, tryParseCidr4 } from './cidr';
+import { HostCtx, ipBatch, ipJson } from './ip';
+
+export interface DesiredRoute {
+  dst: string; // CIDR
+  dev: string;
+  via?: string;
+  src?: string;
+  mtu?: number;
+  onlink?: boolean;
+  scope?: 'link' | 'global';
+}
+
+/** A route as `ip -json route show` prints it (the fields we compare). */
+export interface ActualRoute {
+  dst: string;
+  dev?: string;
+  gateway?: string;
+  prefsrc?: string;
+  scope?: string;
+  metric?: number;
+  flags?: string[];
+  metrics?: Array<Record<string, number>>;
+  type?: string;
+}
+
+/** Default rtnetlink protocol number marking weave's routes (not in /etc/iproute2/rt_protos). */
+export const WEAVE_RT_PROTO = 0xb4;
+
+interface NormRoute { dst: string; dev: string; via?: string; src?: string; mtu?: number; onlink: boolean; scope: 'link' | 'global' }
+
+function normDesired(r: DesiredRoute): NormRoute {
+  const dst = canonicalPrefix(r.dst);
+  if (!dst || !r.dst.includes('/')) throw new WeaveError('EINVAL', `route dst "${r.dst}" is not an IPv4 CIDR`, { route: r });
+  if (!r.dev || !/^[^\s/]{1,15}$/.test(r.dev)) throw new WeaveError('EINVAL', `route dev "${r.dev}" is not an interface name`, { route: r });
+  if (r.via !== undefined && !tryParseCidr4(r.via, true)) throw new WeaveError('EINVAL', `route via "${r.via}" is not an IPv4 address`, { route: r });
+  if (r.src !== undefined && !tryParseCidr4(r.src, true)) throw new WeaveError('EINVAL', `route src "${r.src}" is not an IPv4 address`, { route: r });
+  if (r.mtu !== undefined && (!Number.isInteger(r.mtu) || r.mtu < 68 || r.mtu > 65535)) throw new WeaveError('EINVAL', `route mtu ${r.mtu} out of range`, { route: r });
+  return {
+    dst,
+    dev: r.dev,
+    via: r.via,
+    src: r.src,
+    mtu: r.mtu,
+    onlink: !!r.onlink,
+    // the kernel's own defaults: no gateway means on-link (scope link), a gateway means global
+    scope: r.scope ?? (r.via ? 'global' : 'link'),
+  };
+}
+
+function normActual(a: ActualRoute): (NormRoute & { metric: number }) | undefined {
+  const dst = canonicalPrefix(a.dst);
+  if (!dst || a.type && a.type !== 'unicast') return undefined;
+  const mtu = a.metrics?.find((m) => typeof m.mtu === 'number')?.mtu;
+  return {
+    dst,
+    dev: a.dev ?? '',
+    via: a.gateway,
+    src: a.prefsrc,
+    mtu,
+    onlink: !!a.flags?.includes('onlink'),
+    scope: a.scope === 'link' ? 'link' : 'global',
+    metric: a.metric ?? 0,
+  };
+}
+
+function sameRoute(d: NormRoute, a: NormRoute): boolean {
+  return d.dev === a.dev && d.via === a.via && d.src === a.src && d.mtu === a.mtu && d.onlink === a.onlink && d.scope === a.scope;
+}
+
+export interface RouteDiff {
+  add: NormRoute[];
+  change: NormRoute[];
+  /** actual routes of ours to delete (dst, dev, metric as the kernel has them) */
+  remove: Array<{ dst: string; dev: string; metric: number }>;
+}
+
+/**
+ * Pure: what to do so that the kernel's routes of our protocol (`actual`) become `desired`.
+ * One route per destination prefix (we never set metrics, so a metric-carrying duplicate is stale).
+ */
+export function diffRoutes(desired: DesiredRoute[], actual: ActualRoute[]): RouteDiff {
+  const want = new Map<string, NormRoute>();
+  for (const r of desired) {
+    const n = normDesired(r);
+    if (!want.has(n.dst)) want.set(n.dst, n);
+  }
+  const diff: RouteDiff = { add: [], change: [], remove: [] };
+  const matched = new Set<string>();
+  for (const raw of actual) {
+    const a = normActual(raw);
+    if (!a) continue;
+    const d = want.get(a.dst);
+    if (!d || a.metric !== 0 || matched.has(a.dst)) {
+      diff.remove.push({ dst: a.dst, dev: a.dev, metric: a.metric });
+      continue;
+    }
+    matched.add(a.dst);
+    if (!sameRoute(d, a)) diff.change.push(d);
+  }
+  for (const [dst, d] of want) if (!matched.has(dst)) diff.add.push(d);
+  return diff;
+}
+
+function routeSpec(r: NormRoute, proto: number): string {
+  let s = `${r.dst}`;
+  if (r.via) s += ` via ${r.via}`;
+  s += ` dev ${r.dev}`;
+  if (r.src) s += ` src ${r.src}`;
+  if (r.mtu !== undefined) s += ` mtu ${r.mtu}`;
+  if (r.onlink) s += ' onlink';
+  s += ` scope ${r.scope} proto ${proto}`;
+  return s;
+}
+
+/** Pure: the `ip -batch` lines for a diff. Deletes first, so a changed prefix never collides. */
+export function routeBatchLines(diff: RouteDiff, proto: number): string[] {
+  const lines: string[] = [];
+  for (const r of diff.remove) lines.push(`route del ${r.dst}${r.dev ? ` dev ${r.dev}` : ''}${r.metric ? ` metric ${r.metric}` : ''} proto ${proto}`);
+  // replace, not add, for changes: the kernel swaps the route in place, with no moment without one
+  for (const r of diff.change) lines.push(`route replace ${routeSpec(r, proto)}`);
+  // add, not replace, for new ones: replace would take over a route someone else made for this prefix
+  for (const r of diff.add) lines.push(`route add ${routeSpec(r, proto)}`);
+  return lines;
+}
+
+export interface ReconcileResult { added: number; removed: number; changed: number }
+
+export interface RouteReconcilerStats {
+  runs: number;
+  errors: number;
+  lastError?: string;
+  added: number;
+  removed: number;
+  changed: number;
+  conflicts: number;
+}
+
+export class RouteReconciler {
+  readonly protocol: number;
+  private readonly ctx: HostCtx;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private readonly debounceMs: number;
+  private readonly owners = new Map<string, DesiredRoute[]>();
+  private running?: Promise<ReconcileResult>;
+  private queued?: Promise<ReconcileResult>;
+  private debounceTimer?: TimerHandle;
+  private intervalTimer?: TimerHandle;
+  private intervalMs = 0;
+  /** set by stop(): no more timers until start() */
+  private closed = false;
+  private readonly st: RouteReconcilerStats = { runs: 0, errors: 0, added: 0, removed: 0, changed: 0, conflicts: 0 };
+
+  constructor(o: { ctx: HostCtx; log: Logger; clock: Clock; protocol?: number; debounceMs?: number }) {
+    this.ctx = o.ctx;
+    this.log = o.log.child({ component: 'routes' });
+    this.clock = o.clock;
+    this.protocol = o.protocol ?? WEAVE_RT_PROTO;
+    if (!Number.isInteger(this.protocol) || this.protocol < 5 || this.protocol > 255) {
+      // 0-4 are the kernel's own (unspec, redirect, kernel, boot, static): never claim those
+      throw new WeaveError('EINVAL', `route protocol ${this.protocol} must be 5..255`, { protocol: this.protocol });
+    }
+    this.debounceMs = o.debounceMs ?? 20;
+  }
+
+  /** Replaces owner's routes (validated now, so a bad route fails its caller, not a later reconcile). */
+  setDesired(owner: string, routes: DesiredRoute[]): void {
+    for (const r of routes) normDesired(r);
+    if (routes.length === 0) this.owners.delete(owner);
+    else this.owners.set(owner, routes.map((r) => ({ ...r })));
+    this.schedule();
+  }
+
+  /** The union over owners; the first owner (by name) wins a prefix two owners want, with a warning. */
+  desired(): DesiredRoute[] {
+    const out: DesiredRoute[] = [];
+    const seen = new Map<string, string>();
+    for (const owner of [...this.owners.keys()].sort()) {
+      for (const r of this.owners.get(owner)!) {
+        const dst = canonicalPrefix(r.dst)!;
+        const prev = seen.get(dst);
+        if (prev !== undefined) {
+          if (prev !== owner) {
+            this.st.conflicts++;
+            this.log.warn({ dst, owner, winner: prev }, 'two owners want a route to the same prefix; keeping the first');
+          }
+          continue;
+        }
+        seen.set(dst, owner);
+        out.push(r);
+      }
+    }
+    return out;
+  }
+
+  /** One pass: read ours from the kernel, apply the difference. Concurrent calls share/queue runs. */
+  reconcile(): Promise<ReconcileResult> {
+    if (!this.running) {
+      this.running = this.runOnce().finally(() => { this.running = undefined; });
+      return this.running;
+    }
+    // a run is in progress with possibly stale desired state: queue exactly one more after it
+    if (!this.queued) {
+      this.queued = this.running.then(() => undefined, () => undefined).then(() => {
+        this.queued = undefined;
+        return this.reconcile();
+      });
+    }
+    return this.queued;
+  }
+
+  private async runOnce(): Promise<ReconcileResult> {
+    this.st.runs++;
+    try {
+      const actual = await ipJson<ActualRoute[]>(this.ctx, ['route', 'show', 'table', 'main', 'proto', String(this.protocol)]);
+      const diff = diffRoutes(this.desired(), actual);
+      const lines = routeBatchLines(diff, this.protocol);
+      const res = { added: diff.add.length, removed: diff.remove.length, changed: diff.change.length };
+      if (lines.length) {
+        this.log.debug({ ...res, lines }, 'applying route changes');
+        // -force: one impossible route (device gone, foreign route in the way) must not block the rest
+        await ipBatch(this.ctx, lines, { force: true });
+        this.st.added += res.added;
+        this.st.removed += res.removed;
+        this.st.changed += res.changed;
+      }
+      return res;
+    } catch (e) {
+      this.st.errors++;
+      this.st.lastError = errMsg(e);
+      this.log.warn({ err: errMsg(e) }, 'route reconcile failed (will retry on the next change or tick)');
+      throw e;
+    }
+  }
+
+  private schedule(): void {
+    if (this.debounceTimer || this.closed) return;
+    this.debounceTimer = this.clock.setTimeout(() => {
+      this.debounceTimer = undefined;
+      this.reconcile().catch(() => { /* logged and counted in runOnce */ });
+    }, this.debounceMs);
+  }
+
+  /** Reconciles now and then every intervalMs until stop(). */
+  start(intervalMs: number): void {
+    if (!(intervalMs > 0)) throw new WeaveError('EINVAL', `reconcile interval must be > 0 ms, got ${intervalMs}`);
+    this.intervalMs = intervalMs;
+    this.closed = false;
+    this.clock.clearTimeout(this.intervalTimer);
+    this.tick();
+  }
+
+  private tick(): void {
+    this.reconcile().catch(() => { /* logged and counted in runOnce */ }).finally(() => {
+      if (this.closed) return;
+      this.clock.clearTimeout(this.intervalTimer);
+      this.intervalTimer = this.clock.setTimeout(() => this.tick(), this.intervalMs);
+    });
+  }
+
+  stop(): void {
+    this.closed = true;
+    this.clock.clearTimeout(this.intervalTimer);
+    this.clock.clearTimeout(this.debounceTimer);
+    this.intervalTimer = undefined;
+    this.debounceTimer = undefined;
+  }
+
+  stats(): RouteReconcilerStats { return { ...this.st }; }
+}

@@ -1,0 +1,538 @@
+// Container endpoints (`weave attach/detach/ps`) and the host's own overlay addresses (`expose/hide`).
+//
+// The design is layer 3, like Calico: each container gets a veth whose host end has no address, answers
+// ARP for everything (proxy_arp) and carries one /32 route per container address. Containers route the
+// overlay range and multicast on-link via ethwe, so they need no bridge and no gateway address, and the
+// host's routing table alone decides where a packet goes (a local veth, or an overlay device).
+//
+// What we made is recorded in DATA_DIR/endpoints.json (written temp+rename, so a crash leaves the old or
+// the new file, never half of one). A restarted router calls restore(): it drops records whose veth is
+// gone (the namespace died), re-programs the rest and hands the /32s to the route reconciler, so running
+// containers keep working across router restarts and a flushed route heals itself.
+import { EventEmitter } from 'events';
+import * as fs from 'fs';
+import * as path from 'path';
+import type { Clock } from '../mesh/clock';
+import { UsageError, WeaveError, errMsg } from '../mesh/errors';
+import type { Logger } from '../mesh/log';
+import { Cidr4, canonicalPrefix, formatIp4, networkCidr, parseCidr4 } from '../host/cidr';
+import { EXPOSE_LINK, syncExposeLink, syncMasquerade } from '../host/expose';
+import { HostCtx, sysctl } from '../host/ip';
+import {
+  CONTAINER_IFNAME, createVeth, deleteLink, ensureContainerAddressing, hostIfName, linkByName, listLinks,
+  programHostSide, removeContainerAddrs, tmpPeerName,
+} from '../host/links';
+import { NetnsRef, findNamedNetns, netnsKeyOfStat, netnsPathOf, parseNetnsArg, resolveNetns } from '../host/netns';
+import type { DesiredRoute, RouteReconciler } from '../host/routes';
+
+export const ENDPOINTS_OWNER = 'endpoints';
+export const STATE_FILE = 'endpoints.json';
+const STATE_VERSION = 1;
+
+export interface EndpointInfo {
+  /** the NETNS argument it was attached with */
+  netns: string;
+  /** a path to its namespace file (may be stale once the process behind a PID exits) */
+  path: string;
+  /** namespace inode "dev:ino": one key per namespace however it is named */
+  key: string;
+  /** container-side interface */
+  ifname: string;
+  /** host-side veth */
+  hostIfname: string;
+  /** MAC of the container-side interface */
+  mac: string;
+  /** CIDRs as attached, in attach order */
+  addrs: string[];
+  /** name for DNS (later) */
+  name?: string;
+}
+
+export interface AttachResult extends EndpointInfo {
+  /** the CIDRs this call added (empty on a pure re-attach) */
+  added: string[];
+  /** whether this call created the veth */
+  created: boolean;
+}
+
+export interface DetachResult {
+  netns: string;
+  /** CIDRs no longer attached */
+  removed: string[];
+  /** whether the veth was deleted (all addresses gone) */
+  linkRemoved: boolean;
+  /** the namespace no longer existed: only leftover state was cleaned */
+  namespaceGone: boolean;
+}
+
+export interface ExposedAddr { cidr: string; masquerade: boolean }
+export interface ExposeResult { exposed: ExposedAddr[]; added: string[] }
+export interface HideResult { removed: string[]; exposed: ExposedAddr[] }
+
+interface PersistedState {
+  version: number;
+  endpoints: EndpointInfo[];
+  exposed: ExposedAddr[];
+}
+
+export interface EndpointsOptions {
+  /** the host namespace (undefined = ours) */
+  ctx: HostCtx;
+  log: Logger;
+  clock: Clock;
+  dataDir: string;
+  routes: RouteReconciler;
+  /** container MTU the data path wants now */
+  mtu: () => number;
+  /** CIDR routed into containers (default 10.32.0.0/12) */
+  overlayRange?: string;
+}
+
+const ipOf = (cidr: string): string => cidr.slice(0, cidr.indexOf('/'));
+
+export class Endpoints extends EventEmitter {
+  private readonly ctx: HostCtx;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private readonly dataDir: string;
+  private readonly routes: RouteReconciler;
+  private readonly mtu: () => number;
+  readonly overlayRange: string;
+  private endpoints: EndpointInfo[] = [];
+  private exposed: ExposedAddr[] = [];
+  private lock: Promise<unknown> = Promise.resolve();
+  private hostKey?: string;
+  /** counters for status/metrics */
+  readonly counters = { attaches: 0, detaches: 0, errors: 0, staleDropped: 0 };
+
+  constructor(o: EndpointsOptions) {
+    super();
+    this.ctx = o.ctx;
+    this.log = o.log.child({ component: 'endpoints' });
+    this.clock = o.clock;
+    this.dataDir = o.dataDir;
+    this.routes = o.routes;
+    this.mtu = o.mtu;
+    const range = parseCidr4(o.overlayRange ?? '10.32.0.0/12', 'overlay range');
+    this.overlayRange = networkCidr(range);
+    this.loadState();
+  }
+
+  // ---- queries -------------------------------------------------------------------------------
+
+  list(): EndpointInfo[] {
+    return this.endpoints.map((e) => ({ ...e, addrs: [...e.addrs] }));
+  }
+
+  exposedAddrs(): ExposedAddr[] { return this.exposed.map((x) => ({ ...x })); }
+
+  /** The /32s this host serves: attached container addresses and exposed host addresses. */
+  servedPrefixes(): string[] {
+    const s = new Set<string>();
+    for (const e of this.endpoints) for (const c of e.addrs) s.add(`${ipOf(c)}/32`);
+    for (const x of this.exposed) s.add(`${ipOf(x.cidr)}/32`);
+    return [...s].sort();
+  }
+
+  /**
+   * The source address the host should use toward the overlay (the first exposed address), for other
+   * route owners (sleeve, fastdp) to put in their routes' src; undefined when nothing is exposed.
+   */
+  hostSource(): string | undefined {
+    return this.exposed.length ? ipOf(this.exposed[0].cidr) : undefined;
+  }
+
+  // ---- attach / detach -----------------------------------------------------------------------
+
+  attach(netns: string, cidrs: string[], opts: { name?: string } = {}): Promise<AttachResult> {
+    return this.serial(() => this.doAttach(netns, cidrs, opts));
+  }
+
+  private async doAttach(arg: string, cidrs: string[], opts: { name?: string }): Promise<AttachResult> {
+    if (!Array.isArray(cidrs) || cidrs.length === 0) throw new UsageError('attach needs at least one address like 10.32.0.5/12', { netns: arg });
+    const parsed = this.parseAddrs(cidrs);
+    if (opts.name !== undefined && (typeof opts.name !== 'string' || !/^[A-Za-z0-9_.\-]{1,253}$/.test(opts.name))) {
+      throw new UsageError(`name "${opts.name}" is not a valid DNS name`, { name: opts.name });
+    }
+    const ns = this.resolve(arg);
+    let rec = this.endpoints.find((e) => e.key === ns.key);
+    // addresses must be unique across containers and the host's exposed addresses
+    for (const c of parsed) {
+      const ip = c.addr;
+      const other = this.endpoints.find((e) => e !== rec && e.addrs.some((a) => ipOf(a) === ip));
+      if (other) throw new UsageError(`address ${ip} is already attached to namespace ${other.netns}; detach it there first`, { addr: ip, netns: other.netns });
+      if (this.exposed.some((x) => ipOf(x.cidr) === ip)) throw new UsageError(`address ${ip} is exposed on this host; hide it first`, { addr: ip });
+      const same = rec?.addrs.find((a) => ipOf(a) === ip);
+      if (same && same !== `${c.addr}/${c.len}`) throw new UsageError(`address ${ip} is already attached to ${arg} as ${same}; detach it to change the prefix length`, { addr: ip });
+    }
+    const mtu = this.containerMtu();
+    const hostIf = hostIfName(ns.key);
+    let created = false;
+    const links = await listLinks(this.ctx);
+    if (rec && !links.has(rec.hostIfname)) {
+      // the veth is gone (deleted by hand, or an old namespace's inode reused): start over
+      this.log.warn({ netns: arg, hostIf: rec.hostIfname }, 'recorded endpoint has no veth any more; recreating');
+      this.endpoints = this.endpoints.filter((e) => e !== rec);
+      rec = undefined;
+    }
+    try {
+      if (!rec) {
+        if (links.has(hostIf)) {
+          // left by an attach that crashed before recording it: its peer is in this namespace or gone
+          this.log.warn({ hostIf, netns: arg }, 'removing unrecorded leftover veth before attaching');
+          await deleteLink(this.ctx, hostIf);
+        }
+        if (await linkByName(ns.ctx, CONTAINER_IFNAME)) {
+          throw new UsageError(`namespace ${arg} already has an interface named ${CONTAINER_IFNAME} that weave did not create; remove it first`, { netns: arg });
+        }
+        await createVeth(this.ctx, { hostIf, tmpPeer: tmpPeerName(ns.key), containerPath: ns.path, containerCtx: ns.ctx, ifname: CONTAINER_IFNAME, mtu });
+        created = true;
+      }
+      await programHostSide(this.ctx, hostIf, mtu);
+      await sysctl(this.ctx, 'net/ipv4/ip_forward', 1);
+      const all = rec ? [...rec.addrs] : [];
+      for (const c of parsed) if (!all.includes(`${c.addr}/${c.len}`)) all.push(`${c.addr}/${c.len}`);
+      const { addedAddrs } = await ensureContainerAddressing(ns.ctx, CONTAINER_IFNAME, all, this.overlayRange, mtu);
+      const mac = (await linkByName(ns.ctx, CONTAINER_IFNAME))?.address ?? rec?.mac ?? '';
+      const info: EndpointInfo = {
+        netns: rec?.netns ?? arg,
+        path: ns.path,
+        key: ns.key,
+        ifname: CONTAINER_IFNAME,
+        hostIfname: hostIf,
+        mac,
+        addrs: all,
+        name: opts.name ?? rec?.name,
+      };
+      if (info.name === undefined) delete info.name;
+      this.endpoints = [...this.endpoints.filter((e) => e.key !== ns.key), info];
+      this.counters.attaches++;
+      await this.commit();
+      this.log.info({ netns: arg, hostIf, addrs: all, added: addedAddrs, created }, 'attached');
+      const newly = parsed.map((c) => `${c.addr}/${c.len}`).filter((c) => !rec?.addrs.includes(c));
+      return { ...info, addrs: [...all], added: newly, created };
+    } catch (e) {
+      this.counters.errors++;
+      this.log.error({ netns: arg, err: errMsg(e) }, 'attach failed');
+      if (created) {
+        // do not leave a half-made veth that no record knows about
+        await deleteLink(this.ctx, hostIf).catch((e2: unknown) => this.log.error({ hostIf, err: errMsg(e2) }, 'cleanup after failed attach failed'));
+      }
+      throw e;
+    }
+  }
+
+  detach(netns: string, addrs?: string[]): Promise<DetachResult> {
+    return this.serial(() => this.doDetach(netns, addrs));
+  }
+
+  private async doDetach(arg: string, addrs?: string[]): Promise<DetachResult> {
+    const wanted = addrs && addrs.length ? this.parseAddrs(addrs) : undefined;
+    let ns: NetnsRef | undefined;
+    let rec: EndpointInfo | undefined;
+    try {
+      ns = this.resolve(arg);
+      rec = this.endpoints.find((e) => e.key === ns!.key);
+      if (!rec) throw new UsageError(`nothing is attached to namespace ${arg}`, { netns: arg });
+    } catch (e) {
+      if (ns || !(e instanceof UsageError)) throw e;
+      // the namespace is gone (or never was): clean what we recorded under that argument
+      rec = this.findGone(arg);
+      if (!rec) throw new UsageError(`${e.message}; and nothing weave attached is recorded under ${arg}`, { netns: arg });
+    }
+    const gone = !ns;
+    let removed: string[];
+    let linkRemoved = false;
+    if (wanted) {
+      removed = [];
+      for (const c of wanted) {
+        const have = rec.addrs.find((a) => ipOf(a) === c.addr);
+        if (!have) throw new UsageError(`address ${c.addr} is not attached to ${arg} (it has ${rec.addrs.join(', ')})`, { netns: arg, addr: c.addr });
+        removed.push(have);
+      }
+    } else {
+      removed = [...rec.addrs];
+    }
+    const remaining = rec.addrs.filter((a) => !removed.includes(a));
+    if (remaining.length === 0 || gone) {
+      linkRemoved = await deleteLink(this.ctx, rec.hostIfname);
+      this.endpoints = this.endpoints.filter((e) => e !== rec);
+      removed = [...rec.addrs];
+    } else {
+      await removeContainerAddrs(ns!.ctx, rec.ifname, removed);
+      // the overlay route may have gone with a removed address's subnet route: put it back
+      await ensureContainerAddressing(ns!.ctx, rec.ifname, remaining, this.overlayRange, this.containerMtu());
+      const upd: EndpointInfo = { ...rec, addrs: remaining };
+      this.endpoints = this.endpoints.map((e) => (e === rec ? upd : e));
+    }
+    this.counters.detaches++;
+    await this.commit();
+    this.log.info({ netns: arg, removed, linkRemoved, namespaceGone: gone }, 'detached');
+    return { netns: rec.netns, removed, linkRemoved, namespaceGone: gone };
+  }
+
+  /** A record for a NETNS argument whose namespace no longer resolves. */
+  private findGone(arg: string): EndpointInfo | undefined {
+    let p: string | undefined;
+    try {
+      p = netnsPathOf(parseNetnsArg(arg));
+    } catch {
+      return undefined; // not even a NETNS argument: nothing can be recorded under it
+    }
+    return this.endpoints.find((e) => e.netns === arg || e.path === p);
+  }
+
+  // ---- expose / hide -------------------------------------------------------------------------
+
+  expose(cidrs: string[], opts: { masquerade?: boolean } = {}): Promise<ExposeResult> {
+    return this.serial(async () => {
+      if (!Array.isArray(cidrs) || cidrs.length === 0) throw new UsageError('expose needs an address like 10.32.0.1/12', {});
+      const parsed = this.parseAddrs(cidrs);
+      const added: string[] = [];
+      let next = [...this.exposed];
+      for (const c of parsed) {
+        const cidr = `${c.addr}/${c.len}`;
+        const owner = this.endpoints.find((e) => e.addrs.some((a) => ipOf(a) === c.addr));
+        if (owner) throw new UsageError(`address ${c.addr} is attached to namespace ${owner.netns}; detach it first`, { addr: c.addr });
+        const prev = next.find((x) => ipOf(x.cidr) === c.addr);
+        if (prev && prev.cidr !== cidr) throw new UsageError(`address ${c.addr} is already exposed as ${prev.cidr}; hide it to change the prefix length`, { addr: c.addr });
+        if (!prev) added.push(cidr);
+        next = next.filter((x) => x !== prev);
+        next.push({ cidr, masquerade: !!opts.masquerade });
+      }
+      const before = this.exposed;
+      this.exposed = next;
+      try {
+        await this.programExpose();
+        await sysctl(this.ctx, 'net/ipv4/ip_forward', 1);
+        await this.commit();
+      } catch (e) {
+        this.counters.errors++;
+        this.log.error({ err: errMsg(e) }, 'expose failed; restoring the previous exposed set');
+        this.exposed = before;
+        await this.programExpose().catch((e2: unknown) => this.log.error({ err: errMsg(e2) }, 'restoring exposed addresses failed'));
+        throw e;
+      }
+      this.log.info({ exposed: this.exposed, added }, 'exposed');
+      return { exposed: this.exposedAddrs(), added };
+    });
+  }
+
+  /** Removes the given exposed addresses (by address; prefix length optional), or all of them. */
+  hide(cidrs?: string[]): Promise<HideResult> {
+    return this.serial(async () => {
+      let removed: string[];
+      if (cidrs && cidrs.length) {
+        const ips = cidrs.map((c) => {
+          const p = parseCidr4(c.includes('/') ? c : `${c}/32`);
+          return p.addr;
+        });
+        for (const ip of ips) {
+          if (!this.exposed.some((x) => ipOf(x.cidr) === ip)) throw new UsageError(`address ${ip} is not exposed (exposed: ${this.exposed.map((x) => x.cidr).join(', ') || 'none'})`, { addr: ip });
+        }
+        removed = this.exposed.filter((x) => ips.includes(ipOf(x.cidr))).map((x) => x.cidr);
+      } else {
+        removed = this.exposed.map((x) => x.cidr);
+      }
+      this.exposed = this.exposed.filter((x) => !removed.includes(x.cidr));
+      await this.programExpose();
+      await this.commit();
+      this.log.info({ removed }, 'hidden');
+      return { removed, exposed: this.exposedAddrs() };
+    });
+  }
+
+  private async programExpose(): Promise<void> {
+    await syncExposeLink(this.ctx, this.exposed.map((x) => ipOf(x.cidr)), this.containerMtu());
+    const nets = this.exposed.filter((x) => x.masquerade).map((x) => networkCidr(parseCidr4(x.cidr)));
+    await syncMasquerade(this.ctx, nets, this.overlayRange);
+  }
+
+  // ---- restart -------------------------------------------------------------------------------
+
+  /**
+   * After a router restart: drops records whose veth is gone, re-programs the rest (host side, the
+   * container's addresses and routes where the namespace is still reachable), the exposed addresses and
+   * the /32 routes. Returns how many endpoints were kept and dropped.
+   */
+  restore(): Promise<{ kept: number; dropped: number }> {
+    return this.serial(async () => {
+      const links = await listLinks(this.ctx);
+      const mtu = this.containerMtu();
+      const kept: EndpointInfo[] = [];
+      let dropped = 0;
+      for (const e of this.endpoints) {
+        if (!links.has(e.hostIfname)) {
+          dropped++;
+          this.counters.staleDropped++;
+          this.log.info({ netns: e.netns, hostIf: e.hostIfname }, 'endpoint veth gone (namespace deleted?); dropping its state');
+          continue;
+        }
+        try {
+          await programHostSide(this.ctx, e.hostIfname, mtu);
+          const ns = this.reachable(e);
+          if (ns) {
+            e.path = ns.path;
+            await ensureContainerAddressing(ns.ctx, e.ifname, e.addrs, this.overlayRange, mtu);
+          } else {
+            this.log.warn({ netns: e.netns }, 'endpoint namespace not reachable by any known path; host side re-programmed only');
+          }
+        } catch (err) {
+          this.counters.errors++;
+          this.log.error({ netns: e.netns, err: errMsg(err) }, 're-programming endpoint failed; keeping its state');
+        }
+        kept.push(e);
+      }
+      this.endpoints = kept;
+      if (kept.length || this.exposed.length) await sysctl(this.ctx, 'net/ipv4/ip_forward', 1);
+      await this.programExpose();
+      await this.commit();
+      this.log.info({ kept: kept.length, dropped, exposed: this.exposed.length }, 'endpoints restored');
+      return { kept: kept.length, dropped };
+    });
+  }
+
+  /** The namespace of a record by its path, or by an `ip netns` name with the same inode. */
+  private reachable(e: EndpointInfo): NetnsRef | undefined {
+    try {
+      if (netnsKeyOfStat(fs.statSync(e.path)) === e.key) return resolveNetns(e.path, { hostKey: this.getHostKey() });
+    } catch (err) {
+      this.log.debug({ path: e.path, err: errMsg(err) }, 'recorded namespace path no longer valid');
+    }
+    const name = findNamedNetns(e.key);
+    return name ? resolveNetns(name, { hostKey: this.getHostKey() }) : undefined;
+  }
+
+  // ---- internals -----------------------------------------------------------------------------
+
+  private containerMtu(): number {
+    const m = this.mtu();
+    if (!Number.isInteger(m) || m < 576 || m > 65535) throw new WeaveError('EINVAL', `container MTU ${m} out of range 576..65535`, { mtu: m });
+    return m;
+  }
+
+  private parseAddrs(cidrs: string[]): Cidr4[] {
+    const out: Cidr4[] = [];
+    for (const s of cidrs) {
+      const c = parseCidr4(s);
+      if (c.len === 0) throw new UsageError(`address ${s} has prefix length 0; give the address with its subnet, like 10.32.0.5/12`, { value: s });
+      const host = c.n & ~(c.len === 32 ? 0 : (0xffffffff << (32 - c.len)) >>> 0);
+      if (c.len < 31 && (host === 0 || (host >>> 0) === ((~(0xffffffff << (32 - c.len))) >>> 0))) {
+        throw new UsageError(`address ${s} is the ${host === 0 ? 'network' : 'broadcast'} address of its subnet; pick a host address`, { value: s });
+      }
+      if (c.n >>> 28 >= 14) throw new UsageError(`address ${s} is multicast or reserved (${formatIp4(c.n)}); give a unicast address`, { value: s });
+      if (c.n >>> 24 === 127 || c.n >>> 24 === 0) throw new UsageError(`address ${s} is not usable on an interface`, { value: s });
+      if (!out.some((o) => o.n === c.n)) out.push(c);
+    }
+    return out;
+  }
+
+  private getHostKey(): string {
+    if (this.hostKey === undefined) {
+      const p = this.ctx.netns === undefined ? '/proc/self/ns/net' : this.ctx.netns.startsWith('/') ? this.ctx.netns : netnsPathOf({ kind: 'name', name: this.ctx.netns });
+      this.hostKey = netnsKeyOfStat(fs.statSync(p));
+    }
+    return this.hostKey;
+  }
+
+  private resolve(arg: string): NetnsRef {
+    return resolveNetns(arg, { hostKey: this.getHostKey() });
+  }
+
+  private desiredRoutes(): DesiredRoute[] {
+    const src = this.hostSource();
+    const out: DesiredRoute[] = [];
+    for (const e of this.endpoints) {
+      for (const c of e.addrs) {
+        const r: DesiredRoute = { dst: `${ipOf(c)}/32`, dev: e.hostIfname, scope: 'link' };
+        // without a src the host would pick its underlay address, which the container cannot answer
+        if (src) r.src = src;
+        out.push(r);
+      }
+    }
+    return out;
+  }
+
+  /** Persists, hands the routes over and waits for them to be in the kernel, then tells listeners. */
+  private async commit(): Promise<void> {
+    this.saveState();
+    this.routes.setDesired(ENDPOINTS_OWNER, this.desiredRoutes());
+    try {
+      await this.routes.reconcile();
+    } finally {
+      this.emit('changed', { served: this.servedPrefixes() });
+    }
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.lock.then(fn, fn);
+    this.lock = p.catch(() => undefined); // the caller gets the error; the queue carries on
+    return p;
+  }
+
+  private statePath(): string { return path.join(this.dataDir, STATE_FILE); }
+
+  private saveState(): void {
+    const st: PersistedState = { version: STATE_VERSION, endpoints: this.endpoints, exposed: this.exposed };
+    fs.mkdirSync(this.dataDir, { recursive: true });
+    const tmp = `${this.statePath()}.tmp`;
+    const fd = fs.openSync(tmp, 'w', 0o600);
+    try {
+      fs.writeSync(fd, JSON.stringify(st, null, 2) + '\n');
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, this.statePath());
+  }
+
+  private loadState(): void {
+    let text: string;
+    try {
+      text = fs.readFileSync(this.statePath(), 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new WeaveError('ESTATE', `cannot read ${this.statePath()}: ${errMsg(e)}`, { path: this.statePath() });
+    }
+    try {
+      const st = validateState(JSON.parse(text));
+      this.endpoints = st.endpoints;
+      this.exposed = st.exposed;
+    } catch (e) {
+      // keep the bad file for a human, start empty rather than refuse to run the router
+      const aside = `${this.statePath()}.corrupt-${this.clock.now()}`;
+      fs.renameSync(this.statePath(), aside);
+      this.counters.errors++;
+      this.log.error({ err: errMsg(e), movedTo: aside }, 'endpoint state unreadable; moved aside, starting empty');
+    }
+  }
+}
+
+/** Validates a parsed endpoints.json; throws WeaveError on anything unexpected. */
+export function validateState(v: unknown): PersistedState {
+  const bad = (why: string): never => { throw new WeaveError('ESTATE', `endpoint state: ${why}`); };
+  if (!v || typeof v !== 'object') bad('not an object');
+  const o = v as Record<string, unknown>;
+  if (o.version !== STATE_VERSION) bad(`unsupported version ${String(o.version)}`);
+  if (!Array.isArray(o.endpoints) || !Array.isArray(o.exposed)) bad('endpoints/exposed must be arrays');
+  const isStr = (x: unknown): x is string => typeof x === 'string';
+  const endpoints: EndpointInfo[] = [];
+  for (const e of o.endpoints as unknown[]) {
+    const r = e as Record<string, unknown>;
+    if (!r || typeof r !== 'object') bad('endpoint is not an object');
+    for (const f of ['netns', 'path', 'key', 'ifname', 'hostIfname', 'mac']) if (!isStr(r[f])) bad(`endpoint.${f} must be a string`);
+    if (!/^[^\s/]{1,15}$/.test(r.hostIfname as string) || !/^[^\s/]{1,15}$/.test(r.ifname as string)) bad('bad interface name');
+    if (!Array.isArray(r.addrs) || !r.addrs.every((a) => isStr(a) && canonicalPrefix(a) !== undefined && a.includes('/'))) bad('endpoint.addrs must be CIDRs');
+    if (r.name !== undefined && !isStr(r.name)) bad('endpoint.name must be a string');
+    const info: EndpointInfo = { netns: r.netns as string, path: r.path as string, key: r.key as string, ifname: r.ifname as string, hostIfname: r.hostIfname as string, mac: r.mac as string, addrs: [...(r.addrs as string[])] };
+    if (r.name !== undefined) info.name = r.name as string;
+    endpoints.push(info);
+  }
+  const exposed: ExposedAddr[] = [];
+  for (const x of o.exposed as unknown[]) {
+    const r = x as Record<string, unknown>;
+    if (!r || !isStr(r.cidr) || canonicalPrefix(r.cidr) === undefined || typeof r.masquerade !== 'boolean') bad('exposed entries need cidr and masquerade');
+    exposed.push({ cidr: r.cidr as string, masquerade: r.masquerade as boolean });
+  }
+  return { version: STATE_VERSION, endpoints, exposed };
+}
