@@ -1,0 +1,283 @@
+// Connection maker: decides which addresses to dial and when. Targets are the addresses the user
+// gave (persisted through targetStore) plus, with discovery, the addresses other peers report for
+// peers we are not connected to. It never dials an address whose peer we already have a
+// connection with, retries with jittered exponential backoff (1 s doubling to a 60 s cap, ±25%),
+// and keeps, per target, what happened last (code, reason, next retry) for `weave status targets`.
+// The mesh performs the dial and the post-authentication checks and reports back here.
+import type { Clock, TimerHandle } from './clock';
+import type { Logger } from './log';
+import type { PeerName } from './peer';
+import type { ConnectionStatus } from './status';
+import { normalizeAddress } from './codec';
+
+export interface Backoff {
+  initialMs: number;
+  maxMs: number;
+  /** ± fraction of the delay */
+  jitter: number;
+}
+export const DEFAULT_BACKOFF: Backoff = { initialMs: 1000, maxMs: 60_000, jitter: 0.25 };
+/** A connection that lived less than this counts as a failed attempt for the backoff. */
+const STABLE_MS = 10_000;
+
+type TargetState = 'idle' | 'connecting' | 'connected' | 'retrying' | 'failed';
+
+interface Target {
+  address: string;
+  explicit: boolean;
+  discovered: boolean;
+  state: TargetState;
+  attempts: number;
+  /** who answered (or who discovery says is) at this address */
+  peer?: PeerName;
+  code?: string;
+  info: string;
+  nextRetry: number;
+  connectedAt?: number;
+}
+
+export interface ConnectionMakerHooks {
+  /** start dialling; the outcome comes back through attemptSucceeded / attemptFailed */
+  dial(address: string): void;
+  /** is there an authenticated (pending or established) connection to this peer? */
+  connectedTo(peer: PeerName): boolean;
+  /** may we dial a discovered (not user-given) address now? false at the connection limit */
+  mayDialDiscovered(): boolean;
+}
+
+export interface ConnectionMakerOptions {
+  clock: Clock;
+  log: Logger;
+  random: () => number;
+  defaultPort: number;
+  self: PeerName;
+  hooks: ConnectionMakerHooks;
+  store?: { load(): string[]; save(targets: string[]): void };
+  backoff?: Backoff;
+}
+
+export class ConnectionMaker {
+  private readonly targetsByAddr = new Map<string, Target>();
+  private timer: TimerHandle | undefined;
+  private timerAt = Infinity;
+  private stopped = false;
+  private readonly backoff: Backoff;
+
+  constructor(private readonly o: ConnectionMakerOptions) {
+    this.backoff = o.backoff ?? DEFAULT_BACKOFF;
+  }
+
+  normalize(addr: string): string {
+    return normalizeAddress(addr, this.o.defaultPort);
+  }
+
+  /** Loads stored targets and starts dialling. */
+  start(): void {
+    if (this.o.store) {
+      let stored: string[] = [];
+      try {
+        stored = this.o.store.load();
+      } catch (e) {
+        this.o.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'could not load stored targets; starting without them');
+      }
+      this.add(stored, false, false);
+    }
+    this.schedule(0);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.o.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  add(addresses: string[], replace: boolean, persist = true): void {
+    const wanted = new Set(addresses.map((a) => this.normalize(a)).filter((a) => a.length > 0));
+    if (replace) {
+      for (const t of this.targetsByAddr.values()) if (t.explicit && !wanted.has(t.address)) this.unsetExplicit(t);
+    }
+    for (const a of wanted) {
+      const t = this.targetsByAddr.get(a);
+      if (t) {
+        if (!t.explicit) {
+          t.explicit = true;
+        } else if (t.state === 'failed' || t.state === 'retrying') {
+          // asking again means "try now"
+          t.nextRetry = this.o.clock.now();
+        }
+      } else {
+        this.targetsByAddr.set(a, { address: a, explicit: true, discovered: false, state: 'idle', attempts: 0, info: '', nextRetry: this.o.clock.now() });
+      }
+    }
+    if (persist) this.persist();
+    this.schedule(0);
+  }
+
+  forget(addresses: string[]): void {
+    for (const a of addresses) {
+      const t = this.targetsByAddr.get(this.normalize(a));
+      if (t && t.explicit) this.unsetExplicit(t);
+    }
+    this.persist();
+  }
+
+  private unsetExplicit(t: Target): void {
+    t.explicit = false;
+    if (!t.discovered && t.state !== 'connecting') this.targetsByAddr.delete(t.address);
+  }
+
+  private persist(): void {
+    if (!this.o.store) return;
+    try {
+      this.o.store.save(this.targets());
+    } catch (e) {
+      this.o.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'could not save targets');
+    }
+  }
+
+  /** User-given targets. */
+  targets(): string[] {
+    return [...this.targetsByAddr.values()].filter((t) => t.explicit).map((t) => t.address).sort();
+  }
+
+  /** Replaces the set of discovered addresses (address -> the peer said to be there). */
+  setDiscovered(found: Map<string, PeerName>): void {
+    let added = false;
+    for (const t of this.targetsByAddr.values()) {
+      if (!t.discovered || found.has(t.address)) continue;
+      t.discovered = false;
+      if (!t.explicit && t.state !== 'connecting') this.targetsByAddr.delete(t.address);
+    }
+    for (const [addr, peer] of found) {
+      const t = this.targetsByAddr.get(addr);
+      if (t) {
+        t.discovered = true;
+        if (!t.peer) t.peer = peer;
+        continue;
+      }
+      this.targetsByAddr.set(addr, { address: addr, explicit: false, discovered: true, state: 'idle', attempts: 0, peer, info: '', nextRetry: this.o.clock.now() });
+      added = true;
+    }
+    if (added) this.schedule(0);
+  }
+
+  attemptSucceeded(address: string, peer: PeerName): void {
+    const t = this.targetsByAddr.get(address);
+    if (!t) return;
+    t.state = 'connected';
+    t.peer = peer;
+    t.code = undefined;
+    t.info = '';
+    t.connectedAt = this.o.clock.now();
+  }
+
+  /** `slow`: retry only at the backoff cap (e.g. the address turned out to be ourselves). */
+  attemptFailed(address: string, code: string, info: string, opts: { peer?: PeerName; slow?: boolean } = {}): void {
+    const t = this.targetsByAddr.get(address);
+    if (!t) return;
+    if (opts.peer) t.peer = opts.peer;
+    t.state = 'failed';
+    t.code = code;
+    t.info = info;
+    t.nextRetry = this.o.clock.now() + (opts.slow ? this.backoff.maxMs : this.delay(t.attempts));
+    if (!t.explicit && t.discovered && opts.slow) {
+      // a discovered address that is really us: nothing to retry
+      this.targetsByAddr.delete(address);
+      return;
+    }
+    this.schedule(t.nextRetry - this.o.clock.now());
+  }
+
+  /** The connection to `peer` went away: targets that led to it retry. */
+  peerLost(peer: PeerName, reason: string): void {
+    const now = this.o.clock.now();
+    for (const t of this.targetsByAddr.values()) {
+      if (t.peer !== peer || t.state === 'connecting') continue;
+      if (t.state === 'connected' && t.connectedAt !== undefined && now - t.connectedAt >= STABLE_MS) t.attempts = 0;
+      t.state = 'retrying';
+      t.info = reason;
+      t.nextRetry = now + this.delay(t.attempts);
+      this.schedule(t.nextRetry - now);
+    }
+  }
+
+  /** Something changed (a peer connected or left): re-evaluate soon. */
+  poke(): void {
+    this.schedule(0);
+  }
+
+  private delay(attempts: number): number {
+    const base = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.max(0, attempts - 1));
+    return Math.max(1, Math.round(base * (1 - this.backoff.jitter + 2 * this.backoff.jitter * this.o.random())));
+  }
+
+  private schedule(inMs: number): void {
+    if (this.stopped) return;
+    const at = this.o.clock.now() + Math.max(0, inMs);
+    if (this.timer && at >= this.timerAt) return;
+    this.o.clock.clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = this.o.clock.setTimeout(() => {
+      this.timer = undefined;
+      this.timerAt = Infinity;
+      this.check();
+    }, Math.max(0, inMs));
+  }
+
+  private check(): void {
+    if (this.stopped) return;
+    const now = this.o.clock.now();
+    let next = Infinity;
+    const dialling = new Set<PeerName>();
+    for (const t of this.targetsByAddr.values()) if (t.state === 'connecting' && t.peer) dialling.add(t.peer);
+    for (const t of this.targetsByAddr.values()) {
+      if (t.state === 'connecting') continue;
+      if (t.peer && this.o.hooks.connectedTo(t.peer)) {
+        if (t.state !== 'connected') {
+          t.state = 'connected';
+          t.connectedAt = now;
+          t.code = undefined;
+          t.info = '';
+        }
+        continue;
+      }
+      if (t.state === 'connected') {
+        // the peer went away without peerLost reaching us (e.g. replaced by a duplicate that then closed)
+        t.state = 'retrying';
+        t.nextRetry = now + this.delay(t.attempts);
+      }
+      if (t.nextRetry > now) {
+        next = Math.min(next, t.nextRetry);
+        continue;
+      }
+      if (t.peer && dialling.has(t.peer)) continue; // another address of the same peer is being tried
+      if (!t.explicit && !this.o.hooks.mayDialDiscovered()) continue;
+      if (t.peer) dialling.add(t.peer);
+      t.state = 'connecting';
+      t.attempts++;
+      t.info = '';
+      this.o.hooks.dial(t.address);
+    }
+    if (next < Infinity) this.schedule(next - now);
+  }
+
+  /** Targets without an authenticated connection, for the status connections list. */
+  status(): ConnectionStatus[] {
+    const out: ConnectionStatus[] = [];
+    for (const t of this.targetsByAddr.values()) {
+      if (t.state === 'connected' || t.state === 'idle') continue;
+      const s: ConnectionStatus = { address: t.address, outbound: true, state: t.state, info: t.info || (t.state === 'connecting' ? 'dialling' : ''), overlay: null, encrypted: false, attempts: t.attempts };
+      if (t.code) s.code = t.code;
+      if (t.state !== 'connecting') s.nextRetry = t.nextRetry;
+      if (t.peer) s.peerName = t.peer;
+      out.push(s);
+    }
+    return out.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  }
+
+  /** For tests and the status view: the raw state of one address. */
+  stateOf(address: string): { state: TargetState; attempts: number; code?: string; nextRetry: number; peer?: PeerName } | undefined {
+    const t = this.targetsByAddr.get(this.normalize(address));
+    return t && { state: t.state, attempts: t.attempts, code: t.code, nextRetry: t.nextRetry, peer: t.peer };
+  }
+}

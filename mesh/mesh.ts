@@ -1,0 +1,795 @@
+// The mesh core: authenticated connections from the Transport become entries (pending until the
+// overlay says established), our topology record lists them, topology gossip spreads records, routes
+// follow from the symmetric established graph, and gossip channels ride on top.
+//
+// Topology gossip (Msg.Topology, see topology.ts for the record format and merge rule):
+//  - a new connection: both ends send a digest; each answers with the records the other lacks plus
+//    the names it wants, so two neighbours are in sync after 1.5 round trips;
+//  - news (our record changed, or a merge replaced records): coalesced for newsDelayMs, then sent to
+//    fanout = max(3, ceil(log2 N)) random neighbours (plus neighbours whose link with us changed),
+//    never back to the neighbour the news came from; receivers pass on what was new to them;
+//  - every gossipIntervalMs: a hash of our digest to fanout neighbours; a neighbour whose view
+//    differs answers with its digest (repairs whatever the random flood missed, at ~zero cost in a
+//    steady state).
+// GC: a record that was reachable at the last recompute and is not now is dropped at once; a
+// record that was never reachable since we learned it gets gcGraceMs, because records of one
+// change arrive in any order (C's record can come before B's record that makes C reachable).
+import { EventEmitter } from 'events';
+import type { Clock, TimerHandle } from './clock';
+import type { Logger } from './log';
+import type { PeerName } from './peer';
+import type { ConnectionStatus, MeshStatus, PeerStatus, RouteStatus } from './status';
+import type { Features, GossipChannel, Gossiper, MeshConnection, Transport } from './types';
+import { Msg } from './types';
+import { ProtocolError, UsageError, WeaveError, errMsg } from './errors';
+import { ConnectionMaker, type Backoff } from './connection-maker';
+import { Topology, TopoKind, decodeTopology, encodeTopology, type ConnInfo, type PeerRecord, type TopologyMsg } from './topology';
+import { Routes } from './routes';
+import { GossipChannelImpl, GossipKind, decodeGossip, encodeGossip, validChannelName, type GossipHost, type GossipWire } from './gossip';
+import { hostOf } from './codec';
+
+export interface OverlayCallbacks { established(): void; failed(reason: string): void }
+export interface OverlayHandle {
+  onMessage(payload: Uint8Array): void;
+  close(): void;
+  status(): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string };
+}
+/** Data plane hook (router/ provides it): attached to every authenticated connection. */
+export interface OverlayManager { attach(conn: MeshConnection, cb: OverlayCallbacks): OverlayHandle }
+
+export interface MeshOptions {
+  identity: { name: PeerName; nickname: string; uid: string };
+  transport: Transport;
+  clock: Clock;
+  log: Logger;
+  encryption: boolean;
+  port: number;
+  connLimit?: number;
+  discovery?: boolean;
+  overlays?: string[];
+  overlayParams?: Record<string, unknown>;
+  overlay?: OverlayManager;
+  targetStore?: { load(): string[]; save(targets: string[]): void };
+  random?: () => number;
+  gossipIntervalMs?: number;
+  // ---- additions (all optional) ----
+  /** reported in status; the transport negotiates the actual version */
+  protocolVersions?: { min: number; max: number };
+  /** route/GC recompute debounce, default 20 ms */
+  recomputeDelayMs?: number;
+  /** coalescing window for topology news and channel gossip, default 20 ms */
+  newsDelayMs?: number;
+  /** how long a never-reachable record is kept, default 10 s */
+  gcGraceMs?: number;
+  backoff?: Backoff;
+  /** address shown as `listen` in status, default 0.0.0.0:port */
+  listenAddress?: string;
+}
+
+type EntryState = 'pending' | 'established';
+
+interface Entry {
+  conn: MeshConnection;
+  peer: PeerName;
+  state: EntryState;
+  handle?: OverlayHandle;
+  /** where the remote peer can be dialled (advertised in our topology record) */
+  address: string;
+  target?: string;
+  since: number;
+  closed: boolean;
+  overlayFailure?: string;
+}
+
+export interface MeshStats {
+  protocolErrors: number;
+  refused: Record<string, number>;
+  unroutable: number;
+  noGossiper: number;
+  gossiperErrors: number;
+  handlerErrors: number;
+  unknownMessages: number;
+  topologyMessagesIn: number;
+  topologyMessagesOut: number;
+  gossipMessagesIn: number;
+  gossipMessagesOut: number;
+}
+
+const SELF_COLLISION_WINDOW_MS = 60_000;
+const SELF_COLLISION_MAX_BUMPS = 3;
+
+export class Mesh extends EventEmitter {
+  readonly name: PeerName;
+  private readonly o: MeshOptions;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private readonly connLimit: number;
+  private readonly discovery: boolean;
+  private readonly gossipIntervalMs: number;
+  private readonly recomputeDelayMs: number;
+  private readonly newsDelayMs: number;
+  private readonly gcGraceMs: number;
+  private readonly topology: Topology;
+  private readonly routes: Routes;
+  private readonly cm: ConnectionMaker;
+  private readonly conns = new Map<PeerName, Entry>();
+  private readonly channels = new Map<string, GossipChannelImpl>();
+  private inflightDials = 0;
+  private started = false;
+  private stopped = false;
+  private recomputeTimer: TimerHandle | undefined;
+  private newsTimer: TimerHandle | undefined;
+  private periodicTimer: TimerHandle | undefined;
+  private readonly pendingNews = new Map<PeerName, PeerName | null>(); // name -> neighbour it came from
+  private readonly linkChanged = new Set<PeerName>();
+  private lastReachable = new Set<PeerName>();
+  private readonly unreachableSince = new Map<PeerName, number>();
+  private lastEmittedGeneration = -1;
+  private readonly selfAddresses = new Set<string>();
+  private readonly selfCollisions = new Map<string, { first: number; bumps: number; loggedAt: number }>();
+  readonly stats: MeshStats = {
+    protocolErrors: 0, refused: {}, unroutable: 0, noGossiper: 0, gossiperErrors: 0, handlerErrors: 0, unknownMessages: 0,
+    topologyMessagesIn: 0, topologyMessagesOut: 0, gossipMessagesIn: 0, gossipMessagesOut: 0,
+  };
+
+  constructor(o: MeshOptions) {
+    super();
+    this.o = o;
+    this.name = o.identity.name;
+    this.gossipHost.self = this.name;
+    this.clock = o.clock;
+    this.log = o.log.child({ component: 'mesh' });
+    this.random = o.random ?? Math.random;
+    this.connLimit = o.connLimit ?? 200;
+    this.discovery = o.discovery ?? true;
+    this.gossipIntervalMs = o.gossipIntervalMs ?? 30_000;
+    this.recomputeDelayMs = o.recomputeDelayMs ?? 20;
+    this.newsDelayMs = o.newsDelayMs ?? 20;
+    this.gcGraceMs = o.gcGraceMs ?? 10_000;
+    this.topology = new Topology(o.identity);
+    this.routes = new Routes(this.name);
+    this.routes.update(new Map([[this.name, []]]));
+    this.cm = new ConnectionMaker({
+      clock: o.clock,
+      log: this.log.child({ sub: 'connection-maker' }),
+      random: this.random,
+      defaultPort: o.port,
+      self: this.name,
+      store: o.targetStore,
+      backoff: o.backoff,
+      hooks: {
+        dial: (a) => this.dial(a),
+        connectedTo: (p) => this.conns.has(p),
+        mayDialDiscovered: () => this.conns.size + this.inflightDials < this.connLimit,
+      },
+    });
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async start(): Promise<void> {
+    if (this.started) throw new UsageError('mesh already started');
+    this.started = true;
+    this.o.transport.setLocalFeatures(this.features());
+    await this.o.transport.listen(
+      (c) => this.onAuthenticated(c, undefined),
+      (addr, f) => {
+        this.countRefused(f.code);
+        this.log.warn({ remote: addr, code: f.code }, `refused inbound connection: ${f.message}`);
+      },
+    );
+    this.cm.start();
+    this.schedulePeriodic(this.gossipIntervalMs * (0.5 + this.random() * 0.5));
+    this.log.info({ name: this.name, port: this.o.port, discovery: this.discovery, connLimit: this.connLimit }, 'mesh started');
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.cm.stop();
+    for (const t of [this.recomputeTimer, this.newsTimer, this.periodicTimer]) this.clock.clearTimeout(t);
+    for (const ch of this.channels.values()) ch.stop();
+    for (const e of [...this.conns.values()]) {
+      e.closed = true;
+      e.handle?.close();
+      e.conn.close('shutting down');
+    }
+    this.conns.clear();
+    await this.o.transport.close();
+    this.log.info({}, 'mesh stopped');
+  }
+
+  private features(): Features {
+    return {
+      name: this.name,
+      nickname: this.o.identity.nickname,
+      uid: this.o.identity.uid,
+      connId: this.randomId(),
+      overlays: this.o.overlays ?? [],
+      overlayParams: this.o.overlayParams ?? {},
+      trusted: false,
+      listenPort: this.o.port,
+    };
+  }
+
+  private randomId(): string {
+    let s = '';
+    for (let i = 0; i < 4; i++) s += Math.floor(this.random() * 0x10000).toString(16).padStart(4, '0');
+    return s;
+  }
+
+  // ---------------------------------------------------------------- public API
+
+  connect(addresses: string[], opts: { replace?: boolean } = {}): void {
+    this.cm.add(addresses, opts.replace ?? false);
+  }
+
+  forget(addresses: string[]): void {
+    this.cm.forget(addresses);
+  }
+
+  targets(): string[] {
+    return this.cm.targets();
+  }
+
+  newGossip(channel: string, g: Gossiper): GossipChannel {
+    if (!validChannelName(channel)) throw new UsageError(`invalid gossip channel name "${channel}"`);
+    if (this.channels.has(channel)) throw new UsageError(`gossip channel "${channel}" already exists`);
+    const ch = new GossipChannelImpl(channel, g, this.gossipHost, this.clock, this.log.child({ channel }), this.newsDelayMs);
+    this.channels.set(channel, ch);
+    return ch;
+  }
+
+  unicastNextHop(dst: PeerName): PeerName | undefined {
+    return this.routes.unicastNextHop(dst);
+  }
+
+  broadcastNextHops(src: PeerName): PeerName[] {
+    return this.routes.broadcastNextHops(src);
+  }
+
+  peerNames(): PeerName[] {
+    return this.routes.reachable();
+  }
+
+  connectionTo(peer: PeerName): MeshConnection | undefined {
+    const e = this.conns.get(peer);
+    return e && e.state === 'established' ? e.conn : undefined;
+  }
+
+  /** The peer records we hold (for tests, the bench and `weave report`). */
+  peerRecords(): PeerRecord[] {
+    return [...this.topology.records()];
+  }
+
+  /** Hash of our topology view: equal on two peers means equal views. */
+  topologyHash(): string {
+    return this.topology.hash();
+  }
+
+  /** The raw state of one target address (connection maker), for tests and diagnostics. */
+  targetState(address: string): ReturnType<ConnectionMaker['stateOf']> {
+    return this.cm.stateOf(address);
+  }
+
+  /** Recomputes routes now instead of after the debounce (tests, CLI `status` after a change). */
+  recomputeNow(): void {
+    this.clock.clearTimeout(this.recomputeTimer);
+    this.recomputeTimer = undefined;
+    this.recompute();
+  }
+
+  status(): MeshStatus {
+    const reachable = new Set(this.routes.reachable());
+    const peers: PeerStatus[] = [];
+    for (const r of this.topology.records()) {
+      peers.push({
+        name: r.name, nickname: r.nickname, uid: r.uid, version: r.version, reachable: reachable.has(r.name),
+        connections: r.connections.map((c) => ({ name: c.name, nickname: this.topology.get(c.name)?.nickname ?? '', address: c.address, outbound: c.outbound, established: c.established })),
+      });
+    }
+    peers.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const connections: ConnectionStatus[] = [];
+    for (const e of this.conns.values()) {
+      const ov = e.handle ? safeOverlayStatus(e.handle, this.log) : { overlay: null, encrypted: e.conn.encrypted };
+      const s: ConnectionStatus = {
+        address: e.conn.outbound ? (e.target ?? e.conn.remoteAddr) : e.conn.remoteAddr,
+        outbound: e.conn.outbound,
+        state: e.state,
+        info: e.state === 'established' ? (ov.overlay ? `established over ${ov.overlay}` : 'established') : (ov.reason ?? (this.o.overlay ? 'waiting for an overlay to be established' : 'pending')),
+        peerName: e.peer,
+        peerNickname: e.conn.remote.nickname,
+        overlay: ov.overlay,
+        encrypted: e.conn.encrypted,
+      };
+      if (ov.mtu !== undefined) s.mtu = ov.mtu;
+      if (ov.reason !== undefined) s.overlayReason = ov.reason;
+      connections.push(s);
+    }
+    connections.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+    const routes: RouteStatus[] = [...this.routes.table()].map(([dest, via]) => ({ dest, via })).sort((a, b) => (a.dest < b.dest ? -1 : a.dest > b.dest ? 1 : 0));
+    return {
+      name: this.name,
+      nickname: this.o.identity.nickname,
+      uid: this.o.identity.uid,
+      encryption: this.o.encryption,
+      protocolMinVersion: this.o.protocolVersions?.min ?? 1,
+      protocolMaxVersion: this.o.protocolVersions?.max ?? 1,
+      peerDiscovery: this.discovery,
+      listen: this.o.listenAddress ?? `0.0.0.0:${this.o.port}`,
+      connLimit: this.connLimit,
+      peers,
+      connections: [...connections, ...this.cm.status()],
+      targets: this.cm.targets(),
+      routes,
+    };
+  }
+
+  // ---------------------------------------------------------------- connections
+
+  private dial(address: string): void {
+    if (this.stopped) return;
+    this.inflightDials++;
+    let p: Promise<MeshConnection>;
+    try {
+      p = this.o.transport.dial(address, this.features());
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    p.then(
+      (conn) => {
+        this.inflightDials--;
+        if (this.stopped) {
+          conn.close('shutting down');
+          return;
+        }
+        this.onAuthenticated(conn, address);
+      },
+      (err: unknown) => {
+        this.inflightDials--;
+        if (this.stopped) return;
+        const code = err instanceof WeaveError ? err.code : 'EDIAL';
+        this.log.debug({ address, code, err: errMsg(err) }, 'dial failed');
+        this.cm.attemptFailed(address, code, errMsg(err));
+      },
+    );
+  }
+
+  private refuse(conn: MeshConnection, code: string, message: string, target: string | undefined, slow = false): void {
+    this.countRefused(code);
+    this.log.warn({ code, peer: conn.remote.name, nickname: conn.remote.nickname, uid: conn.remote.uid, remote: conn.remoteAddr, outbound: conn.outbound }, message);
+    conn.onMessage = () => {};
+    conn.onClose = () => {};
+    conn.close(`${code}: ${message}`);
+    if (target) this.cm.attemptFailed(target, code, message, { peer: conn.remote.name, slow });
+  }
+
+  private countRefused(code: string): void {
+    this.stats.refused[code] = (this.stats.refused[code] ?? 0) + 1;
+  }
+
+  /** Who initiated a connection: with the connId, the duplicate tie-break both ends agree on. */
+  private dialler(c: MeshConnection): PeerName {
+    return c.outbound ? this.name : c.remote.name;
+  }
+
+  private onAuthenticated(conn: MeshConnection, target: string | undefined): void {
+    if (this.stopped) {
+      conn.close('shutting down');
+      return;
+    }
+    const r = conn.remote;
+    if (r.name === this.name) {
+      if (r.uid === this.o.identity.uid) {
+        if (target) this.selfAddresses.add(target);
+        this.refuse(conn, 'ESELF', 'connection to self', target, true);
+      } else {
+        this.refuse(conn, 'ENAMECOLLISION', `peer ${r.name}(${r.nickname}) at ${conn.remoteAddr} uses our name: give one of the two routers another --name`, target);
+      }
+      return;
+    }
+    const existing = this.conns.get(r.name);
+    if (existing) {
+      const old = existing.conn;
+      if (old.remote.uid !== r.uid) {
+        this.refuse(conn, 'ENAMECOLLISION', `two live peers named ${r.name}: connected ${old.remote.nickname} at ${old.remoteAddr} (uid ${old.remote.uid}), refused ${r.nickname} at ${conn.remoteAddr} (uid ${r.uid})`, target);
+        return;
+      }
+      const keepNew = this.dialler(conn) !== this.dialler(old) ? this.dialler(conn) > this.dialler(old) : conn.id > old.id;
+      this.log.debug({ peer: r.name, keepNew }, 'duplicate connection');
+      if (!keepNew) {
+        conn.onMessage = () => {};
+        conn.onClose = () => {};
+        conn.close('duplicate connection');
+        if (target) this.cm.attemptSucceeded(target, r.name);
+        return;
+      }
+      // the new one wins: retire the old entry without reporting the peer as lost
+      existing.closed = true;
+      existing.handle?.close();
+      this.conns.delete(r.name);
+      old.close('duplicate connection');
+      if (existing.target && existing.target !== target) this.cm.attemptSucceeded(existing.target, r.name);
+    } else if (this.conns.size >= this.connLimit) {
+      this.refuse(conn, 'ECONNLIMIT', `connection limit ${this.connLimit} reached`, target);
+      return;
+    }
+    this.register(conn, target);
+  }
+
+  private register(conn: MeshConnection, target: string | undefined): void {
+    const peer = conn.remote.name;
+    const address = conn.outbound ? conn.remoteAddr : `${hostOf(conn.remoteAddr)}:${conn.remote.listenPort}`;
+    const e: Entry = { conn, peer, state: 'pending', address, target, since: this.clock.now(), closed: false };
+    this.conns.set(peer, e);
+    conn.onMessage = (type, payload) => this.onMessage(e, type, payload);
+    conn.onClose = (reason) => this.onClose(e, reason);
+    if (target) this.cm.attemptSucceeded(target, peer);
+    this.log.info({ peer, nickname: conn.remote.nickname, remote: conn.remoteAddr, outbound: conn.outbound }, 'connection authenticated');
+    this.linkChanged.add(peer);
+    this.updateLocalConnections();
+    this.sendTopology(e, { kind: TopoKind.Digest, digest: this.topology.digest() });
+    for (const ch of this.channels.values()) for (const p of ch.fullState()) this.sendGossipMsg(e, encodeGossip({ channel: ch.name, kind: GossipKind.Gossip, src: this.name, payload: p }));
+    if (this.o.overlay) {
+      try {
+        e.handle = this.o.overlay.attach(conn, {
+          established: () => this.onEstablished(e),
+          failed: (reason) => {
+            if (e.closed) return;
+            e.overlayFailure = reason;
+            this.log.warn({ peer, reason }, 'overlay failed; closing connection');
+            conn.close(`overlay failed: ${reason}`);
+          },
+        });
+      } catch (err) {
+        this.stats.handlerErrors++;
+        this.log.error({ peer, err: errMsg(err) }, 'overlay attach threw; closing connection');
+        conn.close(`overlay attach failed: ${errMsg(err)}`);
+      }
+    } else {
+      this.onEstablished(e);
+    }
+  }
+
+  private onEstablished(e: Entry): void {
+    if (e.closed || e.state === 'established' || this.stopped) return;
+    e.state = 'established';
+    this.log.info({ peer: e.peer, nickname: e.conn.remote.nickname }, 'connection established');
+    this.linkChanged.add(e.peer);
+    this.updateLocalConnections();
+    this.emit('connectionEstablished', e.peer, e.conn);
+  }
+
+  private onClose(e: Entry, reason: string): void {
+    if (e.closed) return;
+    e.closed = true;
+    if (this.conns.get(e.peer) !== e) return;
+    this.conns.delete(e.peer);
+    try {
+      e.handle?.close();
+    } catch (err) {
+      this.stats.handlerErrors++;
+      this.log.error({ peer: e.peer, err: errMsg(err) }, 'overlay close threw');
+    }
+    if (this.stopped) return;
+    this.log.info({ peer: e.peer, nickname: e.conn.remote.nickname, reason, state: e.state }, 'connection lost');
+    this.linkChanged.add(e.peer);
+    this.updateLocalConnections();
+    this.cm.peerLost(e.peer, reason);
+    this.emit('connectionLost', e.peer, reason);
+  }
+
+  private updateLocalConnections(): void {
+    const list: ConnInfo[] = [];
+    for (const e of this.conns.values()) list.push({ name: e.peer, address: e.address, outbound: e.conn.outbound, established: e.state === 'established' });
+    if (this.topology.setLocalConnections(list)) this.news(this.name, null);
+  }
+
+  // ---------------------------------------------------------------- messages
+
+  private onMessage(e: Entry, type: number, payload: Uint8Array): void {
+    if (e.closed || this.stopped) return;
+    try {
+      switch (type) {
+        case Msg.Heartbeat:
+          return;
+        case Msg.Topology:
+          this.stats.topologyMessagesIn++;
+          this.onTopology(e, decodeTopology(payload));
+          return;
+        case Msg.Gossip:
+          this.stats.gossipMessagesIn++;
+          this.onGossip(e, payload, decodeGossip(payload));
+          return;
+        case Msg.Overlay:
+          if (e.handle) e.handle.onMessage(payload);
+          else this.stats.unknownMessages++;
+          return;
+        default:
+          if (type >= 32 && type <= 255) {
+            this.stats.unknownMessages++;
+            return;
+          }
+          throw new ProtocolError('unknown message type', { type });
+      }
+    } catch (err) {
+      if (err instanceof ProtocolError) {
+        this.stats.protocolErrors++;
+        this.log.warn({ peer: e.peer, remote: e.conn.remoteAddr, type, err: err.message, ...err.context }, 'protocol error; closing connection');
+        e.conn.close(`protocol error: ${err.message}`);
+      } else {
+        this.stats.handlerErrors++;
+        this.log.error({ peer: e.peer, type, err: errMsg(err) }, 'message handler failed');
+      }
+    }
+  }
+
+  private sendTopology(e: Entry, m: TopologyMsg): void {
+    this.stats.topologyMessagesOut++;
+    e.conn.send(Msg.Topology, encodeTopology(m));
+  }
+
+  private onTopology(e: Entry, m: TopologyMsg): void {
+    switch (m.kind) {
+      case TopoKind.Records: {
+        const res = this.topology.merge(m.peers);
+        if (res.selfConflict) this.onSelfConflict(res.selfConflict);
+        for (const n of res.changed) this.news(n, e.peer);
+        if (m.want.length) {
+          const recs = m.want.map((n) => this.topology.get(n)).filter((r): r is PeerRecord => r !== undefined);
+          if (recs.length) this.sendTopology(e, { kind: TopoKind.Records, peers: recs, want: [] });
+        }
+        return;
+      }
+      case TopoKind.Digest: {
+        const { send, want, selfConflict } = this.topology.reconcile(m.digest);
+        if (selfConflict) this.onSelfConflict({ ...selfConflict, nickname: '' });
+        if (send.length || want.length) this.sendTopology(e, { kind: TopoKind.Records, peers: send, want });
+        return;
+      }
+      case TopoKind.Hash:
+        if (m.hash !== this.topology.hash()) this.sendTopology(e, { kind: TopoKind.Digest, digest: this.topology.digest() });
+        return;
+    }
+  }
+
+  /** A record about our name with another uid: our previous incarnation, or another live router. */
+  private onSelfConflict(c: { uid: string; version: number; nickname: string }): void {
+    if (c.version < this.topology.ourself.version) return;
+    const now = this.clock.now();
+    let s = this.selfCollisions.get(c.uid);
+    if (!s || now - s.first > SELF_COLLISION_WINDOW_MS) {
+      s = { first: now, bumps: 0, loggedAt: s?.loggedAt ?? 0 };
+      this.selfCollisions.set(c.uid, s);
+    }
+    if (s.bumps >= SELF_COLLISION_MAX_BUMPS) {
+      // it keeps coming back newer: a live router with our name, not a stale record
+      if (now - s.loggedAt >= SELF_COLLISION_WINDOW_MS) {
+        s.loggedAt = now;
+        this.countRefused('ENAMECOLLISION');
+        this.log.error({ code: 'ENAMECOLLISION', otherUid: c.uid, otherNickname: c.nickname }, `another live router uses our peer name ${this.name}; give one of them another --name`);
+      }
+      return;
+    }
+    s.bumps++;
+    this.log.info({ staleUid: c.uid, staleVersion: c.version }, 'superseding a record of a previous incarnation of this peer');
+    this.topology.bumpSelfAbove(c.version);
+    this.news(this.name, null);
+  }
+
+  private news(name: PeerName, from: PeerName | null): void {
+    if (!this.pendingNews.has(name) || from === null) this.pendingNews.set(name, from);
+    this.scheduleRecompute();
+    if (!this.newsTimer && !this.stopped) this.newsTimer = this.clock.setTimeout(() => this.flushNews(), this.newsDelayMs);
+  }
+
+  private fanout(): number {
+    return Math.max(3, Math.ceil(Math.log2(Math.max(2, this.topology.size()))));
+  }
+
+  /** Up to k random entries (partial Fisher-Yates over a fresh array), optionally excluding one peer. */
+  private randomNeighbours(k: number, except?: PeerName): Entry[] {
+    const all: Entry[] = [];
+    for (const e of this.conns.values()) if (e.peer !== except) all.push(e);
+    if (all.length <= k) return all;
+    for (let i = 0; i < k; i++) {
+      const j = i + Math.floor(this.random() * (all.length - i));
+      const t = all[i];
+      all[i] = all[j];
+      all[j] = t;
+    }
+    all.length = k;
+    return all;
+  }
+
+  private flushNews(): void {
+    this.newsTimer = undefined;
+    if (this.stopped) return;
+    const items: Array<[PeerRecord, PeerName | null]> = [];
+    for (const [n, from] of this.pendingNews) {
+      const r = this.topology.get(n);
+      if (r) items.push([r, from]);
+    }
+    this.pendingNews.clear();
+    const targets = new Set(this.randomNeighbours(this.fanout()));
+    for (const p of this.linkChanged) {
+      const e = this.conns.get(p);
+      if (e) targets.add(e);
+    }
+    this.linkChanged.clear();
+    if (!items.length) return;
+    for (const e of targets) {
+      const recs = items.filter(([, from]) => from !== e.peer).map(([r]) => r);
+      if (recs.length) this.sendTopology(e, { kind: TopoKind.Records, peers: recs, want: [] });
+    }
+  }
+
+  private schedulePeriodic(ms: number): void {
+    if (this.stopped) return;
+    this.periodicTimer = this.clock.setTimeout(() => {
+      this.periodicTimer = undefined;
+      this.periodic();
+      this.schedulePeriodic(this.gossipIntervalMs);
+    }, ms);
+  }
+
+  private periodic(): void {
+    const hash = this.topology.hash();
+    for (const e of this.randomNeighbours(this.fanout())) this.sendTopology(e, { kind: TopoKind.Hash, hash });
+    for (const ch of this.channels.values()) {
+      const payloads = ch.fullState();
+      if (!payloads.length) continue;
+      const targets = this.randomNeighbours(this.fanout());
+      for (const p of payloads) {
+        const bytes = encodeGossip({ channel: ch.name, kind: GossipKind.Gossip, src: this.name, payload: p });
+        for (const e of targets) this.sendGossipMsg(e, bytes);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- gossip channels
+
+  private sendGossipMsg(e: Entry, bytes: Uint8Array): void {
+    this.stats.gossipMessagesOut++;
+    e.conn.send(Msg.Gossip, bytes);
+  }
+
+  private readonly gossipHost: GossipHost = {
+    self: '',
+    routeUnicast: (m: GossipWire): boolean => this.routeUnicast(m, encodeGossip(m)),
+    routeBroadcast: (m: GossipWire): void => this.routeBroadcast(m.src, encodeGossip(m)),
+    sendToNeighbours: (m: GossipWire, opts: { all?: boolean; except?: PeerName }): void => {
+      const bytes = encodeGossip(m);
+      const targets = opts.all ? [...this.conns.values()].filter((e) => e.peer !== opts.except) : this.randomNeighbours(this.fanout(), opts.except);
+      for (const e of targets) this.sendGossipMsg(e, bytes);
+    },
+    gossiperError: (channel: string, op: string, e: unknown): void => {
+      this.stats.gossiperErrors++;
+      this.log.error({ channel, op, err: errMsg(e) }, 'gossiper callback failed');
+    },
+  };
+
+  private routeUnicast(m: GossipWire, bytes: Uint8Array): boolean {
+    const hop = this.routes.unicastNextHop(m.dst!);
+    const e = hop === undefined ? undefined : this.conns.get(hop);
+    if (!e || e.state !== 'established') {
+      this.stats.unroutable++;
+      this.log.debug({ channel: m.channel, src: m.src, dst: m.dst }, 'gossip unicast: no route');
+      return false;
+    }
+    this.sendGossipMsg(e, bytes);
+    return true;
+  }
+
+  private routeBroadcast(src: PeerName, bytes: Uint8Array): void {
+    for (const hop of this.routes.broadcastNextHops(src)) {
+      const e = this.conns.get(hop);
+      if (e && e.state === 'established') this.sendGossipMsg(e, bytes);
+      else this.stats.unroutable++;
+    }
+  }
+
+  private onGossip(e: Entry, raw: Uint8Array, m: GossipWire): void {
+    const ch = this.channels.get(m.channel);
+    switch (m.kind) {
+      case GossipKind.Unicast:
+        if (m.dst === this.name) {
+          if (ch) ch.deliverUnicast(m.src, m.payload);
+          else this.stats.noGossiper++;
+        } else {
+          this.routeUnicast(m, raw);
+        }
+        return;
+      case GossipKind.Broadcast:
+        if (m.src === this.name) return; // our own broadcast back at us: a transient topology disagreement
+        if (ch) ch.deliverBroadcast(m.src, m.payload);
+        else this.stats.noGossiper++;
+        this.routeBroadcast(m.src, raw);
+        return;
+      case GossipKind.Gossip:
+        if (ch) ch.deliverGossip(e.peer, m.payload);
+        else this.stats.noGossiper++;
+        return;
+    }
+  }
+
+  // ---------------------------------------------------------------- routes, GC, discovery
+
+  private scheduleRecompute(): void {
+    if (this.recomputeTimer || this.stopped) return;
+    this.recomputeTimer = this.clock.setTimeout(() => {
+      this.recomputeTimer = undefined;
+      this.recompute();
+    }, this.recomputeDelayMs);
+  }
+
+  private recompute(): void {
+    if (this.stopped) return;
+    const adj = this.topology.adjacency();
+    const reach = this.topology.reachable(adj);
+    const now = this.clock.now();
+    const drop: PeerName[] = [];
+    let nextGc = Infinity;
+    for (const n of this.topology.names()) {
+      if (reach.has(n)) {
+        this.unreachableSince.delete(n);
+        continue;
+      }
+      if (this.lastReachable.has(n)) {
+        drop.push(n);
+        continue;
+      }
+      const since = this.unreachableSince.get(n) ?? now;
+      this.unreachableSince.set(n, since);
+      if (now - since >= this.gcGraceMs) drop.push(n);
+      else nextGc = Math.min(nextGc, since + this.gcGraceMs);
+    }
+    if (drop.length) {
+      this.topology.remove(drop);
+      for (const n of drop) {
+        this.unreachableSince.delete(n);
+        this.pendingNews.delete(n);
+      }
+      this.log.debug({ peers: drop }, 'dropped unreachable peers');
+    }
+    for (const n of [...adj.keys()]) if (!reach.has(n)) adj.delete(n);
+    this.lastReachable = reach;
+    const routesChanged = this.routes.update(adj);
+    if (this.topology.generation !== this.lastEmittedGeneration) {
+      this.lastEmittedGeneration = this.topology.generation;
+      this.emit('peersChanged');
+    }
+    if (routesChanged) this.emit('routesChanged');
+    if (this.discovery) this.cm.setDiscovered(this.discovered());
+    if (nextGc < Infinity && !this.recomputeTimer) {
+      this.recomputeTimer = this.clock.setTimeout(() => {
+        this.recomputeTimer = undefined;
+        this.recompute();
+      }, Math.max(this.recomputeDelayMs, nextGc - now));
+    }
+  }
+
+  /** Addresses other peers report for peers we have no connection with. */
+  private discovered(): Map<string, PeerName> {
+    const found = new Map<string, PeerName>();
+    for (const r of this.topology.records()) {
+      if (r.name === this.name) continue;
+      for (const c of r.connections) {
+        if (c.name === this.name || this.conns.has(c.name) || !this.topology.get(c.name)) continue;
+        if (this.selfAddresses.has(c.address)) continue;
+        if (!found.has(c.address) || c.outbound) found.set(c.address, c.name);
+      }
+    }
+    return found;
+  }
+}
+
+function safeOverlayStatus(h: OverlayHandle, log: Logger): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string } {
+  try {
+    return h.status();
+  } catch (e) {
+    log.error({ err: errMsg(e) }, 'overlay status threw');
+    return { overlay: null, encrypted: false, reason: `status unavailable: ${errMsg(e)}` };
+  }
+}

@@ -1,0 +1,326 @@
+// The topology: one record per known peer, each written only by that peer and versioned by it.
+//
+// Merge rule (same as Weave's mesh): for one peer name, the record with the higher version wins,
+// whatever its uid. Equal versions with different uids (two incarnations that happened to reach the
+// same number) are ordered by uid so every peer picks the same one. A restarted peer starts again
+// at version 1 with a new uid; when it hears a record about its own name with another uid (its
+// previous incarnation, still gossiped by others) it jumps its own version above that record, so
+// its new record replaces the stale one everywhere. Records about ourselves are never merged in.
+//
+// Reachability: an edge A-B counts only when A lists B as established AND B lists A as established;
+// only those edges carry routes, and records of peers not reachable from us over them are dropped
+// (GC) after each recompute, so dead peers and the far side of a partition leave our view.
+import { createHash } from 'crypto';
+import { ProtocolError } from './errors';
+import type { PeerName } from './peer';
+import { decodeMsg, encodeMsg, wantArray, wantBool, wantInt, wantObject, wantPeerName, wantString, wantVersion } from './codec';
+
+export interface ConnInfo {
+  name: PeerName;
+  /** an address the remote peer can be dialled on (ip we see it on + its listen port) */
+  address: string;
+  outbound: boolean;
+  established: boolean;
+}
+
+export interface PeerRecord {
+  name: PeerName;
+  nickname: string;
+  uid: string;
+  version: number;
+  connections: ConnInfo[];
+}
+
+export const TOPOLOGY_WIRE_VERSION = 1;
+const MAX_PEERS = 100_000;
+const MAX_CONNS = 10_000;
+
+/** Kinds of Msg.Topology payloads. */
+export const TopoKind = {
+  /** records (full or delta); `want` lists names the receiver should send back */
+  Records: 0,
+  /** (name, uid, version) of every record the sender holds: "send me what I lack" */
+  Digest: 1,
+  /** hash of the sender's digest: cheap periodic check that neighbours agree */
+  Hash: 2,
+} as const;
+
+export type DigestEntry = [PeerName, string, number];
+
+export type TopologyMsg =
+  | { kind: 0; peers: PeerRecord[]; want: PeerName[] }
+  | { kind: 1; digest: DigestEntry[] }
+  | { kind: 2; hash: string };
+
+/** Does record a (uid, version) supersede b? */
+export function newerThan(a: { uid: string; version: number }, b: { uid: string; version: number }): boolean {
+  if (a.version !== b.version) return a.version > b.version;
+  return a.uid > b.uid;
+}
+
+export interface MergeResult {
+  /** names whose record we replaced or learned: news to pass on */
+  changed: PeerName[];
+  /** highest version seen of a record about our own name with a uid other than ours */
+  selfConflict?: { uid: string; version: number; nickname: string };
+}
+
+export class Topology {
+  readonly self: PeerName;
+  private readonly peers = new Map<PeerName, PeerRecord>();
+  private hashCache: string | null = null;
+  private digestCache: DigestEntry[] | null = null;
+  /** bumped on every change; lets callers detect "something changed since" cheaply */
+  generation = 0;
+
+  constructor(self: { name: PeerName; nickname: string; uid: string }) {
+    this.self = self.name;
+    this.peers.set(self.name, { name: self.name, nickname: self.nickname, uid: self.uid, version: 1, connections: [] });
+  }
+
+  get ourself(): PeerRecord {
+    return this.peers.get(this.self)!;
+  }
+
+  get(name: PeerName): PeerRecord | undefined {
+    return this.peers.get(name);
+  }
+
+  names(): PeerName[] {
+    return [...this.peers.keys()];
+  }
+
+  records(): IterableIterator<PeerRecord> {
+    return this.peers.values();
+  }
+
+  size(): number {
+    return this.peers.size;
+  }
+
+  private touched(): void {
+    this.generation++;
+    this.hashCache = null;
+    this.digestCache = null;
+  }
+
+  /** Replaces our own connection list; bumps our version when it differs. Returns whether it did. */
+  setLocalConnections(conns: ConnInfo[]): boolean {
+    const me = this.ourself;
+    const sorted = [...conns].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    if (sameConns(me.connections, sorted)) return false;
+    this.peers.set(this.self, { ...me, version: me.version + 1, connections: sorted });
+    this.touched();
+    return true;
+  }
+
+  /** Raises our version above `version` (a stale incarnation of us is still gossiped). */
+  bumpSelfAbove(version: number): void {
+    const me = this.ourself;
+    if (me.version > version) return;
+    this.peers.set(this.self, { ...me, version: version + 1 });
+    this.touched();
+  }
+
+  merge(records: PeerRecord[]): MergeResult {
+    const changed: PeerName[] = [];
+    let selfConflict: MergeResult['selfConflict'];
+    for (const r of records) {
+      if (r.name === this.self) {
+        const me = this.ourself;
+        if (r.uid !== me.uid && (!selfConflict || r.version > selfConflict.version)) selfConflict = { uid: r.uid, version: r.version, nickname: r.nickname };
+        continue;
+      }
+      const cur = this.peers.get(r.name);
+      if (cur && !newerThan(r, cur)) continue;
+      this.peers.set(r.name, r);
+      changed.push(r.name);
+    }
+    if (changed.length) this.touched();
+    return selfConflict ? { changed, selfConflict } : { changed };
+  }
+
+  // Records are immutable once stored (a change replaces the object), so the set is cached per object.
+  private readonly establishedCache = new WeakMap<PeerRecord, Set<PeerName>>();
+  private establishedSet(r: PeerRecord): Set<PeerName> {
+    let s = this.establishedCache.get(r);
+    if (!s) {
+      s = new Set();
+      for (const c of r.connections) if (c.established) s.add(c.name);
+      this.establishedCache.set(r, s);
+    }
+    return s;
+  }
+
+  /** Adjacency over symmetric established connections, neighbours sorted by name. */
+  adjacency(): Map<PeerName, PeerName[]> {
+    const adj = new Map<PeerName, PeerName[]>();
+    for (const r of this.peers.values()) {
+      const out: PeerName[] = [];
+      for (const c of r.connections) {
+        if (!c.established || c.name === r.name) continue;
+        const other = this.peers.get(c.name);
+        if (!other) continue;
+        if (this.establishedSet(other).has(r.name)) out.push(c.name);
+      }
+      out.sort();
+      adj.set(r.name, out);
+    }
+    return adj;
+  }
+
+  /** Names reachable from us over symmetric established connections (including us). */
+  reachable(adj: Map<PeerName, PeerName[]> = this.adjacency()): Set<PeerName> {
+    const seen = new Set<PeerName>([this.self]);
+    const queue: PeerName[] = [this.self];
+    for (let i = 0; i < queue.length; i++) {
+      for (const n of adj.get(queue[i]) ?? []) {
+        if (!seen.has(n)) {
+          seen.add(n);
+          queue.push(n);
+        }
+      }
+    }
+    return seen;
+  }
+
+  /** Removes records (never our own). */
+  remove(names: PeerName[]): void {
+    let any = false;
+    for (const n of names) if (n !== this.self && this.peers.delete(n)) any = true;
+    if (any) this.touched();
+  }
+
+  /** Drops every record not reachable from us; returns the dropped names. */
+  gc(adj: Map<PeerName, PeerName[]> = this.adjacency()): PeerName[] {
+    const seen = this.reachable(adj);
+    const removed = this.names().filter((n) => !seen.has(n));
+    this.remove(removed);
+    for (const n of removed) adj.delete(n);
+    return removed;
+  }
+
+  digest(): DigestEntry[] {
+    if (!this.digestCache) {
+      const d: DigestEntry[] = [];
+      for (const r of this.peers.values()) d.push([r.name, r.uid, r.version]);
+      d.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+      this.digestCache = d;
+    }
+    return this.digestCache;
+  }
+
+  /** Hash of the digest: equal hashes mean equal views (a (name, uid, version) fixes the record). */
+  hash(): string {
+    if (this.hashCache === null) {
+      const h = createHash('sha256');
+      for (const [n, u, v] of this.digest()) h.update(`${n} ${u} ${v}\n`);
+      this.hashCache = h.digest('base64').slice(0, 16);
+    }
+    return this.hashCache;
+  }
+
+  /**
+   * Given a neighbour's digest: the records we should send it (it lacks them or holds older ones)
+   * and the names we should ask for (it holds newer ones, or ones we lack).
+   */
+  reconcile(digest: DigestEntry[]): { send: PeerRecord[]; want: PeerName[]; selfConflict?: { uid: string; version: number } } {
+    const theirs = new Map<PeerName, DigestEntry>();
+    for (const e of digest) theirs.set(e[0], e);
+    const send: PeerRecord[] = [];
+    const want: PeerName[] = [];
+    for (const r of this.peers.values()) {
+      const t = theirs.get(r.name);
+      if (!t || newerThan(r, { uid: t[1], version: t[2] })) send.push(r);
+    }
+    let selfConflict: { uid: string; version: number } | undefined;
+    for (const [n, u, v] of digest) {
+      if (n === this.self) {
+        if (u !== this.ourself.uid && (!selfConflict || v > selfConflict.version)) selfConflict = { uid: u, version: v };
+        continue;
+      }
+      const r = this.peers.get(n);
+      if (!r || newerThan({ uid: u, version: v }, r)) want.push(n);
+    }
+    return selfConflict ? { send, want, selfConflict } : { send, want };
+  }
+}
+
+function sameConns(a: ConnInfo[], b: ConnInfo[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i];
+    const y = b[i];
+    if (x.name !== y.name || x.address !== y.address || x.outbound !== y.outbound || x.established !== y.established) return false;
+  }
+  return true;
+}
+
+// ---- wire format ----
+// {v:1, k: 0, p: [[name, nickname, uid, version, [[name, address, outbound 0|1, established 0|1], ...]], ...], w?: [name...]}
+// {v:1, k: 1, d: [[name, uid, version], ...]}
+// {v:1, k: 2, h: string}
+// Records are arrays rather than maps: a 1000-peer view is sent often enough that repeating keys matters.
+
+function recordToWire(r: PeerRecord): unknown[] {
+  return [r.name, r.nickname, r.uid, r.version, r.connections.map((c) => [c.name, c.address, c.outbound ? 1 : 0, c.established ? 1 : 0])];
+}
+
+export function encodeTopology(m: TopologyMsg): Uint8Array {
+  switch (m.kind) {
+    case TopoKind.Records:
+      return encodeMsg(m.want.length ? { v: TOPOLOGY_WIRE_VERSION, k: 0, p: m.peers.map(recordToWire), w: m.want } : { v: TOPOLOGY_WIRE_VERSION, k: 0, p: m.peers.map(recordToWire) });
+    case TopoKind.Digest:
+      return encodeMsg({ v: TOPOLOGY_WIRE_VERSION, k: 1, d: m.digest });
+    case TopoKind.Hash:
+      return encodeMsg({ v: TOPOLOGY_WIRE_VERSION, k: 2, h: m.hash });
+  }
+}
+
+function decodeRecord(v: unknown, i: number): PeerRecord {
+  const what = `topology record ${i}`;
+  const a = wantArray(v, what, 5);
+  if (a.length !== 5) throw new ProtocolError(`${what}: expected 5 fields`, { got: a.length });
+  const name = wantPeerName(a[0], `${what} name`);
+  const nickname = wantString(a[1], `${what} nickname`, 255);
+  const uid = wantString(a[2], `${what} uid`, 64);
+  if (uid.length === 0) throw new ProtocolError(`${what}: empty uid`);
+  const version = wantInt(a[3], `${what} version`, 1, Number.MAX_SAFE_INTEGER);
+  const rawConns = wantArray(a[4], `${what} connections`, MAX_CONNS);
+  const connections: ConnInfo[] = [];
+  const seen = new Set<PeerName>();
+  for (let j = 0; j < rawConns.length; j++) {
+    const cw = `${what} connection ${j}`;
+    const c = wantArray(rawConns[j], cw, 4);
+    if (c.length !== 4) throw new ProtocolError(`${cw}: expected 4 fields`, { got: c.length });
+    const cname = wantPeerName(c[0], `${cw} name`);
+    if (cname === name) throw new ProtocolError(`${cw}: connection to itself`);
+    if (seen.has(cname)) throw new ProtocolError(`${cw}: duplicate connection`, { peer: cname });
+    seen.add(cname);
+    connections.push({ name: cname, address: wantString(c[1], `${cw} address`, 300), outbound: wantBool(c[2], `${cw} outbound`), established: wantBool(c[3], `${cw} established`) });
+  }
+  return { name, nickname, uid, version, connections };
+}
+
+export function decodeTopology(buf: Uint8Array): TopologyMsg {
+  const o = wantObject(decodeMsg(buf, 'topology'), 'topology');
+  wantVersion(o, 'topology', TOPOLOGY_WIRE_VERSION);
+  const k = wantInt(o.k, 'topology kind', 0, 2);
+  if (k === TopoKind.Records) {
+    const raw = wantArray(o.p, 'topology records', MAX_PEERS);
+    const peers = raw.map(decodeRecord);
+    const want: PeerName[] = o.w === undefined ? [] : wantArray(o.w, 'topology want', MAX_PEERS).map((n, i) => wantPeerName(n, `topology want ${i}`));
+    return { kind: 0, peers, want };
+  }
+  if (k === TopoKind.Digest) {
+    const raw = wantArray(o.d, 'topology digest', MAX_PEERS);
+    const digest: DigestEntry[] = raw.map((e, i) => {
+      const what = `topology digest ${i}`;
+      const a = wantArray(e, what, 3);
+      if (a.length !== 3) throw new ProtocolError(`${what}: expected 3 fields`);
+      return [wantPeerName(a[0], `${what} name`), wantString(a[1], `${what} uid`, 64), wantInt(a[2], `${what} version`, 1, Number.MAX_SAFE_INTEGER)];
+    });
+    return { kind: 1, digest };
+  }
+  return { kind: 2, hash: wantString(o.h, 'topology hash', 64) };
+}
