@@ -117,6 +117,7 @@ export class Allocator implements Gossiper {
   private primeWaiters: Array<() => void> = [];
   private handOverWaiter: { to: PeerName; done: () => void; timer: TimerHandle } | null = null;
   private leaving = false;
+  private cursorPlaced = false;
   private closed = false;
   private conflictCount = 0;
   private lastConflict: string | null = null;
@@ -203,6 +204,7 @@ export class Allocator implements Gossiper {
       if (kept.length) this.byIdent.set(ident, kept);
       n += kept.length;
     }
+    this.placeCursor();
     this.log.info({ seeded: !this.ring.isEmpty(), owned: this.space.ownedSize(), allocations: n }, 'ipam: restored persisted state');
   }
 
@@ -705,6 +707,7 @@ export class Allocator implements Gossiper {
       this.noteConflict('lost', `${lost.length} of our allocations (e.g. ${formatAddr(lost[0])}) are now in another peer's space`, lost.length);
     }
     if (ours) this.refreshFree();
+    this.placeCursor();
     this.store.saveRing(this.ring.encode());
     if (!this.ring.isEmpty()) {
       this.clock.clearTimeout(this.paxosTimer);
@@ -715,6 +718,23 @@ export class Allocator implements Gossiper {
     }
     if (ours) this.channel?.gossipBroadcast(this.snapshot());
     this.tryPending();
+  }
+
+  /**
+   * Two meshes seeded separately both own the whole range; if both allocated from the bottom, their
+   * first containers would collide before they ever meet. Starting next-fit at a /24 boundary chosen
+   * by a hash of the ring's seeds makes that unlikely (and after they meet, direction() separates them).
+   */
+  private placeCursor(): void {
+    const own = this.space.ownedRanges();
+    if (this.cursorPlaced || own.length === 0) return;
+    this.cursorPlaced = true;
+    const r = own[0];
+    const blocks = Math.floor((r.end - r.start) / 256);
+    if (blocks < 2) return;
+    let h = 0x811c9dc5;
+    for (const ch of this.ring.seeds.join(',')) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0;
+    this.space.startAt(r.start + (h % blocks) * 256);
   }
 
   private ensurePaxos(): Paxos {

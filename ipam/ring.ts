@@ -277,7 +277,7 @@ export class Ring {
       throw new ProtocolError(`ipam ring: ${why}`);
     };
     if (!isObj(raw)) return bad('not a map');
-    if (raw.v !== 1) return bad(`unsupported version ${String(raw.v)}`);
+    if (raw.v !== 1) return bad(`unsupported version ${describe(raw.v)}`);
     const range = raw.range;
     if (!Array.isArray(range) || range.length !== 2) return bad('range must be [start, end]');
     const [start, end] = range as unknown[];
@@ -321,6 +321,11 @@ export interface RingWire {
   seeds: PeerName[];
   /** flat [token, peer, nickname, version, free, ...]: compact and cheap to validate */
   e: unknown[];
+}
+
+/** Names a decoded value for an error message without calling its (attacker-chosen) methods. */
+export function describe(x: unknown): string {
+  return typeof x === 'number' || typeof x === 'boolean' ? String(x) : typeof x === 'string' ? JSON.stringify(x.slice(0, 40)) : typeof x;
 }
 
 export function isObj(x: unknown): x is Record<string, unknown> {

@@ -14,6 +14,11 @@ export class Space {
   private cursorUp = -1;
   private cursorDown = -1;
 
+  /** Where next-fit starts when nothing was allocated yet (see Allocator for why). */
+  startAt(a: Addr): void {
+    if (this.cursorUp < 0) this.cursorUp = a - 1;
+  }
+
   /** Replaces the owned ranges (sorted, disjoint). Returns allocated addresses no longer owned. */
   setOwned(ranges: Range[]): Addr[] {
     this.owned = ranges.map((r) => ({ start: r.start, end: r.end })).sort((a, b) => a.start - b.start);

@@ -9,7 +9,7 @@ import type { GossipData } from '../mesh/types';
 import type { PeerName } from '../mesh/peer';
 import { ProtocolError } from '../mesh/errors';
 import { isAddr, type Range } from './addr';
-import { Ring, isObj } from './ring';
+import { Ring, describe, isObj } from './ring';
 import { Paxos, type PaxosNode } from './paxos';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -33,7 +33,7 @@ function unpack(buf: Uint8Array, what: string): Record<string, unknown> {
     throw new ProtocolError(`ipam ${what}: undecodable msgpack: ${(err as Error).message}`);
   }
   if (!isObj(raw)) throw new ProtocolError(`ipam ${what}: not a map`);
-  if (raw.v !== 1) throw new ProtocolError(`ipam ${what}: unsupported version ${String(raw.v)}`);
+  if (raw.v !== 1) throw new ProtocolError(`ipam ${what}: unsupported version ${describe(raw.v)}`);
   return raw;
 }
 
@@ -53,7 +53,7 @@ export function encodeGossip(m: GossipMsg): Uint8Array {
 
 export function decodeGossip(buf: Uint8Array): GossipMsg {
   const raw = unpack(buf, 'gossip');
-  if (raw.k !== 'g') throw new ProtocolError(`ipam gossip: unexpected kind ${String(raw.k)}`);
+  if (raw.k !== 'g') throw new ProtocolError(`ipam gossip: unexpected kind ${describe(raw.k)}`);
   const range = decodeRange(raw.range, 'gossip');
   const ring = raw.ring === undefined ? null : Ring.fromWire(raw.ring);
   if (ring && (ring.range.start !== range.start || ring.range.end !== range.end)) throw new ProtocolError('ipam gossip: ring range differs from message range');
@@ -79,7 +79,7 @@ export function decodeUnicast(buf: Uint8Array): UnicastMsg {
     case 'handover':
       return { k: raw.k, ring: Ring.fromWire(raw.ring) };
     default:
-      throw new ProtocolError(`ipam unicast: unknown kind ${String(raw.k)}`);
+      throw new ProtocolError(`ipam unicast: unknown kind ${describe(raw.k)}`);
   }
 }
 
