@@ -227,7 +227,8 @@ export class Endpoints extends EventEmitter {
   }
 
   private async doDetach(arg: string, addrs?: string[]): Promise<DetachResult> {
-    const wanted = addrs && addrs.length ? this.parseAddrs(addrs) : undefined;
+    // an address to detach may be written with or without its prefix length: it is matched by address
+    const wanted = addrs && addrs.length ? addrs.map((a) => parseCidr4(typeof a === 'string' && !a.includes('/') ? `${a}/32` : a)) : undefined;
     let ns: NetnsRef | undefined;
     let rec: EndpointInfo | undefined;
     try {

@@ -1,0 +1,55 @@
+// Loads the project's data-path addon (native/, built by scripts/build-native.js during npm ci).
+// Without it the router cannot open a TUN device (Node has no ioctl) nor batch UDP I/O; the caller
+// decides what to do (the sleeve refuses to start with a clear error). The loader is injectable so
+// tests can simulate a missing addon.
+import * as path from 'path';
+import type { Logger } from '../mesh/log';
+import { errMsg } from '../mesh/errors';
+
+/** The addon's functions. Addresses are host-order u32; every call is synchronous and non-blocking. */
+export interface TunIo {
+  openTun(name: string, multiQueue: boolean): number;
+  closeFd(fd: number): void;
+  readBatch(fd: number, buf: Uint8Array, stride: number, max: number, lens: Int32Array): number;
+  writeBatch(fd: number, buf: Uint8Array, offs: Int32Array, lens: Int32Array, n: number): number;
+  udpOpen(ip: number, port: number, rcvbuf: number, sndbuf: number): number;
+  udpPort(fd: number): number;
+  sendBatch(fd: number, buf: Uint8Array, offs: Int32Array, lens: Int32Array, ips: Uint32Array, ports: Int32Array, errs: Int32Array, n: number): number;
+  recvBatch(fd: number, buf: Uint8Array, stride: number, max: number, lens: Int32Array, ips: Uint32Array, ports: Int32Array): number;
+  poll(fd: number, cb: (status: number) => void): unknown;
+  unpoll(handle: unknown): void;
+}
+
+/** Largest batch the addon accepts per sendBatch/recvBatch call. */
+export const ADDON_MAX_BATCH = 256;
+
+export function defaultAddonPath(): string {
+  // dist-*/router/native.js and router/native.ts both sit two levels below the repo root.
+  return path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'weave_tunio.node');
+}
+
+const REQUIRED: Array<keyof TunIo> = ['openTun', 'closeFd', 'readBatch', 'writeBatch', 'udpOpen', 'udpPort', 'sendBatch', 'recvBatch', 'poll', 'unpoll'];
+
+/**
+ * Returns the addon, or null (with one warn line) when it is missing or incomplete.
+ * Candidates are tried in order: the WEAVE_NATIVE_ADDON override, then the build output.
+ */
+export function loadTunIo(log: Logger, load: (p: string) => unknown = (p) => require(p), candidates?: string[]): TunIo | null {
+  const paths = candidates ?? [process.env.WEAVE_NATIVE_ADDON, defaultAddonPath(), path.join(process.cwd(), 'native', 'build', 'Release', 'weave_tunio.node')].filter((p): p is string => !!p);
+  const errors: string[] = [];
+  for (const p of paths) {
+    try {
+      const m = load(p) as Record<string, unknown>;
+      const missing = REQUIRED.filter((k) => typeof m?.[k] !== 'function');
+      if (missing.length) {
+        errors.push(`${p}: lacks ${missing.join(',')}`);
+        continue;
+      }
+      return m as unknown as TunIo;
+    } catch (e) {
+      errors.push(`${p}: ${errMsg(e)}`);
+    }
+  }
+  log.warn({ component: 'native', tried: errors }, 'native data-path addon could not load (run `node scripts/build-native.js`); TUN and batched UDP I/O are unavailable');
+  return null;
+}

@@ -1,0 +1,66 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { ForwardingTable, NO_PEER, formatPrefix, ip4ToU32, maskOf, parsePrefix, tryParsePrefix, u32ToIp4 } from '../../router/forwarding';
+
+test('parses and formats prefixes, clearing host bits', () => {
+  assert.deepEqual(parsePrefix('10.32.1.7/24'), { addr: ip4ToU32('10.32.1.0'), len: 24 });
+  assert.equal(formatPrefix(parsePrefix('10.32.1.7')), '10.32.1.7/32');
+  assert.equal(formatPrefix(parsePrefix('0.0.0.0/0')), '0.0.0.0/0');
+  for (const bad of ['10.1.1/24', '10.1.1.1/33', '256.1.1.1', '01.1.1.1', '1.1.1.1/', 'x']) assert.equal(tryParsePrefix(bad), undefined, bad);
+  assert.throws(() => parsePrefix('nope'), { code: 'EUSAGE' });
+  assert.equal(u32ToIp4(ip4ToU32('198.18.255.1')!), '198.18.255.1');
+});
+
+test('longest prefix wins; default route; miss', () => {
+  const t = new ForwardingTable([
+    { prefix: parsePrefix('10.32.0.0/12'), peer: 1 },
+    { prefix: parsePrefix('10.32.5.0/24'), peer: 2 },
+    { prefix: parsePrefix('10.32.5.9/32'), peer: 3 },
+  ]);
+  assert.equal(t.lookup(ip4ToU32('10.32.5.9')!), 3);
+  assert.equal(t.lookup(ip4ToU32('10.32.5.10')!), 2);
+  assert.equal(t.lookup(ip4ToU32('10.33.0.1')!), 1);
+  assert.equal(t.lookup(ip4ToU32('10.48.0.1')!), NO_PEER);
+  const d = new ForwardingTable([{ prefix: parsePrefix('0.0.0.0/0'), peer: 7 }]);
+  assert.equal(d.lookup(ip4ToU32('1.2.3.4')!), 7);
+  assert.equal(new ForwardingTable().lookup(0), NO_PEER);
+});
+
+test('random prefixes vs a brute-force oracle', () => {
+  const prefixArb = fc.record({ addr: fc.integer({ min: 0, max: 0xffffffff }), len: fc.integer({ min: 0, max: 32 }), peer: fc.integer({ min: 0, max: 50 }) });
+  fc.assert(
+    fc.property(fc.array(prefixArb, { maxLength: 60 }), fc.array(fc.integer({ min: 0, max: 0xffffffff }), { minLength: 1, maxLength: 60 }), (ps, addrs) => {
+      const entries = ps.map((p) => ({ prefix: { addr: (p.addr & maskOf(p.len)) >>> 0, len: p.len }, peer: p.peer }));
+      const t = new ForwardingTable(entries);
+      // probe random addresses plus addresses inside each prefix
+      const probes = [...addrs, ...entries.map((e) => (e.prefix.addr | (addrs[0] & ~maskOf(e.prefix.len))) >>> 0)];
+      for (const a of probes) {
+        let best = NO_PEER;
+        let bestLen = -1;
+        for (const e of entries) {
+          if (((a & maskOf(e.prefix.len)) >>> 0) === e.prefix.addr && e.prefix.len >= bestLen) {
+            best = e.peer; // later duplicates win, like the table
+            bestLen = e.prefix.len;
+          }
+        }
+        assert.equal(t.lookup(a), best, `lookup ${u32ToIp4(a)}`);
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('lookup allocates nothing measurable', () => {
+  const entries = Array.from({ length: 1000 }, (_, i) => ({ prefix: { addr: ((10 << 24) | (i << 8)) >>> 0, len: 24 }, peer: i }));
+  const t = new ForwardingTable(entries);
+  for (let i = 0; i < 1e5; i++) t.lookup(((10 << 24) | i) >>> 0); // warm up / optimise
+  global.gc?.();
+  const before = process.memoryUsage().heapUsed;
+  let acc = 0;
+  for (let i = 0; i < 1e6; i++) acc += t.lookup(((10 << 24) | (i & 0xfffff)) >>> 0);
+  const grown = process.memoryUsage().heapUsed - before;
+  assert.ok(acc !== 0);
+  // a per-lookup allocation of even 16 bytes would add 16 MB here
+  assert.ok(grown < 4 * 1024 * 1024, `heap grew ${grown} bytes over 1e6 lookups`);
+});
