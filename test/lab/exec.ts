@@ -35,6 +35,8 @@ export function run(argv: string[], opts: RunOptions = {}): Promise<RunResult> {
       if (code !== 0 && !opts.allowFail) reject(new CommandError(argv, r));
       else resolve(r);
     });
+    // a command that exits without reading stdin gives EPIPE here; its exit status tells the story
+    child.stdin!.on('error', () => undefined);
     child.stdin!.end(opts.input ?? '');
   });
 }
