@@ -639,10 +639,15 @@ export class Allocator implements Gossiper {
   private nextDonor(src: PeerName): void {
     for (const [key, r] of [...this.requests]) {
       if (r.donor !== src) continue;
+      const sn = this.pending.find((p) => formatCidr(p.subnet) === key)?.subnet;
+      if (!sn) continue;
+      // After a whole round of refusals, wait for the timer: otherwise a full range would make
+      // waiting peers and owners ping-pong requests as fast as the network carries them.
+      const n = Math.max(1, this.donorCandidates(sn).length);
+      if ((r.attempts + 1) % n === 0) continue;
       this.clock.clearTimeout(r.timer);
       this.requests.delete(key);
-      const sn = this.pending.find((p) => formatCidr(p.subnet) === key)?.subnet;
-      if (sn) this.requestSpace(sn, r.attempts + 1);
+      this.requestSpace(sn, r.attempts + 1);
     }
     this.tryPending();
   }
