@@ -454,15 +454,21 @@ export class Endpoints extends EventEmitter {
     return out;
   }
 
-  /** Persists, hands the routes over and waits for them to be in the kernel, then tells listeners. */
+  /**
+   * Persists, hands the routes over and waits for one reconcile, then tells listeners. A failed
+   * reconcile (possibly another owner's route) does not fail the operation: the state is recorded, the
+   * reconciler logged and counted it and retries on its timer.
+   */
   private async commit(): Promise<void> {
     this.saveState();
     this.routes.setDesired(ENDPOINTS_OWNER, this.desiredRoutes());
     try {
       await this.routes.reconcile();
-    } finally {
-      this.emit('changed', { served: this.servedPrefixes() });
+    } catch (e) {
+      this.counters.errors++;
+      this.log.warn({ err: errMsg(e) }, 'routes not fully applied yet; the reconciler retries');
     }
+    this.emit('changed', { served: this.servedPrefixes() });
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
