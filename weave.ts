@@ -170,6 +170,52 @@ export function buildProgram(): Command {
       process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     });
 
+  program.command('attach').description('connect a network namespace (a container) to the overlay')
+    .helpOption('--help', 'display help for command')
+    .argument('<args...>', '[ADDR/LEN...] NETNS — NETNS is an ip-netns name, a path such as /proc/PID/ns/net, or a PID')
+    .option('-h, --hostname <fqdn>', 'register this name in weaveDNS (later)')
+    .option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (args: string[], o: { hostname?: string; httpAddr?: string }) => {
+      const netns = args[args.length - 1];
+      const cidrs = args.slice(0, -1);
+      if (netns.includes('/') && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(netns)) throw new UsageError(`the last argument must be the namespace, got the address ${netns}`);
+      const r = await client(o).request<{ addresses: string[] }>('POST', '/attach', { netns, cidrs, name: o.hostname });
+      process.stdout.write(`${r.addresses.join(' ')}\n`);
+    });
+
+  program.command('detach').description('disconnect a namespace from the overlay (all its addresses, or those given)')
+    .argument('<args...>', '[ADDR...] NETNS')
+    .option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (args: string[], o: { httpAddr?: string }) => {
+      const netns = args[args.length - 1];
+      const addrs = args.slice(0, -1);
+      const r = await client(o).request<{ removed?: string[] }>('POST', '/detach', { netns, addrs });
+      if (r.removed?.length) process.stdout.write(`${r.removed.join(' ')}\n`);
+    });
+
+  program.command('ps').description('list attached namespaces and their addresses')
+    .option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (o: { httpAddr?: string }) => {
+      const r = await client(o).request<{ endpoints: Array<{ netns: string; ifname?: string; mac?: string; addresses: string[] }> }>('GET', '/ps');
+      for (const e of r.endpoints) process.stdout.write(`${e.netns} ${e.mac ?? '-'} ${e.addresses.join(' ')}\n`);
+    });
+
+  program.command('expose').description('give this host an address on the overlay')
+    .argument('[cidrs...]', 'ADDR/LEN')
+    .option('--masquerade', 'masquerade the overlay\'s traffic leaving through this host')
+    .option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (cidrs: string[], o: { masquerade?: boolean; httpAddr?: string }) => {
+      const r = await client(o).request<{ addresses: string[] }>('POST', '/expose', { cidrs, masquerade: !!o.masquerade });
+      process.stdout.write(`${r.addresses.join(' ')}\n`);
+    });
+
+  program.command('hide').description('remove this host\'s overlay addresses (all, or those given)')
+    .argument('[cidrs...]', 'ADDR/LEN')
+    .option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (cidrs: string[], o: { httpAddr?: string }) => {
+      await client(o).request('POST', '/hide', { cidrs });
+    });
+
   program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down')
     .action(async () => {
       const { runDemo } = await import('./test/lab/demo');

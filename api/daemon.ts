@@ -15,6 +15,12 @@ import { loadCrypto } from '../mesh/crypto';
 import { TcpTransport } from '../mesh/tcp-transport';
 import { Mesh } from '../mesh/mesh';
 import { PROTOCOL_MIN_VERSION, PROTOCOL_MAX_VERSION } from '../mesh/wire';
+import { RouteReconciler } from '../host/routes';
+import { Endpoints } from '../router/endpoints';
+
+/** Container MTU until the data path measures the path: underlay 1500 minus sleeve overhead. */
+const DEFAULT_CONTAINER_MTU = 1410;
+const ROUTE_RESYNC_MS = 10_000;
 
 export const VERSION: string = (() => {
   try {
@@ -73,6 +79,12 @@ function stringList(body: any, key: string): string[] {
   return v;
 }
 
+function requiredString(body: any, key: string): string {
+  const v = body?.[key];
+  if (typeof v !== 'string' || !v) throw new UsageError(`"${key}" must be a non-empty string`);
+  return v;
+}
+
 export interface RouterHandle {
   report(): Report;
   stop(reason: string): Promise<void>;
@@ -113,6 +125,17 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     targetStore,
   });
 
+  const hostCtx = {};
+  const routes = new RouteReconciler({ ctx: hostCtx, log: componentLogger(root, 'routes'), clock });
+  const endpoints = new Endpoints({
+    ctx: hostCtx,
+    log: componentLogger(root, 'endpoints'),
+    clock,
+    dataDir: cfg.dataDir,
+    routes,
+    mtu: () => DEFAULT_CONTAINER_MTU,
+  });
+
   const startedAt = Date.now();
   const api = new ApiServer(componentLogger(root, 'api'));
   let stopping: Promise<void> | undefined;
@@ -130,6 +153,12 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       dataDir: cfg.dataDir,
       pid: process.pid,
       startedAt,
+    },
+    endpoints: {
+      summary: { Attached: endpoints.list().length, Exposed: endpoints.exposedAddrs().length },
+      attached: endpoints.list(),
+      exposed: endpoints.exposedAddrs(),
+      routes: routes.stats(),
     },
   });
 
@@ -161,6 +190,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
         log.info({ reason }, 'router stopping');
         await api.close().catch((e) => log.warn({ err: errMsg(e) }, 'API close failed'));
         await mesh.stop().catch((e) => log.warn({ err: errMsg(e) }, 'mesh stop failed'));
+        routes.stop();
         try {
           if (runningPid(cfg.dataDir) === process.pid || fs.readFileSync(pidFile(cfg.dataDir), 'utf8').trim() === String(process.pid)) fs.rmSync(pidFile(cfg.dataDir), { force: true });
         } catch { /* no pid file */ }
@@ -183,11 +213,39 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     mesh.forget(stringList(body, 'peers'));
     return { targets: mesh.targets() };
   });
+  api.add('POST', '/attach', async ({ body }) => {
+    const netns = requiredString(body, 'netns');
+    const cidrs = body.cidrs === undefined ? [] : stringList(body, 'cidrs');
+    if (cidrs.length === 0) throw new UsageError('no address given: give ADDR/LEN (automatic allocation comes with IPAM)');
+    const r = await endpoints.attach(netns, cidrs, { name: typeof body.name === 'string' ? body.name : undefined });
+    return { ...r, addresses: r.addrs };
+  });
+  api.add('POST', '/detach', async ({ body }) => {
+    const netns = requiredString(body, 'netns');
+    const addrs = body.addrs === undefined || (Array.isArray(body.addrs) && body.addrs.length === 0) ? undefined : stringList(body, 'addrs');
+    return endpoints.detach(netns, addrs);
+  });
+  api.add('GET', '/ps', () => ({
+    endpoints: endpoints.list().map((e) => ({ netns: e.netns, ifname: e.ifname, mac: e.mac, addresses: e.addrs, name: e.name })),
+  }));
+  api.add('POST', '/expose', async ({ body }) => {
+    const cidrs = body.cidrs === undefined ? [] : stringList(body, 'cidrs');
+    if (cidrs.length === 0) throw new UsageError('no address given: give ADDR/LEN (automatic allocation comes with IPAM)');
+    const r = await endpoints.expose(cidrs, { masquerade: body.masquerade === true });
+    return { ...r, addresses: r.exposed.map((e) => e.cidr) };
+  });
+  api.add('POST', '/hide', async ({ body }) => {
+    const cidrs = body.cidrs === undefined || (Array.isArray(body.cidrs) && body.cidrs.length === 0) ? undefined : stringList(body, 'cidrs');
+    return endpoints.hide(cidrs);
+  });
   api.add('POST', '/stop', () => {
     setImmediate(() => void stop('stop requested through the API'));
     return { stopping: true };
   });
 
+  const restored = await endpoints.restore();
+  if (restored.kept || restored.dropped) log.info(restored, 'endpoints restored from the data dir');
+  routes.start(ROUTE_RESYNC_MS);
   await mesh.start();
   if (!cfg.resume && cfg.peers.length) mesh.connect(cfg.peers);
   try {
