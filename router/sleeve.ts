@@ -76,6 +76,8 @@ export interface SleeveCounters {
   dropReplay: number;
   dropBadMac: number;
   dropMalformed: number;
+  /** packets from the TUN that are not IPv4 (IPv6 is not carried yet) */
+  dropNotIpv4: number;
   dropUnknownConn: number;
   dropUnknownDest: number;
   dropNoRoute: number;
@@ -91,7 +93,7 @@ export function newSleeveCounters(): SleeveCounters {
     tunInPackets: 0, tunInBytes: 0, tunOutPackets: 0, tunOutBytes: 0,
     udpInPackets: 0, udpInBytes: 0, udpOutPackets: 0, udpOutBytes: 0,
     relayedPackets: 0, icmpSent: 0, fragmentsSent: 0,
-    dropReplay: 0, dropBadMac: 0, dropMalformed: 0, dropUnknownConn: 0, dropUnknownDest: 0, dropNoRoute: 0,
+    dropReplay: 0, dropBadMac: 0, dropMalformed: 0, dropNotIpv4: 0, dropUnknownConn: 0, dropUnknownDest: 0, dropNoRoute: 0,
     dropTooBig: 0, dropTtl: 0, dropLoop: 0, dropSendError: 0, dropTunFull: 0,
   };
 }
@@ -424,8 +426,9 @@ export class Sleeve {
     } catch (e) {
       throw new ProtocolError('sleeve control: malformed msgpack', { cause: errMsg(e) });
     }
-    if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new ProtocolError('sleeve control: expected a map');
+    if (typeof m !== 'object' || m === null || Object.getPrototypeOf(m) !== Object.prototype) throw new ProtocolError('sleeve control: expected a map');
     const c = m as Record<string, unknown>;
+    if (typeof c.o !== 'string') throw new ProtocolError('sleeve control: no overlay name');
     if (c.o !== 'sleeve') return; // another overlay's control message
     if (c.v !== CTL_VERSION) throw new ProtocolError('sleeve control: unsupported version', { v: c.v });
     switch (c.t) {
@@ -590,7 +593,8 @@ export class Sleeve {
     const off = i * this.S;
     const c = this.counters;
     if (ipv4HeaderLen(buf, off, len) === 0) {
-      c.dropMalformed++;
+      if (len > 0 && buf[off] >> 4 !== 4) c.dropNotIpv4++;
+      else c.dropMalformed++;
       return;
     }
     const peer = this.fwd.lookup(ipv4Dst(buf, off));

@@ -448,11 +448,12 @@ export class MeshSim {
   /** Every live peer knows exactly the live peers and all views are identical. */
   converged(peers: Mesh[] = this.alive()): boolean {
     if (!peers.length) return true;
+    // hashes first: cached, so a check while views still differ costs next to nothing
     const hash = peers[0].topologyHash();
+    for (const m of peers) if (m.topologyHash() !== hash) return false;
     for (const m of peers) {
       m.recomputeNow();
-      if (m.peerNames().length !== peers.length) return false;
-      if (m.topologyHash() !== hash) return false;
+      if (m.peerNames().length !== peers.length || m.topologyHash() !== hash) return false;
     }
     return true;
   }

@@ -1,0 +1,419 @@
+// Sleeve instances wired through in-memory fakes: a channel TUN per router, one channel UDP net,
+// fake mesh connections carrying Msg.Overlay control messages, a FakeClock for heartbeats.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { FakeClock } from '../../mesh/clock';
+import { loadCrypto, tweetnaclEngine, type CryptoEngine } from '../../mesh/crypto';
+import { MemoryLogger, silentLogger } from '../../mesh/log';
+import type { PeerName } from '../../mesh/peer';
+import { Msg, type Features, type MeshConnection } from '../../mesh/types';
+import { FrameHeader, FrameType, HDR, TAG, parseHeader } from '../../router/frame';
+import { ipChecksum } from '../../router/icmp';
+import { PrefixTable } from '../../router/prefixes';
+import { SLEEVE_OVERHEAD, Sleeve, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
+import { ChannelTun, ipv4Packet } from '../fakes/channel-tun';
+import { ChannelNet, ipNum } from '../fakes/channel-udp';
+
+const sodium = loadCrypto('sodium', silentLogger());
+
+class FakeRoutes extends EventEmitter {
+  readonly hops = new Map<PeerName, PeerName>();
+  constructor(readonly name: PeerName) { super(); }
+  unicastNextHop(dst: PeerName): PeerName | undefined { return this.hops.get(dst); }
+}
+
+interface Node {
+  name: PeerName;
+  ip: string;
+  tun: ChannelTun;
+  sleeve: Sleeve;
+  prefixes: PrefixTable;
+  routes: FakeRoutes;
+  routesSet: SleeveRoute[][];
+  events: string[];
+}
+
+function features(n: Node, connId: string): Features {
+  return { name: n.name, nickname: n.name, uid: 'u', connId, overlays: ['sleeve'], overlayParams: { sleeve: n.sleeve.overlayParams() }, trusted: false, listenPort: 6783 };
+}
+
+class Lab {
+  readonly clock = new FakeClock();
+  readonly net = new ChannelNet();
+  readonly nodes: Node[] = [];
+  readonly handles: SleeveHandle[] = [];
+  readonly protocolErrors: string[] = [];
+
+  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger } = {}): Node {
+    const log = o.log ?? silentLogger();
+    const tun = new ChannelTun();
+    const udp = this.net.bind(ip, 6783);
+    const pt = new PrefixTable(name, this.clock, log);
+    pt.setLocal(prefixes);
+    const routes = new FakeRoutes(name);
+    const routesSet: SleeveRoute[][] = [];
+    const sleeve = new Sleeve({
+      name, clock: this.clock, log, crypto: o.crypto ?? sodium, routes, prefixes: pt, tun, udp,
+      host: { tunUp: async () => {}, setRoutes: (r) => { routesSet.push(r); } },
+      underlayMtu: o.underlayMtu,
+    });
+    const n: Node = { name, ip, tun, sleeve, prefixes: pt, routes, routesSet, events: [] };
+    this.nodes.push(n);
+    return n;
+  }
+
+  /** Every router learns every announcement (what gossip would do). */
+  syncPrefixes(): void {
+    for (const a of this.nodes) for (const b of this.nodes) if (a !== b) b.prefixes.mergeUpdate(a.prefixes.full());
+  }
+
+  /** A fake authenticated mesh connection between a (dialler) and b, attached on both ends. */
+  connect(a: Node, b: Node, sessionKey: Uint8Array | null): { ha: SleeveHandle; hb: SleeveHandle; ca: MeshConnection; cb: MeshConnection } {
+    const id = `${a.name}-${b.name}`;
+    const ends: { ha?: SleeveHandle; hb?: SleeveHandle } = {};
+    const mk = (self: Node, other: Node, outbound: boolean, deliver: () => SleeveHandle | undefined): MeshConnection => ({
+      id, outbound, remoteAddr: `${other.ip}:41000`, localAddr: `${self.ip}:6783`, encrypted: sessionKey !== null, sessionKey,
+      local: features(self, id), remote: features(other, id),
+      send: (type, payload) => {
+        assert.equal(type, Msg.Overlay);
+        const copy = Buffer.from(payload);
+        setImmediate(() => {
+          try { deliver()?.onMessage(copy); } catch (e) { this.protocolErrors.push(String(e)); }
+        });
+      },
+      close: () => {}, onMessage: () => {}, onClose: () => {},
+    });
+    const ca = mk(a, b, true, () => ends.hb);
+    const cb = mk(b, a, false, () => ends.ha);
+    ends.ha = a.sleeve.attach(ca, { established: () => a.events.push(`up:${b.name}`), failed: (r) => a.events.push(`fail:${b.name}:${r}`) });
+    ends.hb = b.sleeve.attach(cb, { established: () => b.events.push(`up:${a.name}`), failed: (r) => b.events.push(`fail:${a.name}:${r}`) });
+    this.handles.push(ends.ha, ends.hb);
+    return { ha: ends.ha, hb: ends.hb, ca, cb };
+  }
+
+  /** Lets queued I/O run (setImmediate deliveries), then advances the fake clock, until cond or steps run out. */
+  async until(cond: () => boolean, what: string, steps = 40, stepMs = 250): Promise<void> {
+    for (let i = 0; i < steps; i++) {
+      for (let j = 0; j < 6; j++) await new Promise<void>((r) => setImmediate(r));
+      if (cond()) return;
+      this.clock.advance(stepMs);
+    }
+    assert.fail(`timed out waiting for ${what}`);
+  }
+
+  async settle(): Promise<void> {
+    for (let j = 0; j < 10; j++) await new Promise<void>((r) => setImmediate(r));
+  }
+
+  close(): void {
+    for (const n of this.nodes) n.sleeve.close();
+  }
+}
+
+const A = '02:00:00:00:00:0a';
+const B = '02:00:00:00:00:0b';
+const C = '02:00:00:00:00:0c';
+
+async function twoNodes(key: Uint8Array | null, o: { crypto?: CryptoEngine } = {}) {
+  const lab = new Lab();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24'], o);
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24'], o);
+  lab.syncPrefixes();
+  a.routes.hops.set(B, B);
+  b.routes.hops.set(A, A);
+  const conn = lab.connect(a, b, key);
+  await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'both ends established');
+  return { lab, a, b, ...conn };
+}
+
+function marker(s: string, n = 200): Buffer {
+  return Buffer.concat([Buffer.from(s), Buffer.alloc(n, 0x61)]);
+}
+
+for (const mode of ['encrypted', 'plain'] as const) {
+  test(`two routers exchange packets both ways (${mode})`, async () => {
+    const key = mode === 'encrypted' ? sodium.randomBytes(32) : null;
+    const { lab, a, b, ha, hb } = await twoNodes(key);
+    try {
+      assert.deepEqual(ha.status(), { overlay: 'sleeve', encrypted: key !== null, mtu: 1500 - SLEEVE_OVERHEAD });
+      lab.net.capture = true;
+      const ab = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('MARKER-A2B') });
+      const ba = ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', payload: marker('MARKER-B2A') });
+      const burst = Array.from({ length: 150 }, (_, i) => ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.8', id: i, payload: marker(`n${i}`, i) }));
+      a.tun.inject(ab);
+      b.tun.inject(ba);
+      for (const p of burst) a.tun.inject(p);
+      await lab.until(() => b.tun.written.length === 151 && a.tun.written.length === 1, 'delivery');
+      assert.deepEqual(b.tun.written[0], ab);
+      assert.deepEqual(a.tun.written[0], ba);
+      assert.deepEqual(b.tun.written.slice(1), burst, 'a burst larger than one batch arrives complete and in order');
+      const dataFrames = lab.net.captured.filter((d) => d.data[1] === FrameType.Data);
+      const leaked = dataFrames.some((d) => d.data.includes(Buffer.from('MARKER-')));
+      assert.equal(leaked, key === null, key ? 'sealed frames must not show the marker' : 'plain frames show it (the check can fail)');
+      assert.equal(a.sleeve.counters.tunInPackets, 151);
+      assert.equal(b.sleeve.counters.tunOutPackets, 151);
+      assert.equal(b.sleeve.counters.dropBadMac + b.sleeve.counters.dropReplay + b.sleeve.counters.dropMalformed, 0);
+      // routes into the TUN for the other router's prefix
+      assert.deepEqual(a.routesSet.at(-1), [{ dst: '10.32.2.0/24', dev: 'chan-tun' }]);
+      assert.deepEqual(lab.protocolErrors, []);
+    } finally {
+      lab.close();
+    }
+  });
+}
+
+test('tweetnacl and sodium routers interoperate', async () => {
+  const lab = new Lab();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24'], { crypto: sodium });
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24'], { crypto: tweetnaclEngine() });
+  try {
+    lab.syncPrefixes();
+    a.routes.hops.set(B, B);
+    b.routes.hops.set(A, A);
+    lab.connect(a, b, sodium.randomBytes(32));
+    await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
+    const p = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('x') });
+    a.tun.inject(p);
+    await lab.until(() => b.tun.written.length === 1, 'delivery');
+    assert.deepEqual(b.tun.written[0], p);
+  } finally {
+    lab.close();
+  }
+});
+
+test('three routers in a line relay h1 -> h2 -> h3 and back', async () => {
+  const lab = new Lab();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24']);
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24']);
+  const c = lab.add(C, '198.18.0.3', ['10.32.3.0/24']);
+  try {
+    // a and c cannot reach each other on the underlay
+    lab.net.drop = (d) => (d.fromIp === ipNum('198.18.0.1') && d.toIp === ipNum('198.18.0.3')) || (d.fromIp === ipNum('198.18.0.3') && d.toIp === ipNum('198.18.0.1'));
+    lab.syncPrefixes();
+    a.routes.hops.set(B, B).set(C, B);
+    b.routes.hops.set(A, A).set(C, C);
+    c.routes.hops.set(B, B).set(A, B);
+    lab.connect(a, b, sodium.randomBytes(32));
+    lab.connect(b, c, sodium.randomBytes(32));
+    await lab.until(() => a.events.length === 1 && b.events.length === 2 && c.events.length === 1, 'both links established');
+    assert.ok([...a.events, ...b.events, ...c.events].every((e) => e.startsWith('up:')), String(a.events));
+    for (const r of [a, b, c]) r.routes.emit('routesChanged');
+    const ac = ipv4Packet({ src: '10.32.1.5', dst: '10.32.3.9', ttl: 64, payload: marker('A2C') });
+    const ca = ipv4Packet({ src: '10.32.3.9', dst: '10.32.1.5', ttl: 64, payload: marker('C2A') });
+    a.tun.inject(ac);
+    c.tun.inject(ca);
+    await lab.until(() => c.tun.written.length === 1 && a.tun.written.length === 1, 'relayed delivery');
+    const got = c.tun.written[0];
+    assert.equal(got[8], 63, 'the relay decrements TTL');
+    assert.equal(ipChecksum(got, 0, 20), 0, 'with a valid checksum');
+    assert.deepEqual(got.subarray(20), ac.subarray(20));
+    assert.deepEqual(a.tun.written[0].subarray(20), ca.subarray(20));
+    assert.equal(b.sleeve.counters.relayedPackets, 2);
+    assert.equal(b.tun.written.length, 0, 'the relay does not deliver locally');
+  } finally {
+    lab.close();
+  }
+});
+
+test('replayed datagrams are dropped and counted', async () => {
+  const { lab, a, b } = await twoNodes(sodium.randomBytes(32));
+  try {
+    lab.net.capture = true;
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('once') }));
+    await lab.until(() => b.tun.written.length === 1, 'first delivery');
+    const data = lab.net.captured.filter((d) => d.data[1] === FrameType.Data);
+    assert.equal(data.length, 1);
+    for (let i = 0; i < 3; i++) lab.net.deliver({ ...data[0] });
+    // an old heartbeat too
+    const hb = lab.net.captured.find((d) => d.data[1] === FrameType.Heartbeat && d.fromIp === ipNum('198.18.0.1'));
+    if (hb) lab.net.deliver({ ...hb });
+    await lab.settle();
+    assert.equal(b.tun.written.length, 1, 'no second delivery');
+    assert.equal(b.sleeve.counters.dropReplay, hb ? 4 : 3);
+  } finally {
+    lab.close();
+  }
+});
+
+test('random, truncated and forged datagrams are dropped and counted; the router stays up', async () => {
+  const { lab, a, b } = await twoNodes(sodium.randomBytes(32));
+  try {
+    lab.net.capture = true;
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('good') }));
+    await lab.until(() => b.tun.written.length === 1, 'delivery');
+    const good = lab.net.captured.find((d) => d.data[1] === FrameType.Data)!;
+    const from = { fromIp: ipNum('203.0.113.9'), fromPort: 5555, toIp: ipNum('198.18.0.2'), toPort: 6783 };
+    const before = { ...b.sleeve.counters };
+    let rnd = 12345;
+    const next = () => (rnd = (rnd * 1103515245 + 12345) & 0x7fffffff);
+    for (let i = 0; i < 300; i++) {
+      const d = Buffer.alloc(next() % 1600);
+      for (let j = 0; j < d.length; j++) d[j] = next() & 0xff;
+      lab.net.deliver({ ...from, data: d });
+    }
+    for (let n = 0; n < good.data.length; n += 7) lab.net.deliver({ ...from, data: good.data.subarray(0, n) });
+    // a valid header for the right connection, with a fresh counter, but a forged body
+    const forged = Buffer.from(good.data);
+    forged.writeUInt32BE(1000, 12);
+    forged[HDR + 3] ^= 0xff;
+    lab.net.deliver({ ...from, data: forged });
+    await lab.settle();
+    const c = b.sleeve.counters;
+    const dropped = (c.dropMalformed - before.dropMalformed) + (c.dropUnknownConn - before.dropUnknownConn) + (c.dropBadMac - before.dropBadMac) + (c.dropReplay - before.dropReplay);
+    const truncated = Math.ceil(good.data.length / 7);
+    assert.equal(dropped, 300 + truncated + 1, 'every bad datagram is counted once');
+    assert.ok(c.dropBadMac - before.dropBadMac >= 1, 'the forged one fails the MAC');
+    assert.equal(b.tun.written.length, 1, 'nothing bad reached the TUN');
+    // forged datagrams did not move the peer's address
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('still') }));
+    b.tun.inject(ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', payload: marker('back') }));
+    await lab.until(() => b.tun.written.length === 2 && a.tun.written.length === 1, 'traffic after the garbage');
+  } finally {
+    lab.close();
+  }
+});
+
+test('unknown destination -> ICMP host unreachable into the TUN, counted', async () => {
+  const { lab, a } = await twoNodes(sodium.randomBytes(32));
+  try {
+    const p = ipv4Packet({ src: '10.32.1.5', dst: '10.99.0.1', proto: 17, payload: marker('nowhere') });
+    a.tun.inject(p);
+    await lab.until(() => a.tun.written.length === 1, 'icmp');
+    const ic = a.tun.written[0];
+    assert.deepEqual([ic[9], ic[20], ic[21]], [1, 3, 1], 'ICMP dest unreachable / host');
+    assert.deepEqual([...ic.subarray(16, 20)], [10, 32, 1, 5]);
+    assert.deepEqual(ic.subarray(28, 48), p.subarray(0, 20));
+    assert.equal(a.sleeve.counters.dropUnknownDest, 1);
+    assert.equal(a.sleeve.counters.icmpSent, 1);
+  } finally {
+    lab.close();
+  }
+});
+
+test('too big with DF -> ICMP frag-needed with the path MTU; without DF -> fragmented and delivered', async () => {
+  const { lab, a, b, ha } = await twoNodes(sodium.randomBytes(32));
+  try {
+    const mtu = 1500 - SLEEVE_OVERHEAD;
+    const big = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', proto: 6, df: true, payload: Buffer.alloc(mtu - 20 + 1) });
+    a.tun.inject(big);
+    await lab.until(() => a.tun.written.length === 1, 'frag-needed');
+    const ic = a.tun.written[0];
+    assert.deepEqual([ic[20], ic[21]], [3, 4]);
+    assert.equal(ic.readUInt16BE(26), mtu);
+    assert.equal(a.sleeve.counters.dropTooBig, 1);
+    // shrink the underlay path: probes find it, frag-needed reports the smaller MTU
+    lab.net.maxPayload.set('198.18.0.1->198.18.0.2', 1300 - 28);
+    await lab.until(() => ha.status().mtu === 1300 - 28 - HDR - TAG, 'PMTU discovery', 80);
+    const mid = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', proto: 6, df: true, payload: Buffer.alloc(1300 - 20) });
+    a.tun.inject(mid);
+    await lab.until(() => a.tun.written.length === 2, 'second frag-needed');
+    assert.equal(a.tun.written[1].readUInt16BE(26), 1300 - 28 - HDR - TAG);
+    const nodf = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', proto: 17, payload: Buffer.alloc(1400, 9) });
+    a.tun.inject(nodf);
+    await lab.until(() => b.tun.written.length >= 2, 'fragments');
+    const frags = b.tun.written;
+    assert.equal(frags.length, 2);
+    assert.equal(a.sleeve.counters.fragmentsSent, 2);
+    const re = Buffer.alloc(1400);
+    for (const f of frags) {
+      assert.ok(f.length <= 1300 - 28 - HDR - TAG);
+      f.copy(re, (((f[6] & 0x1f) << 8) | f[7]) * 8, 20);
+    }
+    assert.deepEqual(re, nodf.subarray(20));
+    // the path grows back
+    lab.net.maxPayload.delete('198.18.0.1->198.18.0.2');
+    await lab.until(() => ha.status().mtu === mtu, 'PMTU grows back', 120);
+  } finally {
+    lab.close();
+  }
+});
+
+test('heartbeats lost -> failed; never established -> failed with a reason', async () => {
+  const lab = new Lab();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24']);
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24']);
+  try {
+    lab.syncPrefixes();
+    a.routes.hops.set(B, B);
+    b.routes.hops.set(A, A);
+    const { hb } = lab.connect(a, b, sodium.randomBytes(32));
+    await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
+    assert.equal(hb.status().overlay, 'sleeve');
+    lab.net.drop = () => true;
+    await lab.until(() => a.events.some((e) => e.startsWith('fail:')) && b.events.some((e) => e.startsWith('fail:')), 'failure', 80, 500);
+    assert.match(a.events.find((e) => e.startsWith('fail:'))!, /heartbeat/);
+    assert.equal(hb.status().overlay, null);
+    assert.match(hb.status().reason!, /heartbeat/);
+
+    const c = lab.add(C, '198.18.0.3', ['10.32.3.0/24']);
+    lab.net.drop = (d) => d.fromIp === ipNum('198.18.0.3');
+    lab.connect(a, c, null);
+    await lab.until(() => c.events.length > 0, 'establish timeout', 120, 500);
+    assert.match(c.events[0], /^fail:.*no sleeve heartbeats both ways/);
+  } finally {
+    lab.close();
+  }
+});
+
+test('learns the peer address from authenticated heartbeats (NAT)', async () => {
+  const lab = new Lab();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24']);
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24']);
+  try {
+    lab.syncPrefixes();
+    a.routes.hops.set(B, B);
+    b.routes.hops.set(A, A);
+    // a's UDP leaves through a NAT: b sees 203.0.113.1:40000, and b's first guess (a's TCP address) is unreachable
+    const aIp = ipNum('198.18.0.1');
+    const natIp = ipNum('203.0.113.1');
+    const orig = lab.net.deliver.bind(lab.net);
+    let direct = 0;
+    lab.net.deliver = (d) => {
+      if (d.fromIp === aIp) return orig({ ...d, fromIp: natIp, fromPort: 40000 });
+      if (d.toIp === natIp && d.toPort === 40000) return orig({ ...d, toIp: aIp, toPort: 6783 });
+      if (d.toIp === aIp) { direct++; return; }
+      return orig(d);
+    };
+    lab.connect(a, b, sodium.randomBytes(32));
+    await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established through the NAT');
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('out') }));
+    b.tun.inject(ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', payload: marker('back') }));
+    await lab.until(() => a.tun.written.length === 1 && b.tun.written.length === 1, 'traffic both ways');
+    assert.ok(direct > 0, 'b first tried the unreachable address');
+  } finally {
+    lab.close();
+  }
+});
+
+test('malformed control messages are protocol errors; other overlays are ignored', async () => {
+  const { lab, ha } = await twoNodes(sodium.randomBytes(32));
+  try {
+    const { Packr } = await import('msgpackr');
+    const pk = new Packr({ useRecords: false });
+    assert.throws(() => ha.onMessage(Buffer.from([0xc1])), { code: 'EPROTO' });
+    assert.throws(() => ha.onMessage(pk.pack({ v: 1, o: 'sleeve', t: 'hello', idx: -1, port: 1 })), { code: 'EPROTO' });
+    assert.throws(() => ha.onMessage(pk.pack({ v: 9, o: 'sleeve', t: 'hear', on: true })), { code: 'EPROTO' });
+    assert.throws(() => ha.onMessage(pk.pack({ v: 1, o: 'sleeve', t: 'what' })), { code: 'EPROTO' });
+    ha.onMessage(pk.pack({ v: 1, o: 'fastdp', t: 'anything' }));
+    assert.equal(ha.status().overlay, 'sleeve');
+  } finally {
+    lab.close();
+  }
+});
+
+test('closing a handle stops its traffic and withdraws the path', async () => {
+  const { lab, a, b, ha } = await twoNodes(null);
+  try {
+    ha.close();
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('x') }));
+    await lab.until(() => a.tun.written.length === 1, 'icmp');
+    assert.equal(a.tun.written[0][21], 1, 'host unreachable: no path any more');
+    assert.equal(a.sleeve.counters.dropNoRoute, 1);
+    assert.equal(b.tun.written.length, 0);
+    const h = new FrameHeader();
+    assert.ok(parseHeader(Buffer.from([1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 0, 16, h, false));
+  } finally {
+    lab.close();
+  }
+});
