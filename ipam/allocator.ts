@@ -217,7 +217,8 @@ export class Allocator implements Gossiper {
   /** Resolves when the ring exists (starting consensus if we take part in it). */
   prime(): Promise<void> {
     if (!this.ring.isEmpty()) return Promise.resolve();
-    this.ensureConsensus();
+    this.ensureConsensus(); // may seed the ring at once (quorum 1)
+    if (!this.ring.isEmpty()) return Promise.resolve();
     return new Promise((resolve) => this.primeWaiters.push(resolve));
   }
 
