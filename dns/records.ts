@@ -7,8 +7,10 @@
 //     containerId (a deterministic tie-break that only matters after an owner lost its state);
 //   - tombstones are gossiped like entries so removals beat stale adds still in flight, and are
 //     garbage-collected tombstoneTtlMs after they were last changed here;
-//   - entries whose origin the mesh says is gone are dropped (removePeer) and ignored when they come
-//     back through third parties (isPeerAlive), so a dead peer's records cannot be resurrected.
+//   - entries whose origin the mesh says is gone are dropped (removePeer / updatePeers) and the origin
+//     is remembered as departed: its entries relayed by third parties that have not noticed yet are
+//     ignored until the mesh sees that peer again, so a dead peer's records are not resurrected.
+//     (Peers we have not heard of yet are accepted: gossip may arrive before the topology does.)
 //
 // Restart: the store does not persist anything. A restarted router starts empty and RE-LEARNS its
 // own records from its peers' full-state gossip: an entry whose origin is ourselves is accepted as
@@ -181,8 +183,8 @@ export interface DnsStoreOptions {
   tombstoneTtlMs?: number;
   /** period of the GC timer started by start() (default 1 min) */
   gcIntervalMs?: number;
-  /** the mesh's view: entries from origins that are not alive are ignored (default: all alive) */
-  isPeerAlive?: (p: PeerName) => boolean;
+  /** records of an origin the mesh has never shown as reachable are dropped after this (default 60 s) */
+  unknownOriginGraceMs?: number;
 }
 
 export interface DnsStoreCounters {
@@ -201,7 +203,15 @@ export class DnsStore implements Gossiper {
   private readonly log: Logger;
   private readonly tombstoneTtlMs: number;
   private readonly gcIntervalMs: number;
-  private readonly isPeerAlive: (p: PeerName) => boolean;
+  /** origins the mesh told us are gone -> when; their entries are ignored until they are seen again */
+  private readonly departed = new Map<PeerName, number>();
+  /** the last reachable set from the mesh (null until updatePeers is first called) */
+  private live: Set<PeerName> | null = null;
+  /** peers seen reachable at some point: when they leave the set they are gone */
+  private readonly known = new Set<PeerName>();
+  /** origins with records that the mesh never showed us -> since when (gossip can beat topology) */
+  private readonly unknownSince = new Map<PeerName, number>();
+  private readonly unknownGraceMs: number;
   private readonly entries = new Map<string, StoredEntry>();
   /** own keys written locally since this process started: the owner is authoritative for those */
   private readonly asserted = new Set<string>();
@@ -233,7 +243,7 @@ export class DnsStore implements Gossiper {
     this.log = opts.log.child({ component: 'dns-records' });
     this.tombstoneTtlMs = opts.tombstoneTtlMs ?? 10 * 60_000;
     this.gcIntervalMs = opts.gcIntervalMs ?? 60_000;
-    this.isPeerAlive = opts.isPeerAlive ?? (() => true);
+    this.unknownGraceMs = opts.unknownOriginGraceMs ?? 60_000;
   }
 
   /** The mesh channel this store publishes local changes on (mesh.newGossip('dns', store) returns it). */
@@ -309,9 +319,49 @@ export class DnsStore implements Gossiper {
     return this.remove({ containerId });
   }
 
+  /**
+   * The mesh's current set of reachable peers: drops the records of every origin not in it (the peer
+   * is gone) and forgets the departure of peers that are back. Call on every topology change.
+   */
+  updatePeers(live: Iterable<PeerName>): void {
+    const set = new Set(live);
+    this.live = set;
+    for (const p of set) {
+      this.known.add(p);
+      this.departed.delete(p);
+      this.unknownSince.delete(p);
+    }
+    this.reconcilePeers();
+  }
+
+  private reconcilePeers(): void {
+    const live = this.live;
+    if (live === null) return;
+    const now = this.clock.now();
+    const gone = new Set<PeerName>();
+    for (const e of this.entries.values()) {
+      const o = e.origin;
+      if (o === this.self || live.has(o) || gone.has(o)) continue;
+      if (this.known.has(o)) {
+        gone.add(o);
+      } else {
+        // records from a peer the topology has not shown us yet: give the topology time to catch up
+        const since = this.unknownSince.get(o);
+        if (since === undefined) this.unknownSince.set(o, now);
+        else if (now - since >= this.unknownGraceMs) gone.add(o);
+      }
+    }
+    for (const p of gone) {
+      this.known.delete(p);
+      this.unknownSince.delete(p);
+      this.removePeer(p);
+    }
+  }
+
   /** The mesh says peer p is gone: drop its records locally (not gossiped; every peer does the same). */
   removePeer(p: PeerName): number {
     if (p === this.self) return 0;
+    this.departed.set(p, this.clock.now());
     let n = 0;
     for (const [k, e] of this.entries) {
       if (e.origin === p) {
@@ -339,6 +389,8 @@ export class DnsStore implements Gossiper {
       }
     }
     this.counters.tombstonesCollected += n;
+    for (const [p, at] of this.departed) if (now - at >= this.tombstoneTtlMs) this.departed.delete(p);
+    this.reconcilePeers();
     return n;
   }
 
@@ -411,7 +463,7 @@ export class DnsStore implements Gossiper {
           continue;
         }
         if (!cur && e.version <= this.ownGcFloor) continue;
-      } else if (!this.isPeerAlive(e.origin)) {
+      } else if (this.departed.has(e.origin)) {
         this.counters.entriesIgnoredDeadOrigin++;
         continue;
       }

@@ -71,17 +71,34 @@ test('the same name from two origins: addresses are deduplicated; removePeer dro
 });
 
 test('entries of a peer the mesh says is gone are not resurrected by third parties', () => {
-  const alive = new Set([A, C]);
-  const a = store(A, new FakeClock(), { isPeerAlive: (p) => alive.has(p) });
+  const clock = new FakeClock();
+  const a = store(A, clock, { unknownOriginGraceMs: 30_000 });
   const b = store(B);
   const c = store(C);
   b.add('gone.weave.local', '10.32.1.1');
-  gossipTo(b, c); // c still has b's record
+  gossipTo(b, a);
+  gossipTo(b, c); // c has not noticed yet that b is gone
+  a.updatePeers([A, B, C]);
+  assert.deepEqual(a.lookup('gone.weave.local'), ['10.32.1.1']);
+  a.updatePeers([A, C]);
+  assert.deepEqual(a.lookup('gone.weave.local'), []);
   gossipTo(c, a);
   assert.deepEqual(a.lookup('gone.weave.local'), []);
   assert.equal(a.counters.entriesIgnoredDeadOrigin, 1);
-  alive.add(B);
+  // b comes back: its records are accepted again
+  a.updatePeers([A, B, C]);
   gossipTo(c, a);
+  assert.deepEqual(a.lookup('gone.weave.local'), ['10.32.1.1']);
+  // records of a peer the topology has not shown yet are kept for a grace period (gossip can be
+  // faster than topology), then dropped if the peer never shows up
+  const d = store(D);
+  d.add('new.weave.local', '10.32.1.2');
+  gossipTo(d, a);
+  a.updatePeers([A, B, C]);
+  assert.deepEqual(a.lookup('new.weave.local'), ['10.32.1.2']);
+  clock.advance(30_000);
+  a.gc();
+  assert.deepEqual(a.lookup('new.weave.local'), []);
   assert.deepEqual(a.lookup('gone.weave.local'), ['10.32.1.1']);
 });
 
