@@ -15,6 +15,7 @@ import { DnsStore } from '../../dns/records';
 import { DnsServer, parseUpstream } from '../../dns/server';
 import { ResolvConfWatcher, parseResolvConf } from '../../dns/resolvconf';
 import { QTYPE, QueryParser, RCODE, nameToWire, writeHeader } from '../../dns/wire';
+import { dnsStatus, writeDnsMetrics } from '../../dns/report';
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -325,4 +326,15 @@ test('counters account for what was answered', () => {
   assert.ok(c.noerror > 0 && c.nxdomain > 0 && c.truncated > 0 && c.forwarded > 0);
   assert.equal(c.malformed, 0);
   assert.equal(c.socketErrors, 0);
+  const samples: Array<[string, number, Record<string, string | number> | undefined]> = [];
+  const sink = { counter: (n: string, _h: string, v: number, l?: Record<string, string | number>) => samples.push([n, v, l]), gauge: (n: string, _h: string, v: number, l?: Record<string, string | number>) => samples.push([n, v, l]) };
+  writeDnsMetrics(sink, store, server);
+  const get = (n: string, l?: Record<string, string>) => samples.find(([name, , labels]) => name === n && (!l || JSON.stringify(labels) === JSON.stringify(l)))?.[1];
+  assert.equal(get('weave_dns_queries_total', { proto: 'udp' }), c.queriesUdp);
+  assert.equal(get('weave_dns_responses_total', { rcode: 'NXDOMAIN' }), c.nxdomain);
+  assert.equal(get('weave_dns_entries', { state: 'live' }), 8 + 1 + 60 + 100);
+  const st = dnsStatus(store, server, ['127.0.0.1']);
+  assert.equal(st.domain, 'weave.local.');
+  assert.equal(st.address, `127.0.0.1:${server.port}`);
+  assert.equal(st.entries.filter((e) => e.hostname === 'web.weave.local.').length, 8);
 });
