@@ -1,14 +1,17 @@
 // Sleeve datagram framing. One UDP datagram carries one frame:
 //
-//   0      1      2      4              8                        16
-//   +------+------+------+--------------+------------------------+----------------------------+
-//   | ver  | type | 0 0  | receiver idx | counter (u64, BE)      | body, secretbox-sealed     |
-//   +------+------+------+--------------+------------------------+----------------------------+
+//   0      1      2      3      4              8                        16
+//   +------+------+------+------+--------------+------------------------+--------------------------+
+//   | ver  | type | lane | 0    | receiver idx | counter (u64, BE)      | body, secretbox-sealed   |
+//   +------+------+------+------+--------------+------------------------+--------------------------+
 //
 // - receiver idx: chosen by the receiving router for this connection and told to the sender over
 //   the control connection, so the receiver finds the connection (and its keys) with one array index.
-// - counter: per direction, never reused under one key; the nonce is counter ‖ type, so flipping the
-//   type or replaying under another counter breaks the MAC. Sent in the clear for the replay window.
+// - lane: which sender thread of the router sealed it (control, TUN path, relay); each lane has its
+//   own counter and, at the receiver, its own replay window, so threads never share a counter.
+// - counter: per direction and lane, never reused under one key; the nonce is counter ‖ type ‖ lane,
+//   so flipping the type or lane, or replaying under another counter, breaks the MAC. Sent in the
+//   clear for the replay window.
 // - Keys per direction: SHA-256(sessionKey ‖ "weave-sleeve" ‖ 0|1), 0 = from the dialler.
 // - Without a password the body is the plain payload (same header, no tag): the replay window still
 //   drops duplicates but nothing is authenticated.
@@ -25,6 +28,8 @@ export const FrameType = {
   ProbeAck: 4,
 } as const;
 export const MAX_FRAME_TYPE = 4;
+/** Sender lanes per connection (see datapath.ts). */
+export const LANES = 3;
 
 export const DIR_FROM_DIALLER = 0;
 export const DIR_FROM_LISTENER = 1;
@@ -38,10 +43,10 @@ export function deriveKeys(crypto: CryptoEngine, sessionKey: Uint8Array, outboun
   return outbound ? { tx: fromDialler, rx: fromListener } : { tx: fromListener, rx: fromDialler };
 }
 
-export function writeHeader(buf: Uint8Array, off: number, type: number, idx: number, counter: number): void {
+export function writeHeader(buf: Uint8Array, off: number, type: number, lane: number, idx: number, counter: number): void {
   buf[off] = FRAME_VERSION;
   buf[off + 1] = type;
-  buf[off + 2] = 0;
+  buf[off + 2] = lane;
   buf[off + 3] = 0;
   writeU32(buf, off + 4, idx);
   writeU32(buf, off + 8, Math.floor(counter / 4294967296));
@@ -62,19 +67,21 @@ export function readU32(b: Uint8Array, o: number): number {
 /** Header fields parsed into reusable storage (one per reader, so parsing allocates nothing). */
 export class FrameHeader {
   type = 0;
+  lane = 0;
   idx = 0;
   counter = 0;
 }
 
-/** Parses a header; false (malformed) when too short, wrong version, unknown type, nonzero reserved, counter beyond 2^53. */
+/** Parses a header; false (malformed) when too short, wrong version, unknown type or lane, nonzero reserved, counter beyond 2^53. */
 export function parseHeader(buf: Uint8Array, off: number, len: number, out: FrameHeader, encrypted: boolean): boolean {
   if (len < HDR + (encrypted ? TAG : 0)) return false;
-  if (buf[off] !== FRAME_VERSION || buf[off + 2] !== 0 || buf[off + 3] !== 0) return false;
+  if (buf[off] !== FRAME_VERSION || buf[off + 2] >= LANES || buf[off + 3] !== 0) return false;
   const type = buf[off + 1];
   if (type < 1 || type > MAX_FRAME_TYPE) return false;
   const hi = readU32(buf, off + 8);
   if (hi >= 0x200000) return false;
   out.type = type;
+  out.lane = buf[off + 2];
   out.idx = readU32(buf, off + 4);
   out.counter = hi * 4294967296 + readU32(buf, off + 12);
   return true;
@@ -108,16 +115,16 @@ export class ViewCache {
  * Builds one frame (allocating; for heartbeats, probes and tests — the packet path writes the header
  * and seals into its preallocated ring instead).
  */
-export function encodeFrame(crypto: CryptoEngine | null, key: Uint8Array | null, type: number, idx: number, counter: number, body: Uint8Array): Buffer {
+export function encodeFrame(crypto: CryptoEngine | null, key: Uint8Array | null, type: number, lane: number, idx: number, counter: number, body: Uint8Array): Buffer {
   const sealed = key !== null && crypto !== null;
   const frame = Buffer.alloc(HDR + body.length + (sealed ? TAG : 0));
-  writeHeader(frame, 0, type, idx, counter);
+  writeHeader(frame, 0, type, lane, idx, counter);
   if (!sealed) {
     frame.set(body, HDR);
     return frame;
   }
   const nonce = Buffer.alloc(24);
-  setNonce(nonce, type, counter);
+  setNonce(nonce, type, lane, counter);
   crypto.secretboxSeal(frame.subarray(HDR), body, nonce, key);
   return frame;
 }
@@ -128,14 +135,15 @@ export function decodeFrame(crypto: CryptoEngine | null, key: Uint8Array | null,
   if (!parseHeader(frame, 0, frame.length, hdr, sealed)) return null;
   if (!sealed) return Buffer.from(frame.subarray(HDR));
   const nonce = Buffer.alloc(24);
-  setNonce(nonce, hdr.type, hdr.counter);
+  setNonce(nonce, hdr.type, hdr.lane, hdr.counter);
   const out = Buffer.alloc(frame.length - HDR - TAG);
   return crypto.secretboxOpen(out, frame.subarray(HDR), nonce, key) ? out : null;
 }
 
-export function setNonce(nonce: Buffer, type: number, counter: number): void {
+export function setNonce(nonce: Buffer, type: number, lane: number, counter: number): void {
   writeU32(nonce, 0, Math.floor(counter / 4294967296));
   writeU32(nonce, 4, counter >>> 0);
   nonce[8] = type;
-  // bytes 9..23 stay zero (caller-owned scratch that only this function writes)
+  nonce[9] = lane;
+  // bytes 10..23 stay zero (caller-owned scratch that only this function writes)
 }

@@ -1,22 +1,28 @@
 // The sleeve overlay: IP packets between the kernel (a TUN device) and peers (UDP), sealed per
-// connection. The packet flow, which everything below serves:
+// connection. The packet flow (router/datapath.ts does the per-packet part):
 //
 //   outbound  TUN readable -> readBatch (drain) -> per packet: IPv4 check -> dst -> forwarding table
-//             (LPM prefix -> destination peer) -> next-hop connection (mesh routes, precomputed) ->
+//             (LPM prefix -> destination peer) -> next-hop path (mesh routes, precomputed) ->
 //             too big? (DF: ICMP frag-needed into the TUN; no DF: fragment) -> header + seal with the
-//             connection's tx key into the send ring -> sendmmsg batch to the next hop's UDP address.
+//             path's tx key into the send ring -> sendmmsg batch to the next hop's UDP address.
 //             No destination / no route: ICMP unreachable into the TUN.
-//   inbound   UDP readable -> recvmmsg batch (drain) -> header -> connection by receiver index ->
-//             replay check -> open with its rx key -> replay update, learn the peer's UDP address ->
-//             Data: dst -> forwarding table -> ours: TUN write batch; another peer's: TTL-1, re-seal
-//             for the next hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
+//   inbound   UDP readable -> recvmmsg batch (drain) -> header -> path by receiver index -> replay
+//             check (per lane) -> open with its rx key -> replay update, learn the peer's UDP address
+//             -> Data: dst -> forwarding table -> ours: TUN write batch; another peer's: TTL-1,
+//             re-seal for the next hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
 //
-// Rules: nothing allocated, no promise and no closure per packet: slot rings, length-exact views
-// cached per slot (frame.ts ViewCache), counters as plain numbers bumped per batch. Per connection:
-// keys per direction from the session key, a 64-bit counter per direction (nonce), a replay window.
-// Control over the mesh connection (Msg.Overlay, msgpack {v:1, o:'sleeve', t, ...}): 'hello' tells
-// the peer our receiver index and UDP port; 'hear' says whether its UDP heartbeats reach us. The
-// sleeve is established when heartbeats get through both ways; it fails when they stop.
+// Threads: with the native addon, one worker per direction runs the packet loops (sleeve-worker.ts);
+// this file is the control plane in the main thread: paths per mesh connection, control messages,
+// heartbeats, PMTU probes, forwarding state. With in-memory devices (tests) or workers off, the same
+// packet engine runs inline here.
+//
+// Per connection: keys per direction from the session key, a 64-bit counter per direction and lane
+// (nonce), a replay window per lane. Control over the mesh connection (Msg.Overlay, msgpack
+// {v:1, o:'sleeve', t, ...}): 'hello' tells the peer our receiver index and UDP port; 'hear' says
+// whether its UDP heartbeats reach us. The sleeve is established when heartbeats get through both
+// ways; it fails when they stop (the mesh then closes the connection and redials).
+import * as path from 'path';
+import { Worker } from 'worker_threads';
 import { Packr } from 'msgpackr';
 import type { Clock, TimerHandle } from '../mesh/clock';
 import type { CryptoEngine } from '../mesh/crypto';
@@ -24,13 +30,15 @@ import { ProtocolError, WeaveError, errMsg } from '../mesh/errors';
 import type { Logger } from '../mesh/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
-import { FrameHeader, FrameType, HDR, TAG, ViewCache, deriveKeys, encodeFrame, parseHeader, readU32, setNonce, writeHeader, writeU32 } from './frame';
-import { ForwardingTable, NO_PEER, ip4ToU32, parsePrefix, u32ToIp4 } from './forwarding';
-import { MAX_ICMP_LEN, UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipv4DontFragment, ipv4Dst, ipv4HeaderLen, writeUnreachable } from './icmp';
+import { COUNTER, Datapath, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray, sumCounters, type DatapathEvents, type ForwardingSpec, type PathSpec, type SleeveCounters } from './datapath';
+import { FrameType, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame';
+import { ip4ToU32, parsePrefix, u32ToIp4 } from './forwarding';
 import type { PrefixTable } from './prefixes';
-import { ReplayVerdict, ReplayWindow } from './replay';
-import type { TunDevice } from './tun';
-import { EAGAIN, EMSGSIZE, type UdpBind } from './udp';
+import { NativeTun, type TunDevice } from './tun';
+import { EAGAIN, NativeUdp, type UdpBind } from './udp';
+import type { FromWorker, ToWorker, WorkerInit } from './sleeve-worker';
+
+export type { SleeveCounters } from './datapath';
 
 export const DEFAULT_SLEEVE_PORT = 6783;
 export const DEFAULT_TUN_NAME = 'weave-tun';
@@ -40,8 +48,6 @@ export const UNDERLAY_OVERHEAD = 28;
 export const SLEEVE_OVERHEAD = UNDERLAY_OVERHEAD + HDR + TAG;
 
 const CTL_VERSION = 1;
-const MAX_SLOTS = 65536;
-const MAX_FRAGS = 48;
 const PROBE_MTUS = [9000, 1500, 1492, 1480, 1460, 1440, 1420, 1400, 1380, 1350, 1300, 1280, 1200, 1100, 1000, 900, 800, 700, 576];
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
@@ -65,42 +71,10 @@ export interface SleeveHost {
   setRoutes(routes: SleeveRoute[]): void;
 }
 
-export interface SleeveCounters {
-  tunInPackets: number; tunInBytes: number;
-  tunOutPackets: number; tunOutBytes: number;
-  udpInPackets: number; udpInBytes: number;
-  udpOutPackets: number; udpOutBytes: number;
-  relayedPackets: number;
-  icmpSent: number;
-  fragmentsSent: number;
-  dropReplay: number;
-  dropBadMac: number;
-  dropMalformed: number;
-  /** packets from the TUN that are not IPv4 (IPv6 is not carried yet) */
-  dropNotIpv4: number;
-  dropUnknownConn: number;
-  dropUnknownDest: number;
-  dropNoRoute: number;
-  dropTooBig: number;
-  dropTtl: number;
-  dropLoop: number;
-  dropSendError: number;
-  dropTunFull: number;
-}
-
-export function newSleeveCounters(): SleeveCounters {
-  return {
-    tunInPackets: 0, tunInBytes: 0, tunOutPackets: 0, tunOutBytes: 0,
-    udpInPackets: 0, udpInBytes: 0, udpOutPackets: 0, udpOutBytes: 0,
-    relayedPackets: 0, icmpSent: 0, fragmentsSent: 0,
-    dropReplay: 0, dropBadMac: 0, dropMalformed: 0, dropNotIpv4: 0, dropUnknownConn: 0, dropUnknownDest: 0, dropNoRoute: 0,
-    dropTooBig: 0, dropTtl: 0, dropLoop: 0, dropSendError: 0, dropTunFull: 0,
-  };
-}
-
 export interface SleeveOptions {
   /** our peer name (the mesh identity) */
   name: PeerName;
+  /** realClock in production (worker threads stamp receive times with Date.now()) */
   clock: Clock;
   log: Logger;
   /** seals/opens every datagram; sodium engine for speed (mesh/crypto.ts loadCrypto) */
@@ -118,7 +92,7 @@ export interface SleeveOptions {
   tunMtu?: number;
   /** default 1000 ms */
   heartbeatMs?: number;
-  /** an established sleeve fails when no heartbeat arrived for this long; default 8000 ms */
+  /** an established sleeve fails when nothing arrived for this long; default 8000 ms */
   deadMs?: number;
   /** a new sleeve fails when not established within this; default 15000 ms */
   establishTimeoutMs?: number;
@@ -128,18 +102,18 @@ export interface SleeveOptions {
   batch?: number;
   /** source address of the ICMP errors we write into the TUN (host-order u32); default: the packet's destination */
   icmpSource?: number;
-  counters?: SleeveCounters;
+  /**
+   * Run the packet loops in two worker threads (one per direction). Default: on when tun and udp are
+   * the native devices (NativeTun/NativeUdp); the in-memory fakes always run inline.
+   */
+  workers?: boolean;
 }
 
-// ---- per connection -----------------------------------------------------------------------------
+// ---- per connection (control plane) -------------------------------------------------------------
 
 class PeerPath {
   remoteIdx = -1;
-  txCounter = 0;
-  readonly replay = new ReplayWindow();
-  ip = 0;
-  port = 0;
-  lastRx = -Infinity;
+  ctlCounter = 0;
   weHear = false;
   theyHear = false;
   established = false;
@@ -171,43 +145,6 @@ export interface SleeveHandle {
   status(): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string };
 }
 
-// ---- batch rings --------------------------------------------------------------------------------
-
-/** Sealed frames waiting for one sendmmsg. */
-class SendRing {
-  readonly buf: Buffer;
-  readonly box: ViewCache;
-  readonly offs: Int32Array;
-  readonly lens: Int32Array;
-  readonly ips: Uint32Array;
-  readonly ports: Int32Array;
-  readonly errs: Int32Array;
-  readonly paths: Array<PeerPath | null>;
-  n = 0;
-  constructor(readonly stride: number, readonly cap: number) {
-    this.buf = Buffer.alloc(stride * cap);
-    this.box = new ViewCache(this.buf, stride, cap, HDR);
-    this.offs = new Int32Array(cap);
-    for (let i = 0; i < cap; i++) this.offs[i] = i * stride;
-    this.lens = new Int32Array(cap);
-    this.ips = new Uint32Array(cap);
-    this.ports = new Int32Array(cap);
-    this.errs = new Int32Array(cap);
-    this.paths = new Array(cap).fill(null);
-  }
-}
-
-/** Packets waiting for one TUN write batch (offsets into some ring's buffer). */
-class TunRing {
-  readonly offs: Int32Array;
-  readonly lens: Int32Array;
-  n = 0;
-  constructor(readonly buf: Buffer, readonly cap: number) {
-    this.offs = new Int32Array(cap);
-    this.lens = new Int32Array(cap);
-  }
-}
-
 function parseRemoteIp(addr: string): number {
   // "1.2.3.4:6783", "[::ffff:1.2.3.4]:6783", "::ffff:1.2.3.4:6783"
   let host = addr.startsWith('[') ? addr.slice(1, addr.indexOf(']')) : addr.slice(0, addr.lastIndexOf(':'));
@@ -224,58 +161,34 @@ function sleevePortOf(params: Record<string, unknown>): number | undefined {
 // ---- the overlay --------------------------------------------------------------------------------
 
 export class Sleeve {
-  readonly counters: SleeveCounters;
   readonly tunMtu: number;
   readonly underlayMtu: number;
+  /** 'workers' or 'inline': where the packet loops run */
+  readonly mode: 'workers' | 'inline';
   private readonly o: SleeveOptions;
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly crypto: CryptoEngine;
   private readonly tun: TunDevice;
   private readonly udp: UdpBind;
-  private readonly S: number; // slot stride
-  private readonly B: number; // batch
+  private readonly S: number;
+  private readonly B: number;
   private readonly heartbeatMs: number;
   private readonly deadMs: number;
   private readonly establishTimeoutMs: number;
   private readonly probeMs: number;
 
-  // connections: by slot (receiver index low 16 bits) and by peer name
   private readonly slots: Array<PeerPath | null> = [];
   private readonly byPeer = new Map<PeerName, PeerPath>();
   private idxGen = 1;
 
-  // forwarding: prefix -> peer id; peer id -> path of the next hop (null: no route); selfId = ours
-  private fwd = new ForwardingTable();
-  private peerIds: PeerName[] = [];
-  private nextPath: Array<PeerPath | null> = [];
-  private selfId = NO_PEER;
+  private readonly shared = new PathShared();
+  private readonly ctlCounters = newCounterArray();
+  private readonly engineCounters: Float64Array[] = [];
+  private inline: Datapath | null = null;
+  private readonly workers: Worker[] = [];
+  private workerFailure: string | null = null;
 
-  // outbound rings
-  private readonly txIn: Buffer;
-  private readonly txInLens: Int32Array;
-  private readonly txInView: ViewCache;
-  private readonly txOut: SendRing;
-  private readonly fragBuf: Buffer;
-  private readonly fragLens: Int32Array;
-  private readonly fragView: ViewCache;
-  private readonly icmpBuf: Buffer;
-  private readonly icmpView: ViewCache;
-  private readonly icmpTun: TunRing;
-  private icmpSlot = 0;
-  // inbound rings
-  private readonly rxIn: Buffer;
-  private readonly rxLens: Int32Array;
-  private readonly rxIps: Uint32Array;
-  private readonly rxPorts: Int32Array;
-  private readonly rxBox: ViewCache;
-  private readonly rxPlain: Buffer;
-  private readonly rxPlainView: ViewCache;
-  private readonly rxTun: TunRing;
-  private readonly relayOut: SendRing;
-
-  private readonly hdr = new FrameHeader();
-  private readonly nonce = Buffer.alloc(24);
   private readonly ctlIps = new Uint32Array(1);
   private readonly ctlPorts = new Int32Array(1);
   private readonly ctlOffs = new Int32Array(1);
@@ -284,8 +197,6 @@ export class Sleeve {
 
   private timer: TimerHandle | undefined;
   private closed = false;
-  private readonly onTunReadable = (): void => this.drainTun();
-  private readonly onUdpReadable = (): void => this.drainUdp();
   private readonly onRoutesChanged = (): void => this.recompute();
   private readonly offPrefixes: () => void;
   private lastRoutesKey = '';
@@ -297,7 +208,6 @@ export class Sleeve {
     this.crypto = o.crypto;
     this.tun = o.tun;
     this.udp = o.udp;
-    this.counters = o.counters ?? newSleeveCounters();
     this.underlayMtu = o.underlayMtu ?? 1500;
     this.tunMtu = o.tunMtu ?? this.underlayMtu - SLEEVE_OVERHEAD;
     if (!(this.underlayMtu >= 576 && this.underlayMtu <= 65535)) throw new WeaveError('EINVAL', `underlay MTU ${this.underlayMtu} out of range`);
@@ -310,36 +220,22 @@ export class Sleeve {
     // one stride fits the largest TUN packet sealed, and the largest datagram we accept
     this.S = (Math.max(this.tunMtu + HDR + TAG, this.underlayMtu - UNDERLAY_OVERHEAD) + 63) & ~63;
 
-    const S = this.S;
-    const B = this.B;
-    this.txIn = Buffer.alloc(S * B);
-    this.txInLens = new Int32Array(B);
-    this.txInView = new ViewCache(this.txIn, S, B, 0);
-    this.txOut = new SendRing(S, 256);
-    this.fragBuf = Buffer.alloc(S * MAX_FRAGS);
-    this.fragLens = new Int32Array(MAX_FRAGS);
-    this.fragView = new ViewCache(this.fragBuf, S, MAX_FRAGS, 0);
-    const icmpStride = 128;
-    this.icmpBuf = Buffer.alloc(icmpStride * B);
-    this.icmpView = new ViewCache(this.icmpBuf, icmpStride, B, 0);
-    this.icmpTun = new TunRing(this.icmpBuf, B);
-    this.rxIn = Buffer.alloc(S * B);
-    this.rxLens = new Int32Array(B);
-    this.rxIps = new Uint32Array(B);
-    this.rxPorts = new Int32Array(B);
-    this.rxBox = new ViewCache(this.rxIn, S, B, HDR);
-    this.rxPlain = Buffer.alloc(S * B);
-    this.rxPlainView = new ViewCache(this.rxPlain, S, B, 0);
-    this.rxTun = new TunRing(this.rxPlain, B);
-    this.relayOut = new SendRing(S, B);
+    const native = this.tun instanceof NativeTun && this.udp instanceof NativeUdp;
+    if (o.workers && !native) throw new WeaveError('EINVAL', 'sleeve worker threads need the native TUN and UDP devices');
+    this.mode = (o.workers ?? native) ? 'workers' : 'inline';
+    if (this.mode === 'workers') this.startWorkers();
+    else this.startInline();
 
     this.offPrefixes = o.prefixes.onChange(() => this.recompute());
     o.routes.on('routesChanged', this.onRoutesChanged);
     this.recompute();
-    this.tun.setReadable(this.onTunReadable);
-    this.udp.setReadable(this.onUdpReadable);
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
-    this.log.info({ port: this.udp.port, tun: this.tun.name, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name }, 'sleeve started');
+    this.log.info({ port: this.udp.port, tun: this.tun.name, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, mode: this.mode }, 'sleeve started');
+  }
+
+  /** Packet and drop counters summed over the threads (for metrics: weave_sleeve_*). */
+  get counters(): SleeveCounters {
+    return sumCounters([this.ctlCounters, ...this.engineCounters]);
   }
 
   /** Brings the TUN up with its MTU (through host/); call once after construction. */
@@ -358,7 +254,7 @@ export class Sleeve {
     if (this.closed) throw new WeaveError('ECLOSED', 'sleeve is closed');
     let slot = this.slots.indexOf(null);
     if (slot < 0) {
-      if (this.slots.length >= MAX_SLOTS) throw new WeaveError('ELIMIT', 'too many sleeve connections');
+      if (this.slots.length >= MAX_SLOTS) throw new WeaveError('ELIMIT', `too many sleeve connections (max ${MAX_SLOTS})`);
       slot = this.slots.length;
       this.slots.push(null);
     }
@@ -374,15 +270,19 @@ export class Sleeve {
     }
     const peer = conn.remote.name;
     const p = new PeerPath(slot, idx, conn, peer, cb, txKey, rxKey, this.clock.now());
-    p.ip = parseRemoteIp(conn.remoteAddr);
-    p.port = sleevePortOf(conn.remote.overlayParams) ?? DEFAULT_SLEEVE_PORT;
+    const sh = this.shared;
+    sh.ip[slot] = parseRemoteIp(conn.remoteAddr);
+    sh.port[slot] = sleevePortOf(conn.remote.overlayParams) ?? DEFAULT_SLEEVE_PORT;
+    sh.lastRx[slot] = -Infinity;
+    sh.mtu[slot] = this.tunMtu;
     this.slots[slot] = p;
     const prev = this.byPeer.get(peer);
     this.byPeer.set(peer, p);
     if (prev && prev !== p) this.log.info({ peer }, 'a newer connection to the peer replaces the old sleeve path');
+    this.pushPath(p);
     this.sendCtl(p, { t: 'hello', idx, port: this.udp.port });
     p.nextProbe = this.clock.now();
-    this.log.debug({ peer, idx, remote: `${u32ToIp4(p.ip)}:${p.port}`, encrypted: txKey !== null }, 'sleeve path attached');
+    this.log.debug({ peer, idx, remote: `${u32ToIp4(sh.ip[slot])}:${sh.port[slot]}`, encrypted: txKey !== null }, 'sleeve path attached');
     this.recompute();
     return {
       onMessage: (payload) => this.onCtl(p, payload),
@@ -391,8 +291,8 @@ export class Sleeve {
     };
   }
 
-  /** Stops I/O and timers and closes the TUN and UDP socket. */
-  close(): void {
+  /** Stops I/O, timers and workers, then closes the TUN and UDP socket. */
+  async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.clock.clearTimeout(this.timer);
@@ -401,6 +301,8 @@ export class Sleeve {
     for (const p of this.slots) if (p) p.closed = true;
     this.tun.setReadable(null);
     this.udp.setReadable(null);
+    // Workers poll the fds: they must be gone before the fds are closed (and maybe reused).
+    await Promise.all(this.workers.map((w) => w.terminate().catch((e) => this.log.error({ err: errMsg(e) }, 'worker terminate failed'))));
     this.tun.close();
     this.udp.close();
   }
@@ -409,6 +311,87 @@ export class Sleeve {
   pathMtu(peer: PeerName): number | undefined {
     const p = this.byPeer.get(peer);
     return p ? this.innerMtu(p) : undefined;
+  }
+
+  // ---- packet engines -----------------------------------------------------------------------------
+
+  private engineEvents(): DatapathEvents {
+    return {
+      heartbeat: (slot) => this.onHeartbeat(slot),
+      probeAck: (slot, round, size) => this.onProbeAck(slot, round, size),
+      addressLearned: (slot, ip, port) => this.onAddress(slot, ip, port),
+      pathTooBig: (slot) => {
+        const p = this.slots[slot];
+        if (p) p.nextProbe = 0;
+      },
+    };
+  }
+
+  private startInline(): void {
+    const counters = newCounterArray();
+    this.engineCounters.push(counters);
+    const dp = new Datapath({
+      crypto: this.crypto, tun: this.tun, udp: this.udp, shared: this.shared, counters, events: this.engineEvents(),
+      stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, now: () => this.clock.now(),
+    });
+    this.inline = dp;
+    this.tun.setReadable(() => dp.drainTun());
+    this.udp.setReadable(() => dp.drainUdp());
+  }
+
+  private startWorkers(): void {
+    const tun = this.tun as NativeTun;
+    const udp = this.udp as NativeUdp;
+    const events = this.engineEvents();
+    for (const role of ['tx', 'rx'] as const) {
+      const counters = newCounterArray();
+      this.engineCounters.push(counters);
+      const init: WorkerInit = {
+        role, tunFd: tun.fd, tunName: tun.name, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
+        stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name,
+      };
+      const w = new Worker(path.join(__dirname, 'sleeve-worker.js'), { workerData: init });
+      w.unref();
+      w.on('message', (m: FromWorker) => {
+        if (this.closed) return;
+        switch (m.k) {
+          case 'hb': events.heartbeat(m.slot); break;
+          case 'ack': events.probeAck(m.slot, m.round, m.size); break;
+          case 'addr': events.addressLearned(m.slot, m.ip, m.port); break;
+          case 'big': events.pathTooBig(m.slot); break;
+          case 'ready': this.log.debug({ role: m.role }, 'sleeve worker ready'); break;
+          case 'err':
+            this.log.error({ role: m.role, err: m.msg }, 'sleeve worker error');
+            break;
+        }
+      });
+      w.on('error', (e) => {
+        this.workerFailure = `${role} worker crashed: ${errMsg(e)}`;
+        this.log.error({ role, err: errMsg(e) }, 'sleeve worker crashed; the data path is down');
+      });
+      w.on('exit', (code) => {
+        if (!this.closed) {
+          this.workerFailure ??= `${role} worker exited (${code})`;
+          this.log.error({ role, code }, 'sleeve worker exited unexpectedly');
+        }
+      });
+      this.workers.push(w);
+    }
+  }
+
+  private toEngines(m: ToWorker): void {
+    if (this.inline) {
+      if (m.k === 'path') this.inline.setPath(m.spec);
+      else if (m.k === 'unpath') this.inline.removePath(m.slot);
+      else if (m.k === 'fwd') this.inline.setForwarding(m.spec);
+      return;
+    }
+    for (const w of this.workers) w.postMessage(m);
+  }
+
+  private pushPath(p: PeerPath): void {
+    const spec: PathSpec = { slot: p.slot, localIdx: p.localIdx, remoteIdx: p.remoteIdx, txKey: p.txKey, rxKey: p.rxKey };
+    this.toEngines({ k: 'path', spec });
   }
 
   // ---- control ----------------------------------------------------------------------------------
@@ -439,8 +422,9 @@ export class Sleeve {
         if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) throw new ProtocolError('sleeve hello: bad port');
         p.remoteIdx = idx;
         // The port is what the peer bound; the address stays what we know until heartbeats teach us better.
-        if (p.lastRx === -Infinity) p.port = port;
+        if (this.shared.lastRx[p.slot] === -Infinity) this.shared.port[p.slot] = port;
         p.reason = 'waiting for sleeve heartbeats';
+        this.pushPath(p);
         this.sendHeartbeat(p);
         return;
       }
@@ -458,7 +442,10 @@ export class Sleeve {
   private detach(p: PeerPath): void {
     if (p.closed) return;
     p.closed = true;
-    if (this.slots[p.slot] === p) this.slots[p.slot] = null;
+    if (this.slots[p.slot] === p) {
+      this.slots[p.slot] = null;
+      this.toEngines({ k: 'unpath', slot: p.slot });
+    }
     if (this.byPeer.get(p.peer) === p) this.byPeer.delete(p.peer);
     this.log.debug({ peer: p.peer }, 'sleeve path closed');
     this.recompute();
@@ -466,17 +453,36 @@ export class Sleeve {
 
   private pathStatus(p: PeerPath): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string } {
     const s: { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string } = {
-      overlay: p.established ? 'sleeve' : null,
+      overlay: p.established && !this.workerFailure ? 'sleeve' : null,
       encrypted: p.txKey !== null,
       mtu: this.innerMtu(p),
     };
-    if (!p.established) s.reason = p.reason;
+    if (this.workerFailure) s.reason = this.workerFailure;
+    else if (!p.established) s.reason = p.reason;
     return s;
   }
 
   private innerMtu(p: PeerPath): number {
     if (p.pathPayload === 0) return this.tunMtu;
     return Math.min(this.tunMtu, p.pathPayload - HDR - (p.txKey ? TAG : 0));
+  }
+
+  private setPathPayload(p: PeerPath, size: number): void {
+    p.pathPayload = size;
+    this.shared.mtu[p.slot] = this.innerMtu(p);
+  }
+
+  private onHeartbeat(slot: number): void {
+    const p = this.slots[slot];
+    if (!p || p.closed || p.weHear) return;
+    p.weHear = true;
+    this.sendCtl(p, { t: 'hear', on: true });
+    this.evaluate(p);
+  }
+
+  private onAddress(slot: number, ip: number, port: number): void {
+    const p = this.slots[slot];
+    if (p) this.log.info({ peer: p.peer, address: `${u32ToIp4(ip)}:${port}` }, 'peer UDP address learned');
   }
 
   private evaluate(p: PeerPath): void {
@@ -487,7 +493,8 @@ export class Sleeve {
     if (est) {
       p.failReported = false;
       p.reason = '';
-      this.log.info({ peer: p.peer, remote: `${u32ToIp4(p.ip)}:${p.port}`, mtu: this.innerMtu(p), encrypted: p.txKey !== null }, 'sleeve established');
+      const sh = this.shared;
+      this.log.info({ peer: p.peer, remote: `${u32ToIp4(sh.ip[p.slot])}:${sh.port[p.slot]}`, mtu: this.innerMtu(p), encrypted: p.txKey !== null }, 'sleeve established');
       this.recompute();
       p.cb.established();
     } else {
@@ -504,7 +511,8 @@ export class Sleeve {
     const now = this.clock.now();
     for (const p of this.slots) {
       if (!p || p.closed) continue;
-      const hear = now - p.lastRx <= this.deadMs;
+      // any authentic frame (data too) proves the peer -> us direction
+      const hear = now - this.shared.lastRx[p.slot] <= this.deadMs;
       if (hear !== p.weHear) {
         p.weHear = hear;
         this.sendCtl(p, { t: 'hear', on: hear });
@@ -517,7 +525,8 @@ export class Sleeve {
       }
       if (!p.established && !p.failReported && now - p.startedAt >= this.establishTimeoutMs) {
         p.failReported = true;
-        const reason = p.remoteIdx < 0 ? 'the peer sent no sleeve parameters' : `no sleeve heartbeats both ways within ${Math.round(this.establishTimeoutMs / 1000)}s (UDP ${u32ToIp4(p.ip)}:${p.port})`;
+        const sh = this.shared;
+        const reason = p.remoteIdx < 0 ? 'the peer sent no sleeve parameters' : `no sleeve heartbeats both ways within ${Math.round(this.establishTimeoutMs / 1000)}s (UDP ${u32ToIp4(sh.ip[p.slot])}:${sh.port[p.slot]})`;
         p.reason = reason;
         this.log.warn({ peer: p.peer, reason }, 'sleeve could not be established');
         p.cb.failed(reason);
@@ -526,22 +535,23 @@ export class Sleeve {
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
   }
 
+  /** Control frames (heartbeats, probes) from this thread: lane 0, allocating (a few per second). */
   private sendFrame(p: PeerPath, type: number, body: Uint8Array): number {
-    const frame = encodeFrame(p.txKey ? this.crypto : null, p.txKey, type, p.remoteIdx, p.txCounter++, body);
-    this.ctlIps[0] = p.ip;
-    this.ctlPorts[0] = p.port;
+    const frame = encodeFrame(p.txKey ? this.crypto : null, p.txKey, type, LANE_CONTROL, p.remoteIdx, p.ctlCounter++, body);
+    this.ctlIps[0] = this.shared.ip[p.slot];
+    this.ctlPorts[0] = this.shared.port[p.slot];
     this.ctlOffs[0] = 0;
     this.ctlLens[0] = frame.length;
     const sent = this.udp.sendBatch(frame, this.ctlOffs, this.ctlLens, this.ctlIps, this.ctlPorts, this.ctlErrs, 1);
     if (sent === 1) {
-      this.counters.udpOutPackets++;
-      this.counters.udpOutBytes += frame.length;
+      this.ctlCounters[COUNTER.udpOutPackets]++;
+      this.ctlCounters[COUNTER.udpOutBytes] += frame.length;
     }
     return sent === 1 ? 0 : this.ctlErrs[0];
   }
 
   private sendHeartbeat(p: PeerPath): void {
-    if (p.remoteIdx < 0 || p.ip === 0) return;
+    if (p.remoteIdx < 0 || this.shared.ip[p.slot] === 0) return;
     const err = this.sendFrame(p, FrameType.Heartbeat, Uint8Array.of(p.weHear ? 1 : 0));
     if (err !== 0 && err !== EAGAIN) this.log.debug({ peer: p.peer, errno: err }, 'heartbeat send failed');
   }
@@ -550,8 +560,7 @@ export class Sleeve {
   private probe(p: PeerPath, now: number): void {
     if (p.probeRound > 0 && p.probeBest > 0 && p.probeBest !== p.pathPayload) {
       this.log.info({ peer: p.peer, from: p.pathPayload, to: p.probeBest, mtu: p.probeBest - HDR - (p.txKey ? TAG : 0) }, 'sleeve path MTU changed');
-      p.pathPayload = p.probeBest;
-      this.recompute();
+      this.setPathPayload(p, p.probeBest);
     }
     p.probeRound = (p.probeRound % 0x7fffffff) + 1;
     p.probeBest = 0;
@@ -567,314 +576,15 @@ export class Sleeve {
     p.nextProbe = now + (p.established ? this.probeMs : this.heartbeatMs);
   }
 
-  // ---- outbound: TUN -> peers -------------------------------------------------------------------
-
-  private drainTun(): void {
-    if (this.closed) return;
-    const c = this.counters;
-    for (;;) {
-      const n = this.tun.readBatch(this.txIn, this.S, this.B, this.txInLens);
-      if (n <= 0) break;
-      for (let i = 0; i < n; i++) {
-        const len = this.txInLens[i];
-        c.tunInPackets++;
-        c.tunInBytes += len;
-        this.outbound(i, len);
-      }
-      this.flushSend(this.txOut);
-      this.flushIcmp();
-      if (n < this.B) break;
-    }
-  }
-
-  /** Routes one packet read from the TUN (txIn slot i). */
-  private outbound(i: number, len: number): void {
-    const buf = this.txIn;
-    const off = i * this.S;
-    const c = this.counters;
-    if (ipv4HeaderLen(buf, off, len) === 0) {
-      if (len > 0 && buf[off] >> 4 !== 4) c.dropNotIpv4++;
-      else c.dropMalformed++;
-      return;
-    }
-    const peer = this.fwd.lookup(ipv4Dst(buf, off));
-    if (peer === NO_PEER) {
-      c.dropUnknownDest++;
-      this.icmpToTun(buf, off, len, UNREACH_HOST, 0);
-      return;
-    }
-    if (peer === this.selfId) {
-      c.dropLoop++; // the kernel sent us a packet for an address we serve: a routing mistake
-      return;
-    }
-    const p = this.nextPath[peer];
-    if (p === null || p === undefined) {
-      c.dropNoRoute++;
-      this.icmpToTun(buf, off, len, UNREACH_HOST, 0);
-      return;
-    }
-    const mtu = this.innerMtu(p);
-    if (len > mtu) {
-      if (ipv4DontFragment(buf, off)) {
-        c.dropTooBig++;
-        this.icmpToTun(buf, off, len, UNREACH_FRAG_NEEDED, mtu);
-        return;
-      }
-      this.sendFragments(p, buf, off, len, mtu, this.txOut);
-      return;
-    }
-    this.seal(p, FrameType.Data, this.txInView.get(i, len), this.txOut);
-  }
-
-  private sendFragments(p: PeerPath, buf: Buffer, off: number, len: number, mtu: number, ring: SendRing): void {
-    const k = fragment(buf, off, len, mtu, this.fragBuf, 0, this.S, this.fragLens, 0, MAX_FRAGS);
-    if (k === 0) {
-      this.counters.dropTooBig++;
-      return;
-    }
-    this.counters.fragmentsSent += k;
-    for (let f = 0; f < k; f++) this.seal(p, FrameType.Data, this.fragView.get(f, this.fragLens[f]), ring);
-  }
-
-  /** Seals a length-exact plain view for p into the ring (flushing it first when full). */
-  private seal(p: PeerPath, type: number, plain: Buffer, ring: SendRing): void {
-    if (ring.n === ring.cap) this.flushSend(ring);
-    const k = ring.n;
-    const base = k * ring.stride;
-    const counter = p.txCounter++;
-    const len = plain.length;
-    writeHeader(ring.buf, base, type, p.remoteIdx, counter);
-    if (p.txKey !== null) {
-      setNonce(this.nonce, type, counter);
-      this.crypto.secretboxSeal(ring.box.get(k, len + TAG), plain, this.nonce, p.txKey);
-      ring.lens[k] = HDR + len + TAG;
-    } else {
-      plain.copy(ring.buf, base + HDR);
-      ring.lens[k] = HDR + len;
-    }
-    ring.ips[k] = p.ip;
-    ring.ports[k] = p.port;
-    ring.paths[k] = p;
-    ring.n = k + 1;
-  }
-
-  private flushSend(ring: SendRing): void {
-    const n = ring.n;
-    if (n === 0) return;
-    ring.n = 0;
-    const sent = this.udp.sendBatch(ring.buf, ring.offs, ring.lens, ring.ips, ring.ports, ring.errs, n);
-    const c = this.counters;
-    c.udpOutPackets += sent;
-    for (let k = 0; k < n; k++) {
-      const e = ring.errs[k];
-      if (e === 0) {
-        c.udpOutBytes += ring.lens[k];
-      } else if (e === EMSGSIZE) {
-        // The kernel learned a smaller path MTU (ICMP from the underlay): re-probe now.
-        c.dropTooBig++;
-        const p = ring.paths[k];
-        if (p) p.nextProbe = 0;
-      } else {
-        c.dropSendError++;
-      }
-      ring.paths[k] = null;
-    }
-  }
-
-  private icmpToTun(buf: Buffer, off: number, len: number, code: number, mtu: number): void {
-    if (this.icmpSlot === this.B) this.flushIcmp();
-    const s = this.icmpSlot;
-    const from = this.o.icmpSource ?? ipv4Dst(buf, off);
-    const n = writeUnreachable(this.icmpBuf, s * 128, buf, off, len, code, mtu, from);
-    if (n === 0) return;
-    const r = this.icmpTun;
-    r.offs[r.n] = s * 128;
-    r.lens[r.n] = n;
-    r.n++;
-    this.icmpSlot = s + 1;
-  }
-
-  private flushIcmp(): void {
-    const r = this.icmpTun;
-    if (r.n === 0) return;
-    const ok = this.tun.writeBatch(r.buf, r.offs, r.lens, r.n);
-    this.counters.icmpSent += ok;
-    this.counters.dropTunFull += r.n - ok;
-    r.n = 0;
-    this.icmpSlot = 0;
-  }
-
-  // ---- inbound: peers -> TUN or relay -----------------------------------------------------------
-
-  private drainUdp(): void {
-    if (this.closed) return;
-    const c = this.counters;
-    for (;;) {
-      const n = this.udp.recvBatch(this.rxIn, this.S, this.B, this.rxLens, this.rxIps, this.rxPorts);
-      if (n <= 0) break;
-      const now = this.clock.now();
-      for (let i = 0; i < n; i++) {
-        c.udpInPackets++;
-        c.udpInBytes += this.rxLens[i];
-        this.inbound(i, now);
-      }
-      this.flushTun();
-      this.flushSend(this.relayOut);
-      this.flushIcmp();
-      if (n < this.B) break;
-    }
-  }
-
-  private inbound(i: number, now: number): void {
-    const c = this.counters;
-    const len = this.rxLens[i];
-    const h = this.hdr;
-    const base = i * this.S;
-    if (len > this.S || !parseHeader(this.rxIn, base, len, h, false)) {
-      c.dropMalformed++;
-      return;
-    }
-    const p = this.slots[h.idx & 0xffff];
-    if (p === null || p === undefined || p.localIdx !== h.idx) {
-      c.dropUnknownConn++;
-      return;
-    }
-    const sealed = p.rxKey !== null;
-    if (sealed && len < HDR + TAG) {
-      c.dropMalformed++;
-      return;
-    }
-    if (p.replay.check(h.counter) !== ReplayVerdict.Ok) {
-      c.dropReplay++;
-      return;
-    }
-    const plen = len - HDR - (sealed ? TAG : 0);
-    if (sealed) {
-      setNonce(this.nonce, h.type, h.counter);
-      if (!this.crypto.secretboxOpen(this.rxPlainView.get(i, plen), this.rxBox.get(i, len - HDR), this.nonce, p.rxKey!)) {
-        c.dropBadMac++;
-        return;
-      }
-    } else {
-      this.rxIn.copy(this.rxPlain, base, base + HDR, base + len);
-    }
-    if (p.replay.update(h.counter) !== ReplayVerdict.Ok) {
-      c.dropReplay++;
-      return;
-    }
-    // Authentic: the peer is alive at this address (roaming / NAT rebinding follows it).
-    p.lastRx = now;
-    const ip = this.rxIps[i];
-    const port = this.rxPorts[i];
-    if (ip !== p.ip || port !== p.port) {
-      this.log.info({ peer: p.peer, from: `${u32ToIp4(p.ip)}:${p.port}`, to: `${u32ToIp4(ip)}:${port}` }, 'peer UDP address learned');
-      p.ip = ip;
-      p.port = port;
-    }
-    if (!p.weHear) {
-      p.weHear = true;
-      this.sendCtl(p, { t: 'hear', on: true });
-      this.evaluate(p);
-    }
-    switch (h.type) {
-      case FrameType.Data:
-        this.deliver(i, plen);
-        return;
-      case FrameType.Heartbeat:
-        return;
-      case FrameType.Probe:
-        if (plen >= 8) {
-          const ack = Buffer.alloc(8);
-          ack.set(this.rxPlain.subarray(base, base + 4), 0);
-          writeU32(ack, 4, len);
-          this.sendFrame(p, FrameType.ProbeAck, ack);
-        }
-        return;
-      case FrameType.ProbeAck:
-        if (plen >= 8) this.onProbeAck(p, readU32(this.rxPlain, base), readU32(this.rxPlain, base + 4));
-        return;
-    }
-  }
-
-  private onProbeAck(p: PeerPath, round: number, size: number): void {
-    if (round !== p.probeRound || size > this.underlayMtu - UNDERLAY_OVERHEAD) return;
+  private onProbeAck(slot: number, round: number, size: number): void {
+    const p = this.slots[slot];
+    if (!p || p.closed || round !== p.probeRound || size > this.underlayMtu - UNDERLAY_OVERHEAD) return;
     if (size > p.probeBest) p.probeBest = size;
     if (size > p.pathPayload) {
       // Growing is safe at once; shrinking waits for the round to finish (probeBest).
       if (p.pathPayload !== 0) this.log.info({ peer: p.peer, from: p.pathPayload, to: size }, 'sleeve path MTU grew');
-      p.pathPayload = size;
+      this.setPathPayload(p, size);
     }
-  }
-
-  /** A Data frame's packet (plain in rxPlain slot i): ours -> TUN; another peer's -> relay. */
-  private deliver(i: number, len: number): void {
-    const c = this.counters;
-    const buf = this.rxPlain;
-    const off = i * this.S;
-    if (ipv4HeaderLen(buf, off, len) === 0) {
-      c.dropMalformed++;
-      return;
-    }
-    const peer = this.fwd.lookup(ipv4Dst(buf, off));
-    if (peer === this.selfId) {
-      const r = this.rxTun;
-      r.offs[r.n] = off;
-      r.lens[r.n] = len;
-      r.n++;
-      return;
-    }
-    if (peer === NO_PEER) {
-      c.dropUnknownDest++;
-      return;
-    }
-    const p = this.nextPath[peer];
-    if (p === null || p === undefined) {
-      c.dropNoRoute++;
-      return;
-    }
-    if (!decrementTtl(buf, off)) {
-      c.dropTtl++;
-      return;
-    }
-    const mtu = this.innerMtu(p);
-    if (len > mtu) {
-      if (ipv4DontFragment(buf, off)) {
-        c.dropTooBig++;
-        this.icmpToward(buf, off, len, mtu);
-        return;
-      }
-      this.sendFragments(p, buf, off, len, mtu, this.relayOut);
-      c.relayedPackets++;
-      return;
-    }
-    c.relayedPackets++;
-    this.seal(p, FrameType.Data, this.rxPlainView.get(i, len), this.relayOut);
-  }
-
-  /** Frag-needed for a relayed packet goes back to its (remote) sender through the overlay. */
-  private icmpToward(buf: Buffer, off: number, len: number, mtu: number): void {
-    if (this.icmpSlot === this.B) this.flushIcmp();
-    const s = this.icmpSlot;
-    const n = writeUnreachable(this.icmpBuf, s * 128, buf, off, len, UNREACH_FRAG_NEEDED, mtu, this.o.icmpSource ?? ipv4Dst(buf, off));
-    if (n === 0) return;
-    const dst = ipv4Dst(this.icmpBuf, s * 128);
-    const peer = this.fwd.lookup(dst);
-    const p = peer === NO_PEER || peer === this.selfId ? null : this.nextPath[peer];
-    if (!p) return;
-    // seal() copies the packet into the send ring, so the ICMP slot is free again right after
-    this.counters.icmpSent++;
-    this.seal(p, FrameType.Data, this.icmpView.get(s, n), this.relayOut);
-  }
-
-  private flushTun(): void {
-    const r = this.rxTun;
-    if (r.n === 0) return;
-    const ok = this.tun.writeBatch(r.buf, r.offs, r.lens, r.n);
-    const c = this.counters;
-    c.tunOutPackets += ok;
-    for (let k = 0; k < ok; k++) c.tunOutBytes += r.lens[k];
-    c.dropTunFull += r.n - ok;
-    r.n = 0;
   }
 
   // ---- forwarding state -------------------------------------------------------------------------
@@ -883,27 +593,22 @@ export class Sleeve {
   private recompute(): void {
     if (this.closed) return;
     const names: PeerName[] = [];
-    const entries: Array<{ prefix: ReturnType<typeof parsePrefix>; peer: number }> = [];
+    const entries: ForwardingSpec['entries'] = [];
     for (const [origin, e] of this.o.prefixes.all()) {
       const id = names.length;
       names.push(origin);
       for (const s of e.prefixes) entries.push({ prefix: parsePrefix(s), peer: id });
     }
-    // Stable order: more specific prefixes win by LPM; equal prefixes from two peers: the last wins,
-    // so sort by origin to make that choice the same on every router.
-    const order = names.map((_, i) => i).sort((a, b) => (names[a] < names[b] ? -1 : 1));
-    const rank = new Int32Array(names.length);
-    order.forEach((id, r) => { rank[id] = r; });
-    entries.sort((a, b) => rank[a.peer] - rank[b.peer]);
-    this.fwd = new ForwardingTable(entries);
-    this.peerIds = names;
-    this.selfId = names.indexOf(this.o.name);
-    this.nextPath = names.map((n) => {
-      if (n === this.o.name) return null;
+    // Equal prefixes from two peers: the last entry wins; sort by origin so every router picks the same.
+    const rank = new Map([...names].sort().map((n, r) => [n, r]));
+    entries.sort((a, b) => rank.get(names[a.peer])! - rank.get(names[b.peer])!);
+    const next = names.map((n) => {
+      if (n === this.o.name) return -1;
       const hop = this.o.routes.unicastNextHop(n);
       const p = hop === undefined ? undefined : this.byPeer.get(hop);
-      return p && p.established && !p.closed ? p : null;
+      return p && p.established && !p.closed ? p.slot : -1;
     });
+    this.toEngines({ k: 'fwd', spec: { entries, next, self: names.indexOf(this.o.name) } });
     this.publishRoutes(false);
   }
 

@@ -16,24 +16,34 @@ export interface TunDevice {
 }
 
 export class NativeTun implements TunDevice {
-  private fd: number;
+  private _fd: number;
   private pollHandle: unknown = null;
+  /** false for a view onto another thread's fd: close() then only stops polling */
+  private readonly owner: boolean;
 
   /** Opens (creating if needed) the TUN device `name` (IFF_TUN | IFF_NO_PI, non-blocking). */
-  constructor(private readonly io: TunIo, readonly name: string) {
+  constructor(private readonly io: TunIo, readonly name: string, fd?: number) {
+    this.owner = fd === undefined;
+    if (fd !== undefined) {
+      this._fd = fd;
+      return;
+    }
     try {
-      this.fd = io.openTun(name, false);
+      this._fd = io.openTun(name, false);
     } catch (e) {
       throw new WeaveError('ETUN', `cannot open TUN device ${name}: ${(e as Error).message}`, { name }, { cause: e });
     }
   }
 
+  /** The device's fd (worker threads share it: fds are process-wide). */
+  get fd(): number { return this._fd; }
+
   readBatch(buf: Buffer, stride: number, max: number, lens: Int32Array): number {
-    return this.io.readBatch(this.fd, buf, stride, max, lens);
+    return this.io.readBatch(this._fd, buf, stride, max, lens);
   }
 
   writeBatch(buf: Buffer, offs: Int32Array, lens: Int32Array, n: number): number {
-    return this.io.writeBatch(this.fd, buf, offs, lens, n);
+    return this.io.writeBatch(this._fd, buf, offs, lens, n);
   }
 
   setReadable(cb: (() => void) | null): void {
@@ -41,14 +51,12 @@ export class NativeTun implements TunDevice {
       this.io.unpoll(this.pollHandle);
       this.pollHandle = null;
     }
-    if (cb && this.fd >= 0) this.pollHandle = this.io.poll(this.fd, cb);
+    if (cb && this._fd >= 0) this.pollHandle = this.io.poll(this._fd, cb);
   }
 
   close(): void {
     this.setReadable(null);
-    if (this.fd >= 0) {
-      this.io.closeFd(this.fd);
-      this.fd = -1;
-    }
+    if (this._fd >= 0 && this.owner) this.io.closeFd(this._fd);
+    this._fd = -1;
   }
 }

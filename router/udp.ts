@@ -18,25 +18,35 @@ export interface UdpBind {
 }
 
 export class NativeUdp implements UdpBind {
-  private fd: number;
+  private _fd: number;
   private pollHandle: unknown = null;
   readonly port: number;
+  /** false for a view onto another thread's fd: close() then only stops polling */
+  private readonly owner: boolean;
 
-  constructor(private readonly io: TunIo, bindIp: number, port: number, bufBytes = 4 << 20) {
-    try {
-      this.fd = io.udpOpen(bindIp >>> 0, port, bufBytes, bufBytes);
-    } catch (e) {
-      throw new WeaveError('EUDP', `cannot bind UDP port ${port}: ${(e as Error).message}`, { port }, { cause: e });
+  /** Binds bindIp:port (0 = any free port); with fd, wraps an already bound socket instead. */
+  constructor(private readonly io: TunIo, bindIp: number, port: number, bufBytes = 4 << 20, fd?: number) {
+    this.owner = fd === undefined;
+    if (fd !== undefined) {
+      this._fd = fd;
+    } else {
+      try {
+        this._fd = io.udpOpen(bindIp >>> 0, port, bufBytes, bufBytes);
+      } catch (e) {
+        throw new WeaveError('EUDP', `cannot bind UDP port ${port}: ${(e as Error).message}`, { port }, { cause: e });
+      }
     }
-    this.port = io.udpPort(this.fd);
+    this.port = io.udpPort(this._fd);
   }
 
+  get fd(): number { return this._fd; }
+
   recvBatch(buf: Buffer, stride: number, max: number, lens: Int32Array, ips: Uint32Array, ports: Int32Array): number {
-    return this.io.recvBatch(this.fd, buf, stride, max, lens, ips, ports);
+    return this.io.recvBatch(this._fd, buf, stride, max, lens, ips, ports);
   }
 
   sendBatch(buf: Buffer, offs: Int32Array, lens: Int32Array, ips: Uint32Array, ports: Int32Array, errs: Int32Array, n: number): number {
-    return this.io.sendBatch(this.fd, buf, offs, lens, ips, ports, errs, n);
+    return this.io.sendBatch(this._fd, buf, offs, lens, ips, ports, errs, n);
   }
 
   setReadable(cb: (() => void) | null): void {
@@ -44,14 +54,12 @@ export class NativeUdp implements UdpBind {
       this.io.unpoll(this.pollHandle);
       this.pollHandle = null;
     }
-    if (cb && this.fd >= 0) this.pollHandle = this.io.poll(this.fd, cb);
+    if (cb && this._fd >= 0) this.pollHandle = this.io.poll(this._fd, cb);
   }
 
   close(): void {
     this.setReadable(null);
-    if (this.fd >= 0) {
-      this.io.closeFd(this.fd);
-      this.fd = -1;
-    }
+    if (this._fd >= 0 && this.owner) this.io.closeFd(this._fd);
+    this._fd = -1;
   }
 }

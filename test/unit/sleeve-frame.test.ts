@@ -17,20 +17,20 @@ test('header round trip, including counters above 2^32', () => {
   const b = Buffer.alloc(HDR);
   const h = new FrameHeader();
   for (const counter of [0, 1, 0xffffffff, 0x100000000, Number.MAX_SAFE_INTEGER]) {
-    writeHeader(b, 0, FrameType.Data, 0xdeadbeef, counter);
+    writeHeader(b, 0, FrameType.Data, 2, 0xdeadbeef, counter);
     assert.ok(parseHeader(b, 0, HDR, h, false));
-    assert.deepEqual({ ...h }, { type: FrameType.Data, idx: 0xdeadbeef, counter });
+    assert.deepEqual({ ...h }, { type: FrameType.Data, lane: 2, idx: 0xdeadbeef, counter });
   }
 });
 
 test('malformed headers are refused', () => {
   const h = new FrameHeader();
   const good = Buffer.alloc(HDR + TAG);
-  writeHeader(good, 0, FrameType.Heartbeat, 1, 1);
+  writeHeader(good, 0, FrameType.Heartbeat, 0, 1, 1);
   assert.ok(parseHeader(good, 0, good.length, h, true));
   assert.equal(parseHeader(good, 0, HDR - 1, h, false), false, 'truncated');
   assert.equal(parseHeader(good, 0, HDR, h, true), false, 'no room for the MAC');
-  for (const [i, v] of [[0, 2], [1, 0], [1, 5], [2, 1], [3, 1], [8, 0x20]] as const) {
+  for (const [i, v] of [[0, 2], [1, 0], [1, 5], [2, 3], [3, 1], [8, 0x20]] as const) {
     const b = Buffer.from(good);
     b[i] = v;
     assert.equal(parseHeader(b, 0, b.length, h, true), false, `byte ${i} = ${v}`);
@@ -41,8 +41,8 @@ test('seal/open round trip with both engines, identical bytes, tamper detection'
   const key = sodium.randomBytes(32);
   const body = Buffer.from('a packet body with a marker XYZZY');
   for (const counter of [0, 7, 2 ** 40]) {
-    const a = encodeFrame(sodium, key, FrameType.Data, 42, counter, body);
-    const b = encodeFrame(nacl, key, FrameType.Data, 42, counter, body);
+    const a = encodeFrame(sodium, key, FrameType.Data, 1, 42, counter, body);
+    const b = encodeFrame(nacl, key, FrameType.Data, 1, 42, counter, body);
     assert.deepEqual(a, b, 'engines must put identical bytes on the wire');
     assert.equal(a.length, HDR + body.length + TAG);
     assert.equal(a.includes(Buffer.from('XYZZY')), false, 'sealed frames hide the payload');
@@ -51,9 +51,9 @@ test('seal/open round trip with both engines, identical bytes, tamper detection'
     assert.deepEqual(decodeFrame(sodium, key, b, h), body);
     assert.equal(h.counter, counter);
     // (bytes 4-7, the receiver index, only pick the key: another index means another key, or none)
-    for (const i of [1, 9, 12, 15, HDR, a.length - 1]) {
+    for (const i of [1, 2, 9, 12, 15, HDR, a.length - 1]) {
       const t = Buffer.from(a);
-      t[i] ^= i === 1 ? 3 : 1; // type 1 -> 2 keeps the header valid: the nonce must catch it
+      t[i] ^= i === 1 ? 3 : i === 2 ? 3 : 1; // type 1 -> 2, lane 1 -> 2 keep the header valid: the nonce must catch them
       assert.equal(decodeFrame(sodium, key, t, h), null, `flipped byte ${i}`);
     }
     assert.equal(decodeFrame(sodium, sodium.randomBytes(32), a, h), null, 'wrong key');
@@ -62,7 +62,7 @@ test('seal/open round trip with both engines, identical bytes, tamper detection'
 
 test('unencrypted framing carries the plain body', () => {
   const body = Buffer.from('plain XYZZY');
-  const f = encodeFrame(null, null, FrameType.Data, 3, 9, body);
+  const f = encodeFrame(null, null, FrameType.Data, 0, 3, 9, body);
   assert.equal(f.length, HDR + body.length);
   assert.ok(f.includes(Buffer.from('XYZZY')));
   const h = new FrameHeader();
@@ -86,11 +86,11 @@ test('in-ring seal into cached views matches encodeFrame', () => {
   const box = new ViewCache(ring, stride, 4, HDR);
   const plain = Buffer.from('hello ring');
   const nonce = Buffer.alloc(24);
-  writeHeader(ring, 2 * stride, FrameType.Data, 5, 77);
-  setNonce(nonce, FrameType.Data, 77);
+  writeHeader(ring, 2 * stride, FrameType.Data, 1, 5, 77);
+  setNonce(nonce, FrameType.Data, 1, 77);
   sodium.secretboxSeal(box.get(2, plain.length + TAG), plain, nonce, key);
   assert.strictEqual(box.get(2, plain.length + TAG), box.get(2, plain.length + TAG), 'views are cached');
-  assert.deepEqual(ring.subarray(2 * stride, 2 * stride + HDR + plain.length + TAG), encodeFrame(sodium, key, FrameType.Data, 5, 77, plain));
+  assert.deepEqual(ring.subarray(2 * stride, 2 * stride + HDR + plain.length + TAG), encodeFrame(sodium, key, FrameType.Data, 1, 5, 77, plain));
 });
 
 function checksumOk(b: Buffer, off: number, len: number): boolean {

@@ -1,0 +1,567 @@
+// The sleeve's packet engine: the per-packet half of router/sleeve.ts (read the flow there). One
+// class serves three placements: inline in the main thread (tests with channel fakes, or when worker
+// threads are off), or inside a worker per direction (router/sleeve-worker.ts): the 'tx' worker
+// drains the TUN and seals, the 'rx' worker drains the UDP socket, opens and delivers or relays.
+//
+// Each sender owns a counter lane per connection (0 control frames from the main thread, 1 the TUN
+// path, 2 relays and probe acks), carried in the header and the nonce, so the threads never share a
+// counter and the receiver keeps one replay window per lane. State the control plane owns (paths,
+// keys, forwarding) arrives through methods (inline) or messages (workers); hot per-path values that
+// change underneath the packet loop (learned address, last receive time, path MTU) sit in shared
+// typed arrays (PathShared) that any thread reads without a message.
+import type { CryptoEngine } from '../mesh/crypto';
+import { FrameHeader, FrameType, HDR, LANES, TAG, ViewCache, parseHeader, readU32, setNonce, writeHeader, writeU32 } from './frame';
+import { ForwardingTable, NO_PEER, type Prefix4 } from './forwarding';
+import { UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipv4DontFragment, ipv4Dst, ipv4HeaderLen, writeUnreachable } from './icmp';
+import { ReplayVerdict, ReplayWindow } from './replay';
+import type { TunDevice } from './tun';
+import { EMSGSIZE, type UdpBind } from './udp';
+
+export const MAX_SLOTS = 4096;
+export const LANE_CONTROL = 0;
+export const LANE_TX = 1;
+export const LANE_RELAY = 2;
+const MAX_FRAGS = 48;
+const ICMP_STRIDE = 128;
+
+// ---- counters: one Float64Array per thread (shared memory), summed by the control plane -------
+
+export const COUNTER_NAMES = [
+  'tunInPackets', 'tunInBytes', 'tunOutPackets', 'tunOutBytes',
+  'udpInPackets', 'udpInBytes', 'udpOutPackets', 'udpOutBytes',
+  'relayedPackets', 'icmpSent', 'fragmentsSent',
+  'dropReplay', 'dropBadMac', 'dropMalformed', 'dropNotIpv4', 'dropUnknownConn', 'dropUnknownDest',
+  'dropNoRoute', 'dropTooBig', 'dropTtl', 'dropLoop', 'dropSendError', 'dropTunFull',
+] as const;
+export type CounterName = (typeof COUNTER_NAMES)[number];
+export type SleeveCounters = Record<CounterName, number>;
+/** index of each counter in a thread's counter array */
+export const COUNTER = Object.fromEntries(COUNTER_NAMES.map((n, i) => [n, i])) as Record<CounterName, number>;
+const C = COUNTER;
+
+export function newCounterArray(): Float64Array {
+  return new Float64Array(new SharedArrayBuffer(8 * COUNTER_NAMES.length));
+}
+
+export function sumCounters(arrays: Float64Array[]): SleeveCounters {
+  const out = {} as SleeveCounters;
+  COUNTER_NAMES.forEach((n, i) => {
+    let v = 0;
+    for (const a of arrays) v += a[i];
+    out[n] = v;
+  });
+  return out;
+}
+
+// ---- per-path values shared between threads -----------------------------------------------------
+
+export interface PathSharedBuffers { lastRx: SharedArrayBuffer; ip: SharedArrayBuffer; port: SharedArrayBuffer; mtu: SharedArrayBuffer }
+
+export class PathShared {
+  /** ms timestamp of the last authentic frame from the peer (written by the rx side) */
+  readonly lastRx: Float64Array;
+  /** the peer's UDP address (learned by the rx side from authentic frames) */
+  readonly ip: Uint32Array;
+  readonly port: Int32Array;
+  /** largest inner packet the path carries (written by the control plane after PMTU probes) */
+  readonly mtu: Int32Array;
+  constructor(readonly buffers: PathSharedBuffers = {
+    lastRx: new SharedArrayBuffer(8 * MAX_SLOTS),
+    ip: new SharedArrayBuffer(4 * MAX_SLOTS),
+    port: new SharedArrayBuffer(4 * MAX_SLOTS),
+    mtu: new SharedArrayBuffer(4 * MAX_SLOTS),
+  }) {
+    this.lastRx = new Float64Array(buffers.lastRx);
+    this.ip = new Uint32Array(buffers.ip);
+    this.port = new Int32Array(buffers.port);
+    this.mtu = new Int32Array(buffers.mtu);
+  }
+}
+
+// ---- what the control plane tells the engine ----------------------------------------------------
+
+export interface PathSpec {
+  slot: number;
+  localIdx: number;
+  remoteIdx: number;
+  txKey: Uint8Array | null;
+  rxKey: Uint8Array | null;
+}
+
+export interface ForwardingSpec {
+  entries: Array<{ prefix: Prefix4; peer: number }>;
+  /** per peer id: slot of the next hop's established path, or -1 */
+  next: number[];
+  /** our own peer id (packets for it go to the TUN), or -1 */
+  self: number;
+}
+
+/** What the engine reports to the control plane (rare events only: never per data packet). */
+export interface DatapathEvents {
+  heartbeat(slot: number): void;
+  probeAck(slot: number, round: number, size: number): void;
+  addressLearned(slot: number, ip: number, port: number): void;
+  /** the kernel refused a datagram as too big for the path it knows: re-probe */
+  pathTooBig(slot: number): void;
+}
+
+class EnginePath {
+  readonly replay: ReplayWindow[] = [];
+  constructor(
+    readonly slot: number,
+    readonly localIdx: number,
+    readonly remoteIdx: number,
+    readonly txKey: Buffer | null,
+    readonly rxKey: Buffer | null,
+    /** this thread's frame counter towards the peer (its lanes' nonces) */
+    public counter: number,
+  ) {
+    for (let l = 0; l < LANES; l++) this.replay.push(new ReplayWindow());
+  }
+}
+
+class SendRing {
+  readonly buf: Buffer;
+  readonly box: ViewCache;
+  readonly offs: Int32Array;
+  readonly lens: Int32Array;
+  readonly ips: Uint32Array;
+  readonly ports: Int32Array;
+  readonly errs: Int32Array;
+  readonly slots: Int32Array;
+  n = 0;
+  constructor(readonly stride: number, readonly cap: number) {
+    this.buf = Buffer.alloc(stride * cap);
+    this.box = new ViewCache(this.buf, stride, cap, HDR);
+    this.offs = new Int32Array(cap);
+    for (let i = 0; i < cap; i++) this.offs[i] = i * stride;
+    this.lens = new Int32Array(cap);
+    this.ips = new Uint32Array(cap);
+    this.ports = new Int32Array(cap);
+    this.errs = new Int32Array(cap);
+    this.slots = new Int32Array(cap);
+  }
+}
+
+class TunRing {
+  readonly offs: Int32Array;
+  readonly lens: Int32Array;
+  n = 0;
+  constructor(readonly buf: Buffer, readonly cap: number) {
+    this.offs = new Int32Array(cap);
+    this.lens = new Int32Array(cap);
+  }
+}
+
+export interface DatapathOptions {
+  crypto: CryptoEngine;
+  tun: TunDevice;
+  udp: UdpBind;
+  shared: PathShared;
+  counters: Float64Array;
+  events: DatapathEvents;
+  /** slot stride: fits the largest TUN packet sealed and the largest datagram accepted */
+  stride: number;
+  batch: number;
+  tunMtu: number;
+  icmpSource: number; // 0: the packet's destination
+  now: () => number;
+}
+
+export class Datapath {
+  private readonly crypto: CryptoEngine;
+  private readonly tun: TunDevice;
+  private readonly udp: UdpBind;
+  private readonly sh: PathShared;
+  private readonly c: Float64Array;
+  private readonly ev: DatapathEvents;
+  private readonly S: number;
+  private readonly B: number;
+  private readonly icmpSource: number;
+  private readonly now: () => number;
+
+  private readonly paths: Array<EnginePath | null> = new Array(MAX_SLOTS).fill(null);
+  private fwd = new ForwardingTable();
+  private next: Int32Array = new Int32Array(0);
+  private selfId = NO_PEER;
+
+  // outbound
+  private readonly txIn: Buffer;
+  private readonly txInLens: Int32Array;
+  private readonly txInView: ViewCache;
+  private readonly txOut: SendRing;
+  private readonly fragBuf: Buffer;
+  private readonly fragLens: Int32Array;
+  private readonly fragView: ViewCache;
+  private readonly icmpBuf: Buffer;
+  private readonly icmpView: ViewCache;
+  private readonly icmpTun: TunRing;
+  private icmpSlot = 0;
+  // inbound
+  private readonly rxIn: Buffer;
+  private readonly rxLens: Int32Array;
+  private readonly rxIps: Uint32Array;
+  private readonly rxPorts: Int32Array;
+  private readonly rxBox: ViewCache;
+  private readonly rxPlain: Buffer;
+  private readonly rxPlainView: ViewCache;
+  private readonly rxTun: TunRing;
+  private readonly relayOut: SendRing;
+  private readonly ackBuf = Buffer.alloc(8);
+
+  private readonly hdr = new FrameHeader();
+  private readonly nonce = Buffer.alloc(24);
+
+  constructor(o: DatapathOptions) {
+    this.crypto = o.crypto;
+    this.tun = o.tun;
+    this.udp = o.udp;
+    this.sh = o.shared;
+    this.c = o.counters;
+    this.ev = o.events;
+    this.S = o.stride;
+    this.B = o.batch;
+    this.icmpSource = o.icmpSource;
+    this.now = o.now;
+    const S = this.S;
+    const B = this.B;
+    this.txIn = Buffer.alloc(S * B);
+    this.txInLens = new Int32Array(B);
+    this.txInView = new ViewCache(this.txIn, S, B, 0);
+    this.txOut = new SendRing(S, 256);
+    this.fragBuf = Buffer.alloc(S * MAX_FRAGS);
+    this.fragLens = new Int32Array(MAX_FRAGS);
+    this.fragView = new ViewCache(this.fragBuf, S, MAX_FRAGS, 0);
+    this.icmpBuf = Buffer.alloc(ICMP_STRIDE * B);
+    this.icmpView = new ViewCache(this.icmpBuf, ICMP_STRIDE, B, 0);
+    this.icmpTun = new TunRing(this.icmpBuf, B);
+    this.rxIn = Buffer.alloc(S * B);
+    this.rxLens = new Int32Array(B);
+    this.rxIps = new Uint32Array(B);
+    this.rxPorts = new Int32Array(B);
+    this.rxBox = new ViewCache(this.rxIn, S, B, HDR);
+    this.rxPlain = Buffer.alloc(S * B);
+    this.rxPlainView = new ViewCache(this.rxPlain, S, B, 0);
+    this.rxTun = new TunRing(this.rxPlain, B);
+    this.relayOut = new SendRing(S, B);
+  }
+
+  // ---- state from the control plane --------------------------------------------------------------
+
+  /** Adds or updates a path. An update with the same localIdx keeps counters and replay windows. */
+  setPath(p: PathSpec): void {
+    const cur = this.paths[p.slot];
+    const txKey = p.txKey ? Buffer.from(p.txKey) : null;
+    const rxKey = p.rxKey ? Buffer.from(p.rxKey) : null;
+    const np = new EnginePath(p.slot, p.localIdx, p.remoteIdx, txKey, rxKey, cur && cur.localIdx === p.localIdx ? cur.counter : 0);
+    if (cur && cur.localIdx === p.localIdx) for (let l = 0; l < LANES; l++) np.replay[l] = cur.replay[l];
+    this.paths[p.slot] = np;
+  }
+
+  removePath(slot: number): void {
+    this.paths[slot] = null;
+  }
+
+  setForwarding(f: ForwardingSpec): void {
+    this.fwd = new ForwardingTable(f.entries);
+    this.next = Int32Array.from(f.next);
+    this.selfId = f.self;
+  }
+
+  // ---- outbound: TUN -> peers --------------------------------------------------------------------
+
+  drainTun(): void {
+    const c = this.c;
+    for (;;) {
+      const n = this.tun.readBatch(this.txIn, this.S, this.B, this.txInLens);
+      if (n <= 0) break;
+      for (let i = 0; i < n; i++) {
+        const len = this.txInLens[i];
+        c[C.tunInPackets]++;
+        c[C.tunInBytes] += len;
+        this.outbound(i, len);
+      }
+      this.flushSend(this.txOut);
+      this.flushIcmp();
+      if (n < this.B) break;
+    }
+  }
+
+  private pathTo(peer: number): EnginePath | null {
+    if (peer < 0 || peer >= this.next.length) return null;
+    const slot = this.next[peer];
+    return slot < 0 ? null : this.paths[slot];
+  }
+
+  private outbound(i: number, len: number): void {
+    const buf = this.txIn;
+    const off = i * this.S;
+    const c = this.c;
+    if (ipv4HeaderLen(buf, off, len) === 0) {
+      if (len > 0 && buf[off] >> 4 !== 4) c[C.dropNotIpv4]++;
+      else c[C.dropMalformed]++;
+      return;
+    }
+    const peer = this.fwd.lookup(ipv4Dst(buf, off));
+    if (peer === NO_PEER) {
+      c[C.dropUnknownDest]++;
+      this.icmpToTun(buf, off, len, UNREACH_HOST, 0);
+      return;
+    }
+    if (peer === this.selfId) {
+      c[C.dropLoop]++; // the kernel sent us a packet for an address we serve: a routing mistake
+      return;
+    }
+    const p = this.pathTo(peer);
+    if (p === null || p.remoteIdx < 0) {
+      c[C.dropNoRoute]++;
+      this.icmpToTun(buf, off, len, UNREACH_HOST, 0);
+      return;
+    }
+    const mtu = this.sh.mtu[p.slot];
+    if (len > mtu) {
+      if (ipv4DontFragment(buf, off)) {
+        c[C.dropTooBig]++;
+        this.icmpToTun(buf, off, len, UNREACH_FRAG_NEEDED, mtu);
+        return;
+      }
+      this.sendFragments(p, buf, off, len, mtu, this.txOut, LANE_TX);
+      return;
+    }
+    this.seal(p, FrameType.Data, LANE_TX, this.txInView.get(i, len), this.txOut);
+  }
+
+  private sendFragments(p: EnginePath, buf: Buffer, off: number, len: number, mtu: number, ring: SendRing, lane: number): void {
+    const k = fragment(buf, off, len, mtu, this.fragBuf, 0, this.S, this.fragLens, 0, MAX_FRAGS);
+    if (k === 0) {
+      this.c[C.dropTooBig]++;
+      return;
+    }
+    this.c[C.fragmentsSent] += k;
+    for (let f = 0; f < k; f++) this.seal(p, FrameType.Data, lane, this.fragView.get(f, this.fragLens[f]), ring);
+  }
+
+  /** Seals a length-exact plain view for p into the ring (flushing it first when full). */
+  private seal(p: EnginePath, type: number, lane: number, plain: Buffer, ring: SendRing): void {
+    if (ring.n === ring.cap) this.flushSend(ring);
+    const k = ring.n;
+    const base = k * ring.stride;
+    const counter = p.counter++;
+    const len = plain.length;
+    writeHeader(ring.buf, base, type, lane, p.remoteIdx, counter);
+    if (p.txKey !== null) {
+      setNonce(this.nonce, type, lane, counter);
+      this.crypto.secretboxSeal(ring.box.get(k, len + TAG), plain, this.nonce, p.txKey);
+      ring.lens[k] = HDR + len + TAG;
+    } else {
+      plain.copy(ring.buf, base + HDR);
+      ring.lens[k] = HDR + len;
+    }
+    ring.ips[k] = this.sh.ip[p.slot];
+    ring.ports[k] = this.sh.port[p.slot];
+    ring.slots[k] = p.slot;
+    ring.n = k + 1;
+  }
+
+  private flushSend(ring: SendRing): void {
+    const n = ring.n;
+    if (n === 0) return;
+    ring.n = 0;
+    const sent = this.udp.sendBatch(ring.buf, ring.offs, ring.lens, ring.ips, ring.ports, ring.errs, n);
+    const c = this.c;
+    c[C.udpOutPackets] += sent;
+    let tooBigSlot = -1;
+    for (let k = 0; k < n; k++) {
+      const e = ring.errs[k];
+      if (e === 0) c[C.udpOutBytes] += ring.lens[k];
+      else if (e === EMSGSIZE) {
+        c[C.dropTooBig]++;
+        tooBigSlot = ring.slots[k];
+      } else c[C.dropSendError]++;
+    }
+    if (tooBigSlot >= 0) this.ev.pathTooBig(tooBigSlot);
+  }
+
+  private icmpToTun(buf: Buffer, off: number, len: number, code: number, mtu: number): void {
+    if (this.icmpSlot === this.B) this.flushIcmp();
+    const s = this.icmpSlot;
+    const from = this.icmpSource !== 0 ? this.icmpSource : ipv4Dst(buf, off);
+    const n = writeUnreachable(this.icmpBuf, s * ICMP_STRIDE, buf, off, len, code, mtu, from);
+    if (n === 0) return;
+    const r = this.icmpTun;
+    r.offs[r.n] = s * ICMP_STRIDE;
+    r.lens[r.n] = n;
+    r.n++;
+    this.icmpSlot = s + 1;
+  }
+
+  private flushIcmp(): void {
+    const r = this.icmpTun;
+    this.icmpSlot = 0;
+    if (r.n === 0) return;
+    const ok = this.tun.writeBatch(r.buf, r.offs, r.lens, r.n);
+    this.c[C.icmpSent] += ok;
+    this.c[C.dropTunFull] += r.n - ok;
+    r.n = 0;
+  }
+
+  // ---- inbound: peers -> TUN or relay -------------------------------------------------------------
+
+  drainUdp(): void {
+    const c = this.c;
+    for (;;) {
+      const n = this.udp.recvBatch(this.rxIn, this.S, this.B, this.rxLens, this.rxIps, this.rxPorts);
+      if (n <= 0) break;
+      const now = this.now();
+      for (let i = 0; i < n; i++) {
+        c[C.udpInPackets]++;
+        c[C.udpInBytes] += this.rxLens[i];
+        this.inbound(i, now);
+      }
+      this.flushTun();
+      this.flushSend(this.relayOut);
+      this.flushIcmp();
+      if (n < this.B) break;
+    }
+  }
+
+  private inbound(i: number, now: number): void {
+    const c = this.c;
+    const len = this.rxLens[i];
+    const h = this.hdr;
+    const base = i * this.S;
+    if (len > this.S || !parseHeader(this.rxIn, base, len, h, false)) {
+      c[C.dropMalformed]++;
+      return;
+    }
+    const slot = h.idx & 0xffff;
+    const p = slot < MAX_SLOTS ? this.paths[slot] : null;
+    if (p === null || p.localIdx !== h.idx) {
+      c[C.dropUnknownConn]++;
+      return;
+    }
+    const sealed = p.rxKey !== null;
+    if (sealed && len < HDR + TAG) {
+      c[C.dropMalformed]++;
+      return;
+    }
+    const window = p.replay[h.lane];
+    if (window.check(h.counter) !== ReplayVerdict.Ok) {
+      c[C.dropReplay]++;
+      return;
+    }
+    const plen = len - HDR - (sealed ? TAG : 0);
+    if (sealed) {
+      setNonce(this.nonce, h.type, h.lane, h.counter);
+      if (!this.crypto.secretboxOpen(this.rxPlainView.get(i, plen), this.rxBox.get(i, len - HDR), this.nonce, p.rxKey!)) {
+        c[C.dropBadMac]++;
+        return;
+      }
+    } else {
+      this.rxIn.copy(this.rxPlain, base, base + HDR, base + len);
+    }
+    if (window.update(h.counter) !== ReplayVerdict.Ok) {
+      c[C.dropReplay]++;
+      return;
+    }
+    // Authentic: the peer is alive at this address (roaming / NAT rebinding follows it).
+    const sh = this.sh;
+    sh.lastRx[slot] = now;
+    const ip = this.rxIps[i];
+    const port = this.rxPorts[i];
+    if (ip !== sh.ip[slot] || port !== sh.port[slot]) {
+      sh.ip[slot] = ip;
+      sh.port[slot] = port;
+      this.ev.addressLearned(slot, ip, port);
+    }
+    switch (h.type) {
+      case FrameType.Data:
+        this.deliver(i, plen);
+        return;
+      case FrameType.Heartbeat:
+        this.ev.heartbeat(slot);
+        return;
+      case FrameType.Probe:
+        if (plen >= 8) {
+          // ack with the size that got through (the datagram length); the round id comes back as is
+          for (let k = 0; k < 4; k++) this.ackBuf[k] = this.rxPlain[base + k];
+          writeU32(this.ackBuf, 4, len);
+          this.seal(p, FrameType.ProbeAck, LANE_RELAY, this.ackBuf, this.relayOut);
+        }
+        return;
+      case FrameType.ProbeAck:
+        if (plen >= 8) this.ev.probeAck(slot, readU32(this.rxPlain, base), readU32(this.rxPlain, base + 4));
+        return;
+    }
+  }
+
+  /** A Data frame's packet (plain in rxPlain slot i): ours -> TUN; another peer's -> relay. */
+  private deliver(i: number, len: number): void {
+    const c = this.c;
+    const buf = this.rxPlain;
+    const off = i * this.S;
+    if (ipv4HeaderLen(buf, off, len) === 0) {
+      c[C.dropMalformed]++;
+      return;
+    }
+    const peer = this.fwd.lookup(ipv4Dst(buf, off));
+    if (peer === this.selfId && peer !== NO_PEER) {
+      const r = this.rxTun;
+      r.offs[r.n] = off;
+      r.lens[r.n] = len;
+      r.n++;
+      return;
+    }
+    if (peer === NO_PEER) {
+      c[C.dropUnknownDest]++;
+      return;
+    }
+    const p = this.pathTo(peer);
+    if (p === null || p.remoteIdx < 0) {
+      c[C.dropNoRoute]++;
+      return;
+    }
+    if (!decrementTtl(buf, off)) {
+      c[C.dropTtl]++;
+      return;
+    }
+    const mtu = this.sh.mtu[p.slot];
+    if (len > mtu) {
+      if (ipv4DontFragment(buf, off)) {
+        c[C.dropTooBig]++;
+        this.icmpToward(buf, off, len, mtu);
+        return;
+      }
+      this.sendFragments(p, buf, off, len, mtu, this.relayOut, LANE_RELAY);
+      c[C.relayedPackets]++;
+      return;
+    }
+    c[C.relayedPackets]++;
+    this.seal(p, FrameType.Data, LANE_RELAY, this.rxPlainView.get(i, len), this.relayOut);
+  }
+
+  /** Frag-needed for a relayed packet goes back to its (remote) sender through the overlay. */
+  private icmpToward(buf: Buffer, off: number, len: number, mtu: number): void {
+    if (this.icmpSlot === this.B) this.flushIcmp();
+    const s = this.icmpSlot;
+    const n = writeUnreachable(this.icmpBuf, s * ICMP_STRIDE, buf, off, len, UNREACH_FRAG_NEEDED, mtu, this.icmpSource !== 0 ? this.icmpSource : ipv4Dst(buf, off));
+    if (n === 0) return;
+    const peer = this.fwd.lookup(ipv4Dst(this.icmpBuf, s * ICMP_STRIDE));
+    const p = peer === NO_PEER || peer === this.selfId ? null : this.pathTo(peer);
+    if (p === null || p.remoteIdx < 0) return;
+    // seal() copies the packet into the send ring, so the ICMP slot is free again right after
+    this.c[C.icmpSent]++;
+    this.seal(p, FrameType.Data, LANE_RELAY, this.icmpView.get(s, n), this.relayOut);
+  }
+
+  private flushTun(): void {
+    const r = this.rxTun;
+    if (r.n === 0) return;
+    const ok = this.tun.writeBatch(r.buf, r.offs, r.lens, r.n);
+    const c = this.c;
+    c[C.tunOutPackets] += ok;
+    for (let k = 0; k < ok; k++) c[C.tunOutBytes] += r.lens[k];
+    c[C.dropTunFull] += r.n - ok;
+    r.n = 0;
+  }
+}

@@ -1,0 +1,100 @@
+// Worker thread running one direction of the sleeve data path (see datapath.ts): 'tx' drains the
+// TUN and seals towards peers, 'rx' drains the UDP socket, opens, delivers or relays. The fds are
+// the main thread's (fds are process-wide); this thread only polls and does I/O on them. State comes
+// from the main thread as messages; per-path hot values and counters live in shared memory.
+import { parentPort, workerData } from 'worker_threads';
+import { loadCrypto } from '../mesh/crypto';
+import { errMsg } from '../mesh/errors';
+import { silentLogger, type Logger } from '../mesh/log';
+import { Datapath, PathShared, type DatapathEvents, type ForwardingSpec, type PathSharedBuffers, type PathSpec } from './datapath';
+import { loadTunIo } from './native';
+import { NativeTun } from './tun';
+import { NativeUdp } from './udp';
+
+export interface WorkerInit {
+  role: 'tx' | 'rx';
+  tunFd: number;
+  tunName: string;
+  udpFd: number;
+  shared: PathSharedBuffers;
+  counters: SharedArrayBuffer;
+  stride: number;
+  batch: number;
+  tunMtu: number;
+  icmpSource: number;
+  crypto: 'sodium' | 'tweetnacl';
+}
+
+export type ToWorker =
+  | { k: 'path'; spec: PathSpec }
+  | { k: 'unpath'; slot: number }
+  | { k: 'fwd'; spec: ForwardingSpec }
+  | { k: 'stop' };
+
+export type FromWorker =
+  | { k: 'ready'; role: string }
+  | { k: 'hb'; slot: number }
+  | { k: 'ack'; slot: number; round: number; size: number }
+  | { k: 'addr'; slot: number; ip: number; port: number }
+  | { k: 'big'; slot: number }
+  | { k: 'err'; role: string; msg: string };
+
+function main(): void {
+  const port = parentPort;
+  if (!port) return;
+  const init = workerData as WorkerInit;
+  const post = (m: FromWorker): void => port.postMessage(m);
+  // Log lines from here would interleave with the main thread's pino stream; report through messages.
+  const log: Logger = { ...silentLogger(), warn: (o: object | string, m?: string) => post({ k: 'err', role: init.role, msg: typeof o === 'string' ? o : `${m ?? ''} ${JSON.stringify(o)}` }) } as Logger;
+  const io = loadTunIo(log);
+  if (!io) {
+    post({ k: 'err', role: init.role, msg: 'native addon did not load in the worker' });
+    return;
+  }
+  const tun = new NativeTun(io, init.tunName, init.tunFd);
+  const udp = new NativeUdp(io, 0, 0, 0, init.udpFd);
+  const events: DatapathEvents = {
+    heartbeat: (slot) => post({ k: 'hb', slot }),
+    probeAck: (slot, round, size) => post({ k: 'ack', slot, round, size }),
+    addressLearned: (slot, ip, p) => post({ k: 'addr', slot, ip, port: p }),
+    pathTooBig: (slot) => post({ k: 'big', slot }),
+  };
+  const dp = new Datapath({
+    crypto: loadCrypto(init.crypto, log),
+    tun,
+    udp,
+    shared: new PathShared(init.shared),
+    counters: new Float64Array(init.counters),
+    events,
+    stride: init.stride,
+    batch: init.batch,
+    tunMtu: init.tunMtu,
+    icmpSource: init.icmpSource,
+    now: Date.now,
+  });
+  const drain = init.role === 'tx' ? () => dp.drainTun() : () => dp.drainUdp();
+  const guarded = (): void => {
+    try {
+      drain();
+    } catch (e) {
+      post({ k: 'err', role: init.role, msg: errMsg(e) });
+    }
+  };
+  if (init.role === 'tx') tun.setReadable(guarded);
+  else udp.setReadable(guarded);
+  port.on('message', (m: ToWorker) => {
+    switch (m.k) {
+      case 'path': dp.setPath(m.spec); break;
+      case 'unpath': dp.removePath(m.slot); break;
+      case 'fwd': dp.setForwarding(m.spec); break;
+      case 'stop':
+        tun.setReadable(null);
+        udp.setReadable(null);
+        port.close();
+        break;
+    }
+  });
+  post({ k: 'ready', role: init.role });
+}
+
+main();
