@@ -93,6 +93,7 @@ const UDP_MAX = 4096; // we never send UDP answers larger than this, whatever th
 const OUR_EDNS_SIZE = 1232; // what we advertise (DNS flag day 2020)
 const RING = 256;
 const TCP_OUT = 65535;
+const TCP_MAX_QUEUED = 1 << 20;
 
 interface Bucket {
   wire: Buffer;
@@ -352,6 +353,13 @@ export class DnsServer {
 
   private tcpSend(c: TcpClient, src: Buffer, n: number): void {
     if (c.sock.destroyed) return;
+    if (c.sock.writableLength > TCP_MAX_QUEUED) {
+      // a client that pipelines queries but does not read its answers: cut it off rather than buffer
+      this.counters.dropped++;
+      this.log.debug({ queued: c.sock.writableLength }, 'dns tcp client not reading: closed');
+      c.sock.destroy();
+      return;
+    }
     const b = Buffer.allocUnsafe(n + 2);
     b.writeUInt16BE(n, 0);
     src.copy(b, 2, 0, n);
