@@ -65,6 +65,7 @@ export function writeDnsMetrics(w: MetricsSink, store: DnsStore, server: DnsServ
   w.counter('weave_dns_upstream_failures_total', 'forwarded queries that got SERVFAIL (timeouts included)', c.upstreamFailures);
   w.counter('weave_dns_upstream_timeouts_total', 'forwarded queries that timed out', c.upstreamTimeouts);
   w.counter('weave_dns_upstream_bad_responses_total', 'upstream answers ignored (unknown id, wrong source or question, junk)', c.upstreamBadResponses);
+  w.counter('weave_dns_upstream_tcp_errors_total', 'TCP retries to an upstream that failed (connect, reset)', c.upstreamTcpErrors);
   w.counter('weave_dns_malformed_total', 'malformed queries (FORMERR or dropped)', c.malformed);
   w.counter('weave_dns_truncated_total', 'answers truncated with TC', c.truncated);
   w.counter('weave_dns_dropped_total', 'queries dropped because the send queue was full', c.dropped);

@@ -80,6 +80,7 @@ export interface DnsCounters {
   upstreamFailures: number;
   upstreamTimeouts: number;
   upstreamBadResponses: number;
+  upstreamTcpErrors: number;
   malformed: number;
   truncated: number;
   dropped: number;
@@ -155,7 +156,7 @@ export class DnsServer {
   readonly ttl: number;
   readonly counters: DnsCounters = {
     queriesUdp: 0, queriesTcp: 0, noerror: 0, formerr: 0, servfail: 0, nxdomain: 0, notimp: 0, refused: 0, otherRcode: 0,
-    forwarded: 0, forwardedTcpRetry: 0, upstreamFailures: 0, upstreamTimeouts: 0, upstreamBadResponses: 0, malformed: 0,
+    forwarded: 0, forwardedTcpRetry: 0, upstreamFailures: 0, upstreamTimeouts: 0, upstreamBadResponses: 0, upstreamTcpErrors: 0, malformed: 0,
     truncated: 0, dropped: 0, tcpConnections: 0, tcpRejected: 0, socketErrors: 0,
   };
   private readonly requestedPort: number;
@@ -732,7 +733,7 @@ export class DnsServer {
       this.deliver(p, msg);
     });
     s.on('error', (e) => {
-      this.counters.upstreamFailures++;
+      this.counters.upstreamTcpErrors++;
       this.log.debug({ upstream: `${u.host}:${u.port}`, err: e.message }, 'upstream tcp retry failed');
     });
     s.on('close', () => {
@@ -743,6 +744,7 @@ export class DnsServer {
 
   private deliver(p: Pending, msg: Buffer): void {
     this.pending.delete(p.upId);
+    p.upTcp?.destroy();
     p.upTcp = null;
     msg[0] = p.clientId >> 8;
     msg[1] = p.clientId & 0xff;
