@@ -12,15 +12,20 @@
 //     ignored until the mesh sees that peer again, so a dead peer's records are not resurrected.
 //     (Peers we have not heard of yet are accepted: gossip may arrive before the topology does.)
 //
-// Restart: the store does not persist anything. A restarted router starts empty and RE-LEARNS its
-// own records from its peers' full-state gossip: an entry whose origin is ourselves is accepted as
-// long as we have not asserted that key ourselves since this process started. The version counter for
+// Restart, two ways that add up:
+//   1. persistence (optional, DnsPersistence; FileDnsPersistence writes <dataDir>/dns-records): the
+//      store saves its own entries (tombstones included) on every change of them and loads them at
+//      construction, so a router that restarts alone, or after its peers dropped its records because
+//      it was gone, re-announces them itself with versions that continue where it stopped;
+//   2. re-learning: an entry whose origin is ourselves, received from a peer, is accepted as long as
+//      we have not asserted that key ourselves in this run (covers a lost or absent data dir). The version counter for
 // our own entries is a Lamport clock bumped past every own-origin version we see, so the next local
 // add/remove always beats what peers hold. If we did assert a key in this run (e.g. attach registered
 // the container again before gossip arrived) and a peer sends an older incarnation with a higher
 // version, the owner wins: we re-issue our current state with a version above the peer's and broadcast
 // it. Records of containers that died while the router was down are removed by the owner
 // (removeContainer) when it reconciles its containers; that is the caller's job.
+import * as fs from 'fs';
 import { pack, unpack } from 'msgpackr';
 import { isIPv4 } from 'net';
 import type { Clock, TimerHandle } from '../mesh/clock';
@@ -127,6 +132,10 @@ export function decodeEntries(buf: Uint8Array): DnsEntry[] {
   } catch (e) {
     throw new ProtocolError('dns gossip: undecodable msgpack', { bytes: buf.length, cause: String(e) });
   }
+  return entriesFromMessage(msg);
+}
+
+function entriesFromMessage(msg: unknown): DnsEntry[] {
   if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) throw new ProtocolError('dns gossip: not a map');
   const m = msg as Record<string, unknown>;
   if (m.v !== RECORDS_WIRE_VERSION) throw new ProtocolError('dns gossip: unsupported version', { v: String(m.v) });
@@ -174,6 +183,34 @@ export class DnsRecordSet implements GossipData {
   }
 }
 
+/** Where a store keeps its own entries across restarts. */
+export interface DnsPersistence {
+  /** the saved own entries, [] when there is nothing; throws when the saved data is unusable */
+  load(): DnsEntry[];
+  save(entries: DnsEntry[]): void;
+}
+
+/** Own entries in one msgpack file ({v:1, e:[tuples]}, the gossip encoding), replaced atomically. */
+export class FileDnsPersistence implements DnsPersistence {
+  constructor(readonly path: string) {}
+  load(): DnsEntry[] {
+    let buf: Buffer;
+    try {
+      buf = fs.readFileSync(this.path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    return decodeEntries(buf);
+  }
+  save(entries: DnsEntry[]): void {
+    const tmp = `${this.path}.tmp`;
+    const tuples = entries.map((e): WireEntry => [e.name, e.addr, e.origin, e.version, e.tombstone ? 1 : 0, e.containerId ?? '']);
+    fs.writeFileSync(tmp, pack({ v: RECORDS_WIRE_VERSION, e: tuples }));
+    fs.renameSync(tmp, this.path);
+  }
+}
+
 export interface DnsStoreOptions {
   /** our peer name: the origin of records added here */
   self: PeerName;
@@ -185,6 +222,8 @@ export interface DnsStoreOptions {
   gcIntervalMs?: number;
   /** records of an origin the mesh has never shown as reachable are dropped after this (default 60 s) */
   unknownOriginGraceMs?: number;
+  /** keeps our own entries across restarts (FileDnsPersistence in the data dir) */
+  persistence?: DnsPersistence;
 }
 
 export interface DnsStoreCounters {
@@ -195,6 +234,8 @@ export interface DnsStoreCounters {
   reasserted: number;
   tombstonesCollected: number;
   peersRemoved: number;
+  persistErrors: number;
+  loadedFromDisk: number;
 }
 
 export class DnsStore implements Gossiper {
@@ -234,7 +275,10 @@ export class DnsStore implements Gossiper {
     reasserted: 0,
     tombstonesCollected: 0,
     peersRemoved: 0,
+    persistErrors: 0,
+    loadedFromDisk: 0,
   };
+  private readonly persistence: DnsPersistence | null;
 
   constructor(opts: DnsStoreOptions) {
     if (!isPeerName(opts.self)) throw new UsageError(`invalid peer name "${opts.self}"`);
@@ -244,6 +288,44 @@ export class DnsStore implements Gossiper {
     this.tombstoneTtlMs = opts.tombstoneTtlMs ?? 10 * 60_000;
     this.gcIntervalMs = opts.gcIntervalMs ?? 60_000;
     this.unknownGraceMs = opts.unknownOriginGraceMs ?? 60_000;
+    this.persistence = opts.persistence ?? null;
+    if (this.persistence) this.loadOwn(this.persistence);
+  }
+
+  private loadOwn(p: DnsPersistence): void {
+    let saved: DnsEntry[];
+    try {
+      saved = p.load();
+    } catch (e) {
+      this.counters.persistErrors++;
+      this.log.warn({ err: (e as Error).message }, 'saved dns records unusable: starting without them');
+      return;
+    }
+    const now = this.clock.now();
+    for (const e of saved) {
+      if (e.origin !== this.self) continue; // a data dir copied from another peer: not ours to announce
+      const k = entryKey(e.name, e.addr, e.origin);
+      this.entries.set(k, { ...copyEntry(e), changedAt: now });
+      this.asserted.add(k);
+      if (e.version > this.ownCounter) this.ownCounter = e.version;
+      this.counters.loadedFromDisk++;
+    }
+    if (this.counters.loadedFromDisk) {
+      this.changed();
+      this.log.info({ records: this.counters.loadedFromDisk }, 'own dns records restored from disk');
+    }
+  }
+
+  private saveOwn(): void {
+    if (!this.persistence) return;
+    const own: DnsEntry[] = [];
+    for (const e of this.entries.values()) if (e.origin === this.self) own.push(copyEntry(e));
+    try {
+      this.persistence.save(own);
+    } catch (e) {
+      this.counters.persistErrors++;
+      this.log.warn({ err: (e as Error).message }, 'cannot save dns records: a restart may lose them');
+    }
   }
 
   /** The mesh channel this store publishes local changes on (mesh.newGossip('dns', store) returns it). */
@@ -282,6 +364,7 @@ export class DnsStore implements Gossiper {
     if (containerId !== undefined) e.containerId = containerId;
     this.entries.set(k, e);
     this.changed();
+    this.saveOwn();
     this.publish([e]);
     this.log.debug({ name: n, addr: a, containerId }, 'record added');
     return copyEntry(e);
@@ -309,6 +392,7 @@ export class DnsStore implements Gossiper {
     }
     if (removed.length) {
       this.changed();
+      this.saveOwn();
       this.publish(removed);
       this.log.debug({ name: n, addr: a, containerId: filter.containerId, n: removed.length }, 'records removed');
     }
@@ -381,13 +465,18 @@ export class DnsStore implements Gossiper {
   gc(): number {
     const now = this.clock.now();
     let n = 0;
+    let own = false;
     for (const [k, e] of this.entries) {
       if (e.tombstone && now - e.changedAt >= this.tombstoneTtlMs) {
-        if (e.origin === this.self) this.ownGcFloor = Math.max(this.ownGcFloor, e.version);
+        if (e.origin === this.self) {
+          this.ownGcFloor = Math.max(this.ownGcFloor, e.version);
+          own = true;
+        }
         this.entries.delete(k);
         n++;
       }
     }
+    if (own) this.saveOwn();
     this.counters.tombstonesCollected += n;
     for (const [p, at] of this.departed) if (now - at >= this.tombstoneTtlMs) this.departed.delete(p);
     this.reconcilePeers();
@@ -445,6 +534,7 @@ export class DnsStore implements Gossiper {
     const delta = new DnsRecordSet();
     const reasserted: StoredEntry[] = [];
     const now = this.clock.now();
+    let ownChanged = false;
     for (const e of incoming) {
       const k = entryKey(e.name, e.addr, e.origin);
       const cur = this.entries.get(k);
@@ -459,6 +549,7 @@ export class DnsStore implements Gossiper {
             reasserted.push(cur);
             delta.add(cur);
             this.counters.reasserted++;
+            ownChanged = true;
           }
           continue;
         }
@@ -470,11 +561,13 @@ export class DnsStore implements Gossiper {
       if (cur && !beats(e, cur)) continue;
       const s: StoredEntry = { ...copyEntry(e), changedAt: now };
       this.entries.set(k, s);
+      if (e.origin === this.self) ownChanged = true;
       delta.add(s);
       this.counters.entriesAccepted++;
     }
     if (delta.size === 0) return null;
     this.changed();
+    if (ownChanged) this.saveOwn();
     if (reasserted.length) this.publish(reasserted);
     return delta;
   }

@@ -6,7 +6,10 @@ import { FakeClock } from '../../mesh/clock';
 import { ProtocolError, UsageError } from '../../mesh/errors';
 import { silentLogger } from '../../mesh/log';
 import type { GossipChannel, GossipData } from '../../mesh/types';
-import { DnsRecordSet, DnsStore, decodeEntries, encodeEntries, normalizeName, type DnsEntry } from '../../dns/records';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { DnsRecordSet, DnsStore, FileDnsPersistence, decodeEntries, encodeEntries, normalizeName, type DnsEntry } from '../../dns/records';
 
 const A = '02:00:00:00:00:0a';
 const B = '02:00:00:00:00:0b';
@@ -306,4 +309,42 @@ test('decode fuzz: random and mutated messages give entries or ProtocolError, no
     ),
     { numRuns: 3000, seed: 7 },
   );
+});
+
+test('persistence: own entries (tombstones too) survive a restart, versions continue, bad files are survived', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'weave-dns-persist-'));
+  try {
+    const file = path.join(dir, 'dns-records');
+    const disk = new FileDnsPersistence(file);
+    const a1 = store(A, new FakeClock(), { persistence: disk });
+    a1.add('web.weave.local', '10.32.0.1', 'c1');
+    a1.add('web.weave.local', '10.32.0.2');
+    a1.remove({ addr: '10.32.0.2' });
+    a1.mergeEntries([{ name: 'b.weave.local.', addr: '10.32.9.9', origin: B, version: 1, tombstone: false }]);
+    const maxVersion = Math.max(...a1.all().filter((e) => e.origin === A).map((e) => e.version));
+
+    const a2 = store(A, new FakeClock(), { persistence: disk });
+    assert.equal(a2.counters.loadedFromDisk, 2, 'only our own entries are saved');
+    assert.deepEqual(a2.lookup('web.weave.local'), ['10.32.0.1']);
+    assert.ok(a2.all().some((e) => e.addr === '10.32.0.2' && e.tombstone));
+    assert.deepEqual(a2.lookup('b.weave.local'), []);
+    const e = a2.add('web.weave.local', '10.32.0.2');
+    assert.ok(e.version > maxVersion, 'versions continue past the saved ones');
+    // a peer holding the old tombstone does not win over the restored owner
+    const b = store(B);
+    gossipTo(a1, b);
+    gossipTo(a2, b);
+    assert.deepEqual(b.lookup('web.weave.local').sort(), ['10.32.0.1', '10.32.0.2']);
+
+    fs.writeFileSync(file, 'not msgpack at all');
+    const a3 = store(A, new FakeClock(), { persistence: disk });
+    assert.equal(a3.counters.persistErrors, 1);
+    assert.deepEqual(a3.lookup('web.weave.local'), []);
+    // a save failure is counted, not thrown
+    const a4 = store(A, new FakeClock(), { persistence: new FileDnsPersistence(path.join(dir, 'missing-dir', 'x')) });
+    a4.add('x.weave.local', '10.32.0.3');
+    assert.equal(a4.counters.persistErrors, 1);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
