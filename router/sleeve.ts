@@ -34,6 +34,8 @@ import { COUNTER, Datapath, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray
 import { FrameType, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame';
 import { ip4ToU32, parsePrefix, u32ToIp4 } from './forwarding';
 import type { PrefixTable } from './prefixes';
+import { loadTunIo, type TunIo } from './native';
+import { ip as hostIp, ipJson as hostIpJson, type HostCtx } from '../host/ip';
 import { NativeTun, type TunDevice } from './tun';
 import { EAGAIN, NativeUdp, type UdpBind } from './udp';
 import type { FromWorker, ToWorker, WorkerInit } from './sleeve-worker';
@@ -124,6 +126,10 @@ class PeerPath {
   probeRound = 0;
   probeBest = 0;
   nextProbe = 0;
+  /** the kernel refused a datagram as too big: probe every heartbeat until a round settles the MTU */
+  urgent = false;
+  urgentSince = 0;
+  probeStartedAt = 0;
   reason = 'waiting for the peer\'s sleeve parameters';
 
   constructor(
@@ -322,7 +328,12 @@ export class Sleeve {
       addressLearned: (slot, ip, port) => this.onAddress(slot, ip, port),
       pathTooBig: (slot) => {
         const p = this.slots[slot];
-        if (p) p.nextProbe = 0;
+        if (p && !p.urgent) {
+          p.urgent = true;
+          p.urgentSince = this.clock.now();
+          p.nextProbe = 0;
+          this.log.info({ peer: p.peer }, 'datagram too big for the path the kernel knows; probing the path MTU');
+        }
       },
     };
   }
@@ -558,10 +569,15 @@ export class Sleeve {
 
   /** One PMTU round: a DF probe of each candidate size; acks of the previous round settle the MTU. */
   private probe(p: PeerPath, now: number): void {
-    if (p.probeRound > 0 && p.probeBest > 0 && p.probeBest !== p.pathPayload) {
-      this.log.info({ peer: p.peer, from: p.pathPayload, to: p.probeBest, mtu: p.probeBest - HDR - (p.txKey ? TAG : 0) }, 'sleeve path MTU changed');
-      this.setPathPayload(p, p.probeBest);
+    if (p.probeRound > 0 && p.probeBest > 0) {
+      if (p.probeBest !== p.pathPayload) {
+        this.log.info({ peer: p.peer, from: p.pathPayload, to: p.probeBest, mtu: p.probeBest - HDR - (p.txKey ? TAG : 0) }, 'sleeve path MTU changed');
+        this.setPathPayload(p, p.probeBest);
+      }
+      // a round that started after the kernel's complaint has now settled the MTU
+      if (p.urgent && p.probeStartedAt >= p.urgentSince) p.urgent = false;
     }
+    p.probeStartedAt = now;
     p.probeRound = (p.probeRound % 0x7fffffff) + 1;
     p.probeBest = 0;
     const max = this.underlayMtu - UNDERLAY_OVERHEAD;
@@ -573,7 +589,7 @@ export class Sleeve {
       writeU32(body, 4, size);
       this.sendFrame(p, FrameType.Probe, body);
     }
-    p.nextProbe = now + (p.established ? this.probeMs : this.heartbeatMs);
+    p.nextProbe = now + (p.established && !p.urgent ? this.probeMs : this.heartbeatMs);
   }
 
   private onProbeAck(slot: number, round: number, size: number): void {
@@ -647,4 +663,76 @@ export function kernelSleeveHost(
       reconciler.setDesired('sleeve', routes);
     },
   };
+}
+
+/**
+ * The underlay MTU: that of the device holding the default route, else the largest MTU among the up,
+ * non-loopback links; 1500 when neither is known. Peers' paths may be smaller: PMTU probes find that.
+ */
+export async function detectUnderlayMtu(ipJson: (args: string[]) => Promise<unknown>, log: Logger): Promise<number> {
+  try {
+    const links = (await ipJson(['link', 'show'])) as Array<{ ifname?: string; mtu?: number; flags?: string[]; link_type?: string }>;
+    const routes = (await ipJson(['route', 'show', 'default'])) as Array<{ dev?: string }>;
+    const dev = routes.find((r) => r.dev)?.dev;
+    const byDev = dev ? links.find((l) => l.ifname === dev) : undefined;
+    if (byDev?.mtu) return byDev.mtu;
+    const up = links.filter((l) => l.link_type !== 'loopback' && l.flags?.includes('UP') && typeof l.mtu === 'number' && !l.ifname?.startsWith('weave'));
+    const best = Math.max(0, ...up.map((l) => l.mtu as number));
+    if (best >= 576) return best;
+  } catch (e) {
+    log.warn({ component: 'sleeve', err: errMsg(e) }, 'cannot read the underlay MTU; assuming 1500');
+  }
+  return 1500;
+}
+
+export interface CreateSleeveOptions extends Omit<SleeveOptions, 'tun' | 'udp' | 'host' | 'underlayMtu'> {
+  /** namespace the router's kernel state lives in (undefined: this process's) */
+  ctx?: HostCtx;
+  /** host/routes.ts RouteReconciler (routes of remote prefixes into the TUN, owner 'sleeve') */
+  reconciler: { setDesired(owner: string, routes: Array<{ dst: string; dev: string }>): void };
+  /** UDP port, default 6783 (the TCP control port's number) */
+  port?: number;
+  /** UDP bind address, default 0.0.0.0 */
+  bindIp?: string;
+  /** default weave-tun */
+  tunName?: string;
+  /** default: detected (detectUnderlayMtu) */
+  underlayMtu?: number;
+  /** the addon (tests inject); default loadTunIo(log) */
+  io?: TunIo | null;
+}
+
+/**
+ * Opens the TUN and the UDP socket, builds the Sleeve and brings the TUN up. Throws ENOADDON when the
+ * native addon cannot load: the TUN cannot be opened from plain Node (no ioctl).
+ */
+export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
+  const io = o.io === undefined ? loadTunIo(o.log) : o.io;
+  if (!io) throw new WeaveError('ENOADDON', 'the sleeve needs the native data-path addon (native/; build it with `node scripts/build-native.js`)');
+  const ctx = o.ctx ?? {};
+  const underlayMtu = o.underlayMtu ?? (await detectUnderlayMtu((args) => hostIpJson(ctx, args), o.log));
+  const bind = ip4ToU32(o.bindIp ?? '0.0.0.0');
+  if (bind === undefined) throw new WeaveError('EINVAL', `bad sleeve bind address ${o.bindIp}`);
+  const tun = new NativeTun(io, o.tunName ?? DEFAULT_TUN_NAME);
+  let udp: NativeUdp;
+  try {
+    udp = new NativeUdp(io, bind, o.port ?? DEFAULT_SLEEVE_PORT);
+  } catch (e) {
+    tun.close();
+    throw e;
+  }
+  const sleeve = new Sleeve({
+    ...o,
+    tun,
+    udp,
+    underlayMtu,
+    host: kernelSleeveHost((args) => hostIp(ctx, args), o.reconciler),
+  });
+  try {
+    await sleeve.start();
+  } catch (e) {
+    await sleeve.close();
+    throw e;
+  }
+  return sleeve;
 }

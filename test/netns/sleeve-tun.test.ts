@@ -204,3 +204,46 @@ test('two sleeves over real TUN devices in two namespaces: ping, 10 KiB ping, ip
     await run(['ip', 'netns', 'del', nsB], { allowFail: true });
   }
 });
+
+test('createSleeve in a namespace: detects the underlay MTU, opens and raises the TUN, sets routes through the reconciler', { timeout: 30_000 }, async () => {
+  const id = randomBytes(3).toString('hex');
+  const ns = `wsc-${id}`;
+  try {
+    await run(['ip', 'netns', 'add', ns]);
+    await ipIn(ns, ['link', 'set', 'lo', 'up']);
+    await ipIn(ns, ['link', 'add', 'under0', 'mtu', '9000', 'type', 'veth', 'peer', 'name', 'under1', 'mtu', '9000']);
+    await ipIn(ns, ['link', 'set', 'under1', 'up']);
+    await ipIn(ns, ['link', 'set', 'under0', 'up']);
+    await ipIn(ns, ['addr', 'add', '198.18.7.1/24', 'dev', 'under0']);
+    await ipIn(ns, ['route', 'add', 'default', 'via', '198.18.7.254', 'dev', 'under0']);
+    const dist = require('path').join(__dirname, '..', '..');
+    const script = `
+      const { createSleeve } = require(${JSON.stringify(dist + '/router/sleeve.js')});
+      const { PrefixTable, PrefixUpdate } = require(${JSON.stringify(dist + '/router/prefixes.js')});
+      const { realClock } = require(${JSON.stringify(dist + '/mesh/clock.js')});
+      const { loadCrypto } = require(${JSON.stringify(dist + '/mesh/crypto.js')});
+      const { silentLogger } = require(${JSON.stringify(dist + '/mesh/log.js')});
+      const { EventEmitter } = require('events');
+      (async () => {
+        const log = silentLogger();
+        const name = '02:00:00:00:02:0a';
+        const prefixes = new PrefixTable(name, realClock, log);
+        prefixes.setLocal(['10.32.1.0/24']);
+        const desired = [];
+        const s = await createSleeve({ name, clock: realClock, log, crypto: loadCrypto('sodium', log), routes: Object.assign(new EventEmitter(), { name, unicastNextHop: () => undefined }),
+          prefixes, reconciler: { setDesired: (owner, r) => desired.push({ owner, r }) }, port: 0, tunName: 'wtc${id}' });
+        prefixes.mergeUpdate(new PrefixUpdate(new Map([['02:00:00:00:02:0b', { version: 5, prefixes: ['10.32.2.0/24'] }]])));
+        const link = JSON.parse(require('child_process').execFileSync('ip', ['-json', 'link', 'show', 'wtc${id}']).toString())[0];
+        console.log(JSON.stringify({ underlayMtu: s.underlayMtu, tunMtu: s.tunMtu, mode: s.mode, linkMtu: link.mtu, up: link.flags.includes('UP'), desired }));
+        await s.close();
+      })().catch((e) => { console.error(e); process.exit(1); });`;
+    const r = await run(['ip', 'netns', 'exec', ns, process.execPath, '-e', script], { timeoutMs: 20_000 });
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    assert.deepEqual(out, {
+      underlayMtu: 9000, tunMtu: 9000 - 60, mode: 'workers', linkMtu: 9000 - 60, up: true,
+      desired: [{ owner: 'sleeve', r: [] }, { owner: 'sleeve', r: [{ dst: '10.32.2.0/24', dev: `wtc${id}` }] }],
+    });
+  } finally {
+    await run(['ip', 'netns', 'del', ns], { allowFail: true });
+  }
+});

@@ -8,6 +8,7 @@ import { loadCrypto, tweetnaclEngine, type CryptoEngine } from '../../mesh/crypt
 import { MemoryLogger, silentLogger } from '../../mesh/log';
 import type { PeerName } from '../../mesh/peer';
 import { Msg, type Features, type MeshConnection } from '../../mesh/types';
+import type { OverlayManager } from '../../mesh/mesh';
 import { FrameHeader, FrameType, HDR, TAG, parseHeader } from '../../router/frame';
 import { ipChecksum } from '../../router/icmp';
 import { PrefixTable } from '../../router/prefixes';
@@ -162,6 +163,16 @@ for (const mode of ['encrypted', 'plain'] as const) {
     }
   });
 }
+
+test('Sleeve is the mesh\'s OverlayManager', async () => {
+  const { lab, a } = await twoNodes(null);
+  try {
+    const m: OverlayManager = a.sleeve; // compile-time contract with mesh/mesh.ts
+    assert.equal(typeof m.attach, 'function');
+  } finally {
+    lab.close();
+  }
+});
 
 test('tweetnacl and sodium routers interoperate', async () => {
   const lab = new Lab();
@@ -324,6 +335,30 @@ test('too big with DF -> ICMP frag-needed with the path MTU; without DF -> fragm
     // the path grows back
     lab.net.maxPayload.delete('198.18.0.1->198.18.0.2');
     await lab.until(() => ha.status().mtu === mtu, 'PMTU grows back', 120);
+  } finally {
+    lab.close();
+  }
+});
+
+test('EMSGSIZE from the kernel (a shrunken path it learned) triggers prompt PMTU probing', async () => {
+  const { lab, a, b, ha } = await twoNodes(sodium.randomBytes(32));
+  try {
+    // let the first probe rounds finish so the sleeve is in its slow (10 s) probing rhythm
+    assert.equal(ha.status().mtu, 1440);
+    for (let i = 0; i < 12; i++) lab.clock.advance(250);
+    await lab.settle();
+    lab.net.refuseLocally = true;
+    lab.net.maxPayload.set('198.18.0.1->198.18.0.2', 1200 - 28);
+    const start = lab.clock.now();
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', proto: 6, df: true, payload: Buffer.alloc(1400 - 20) }));
+    await lab.until(() => ha.status().mtu === 1200 - 28 - HDR - TAG, 'MTU lowered after EMSGSIZE', 40, 250);
+    assert.ok(lab.clock.now() - start <= 3000, `took ${lab.clock.now() - start} ms (the slow rhythm is 10 s)`);
+    assert.ok(a.sleeve.counters.dropTooBig >= 1);
+    // and the next DF packet of that size gets frag-needed with the new MTU
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', proto: 6, df: true, payload: Buffer.alloc(1400 - 20) }));
+    await lab.until(() => a.tun.written.length === 1, 'frag-needed');
+    assert.equal(a.tun.written[0].readUInt16BE(26), 1200 - 28 - HDR - TAG);
+    assert.equal(b.tun.written.length, 0);
   } finally {
     lab.close();
   }
