@@ -11,6 +11,7 @@ import {
 } from './api/config';
 import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
 import { WeaveError, UsageError, errMsg } from './mesh/errors';
+import { SUBSYSTEMS } from './api/subsystems';
 
 function fail(msg: string, code = 1): never {
   process.stderr.write(`weave: ${msg}\n`);
@@ -28,7 +29,7 @@ interface RouterFlags {
 }
 
 function addRouterFlags(c: Command): Command {
-  return c
+  c
     .option('--name <mac>', 'peer name (six hex bytes like 8a:3e:01:02:03:04); default: persisted random name')
     .option('--nickname <name>', 'nickname shown next to the peer name (default: hostname)')
     .option('--port <port>', 'TCP (control) and UDP (sleeve) port', String(DEFAULT_PORT))
@@ -41,10 +42,13 @@ function addRouterFlags(c: Command): Command {
     .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
     .option('--no-fastdp', 'do not use the kernel fast datapath')
     .addOption(new Option('--crypto <engine>', 'crypto engine').choices(['sodium', 'tweetnacl']).hideHelp());
+  for (const m of SUBSYSTEMS) m.addRouterFlags?.(c);
+  return c;
 }
 
 function routerConfig(peers: string[], f: RouterFlags): RouterConfig {
   for (const p of peers) parseHostPort(p, DEFAULT_PORT, 'peer address');
+  for (const m of SUBSYSTEMS) m.checkFlags?.(f as unknown as Record<string, unknown>);
   return {
     dataDir: dataDirFromEnv(),
     name: f.name,
@@ -105,7 +109,7 @@ export function buildProgram(): Command {
     .action(async (peers: string[], f: RouterFlags) => {
       const cfg = routerConfig(peers, f);
       const { runRouter } = await import('./api/daemon');
-      const h = await runRouter(cfg);
+      const h = await runRouter(cfg, { flags: f as unknown as Record<string, unknown> });
       await h.stopped;
       process.exit(0);
     });
@@ -215,6 +219,8 @@ export function buildProgram(): Command {
     .action(async (cidrs: string[], o: { httpAddr?: string }) => {
       await client(o).request('POST', '/hide', { cidrs });
     });
+
+  for (const m of SUBSYSTEMS) m.addCommands?.(program, client);
 
   program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down')
     .action(async () => {

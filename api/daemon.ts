@@ -16,7 +16,9 @@ import { TcpTransport } from '../mesh/tcp-transport';
 import { Mesh } from '../mesh/mesh';
 import { PROTOCOL_MIN_VERSION, PROTOCOL_MAX_VERSION } from '../mesh/wire';
 import { RouteReconciler } from '../host/routes';
-import { Endpoints } from '../router/endpoints';
+import { Endpoints, EndpointInfo } from '../router/endpoints';
+import { SUBSYSTEMS } from './subsystems';
+import type { AttachRequest, DaemonContext, Subsystem } from './subsystem';
 
 /** Container MTU until the data path measures the path: underlay 1500 minus sleeve overhead. */
 const DEFAULT_CONTAINER_MTU = 1410;
@@ -91,7 +93,7 @@ export interface RouterHandle {
   readonly stopped: Promise<void>;
 }
 
-export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; installSignalHandlers?: boolean } = {}): Promise<RouterHandle> {
+export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; installSignalHandlers?: boolean; flags?: Record<string, unknown> } = {}): Promise<RouterHandle> {
   const root = opts.log ?? rootLogger({ level: cfg.logLevel });
   const log = componentLogger(root, 'router');
   fs.mkdirSync(cfg.dataDir, { recursive: true });
@@ -160,6 +162,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       exposed: endpoints.exposedAddrs(),
       routes: routes.stats(),
     },
+    ...Object.fromEntries(subsystems.filter((x) => x.report).map((x) => [x.name, x.report!()])),
   });
 
   const metrics = (): string => {
@@ -181,6 +184,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     m.counter('weave_control_bytes_total', 'Control-plane bytes.', tc.bytesIn, { direction: 'in' });
     m.counter('weave_control_bytes_total', 'Control-plane bytes.', tc.bytesOut, { direction: 'out' });
     m.counter('weave_api_requests_total', 'HTTP API requests.', api.requests);
+    for (const x of subsystems) x.metrics?.(m);
     return m.text();
   };
 
@@ -189,6 +193,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       stopping = (async () => {
         log.info({ reason }, 'router stopping');
         await api.close().catch((e) => log.warn({ err: errMsg(e) }, 'API close failed'));
+        for (const x of [...subsystems].reverse()) await x.stop?.().catch((e: unknown) => log.warn({ subsystem: x.name, err: errMsg(e) }, 'subsystem stop failed'));
         await mesh.stop().catch((e) => log.warn({ err: errMsg(e) }, 'mesh stop failed'));
         routes.stop();
         try {
@@ -213,24 +218,38 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     mesh.forget(stringList(body, 'peers'));
     return { targets: mesh.targets() };
   });
+  const resolveAddresses = async (req: AttachRequest, kind: 'attach' | 'expose'): Promise<string[]> => {
+    for (const x of subsystems) {
+      const r = await x.resolveAddresses?.(req, kind);
+      if (r) return r;
+    }
+    if (req.cidrs.length === 0) throw new UsageError('no address given: give ADDR/LEN (automatic allocation needs IPAM)');
+    return req.cidrs;
+  };
   api.add('POST', '/attach', async ({ body }) => {
-    const netns = requiredString(body, 'netns');
-    const cidrs = body.cidrs === undefined ? [] : stringList(body, 'cidrs');
-    if (cidrs.length === 0) throw new UsageError('no address given: give ADDR/LEN (automatic allocation comes with IPAM)');
-    const r = await endpoints.attach(netns, cidrs, { name: typeof body.name === 'string' ? body.name : undefined });
+    const req: AttachRequest = {
+      netns: requiredString(body, 'netns'),
+      cidrs: body.cidrs === undefined ? [] : stringList(body, 'cidrs'),
+      name: typeof body.name === 'string' && body.name ? body.name : undefined,
+    };
+    const cidrs = await resolveAddresses(req, 'attach');
+    const r = await endpoints.attach(req.netns, cidrs, { name: req.name });
+    for (const x of subsystems) await x.afterAttach?.(req, r);
     return { ...r, addresses: r.addrs };
   });
   api.add('POST', '/detach', async ({ body }) => {
     const netns = requiredString(body, 'netns');
     const addrs = body.addrs === undefined || (Array.isArray(body.addrs) && body.addrs.length === 0) ? undefined : stringList(body, 'addrs');
-    return endpoints.detach(netns, addrs);
+    const before: EndpointInfo | undefined = endpoints.list().find((e) => e.netns === netns);
+    const r = await endpoints.detach(netns, addrs);
+    for (const x of subsystems) await x.afterDetach?.(netns, r, before);
+    return r;
   });
   api.add('GET', '/ps', () => ({
     endpoints: endpoints.list().map((e) => ({ netns: e.netns, ifname: e.ifname, mac: e.mac, addresses: e.addrs, name: e.name })),
   }));
   api.add('POST', '/expose', async ({ body }) => {
-    const cidrs = body.cidrs === undefined ? [] : stringList(body, 'cidrs');
-    if (cidrs.length === 0) throw new UsageError('no address given: give ADDR/LEN (automatic allocation comes with IPAM)');
+    const cidrs = await resolveAddresses({ netns: '', cidrs: body.cidrs === undefined ? [] : stringList(body, 'cidrs') }, 'expose');
     const r = await endpoints.expose(cidrs, { masquerade: body.masquerade === true });
     return { ...r, addresses: r.exposed.map((e) => e.cidr) };
   });
@@ -243,10 +262,28 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     return { stopping: true };
   });
 
+  const announced = new Map<string, string[]>();
+  const ctx: DaemonContext = {
+    cfg, flags: opts.flags ?? {}, root, clock, identity, mesh, api, hostCtx, routes, endpoints,
+    announce(owner, prefixes) {
+      announced.set(owner, [...prefixes]);
+      onServedChanged();
+    },
+  };
+  const onServedChanged = (): void => {
+    // the prefixes gossip (sleeve integration) reads servedPrefixes(); until then this only logs
+    log.debug({ served: servedPrefixes() }, 'served prefixes changed');
+  };
+  const servedPrefixes = (): string[] => [...new Set([...endpoints.servedPrefixes(), ...[...announced.values()].flat()])].sort();
+  endpoints.on('changed', onServedChanged);
+  const subsystems: Subsystem[] = [];
+  for (const mod of SUBSYSTEMS) if (mod.create) subsystems.push(await mod.create(ctx));
+
   const restored = await endpoints.restore();
   if (restored.kept || restored.dropped) log.info(restored, 'endpoints restored from the data dir');
   routes.start(ROUTE_RESYNC_MS);
   await mesh.start();
+  for (const x of subsystems) await x.start?.();
   if (!cfg.resume && cfg.peers.length) mesh.connect(cfg.peers);
   try {
     await api.listen(cfg.httpAddr.host, cfg.httpAddr.port);
