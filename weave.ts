@@ -144,7 +144,7 @@ export function buildProgram(): Command {
 
   program.command('reset').description('stop the router and forget all its state (peer name, targets, ...)').option('--http-addr <host:port>', 'HTTP API address')
     .action(async (o: { httpAddr?: string }) => {
-      await stopRouter(o, true);
+      await stopRouter(o, true, '/reset');
       const dir = dataDirFromEnv();
       for (const f of ['peer-name', 'targets.json', 'router.pid']) fs.rmSync(path.join(dir, f), { force: true });
     });
@@ -163,6 +163,7 @@ export function buildProgram(): Command {
   program.command('status').description('router status: summary, or peers | connections | targets').argument('[what]').option('--http-addr <host:port>', 'HTTP API address')
     .action(async (what: string | undefined, o: { httpAddr?: string }) => {
       const views: Record<string, (r: Report) => string> = { peers: renderPeers, connections: renderConnections, targets: renderTargets };
+      for (const m of SUBSYSTEMS) Object.assign(views, m.statusViews ?? {});
       if (what && !views[what]) throw new UsageError(`unknown status view "${what}": one of ${Object.keys(views).join(', ')}`);
       const r = await client(o).request<Report>('GET', '/report');
       process.stdout.write(what ? views[what](r) : renderSummary(r));
@@ -231,12 +232,12 @@ export function buildProgram(): Command {
   return program;
 }
 
-async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false): Promise<void> {
+async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false, endpoint = '/stop'): Promise<void> {
   const { runningPid } = await import('./api/daemon');
   const dataDir = dataDirFromEnv();
   const pid = runningPid(dataDir);
   try {
-    await client(o).request('POST', '/stop', {}, { timeoutMs: 5000 });
+    await client(o).request('POST', endpoint, {}, { timeoutMs: 30_000 });
   } catch (e) {
     if (!(e instanceof WeaveError && e.code === 'ENOTRUNNING')) throw e;
     if (!pid) {

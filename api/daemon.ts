@@ -257,6 +257,17 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     const cidrs = body.cidrs === undefined || (Array.isArray(body.cidrs) && body.cidrs.length === 0) ? undefined : stringList(body, 'cidrs');
     return endpoints.hide(cidrs);
   });
+  api.add('POST', '/reset', async () => {
+    for (const x of subsystems) {
+      try {
+        await x.reset?.();
+      } catch (e) {
+        log.warn({ subsystem: x.name, err: errMsg(e) }, 'reset step failed; continuing');
+      }
+    }
+    setImmediate(() => void stop('reset requested through the API'));
+    return { stopping: true };
+  });
   api.add('POST', '/stop', () => {
     setImmediate(() => void stop('stop requested through the API'));
     return { stopping: true };

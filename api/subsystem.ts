@@ -45,6 +45,8 @@ export interface Subsystem {
   /** a section of `weave report`; a `summary` object inside it is also shown by `weave status` */
   report?(): unknown;
   metrics?(m: MetricsWriter): void;
+  /** `weave reset`: leave the mesh cleanly (hand over IPAM space, remove kernel state) before the router stops. */
+  reset?(): Promise<void>;
   /** Turns an attach request's address arguments into concrete CIDRs (IPAM); the first subsystem that returns wins. */
   resolveAddresses?(req: AttachRequest, kind: 'attach' | 'expose'): Promise<string[] | undefined>;
   afterAttach?(req: AttachRequest, ep: EndpointInfo): Promise<void>;
@@ -59,4 +61,6 @@ export interface SubsystemModule {
   checkFlags?(flags: Record<string, unknown>): void;
   addCommands?(program: Command, client: (opts: { httpAddr?: string }) => ApiClient): void;
   create?(ctx: DaemonContext): Subsystem | Promise<Subsystem>;
+  /** extra `weave status <view>` renderers over the report JSON (e.g. ipam, dns) */
+  statusViews?: Record<string, (report: any) => string>;
 }
