@@ -37,7 +37,7 @@ export type FromWorker =
   | { k: 'ack'; slot: number; round: number; size: number }
   | { k: 'addr'; slot: number; ip: number; port: number }
   | { k: 'big'; slot: number }
-  | { k: 'err'; role: string; msg: string };
+  | { k: 'err'; role: string; msg: string; fatal?: boolean };
 
 function main(): void {
   const port = parentPort;
@@ -73,11 +73,15 @@ function main(): void {
     now: Date.now,
   });
   const drain = init.role === 'tx' ? () => dp.drainTun() : () => dp.drainUdp();
+  // An I/O error (device gone, socket broken) would fire on every poll: report once and stop polling;
+  // the main thread marks the data path down.
   const guarded = (): void => {
     try {
       drain();
     } catch (e) {
-      post({ k: 'err', role: init.role, msg: errMsg(e) });
+      tun.setReadable(null);
+      udp.setReadable(null);
+      post({ k: 'err', role: init.role, msg: errMsg(e), fatal: true });
     }
   };
   if (init.role === 'tx') tun.setReadable(guarded);

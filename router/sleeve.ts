@@ -35,7 +35,7 @@ import { FrameType, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame'
 import { ip4ToU32, parsePrefix, u32ToIp4 } from './forwarding';
 import type { PrefixTable } from './prefixes';
 import { loadTunIo, type TunIo } from './native';
-import { ip as hostIp, ipJson as hostIpJson, type HostCtx } from '../host/ip';
+import { ip as hostIp, ipJson as hostIpJson, sysctl as hostSysctl, type HostCtx } from '../host/ip';
 import { NativeTun, type TunDevice } from './tun';
 import { EAGAIN, NativeUdp, type UdpBind } from './udp';
 import type { FromWorker, ToWorker, WorkerInit } from './sleeve-worker';
@@ -346,8 +346,20 @@ export class Sleeve {
       stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, now: () => this.clock.now(),
     });
     this.inline = dp;
-    this.tun.setReadable(() => dp.drainTun());
-    this.udp.setReadable(() => dp.drainUdp());
+    // An exception escaping a native poll callback would kill the process; an I/O error would fire on
+    // every poll. Stop that direction, say so, and report the path down in status.
+    const guard = (role: string, fn: () => void) => (): void => {
+      try {
+        fn();
+      } catch (e) {
+        this.tun.setReadable(null);
+        this.udp.setReadable(null);
+        this.workerFailure ??= `${role} data path stopped: ${errMsg(e)}`;
+        this.log.error({ role, err: errMsg(e) }, 'sleeve data path stopped');
+      }
+    };
+    this.tun.setReadable(guard('tx', () => dp.drainTun()));
+    this.udp.setReadable(guard('rx', () => dp.drainUdp()));
   }
 
   private startWorkers(): void {
@@ -372,7 +384,8 @@ export class Sleeve {
           case 'big': events.pathTooBig(m.slot); break;
           case 'ready': this.log.debug({ role: m.role }, 'sleeve worker ready'); break;
           case 'err':
-            this.log.error({ role: m.role, err: m.msg }, 'sleeve worker error');
+            if (m.fatal) this.workerFailure ??= `${m.role} data path stopped: ${m.msg}`;
+            this.log.error({ role: m.role, err: m.msg }, m.fatal ? 'sleeve data path stopped' : 'sleeve worker error');
             break;
         }
       });
@@ -654,9 +667,15 @@ export class Sleeve {
 export function kernelSleeveHost(
   ipFn: (args: string[]) => Promise<unknown>,
   reconciler: { setDesired(owner: string, routes: Array<{ dst: string; dev: string }>): void },
+  sysctlFn?: (key: string, value: string) => Promise<unknown>,
+  log?: Logger,
 ): SleeveHost {
   return {
     async tunUp(name, mtu) {
+      // The sleeve carries IPv4 only: without this the kernel sends IPv6 link-local chatter into the TUN.
+      if (sysctlFn) {
+        await sysctlFn(`net.ipv6.conf.${name}.disable_ipv6`, '1').catch((e) => log?.debug({ component: 'sleeve', err: errMsg(e) }, 'cannot disable IPv6 on the TUN'));
+      }
       await ipFn(['link', 'set', 'dev', name, 'mtu', String(mtu), 'up']);
     },
     setRoutes(routes) {
@@ -726,7 +745,7 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
     tun,
     udp,
     underlayMtu,
-    host: kernelSleeveHost((args) => hostIp(ctx, args), o.reconciler),
+    host: kernelSleeveHost((args) => hostIp(ctx, args), o.reconciler, (k, v) => hostSysctl(ctx, k, v), o.log),
   });
   try {
     await sleeve.start();

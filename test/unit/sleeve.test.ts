@@ -452,3 +452,22 @@ test('closing a handle stops its traffic and withdraws the path', async () => {
     lab.close();
   }
 });
+
+test('an I/O error in the packet loop stops that loop, is logged and shows in status (no crash, no busy loop)', async () => {
+  const { lab, a, ha } = await twoNodes(null);
+  try {
+    let reads = 0;
+    a.tun.readBatch = () => {
+      reads++;
+      throw new Error('EBADFD: device gone');
+    };
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7' }));
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7' }));
+    await lab.settle();
+    assert.equal(reads, 1, 'polling stopped after the error');
+    assert.equal(ha.status().overlay, null);
+    assert.match(ha.status().reason!, /tx data path stopped: EBADFD/);
+  } finally {
+    lab.close();
+  }
+});
