@@ -145,8 +145,9 @@ export function buildProgram(): Command {
   program.command('reset').description('stop the router and forget all its state (peer name, targets, ...)').option('--http-addr <host:port>', 'HTTP API address')
     .action(async (o: { httpAddr?: string }) => {
       await stopRouter(o, true, '/reset');
+      // everything the router persisted goes (identity, targets, endpoints, IPAM, DNS); the log stays for post-mortems
       const dir = dataDirFromEnv();
-      for (const f of ['peer-name', 'targets.json', 'router.pid']) fs.rmSync(path.join(dir, f), { force: true });
+      if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f !== 'weave.log') fs.rmSync(path.join(dir, f), { recursive: true, force: true });
     });
 
   program.command('connect').description('add connection targets').option('--replace', 'replace the targets with these').argument('<peers...>').option('--http-addr <host:port>', 'HTTP API address')
