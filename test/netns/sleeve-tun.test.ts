@@ -247,3 +247,77 @@ test('createSleeve in a namespace: detects the underlay MTU, opens and raises th
     await run(['ip', 'netns', 'del', ns], { allowFail: true });
   }
 });
+
+test('three sleeves in a line over real TUNs (worker threads): h1 reaches h3 through h2\'s relay', { timeout: 60_000 }, async () => {
+  const tio = io as TunIo;
+  const id = randomBytes(3).toString('hex');
+  const crypto = loadCrypto('sodium', silentLogger());
+  const lo = ip4ToU32('127.0.0.1')!;
+  const names = ['02:00:00:00:03:01', '02:00:00:00:03:02', '02:00:00:00:03:03'];
+  const nss = names.map((_, i) => `wsr${i}-${id}`);
+  const sleeves: Sleeve[] = [];
+  try {
+    for (const ns of nss) {
+      await run(['ip', 'netns', 'add', ns]);
+      await ipIn(ns, ['link', 'set', 'lo', 'up']);
+    }
+    // line topology: next hop towards anyone is the neighbour in that direction
+    const hop = (i: number, dst: PeerName): PeerName | undefined => {
+      const j = names.indexOf(dst);
+      if (j < 0 || j === i) return undefined;
+      return names[j > i ? i + 1 : i - 1];
+    };
+    const tables: PrefixTable[] = [];
+    for (let i = 0; i < 3; i++) {
+      const prefixes = new PrefixTable(names[i], realClock, silentLogger());
+      prefixes.setLocal([`10.32.${i + 1}.0/24`]);
+      tables.push(prefixes);
+      const routes = Object.assign(new EventEmitter(), { name: names[i], unicastNextHop: (d: PeerName) => hop(i, d) });
+      const tunName = `wtr${i}${id}`;
+      const s = new Sleeve({
+        name: names[i], clock: realClock, log: silentLogger(), crypto, routes, prefixes,
+        tun: new NativeTun(tio, tunName), udp: new NativeUdp(tio, lo, 0), underlayMtu: 1500,
+        host: {
+          tunUp: async (dev, mtu) => {
+            await run(['ip', 'link', 'set', 'dev', dev, 'netns', nss[i]]);
+            await ipIn(nss[i], ['link', 'set', 'dev', dev, 'mtu', String(mtu), 'up']);
+          },
+          setRoutes: () => {},
+        },
+      });
+      sleeves.push(s);
+      await s.start();
+      await ipIn(nss[i], ['addr', 'add', `10.32.${i + 1}.1/24`, 'dev', tunName]);
+      await ipIn(nss[i], ['route', 'add', '10.32.0.0/16', 'dev', tunName]);
+    }
+    for (const a of tables) for (const b of tables) if (a !== b) b.mergeUpdate(a.full());
+    assert.ok(sleeves.every((s) => s.mode === 'workers'));
+    const up: string[] = [];
+    const link = (i: number, j: number): void => {
+      const key = crypto.randomBytes(32);
+      const ends: Array<SleeveHandle | undefined> = [];
+      const feat = (k: number): Features => ({ name: names[k], nickname: names[k], uid: 'u', connId: `${i}${j}`, overlays: ['sleeve'], overlayParams: { sleeve: sleeves[k].overlayParams() }, trusted: false, listenPort: 6783 });
+      const conn = (self: number, other: number, to: number): MeshConnection => ({
+        id: `${i}${j}`, outbound: self === i, remoteAddr: '127.0.0.1:40000', localAddr: '127.0.0.1:6783', encrypted: true, sessionKey: key,
+        local: feat(self), remote: feat(other),
+        send: (_t, payload) => { const c = Buffer.from(payload); setImmediate(() => ends[to]?.onMessage(c)); },
+        close: () => {}, onMessage: () => {}, onClose: () => {},
+      });
+      ends[0] = sleeves[i].attach(conn(i, j, 1), { established: () => up.push(`${i}>${j}`), failed: (r) => up.push(`fail ${r}`) });
+      ends[1] = sleeves[j].attach(conn(j, i, 0), { established: () => up.push(`${j}>${i}`), failed: (r) => up.push(`fail ${r}`) });
+    };
+    link(0, 1);
+    link(1, 2);
+    await waitUntil(() => up.length >= 4, 'both links established', 5000);
+    assert.deepEqual(up.sort(), ['0>1', '1>0', '1>2', '2>1']);
+    const ping = await run(['ip', 'netns', 'exec', nss[0], 'ping', '-c', '3', '-i', '0.2', '-W', '2', '10.32.3.1'], { allowFail: true, timeoutMs: 15_000 });
+    assert.equal(ping.code, 0, ping.stdout + ping.stderr);
+    assert.match(ping.stdout, /ttl=63/, 'the relay decremented the TTL once');
+    const mid = sleeves[1].counters;
+    assert.ok(mid.relayedPackets >= 6, `relayed ${mid.relayedPackets}`);
+    assert.equal(mid.tunOutPackets, 0, 'nothing for h2 itself');
+  } finally {
+    for (const s of sleeves) await s.close();
+    for (const ns of nss) await run(['ip', 'netns', 'del', ns], { allowFail: true });
+  }
+});
