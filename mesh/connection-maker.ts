@@ -192,7 +192,8 @@ export class ConnectionMaker {
   peerLost(peer: PeerName, reason: string): void {
     const now = this.o.clock.now();
     for (const t of this.targetsByAddr.values()) {
-      if (t.peer !== peer || t.state === 'connecting') continue;
+      // 'failed': the attempt's own outcome (e.g. refused by the peer) already set code and retry
+      if (t.peer !== peer || t.state === 'connecting' || t.state === 'failed') continue;
       if (t.state === 'connected' && t.connectedAt !== undefined && now - t.connectedAt >= STABLE_MS) t.attempts = 0;
       t.state = 'retrying';
       t.info = reason;

@@ -57,7 +57,7 @@ export interface MeshOptions {
   protocolVersions?: { min: number; max: number };
   /** route/GC recompute debounce, default 20 ms */
   recomputeDelayMs?: number;
-  /** coalescing window for topology news and channel gossip, default 20 ms */
+  /** coalescing window for topology news and channel gossip, default 50 ms */
   newsDelayMs?: number;
   /** how long a never-reachable record is kept, default 10 s */
   gcGraceMs?: number;
@@ -78,6 +78,9 @@ interface Entry {
   target?: string;
   since: number;
   closed: boolean;
+  /** got the peer's first topology message: only then is the connection listed in our record, so a
+   * connection the other end refuses right away (connection limit ...) never churns the topology */
+  heard: boolean;
   overlayFailure?: string;
 }
 
@@ -91,11 +94,13 @@ export interface MeshStats {
   unknownMessages: number;
   topologyMessagesIn: number;
   topologyMessagesOut: number;
+  recomputes: number;
   gossipMessagesIn: number;
   gossipMessagesOut: number;
 }
 
 const SELF_COLLISION_WINDOW_MS = 60_000;
+const PULL_INTERVAL_MS = 1000;
 const SELF_COLLISION_MAX_BUMPS = 3;
 
 export class Mesh extends EventEmitter {
@@ -127,10 +132,11 @@ export class Mesh extends EventEmitter {
   private readonly unreachableSince = new Map<PeerName, number>();
   private lastEmittedGeneration = -1;
   private readonly selfAddresses = new Set<string>();
+  private readonly pulledAt = new Map<PeerName, number>();
   private readonly selfCollisions = new Map<string, { first: number; bumps: number; loggedAt: number }>();
   readonly stats: MeshStats = {
     protocolErrors: 0, refused: {}, unroutable: 0, noGossiper: 0, gossiperErrors: 0, handlerErrors: 0, unknownMessages: 0,
-    topologyMessagesIn: 0, topologyMessagesOut: 0, gossipMessagesIn: 0, gossipMessagesOut: 0,
+    topologyMessagesIn: 0, topologyMessagesOut: 0, recomputes: 0, gossipMessagesIn: 0, gossipMessagesOut: 0,
   };
 
   constructor(o: MeshOptions) {
@@ -145,7 +151,7 @@ export class Mesh extends EventEmitter {
     this.discovery = o.discovery ?? true;
     this.gossipIntervalMs = o.gossipIntervalMs ?? 30_000;
     this.recomputeDelayMs = o.recomputeDelayMs ?? 20;
-    this.newsDelayMs = o.newsDelayMs ?? 20;
+    this.newsDelayMs = o.newsDelayMs ?? 50;
     this.gcGraceMs = o.gcGraceMs ?? 10_000;
     this.topology = new Topology(o.identity);
     this.routes = new Routes(this.name);
@@ -161,7 +167,8 @@ export class Mesh extends EventEmitter {
       hooks: {
         dial: (a) => this.dial(a),
         connectedTo: (p) => this.conns.has(p),
-        mayDialDiscovered: () => this.conns.size + this.inflightDials < this.connLimit,
+        // half: leave room for inbound connections from peers that name us as a target
+        mayDialDiscovered: () => this.conns.size + this.inflightDials < Math.max(1, Math.floor(this.connLimit / 2)),
       },
     });
   }
@@ -361,6 +368,8 @@ export class Mesh extends EventEmitter {
     this.log.warn({ code, peer: conn.remote.name, nickname: conn.remote.nickname, uid: conn.remote.uid, remote: conn.remoteAddr, outbound: conn.outbound }, message);
     conn.onMessage = () => {};
     conn.onClose = () => {};
+    this.stats.topologyMessagesOut++;
+    conn.send(Msg.Topology, encodeTopology({ kind: TopoKind.Refused, code, message }));
     conn.close(`${code}: ${message}`);
     if (target) this.cm.attemptFailed(target, code, message, { peer: conn.remote.name, slow });
   }
@@ -411,6 +420,8 @@ export class Mesh extends EventEmitter {
       this.conns.delete(r.name);
       old.close('duplicate connection');
       if (existing.target && existing.target !== target) this.cm.attemptSucceeded(existing.target, r.name);
+      this.register(conn, target, existing.heard);
+      return;
     } else if (this.conns.size >= this.connLimit) {
       this.refuse(conn, 'ECONNLIMIT', `connection limit ${this.connLimit} reached`, target);
       return;
@@ -418,10 +429,10 @@ export class Mesh extends EventEmitter {
     this.register(conn, target);
   }
 
-  private register(conn: MeshConnection, target: string | undefined): void {
+  private register(conn: MeshConnection, target: string | undefined, heard = false): void {
     const peer = conn.remote.name;
     const address = conn.outbound ? conn.remoteAddr : `${hostOf(conn.remoteAddr)}:${conn.remote.listenPort}`;
-    const e: Entry = { conn, peer, state: 'pending', address, target, since: this.clock.now(), closed: false };
+    const e: Entry = { conn, peer, state: 'pending', address, target, since: this.clock.now(), closed: false, heard };
     this.conns.set(peer, e);
     conn.onMessage = (type, payload) => this.onMessage(e, type, payload);
     conn.onClose = (reason) => this.onClose(e, reason);
@@ -482,7 +493,7 @@ export class Mesh extends EventEmitter {
 
   private updateLocalConnections(): void {
     const list: ConnInfo[] = [];
-    for (const e of this.conns.values()) list.push({ name: e.peer, address: e.address, outbound: e.conn.outbound, established: e.state === 'established' });
+    for (const e of this.conns.values()) if (e.heard) list.push({ name: e.peer, address: e.address, outbound: e.conn.outbound, established: e.state === 'established' });
     if (this.topology.setLocalConnections(list)) this.news(this.name, null);
   }
 
@@ -531,6 +542,18 @@ export class Mesh extends EventEmitter {
   }
 
   private onTopology(e: Entry, m: TopologyMsg): void {
+    if (m.kind === TopoKind.Refused) {
+      this.countRefused(m.code);
+      this.log.warn({ peer: e.peer, remote: e.conn.remoteAddr, code: m.code }, `peer refused the connection: ${m.message}`);
+      e.conn.close(`refused by peer: ${m.code}: ${m.message}`);
+      if (e.target) this.cm.attemptFailed(e.target, m.code, `refused by peer: ${m.message}`, { peer: e.peer });
+      return;
+    }
+    if (!e.heard) {
+      e.heard = true;
+      this.linkChanged.add(e.peer);
+      this.updateLocalConnections();
+    }
     switch (m.kind) {
       case TopoKind.Records: {
         const res = this.topology.merge(m.peers);
@@ -579,7 +602,8 @@ export class Mesh extends EventEmitter {
   }
 
   private news(name: PeerName, from: PeerName | null): void {
-    if (!this.pendingNews.has(name) || from === null) this.pendingNews.set(name, from);
+    // the latest source: it is the one neighbour known to hold the version we will send
+    this.pendingNews.set(name, from);
     this.scheduleRecompute();
     if (!this.newsTimer && !this.stopped) this.newsTimer = this.clock.setTimeout(() => this.flushNews(), this.newsDelayMs);
   }
@@ -619,6 +643,12 @@ export class Mesh extends EventEmitter {
     }
     this.linkChanged.clear();
     if (!items.length) return;
+    // A neighbour with few connections hears news only from few peers, each of which may skip it in
+    // its random pick: always include those, so the flood covers tree-like parts of the graph.
+    for (const e of this.conns.values()) {
+      const r = this.topology.get(e.peer);
+      if (!r || r.connections.length < 3) targets.add(e);
+    }
     for (const e of targets) {
       const recs = items.filter(([, from]) => from !== e.peer).map(([r]) => r);
       if (recs.length) this.sendTopology(e, { kind: TopoKind.Records, peers: recs, want: [] });
@@ -726,6 +756,7 @@ export class Mesh extends EventEmitter {
 
   private recompute(): void {
     if (this.stopped) return;
+    this.stats.recomputes++;
     const adj = this.topology.adjacency();
     const reach = this.topology.reachable(adj);
     const now = this.clock.now();
@@ -762,12 +793,36 @@ export class Mesh extends EventEmitter {
     }
     if (routesChanged) this.emit('routesChanged');
     if (this.discovery) this.cm.setDiscovered(this.discovered());
+    this.pullMissing(now);
     if (nextGc < Infinity && !this.recomputeTimer) {
       this.recomputeTimer = this.clock.setTimeout(() => {
         this.recomputeTimer = undefined;
         this.recompute();
       }, Math.max(this.recomputeDelayMs, nextGc - now));
     }
+  }
+
+  /**
+   * Peers that reachable records list as established but we hold no record of (dropped during a
+   * transient, or their news missed us): ask a few neighbours for them rather than wait for the
+   * periodic round.
+   */
+  private pullMissing(now: number): void {
+    let missing: PeerName[] | undefined;
+    for (const r of this.topology.records()) {
+      for (const c of r.connections) {
+        if (!c.established || c.name === this.name || this.topology.get(c.name)) continue;
+        const last = this.pulledAt.get(c.name);
+        if (last !== undefined && now - last < PULL_INTERVAL_MS) continue;
+        this.pulledAt.set(c.name, now);
+        (missing ??= []).push(c.name);
+      }
+    }
+    if (!missing) return;
+    if (this.pulledAt.size > 4 * this.topology.size() + 100) {
+      for (const [n, t] of this.pulledAt) if (now - t >= PULL_INTERVAL_MS) this.pulledAt.delete(n);
+    }
+    for (const e of this.randomNeighbours(2)) this.sendTopology(e, { kind: TopoKind.Records, peers: [], want: missing });
   }
 
   /** Addresses other peers report for peers we have no connection with. */

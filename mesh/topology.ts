@@ -43,6 +43,8 @@ export const TopoKind = {
   Digest: 1,
   /** hash of the sender's digest: cheap periodic check that neighbours agree */
   Hash: 2,
+  /** the sender refuses this connection (code + reason) and is about to close it */
+  Refused: 3,
 } as const;
 
 export type DigestEntry = [PeerName, string, number];
@@ -50,7 +52,8 @@ export type DigestEntry = [PeerName, string, number];
 export type TopologyMsg =
   | { kind: 0; peers: PeerRecord[]; want: PeerName[] }
   | { kind: 1; digest: DigestEntry[] }
-  | { kind: 2; hash: string };
+  | { kind: 2; hash: string }
+  | { kind: 3; code: string; message: string };
 
 /** Does record a (uid, version) supersede b? */
 export function newerThan(a: { uid: string; version: number }, b: { uid: string; version: number }): boolean {
@@ -260,6 +263,7 @@ function sameConns(a: ConnInfo[], b: ConnInfo[]): boolean {
 // {v:1, k: 0, p: [[name, nickname, uid, version, [[name, address, outbound 0|1, established 0|1], ...]], ...], w?: [name...]}
 // {v:1, k: 1, d: [[name, uid, version], ...]}
 // {v:1, k: 2, h: string}
+// {v:1, k: 3, c: code, m: message}
 // Records are arrays rather than maps: a 1000-peer view is sent often enough that repeating keys matters.
 
 function recordToWire(r: PeerRecord): unknown[] {
@@ -274,6 +278,8 @@ export function encodeTopology(m: TopologyMsg): Uint8Array {
       return encodeMsg({ v: TOPOLOGY_WIRE_VERSION, k: 1, d: m.digest });
     case TopoKind.Hash:
       return encodeMsg({ v: TOPOLOGY_WIRE_VERSION, k: 2, h: m.hash });
+    case TopoKind.Refused:
+      return encodeMsg({ v: TOPOLOGY_WIRE_VERSION, k: 3, c: m.code, m: m.message });
   }
 }
 
@@ -305,7 +311,7 @@ function decodeRecord(v: unknown, i: number): PeerRecord {
 export function decodeTopology(buf: Uint8Array): TopologyMsg {
   const o = wantObject(decodeMsg(buf, 'topology'), 'topology');
   wantVersion(o, 'topology', TOPOLOGY_WIRE_VERSION);
-  const k = wantInt(o.k, 'topology kind', 0, 2);
+  const k = wantInt(o.k, 'topology kind', 0, 3);
   if (k === TopoKind.Records) {
     const raw = wantArray(o.p, 'topology records', MAX_PEERS);
     const peers = raw.map(decodeRecord);
@@ -322,5 +328,8 @@ export function decodeTopology(buf: Uint8Array): TopologyMsg {
     });
     return { kind: 1, digest };
   }
-  return { kind: 2, hash: wantString(o.h, 'topology hash', 64) };
+  if (k === TopoKind.Hash) return { kind: 2, hash: wantString(o.h, 'topology hash', 64) };
+  const code = wantString(o.c, 'topology refusal code', 32);
+  if (!/^E[A-Z]+$/.test(code)) throw new ProtocolError('topology refusal: invalid code');
+  return { kind: 3, code, message: wantString(o.m, 'topology refusal message', 1024) };
 }

@@ -274,7 +274,12 @@ export class FakeUnderlay {
     if (d.head >= d.queue.length) {
       d.queue = [];
       d.head = 0;
-    } else if (!to.closed) {
+    } else if (d.head > 64) {
+      // a busy connection never drains completely: drop delivered items so payloads can be freed
+      d.queue = d.queue.slice(d.head);
+      d.head = 0;
+    }
+    if (d.head < d.queue.length && !to.closed) {
       d.timer = this.clock.setTimeout(() => this.drain(to), d.queue[d.head].at - now);
     }
   }
@@ -332,6 +337,81 @@ export function seededRandom(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+interface HeapTimer { at: number; seq: number; fn: () => void; cancelled: boolean }
+
+/**
+ * FakeClock's semantics (timers fire only from advance(), in (time, creation) order) on a binary
+ * heap: FakeClock scans every pending timer per firing, which is quadratic with the ~10^4 timers a
+ * 1000-peer simulation keeps pending.
+ */
+export class HeapClock implements Clock {
+  private t: number;
+  private seq = 0;
+  private heap: HeapTimer[] = [];
+  constructor(start = 1_000_000) {
+    this.t = start;
+  }
+  now(): number {
+    return this.t;
+  }
+  setTimeout(fn: () => void, ms: number): TimerHandle {
+    const timer: HeapTimer = { at: this.t + Math.max(0, ms), seq: this.seq++, fn, cancelled: false };
+    this.push(timer);
+    return timer as unknown as TimerHandle;
+  }
+  clearTimeout(h: TimerHandle | undefined): void {
+    if (h) (h as unknown as HeapTimer).cancelled = true;
+  }
+  pending(): number {
+    return this.heap.filter((x) => !x.cancelled).length;
+  }
+  advance(ms: number): void {
+    const end = this.t + ms;
+    while (this.heap.length && this.heap[0].at <= end) {
+      const next = this.pop();
+      if (next.cancelled) continue;
+      next.cancelled = true;
+      this.t = Math.max(this.t, next.at);
+      next.fn();
+    }
+    this.t = end;
+  }
+  private less(a: HeapTimer, b: HeapTimer): boolean {
+    return a.at < b.at || (a.at === b.at && a.seq < b.seq);
+  }
+  private push(x: HeapTimer): void {
+    const h = this.heap;
+    h.push(x);
+    let i = h.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (!this.less(h[i], h[p])) break;
+      [h[i], h[p]] = [h[p], h[i]];
+      i = p;
+    }
+  }
+  private pop(): HeapTimer {
+    const h = this.heap;
+    const top = h[0];
+    const last = h.pop()!;
+    if (h.length) {
+      h[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < h.length && this.less(h[l], h[m])) m = l;
+        if (r < h.length && this.less(h[r], h[m])) m = r;
+        if (m === i) break;
+        [h[i], h[m]] = [h[m], h[i]];
+        i = m;
+      }
+    }
+    return top;
+  }
 }
 
 /** Peer i's name: deterministic, valid, ordered like i. */
