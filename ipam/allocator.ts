@@ -44,9 +44,16 @@ export interface AllocatorOptions {
   consensusRetryMs?: number;
   /** how long handOver waits for the receiver's ack (ms) */
   handOverTimeoutMs?: number;
+  /**
+   * Called (synchronously, possibly from inside the constructor) after every change of the ring as
+   * seen here, so the router can re-announce the prefixes it owns. Must not call back into the allocator.
+   */
+  onRingChanged?: () => void;
 }
 
 export const DEFAULT_RANGE = '10.32.0.0/12';
+/** SpaceRequest.donor while no owner of the subnet is reachable (the reason then names the owners) */
+const NO_DONOR = '(none reachable)';
 
 interface PendingAlloc {
   ident: string;
@@ -106,6 +113,7 @@ export class Allocator implements Gossiper {
   private readonly requestTimeoutMs: number;
   private readonly consensusRetryMs: number;
   private readonly handOverTimeoutMs: number;
+  private readonly onRingChanged: () => void;
 
   private ring: Ring;
   private readonly space = new Space();
@@ -149,6 +157,7 @@ export class Allocator implements Gossiper {
     this.requestTimeoutMs = o.requestTimeoutMs ?? 2000;
     this.consensusRetryMs = o.consensusRetryMs ?? 5000;
     this.handOverTimeoutMs = o.handOverTimeoutMs ?? 5000;
+    this.onRingChanged = o.onRingChanged ?? (() => undefined);
     this.ring = new Ring(this.range);
     this.loadPersisted();
     if (this.ring.isEmpty() && o.init.mode === 'seed') {
@@ -571,7 +580,7 @@ export class Allocator implements Gossiper {
     for (const [key, sn] of needSpace) {
       if (!this.requests.has(key)) this.requestSpace(sn, 0);
       const r = this.requests.get(key);
-      const reason = r ? `no free address in ${key}: asked ${r.donor} for space (attempt ${r.attempts + 1})` : this.noDonorReason(sn);
+      const reason = r && r.donor !== NO_DONOR ? `no free address in ${key}: asked ${r.donor} for space (attempt ${r.attempts + 1})` : this.noDonorReason(sn);
       for (const op of this.pending) if (formatCidr(op.subnet) === key) op.reason = reason;
     }
   }
@@ -615,7 +624,7 @@ export class Allocator implements Gossiper {
     if (order.length === 0) {
       // nobody to ask now; look again later (peers may become reachable, rmpeer may happen)
       const timer = this.clock.setTimeout(() => this.retryRequest(key, sn, attempts + 1), this.requestTimeoutMs);
-      this.requests.set(key, { timer, donor: '(none reachable)', attempts });
+      this.requests.set(key, { timer, donor: NO_DONOR, attempts });
       for (const op of this.pending) if (formatCidr(op.subnet) === key) op.reason = this.noDonorReason(sn);
       return;
     }
@@ -723,6 +732,7 @@ export class Allocator implements Gossiper {
       for (const f of w) f();
     }
     if (ours) this.channel?.gossipBroadcast(this.snapshot());
+    this.onRingChanged();
     this.tryPending();
   }
 
