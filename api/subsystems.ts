@@ -1,4 +1,7 @@
 // The subsystems this build of the router runs, in start order. One line each.
 import type { SubsystemModule } from './subsystem';
+import { ipamModule } from './ipam-subsystem';
 
-export const SUBSYSTEMS: SubsystemModule[] = [];
+export const SUBSYSTEMS: SubsystemModule[] = [
+  ipamModule,
+];
