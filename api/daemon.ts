@@ -18,10 +18,12 @@ import { PROTOCOL_MIN_VERSION, PROTOCOL_MAX_VERSION } from '../mesh/wire';
 import { RouteReconciler } from '../host/routes';
 import { Endpoints, EndpointInfo } from '../router/endpoints';
 import { SUBSYSTEMS } from './subsystems';
+import { PrefixTable, PREFIXES_CHANNEL } from '../router/prefixes';
+import { createSleeve, Sleeve, RouteSource } from '../router/sleeve';
+import { sysctl } from '../host/ip';
+import type { PeerName } from '../mesh/peer';
 import type { AttachRequest, DaemonContext, Subsystem } from './subsystem';
 
-/** Container MTU until the data path measures the path: underlay 1500 minus sleeve overhead. */
-const DEFAULT_CONTAINER_MTU = 1410;
 const ROUTE_RESYNC_MS = 10_000;
 
 export const VERSION: string = (() => {
@@ -111,6 +113,34 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     clock,
     log: componentLogger(root, 'transport'),
   });
+  const hostCtx = {};
+  const routes = new RouteReconciler({ ctx: hostCtx, log: componentLogger(root, 'routes'), clock });
+  // Container traffic crosses this host's kernel (veth -> TUN and back), and relays forward it.
+  await sysctl(hostCtx, 'net.ipv4.ip_forward', '1');
+
+  // The sleeve needs the mesh's routes and the mesh needs the sleeve as its overlay: the route
+  // source is a late-bound view of the mesh, so the sleeve can be built first.
+  let meshRef: Mesh | undefined;
+  const routeSource: RouteSource = {
+    name: identity.name,
+    unicastNextHop: (dst: PeerName) => meshRef?.unicastNextHop(dst),
+    on: (ev, fn) => meshRef?.on(ev, fn),
+    off: (ev, fn) => meshRef?.off(ev, fn),
+  };
+  const prefixes = new PrefixTable(identity.name, clock, componentLogger(root, 'prefixes'));
+  const sleeve: Sleeve = await createSleeve({
+    name: identity.name,
+    clock,
+    log: componentLogger(root, 'sleeve'),
+    crypto,
+    routes: routeSource,
+    prefixes,
+    reconciler: routes,
+    ctx: hostCtx,
+    port: cfg.port,
+    bindIp: cfg.host || undefined,
+  });
+
   const targetStore = new FileTargetStore(path.join(cfg.dataDir, 'targets.json'), log);
   if (!cfg.resume) targetStore.save(cfg.peers);
   const mesh = new Mesh({
@@ -122,20 +152,30 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     port: cfg.port,
     connLimit: cfg.connLimit,
     discovery: cfg.discovery,
-    overlays: [],
-    overlayParams: {},
+    overlays: ['sleeve'],
+    overlayParams: { sleeve: sleeve.overlayParams() },
+    overlay: sleeve,
     targetStore,
   });
+  meshRef = mesh;
+  prefixes.setChannel(mesh.newGossip(PREFIXES_CHANNEL, prefixes));
+  // Announcements of peers that left the topology must not keep attracting traffic. Only peers that
+  // were reachable and no longer are: a peer whose gossip arrives before its connection is
+  // established must not be tombstoned.
+  let livePeers = new Set(mesh.peerNames());
+  mesh.on('peersChanged', () => {
+    const live = new Set(mesh.peerNames());
+    for (const p of livePeers) if (!live.has(p)) prefixes.removePeer(p);
+    livePeers = live;
+  });
 
-  const hostCtx = {};
-  const routes = new RouteReconciler({ ctx: hostCtx, log: componentLogger(root, 'routes'), clock });
   const endpoints = new Endpoints({
     ctx: hostCtx,
     log: componentLogger(root, 'endpoints'),
     clock,
     dataDir: cfg.dataDir,
     routes,
-    mtu: () => DEFAULT_CONTAINER_MTU,
+    mtu: () => sleeve.tunMtu,
   });
 
   const startedAt = Date.now();
@@ -162,8 +202,26 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       exposed: endpoints.exposedAddrs(),
       routes: routes.stats(),
     },
+    sleeve: sleeveReport(),
     ...Object.fromEntries(subsystems.filter((x) => x.report).map((x) => [x.name, x.report!()])),
   });
+
+  const sleeveReport = () => {
+    const c = sleeve.counters;
+    return {
+      summary: { Mode: sleeve.mode, TunMtu: sleeve.tunMtu, UnderlayMtu: sleeve.underlayMtu },
+      tunMtu: sleeve.tunMtu,
+      underlayMtu: sleeve.underlayMtu,
+      mode: sleeve.mode,
+      counters: c,
+      dropped: {
+        replay: c.dropReplay, badMac: c.dropBadMac, malformed: c.dropMalformed, notIpv4: c.dropNotIpv4,
+        unknownPeer: c.dropUnknownConn, unknownDest: c.dropUnknownDest, noRoute: c.dropNoRoute, tooBig: c.dropTooBig,
+        ttl: c.dropTtl, loop: c.dropLoop, sendError: c.dropSendError, tunFull: c.dropTunFull,
+      },
+      prefixes: Object.fromEntries(prefixes.all()),
+    };
+  };
 
   const metrics = (): string => {
     const m = new MetricsWriter();
@@ -184,6 +242,9 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     m.counter('weave_control_bytes_total', 'Control-plane bytes.', tc.bytesIn, { direction: 'in' });
     m.counter('weave_control_bytes_total', 'Control-plane bytes.', tc.bytesOut, { direction: 'out' });
     m.counter('weave_api_requests_total', 'HTTP API requests.', api.requests);
+    const sr = sleeveReport();
+    for (const [reason, n] of Object.entries(sr.dropped)) m.counter('weave_sleeve_dropped_total', 'Sleeve datagrams and packets dropped, by reason.', n, { reason });
+    for (const [k, v] of Object.entries(sr.counters)) if (!k.startsWith('drop')) m.counter(`weave_sleeve_${k.replace(/[A-Z]/g, (x) => `_${x.toLowerCase()}`)}_total`, `Sleeve counter ${k}.`, v);
     for (const x of subsystems) x.metrics?.(m);
     return m.text();
   };
@@ -195,6 +256,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
         await api.close().catch((e) => log.warn({ err: errMsg(e) }, 'API close failed'));
         for (const x of [...subsystems].reverse()) await x.stop?.().catch((e: unknown) => log.warn({ subsystem: x.name, err: errMsg(e) }, 'subsystem stop failed'));
         await mesh.stop().catch((e) => log.warn({ err: errMsg(e) }, 'mesh stop failed'));
+        await sleeve.close().catch((e) => log.warn({ err: errMsg(e) }, 'sleeve close failed'));
         routes.stop();
         try {
           if (runningPid(cfg.dataDir) === process.pid || fs.readFileSync(pidFile(cfg.dataDir), 'utf8').trim() === String(process.pid)) fs.rmSync(pidFile(cfg.dataDir), { force: true });
@@ -282,8 +344,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     },
   };
   const onServedChanged = (): void => {
-    // the prefixes gossip (sleeve integration) reads servedPrefixes(); until then this only logs
-    log.debug({ served: servedPrefixes() }, 'served prefixes changed');
+    prefixes.setLocal(servedPrefixes());
   };
   const servedPrefixes = (): string[] => [...new Set([...endpoints.servedPrefixes(), ...[...announced.values()].flat()])].sort();
   endpoints.on('changed', onServedChanged);
@@ -293,6 +354,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   const restored = await endpoints.restore();
   if (restored.kept || restored.dropped) log.info(restored, 'endpoints restored from the data dir');
   routes.start(ROUTE_RESYNC_MS);
+  prefixes.setLocal(servedPrefixes());
   await mesh.start();
   for (const x of subsystems) await x.start?.();
   if (!cfg.resume && cfg.peers.length) mesh.connect(cfg.peers);

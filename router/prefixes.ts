@@ -111,7 +111,11 @@ export class PrefixTable implements Gossiper {
     const next = { version: mine.version + 1, prefixes: canon };
     this.entries.set(this.self, next);
     this.log.info({ prefixes: canon, version: next.version }, 'announcing prefixes');
-    this.channel?.gossipBroadcast(new PrefixUpdate(new Map([[this.self, next]])));
+    // Broadcast reaches every peer at once where routes exist; neighbour gossip also reaches peers
+    // whose connection is still pending (no broadcast route yet) and floods on from there.
+    const update = new PrefixUpdate(new Map([[this.self, next]]));
+    this.channel?.gossipBroadcast(update);
+    this.channel?.gossip(update);
     this.changed();
   }
 
