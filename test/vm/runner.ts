@@ -32,6 +32,8 @@ export interface VmOptions {
   memMb?: number;
   /** the guest is killed after this long (its result is then missing: VmError) */
   timeoutMs?: number;
+  /** extra kernel command line words (e.g. 'loglevel=7' with WEAVE_VM_KEEP=1 to read the boot log) */
+  kernelArgs?: string[];
   /** default $WEAVE_VM_CACHE or /var/cache/weave-test */
   cacheDir?: string;
   log?: Logger;
@@ -236,6 +238,9 @@ export async function runInVm(cmd: string[], opts: VmOptions = {}): Promise<VmRe
       'con=null', 'ssl=null', 'con0=null,fd:3', 'quiet', 'loglevel=4', 'panic=-1',
       // unknown name=value boot parameters reach init as environment variables
       `WEAVEVM_CTL=${ctl}`,
+      // UML keeps its mconsole socket under uml_dir (default ~/.uml): keep it in the throwaway dir
+      `uml_dir=${ctl}`,
+      ...(opts.kernelArgs ?? []),
     ];
     const t0 = clock.now();
     const t0Wall = Date.now(); // the guest stamps the command's start with the same wall clock (UML shares it)
