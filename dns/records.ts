@@ -10,6 +10,8 @@
 //   - entries whose origin the mesh says is gone are dropped (removePeer / updatePeers) and the origin
 //     is remembered as departed: its entries relayed by third parties that have not noticed yet are
 //     ignored until the mesh sees that peer again, so a dead peer's records are not resurrected.
+//     Ignored, not lost: they are parked (bounded) and merged when the mesh shows the origin again,
+//     because a restarted peer's full state often arrives just before the topology says it is back.
 //     (Peers we have not heard of yet are accepted: gossip may arrive before the topology does.)
 //
 // Restart, two ways that add up:
@@ -40,6 +42,8 @@ const ENTRIES_PER_MESSAGE = 2000;
 /** Upper bound on entries accepted in one message: a decoder must not be made to allocate without limit. */
 const MAX_ENTRIES_PER_MESSAGE = 100_000;
 const MAX_CONTAINER_ID = 128;
+/** Bound on entries of departed origins held for their return. */
+const MAX_PARKED = 100_000;
 
 export interface DnsEntry {
   /** lowercased FQDN with the trailing dot: "web.weave.local." */
@@ -236,6 +240,8 @@ export interface DnsStoreCounters {
   peersRemoved: number;
   persistErrors: number;
   loadedFromDisk: number;
+  /** entries of a departed origin merged when it came back */
+  unparked: number;
 }
 
 export class DnsStore implements Gossiper {
@@ -246,6 +252,8 @@ export class DnsStore implements Gossiper {
   private readonly gcIntervalMs: number;
   /** origins the mesh told us are gone -> when; their entries are ignored until they are seen again */
   private readonly departed = new Map<PeerName, number>();
+  /** entries of departed origins, best version per key, merged if the origin comes back */
+  private readonly parked = new Map<string, StoredEntry>();
   /** the last reachable set from the mesh (null until updatePeers is first called) */
   private live: Set<PeerName> | null = null;
   /** peers seen reachable at some point: when they leave the set they are gone */
@@ -277,6 +285,7 @@ export class DnsStore implements Gossiper {
     peersRemoved: 0,
     persistErrors: 0,
     loadedFromDisk: 0,
+    unparked: 0,
   };
   private readonly persistence: DnsPersistence | null;
 
@@ -410,12 +419,28 @@ export class DnsStore implements Gossiper {
   updatePeers(live: Iterable<PeerName>): void {
     const set = new Set(live);
     this.live = set;
+    const back = new Set<PeerName>();
     for (const p of set) {
       this.known.add(p);
-      this.departed.delete(p);
+      if (this.departed.delete(p)) back.add(p);
       this.unknownSince.delete(p);
     }
     this.reconcilePeers();
+    if (back.size && this.parked.size) this.unpark(back);
+  }
+
+  private unpark(origins: Set<PeerName>): void {
+    const revived: StoredEntry[] = [];
+    for (const [k, e] of this.parked) {
+      if (!origins.has(e.origin)) continue;
+      this.parked.delete(k);
+      revived.push(e);
+    }
+    if (!revived.length) return;
+    const delta = this.mergeEntries(revived);
+    this.counters.unparked += revived.length;
+    // pass them on: neighbours that dropped them too may not hear from the origin directly
+    if (delta && this.channel) this.channel.gossip(delta);
   }
 
   private reconcilePeers(): void {
@@ -446,6 +471,7 @@ export class DnsStore implements Gossiper {
   removePeer(p: PeerName): number {
     if (p === this.self) return 0;
     this.departed.set(p, this.clock.now());
+    for (const [k, e] of this.parked) if (e.origin === p) this.parked.delete(k);
     let n = 0;
     for (const [k, e] of this.entries) {
       if (e.origin === p) {
@@ -479,6 +505,7 @@ export class DnsStore implements Gossiper {
     if (own) this.saveOwn();
     this.counters.tombstonesCollected += n;
     for (const [p, at] of this.departed) if (now - at >= this.tombstoneTtlMs) this.departed.delete(p);
+    for (const [k, e] of this.parked) if (now - e.changedAt >= this.unknownGraceMs) this.parked.delete(k);
     this.reconcilePeers();
     return n;
   }
@@ -556,6 +583,8 @@ export class DnsStore implements Gossiper {
         if (!cur && e.version <= this.ownGcFloor) continue;
       } else if (this.departed.has(e.origin)) {
         this.counters.entriesIgnoredDeadOrigin++;
+        const p = this.parked.get(k);
+        if ((p ? beats(e, p) : this.parked.size < MAX_PARKED)) this.parked.set(k, { ...copyEntry(e), changedAt: now });
         continue;
       }
       if (cur && !beats(e, cur)) continue;

@@ -3,24 +3,52 @@
 // finds them where Weave users look). /32 with noprefixroute: a subnet route on a carrier-less link
 // would swallow overlay traffic that has no more specific route. Masquerade for the overlay's traffic to
 // the outside is one chain of ours in the shared nftables table `inet weave`; nothing else is touched.
-import { HostCtx, ipBatch, nftApply, nftExists, nftJson } from './ip';
-import { linkAddrs4, linkByName } from './links';
+import { HostCtx, ipBatch, ipJson, nftApply, nftExists, nftJson } from './ip';
+import { linkByName } from './links';
 
 export const EXPOSE_LINK = 'weave';
 export const NFT_TABLE = 'weave';
 export const EXPOSE_NAT_CHAIN = 'expose-nat';
 
-/** Puts exactly `ips` (bare addresses) on the expose link, creating it, or deletes it when empty. */
+/**
+ * Addresses on the expose link as "a.b.c.d/len", split by owner: expose's own carry the plain link
+ * name as label; others (the DNS address, label "weave:dns") belong to whoever labelled them.
+ */
+export async function exposeLinkAddrs(ctx: HostCtx): Promise<{ own: string[]; foreign: Array<{ cidr: string; label: string }> }> {
+  const own: string[] = [];
+  const foreign: Array<{ cidr: string; label: string }> = [];
+  if (!(await linkByName(ctx, EXPOSE_LINK))) return { own, foreign };
+  const rows = await ipJson<Array<{ addr_info?: Array<{ family: string; local: string; prefixlen: number; label?: string }> }>>(ctx, ['addr', 'show', 'dev', EXPOSE_LINK]);
+  for (const r of rows) {
+    for (const a of r.addr_info ?? []) {
+      if (a.family !== 'inet') continue;
+      const cidr = `${a.local}/${a.prefixlen}`;
+      if (a.label === undefined || a.label === EXPOSE_LINK) own.push(cidr);
+      else foreign.push({ cidr, label: a.label });
+    }
+  }
+  return { own, foreign };
+}
+
+/** ip batch lines that create the expose link if it is missing and bring it up (shared with host/dns-addr.ts). */
+export async function ensureExposeLinkLines(ctx: HostCtx, mtu: number): Promise<string[]> {
+  const link = await linkByName(ctx, EXPOSE_LINK);
+  return [...(link ? [] : [`link add ${EXPOSE_LINK} mtu ${mtu} type bridge`]), `link set ${EXPOSE_LINK} up`];
+}
+
+/**
+ * Puts exactly `ips` (bare addresses) on the expose link, creating it, or deletes it when empty.
+ * Addresses other owners labelled (see exposeLinkAddrs) are left alone and keep the link alive.
+ */
 export async function syncExposeLink(ctx: HostCtx, ips: string[], mtu: number): Promise<void> {
   const link = await linkByName(ctx, EXPOSE_LINK);
-  if (ips.length === 0) {
+  const cur = await exposeLinkAddrs(ctx);
+  if (ips.length === 0 && cur.foreign.length === 0) {
     if (link) await ipBatch(ctx, [`link del ${EXPOSE_LINK}`]);
     return;
   }
-  const lines: string[] = [];
-  if (!link) lines.push(`link add ${EXPOSE_LINK} mtu ${mtu} type bridge`);
-  lines.push(`link set ${EXPOSE_LINK} up`);
-  const have = new Set(link ? await linkAddrs4(ctx, EXPOSE_LINK) : []);
+  const lines: string[] = await ensureExposeLinkLines(ctx, mtu);
+  const have = new Set(cur.own);
   const want = new Set(ips.map((ip) => `${ip}/32`));
   for (const a of have) if (!want.has(a)) lines.push(`addr del ${a} dev ${EXPOSE_LINK}`);
   for (const a of want) if (!have.has(a)) lines.push(`addr add ${a} dev ${EXPOSE_LINK} noprefixroute`);
