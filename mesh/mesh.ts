@@ -124,6 +124,7 @@ export class Mesh extends EventEmitter {
   private started = false;
   private stopped = false;
   private recomputeTimer: TimerHandle | undefined;
+  private gcTimer: TimerHandle | undefined;
   private newsTimer: TimerHandle | undefined;
   private periodicTimer: TimerHandle | undefined;
   private readonly pendingNews = new Map<PeerName, PeerName | null>(); // name -> neighbour it came from
@@ -195,7 +196,7 @@ export class Mesh extends EventEmitter {
     if (this.stopped) return;
     this.stopped = true;
     this.cm.stop();
-    for (const t of [this.recomputeTimer, this.newsTimer, this.periodicTimer]) this.clock.clearTimeout(t);
+    for (const t of [this.recomputeTimer, this.gcTimer, this.newsTimer, this.periodicTimer]) this.clock.clearTimeout(t);
     for (const ch of this.channels.values()) ch.stop();
     for (const e of [...this.conns.values()]) {
       e.closed = true;
@@ -794,10 +795,12 @@ export class Mesh extends EventEmitter {
     if (routesChanged) this.emit('routesChanged');
     if (this.discovery) this.cm.setDiscovered(this.discovered());
     this.pullMissing(now);
-    if (nextGc < Infinity && !this.recomputeTimer) {
-      this.recomputeTimer = this.clock.setTimeout(() => {
-        this.recomputeTimer = undefined;
-        this.recompute();
+    this.clock.clearTimeout(this.gcTimer);
+    this.gcTimer = undefined;
+    if (nextGc < Infinity) {
+      this.gcTimer = this.clock.setTimeout(() => {
+        this.gcTimer = undefined;
+        this.scheduleRecompute();
       }, Math.max(this.recomputeDelayMs, nextGc - now));
     }
   }

@@ -48,7 +48,17 @@ class Direction {
 }
 
 export class FakeConnection implements MeshConnection {
-  onMessage: (type: number, payload: Uint8Array) => void = () => {};
+  private handler: (type: number, payload: Uint8Array) => void = () => {};
+  /** set once the owner installs its handler: a real transport buffers until then (the dialler
+   * only sees the connection when the dial promise resolves), so delivery waits for it */
+  attached = false;
+  get onMessage(): (type: number, payload: Uint8Array) => void {
+    return this.handler;
+  }
+  set onMessage(f: (type: number, payload: Uint8Array) => void) {
+    this.handler = f;
+    this.attached = true;
+  }
   onClose: (reason: string) => void = () => {};
   peer!: FakeConnection;
   owner!: FakeTransport;
@@ -262,6 +272,10 @@ export class FakeUnderlay {
     const d = to.inbox;
     d.timer = undefined;
     const now = this.clock.now();
+    if (!to.attached && !to.closed) {
+      d.timer = this.clock.setTimeout(() => this.drain(to), 1);
+      return;
+    }
     while (d.head < d.queue.length && d.queue[d.head].at <= now) {
       const it = d.queue[d.head++];
       if (to.closed) continue;
@@ -525,6 +539,36 @@ export class MeshSim {
     return pred() ? this.clock.now() - start : -1;
   }
 
+  /** Connected components of the live peers over connections established at both ends (ground truth). */
+  components(): Mesh[][] {
+    const live = this.alive();
+    const byName = new Map(live.map((m) => [m.name, m]));
+    const seen = new Set<Mesh>();
+    const out: Mesh[][] = [];
+    for (const start of live) {
+      if (seen.has(start)) continue;
+      const comp: Mesh[] = [start];
+      seen.add(start);
+      for (let i = 0; i < comp.length; i++) {
+        const m = comp[i];
+        for (const r of m.status().connections) {
+          if (r.state !== 'established' || !r.peerName) continue;
+          const o = byName.get(r.peerName);
+          if (!o || seen.has(o) || !o.connectionTo(m.name)) continue;
+          seen.add(o);
+          comp.push(o);
+        }
+      }
+      out.push(comp);
+    }
+    return out;
+  }
+
+  /** Every component has converged on its own view (see converged). */
+  convergedComponents(): boolean {
+    return this.components().every((c) => this.converged(c));
+  }
+
   /** Every live peer knows exactly the live peers and all views are identical. */
   converged(peers: Mesh[] = this.alive()): boolean {
     if (!peers.length) return true;
@@ -535,6 +579,7 @@ export class MeshSim {
       m.recomputeNow();
       if (m.peerNames().length !== peers.length || m.topologyHash() !== hash) return false;
     }
-    return true;
+    const names = new Set(peers[0].peerNames());
+    return peers.every((m) => names.has(m.name));
   }
 }
