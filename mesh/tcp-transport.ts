@@ -43,6 +43,8 @@ export interface TransportCounters {
   framesOut: number;
   bytesIn: number;
   bytesOut: number;
+  /** established connections that have since closed (any reason) */
+  closed: number;
   /** established connections closed for a malformed or undecryptable frame */
   protocolErrors: number;
   /** exceptions thrown by onMessage/onClose handlers (logged, then ignored) */
@@ -207,6 +209,7 @@ class TcpConnection implements MeshConnection {
     this.closeReason = reason;
     this.teardown(true);
     if (wasOpen) {
+      this.t.stats.closed++;
       this.log.info({ reason }, 'connection closed');
       this.notifyClose(reason);
     }
@@ -409,6 +412,7 @@ export class TcpTransport implements Transport {
     framesOut: 0,
     bytesIn: 0,
     bytesOut: 0,
+    closed: 0,
     protocolErrors: 0,
     handlerErrors: 0,
   };
