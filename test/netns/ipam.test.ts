@@ -9,6 +9,16 @@ import { run, waitFor } from '../lab/exec';
 const RANGE_START = ip4('10.32.0.0');
 const RANGE_END = RANGE_START + 2 ** 20;
 
+/** Prints how long each phase took (visible in the TAP output) so slow steps show up. */
+function phases(): (label: string) => void {
+  let last = Date.now();
+  return (label) => {
+    const now = Date.now();
+    console.log(`# ${label}: ${now - last} ms`);
+    last = now;
+  };
+}
+
 function ip4(s: string): number {
   return s.split('.').reduce((n, p) => n * 256 + Number(p), 0);
 }
@@ -98,21 +108,26 @@ test('3 hosts, 30 containers attached concurrently without addresses: distinct, 
 test('restart with the data dir: containers keep their addresses; an address freed while down is reusable', async () => {
   await withLab(async (lab) => {
     const [h1, h2] = [await lab.addHost('h1'), await lab.addHost('h2')];
+    const mark = phases();
     await launch(h1, [h2.ip]);
     await launch(h2, [h1.ip]);
     await waitPeers(h1, 2);
+    mark('launch + connect');
     const [c1, c2, c3] = await containers(lab, 'c', 3);
     const a1 = await attach(h1, c1);
     const a2 = await attach(h1, c2);
     const a3 = await attach(h2, c3);
     assert.equal(new Set([a1, a2, a3]).size, 3);
     const before = await ipam(h1);
+    mark('3 attaches');
 
     await h1.killAll('SIGKILL');
     // c2 goes away while its router is down
     await run(['ip', 'netns', 'del', c2.ns]);
     await launch(h1, ['--resume']);
+    mark('kill + relaunch');
     await waitPeers(h1, 2);
+    mark('reconnect');
 
     const after = await ipam(h1);
     assert.deepEqual(after.status.owners.map((o: any) => [o.peer, o.addresses]), before.status.owners.map((o: any) => [o.peer, o.addresses]), 'the ring survived the restart');
@@ -124,6 +139,7 @@ test('restart with the data dir: containers keep their addresses; an address fre
     // asking again for c1 gives the same address
     assert.equal(await attach(h1, c1), a1);
     // c2's address is reusable: claim it explicitly for a new container
+    mark('checks');
     const c4 = await lab.addContainer('c4');
     assert.equal(await attach(h1, c4, [a2]), a2);
     // a new allocation never hands out a held address
@@ -131,13 +147,16 @@ test('restart with the data dir: containers keep their addresses; an address fre
     const a5 = await attach(h1, c5);
     assert.ok(![a1, a2, a3].includes(a5), `${a5} is new`);
     // claiming an address a live peer holds is refused with a clear message
+    mark('claims');
     const c6 = await lab.addContainer('c6');
     const bad = await h1.weave(['attach', a3, c6.ns], { allowFail: true });
     assert.notEqual(bad.code, 0);
     assert.match(bad.stderr, /live peer .*\(h2\)/, bad.stderr);
     // detach frees: the address can be claimed by another container at once
+    mark('refused claim');
     await h1.weave(['detach', c4.ns]);
     assert.equal(await attach(h1, c6, [a2]), a2);
+    mark('detach + claim');
   });
 });
 
@@ -183,14 +202,19 @@ test('kill -9 of the router owning the space, then rmpeer: allocation works agai
 test('two separately seeded meshes connect: both stay up, the conflict is reported, nothing is allocated twice', async () => {
   await withLab(async (lab) => {
     const [h1, h2] = [await lab.addHost('h1'), await lab.addHost('h2')];
+    const mark = phases();
     const n1 = '02:00:00:aa:00:01';
     await launch(h1, ['--name', n1, '--ipalloc-init', `seed=${n1}`]);
     await launch(h2, ['--name', '02:00:00:aa:00:02', '--ipalloc-init', 'seed=h2']); // its own nickname
     const cs = await containers(lab, 'c', 12);
+    mark('launch');
     const first = await Promise.all(cs.slice(0, 6).map((c, i) => attach(i % 2 ? h2 : h1, c)));
+    mark('6 attaches');
     await h1.weave(['connect', h2.ip]);
     await waitPeers(h1, 2);
+    mark('connect');
     await waitFor('the conflict to be reported', async () => (await ipam(h1)).status.conflicts.count > 0 && (await ipam(h2)).status.conflicts.count > 0, { timeoutMs: 40_000 });
+    mark('conflict seen');
     const second = await Promise.all(cs.slice(6).map((c, i) => attach(i % 2 ? h2 : h1, c)));
     const all = [...first, ...second];
     assert.equal(new Set(all).size, 12, `nothing allocated twice: ${all.join(' ')}`);
