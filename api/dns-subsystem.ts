@@ -18,7 +18,6 @@ import type { DnsStatus } from '../dns';
 import {
   addressElsewhere, containerResolvConf, ensureContainerDnsRoute, removeNetnsResolvConf, syncDnsAddr, writeNetnsResolvConf,
 } from '../host/dns-addr';
-import { parseNetnsArg } from '../host/netns';
 import type { HostCtx } from '../host/ip';
 import type { EndpointInfo } from '../router/endpoints';
 import type { AttachRequest, DaemonContext, Subsystem, SubsystemModule } from './subsystem';
@@ -79,13 +78,11 @@ function addrList(body: any, key: string, required: boolean): string[] {
   return out;
 }
 
-/** Where a container's namespace is entered for ip commands: by name when it has one, else by path. */
+/** Where a container's namespace is entered for ip commands: by its `ip netns` name when it has one, else by path. */
 function containerCtx(ep: EndpointInfo): { ctx: HostCtx; name?: string } {
-  try {
-    const p = parseNetnsArg(ep.netns);
-    if (p.kind === 'name') return { ctx: { netns: p.name }, name: p.name };
-  } catch {
-    // recorded under an argument that no longer parses (cannot happen for a live record): use its path
+  // the same test parseNetnsArg applies to a name; a recorded argument was valid when attached
+  if (/^[A-Za-z0-9_.\-]+$/.test(ep.netns) && !/^\d+$/.test(ep.netns) && ep.netns !== '.' && ep.netns !== '..') {
+    return { ctx: { netns: ep.netns }, name: ep.netns };
   }
   return { ctx: { netns: ep.path } };
 }
@@ -196,6 +193,7 @@ export class DnsSubsystem implements Subsystem {
   metrics(m: Parameters<NonNullable<Subsystem['metrics']>>[0]): void {
     writeDnsMetrics(m, this.store, this.server);
     m.counter('weave_dns_hook_errors_total', 'attach/detach DNS steps that failed (route, resolv.conf, records)', this.counters.hookErrors);
+    m.counter('weave_dns_stale_records_removed_total', 'own records removed because their container is no longer attached', this.counters.staleRemoved);
   }
 
   async afterAttach(req: AttachRequest, ep: EndpointInfo): Promise<void> {
@@ -219,16 +217,17 @@ export class DnsSubsystem implements Subsystem {
   }
 
   async afterDetach(netns: string, result: { removed: string[]; linkRemoved: boolean; namespaceGone: boolean }, before: EndpointInfo | undefined): Promise<void> {
-    if (!before) return;
     let n = 0;
-    if (result.linkRemoved || result.namespaceGone || result.removed.length >= before.addrs.length) {
+    if (before && (result.linkRemoved || result.namespaceGone || result.removed.length >= before.addrs.length)) {
       n = this.store.removeContainer(before.key);
       const { name } = containerCtx(before);
       if (name && removeNetnsResolvConf(name)) this.writtenResolv.delete(name);
-    } else {
+    } else if (before) {
       for (const c of result.removed) n += this.store.remove({ containerId: before.key, addr: ipOf(c) });
     }
     if (n) this.log.info({ netns, records: n }, 'container records removed from weaveDNS');
+    // detached under another spelling of the namespace (before unknown): whatever is no longer attached goes
+    this.removeStale();
   }
 
   /** Route to the DNS address and resolv.conf for a named namespace. */
@@ -254,8 +253,10 @@ export class DnsSubsystem implements Subsystem {
     for (const e of this.store.all()) {
       if (e.origin === this.store.self && !e.tombstone && e.containerId !== undefined && !keys.has(e.containerId)) gone.add(e.containerId);
     }
-    for (const id of gone) this.counters.staleRemoved += this.store.removeContainer(id);
-    if (gone.size) this.log.info({ containers: gone.size, records: this.counters.staleRemoved }, 'records of containers no longer attached removed');
+    let n = 0;
+    for (const id of gone) n += this.store.removeContainer(id);
+    this.counters.staleRemoved += n;
+    if (gone.size) this.log.info({ containers: gone.size, records: n }, 'records of containers no longer attached removed');
   }
 
   private hookFailed(step: string, ep: EndpointInfo, e: unknown): void {

@@ -93,8 +93,9 @@ export function removeNetnsResolvConf(netnsName: string, etcDir = NETNS_ETC_DIR)
   fs.rmSync(file, { force: true });
   try {
     fs.rmdirSync(dir);
-  } catch {
-    // not empty (the user keeps other files there): leave it
+  } catch (e) {
+    // not empty: the user keeps other files there, so the directory stays
+    if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY' && (e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   }
   return true;
 }

@@ -207,6 +207,14 @@ describe('weaveDNS across three hosts', () => {
     assert.deepEqual(sorted(addrsOf(await dig(inNs(c2), ['multi.weave.local']))), multi);
   });
 
+  test('attach -h on an attached container names it; another -h renames it', async () => {
+    await h2.weave(['attach', '10.32.2.1/12', c2.ns, '-h', 'db']);
+    await waitAnswers(inNs(c3), 'db.weave.local', ['10.32.2.1'], 'db from c3');
+    await h2.weave(['attach', '10.32.2.1/12', c2.ns, '-h', 'db2.weave.local']);
+    await waitAnswers(inNs(c3), 'db2.weave.local', ['10.32.2.1'], 'db2 from c3');
+    await waitAnswers(inNs(c3), 'db.weave.local', [], 'db gone from c3');
+  });
+
   test('other names go to the host\'s upstream (dnsmasq); SERVFAIL in bounded time when it is down', async (t) => {
     const ext = await dig(inNs(c3), ['ext.example.test']);
     assert.equal(ext.status, 'NOERROR');
@@ -301,13 +309,17 @@ describe('weaveDNS across three hosts', () => {
     t.diagnostic(`h2 stopped -> its records gone from h3: ${Date.now() - t0} ms`);
     const t1 = Date.now();
     await launch(h2, [h1.ip]);
-    await waitAnswers(inNs(c3), 'multi.weave.local', multi, 'multi back on h3 after h2 restarted', 30_000);
-    t.diagnostic(`h2 relaunched -> its records back on h3: ${Date.now() - t1} ms`);
+    const launchMs = Date.now() - t1;
+    const backMs = await waitAnswers(inNs(c3), 'multi.weave.local', multi, 'multi back on h3 after h2 restarted', 30_000);
+    t.diagnostic(`h2 relaunched (launch ${launchMs} ms) -> its records back on h3 ${backMs} ms after launch returned`);
     assert.deepEqual(sorted(addrsOf(await dig(inNs(c2), ['multi.weave.local']))), multi, 'and on h2 itself');
 
     await h1.killAll('SIGKILL');
-    await launch(h1, []);
-    await waitAnswers(inNs(c3), 'web.weave.local', ['10.32.1.1'], 'web served again after h1 restarted', 30_000);
+    const t2 = Date.now();
+    await launch(h1, [h2.ip, h3.ip]);
+    const launch1Ms = Date.now() - t2;
+    const back1Ms = await waitAnswers(inNs(c3), 'web.weave.local', ['10.32.1.1'], 'web served again after h1 restarted', 30_000);
+    t.diagnostic(`h1 killed and relaunched (launch ${launch1Ms} ms) -> its container's record back on h3 ${back1Ms} ms after launch returned`);
     await waitAnswers(inNs(c1), 'web.weave.local', ['10.32.1.1'], 'web from c1 through the restarted h1');
     const st1 = (await h1.weave(['status', 'dns'])).stdout;
     assert.match(st1, new RegExp(`^web\\.weave\\.local\\.\\s+10\\.32\\.1\\.1\\s+${names[0]}\\s+${c1.ns}$`, 'm'), st1);
