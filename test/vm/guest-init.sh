@@ -63,6 +63,8 @@ stage2() {
     echo "modprobe -a $MODULES failed: $(< /run/vmctl/modprobe.log)" > /run/vmctl/setup_error
     poweroff_now
   fi
+  # an empty modprobe path makes the kernel's module requests fail at once instead of starting a process
+  [[ $AUTOLOAD == 0 ]] && echo > /proc/sys/kernel/modprobe
   ip link set lo up
   printf 'command %s\n' "$(now_us)" >> /run/vmctl/phases
   ( exec </dev/null >>/run/vmctl/output 2>&1; source /run/vmctl/cmd ); echo $? > /run/vmctl/rc

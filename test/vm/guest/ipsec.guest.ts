@@ -16,6 +16,12 @@ const sfx = randomBytes(3).toString('hex');
 const A = { ns: `ka-${sfx}`, veth: `kva-${sfx}`, u: '198.18.2.1', o: '10.44.0.1', mac: '02:44:00:00:00:01' };
 const B = { ns: `kb-${sfx}`, veth: `kvb-${sfx}`, u: '198.18.2.2', o: '10.44.0.2', mac: '02:44:00:00:00:02' };
 
+// Progress with elapsed time on stderr: UML is slow on a busy host, and this tells where the time goes.
+const T0 = Date.now();
+function step(what: string): void {
+  process.stderr.write(`guest +${((Date.now() - T0) / 1000).toFixed(1)}s ${what}\n`);
+}
+
 function inGuest(): void {
   assert.ok(process.env.WEAVE_IN_VM, 'this file runs inside the UML guest (test/vm/ipsec.test.ts), not on the host kernel');
 }
@@ -97,7 +103,9 @@ test('supportsEsp: ok in the guest kernel, and the probe leaves no state behind'
 test('VXLAN between two namespaces is ESP on the wire with our SAs; rekey; removePeer fails closed; removeAll takes only ours', async () => {
   inGuest();
   try {
+    step('setting up namespaces and VXLAN');
     await setupVxlan();
+    step('VXLAN ready');
     const log = new MemoryLogger();
     const xa = new XfrmManager({ ctx: { netns: A.ns }, log, port: PORT });
     const xb = new XfrmManager({ ctx: { netns: B.ns }, log, port: PORT });
@@ -121,6 +129,7 @@ test('VXLAN between two namespaces is ESP on the wire with our SAs; rekey; remov
       return { ka, kb };
     };
 
+    step('installing SAs');
     const first = await install(newEspNonce(), newEspNonce());
     assert.deepEqual(await xa.install({ local: A.u, remote: B.u, keys: first.ka }), { added: 0, removed: 0, unchanged: 4 }, 'a second install changes nothing');
     const la = await xa.list();
@@ -128,12 +137,14 @@ test('VXLAN between two namespaces is ESP on the wire with our SAs; rekey; remov
       [`${A.u}>${B.u} ${spiHex(first.ka.out.spi)} ${PORT}`, `${B.u}>${A.u} ${spiHex(first.ka.in.spi)} ${PORT}`].sort());
     assert.deepEqual(la.policies.map((p) => `${p.src}>${p.dst} ${p.dir} ${p.dport}`).sort(), [`${A.u}>${B.u} out ${PORT}`, `${B.u}>${A.u} in ${PORT}`]);
 
+    step('capture 1 (ESP)');
     let c = await capture(6, async () => assert.ok(await ping(A, B), 'ping over VXLAN+ESP'));
     assert.ok(c.esp.length >= 6, `ESP both ways (3 requests, 3 replies):\n${c.raw}`);
     assert.equal(c.plain.length, 0, `no plain VXLAN on the wire:\n${c.raw}`);
     assert.deepEqual([...c.spis].sort(), [first.ka.out.spi, first.ka.in.spi].sort(), 'the wire carries our derived SPIs, both directions');
 
     // reconnect: new nonces -> new keys and SPIs; old states replaced, policies kept
+    step('rekey');
     const second = await install(newEspNonce(), newEspNonce());
     const spis2 = (await xa.list()).states.map((s) => s.spi).sort();
     assert.deepEqual(spis2, [second.ka.out.spi, second.ka.in.spi].sort(), 'only the new SAs remain');
@@ -143,24 +154,28 @@ test('VXLAN between two namespaces is ESP on the wire with our SAs; rekey; remov
     assert.deepEqual([...c.spis].sort(), spis2);
 
     // A forgets the peer, B still insists on ESP from A: the plain VXLAN A now sends is dropped by B
+    step('removePeer on A');
     assert.equal(await xa.removePeer(A.u, B.u), 4);
     assert.deepEqual(await xa.list(), { states: [], policies: [] });
     assert.equal(await ping(A, B, 2), false, 'B must not accept plain VXLAN while its inbound policy stands');
 
     // weave reset on B: everything of ours goes, nothing else; plain VXLAN flows again (the FDB is the
     // router's to remove, not ipsec's)
+    step('removeAll on B');
     assert.equal(await xb.removeAll(), 4);
     assert.deepEqual(await xb.list(), { states: [], policies: [] });
     c = await capture(6, async () => assert.ok(await ping(A, B), 'ping over plain VXLAN after removeAll'));
     assert.equal(c.esp.length, 0, c.raw);
     assert.ok(c.plain.length >= 6, `plain VXLAN now visible (so the capture would have seen it before):\n${c.raw}`);
 
+    step('checking foreign entries');
     const foreignStates = parseStates((await run(['ip', '-n', A.ns, 'xfrm', 'state'])).stdout);
     const foreignPols = parsePolicies((await run(['ip', '-n', A.ns, 'xfrm', 'policy'])).stdout);
     assert.deepEqual(foreignStates.map((s) => [s.spi, s.reqid]), [[0x4242, 42]], 'the foreign state is untouched');
     assert.deepEqual(foreignPols.map((p) => [p.dport, p.tmpl?.reqid]), [[4789, 42]], 'the foreign policy is untouched');
     assert.ok(!foreignStates.some((s) => s.reqid === DEFAULT_REQID));
     assert.equal(xa.stats().errors + xb.stats().errors, 0);
+    step('done');
   } finally {
     await run(['ip', 'netns', 'del', A.ns], { allowFail: true });
     await run(['ip', 'netns', 'del', B.ns], { allowFail: true });
