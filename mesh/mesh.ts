@@ -127,7 +127,8 @@ export class Mesh extends EventEmitter {
   private gcTimer: TimerHandle | undefined;
   private newsTimer: TimerHandle | undefined;
   private periodicTimer: TimerHandle | undefined;
-  private readonly pendingNews = new Map<PeerName, PeerName | null>(); // name -> neighbour it came from
+  /** news to pass on: name -> neighbours known to hold the version we will send */
+  private readonly pendingNews = new Map<PeerName, Set<PeerName>>();
   private readonly linkChanged = new Set<PeerName>();
   private lastReachable = new Set<PeerName>();
   private readonly unreachableSince = new Map<PeerName, number>();
@@ -560,6 +561,14 @@ export class Mesh extends EventEmitter {
         const res = this.topology.merge(m.peers);
         if (res.selfConflict) this.onSelfConflict(res.selfConflict);
         for (const n of res.changed) this.news(n, e.peer);
+        // the sender already holds these: don't send them back with the pending news
+        for (const n of res.same) this.pendingNews.get(n)?.add(e.peer);
+        // the sender is behind on these: answer with ours right away instead of waiting for the flood
+        if (res.older.length) {
+          const newer = res.older.map((n) => this.topology.get(n)).filter((r): r is PeerRecord => r !== undefined);
+          for (const r of newer) this.pendingNews.get(r.name)?.add(e.peer);
+          if (newer.length) this.sendTopology(e, { kind: TopoKind.Records, peers: newer, want: [] });
+        }
         if (m.want.length) {
           const recs = m.want.map((n) => this.topology.get(n)).filter((r): r is PeerRecord => r !== undefined);
           if (recs.length) this.sendTopology(e, { kind: TopoKind.Records, peers: recs, want: [] });
@@ -603,8 +612,8 @@ export class Mesh extends EventEmitter {
   }
 
   private news(name: PeerName, from: PeerName | null): void {
-    // the latest source: it is the one neighbour known to hold the version we will send
-    this.pendingNews.set(name, from);
+    // a new version: only its source is known to hold it
+    this.pendingNews.set(name, from === null ? new Set() : new Set([from]));
     this.scheduleRecompute();
     if (!this.newsTimer && !this.stopped) this.newsTimer = this.clock.setTimeout(() => this.flushNews(), this.newsDelayMs);
   }
@@ -631,10 +640,10 @@ export class Mesh extends EventEmitter {
   private flushNews(): void {
     this.newsTimer = undefined;
     if (this.stopped) return;
-    const items: Array<[PeerRecord, PeerName | null]> = [];
-    for (const [n, from] of this.pendingNews) {
+    const items: Array<[PeerRecord, Set<PeerName>]> = [];
+    for (const [n, holders] of this.pendingNews) {
       const r = this.topology.get(n);
-      if (r) items.push([r, from]);
+      if (r) items.push([r, holders]);
     }
     this.pendingNews.clear();
     const targets = new Set(this.randomNeighbours(this.fanout()));
@@ -651,7 +660,7 @@ export class Mesh extends EventEmitter {
       if (!r || r.connections.length < 3) targets.add(e);
     }
     for (const e of targets) {
-      const recs = items.filter(([, from]) => from !== e.peer).map(([r]) => r);
+      const recs = items.filter(([, holders]) => !holders.has(e.peer)).map(([r]) => r);
       if (recs.length) this.sendTopology(e, { kind: TopoKind.Records, peers: recs, want: [] });
     }
   }

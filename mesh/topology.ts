@@ -64,6 +64,10 @@ export function newerThan(a: { uid: string; version: number }, b: { uid: string;
 export interface MergeResult {
   /** names whose record we replaced or learned: news to pass on */
   changed: PeerName[];
+  /** names the sender holds exactly as we do */
+  same: PeerName[];
+  /** names the sender holds an older record of than ours */
+  older: PeerName[];
   /** highest version seen of a record about our own name with a uid other than ours */
   selfConflict?: { uid: string; version: number; nickname: string };
 }
@@ -127,20 +131,27 @@ export class Topology {
 
   merge(records: PeerRecord[]): MergeResult {
     const changed: PeerName[] = [];
+    const same: PeerName[] = [];
+    const older: PeerName[] = [];
     let selfConflict: MergeResult['selfConflict'];
     for (const r of records) {
       if (r.name === this.self) {
         const me = this.ourself;
         if (r.uid !== me.uid && (!selfConflict || r.version > selfConflict.version)) selfConflict = { uid: r.uid, version: r.version, nickname: r.nickname };
+        else if (r.uid === me.uid && r.version < me.version) older.push(r.name);
         continue;
       }
       const cur = this.peers.get(r.name);
-      if (cur && !newerThan(r, cur)) continue;
+      if (cur && !newerThan(r, cur)) {
+        if (cur.uid === r.uid && cur.version === r.version) same.push(r.name);
+        else older.push(r.name);
+        continue;
+      }
       this.peers.set(r.name, r);
       changed.push(r.name);
     }
     if (changed.length) this.touched();
-    return selfConflict ? { changed, selfConflict } : { changed };
+    return selfConflict ? { changed, same, older, selfConflict } : { changed, same, older };
   }
 
   // Records are immutable once stored (a change replaces the object), so the set is cached per object.
