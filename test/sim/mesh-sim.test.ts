@@ -192,8 +192,20 @@ test('line topology without discovery: topology and gossip reach the far end; pe
     gossipers.set(m, g);
     channels.set(m, m.newGossip('c', g));
   }
+  // a second channel every peer runs: plain gossip from one end must reach the other end
+  const everyone = new Map<Mesh, SetGossiper>();
+  const allChannels = new Map<Mesh, ReturnType<Mesh['newGossip']>>();
+  for (const m of peers) {
+    const g = new SetGossiper();
+    everyone.set(m, g);
+    allChannels.set(m, m.newGossip('all', g));
+  }
   const t = await sim.runUntil(() => sim.converged(), 20_000, 50);
   assert.ok(t >= 0);
+  allChannels.get(peers[0])!.gossip(new SetData(new Set(['from-0'])));
+  allChannels.get(peers[n - 1])!.gossip(new SetData(new Set(['from-end'])));
+  const tg = await sim.runUntil(() => peers.every((m) => everyone.get(m)!.items.size === 2), 10_000, 20);
+  assert.ok(tg >= 0 && tg < 5000, `gossip crossed the ${n}-peer line in ${tg} ms`);
   for (const m of peers) assert.equal(m.status().connections.length, m === peers[0] || m === peers[n - 1] ? 1 : 2, 'no discovery: only the line');
   assertRoutesAgree(peers);
   assert.equal(peers[0].unicastNextHop(peers[n - 1].name), peers[1].name);
