@@ -103,6 +103,10 @@ const SELF_COLLISION_WINDOW_MS = 60_000;
 const PULL_INTERVAL_MS = 1000;
 const SELF_COLLISION_MAX_BUMPS = 3;
 
+/** How many refused inbound peers status remembers, and for how long. */
+const MAX_INBOUND_REFUSALS = 32;
+const INBOUND_REFUSAL_TTL_MS = 5 * 60_000;
+
 export class Mesh extends EventEmitter {
   readonly name: PeerName;
   private readonly o: MeshOptions;
@@ -186,6 +190,7 @@ export class Mesh extends EventEmitter {
       (addr, f) => {
         this.countRefused(f.code);
         this.log.warn({ remote: addr, code: f.code }, `refused inbound connection: ${f.message}`);
+        this.noteInboundRefusal(addr, f.code, f.message);
       },
     );
     this.cm.start();
@@ -329,10 +334,35 @@ export class Mesh extends EventEmitter {
       listen: this.o.listenAddress ?? `0.0.0.0:${this.o.port}`,
       connLimit: this.connLimit,
       peers,
-      connections: [...connections, ...this.cm.status()],
+      connections: [...connections, ...this.cm.status(), ...this.inboundRefusalStatus()],
       targets: this.cm.targets(),
       routes,
     };
+  }
+
+  // Refused inbound handshakes (wrong password, encryption mismatch ...) have no connection entry, yet
+  // the operator of the listening side must see them too: keep the latest per remote host, briefly.
+  private readonly inboundRefusals = new Map<string, { address: string; code: string; message: string; at: number }>();
+
+  private noteInboundRefusal(addr: string, code: string, message: string): void {
+    const host = hostOf(addr);
+    this.inboundRefusals.delete(host);
+    this.inboundRefusals.set(host, { address: addr, code, message, at: this.clock.now() });
+    while (this.inboundRefusals.size > MAX_INBOUND_REFUSALS) this.inboundRefusals.delete(this.inboundRefusals.keys().next().value as string);
+  }
+
+  private inboundRefusalStatus(): ConnectionStatus[] {
+    const out: ConnectionStatus[] = [];
+    const now = this.clock.now();
+    for (const [host, r] of this.inboundRefusals) {
+      const live = [...this.conns.values()].some((e) => hostOf(e.conn.remoteAddr) === host && e.since > r.at);
+      if (live || now - r.at > INBOUND_REFUSAL_TTL_MS) {
+        this.inboundRefusals.delete(host);
+        continue;
+      }
+      out.push({ address: r.address, outbound: false, state: 'failed', info: r.message, code: r.code, overlay: null, encrypted: false });
+    }
+    return out;
   }
 
   // ---------------------------------------------------------------- connections
