@@ -1,0 +1,393 @@
+// The fastdp VXLAN device as desired state. One device per router (`weave-vx`): VNI fixed, UDP port =
+// router port + 1, no learning (the router programs every entry), `local` = our underlay address, a
+// stable MAC and a VTEP address derived from the peer name. Per fastdp peer the reconciler keeps:
+//   FDB        peer VTEP MAC -> peer underlay IP      (`bridge fdb ... self permanent`)
+//   neighbour  peer VTEP IP  -> peer VTEP MAC         (`ip neigh ... nud permanent`: no ARP over VXLAN)
+//   route      peer VTEP IP/32 dev weave-vx           (through host/routes.ts, owner 'fastdp-vtep')
+// The VTEP address is a /32 on the device, never a prefix: a 169.254.0.0/16 connected route would
+// capture cloud metadata (169.254.169.254) and weaveDNS (169.254.53.53) traffic.
+//
+// Each pass reads the kernel (`ip -d -json link`, `ip -json addr/neigh`, `bridge -json fdb`), diffs, and
+// applies the difference in one `ip -batch` (link, address, neighbours) plus one `bridge -batch` (FDB):
+// iproute2 has no single tool for both. A flushed FDB or neighbour entry comes back on the next pass.
+import { createHash } from 'crypto';
+import { isIPv4 } from 'net';
+import type { Clock, TimerHandle } from '../mesh/clock';
+import { WeaveError, errMsg } from '../mesh/errors';
+import type { Logger } from '../mesh/log';
+import type { PeerName } from '../mesh/peer';
+import { execHost, HostCtx, HostError, ipBatch, ipJson, nsPrefix } from './ip';
+import type { DesiredRoute } from './routes';
+
+export const DEFAULT_VXLAN_NAME = 'weave-vx';
+/** 'W': any fixed value works, both ends must agree; VNI is not negotiated. */
+export const DEFAULT_VNI = 0x57;
+export const DEFAULT_VXLAN_PORT = 6784;
+/** Outer IPv4 + UDP + VXLAN + inner Ethernet. */
+export const VXLAN_OVERHEAD = 50;
+export const DEFAULT_VTEP_CIDR = '169.254.0.0/16';
+/** Route owner (host/routes.ts) for the /32 routes to peers' VTEP addresses. */
+export const VTEP_ROUTE_OWNER = 'fastdp-vtep';
+
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+/** Locally administered unicast MAC from the peer name (a name is already MAC-shaped; force the bits). */
+export function vtepMacFor(name: PeerName): string {
+  const b = name.toLowerCase().split(':').map((x) => parseInt(x, 16));
+  if (b.length !== 6 || b.some((x) => !(x >= 0 && x <= 255))) throw new WeaveError('EINVAL', `bad peer name ${name}`);
+  b[0] = (b[0] & 0xfe) | 0x02;
+  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+function ipToU32(s: string): number {
+  const p = s.split('.').map(Number);
+  return (((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0);
+}
+function u32ToIp(n: number): string {
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+/** Addresses inside 169.254/16 with other owners: never a VTEP. */
+const RESERVED_VTEPS = new Set(['169.254.53.53', '169.254.169.254', '169.254.169.253', '169.254.170.2']);
+
+/**
+ * The VTEP address of a peer: SHA-256(name) folded into the host part of cidr, skipping the network
+ * and broadcast addresses and known link-local services. Every router computes every peer's the same
+ * way, so nothing is allocated; collisions (two neighbours on one address) are detected by fastdp.
+ */
+export function vtepIpFor(name: PeerName, cidr = DEFAULT_VTEP_CIDR): string {
+  const [base, lenS] = cidr.split('/');
+  const len = Number(lenS);
+  if (!isIPv4(base) || !Number.isInteger(len) || len < 8 || len > 24) throw new WeaveError('EINVAL', `bad VTEP range ${cidr} (want an IPv4 /8../24)`);
+  const size = 2 ** (32 - len);
+  const net = (ipToU32(base) & ~(size - 1)) >>> 0;
+  for (let i = 0; ; i++) {
+    const h = createHash('sha256').update(`weave vtep ${i} ${name.toLowerCase()}`).digest();
+    const host = h.readUInt32BE(0) % size;
+    const ip = u32ToIp((net + host) >>> 0);
+    const last = host & 255;
+    if (host !== 0 && host !== size - 1 && last !== 0 && last !== 255 && !RESERVED_VTEPS.has(ip)) return ip;
+  }
+}
+
+export interface VxlanConfig {
+  name: string;
+  vni: number;
+  /** UDP destination (and listening) port */
+  port: number;
+  /** our underlay address (source of the outer packets) */
+  local: string;
+  mtu: number;
+  mac: string;
+  /** our VTEP address (a /32 on the device) */
+  address: string;
+}
+
+export interface VxlanPeer {
+  mac: string;
+  /** the peer's VTEP address */
+  vtep: string;
+  /** the peer's underlay address: outer destination */
+  underlay: string;
+}
+
+// ---- actual state as iproute2 prints it ----------------------------------------------------------
+
+export interface ActualLink {
+  ifname: string;
+  mtu?: number;
+  address?: string;
+  flags?: string[];
+  linkinfo?: { info_kind?: string; info_data?: { id?: number; local?: string; port?: number; learning?: boolean } };
+}
+export interface ActualAddr { addr_info?: Array<{ family?: string; local?: string; prefixlen?: number }> }
+export interface ActualFdb { mac: string; dst?: string; state?: string; flags?: string[] }
+export interface ActualNeigh { dst: string; lladdr?: string; state?: string[] }
+
+export interface VxlanActual {
+  link: ActualLink | null;
+  addrs: ActualAddr[];
+  fdb: ActualFdb[];
+  neigh: ActualNeigh[];
+}
+
+export interface VxlanPlan {
+  /** `ip -batch` lines (link, addresses, neighbours), in order */
+  ip: string[];
+  /** `bridge -batch` lines (FDB) */
+  bridge: string[];
+  /** what changed, for logs and tests */
+  summary: { link: 'ok' | 'create' | 'recreate' | 'update'; addr: number; neighAdd: number; neighDel: number; fdbAdd: number; fdbDel: number };
+}
+
+function checkConfig(c: VxlanConfig): void {
+  if (!/^[^\s/]{1,15}$/.test(c.name)) throw new WeaveError('EINVAL', `bad VXLAN device name "${c.name}"`);
+  if (!Number.isInteger(c.vni) || c.vni < 1 || c.vni > 0xffffff) throw new WeaveError('EINVAL', `bad VNI ${c.vni}`);
+  if (!Number.isInteger(c.port) || c.port < 1 || c.port > 65535) throw new WeaveError('EINVAL', `bad VXLAN port ${c.port}`);
+  if (!isIPv4(c.local)) throw new WeaveError('EINVAL', `VXLAN local "${c.local}" is not an IPv4 address`);
+  if (!isIPv4(c.address)) throw new WeaveError('EINVAL', `VTEP address "${c.address}" is not an IPv4 address`);
+  if (!MAC_RE.test(c.mac)) throw new WeaveError('EINVAL', `bad VTEP MAC "${c.mac}"`);
+  if (!Number.isInteger(c.mtu) || c.mtu < 576 || c.mtu > 65535) throw new WeaveError('EINVAL', `VXLAN MTU ${c.mtu} out of range`);
+}
+
+function checkPeer(k: string, p: VxlanPeer): void {
+  if (!MAC_RE.test(p.mac)) throw new WeaveError('EINVAL', `peer ${k}: bad VTEP MAC "${p.mac}"`);
+  if (!isIPv4(p.vtep)) throw new WeaveError('EINVAL', `peer ${k}: VTEP "${p.vtep}" is not an IPv4 address`);
+  if (!isIPv4(p.underlay)) throw new WeaveError('EINVAL', `peer ${k}: underlay "${p.underlay}" is not an IPv4 address`);
+}
+
+/** Pure: the commands that turn `actual` into config + peers. */
+export function planVxlan(c: VxlanConfig, peers: VxlanPeer[], actual: VxlanActual): VxlanPlan {
+  const dev = c.name;
+  const ipl: string[] = [];
+  const br: string[] = [];
+  const summary: VxlanPlan['summary'] = { link: 'ok', addr: 0, neighAdd: 0, neighDel: 0, fdbAdd: 0, fdbDel: 0 };
+  const l = actual.link;
+  const d = l?.linkinfo?.info_data;
+  const fresh = !l || l.linkinfo?.info_kind !== 'vxlan' || d?.id !== c.vni || d?.port !== c.port || d?.local !== c.local || d?.learning !== false;
+  const add = `link add ${dev} type vxlan id ${c.vni} dstport ${c.port} local ${c.local} nolearning`;
+  if (fresh) {
+    // id, port and local cannot be changed in place: a wrong device is replaced (entries go with it)
+    if (l) ipl.push(`link del ${dev}`);
+    ipl.push(add);
+    ipl.push(`link set dev ${dev} address ${c.mac} mtu ${c.mtu} up`);
+    summary.link = l ? 'recreate' : 'create';
+  } else if (l!.address !== c.mac || l!.mtu !== c.mtu || !l!.flags?.includes('UP')) {
+    ipl.push(`link set dev ${dev} address ${c.mac} mtu ${c.mtu} up`);
+    summary.link = 'update';
+  }
+  const haveAddrs = fresh ? [] : actual.addrs.flatMap((a) => a.addr_info ?? []).filter((a) => a.family === 'inet');
+  let hasOurs = false;
+  for (const a of haveAddrs) {
+    if (a.local === c.address && a.prefixlen === 32) hasOurs = true;
+    else {
+      ipl.push(`addr del ${a.local}/${a.prefixlen} dev ${dev}`);
+      summary.addr++;
+    }
+  }
+  if (!hasOurs) {
+    ipl.push(`addr add ${c.address}/32 dev ${dev}`);
+    summary.addr++;
+  }
+
+  const wantNeigh = new Map(peers.map((p) => [p.vtep, p.mac]));
+  const haveNeigh = new Map<string, string>();
+  for (const n of fresh ? [] : actual.neigh) {
+    if (!n.state?.includes('PERMANENT')) continue; // the kernel's own (incomplete/failed) entries are not ours
+    haveNeigh.set(n.dst, (n.lladdr ?? '').toLowerCase());
+  }
+  for (const [ip, mac] of haveNeigh) {
+    if (!wantNeigh.has(ip)) {
+      ipl.push(`neigh del ${ip} dev ${dev}`);
+      summary.neighDel++;
+    } else if (wantNeigh.get(ip) !== mac) {
+      // replace below fixes it
+    }
+  }
+  for (const [ip, mac] of wantNeigh) {
+    if (haveNeigh.get(ip) === mac) continue;
+    ipl.push(`neigh replace ${ip} lladdr ${mac} dev ${dev} nud permanent`);
+    summary.neighAdd++;
+  }
+
+  // FDB: one entry per MAC (unicast, permanent, ours). Multicast/all-zero entries we never make.
+  const wantFdb = new Map(peers.map((p) => [p.mac, p.underlay]));
+  const haveFdb = new Map<string, string[]>();
+  for (const f of fresh ? [] : actual.fdb) {
+    if (f.state !== 'permanent' || !f.flags?.includes('self')) continue;
+    const mac = f.mac.toLowerCase();
+    if (mac === c.mac || (parseInt(mac.slice(0, 2), 16) & 1) === 1 || mac === '00:00:00:00:00:00') continue;
+    haveFdb.set(mac, [...(haveFdb.get(mac) ?? []), f.dst ?? '']);
+  }
+  for (const [mac, dsts] of haveFdb) {
+    const want = wantFdb.get(mac);
+    for (const dst of dsts) {
+      if (dst === want && dsts.length === 1) continue;
+      br.push(`fdb del ${mac} dev ${dev}${dst ? ` dst ${dst}` : ''} self`);
+      summary.fdbDel++;
+    }
+  }
+  for (const [mac, dst] of wantFdb) {
+    const have = haveFdb.get(mac);
+    if (have && have.length === 1 && have[0] === dst) continue;
+    br.push(`fdb append ${mac} dev ${dev} dst ${dst} self permanent`);
+    summary.fdbAdd++;
+  }
+  return { ip: ipl, bridge: br, summary };
+}
+
+// ---- the reconciler ------------------------------------------------------------------------------
+
+export interface VxlanStats { runs: number; errors: number; lastError?: string; repairs: number }
+
+/** Where the /32 routes to peers' VTEPs go (host/routes.ts RouteReconciler). */
+export interface RouteSink { setDesired(owner: string, routes: DesiredRoute[]): void }
+
+export interface VxlanReconcilerOptions {
+  ctx: HostCtx;
+  log: Logger;
+  clock: Clock;
+  config: VxlanConfig;
+  /** /32 routes to peers' VTEP addresses; absent: the caller routes them */
+  routes?: RouteSink;
+  /** default 20 ms */
+  debounceMs?: number;
+}
+
+export class VxlanReconciler {
+  readonly config: VxlanConfig;
+  private readonly ctx: HostCtx;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private readonly debounceMs: number;
+  private readonly peers = new Map<string, VxlanPeer>();
+  private running?: Promise<VxlanPlan['summary']>;
+  private queued?: Promise<VxlanPlan['summary']>;
+  private debounceTimer?: TimerHandle;
+  private intervalTimer?: TimerHandle;
+  private intervalMs = 0;
+  private closed = false;
+  private readonly st: VxlanStats = { runs: 0, errors: 0, repairs: 0 };
+
+  constructor(o: VxlanReconcilerOptions) {
+    checkConfig(o.config);
+    this.config = { ...o.config, mac: o.config.mac.toLowerCase() };
+    this.ctx = o.ctx;
+    this.log = o.log.child({ component: 'vxlan' });
+    this.clock = o.clock;
+    this.debounceMs = o.debounceMs ?? 20;
+    this.routes = o.routes;
+  }
+  private readonly routes?: RouteSink;
+
+  /** Programs (or updates) one peer's FDB + neighbour entry (+ VTEP route). key: usually the peer name. */
+  setPeer(key: string, p: VxlanPeer): void {
+    checkPeer(key, p);
+    this.peers.set(key, { mac: p.mac.toLowerCase(), vtep: p.vtep, underlay: p.underlay });
+    this.changed();
+  }
+
+  removePeer(key: string): void {
+    if (this.peers.delete(key)) this.changed();
+  }
+
+  peerList(): VxlanPeer[] {
+    // Two keys with one VTEP or MAC (a reconnect racing its predecessor): the last set wins, in key order.
+    const byVtep = new Map<string, VxlanPeer>();
+    for (const k of [...this.peers.keys()].sort()) {
+      const p = this.peers.get(k)!;
+      byVtep.set(p.vtep, p);
+    }
+    const byMac = new Map<string, VxlanPeer>();
+    for (const p of byVtep.values()) byMac.set(p.mac, p);
+    return [...byMac.values()];
+  }
+
+  private changed(): void {
+    this.routes?.setDesired(VTEP_ROUTE_OWNER, this.peerList().map((p) => ({ dst: `${p.vtep}/32`, dev: this.config.name, scope: 'link' as const })));
+    this.schedule();
+  }
+
+  async readActual(): Promise<VxlanActual> {
+    const dev = this.config.name;
+    const links = await ipJson<ActualLink[]>(this.ctx, ['-d', 'link', 'show']);
+    const link = links.find((l) => l.ifname === dev) ?? null;
+    if (!link) return { link: null, addrs: [], fdb: [], neigh: [] };
+    const [addrs, neigh, fdbOut] = await Promise.all([
+      ipJson<ActualAddr[]>(this.ctx, ['addr', 'show', 'dev', dev]),
+      ipJson<ActualNeigh[]>(this.ctx, ['neigh', 'show', 'dev', dev]),
+      execHost([...nsPrefix(this.ctx), 'bridge', '-json', 'fdb', 'show', 'dev', dev]),
+    ]);
+    let fdb: ActualFdb[] = [];
+    const out = fdbOut.stdout.trim();
+    if (out) {
+      try {
+        fdb = JSON.parse(out) as ActualFdb[];
+      } catch (e) {
+        throw new HostError(`bridge -json fdb show: unparsable JSON: ${errMsg(e)}`, { command: 'bridge -json fdb show', stderr: '' });
+      }
+    }
+    return { link, addrs, fdb, neigh };
+  }
+
+  /** One pass. Concurrent calls share the running pass and queue at most one more. */
+  reconcile(): Promise<VxlanPlan['summary']> {
+    if (!this.running) {
+      this.running = this.runOnce().finally(() => { this.running = undefined; });
+      return this.running;
+    }
+    if (!this.queued) {
+      this.queued = this.running.then(() => undefined, () => undefined).then(() => {
+        this.queued = undefined;
+        return this.reconcile();
+      });
+    }
+    return this.queued;
+  }
+
+  private async runOnce(): Promise<VxlanPlan['summary']> {
+    this.st.runs++;
+    try {
+      const actual = await this.readActual();
+      const plan = planVxlan(this.config, this.peerList(), actual);
+      if (plan.ip.length || plan.bridge.length) {
+        this.st.repairs++;
+        this.log.debug({ ...plan.summary, ip: plan.ip, bridge: plan.bridge }, 'applying VXLAN changes');
+        // -force: one stale entry that vanished meanwhile must not block the rest
+        if (plan.ip.length) await ipBatch(this.ctx, plan.ip, { force: true });
+        if (plan.bridge.length) await execHost([...nsPrefix(this.ctx), 'bridge', '-force', '-batch', '-'], { input: plan.bridge.join('\n') + '\n' });
+        if (plan.summary.link !== 'ok') this.log.info({ dev: this.config.name, vni: this.config.vni, port: this.config.port, local: this.config.local, vtep: this.config.address, mtu: this.config.mtu, action: plan.summary.link }, 'VXLAN device set up');
+      }
+      return plan.summary;
+    } catch (e) {
+      this.st.errors++;
+      this.st.lastError = errMsg(e);
+      this.log.warn({ err: errMsg(e) }, 'VXLAN reconcile failed (will retry on the next change or tick)');
+      throw e;
+    }
+  }
+
+  private schedule(): void {
+    if (this.debounceTimer || this.closed) return;
+    this.debounceTimer = this.clock.setTimeout(() => {
+      this.debounceTimer = undefined;
+      this.reconcile().catch(() => { /* logged and counted in runOnce */ });
+    }, this.debounceMs);
+  }
+
+  /** Reconciles now and then every intervalMs until stop(). */
+  start(intervalMs: number): void {
+    if (!(intervalMs > 0)) throw new WeaveError('EINVAL', `reconcile interval must be > 0 ms, got ${intervalMs}`);
+    this.intervalMs = intervalMs;
+    this.closed = false;
+    this.clock.clearTimeout(this.intervalTimer);
+    this.tick();
+  }
+
+  private tick(): void {
+    this.reconcile().catch(() => { /* logged and counted */ }).finally(() => {
+      if (this.closed) return;
+      this.clock.clearTimeout(this.intervalTimer);
+      this.intervalTimer = this.clock.setTimeout(() => this.tick(), this.intervalMs);
+    });
+  }
+
+  stop(): void {
+    this.closed = true;
+    this.clock.clearTimeout(this.intervalTimer);
+    this.clock.clearTimeout(this.debounceTimer);
+    this.intervalTimer = undefined;
+    this.debounceTimer = undefined;
+  }
+
+  /** Stops and deletes the device (its FDB and neighbour entries go with it); VTEP routes withdrawn. */
+  async destroy(): Promise<void> {
+    this.stop();
+    this.peers.clear();
+    this.routes?.setDesired(VTEP_ROUTE_OWNER, []);
+    const links = await ipJson<ActualLink[]>(this.ctx, ['link', 'show']);
+    if (links.some((l) => l.ifname === this.config.name)) await ipBatch(this.ctx, [`link del ${this.config.name}`]);
+  }
+
+  stats(): VxlanStats { return { ...this.st }; }
+}
