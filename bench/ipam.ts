@@ -1,8 +1,13 @@
-// IPAM benchmark: allocations per second on one allocator (memory store and lmdb store, i.e. with
-// a durable commit per allocation) and across 3 simulated allocators; simulated time to consensus
-// for 3, 10 and 50 peers over the fake gossip net (20 ms max delay, 1 s gossip interval, no loss,
-// and again with 10% loss). Real-network consensus times come with the router's netns bench.
-// Usage: node dist/bench/ipam.js [--allocs N]
+// IPAM benchmark, simulated and real.
+// Simulated: allocations per second on one allocator (memory store and lmdb store, i.e. with a
+// durable commit per allocation) and across 3 allocators; time to consensus for 3, 10 and 50 peers
+// over the fake gossip net (20 ms max delay, 1 s gossip interval, no loss, and again with 10% loss).
+// Real (--real, or by default as root): routers in netns lab hosts driven over their HTTP API by one
+// long-lived client process per host (keep-alive, fixed concurrency), so Node start-up and CLI
+// round trips stay out of the figures: allocations/s on one router and on 3 at once, and time from
+// the first POST /prime to every router reporting the ring ready (launch and connect excluded).
+// Usage: node dist/bench/ipam.js [--allocs N] [--real | --no-real] [--real-allocs 500]
+//        [--concurrency 8] [--real-consensus 3,10]
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -11,6 +16,7 @@ import { silentLogger } from '../mesh/log';
 import { Allocator } from '../ipam/allocator';
 import { LmdbStore, MemoryStore, type IpamStore } from '../ipam/store';
 import { FakeIpamNet, mulberry32, simName } from '../test/fakes/ipam-gossip';
+import { realIpamBench, type RealIpamFigures } from './lib/ipam-real';
 
 const argAllocs = process.argv.indexOf('--allocs');
 const ALLOCS = argAllocs > 0 ? Number(process.argv[argAllocs + 1]) : 20_000;
@@ -86,27 +92,67 @@ async function consensusTime(n: number, loss: number): Promise<{ ms: number; mes
   return { ms, messages: net.messages };
 }
 
+function argList(name: string, def: number[]): number[] {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1].split(',').map(Number) : def;
+}
+
+function argNum(name: string, def: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : def;
+}
+
+const CONSENSUS_SIZES = [3, 10, 50];
+
 async function main(): Promise<void> {
-  const rows: string[][] = [['measurement', 'value']];
-  rows.push([`1 allocator, memory store, ${ALLOCS} allocations`, `${Math.round(await oneAllocator(new MemoryStore(), ALLOCS))} allocs/s`]);
+  const wantReal = process.argv.includes('--real') || (!process.argv.includes('--no-real') && process.getuid?.() === 0);
+  const sim: { one: string; three: string; consensus: Map<number, string> } = { one: '', three: '', consensus: new Map() };
+  const memRate = await oneAllocator(new MemoryStore(), ALLOCS);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ipam-bench-'));
+  let lmdbRate: number;
   try {
     const st = new LmdbStore(dir);
-    rows.push([`1 allocator, lmdb store (durable), ${Math.min(ALLOCS, 5000)} allocations`, `${Math.round(await oneAllocator(st, Math.min(ALLOCS, 5000)))} allocs/s`]);
+    lmdbRate = await oneAllocator(st, Math.min(ALLOCS, 5000));
     st.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+  sim.one = `${Math.round(memRate)}/s memory, ${Math.round(lmdbRate)}/s lmdb (${ALLOCS}, ${Math.min(ALLOCS, 5000)} allocs)`;
   const three = await threeAllocators(Math.min(ALLOCS, 6000));
-  rows.push([`3 simulated allocators (incl. consensus), ${Math.min(ALLOCS, 6000)} allocations`, `${Math.round(three.rate)} allocs/s wall, ${three.simMs} ms simulated`]);
-  for (const loss of [0, 0.1]) {
-    for (const n of [3, 10, 50]) {
+  sim.three = `${Math.round(three.rate)}/s wall (${Math.min(ALLOCS, 6000)} allocs, incl. consensus; ${three.simMs} ms simulated)`;
+  for (const n of CONSENSUS_SIZES) {
+    const parts: string[] = [];
+    for (const loss of [0, 0.1]) {
       const c = await consensusTime(n, loss);
-      rows.push([`consensus, ${n} peers, ${loss * 100}% loss (simulated)`, `${c.ms} ms, ${c.messages} messages`]);
+      parts.push(`${c.ms} ms/${c.messages} msgs @${loss * 100}% loss`);
     }
+    sim.consensus.set(n, parts.join(', '));
   }
-  const w = Math.max(...rows.map((r) => r[0].length));
-  for (const r of rows) console.log(`${r[0].padEnd(w)}  ${r[1]}`);
+
+  let real: RealIpamFigures | undefined;
+  if (wantReal) {
+    real = await realIpamBench({
+      allocs: argNum('real-allocs', 500),
+      concurrency: argNum('concurrency', 8),
+      consensusSizes: argList('real-consensus', [3, 10]),
+      log: (m) => console.error(`# ${m}`),
+    });
+  }
+
+  const rows: string[][] = [['measurement', 'simulated', real ? 'real (netns routers, HTTP API)' : 'real (not run: give --real, as root)']];
+  rows.push(['allocations/s, 1 router', sim.one, real ? real.one : '-']);
+  rows.push(['allocations/s, 3 routers at once', sim.three, real ? real.three : '-']);
+  const realSizes = new Set(real ? [...real.consensus.keys()] : []);
+  for (const n of [...new Set([...CONSENSUS_SIZES, ...realSizes])].sort((a, b) => a - b)) {
+    rows.push([`time to consensus, ${n} peers`, sim.consensus.get(n) ?? '-', real?.consensus.get(n) ?? '-']);
+  }
+  const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  for (const r of rows) console.log(r.map((x, c) => x.padEnd(w[c])).join('  ').trimEnd());
+  if (real) {
+    console.log(`machine: ${os.cpus().length} CPUs; load during the real runs (uptime):`);
+    for (const l of real.load) console.log(`  ${l}`);
+    console.log(`simulated consensus: every peer primes at once; real: every router POSTs /prime at once (quorum = all N, ring ready = GET /ipam state "ready")`);
+  }
 }
 
 main().catch((e) => {
