@@ -6,16 +6,7 @@ import type { FakeClock } from '../../mesh/clock';
 import type { GossipChannel, GossipData, Gossiper } from '../../mesh/types';
 import type { PeerName } from '../../mesh/peer';
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 } from './rng';
 
 /** Peer name number i, e.g. 02:00:00:00:00:05. */
 export function simName(i: number): PeerName {

@@ -8,6 +8,7 @@
 //  - TCP does not lose messages, so a "dropped" message kills the connection (both ends see a
 //    reset), and partitions cut every connection crossing them.
 // Bytes (payload + a 5-byte frame header) are counted per message type for the bench.
+import { mulberry32 } from './rng';
 import type { Clock, TimerHandle } from '../../mesh/clock';
 import type { ConnectFailure, Features, MeshConnection, Transport } from '../../mesh/types';
 import { WeaveError } from '../../mesh/errors';
@@ -341,17 +342,8 @@ export class FakeUnderlay {
 
 // ---------------------------------------------------------------- simulation harness (sim tests, bench)
 
-/** mulberry32: small, fast, seedable. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32 (test/fakes/rng.ts), under the name the sim harness uses. */
+export const seededRandom = mulberry32;
 
 interface HeapTimer { at: number; seq: number; fn: () => void; cancelled: boolean }
 

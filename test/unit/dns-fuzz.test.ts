@@ -10,18 +10,9 @@ import { realClock } from '../../mesh/clock';
 import { silentLogger } from '../../mesh/log';
 import { DnsStore } from '../../dns/records';
 import { DnsServer } from '../../dns/server';
+import { mulberry32 } from '../fakes/rng';
 import { QTYPE, RCODE, nameToWire, writeHeader } from '../../dns/wire';
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function query(id: number, name: string, type: number, opts: { edns?: number; ednsVersion?: number; flags1?: number; extra?: Buffer } = {}): Buffer {
   const h = Buffer.alloc(12);
