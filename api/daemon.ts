@@ -209,10 +209,11 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   const sleeveReport = () => {
     const c = sleeve.counters;
     return {
-      summary: { Mode: sleeve.mode, TunMtu: sleeve.tunMtu, UnderlayMtu: sleeve.underlayMtu },
+      summary: { Mode: sleeve.mode, IO: sleeve.io, TunMtu: sleeve.tunMtu, UnderlayMtu: sleeve.underlayMtu },
       tunMtu: sleeve.tunMtu,
       underlayMtu: sleeve.underlayMtu,
       mode: sleeve.mode,
+      io: sleeve.io,
       counters: c,
       dropped: {
         replay: c.dropReplay, badMac: c.dropBadMac, malformed: c.dropMalformed, notIpv4: c.dropNotIpv4,

@@ -35,6 +35,7 @@ import { FrameType, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame'
 import { ip4ToU32, parsePrefix, u32ToIp4 } from './forwarding';
 import type { PrefixTable } from './prefixes';
 import { loadTunIo, type TunIo } from './native';
+import { loadFallbackIo, type IoKind } from './fallback-io';
 import { ip as hostIp, ipJson as hostIpJson, sysctl as hostSysctl, type HostCtx } from '../host/ip';
 import { NativeTun, type TunDevice } from './tun';
 import { EAGAIN, NativeUdp, type UdpBind } from './udp';
@@ -109,6 +110,8 @@ export interface SleeveOptions {
    * the native devices (NativeTun/NativeUdp); the in-memory fakes always run inline.
    */
   workers?: boolean;
+  /** which I/O implementation tun/udp use, for reports; default 'native' for NativeTun, else 'memory' */
+  ioKind?: IoKind | 'memory';
 }
 
 // ---- per connection (control plane) -------------------------------------------------------------
@@ -171,6 +174,8 @@ export class Sleeve {
   readonly underlayMtu: number;
   /** 'workers' or 'inline': where the packet loops run */
   readonly mode: 'workers' | 'inline';
+  /** 'native' (the addon), 'koffi' (router/fallback-io.ts, slower) or 'memory' (test fakes) */
+  readonly io: IoKind | 'memory';
   private readonly o: SleeveOptions;
   private readonly log: Logger;
   private readonly clock: Clock;
@@ -227,6 +232,7 @@ export class Sleeve {
     this.S = (Math.max(this.tunMtu + HDR + TAG, this.underlayMtu - UNDERLAY_OVERHEAD) + 63) & ~63;
 
     const native = this.tun instanceof NativeTun && this.udp instanceof NativeUdp;
+    this.io = o.ioKind ?? (native ? 'native' : 'memory');
     if (o.workers && !native) throw new WeaveError('EINVAL', 'sleeve worker threads need the native TUN and UDP devices');
     this.mode = (o.workers ?? native) ? 'workers' : 'inline';
     if (this.mode === 'workers') this.startWorkers();
@@ -236,7 +242,7 @@ export class Sleeve {
     o.routes.on('routesChanged', this.onRoutesChanged);
     this.recompute();
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
-    this.log.info({ port: this.udp.port, tun: this.tun.name, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, mode: this.mode }, 'sleeve started');
+    this.log.info({ port: this.udp.port, tun: this.tun.name, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, mode: this.mode, io: this.io }, 'sleeve started');
   }
 
   /** Packet and drop counters summed over the threads (for metrics: weave_sleeve_*). */
@@ -717,17 +723,49 @@ export interface CreateSleeveOptions extends Omit<SleeveOptions, 'tun' | 'udp' |
   tunName?: string;
   /** default: detected (detectUnderlayMtu) */
   underlayMtu?: number;
-  /** the addon (tests inject); default loadTunIo(log) */
+  /** the addon (tests inject); default loadTunIo(log), else the koffi fallback */
   io?: TunIo | null;
+  /**
+   * 'auto' (default): the addon, else the koffi fallback with a warn line; 'native': the addon or
+   * ENOADDON; 'fallback': koffi even when the addon loads (tests, bench). Default from WEAVE_SLEEVE_IO.
+   */
+  ioMode?: 'auto' | 'native' | 'fallback';
+}
+
+/** The sleeve's I/O: the addon when it loads, else (mode 'auto') the koffi fallback. */
+export function selectSleeveIo(log: Logger, mode: 'auto' | 'native' | 'fallback', loadNative: () => TunIo | null = () => loadTunIo(log), loadFallback: () => TunIo = () => loadFallbackIo(log)): { io: TunIo; kind: IoKind } {
+  if (mode !== 'fallback') {
+    const io = loadNative();
+    if (io) return { io, kind: 'native' };
+    if (mode === 'native') throw new WeaveError('ENOADDON', 'the sleeve needs the native data-path addon (native/; build it with `node scripts/build-native.js`)');
+  }
+  let io: TunIo;
+  try {
+    io = loadFallback();
+  } catch (e) {
+    // Node alone cannot open a TUN (no ioctl): without addon and koffi there is no data path.
+    throw new WeaveError('ENOADDON', `neither the native data-path addon nor the koffi fallback loaded: ${errMsg(e)}`, {}, { cause: e });
+  }
+  log.warn({ component: 'sleeve', io: 'koffi', forced: mode === 'fallback' }, 'native data-path addon not loaded; using the koffi fallback (slower)');
+  return { io, kind: 'koffi' };
+}
+
+function ioModeFromEnv(v: string | undefined): 'auto' | 'native' | 'fallback' {
+  if (v === undefined || v === '' || v === 'auto') return 'auto';
+  if (v === 'native' || v === 'fallback') return v;
+  throw new WeaveError('EINVAL', `WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
 }
 
 /**
- * Opens the TUN and the UDP socket, builds the Sleeve and brings the TUN up. Throws ENOADDON when the
- * native addon cannot load: the TUN cannot be opened from plain Node (no ioctl).
+ * Opens the TUN and the UDP socket, builds the Sleeve and brings the TUN up. Without the native addon
+ * the koffi fallback does the I/O (inline, slower); ENOADDON when neither loads.
  */
 export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
-  const io = o.io === undefined ? loadTunIo(o.log) : o.io;
-  if (!io) throw new WeaveError('ENOADDON', 'the sleeve needs the native data-path addon (native/; build it with `node scripts/build-native.js`)');
+  let io: TunIo;
+  let ioKind: IoKind = 'native';
+  if (o.io === null) throw new WeaveError('ENOADDON', 'the sleeve needs the native data-path addon (native/; build it with `node scripts/build-native.js`)');
+  if (o.io !== undefined) io = o.io;
+  else ({ io, kind: ioKind } = selectSleeveIo(o.log, o.ioMode ?? ioModeFromEnv(process.env.WEAVE_SLEEVE_IO)));
   const ctx = o.ctx ?? {};
   const underlayMtu = o.underlayMtu ?? (await detectUnderlayMtu((args) => hostIpJson(ctx, args), o.log));
   const bind = ip4ToU32(o.bindIp ?? '0.0.0.0');
@@ -745,6 +783,9 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
     tun,
     udp,
     underlayMtu,
+    ioKind,
+    // The worker threads load the addon themselves; with the fallback the loops run inline.
+    workers: o.workers ?? (ioKind === 'native' ? undefined : false),
     host: kernelSleeveHost((args) => hostIp(ctx, args), o.reconciler, (k, v) => hostSysctl(ctx, k, v), o.log),
   });
   try {
