@@ -321,6 +321,17 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     return endpoints.hide(cidrs);
   });
   api.add('POST', '/reset', async () => {
+    // Leave nothing behind in the kernel: detach every container (the hooks free their addresses and
+    // names), hide exposed addresses; then the subsystems leave the mesh (IPAM hands its space over).
+    for (const ep of endpoints.list()) {
+      try {
+        const r = await endpoints.detach(ep.netns);
+        for (const x of subsystems) await x.afterDetach?.(ep.netns, r, ep);
+      } catch (e) {
+        log.warn({ netns: ep.netns, err: errMsg(e) }, 'reset: detach failed; continuing');
+      }
+    }
+    await endpoints.hide().catch((e) => log.warn({ err: errMsg(e) }, 'reset: hide failed; continuing'));
     for (const x of subsystems) {
       try {
         await x.reset?.();
