@@ -1,0 +1,566 @@
+// The fastdp overlay: the kernel's VXLAN device (host/vxlan.ts) carries the traffic; this file is only
+// its control plane, one path per mesh connection:
+//
+//   attach     usable? (peer advertises 'fastdp'; with a password the kernel must do ESP) -> 'hello'
+//              over the mesh connection (Msg.Overlay, msgpack {v:1, o:'fastdp', t:'hello', mac, vtep,
+//              underlay, port, hb, token[, nonce]}) -> on the peer's hello: [ESP keys from the session
+//              key + both nonces, xfrm install] -> FDB + neighbour for the peer -> heartbeats.
+//   heartbeat  every heartbeatMs two UDP datagrams from our VTEP address to the peer's (so through
+//              weave-vx, VXLAN on UDP 6784, ESP when encrypted): a small one and a full-size one
+//              (inner MTU - 28) with DF. They carry the receiver's random token, so stray datagrams and
+//              an earlier connection's heartbeats do not count. 'hear' control messages tell the peer
+//              whether its full-size heartbeats arrive.
+//   state      established while full-size heartbeats flow both ways; failed when they stop (UDP 6784
+//              dropped, MTU black hole — told apart by the small heartbeats — or the peer gone). A failed
+//              path keeps heartbeating, so it reports established again when the path recovers.
+//
+// DF: Node's dgram cannot set it, so the heartbeat socket is the sleeve's native addon UDP socket
+// (IP_PMTUDISC_DO on every datagram): a full-size heartbeat the kernel cannot send unfragmented fails
+// with EMSGSIZE locally, and one a smaller link drops on the way never arrives — both fail the path.
+import { randomBytes } from 'crypto';
+import { isIPv4 } from 'net';
+import { Packr } from 'msgpackr';
+import type { Clock, TimerHandle } from '../mesh/clock';
+import { ProtocolError, WeaveError, errMsg } from '../mesh/errors';
+import type { Logger } from '../mesh/log';
+import type { PeerName } from '../mesh/peer';
+import { Msg, type MeshConnection } from '../mesh/types';
+import type { VxlanPeer } from '../host/vxlan';
+import { deriveEspKeys, newEspNonce, ESP_NONCE_BYTES, type EspKeys } from '../ipsec/keys';
+import type { EspSupport, PeerSas } from '../ipsec/xfrm';
+import type { TunIo } from './native';
+import { EAGAIN, EMSGSIZE, NativeUdp } from './udp';
+import { ip4ToU32, u32ToIp4 } from './forwarding';
+
+export const FASTDP = 'fastdp';
+/** UDP port of fastdp heartbeats, bound on the VTEP address only (the VXLAN socket owns :6784). */
+export const DEFAULT_FASTDP_HB_PORT = 6785;
+export const FASTDP_CTL_VERSION = 1;
+/** Inner IPv4 + UDP headers of a heartbeat. */
+const HB_HEADERS = 28;
+const HB_MAGIC = 0x57464431; // 'WFD1'
+/** magic(4) kind(1) flags(1) token(8) */
+const HB_MIN = 14;
+const HB_SMALL = 1;
+const HB_FULL = 2;
+const TOKEN_BYTES = 8;
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
+
+/** What a router puts under Features.overlayParams.fastdp. */
+export interface FastDpParams { v: number; mac: string; vtep: string; port: number; hb: number }
+
+/** Reason texts the switch and status show (stable: tests and operators match on them). */
+export const REASON = {
+  peerNoFastdp: 'peer has no fastdp',
+  kernelLacksEsp: 'kernel lacks ESP',
+  disabled: 'disabled by flag',
+} as const;
+
+/** The heartbeat socket: UDP on our VTEP address with DF. */
+export interface HeartbeatIo {
+  /** 0 when sent, else an errno (EMSGSIZE: bigger than the route's MTU allows with DF) */
+  send(dstIp: string, port: number, payload: Uint8Array): number;
+  setReceiver(cb: ((srcIp: string, payload: Uint8Array) => void) | null): void;
+  close(): void;
+}
+
+/** Kernel FDB/neighbour state per peer: host/vxlan.ts VxlanReconciler fits. */
+export interface FastDpHost {
+  setPeer(key: string, p: VxlanPeer): void;
+  removePeer(key: string): void;
+}
+
+/** ipsec/xfrm.ts XfrmManager fits. */
+export interface EspInstaller {
+  install(p: PeerSas): Promise<unknown>;
+  removePeer(local: string, remote: string): Promise<number>;
+}
+
+export interface FastDpOptions {
+  name: PeerName;
+  clock: Clock;
+  log: Logger;
+  host: FastDpHost;
+  io: HeartbeatIo;
+  /** our underlay address (the VXLAN device's local) */
+  underlay: string;
+  /** our VTEP MAC and address (host/vxlan.ts vtepMacFor / vtepIpFor) */
+  mac: string;
+  vtep: string;
+  /** VXLAN UDP port, default 6784 */
+  port?: number;
+  /** heartbeat UDP port, default 6785 */
+  hbPort?: number;
+  /** MTU of the VXLAN device: what containers get over fastdp, and the size of full heartbeats */
+  mtu: number;
+  /** ipsec/xfrm.ts supportsEsp(), run once at startup */
+  esp: EspSupport;
+  /** needed when encrypted connections should use fastdp (kernels with ESP) */
+  xfrm?: EspInstaller;
+  /** default 1000 ms */
+  heartbeatMs?: number;
+  /** an established path fails when no full-size heartbeat arrived for this long; default 3500 ms */
+  deadMs?: number;
+  /** a new path fails when not established within this; default 10000 ms */
+  establishTimeoutMs?: number;
+}
+
+export interface FastDpStatus { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string }
+
+export interface FastDpHandle {
+  onMessage(payload: Uint8Array): void;
+  close(): void;
+  status(): FastDpStatus;
+}
+
+export interface FastDpCounters {
+  hbSent: number;
+  hbReceived: number;
+  hbSendErrors: number;
+  hbUnknown: number;
+  ctlIn: number;
+  ctlOut: number;
+}
+
+interface Remote { mac: string; vtep: string; underlay: string; port: number; hb: number; token: Buffer; nonce?: Buffer }
+
+class FdPath {
+  remote: Remote | null = null;
+  ready = false; // kernel state programmed (ESP first when encrypted)
+  weHear = false;
+  theyHear = false;
+  established = false;
+  failReported = false;
+  everEstablished = false;
+  closed = false;
+  lastFullRx = -Infinity;
+  lastSmallRx = -Infinity;
+  failingSince = 0;
+  lastSendErr = 0;
+  /** permanent: this connection never uses fastdp (peer lacks it, kernel lacks ESP ...) */
+  unusable: string | null = null;
+  reason = 'waiting for the peer\'s fastdp parameters';
+  keys: EspKeys | null = null;
+  constructor(
+    readonly conn: MeshConnection,
+    readonly peer: PeerName,
+    readonly cb: { established(): void; failed(reason: string): void },
+    readonly token: Buffer,
+    readonly nonce: Buffer | null,
+    readonly startedAt: number,
+  ) {}
+}
+
+function parseParams(x: unknown): FastDpParams | undefined {
+  if (typeof x !== 'object' || x === null) return undefined;
+  const p = x as Record<string, unknown>;
+  if (p.v !== 1 || typeof p.mac !== 'string' || !MAC_RE.test(p.mac) || typeof p.vtep !== 'string' || !isIPv4(p.vtep)) return undefined;
+  if (!isPort(p.port) || !isPort(p.hb)) return undefined;
+  return { v: 1, mac: p.mac, vtep: p.vtep, port: p.port as number, hb: p.hb as number };
+}
+
+function isPort(x: unknown): boolean {
+  return typeof x === 'number' && Number.isInteger(x) && x > 0 && x < 65536;
+}
+
+function bytes(x: unknown, n: number, what: string): Buffer {
+  if (!(x instanceof Uint8Array) || x.length !== n) throw new ProtocolError(`fastdp hello: bad ${what}`);
+  return Buffer.from(x);
+}
+
+export interface FastDpHello { t: 'hello'; mac: string; vtep: string; underlay: string; port: number; hb: number; token: Buffer; nonce?: Buffer }
+export interface FastDpHear { t: 'hear'; on: boolean }
+
+/** Decodes and validates one fastdp control message; null when it belongs to another overlay. */
+export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear | null {
+  let m: unknown;
+  try {
+    m = packr.unpack(payload);
+  } catch (e) {
+    throw new ProtocolError('fastdp control: malformed msgpack', { cause: errMsg(e) });
+  }
+  if (typeof m !== 'object' || m === null || Object.getPrototypeOf(m) !== Object.prototype) throw new ProtocolError('fastdp control: expected a map');
+  const c = m as Record<string, unknown>;
+  if (typeof c.o !== 'string') throw new ProtocolError('fastdp control: no overlay name');
+  if (c.o !== FASTDP) return null;
+  if (c.v !== FASTDP_CTL_VERSION) throw new ProtocolError('fastdp control: unsupported version', { v: c.v });
+  if (c.t === 'hello') {
+    if (typeof c.mac !== 'string' || !MAC_RE.test(c.mac)) throw new ProtocolError('fastdp hello: bad mac');
+    if (typeof c.vtep !== 'string' || !isIPv4(c.vtep)) throw new ProtocolError('fastdp hello: bad vtep');
+    if (typeof c.underlay !== 'string' || !isIPv4(c.underlay)) throw new ProtocolError('fastdp hello: bad underlay');
+    if (!isPort(c.port)) throw new ProtocolError('fastdp hello: bad port');
+    if (!isPort(c.hb)) throw new ProtocolError('fastdp hello: bad heartbeat port');
+    const out: FastDpHello = { t: 'hello', mac: c.mac, vtep: c.vtep, underlay: c.underlay, port: c.port as number, hb: c.hb as number, token: bytes(c.token, TOKEN_BYTES, 'token') };
+    if (c.nonce !== undefined) out.nonce = bytes(c.nonce, ESP_NONCE_BYTES, 'nonce');
+    return out;
+  }
+  if (c.t === 'hear') {
+    if (typeof c.on !== 'boolean') throw new ProtocolError('fastdp hear: bad flag');
+    return { t: 'hear', on: c.on };
+  }
+  throw new ProtocolError('fastdp control: unknown type', { t: String(c.t).slice(0, 20) });
+}
+
+export function encodeFastDpCtl(body: Record<string, unknown>): Uint8Array {
+  return packr.pack({ v: FASTDP_CTL_VERSION, o: FASTDP, ...body });
+}
+
+export class FastDp {
+  readonly mtu: number;
+  readonly port: number;
+  readonly hbPort: number;
+  readonly counters: FastDpCounters = { hbSent: 0, hbReceived: 0, hbSendErrors: 0, hbUnknown: 0, ctlIn: 0, ctlOut: 0 };
+  private readonly o: FastDpOptions;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private readonly heartbeatMs: number;
+  private readonly deadMs: number;
+  private readonly establishTimeoutMs: number;
+  private readonly paths = new Set<FdPath>();
+  private readonly byToken = new Map<string, FdPath>();
+  private readonly byPeer = new Map<PeerName, FdPath>();
+  private readonly full: Buffer;
+  private readonly small = Buffer.alloc(HB_MIN);
+  private timer: TimerHandle | undefined;
+  private closed = false;
+
+  constructor(o: FastDpOptions) {
+    this.o = o;
+    this.log = o.log.child({ component: 'fastdp' });
+    this.clock = o.clock;
+    this.mtu = o.mtu;
+    this.port = o.port ?? 6784;
+    this.hbPort = o.hbPort ?? DEFAULT_FASTDP_HB_PORT;
+    if (!(o.mtu >= 576 && o.mtu <= 65535)) throw new WeaveError('EINVAL', `fastdp MTU ${o.mtu} out of range`);
+    if (!isIPv4(o.underlay) || !isIPv4(o.vtep) || !MAC_RE.test(o.mac)) throw new WeaveError('EINVAL', 'fastdp: bad underlay, VTEP address or MAC', { underlay: o.underlay, vtep: o.vtep, mac: o.mac });
+    this.heartbeatMs = o.heartbeatMs ?? 1000;
+    this.deadMs = o.deadMs ?? 3500;
+    this.establishTimeoutMs = o.establishTimeoutMs ?? 10000;
+    this.full = Buffer.alloc(o.mtu - HB_HEADERS);
+    this.full.writeUInt32BE(HB_MAGIC, 0);
+    this.full[4] = HB_FULL;
+    this.small.writeUInt32BE(HB_MAGIC, 0);
+    this.small[4] = HB_SMALL;
+    o.io.setReceiver((src, p) => this.onDatagram(src, p));
+    this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
+  }
+
+  /** Features.overlayParams entry: put it under the key 'fastdp'. */
+  overlayParams(): FastDpParams {
+    return { v: 1, mac: this.o.mac, vtep: this.o.vtep, port: this.port, hb: this.hbPort };
+  }
+
+  /** A neighbour's VTEP address once its fastdp path is programmed (for routes `via` it). */
+  remoteVtep(peer: PeerName): string | undefined {
+    const p = this.byPeer.get(peer);
+    return p && p.ready && !p.closed ? p.remote?.vtep : undefined;
+  }
+
+  /** OverlayManager.attach for one authenticated connection. */
+  attach(conn: MeshConnection, cb: { established(): void; failed(reason: string): void }): FastDpHandle {
+    if (this.closed) throw new WeaveError('ECLOSED', 'fastdp is closed');
+    const encrypted = conn.sessionKey !== null;
+    const p = new FdPath(conn, conn.remote.name, cb, randomBytes(TOKEN_BYTES), encrypted ? newEspNonce() : null, this.clock.now());
+    this.paths.add(p);
+    this.byToken.set(p.token.toString('hex'), p);
+    const remoteParams = parseParams(conn.remote.overlayParams?.[FASTDP]);
+    if (!conn.remote.overlays.includes(FASTDP) || !remoteParams) {
+      this.markUnusable(p, REASON.peerNoFastdp);
+    } else if (encrypted && !this.o.esp.ok) {
+      this.log.info({ peer: p.peer, detail: this.o.esp.reason }, 'encrypted connection: fastdp needs kernel ESP, which this kernel lacks');
+      this.markUnusable(p, REASON.kernelLacksEsp);
+    } else if (encrypted && !this.o.xfrm) {
+      this.markUnusable(p, 'no IPsec manager configured');
+    } else {
+      const hello: Record<string, unknown> = { t: 'hello', mac: this.o.mac, vtep: this.o.vtep, underlay: this.o.underlay, port: this.port, hb: this.hbPort, token: p.token };
+      if (p.nonce) hello.nonce = p.nonce;
+      this.sendCtl(p, hello);
+    }
+    return {
+      onMessage: (payload) => this.onCtl(p, payload),
+      close: () => this.detach(p),
+      status: () => this.pathStatus(p),
+    };
+  }
+
+  /** Stops timers and the heartbeat socket; kernel entries are the caller's (VxlanReconciler.destroy). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.clock.clearTimeout(this.timer);
+    for (const p of [...this.paths]) this.detach(p);
+    this.o.io.setReceiver(null);
+    this.o.io.close();
+  }
+
+  private markUnusable(p: FdPath, reason: string): void {
+    p.unusable = reason;
+    p.reason = reason;
+    p.failReported = true;
+    this.log.debug({ peer: p.peer, reason }, 'fastdp not used on this connection');
+    // after attach has returned: the caller must hold the handle before it hears about it
+    this.clock.setTimeout(() => { if (!p.closed) p.cb.failed(reason); }, 0);
+  }
+
+  private sendCtl(p: FdPath, body: Record<string, unknown>): void {
+    if (p.closed) return;
+    this.counters.ctlOut++;
+    p.conn.send(Msg.Overlay, encodeFastDpCtl(body));
+  }
+
+  private onCtl(p: FdPath, payload: Uint8Array): void {
+    if (p.closed) return;
+    const m = decodeFastDpCtl(payload);
+    if (!m) return;
+    this.counters.ctlIn++;
+    if (m.t === 'hear') {
+      p.theyHear = m.on;
+      this.evaluate(p);
+      return;
+    }
+    if (p.unusable) return; // e.g. the peer can do ESP and we cannot: it learns from our silence + status
+    if (p.remote) {
+      if (p.remote.token.equals(m.token)) return;
+      throw new ProtocolError('fastdp hello: parameters changed on a live connection');
+    }
+    if (m.vtep === this.o.vtep || m.mac === this.o.mac) {
+      this.markUnusable(p, `VTEP collision: the peer has our VTEP ${m.vtep === this.o.vtep ? `address ${m.vtep}` : `MAC ${m.mac}`}`);
+      return;
+    }
+    for (const q of this.paths) {
+      if (q !== p && !q.closed && q.peer !== p.peer && q.remote && (q.remote.vtep === m.vtep || q.remote.mac === m.mac)) {
+        this.markUnusable(p, `VTEP collision with peer ${q.peer} (${m.vtep})`);
+        return;
+      }
+    }
+    if (p.nonce && !m.nonce) {
+      this.markUnusable(p, 'the peer sent no ESP nonce on an encrypted connection');
+      return;
+    }
+    p.remote = { mac: m.mac, vtep: m.vtep, underlay: m.underlay, port: m.port, hb: m.hb, token: m.token, nonce: m.nonce };
+    p.reason = 'waiting for fastdp heartbeats';
+    if (p.nonce) {
+      try {
+        p.keys = deriveEspKeys(p.conn.sessionKey!, p.nonce, m.nonce!);
+      } catch (e) {
+        this.markUnusable(p, `ESP keys: ${errMsg(e)}`);
+        return;
+      }
+      // ESP first: the kernel must never send this peer plain VXLAN
+      this.o.xfrm!.install({ local: this.o.underlay, remote: m.underlay, keys: p.keys }).then(
+        () => this.program(p),
+        (e) => {
+          this.log.error({ peer: p.peer, err: errMsg(e) }, 'installing ESP failed; fastdp not used on this connection');
+          if (!p.closed) this.markUnusable(p, `ESP install failed: ${errMsg(e)}`);
+        },
+      );
+      return;
+    }
+    this.program(p);
+  }
+
+  private program(p: FdPath): void {
+    if (p.closed || !p.remote) return;
+    const prev = this.byPeer.get(p.peer);
+    this.byPeer.set(p.peer, p);
+    if (prev && prev !== p) this.log.info({ peer: p.peer }, 'a newer connection to the peer replaces the old fastdp path');
+    try {
+      this.o.host.setPeer(p.peer, { mac: p.remote.mac, vtep: p.remote.vtep, underlay: p.remote.underlay });
+    } catch (e) {
+      this.markUnusable(p, `cannot program the VXLAN device: ${errMsg(e)}`);
+      return;
+    }
+    p.ready = true;
+    this.log.debug({ peer: p.peer, vtep: p.remote.vtep, underlay: p.remote.underlay, encrypted: p.keys !== null }, 'fastdp peer programmed');
+    this.sendHeartbeats(p);
+  }
+
+  private detach(p: FdPath): void {
+    if (p.closed) return;
+    p.closed = true;
+    this.paths.delete(p);
+    this.byToken.delete(p.token.toString('hex'));
+    if (this.byPeer.get(p.peer) === p) {
+      this.byPeer.delete(p.peer);
+      this.o.host.removePeer(p.peer);
+      if (p.keys && p.remote) {
+        const remote = p.remote.underlay;
+        this.o.xfrm!.removePeer(this.o.underlay, remote).catch((e) => this.log.error({ peer: p.peer, err: errMsg(e) }, 'removing ESP states failed'));
+      }
+    }
+  }
+
+  private pathStatus(p: FdPath): FastDpStatus {
+    const s: FastDpStatus = { overlay: p.established ? FASTDP : null, encrypted: p.keys !== null, mtu: this.mtu };
+    if (!p.established) s.reason = p.reason;
+    return s;
+  }
+
+  private onDatagram(src: string, d: Uint8Array): void {
+    if (d.length < HB_MIN || ((d[0] << 24) | (d[1] << 16) | (d[2] << 8) | d[3]) >>> 0 !== HB_MAGIC) {
+      this.counters.hbUnknown++;
+      return;
+    }
+    const p = this.byToken.get(Buffer.from(d.buffer, d.byteOffset + 6, TOKEN_BYTES).toString('hex'));
+    // only through the VXLAN path counts: the peer's VTEP address is routed nowhere else
+    if (!p || p.closed || !p.remote || src !== p.remote.vtep) {
+      this.counters.hbUnknown++;
+      return;
+    }
+    this.counters.hbReceived++;
+    const now = this.clock.now();
+    if (d[4] === HB_FULL) {
+      if (d.length < this.full.length) {
+        // the peer's MTU is smaller: its full heartbeat proves less than ours needs; count it as small
+        p.lastSmallRx = now;
+        return;
+      }
+      p.lastFullRx = now;
+      if (!p.weHear) {
+        p.weHear = true;
+        this.sendCtl(p, { t: 'hear', on: true });
+        this.evaluate(p);
+      }
+    } else {
+      p.lastSmallRx = now;
+    }
+  }
+
+  private sendHeartbeats(p: FdPath): void {
+    if (!p.ready || !p.remote || p.closed) return;
+    p.remote.token.copy(this.small, 6);
+    p.remote.token.copy(this.full, 6);
+    const e1 = this.o.io.send(p.remote.vtep, p.remote.hb, this.small);
+    const e2 = this.o.io.send(p.remote.vtep, p.remote.hb, this.full);
+    this.counters.hbSent += (e1 === 0 ? 1 : 0) + (e2 === 0 ? 1 : 0);
+    const err = e2 || e1;
+    if (err !== 0 && err !== EAGAIN) {
+      this.counters.hbSendErrors++;
+      if (err !== p.lastSendErr) this.log.debug({ peer: p.peer, errno: err, size: this.full.length }, 'fastdp heartbeat send failed');
+    }
+    p.lastSendErr = err;
+  }
+
+  private evaluate(p: FdPath): void {
+    if (p.closed || p.unusable) return;
+    const est = p.ready && p.weHear && p.theyHear;
+    if (est === p.established) return;
+    p.established = est;
+    if (est) {
+      p.failReported = false;
+      p.everEstablished = true;
+      p.reason = '';
+      this.log.info({ peer: p.peer, vtep: p.remote?.vtep, underlay: p.remote?.underlay, mtu: this.mtu, encrypted: p.keys !== null }, 'fastdp established');
+      p.cb.established();
+    } else {
+      p.failingSince = this.clock.now();
+      p.reason = this.failReason(p);
+      this.log.warn({ peer: p.peer, reason: p.reason }, 'fastdp lost');
+      p.failReported = true;
+      p.cb.failed(p.reason);
+    }
+  }
+
+  private failReason(p: FdPath): string {
+    const since = new Date(p.failingSince || this.clock.now()).toISOString();
+    const now = this.clock.now();
+    let why: string;
+    if (p.lastSendErr === EMSGSIZE) why = `full-size (${this.mtu}) heartbeats exceed the local path MTU`;
+    else if (!p.weHear && now - p.lastSmallRx <= this.deadMs) why = `small heartbeats arrive but full-size (${this.mtu}) ones do not: MTU black hole`;
+    else if (!p.weHear) why = 'no heartbeats from the peer over VXLAN';
+    else why = 'the peer does not receive our heartbeats over VXLAN';
+    return `heartbeats failing since ${since}: ${why}`;
+  }
+
+  private tick(): void {
+    if (this.closed) return;
+    const now = this.clock.now();
+    for (const p of [...this.paths]) {
+      if (p.closed || p.unusable) continue;
+      if (p.ready) {
+        const hear = now - p.lastFullRx <= this.deadMs;
+        if (hear !== p.weHear) {
+          p.weHear = hear;
+          this.sendCtl(p, { t: 'hear', on: hear });
+          this.evaluate(p);
+          if (p.closed) continue;
+        }
+        this.sendHeartbeats(p);
+        // a failed path's reason follows what we see now (small ones arriving or not)
+        if (!p.established && p.everEstablished) p.reason = this.failReason(p);
+      }
+      if (!p.established && !p.failReported && now - p.startedAt >= this.establishTimeoutMs) {
+        p.failReported = true;
+        p.failingSince = p.startedAt;
+        p.reason = !p.remote ? 'the peer sent no fastdp parameters' : !p.ready ? 'fastdp kernel state not ready' : this.failReason(p);
+        this.log.warn({ peer: p.peer, reason: p.reason }, 'fastdp could not be established');
+        p.cb.failed(p.reason);
+      }
+    }
+    this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
+  }
+}
+
+// ---- the native heartbeat socket ----------------------------------------------------------------
+
+/** UDP through the native addon: DF on every datagram. A few datagrams per second per peer. */
+export class NativeHeartbeatIo implements HeartbeatIo {
+  private readonly udp: NativeUdp;
+  private readonly buf: Buffer;
+  private readonly offs = new Int32Array(1);
+  private readonly lens = new Int32Array(1);
+  private readonly ips = new Uint32Array(1);
+  private readonly ports = new Int32Array(1);
+  private readonly errs = new Int32Array(1);
+  private readonly rxBuf: Buffer;
+  private readonly rxLens = new Int32Array(16);
+  private readonly rxIps = new Uint32Array(16);
+  private readonly rxPorts = new Int32Array(16);
+  private readonly stride: number;
+
+  constructor(io: TunIo, bindIp: string, port: number, maxSize = 65535) {
+    const ip = ip4ToU32(bindIp);
+    if (ip === undefined) throw new WeaveError('EINVAL', `bad heartbeat bind address ${bindIp}`);
+    this.udp = new NativeUdp(io, ip, port, 1 << 20);
+    this.buf = Buffer.alloc(maxSize);
+    this.stride = maxSize;
+    this.rxBuf = Buffer.alloc(maxSize * 4);
+  }
+
+  get port(): number { return this.udp.port; }
+
+  send(dstIp: string, port: number, payload: Uint8Array): number {
+    const ip = ip4ToU32(dstIp);
+    if (ip === undefined || payload.length > this.buf.length) return 22; // EINVAL
+    this.buf.set(payload, 0);
+    this.ips[0] = ip;
+    this.ports[0] = port;
+    this.lens[0] = payload.length;
+    this.offs[0] = 0;
+    const n = this.udp.sendBatch(this.buf, this.offs, this.lens, this.ips, this.ports, this.errs, 1);
+    return n === 1 ? 0 : this.errs[0] || EAGAIN;
+  }
+
+  setReceiver(cb: ((srcIp: string, payload: Uint8Array) => void) | null): void {
+    if (!cb) {
+      this.udp.setReadable(null);
+      return;
+    }
+    this.udp.setReadable(() => {
+      for (;;) {
+        const n = this.udp.recvBatch(this.rxBuf, this.stride, 4, this.rxLens, this.rxIps, this.rxPorts);
+        for (let i = 0; i < n; i++) {
+          const len = Math.min(this.rxLens[i], this.stride);
+          cb(u32ToIp4(this.rxIps[i]), this.rxBuf.subarray(i * this.stride, i * this.stride + len));
+        }
+        if (n < 4) break;
+      }
+    });
+  }
+
+  close(): void {
+    this.udp.close();
+  }
+}
