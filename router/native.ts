@@ -1,7 +1,7 @@
 // Loads the project's data-path addon (native/, built by scripts/build-native.js during npm ci).
-// Without it the router cannot open a TUN device (Node has no ioctl) nor batch UDP I/O; the caller
-// decides what to do (the sleeve refuses to start with a clear error). The loader is injectable so
-// tests can simulate a missing addon.
+// Without it Node alone cannot open a TUN device (no ioctl) nor batch UDP I/O; the caller decides
+// what to do (createSleeve falls back to router/fallback-io.ts, koffi FFI, slower). The loader is
+// injectable so tests can simulate a missing addon.
 import * as path from 'path';
 import type { Logger } from '../mesh/log';
 import { errMsg } from '../mesh/errors';
@@ -50,6 +50,6 @@ export function loadTunIo(log: Logger, load: (p: string) => unknown = (p) => req
       errors.push(`${p}: ${errMsg(e)}`);
     }
   }
-  log.warn({ component: 'native', tried: errors }, 'native data-path addon could not load (run `node scripts/build-native.js`); TUN and batched UDP I/O are unavailable');
+  log.warn({ component: 'native', tried: errors }, 'native data-path addon could not load (run `node scripts/build-native.js`)');
   return null;
 }
