@@ -172,9 +172,11 @@ function bytes(x: unknown, n: number, what: string): Buffer {
 
 export interface FastDpHello { t: 'hello'; mac: string; vtep: string; underlay: string; port: number; hb: number; token: Buffer; nonce?: Buffer }
 export interface FastDpHear { t: 'hear'; on: boolean }
+/** Sent when this side will not run fastdp on the connection, so the peer can say why. */
+export interface FastDpOff { t: 'off'; why: string }
 
 /** Decodes and validates one fastdp control message; null when it belongs to another overlay. */
-export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear | null {
+export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear | FastDpOff | null {
   let m: unknown;
   try {
     m = packr.unpack(payload);
@@ -199,6 +201,10 @@ export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear |
   if (c.t === 'hear') {
     if (typeof c.on !== 'boolean') throw new ProtocolError('fastdp hear: bad flag');
     return { t: 'hear', on: c.on };
+  }
+  if (c.t === 'off') {
+    if (typeof c.why !== 'string' || c.why.length > 200) throw new ProtocolError('fastdp off: bad reason');
+    return { t: 'off', why: c.why };
   }
   throw new ProtocolError('fastdp control: unknown type', { t: String(c.t).slice(0, 20) });
 }
@@ -267,7 +273,7 @@ export class FastDp {
     this.byToken.set(p.token.toString('hex'), p);
     const remoteParams = parseParams(conn.remote.overlayParams?.[FASTDP]);
     if (!conn.remote.overlays.includes(FASTDP) || !remoteParams) {
-      this.markUnusable(p, REASON.peerNoFastdp);
+      this.markUnusable(p, REASON.peerNoFastdp, false);
     } else if (encrypted && !this.o.esp.ok) {
       this.log.info({ peer: p.peer, detail: this.o.esp.reason }, 'encrypted connection: fastdp needs kernel ESP, which this kernel lacks');
       this.markUnusable(p, REASON.kernelLacksEsp);
@@ -295,10 +301,18 @@ export class FastDp {
     this.o.io.close();
   }
 
-  private markUnusable(p: FdPath, reason: string): void {
+  private markUnusable(p: FdPath, reason: string, tellPeer = true): void {
+    if (p.unusable) return;
+    // the peer would otherwise wait for our hello until its timeout and report only that
+    if (tellPeer && p.conn.remote.overlays.includes(FASTDP)) this.sendCtl(p, { t: 'off', why: reason });
     p.unusable = reason;
     p.reason = reason;
     p.failReported = true;
+    if (p.ready && this.byPeer.get(p.peer) === p) {
+      p.ready = false;
+      this.byPeer.delete(p.peer);
+      this.o.host.removePeer(p.peer);
+    }
     this.log.debug({ peer: p.peer, reason }, 'fastdp not used on this connection');
     // after attach has returned: the caller must hold the handle before it hears about it
     this.clock.setTimeout(() => { if (!p.closed) p.cb.failed(reason); }, 0);
@@ -318,6 +332,13 @@ export class FastDp {
     if (m.t === 'hear') {
       p.theyHear = m.on;
       this.evaluate(p);
+      return;
+    }
+    if (m.t === 'off') {
+      const wasEstablished = p.established;
+      p.established = false;
+      this.markUnusable(p, m.why === REASON.kernelLacksEsp ? 'peer\'s kernel lacks ESP' : `peer does not use fastdp: ${m.why}`, false);
+      if (wasEstablished) this.log.warn({ peer: p.peer, reason: p.reason }, 'fastdp turned off by the peer');
       return;
     }
     if (p.unusable) return; // e.g. the peer can do ESP and we cannot: it learns from our silence + status

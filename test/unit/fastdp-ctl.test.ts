@@ -20,12 +20,13 @@ const MTU = 1450;
 
 interface Side { fd: FastDp; vx: FakeVx; conn: FakeConn; events: string[]; handle: ReturnType<FastDp['attach']> }
 
-function setup(opts: { key?: Uint8Array | null; esp?: { ok: boolean; reason?: string }; xfrm?: EspInstaller; bOverlays?: string[]; bParams?: boolean; log?: MemoryLogger } = {}) {
+function setup(opts: { key?: Uint8Array | null; esp?: { ok: boolean; reason?: string }; espB?: { ok: boolean; reason?: string }; xfrm?: EspInstaller; bOverlays?: string[]; bParams?: boolean; log?: MemoryLogger } = {}) {
   const clock = new FakeClock();
   const net = new FakeNet(clock);
   const mk = (name: string, vtep: string, underlay: string, mac: string) => {
     const vx = new FakeVx();
-    const fd = new FastDp({ name, clock, log: opts.log ?? silentLogger(), host: vx, io: net.io(vtep), underlay, mac, vtep, mtu: MTU, esp: opts.esp ?? { ok: true }, xfrm: opts.xfrm });
+    const esp = (name === N2 ? opts.espB : undefined) ?? opts.esp ?? { ok: true };
+    const fd = new FastDp({ name, clock, log: opts.log ?? silentLogger(), host: vx, io: net.io(vtep), underlay, mac, vtep, mtu: MTU, esp, xfrm: opts.xfrm });
     return { fd, vx };
   };
   const a = mk(N1, V1, '198.18.0.11', N1);
@@ -142,7 +143,7 @@ test('password on a kernel without ESP: "kernel lacks ESP", never programs plain
   for (const s of [A, B]) {
     assert.deepEqual(s.events, [`failed: ${REASON.kernelLacksEsp}`]);
     assert.equal(s.vx.peers.size, 0);
-    assert.equal(s.conn.sent.length, 0);
+    assert.equal(s.conn.sent.length, 1, 'only the "off" message');
     assert.deepEqual(s.handle.status(), { overlay: null, encrypted: false, mtu: MTU, reason: 'kernel lacks ESP' });
   }
   assert.ok(log.find((r) => typeof r.detail === 'string' && /Protocol not supported/.test(r.detail as string)));
@@ -190,4 +191,18 @@ test('a hello with our own VTEP address is refused as a collision', () => {
   assert.match(events[0], /VTEP collision/);
   assert.equal(vx.peers.size, 0);
   fd.close();
+});
+
+test('password, ESP on one side only: the capable side says "peer\'s kernel lacks ESP" at once, nothing installed', async () => {
+  const installs: PeerSas[] = [];
+  const xfrm: EspInstaller = { install: async (p) => { installs.push(p); }, removePeer: async () => 0 };
+  const { clock, A, B } = setup({ key: new Uint8Array(32).fill(5), xfrm, espB: { ok: false, reason: 'kernel lacks ESP (...)' } });
+  clock.advance(10);
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(B.events, ['failed: kernel lacks ESP']);
+  assert.deepEqual(A.events, ["failed: peer's kernel lacks ESP"]);
+  assert.equal(installs.length, 0);
+  assert.equal(A.vx.peers.size + B.vx.peers.size, 0);
+  clock.advance(20_000);
+  assert.equal(A.events.length, 1, 'no later timeout failure');
 });
