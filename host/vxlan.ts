@@ -176,13 +176,10 @@ export function planVxlan(c: VxlanConfig, peers: VxlanPeer[], actual: VxlanActua
     if (!n.state?.includes('PERMANENT')) continue; // the kernel's own (incomplete/failed) entries are not ours
     haveNeigh.set(n.dst, (n.lladdr ?? '').toLowerCase());
   }
-  for (const [ip, mac] of haveNeigh) {
-    if (!wantNeigh.has(ip)) {
-      ipl.push(`neigh del ${ip} dev ${dev}`);
-      summary.neighDel++;
-    } else if (wantNeigh.get(ip) !== mac) {
-      // replace below fixes it
-    }
+  for (const ip of haveNeigh.keys()) {
+    if (wantNeigh.has(ip)) continue; // a wrong MAC is fixed by the replace below
+    ipl.push(`neigh del ${ip} dev ${dev}`);
+    summary.neighDel++;
   }
   for (const [ip, mac] of wantNeigh) {
     if (haveNeigh.get(ip) === mac) continue;
@@ -240,6 +237,7 @@ export class VxlanReconciler {
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly debounceMs: number;
+  private readonly routes?: RouteSink;
   private readonly peers = new Map<string, VxlanPeer>();
   private running?: Promise<VxlanPlan['summary']>;
   private queued?: Promise<VxlanPlan['summary']>;
@@ -258,7 +256,6 @@ export class VxlanReconciler {
     this.debounceMs = o.debounceMs ?? 20;
     this.routes = o.routes;
   }
-  private readonly routes?: RouteSink;
 
   /** Programs (or updates) one peer's FDB + neighbour entry (+ VTEP route). key: usually the peer name. */
   setPeer(key: string, p: VxlanPeer): void {
