@@ -151,15 +151,16 @@ export function loadFallbackIo(log: Logger, load: () => unknown = () => require(
   const small = Buffer.alloc(64);
   const smallA = c.address(small);
 
-  // The last buffer's address: the data path passes the same ring buffer every call.
-  let lastBuf: Uint8Array | null = null;
-  let lastAddr = 0;
+  // The data path passes the same few ring buffers every call; their memory never moves (ArrayBuffer
+  // backing stores are fixed), so each address is looked up once.
+  const addrs = new WeakMap<Uint8Array, number>();
   const addrOf = (b: Uint8Array): number => {
-    if (b !== lastBuf) {
-      lastAddr = c.address(b);
-      lastBuf = b;
+    let a = addrs.get(b);
+    if (a === undefined) {
+      a = c.address(b);
+      addrs.set(b, a);
     }
-    return lastAddr;
+    return a;
   };
 
   const io: TunIo & { readonly kind: IoKind } = {

@@ -200,6 +200,7 @@ for (const encrypted of [true, false]) {
 
       const tcp = await iperf(c1, c2, '10.32.2.1');
       assert.ok(tcp.end.sum_received.bytes > 1_000_000, `TCP moved ${tcp.end.sum_received.bytes} bytes`);
+      console.log(`# koffi fallback, ${encrypted ? 'encrypted' : 'unencrypted'}: iperf3 TCP ${(tcp.end.sum_received.bits_per_second / 1e9).toFixed(3)} Gbit/s`);
       const udp = await iperf(c1, c2, '10.32.2.1', ['-u', '-b', '30M']);
       assert.ok(udp.end.sum.packets > 1000, 'UDP flowed');
       assert.ok(udp.end.sum.lost_percent < 20, `UDP loss ${udp.end.sum.lost_percent}%`);
