@@ -21,6 +21,12 @@ import { SUBSYSTEMS } from './subsystems';
 import { PrefixTable, PREFIXES_CHANNEL } from '../router/prefixes';
 import { createSleeve, Sleeve, RouteSource } from '../router/sleeve';
 import { sysctl } from '../host/ip';
+import { detectUnderlayAddress } from '../host/underlay';
+import { VxlanReconciler, vtepMacFor, vtepIpFor, DEFAULT_VNI, DEFAULT_VXLAN_NAME, VXLAN_OVERHEAD } from '../host/vxlan';
+import { FastDp, NativeHeartbeatIo, DEFAULT_FASTDP_HB_PORT } from '../router/fastdp';
+import { OverlaySwitch, FastDpRoutes } from '../router/overlay-switch';
+import { loadTunIo } from '../router/native';
+import { supportsEsp, XfrmManager } from '../ipsec/xfrm';
 import type { PeerName } from '../mesh/peer';
 import type { AttachRequest, DaemonContext, Subsystem } from './subsystem';
 
@@ -141,6 +147,52 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     bindIp: cfg.host || undefined,
   });
 
+  // Fast datapath: kernel VXLAN whose FDB/neighbour entries and routes the router programs, ESP when
+  // encrypted and the kernel can. Optional: when it cannot start, the sleeve carries everything and
+  // every connection says why.
+  const fastdpLog = componentLogger(root, 'fastdp');
+  let fastdp: FastDp | undefined;
+  let vxlan: VxlanReconciler | undefined;
+  let xfrm: XfrmManager | undefined;
+  let fastdpDisabled: string | undefined = cfg.fastdp ? undefined : 'disabled by flag';
+  if (cfg.fastdp) {
+    try {
+      const io = loadTunIo(fastdpLog);
+      if (!io) throw new WeaveError('ENOADDON', 'the native addon is needed for DF heartbeats');
+      const underlay = cfg.host && cfg.host !== '0.0.0.0' && cfg.host !== '::' ? cfg.host : await detectUnderlayAddress(hostCtx);
+      const esp = cfg.password ? await supportsEsp(hostCtx, fastdpLog) : { ok: false, reason: 'no password: ESP not needed' };
+      const vtep = vtepIpFor(identity.name);
+      const mtu = sleeve.underlayMtu - VXLAN_OVERHEAD;
+      vxlan = new VxlanReconciler({
+        ctx: hostCtx, log: fastdpLog, clock, routes,
+        config: { name: DEFAULT_VXLAN_NAME, vni: DEFAULT_VNI, port: cfg.port + 1, local: underlay, mtu, mac: vtepMacFor(identity.name), address: vtep },
+      });
+      await vxlan.reconcile(); // the VTEP address must exist before the heartbeat socket binds to it
+      vxlan.start(ROUTE_RESYNC_MS);
+      if (esp.ok) xfrm = new XfrmManager({ ctx: hostCtx, log: fastdpLog, port: cfg.port + 1 });
+      fastdp = new FastDp({
+        name: identity.name, clock, log: fastdpLog, host: vxlan,
+        io: new NativeHeartbeatIo(io, vtep, DEFAULT_FASTDP_HB_PORT, sleeve.underlayMtu),
+        underlay, mac: vtepMacFor(identity.name), vtep, port: cfg.port + 1, mtu, esp, xfrm,
+      });
+      fastdpLog.info({ underlay, vtep, mtu, esp: esp.ok ? 'yes' : esp.reason }, 'fast datapath ready');
+    } catch (e) {
+      fastdpDisabled = `fastdp unavailable: ${errMsg(e)}`;
+      fastdpLog.warn({ err: errMsg(e) }, 'fast datapath cannot start; the sleeve carries all traffic');
+      await vxlan?.destroy().catch(() => undefined);
+      vxlan?.stop();
+      vxlan = undefined;
+    }
+  }
+  const overlaySwitch = new OverlaySwitch({
+    overlays: [
+      { name: 'fastdp', manager: fastdp ?? null, optional: true, disabledReason: fastdpDisabled },
+      { name: 'sleeve', manager: sleeve },
+    ],
+    clock,
+    log: componentLogger(root, 'overlay'),
+  });
+
   const targetStore = new FileTargetStore(path.join(cfg.dataDir, 'targets.json'), log);
   if (!cfg.resume) targetStore.save(cfg.peers);
   const mesh = new Mesh({
@@ -152,12 +204,18 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     port: cfg.port,
     connLimit: cfg.connLimit,
     discovery: cfg.discovery,
-    overlays: ['sleeve'],
-    overlayParams: { sleeve: sleeve.overlayParams() },
-    overlay: sleeve,
+    overlays: overlaySwitch.advertised(),
+    overlayParams: fastdp ? { sleeve: sleeve.overlayParams(), fastdp: fastdp.overlayParams() } : { sleeve: sleeve.overlayParams() },
+    overlay: overlaySwitch,
     targetStore,
   });
   meshRef = mesh;
+  const fastdpRoutes = fastdp
+    ? new FastDpRoutes({ name: identity.name, log: fastdpLog, routes: mesh, prefixes, carrier: overlaySwitch, vtepOf: (p) => fastdp!.remoteVtep(p), sink: routes })
+    : undefined;
+  if (fastdpRoutes) {
+    sleeve.setRouteFilter({ skip: (origin) => fastdpRoutes.sleeveSkips(origin), onChange: (fn) => overlaySwitch.onChange(() => fn()) });
+  }
   prefixes.setChannel(mesh.newGossip(PREFIXES_CHANNEL, prefixes));
   // Announcements of peers that left the topology must not keep attracting traffic. Only peers that
   // were reachable and no longer are: a peer whose gossip arrives before its connection is
@@ -203,6 +261,14 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       routes: routes.stats(),
     },
     sleeve: sleeveReport(),
+    fastdp: {
+      summary: fastdp ? { Status: 'on', Encryption: xfrm ? 'kernel ESP' : 'none (kernel lacks ESP or no password)' } : { Status: fastdpDisabled ?? 'off' },
+      enabled: !!fastdp,
+      reason: fastdpDisabled,
+      counters: fastdp?.counters,
+      switches: overlaySwitch.switches,
+      vxlan: vxlan?.stats(),
+    },
     ...Object.fromEntries(subsystems.filter((x) => x.report).map((x) => [x.name, x.report!()])),
   });
 
@@ -257,7 +323,13 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
         await api.close().catch((e) => log.warn({ err: errMsg(e) }, 'API close failed'));
         for (const x of [...subsystems].reverse()) await x.stop?.().catch((e: unknown) => log.warn({ subsystem: x.name, err: errMsg(e) }, 'subsystem stop failed'));
         await mesh.stop().catch((e) => log.warn({ err: errMsg(e) }, 'mesh stop failed'));
+        fastdpRoutes?.close();
+        overlaySwitch.close();
+        fastdp?.close();
         await sleeve.close().catch((e) => log.warn({ err: errMsg(e) }, 'sleeve close failed'));
+        vxlan?.stop();
+        await vxlan?.destroy().catch((e) => log.warn({ err: errMsg(e) }, 'vxlan removal failed'));
+        await xfrm?.removeAll().catch((e) => log.warn({ err: errMsg(e) }, 'xfrm removal failed'));
         routes.stop();
         try {
           if (runningPid(cfg.dataDir) === process.pid || fs.readFileSync(pidFile(cfg.dataDir), 'utf8').trim() === String(process.pid)) fs.rmSync(pidFile(cfg.dataDir), { force: true });

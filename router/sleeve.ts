@@ -65,6 +65,8 @@ export interface RouteSource {
   off(event: 'routesChanged', fn: () => void): unknown;
 }
 
+export interface SleeveRouteFilter { skip(origin: PeerName): boolean; onChange(fn: () => void): () => void }
+
 /** A route into the TUN, as host/routes.ts DesiredRoute wants it. */
 export interface SleeveRoute { dst: string; dev: string }
 
@@ -250,6 +252,20 @@ export class Sleeve {
     return sumCounters([this.ctlCounters, ...this.engineCounters]);
   }
 
+  private routeFilter: SleeveRouteFilter | undefined;
+  private offRouteFilter: (() => void) | undefined;
+
+  /**
+   * Origins whose prefixes another overlay routes in the kernel (fastdp: `via VTEP dev weave-vx`) are
+   * left out of the TUN routes; the filter's onChange re-publishes when the carrier of a peer changes.
+   */
+  setRouteFilter(f: SleeveRouteFilter | undefined): void {
+    this.offRouteFilter?.();
+    this.routeFilter = f;
+    this.offRouteFilter = f?.onChange(() => this.publishRoutes(false));
+    this.publishRoutes(false);
+  }
+
   /** Brings the TUN up with its MTU (through host/); call once after construction. */
   async start(): Promise<void> {
     if (this.o.host) await this.o.host.tunUp(this.tun.name, this.tunMtu);
@@ -310,6 +326,7 @@ export class Sleeve {
     this.clock.clearTimeout(this.timer);
     this.o.routes.off('routesChanged', this.onRoutesChanged);
     this.offPrefixes();
+    this.offRouteFilter?.();
     for (const p of this.slots) if (p) p.closed = true;
     this.tun.setReadable(null);
     this.udp.setReadable(null);
@@ -652,7 +669,7 @@ export class Sleeve {
     const dsts = new Set<string>();
     const mine = new Set(this.o.prefixes.local());
     for (const [origin, e] of this.o.prefixes.all()) {
-      if (origin === this.o.name) continue;
+      if (origin === this.o.name || this.routeFilter?.skip(origin)) continue;
       for (const s of e.prefixes) if (!mine.has(s)) dsts.add(s);
     }
     const list = [...dsts].sort();
