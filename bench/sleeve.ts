@@ -14,14 +14,14 @@ import * as fs from 'fs';
 import { Container, Host, Lab } from '../test/lab/lab';
 import { waitFor } from '../test/lab/exec';
 
-function arg(name: string, def: string): string {
+export function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1] : def;
 }
 
-interface Out { code: number; out: string }
+export interface Out { code: number; out: string }
 
-function run(argv: string[], allowFail = false): Promise<Out> {
+export function run(argv: string[], allowFail = false): Promise<Out> {
   return new Promise((resolve, reject) => {
     const c = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -35,13 +35,13 @@ function run(argv: string[], allowFail = false): Promise<Out> {
   });
 }
 
-const nsx = (ns: string, argv: string[]): string[] => ['ip', 'netns', 'exec', ns, ...argv];
+export const nsx = (ns: string, argv: string[]): string[] => ['ip', 'netns', 'exec', ns, ...argv];
 
 // ---------------------------------------------------------------- the bench (parent)
 
-interface Result { streams1: number; streams4: number; rttMs: number; cpuSeconds?: number; io?: string; mode?: string }
+export interface Result { streams1: number; streams4: number; rttMs: number; cpuSeconds?: number; io?: string; mode?: string }
 
-async function iperf(serverNs: string, clientNs: string, addr: string, seconds: number, streams: number): Promise<number> {
+export async function iperf(serverNs: string, clientNs: string, addr: string, seconds: number, streams: number): Promise<number> {
   const srv = spawn('ip', nsx(serverNs, ['iperf3', '-s', '-1', '-B', addr]).slice(1), { stdio: 'ignore' });
   try {
     await waitFor('iperf3 server', async () => (await run(nsx(serverNs, ['ss', '-Hltn', 'sport = :5201']), true)).out.trim() !== '', { timeoutMs: 5000, intervalMs: 20 });
@@ -52,13 +52,13 @@ async function iperf(serverNs: string, clientNs: string, addr: string, seconds: 
   }
 }
 
-async function ping(ns: string, addr: string): Promise<number> {
+export async function ping(ns: string, addr: string): Promise<number> {
   const r = await run(nsx(ns, ['ping', '-c', '10', '-i', '0.05', '-q', addr]));
   const m = /= [\d.]+\/([\d.]+)\//.exec(r.out);
   return m ? Number(m[1]) : NaN;
 }
 
-async function measure(nsA: string, nsB: string, addrB: string, seconds: number): Promise<Result> {
+export async function measure(nsA: string, nsB: string, addrB: string, seconds: number): Promise<Result> {
   const rttMs = await ping(nsA, addrB);
   const streams1 = await iperf(nsB, nsA, addrB, seconds, 1);
   const streams4 = await iperf(nsB, nsA, addrB, seconds, 4);
@@ -66,7 +66,7 @@ async function measure(nsA: string, nsB: string, addrB: string, seconds: number)
 }
 
 /** utime + stime (clock ticks) of every process in the hosts' namespaces: the routers there. */
-async function cpuTicks(lab: Lab, hosts: Host[]): Promise<number> {
+export async function cpuTicks(lab: Lab, hosts: Host[]): Promise<number> {
   let t = 0;
   for (const h of hosts) {
     for (const pid of await lab.pidsIn(h.ns)) {
@@ -82,7 +82,7 @@ async function cpuTicks(lab: Lab, hosts: Host[]): Promise<number> {
   }
   return t;
 }
-const CLK_TCK = 100;
+export const CLK_TCK = 100;
 
 let caseNo = 0;
 
@@ -160,7 +160,10 @@ async function bench(): Promise<void> {
   console.log(JSON.stringify({ bench: 'sleeve', seconds, load, results, ratios }));
 }
 
-bench().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+// bench/fastdp imports the helpers above: run the bench only when started as the program
+if (require.main === module) {
+  bench().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
