@@ -15,6 +15,7 @@ import { selectSleeveIo } from '../../router/sleeve';
 import type { TunIo } from '../../router/native';
 import { Container, Host, withLab } from '../lab/lab';
 import { run, waitFor } from '../lab/exec';
+import { iperf } from '../lab/traffic';
 
 test('selection: the addon when it loads; else koffi with a warn line; ENOADDON when neither or native forced', () => {
   const fakeNative = {} as TunIo;
@@ -149,14 +150,6 @@ test('koffi TUN in a namespace: packets read one by one with their lengths, batc
 const FALLBACK = { WEAVE_NATIVE_ADDON: '/nonexistent/weave_tunio.node', WEAVE_SLEEVE_IO: 'fallback' };
 const WARN = 'native data-path addon not loaded; using the koffi fallback (slower)';
 
-async function iperf(client: Container, server: Container, serverAddr: string, args: string[] = []): Promise<any> {
-  const port = String(5201 + Math.floor(Math.random() * 1000));
-  const srv = server.exec(['iperf3', '-s', '-1', '-p', port], { allowFail: true, timeoutMs: 60_000 });
-  await waitFor('iperf3 server', async () => (await run(['ip', 'netns', 'exec', server.ns, 'ss', '-ltn'], { allowFail: true })).stdout.includes(`:${port}`), { timeoutMs: 5000, intervalMs: 50 });
-  const r = await client.exec(['iperf3', '-c', serverAddr, '-p', port, '-t', '2', '-J', ...args], { timeoutMs: 60_000 });
-  await srv;
-  return JSON.parse(r.stdout);
-}
 
 function logOf(h: Host): string {
   const f = path.join(h.dataDir, 'weave.log');

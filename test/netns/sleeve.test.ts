@@ -6,6 +6,7 @@ import * as path from 'path';
 import { spawn } from 'child_process';
 import { Container, Host, Lab, withLab } from '../lab/lab';
 import { run, waitFor } from '../lab/exec';
+import { capture, iperf, pingable, sendUdp, udpPayloads } from '../lab/traffic';
 
 const PW = { WEAVE_PASSWORD: 'sleeve test password' };
 
@@ -25,19 +26,7 @@ async function sleeveEstablished(h: Host, n: number): Promise<any> {
   }, { timeoutMs: 30_000, intervalMs: 300 });
 }
 
-/** A remote address is reachable once the owning router's announcement arrived: poll with single pings. */
-async function pingable(c: Container, addr: string, timeoutMs = 20_000): Promise<void> {
-  await waitFor(`${c.name} to ping ${addr}`, async () => (await c.exec(['ping', '-c', '1', '-W', '1', addr], { allowFail: true })).code === 0, { timeoutMs, intervalMs: 200 });
-}
 
-async function iperf(client: Container, server: Container, serverAddr: string, args: string[] = []): Promise<any> {
-  const port = String(5201 + Math.floor(Math.random() * 1000));
-  const srv = server.exec(['iperf3', '-s', '-1', '-p', port], { allowFail: true, timeoutMs: 60_000 });
-  await waitFor('iperf3 server', async () => (await run(['ip', 'netns', 'exec', server.ns, 'ss', '-ltn'], { allowFail: true })).stdout.includes(`:${port}`), { timeoutMs: 5000, intervalMs: 50 });
-  const r = await client.exec(['iperf3', '-c', serverAddr, '-p', port, '-t', '2', '-J', ...args], { timeoutMs: 60_000 });
-  await srv;
-  return JSON.parse(r.stdout);
-}
 
 async function dropped(h: Host, reason: string): Promise<number> {
   const rep = await h.report();
@@ -96,26 +85,6 @@ test('3 hosts in a line (h1 and h3 cut on the underlay): h1 container reaches h3
   });
 });
 
-/** Captures sleeve traffic on the underlay bridge while fn runs; returns the raw pcap bytes. */
-async function capture(lab: Lab, fn: () => Promise<void>): Promise<Buffer> {
-  const file = path.join(lab.tmp, `cap-${Date.now()}.pcap`);
-  const td = spawn('ip', ['netns', 'exec', lab.underlay, 'tcpdump', '-i', 'br0', '--immediate-mode', '-U', '-s', '0', '-w', file, 'udp port 6783'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  td.stderr!.setEncoding('utf8').on('data', (d: string) => { err += d; });
-  const exited = new Promise<void>((r) => td.on('exit', () => r()));
-  try {
-    // tcpdump says "listening on" once the capture is attached: only then can nothing be missed
-    await waitFor('tcpdump to listen', () => err.includes('listening on'), { timeoutMs: 15_000, intervalMs: 20 });
-    await fn();
-    await new Promise((r) => setTimeout(r, 300));
-  } finally {
-    td.kill('SIGINT');
-    await exited;
-  }
-  const bytes = fs.readFileSync(file);
-  if (bytes.length <= 24) throw new Error(`tcpdump captured nothing: ${err.trim()}`);
-  return bytes;
-}
 
 for (const encrypted of [true, false]) {
   test(`underlay capture ${encrypted ? 'never shows' : 'shows'} the marker ${encrypted ? 'with' : 'without'} a password`, async () => {
@@ -134,28 +103,7 @@ for (const encrypted of [true, false]) {
   });
 }
 
-/** Sends UDP datagrams (hex payloads) from inside a namespace. */
-async function sendUdp(ns: string, addr: string, port: number, payloadsHex: string[]): Promise<void> {
-  const script = `const s=require('dgram').createSocket('udp4');const p=${JSON.stringify(payloadsHex)};let i=0;const next=()=>{if(i>=p.length){s.close();return;}s.send(Buffer.from(p[i++],'hex'),${port},'${addr}',next)};next();`;
-  await run(['ip', 'netns', 'exec', ns, process.execPath, '-e', script]);
-}
 
-/** UDP payloads of IPv4/UDP packets in a pcap (Ethernet link type). */
-function udpPayloads(pcap: Buffer, dstIp: string): Buffer[] {
-  const out: Buffer[] = [];
-  let off = 24;
-  const dst = Buffer.from(dstIp.split('.').map(Number));
-  while (off + 16 <= pcap.length) {
-    const incl = pcap.readUInt32LE(off + 8);
-    const pkt = pcap.subarray(off + 16, off + 16 + incl);
-    off += 16 + incl;
-    if (pkt.length < 42 || pkt.readUInt16BE(12) !== 0x0800) continue;
-    const ihl = (pkt[14] & 0x0f) * 4;
-    if (pkt[14 + 9] !== 17 || !pkt.subarray(14 + 16, 14 + 20).equals(dst)) continue;
-    out.push(Buffer.from(pkt.subarray(14 + ihl + 8)));
-  }
-  return out;
-}
 
 test('replayed, random and truncated datagrams are dropped and counted; the router stays up', async () => {
   await withLab(async (lab) => {
