@@ -22,7 +22,7 @@
 // --esp mode of this file — not written — would run the same alternation there between:
 //   (a') the hand-made VXLAN plus a pair of `ip xfrm state/policy` transport-mode ESP SAs
 //        (rfc4106(gcm(aes)), 128-bit ICV) on UDP 4789 between the host addresses, with the MTU
-//        weave-vx has in that mode (read from the guest, as (a) does here);
+//        weave-vx has in that mode (read from weave-vx in the guest);
 //   (b') the routers launched with WEAVE_PASSWORD, waiting for `weave report` to show fastdp with ESP.
 // The ratio b'/a' would be checked against 0.9. Both sides run in the same guest, so UML's slowness
 // cancels in the ratio, but the absolute numbers mean nothing and a single UML CPU makes 4 streams no
