@@ -31,6 +31,8 @@ import type { PeerName } from '../mesh/peer';
 import type { AttachRequest, DaemonContext, Subsystem } from './subsystem';
 
 const ROUTE_RESYNC_MS = 10_000;
+/** FDB/neighbour entries lost to a hand flush break fastdp until healed: check them more often. */
+const VXLAN_RESYNC_MS = 5_000;
 
 export const VERSION: string = (() => {
   try {
@@ -168,7 +170,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
         config: { name: DEFAULT_VXLAN_NAME, vni: DEFAULT_VNI, port: cfg.port + 1, local: underlay, mtu, mac: vtepMacFor(identity.name), address: vtep },
       });
       await vxlan.reconcile(); // the VTEP address must exist before the heartbeat socket binds to it
-      vxlan.start(ROUTE_RESYNC_MS);
+      vxlan.start(VXLAN_RESYNC_MS);
       if (esp.ok) xfrm = new XfrmManager({ ctx: hostCtx, log: fastdpLog, port: cfg.port + 1 });
       fastdp = new FastDp({
         name: identity.name, clock, log: fastdpLog, host: vxlan,
