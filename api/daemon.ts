@@ -26,7 +26,7 @@ import { VxlanReconciler, vtepMacFor, vtepIpFor, DEFAULT_VNI, DEFAULT_VXLAN_NAME
 import { FastDp, NativeHeartbeatIo, DEFAULT_FASTDP_HB_PORT } from '../router/fastdp';
 import { OverlaySwitch, FastDpRoutes } from '../router/overlay-switch';
 import { loadTunIo } from '../router/native';
-import { supportsEsp, XfrmManager } from '../ipsec/xfrm';
+import { supportsEsp, XfrmManager, ESP_OVERHEAD } from '../ipsec/xfrm';
 import type { PeerName } from '../mesh/peer';
 import type { AttachRequest, DaemonContext, Subsystem } from './subsystem';
 
@@ -164,7 +164,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       const underlay = cfg.host && cfg.host !== '0.0.0.0' && cfg.host !== '::' ? cfg.host : await detectUnderlayAddress(hostCtx);
       const esp = cfg.password ? await supportsEsp(hostCtx, fastdpLog) : { ok: false, reason: 'no password: ESP not needed' };
       const vtep = vtepIpFor(identity.name);
-      const mtu = sleeve.underlayMtu - VXLAN_OVERHEAD;
+      const mtu = sleeve.underlayMtu - VXLAN_OVERHEAD - (esp.ok ? ESP_OVERHEAD : 0);
       vxlan = new VxlanReconciler({
         ctx: hostCtx, log: fastdpLog, clock, routes,
         config: { name: DEFAULT_VXLAN_NAME, vni: DEFAULT_VNI, port: cfg.port + 1, local: underlay, mtu, mac: vtepMacFor(identity.name), address: vtep },

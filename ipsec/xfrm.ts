@@ -24,6 +24,12 @@ export const DEFAULT_REQID = 0x77656176;
 /** Reqid of the throwaway state supportsEsp adds and deletes. */
 export const PROBE_REQID = 0x77656170;
 export const DEFAULT_VXLAN_PORT = 6784;
+/**
+ * Bytes ESP adds to each VXLAN datagram (transport mode, rfc4106(gcm(aes))): SPI + sequence 8, IV 8,
+ * ICV 16, pad length + next header 2, up to 3 bytes padding to 4-byte alignment. The VXLAN device's MTU
+ * must leave room for it, or full-size packets (and fastdp's DF heartbeats) exceed the path MTU.
+ */
+export const ESP_OVERHEAD = 37;
 /** With ESN (64-bit sequence numbers) a 10 Gbit/s flow never wraps, so an SA needs no rekey timer. */
 export const REPLAY_WINDOW = 256;
 
