@@ -3,7 +3,8 @@
 // difference in one `ip -batch`. It runs again on every change (debounced) and on a timer, so a route
 // deleted by hand or flushed by some tool comes back on its own. Routes with any other protocol number
 // are not ours and are never read, changed or deleted (`ip route del ... proto N` only matches ours).
-import { Clock, TimerHandle } from '../mesh/clock';
+import { ReconcileLoop } from './reconcile-loop';
+import type { Clock } from '../mesh/clock';
 import { WeaveError, errMsg } from '../mesh/errors';
 import type { Logger } from '../mesh/log';
 import { canonicalPrefix, tryParseCidr4 } from './cidr';
@@ -149,15 +150,8 @@ export class RouteReconciler {
   private readonly ctx: HostCtx;
   private readonly log: Logger;
   private readonly clock: Clock;
-  private readonly debounceMs: number;
+  private readonly loop: ReconcileLoop<ReconcileResult>;
   private readonly owners = new Map<string, DesiredRoute[]>();
-  private running?: Promise<ReconcileResult>;
-  private queued?: Promise<ReconcileResult>;
-  private debounceTimer?: TimerHandle;
-  private intervalTimer?: TimerHandle;
-  private intervalMs = 0;
-  /** set by stop(): no more timers until start() */
-  private closed = false;
   private readonly st: RouteReconcilerStats = { runs: 0, errors: 0, added: 0, removed: 0, changed: 0, conflicts: 0 };
 
   constructor(o: { ctx: HostCtx; log: Logger; clock: Clock; protocol?: number; debounceMs?: number }) {
@@ -169,7 +163,7 @@ export class RouteReconciler {
       // 0-4 are the kernel's own (unspec, redirect, kernel, boot, static): never claim those
       throw new WeaveError('EINVAL', `route protocol ${this.protocol} must be 5..255`, { protocol: this.protocol });
     }
-    this.debounceMs = o.debounceMs ?? 20;
+    this.loop = new ReconcileLoop(this.clock, o.debounceMs ?? 20, () => this.runOnce());
   }
 
   /** Replaces owner's routes (validated now, so a bad route fails its caller, not a later reconcile). */
@@ -204,18 +198,7 @@ export class RouteReconciler {
 
   /** One pass: read ours from the kernel, apply the difference. Concurrent calls share/queue runs. */
   reconcile(): Promise<ReconcileResult> {
-    if (!this.running) {
-      this.running = this.runOnce().finally(() => { this.running = undefined; });
-      return this.running;
-    }
-    // a run is in progress with possibly stale desired state: queue exactly one more after it
-    if (!this.queued) {
-      this.queued = this.running.then(() => undefined, () => undefined).then(() => {
-        this.queued = undefined;
-        return this.reconcile();
-      });
-    }
-    return this.queued;
+    return this.loop.run();
   }
 
   private async runOnce(): Promise<ReconcileResult> {
@@ -243,36 +226,16 @@ export class RouteReconciler {
   }
 
   private schedule(): void {
-    if (this.debounceTimer || this.closed) return;
-    this.debounceTimer = this.clock.setTimeout(() => {
-      this.debounceTimer = undefined;
-      this.reconcile().catch(() => { /* logged and counted in runOnce */ });
-    }, this.debounceMs);
+    this.loop.schedule();
   }
 
   /** Reconciles now and then every intervalMs until stop(). */
   start(intervalMs: number): void {
-    if (!(intervalMs > 0)) throw new WeaveError('EINVAL', `reconcile interval must be > 0 ms, got ${intervalMs}`);
-    this.intervalMs = intervalMs;
-    this.closed = false;
-    this.clock.clearTimeout(this.intervalTimer);
-    this.tick();
-  }
-
-  private tick(): void {
-    this.reconcile().catch(() => { /* logged and counted in runOnce */ }).finally(() => {
-      if (this.closed) return;
-      this.clock.clearTimeout(this.intervalTimer);
-      this.intervalTimer = this.clock.setTimeout(() => this.tick(), this.intervalMs);
-    });
+    this.loop.start(intervalMs);
   }
 
   stop(): void {
-    this.closed = true;
-    this.clock.clearTimeout(this.intervalTimer);
-    this.clock.clearTimeout(this.debounceTimer);
-    this.intervalTimer = undefined;
-    this.debounceTimer = undefined;
+    this.loop.stop();
   }
 
   stats(): RouteReconcilerStats { return { ...this.st }; }

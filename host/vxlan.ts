@@ -10,9 +10,10 @@
 // Each pass reads the kernel (`ip -d -json link`, `ip -json addr/neigh`, `bridge -json fdb`), diffs, and
 // applies the difference in one `ip -batch` (link, address, neighbours) plus one `bridge -batch` (FDB):
 // iproute2 has no single tool for both. A flushed FDB or neighbour entry comes back on the next pass.
+import { ReconcileLoop } from './reconcile-loop';
 import { createHash } from 'crypto';
 import { isIPv4 } from 'net';
-import type { Clock, TimerHandle } from '../mesh/clock';
+import type { Clock } from '../mesh/clock';
 import { WeaveError, errMsg } from '../mesh/errors';
 import type { Logger } from '../mesh/log';
 import type { PeerName } from '../mesh/peer';
@@ -236,15 +237,9 @@ export class VxlanReconciler {
   private readonly ctx: HostCtx;
   private readonly log: Logger;
   private readonly clock: Clock;
-  private readonly debounceMs: number;
+  private readonly loop: ReconcileLoop<VxlanPlan['summary']>;
   private readonly routes?: RouteSink;
   private readonly peers = new Map<string, VxlanPeer>();
-  private running?: Promise<VxlanPlan['summary']>;
-  private queued?: Promise<VxlanPlan['summary']>;
-  private debounceTimer?: TimerHandle;
-  private intervalTimer?: TimerHandle;
-  private intervalMs = 0;
-  private closed = false;
   private readonly st: VxlanStats = { runs: 0, errors: 0, repairs: 0 };
 
   constructor(o: VxlanReconcilerOptions) {
@@ -253,7 +248,7 @@ export class VxlanReconciler {
     this.ctx = o.ctx;
     this.log = o.log.child({ component: 'vxlan' });
     this.clock = o.clock;
-    this.debounceMs = o.debounceMs ?? 20;
+    this.loop = new ReconcileLoop(this.clock, o.debounceMs ?? 20, () => this.runOnce());
     this.routes = o.routes;
   }
 
@@ -309,17 +304,7 @@ export class VxlanReconciler {
 
   /** One pass. Concurrent calls share the running pass and queue at most one more. */
   reconcile(): Promise<VxlanPlan['summary']> {
-    if (!this.running) {
-      this.running = this.runOnce().finally(() => { this.running = undefined; });
-      return this.running;
-    }
-    if (!this.queued) {
-      this.queued = this.running.then(() => undefined, () => undefined).then(() => {
-        this.queued = undefined;
-        return this.reconcile();
-      });
-    }
-    return this.queued;
+    return this.loop.run();
   }
 
   private async runOnce(): Promise<VxlanPlan['summary']> {
@@ -345,36 +330,16 @@ export class VxlanReconciler {
   }
 
   private schedule(): void {
-    if (this.debounceTimer || this.closed) return;
-    this.debounceTimer = this.clock.setTimeout(() => {
-      this.debounceTimer = undefined;
-      this.reconcile().catch(() => { /* logged and counted in runOnce */ });
-    }, this.debounceMs);
+    this.loop.schedule();
   }
 
   /** Reconciles now and then every intervalMs until stop(). */
   start(intervalMs: number): void {
-    if (!(intervalMs > 0)) throw new WeaveError('EINVAL', `reconcile interval must be > 0 ms, got ${intervalMs}`);
-    this.intervalMs = intervalMs;
-    this.closed = false;
-    this.clock.clearTimeout(this.intervalTimer);
-    this.tick();
-  }
-
-  private tick(): void {
-    this.reconcile().catch(() => { /* logged and counted */ }).finally(() => {
-      if (this.closed) return;
-      this.clock.clearTimeout(this.intervalTimer);
-      this.intervalTimer = this.clock.setTimeout(() => this.tick(), this.intervalMs);
-    });
+    this.loop.start(intervalMs);
   }
 
   stop(): void {
-    this.closed = true;
-    this.clock.clearTimeout(this.intervalTimer);
-    this.clock.clearTimeout(this.debounceTimer);
-    this.intervalTimer = undefined;
-    this.debounceTimer = undefined;
+    this.loop.stop();
   }
 
   /** Stops and deletes the device (its FDB and neighbour entries go with it); VTEP routes withdrawn. */
