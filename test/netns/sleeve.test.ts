@@ -1,9 +1,6 @@
 // The sleeve end to end: containers on different lab hosts, real ping / iperf3 / tcpdump.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'fs';
-import * as path from 'path';
-import { spawn } from 'child_process';
 import { Container, Host, Lab, withLab } from '../lab/lab';
 import { run, waitFor } from '../lab/exec';
 import { capture, iperf, pingable, sendUdp, udpPayloads } from '../lab/traffic';
