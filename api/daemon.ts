@@ -154,6 +154,8 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   // every connection says why.
   const fastdpLog = componentLogger(root, 'fastdp');
   let fastdp: FastDp | undefined;
+  /** MTU of the fastdp path (VXLAN, and ESP when encrypted); containers must fit it too */
+  let fastdpMtu: number | undefined;
   let vxlan: VxlanReconciler | undefined;
   let xfrm: XfrmManager | undefined;
   let fastdpDisabled: string | undefined = cfg.fastdp ? undefined : 'disabled by flag';
@@ -165,6 +167,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       const esp = cfg.password ? await supportsEsp(hostCtx, fastdpLog) : { ok: false, reason: 'no password: ESP not needed' };
       const vtep = vtepIpFor(identity.name);
       const mtu = sleeve.underlayMtu - VXLAN_OVERHEAD - (esp.ok ? ESP_OVERHEAD : 0);
+      fastdpMtu = mtu;
       vxlan = new VxlanReconciler({
         ctx: hostCtx, log: fastdpLog, clock, routes,
         config: { name: DEFAULT_VXLAN_NAME, vni: DEFAULT_VNI, port: cfg.port + 1, local: underlay, mtu, mac: vtepMacFor(identity.name), address: vtep },
@@ -235,7 +238,8 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     clock,
     dataDir: cfg.dataDir,
     routes,
-    mtu: () => sleeve.tunMtu,
+    // one MTU for every overlay a connection may switch between, so a fallback never needs PMTU again
+    mtu: () => Math.min(sleeve.tunMtu, fastdp && fastdpMtu ? fastdpMtu : sleeve.tunMtu),
   });
 
   const startedAt = Date.now();
