@@ -184,7 +184,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     } catch (e) {
       fastdpDisabled = `fastdp unavailable: ${errMsg(e)}`;
       fastdpLog.warn({ err: errMsg(e) }, 'fast datapath cannot start; the sleeve carries all traffic');
-      await vxlan?.destroy().catch(() => undefined);
+      await vxlan?.destroy().catch((err: unknown) => fastdpLog.warn({ err: errMsg(err) }, 'removing the half-made VXLAN device failed; the next start replaces it'));
       vxlan?.stop();
       vxlan = undefined;
     }
