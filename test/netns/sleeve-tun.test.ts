@@ -18,7 +18,7 @@ import { PrefixTable } from '../../router/prefixes';
 import { Sleeve, type SleeveHandle } from '../../router/sleeve';
 import { NativeTun } from '../../router/tun';
 import { EMSGSIZE, NativeUdp } from '../../router/udp';
-import { run } from '../lab/exec';
+import { run, waitFor } from '../lab/exec';
 
 const io = loadTunIo(silentLogger());
 
@@ -183,13 +183,7 @@ test('two sleeves over real TUN devices in two namespaces: ping, 10 KiB ping, ip
     assert.ok(sa.counters.dropUnknownDest >= 1 && sa.counters.icmpSent >= 1);
 
     const srv = run(['ip', 'netns', 'exec', nsB, 'iperf3', '-s', '-1', '-B', '10.32.2.1'], { allowFail: true, timeoutMs: 30_000 });
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      const ss = await run(['ip', 'netns', 'exec', nsB, 'ss', '-Hltn', 'sport = :5201'], { allowFail: true });
-      if (ss.stdout.trim()) break;
-      assert.ok(Date.now() < deadline, 'iperf3 server did not start listening');
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await waitFor('the iperf3 server to listen', async () => (await run(['ip', 'netns', 'exec', nsB, 'ss', '-Hltn', 'sport = :5201'], { allowFail: true })).stdout.trim(), { timeoutMs: 5000, intervalMs: 20 });
     const client = await run(['ip', 'netns', 'exec', nsA, 'iperf3', '-c', '10.32.2.1', '-t', '2', '-J'], { allowFail: true, timeoutMs: 20_000 });
     assert.equal(client.code, 0, client.stdout.slice(0, 500) + client.stderr);
     const j = JSON.parse(client.stdout);

@@ -10,6 +10,7 @@ import { WeaveError } from '../../mesh/errors';
 import type { ConnectFailure, Features, MeshConnection } from '../../mesh/types';
 import { TcpTransport, type TcpTransportOptions, parseAddress } from '../../mesh/tcp-transport';
 import { WireSession } from '../../mesh/wire';
+import { waitFor as labWaitFor } from '../lab/exec';
 
 const sodium = loadCrypto('sodium');
 const tweet = loadCrypto('tweetnacl');
@@ -21,12 +22,9 @@ function features(connId = `conn-${Math.random().toString(16).slice(2)}`): Featu
   return { name: `02:00:00:00:01:${n}`, nickname: `peer${n}`, uid: `uid${n}`, connId, overlays: ['sleeve'], overlayParams: {}, trusted: false, listenPort: 6783 };
 }
 
+/** The lab's poll-with-deadline, in the argument order this file's many call sites use. */
 async function waitFor(pred: () => boolean, what: string, ms = 4000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  await labWaitFor(what, pred, { timeoutMs: ms, intervalMs: 5 });
 }
 
 interface Node {
