@@ -15,6 +15,7 @@ import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { createHash } from 'crypto';
 import { WeaveError } from '../../mesh/errors';
 import { Clock, realClock } from '../../mesh/clock';
 import { Logger, silentLogger } from '../../mesh/log';
@@ -77,6 +78,8 @@ export interface UmlKit {
   modDir: string;
   /** a directory holding modprobe and insmod that the guest runs */
   modTools: string;
+  /** test/vm/uml-xstate.c built for LD_PRELOAD into the UML process (large-XSAVE hosts: see the file) */
+  preload: string;
 }
 
 // ------------------------------------------------------------------------------------------ host commands
@@ -172,7 +175,25 @@ export async function ensureUml(opts: { cacheDir?: string; log?: Logger } = {}):
       try { fs.renameSync(tmp, modTools); } catch { fs.rmSync(tmp, { recursive: true, force: true }); }
     }
   }
-  return { linux, kver, modDir: path.join(modBase, kver), modTools };
+  return { linux, kver, modDir: path.join(modBase, kver), modTools, preload: await buildXstateShim(cache, log) };
+}
+
+/**
+ * Builds test/vm/uml-xstate.c into the cache once per source version (the file name carries a hash of
+ * the source). Without it UML 6.1 panics at boot on hosts with AMX; with it nothing changes elsewhere.
+ */
+async function buildXstateShim(cache: string, log: Logger): Promise<string> {
+  const src = path.join(repoRoot(), 'test/vm/uml-xstate.c');
+  const text = fs.readFileSync(src);
+  const so = path.join(cache, `uml-xstate-${createHash('sha256').update(text).digest('hex').slice(0, 12)}.so`);
+  if (fs.existsSync(so)) return so;
+  const tmp = `${so}.${process.pid}.tmp`;
+  const cc = process.env.CC ?? 'cc';
+  fs.mkdirSync(cache, { recursive: true });
+  await mustSh(`building ${src} (install gcc or set CC)`, [cc, '-shared', '-fPIC', '-O2', '-Wall', '-o', tmp, src, '-ldl']);
+  fs.renameSync(tmp, so);
+  log.info({ so }, 'built the UML xstate shim');
+  return so;
 }
 
 // ------------------------------------------------------------------------------------------ the guest
@@ -185,7 +206,7 @@ export function repoRoot(from = __dirname): string {
   }
 }
 
-const SKIP_ENV = /^(PWD|OLDPWD|SHLVL|_|HOSTNAME|TMPDIR|DISPLAY|XDG_RUNTIME_DIR|INVOCATION_ID|JOURNAL_STREAM|NOTIFY_SOCKET|TMUX.*|SSH_.*|DBUS_.*|LISTEN_.*|NODE_TEST_CONTEXT|NODE_CHANNEL_FD|NODE_CHANNEL_SERIALIZATION_MODE|NODE_UNIQUE_ID)$/;
+const SKIP_ENV = /^(LD_PRELOAD|PWD|OLDPWD|SHLVL|_|HOSTNAME|TMPDIR|DISPLAY|XDG_RUNTIME_DIR|INVOCATION_ID|JOURNAL_STREAM|NOTIFY_SOCKET|TMUX.*|SSH_.*|DBUS_.*|LISTEN_.*|NODE_TEST_CONTEXT|NODE_CHANNEL_FD|NODE_CHANNEL_SERIALIZATION_MODE|NODE_UNIQUE_ID)$/;
 
 function q(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
@@ -203,8 +224,8 @@ function cmdScript(cmd: string[], cwd: string, extra: Record<string, string>): s
 }
 
 /** UML backs guest memory with a file in $TMPDIR, else /dev/shm: keep it in RAM, not on a caller's disk tmp. */
-function umlEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
+function umlEnv(preload: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: preload };
   delete env.TMPDIR; delete env.TMP; delete env.TEMP;
   return env;
 }
@@ -257,7 +278,7 @@ export async function runInVm(cmd: string[], opts: VmOptions = {}): Promise<VmRe
     const t0Wall = Date.now(); // the guest stamps the command's start with the same wall clock (UML shares it)
     log.info({ cmd, cwd, kernel: kit.kver }, 'booting UML guest');
     // Own process group: UML runs one host process per guest process, and all must go at the end.
-    const child = spawn(kit.linux, args, { detached: true, stdio: ['ignore', consoleFd, consoleFd, consoleFd], env: umlEnv() });
+    const child = spawn(kit.linux, args, { detached: true, stdio: ['ignore', consoleFd, consoleFd, consoleFd], env: umlEnv(kit.preload) });
     fs.closeSync(consoleFd);
     let timedOut = false;
     const killGroup = () => {
