@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { ApiClient } from './api/client';
 import {
-  DEFAULT_PORT, RouterConfig, dataDirFromEnv, httpAddrFrom, loadPassword, parseConnLimit, parseLevel, parsePort, parseHostPort,
+  DEFAULT_PORT, RouterConfig, dataDirFromEnv, httpAddrFrom, loadPassword, parseConnLimit, parseLevel, parsePort, parseHostPort, parseTrustedSubnets,
 } from './api/config';
 import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
 import { WeaveError, UsageError, errMsg } from './mesh/errors';
@@ -25,7 +25,7 @@ function client(opts: { httpAddr?: string }): ApiClient {
 
 interface RouterFlags {
   name?: string; nickname?: string; port: string; host: string; passwordFile?: string; connLimit: string;
-  discovery: boolean; resume?: boolean; httpAddr?: string; logLevel: string; fastdp: boolean; crypto?: string;
+  discovery: boolean; resume?: boolean; httpAddr?: string; logLevel: string; fastdp: boolean; crypto?: string; trustedSubnets?: string;
 }
 
 function addRouterFlags(c: Command): Command {
@@ -41,6 +41,7 @@ function addRouterFlags(c: Command): Command {
     .option('--http-addr <host:port>', 'HTTP API address (env WEAVE_HTTP_ADDR)')
     .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
     .option('--no-fastdp', 'do not use the kernel fast datapath')
+    .option('--trusted-subnets <cidrs>', 'comma-separated CIDRs of networks where peers may exchange data unencrypted (both ends must trust each other; the control channel stays encrypted)')
     .addOption(new Option('--crypto <engine>', 'crypto engine').choices(['sodium', 'tweetnacl']).hideHelp());
   for (const m of SUBSYSTEMS) m.addRouterFlags?.(c);
   return c;
@@ -64,6 +65,7 @@ function routerConfig(peers: string[], f: RouterFlags): RouterConfig {
     logLevel: parseLevel(f.logLevel),
     fastdp: f.fastdp,
     crypto: f.crypto as RouterConfig['crypto'],
+    trustedSubnets: parseTrustedSubnets(f.trustedSubnets),
   };
 }
 

@@ -3,6 +3,7 @@
 import * as fs from 'fs';
 import { UsageError } from '../mesh/errors';
 import type { Level } from '../mesh/log';
+import { contains, parseAddr, parseCidr, type Cidr } from '../ipam/addr';
 
 export const DEFAULT_PORT = 6783;
 export const DEFAULT_HTTP_ADDR = '127.0.0.1:6784';
@@ -23,6 +24,8 @@ export interface RouterConfig {
   logLevel: Level;
   fastdp: boolean;
   crypto?: 'sodium' | 'tweetnacl';
+  /** --trusted-subnets: peers there get the data unencrypted when they trust us too (control stays encrypted) */
+  trustedSubnets: Cidr[];
 }
 
 export function dataDirFromEnv(env: NodeJS.ProcessEnv = process.env): string {
@@ -71,6 +74,30 @@ const LEVELS: Level[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'si
 export function parseLevel(s: string): Level {
   if (!LEVELS.includes(s as Level)) throw new UsageError(`invalid --log-level "${s}": one of ${LEVELS.join(', ')}`);
   return s as Level;
+}
+
+/** "--trusted-subnets 10.0.0.0/8,192.168.1.0/24" (empty: none). */
+export function parseTrustedSubnets(s: string | undefined): Cidr[] {
+  if (!s || !s.trim()) return [];
+  return s.split(',').map((p) => {
+    try {
+      return parseCidr(p.trim());
+    } catch (e) {
+      throw new UsageError(`invalid --trusted-subnets "${s}": ${(e as Error).message}`);
+    }
+  });
+}
+
+/** Whether an IPv4 address (text) lies in one of the subnets; anything else (IPv6, garbage) is untrusted. */
+export function inSubnets(subnets: Cidr[], ip: string): boolean {
+  if (subnets.length === 0) return false;
+  let a: number;
+  try {
+    a = parseAddr(ip);
+  } catch {
+    return false; // not an IPv4 address: never trusted
+  }
+  return subnets.some((c) => contains(c, a));
 }
 
 export function parseConnLimit(s: string): number {

@@ -5,7 +5,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { ApiServer } from './http';
 import { MetricsWriter } from './metrics';
-import type { RouterConfig } from './config';
+import { inSubnets, type RouterConfig } from './config';
 import type { Report } from './views';
 import { UsageError, WeaveError, errMsg } from '../mesh/errors';
 import { Logger, rootLogger, componentLogger } from '../mesh/log';
@@ -28,6 +28,7 @@ import { OverlaySwitch, FastDpRoutes } from '../router/overlay-switch';
 import { loadTunIo } from '../router/native';
 import { supportsEsp, XfrmManager, ESP_OVERHEAD } from '../ipsec/xfrm';
 import type { PeerName } from '../mesh/peer';
+import { formatCidr } from '../ipam/addr';
 import type { AttachRequest, DaemonContext, Subsystem } from './subsystem';
 
 const ROUTE_RESYNC_MS = 10_000;
@@ -120,6 +121,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     crypto,
     clock,
     log: componentLogger(root, 'transport'),
+    trusts: (ip) => inSubnets(cfg.trustedSubnets, ip),
   });
   const hostCtx = {};
   const routes = new RouteReconciler({ ctx: hostCtx, log: componentLogger(root, 'routes'), clock });
@@ -206,6 +208,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     clock,
     log: componentLogger(root, 'mesh'),
     encryption: cfg.password !== null,
+    trustedSubnets: cfg.trustedSubnets.map(formatCidr),
     port: cfg.port,
     connLimit: cfg.connLimit,
     discovery: cfg.discovery,

@@ -40,7 +40,7 @@ export function renderSummary(r: Report): string {
     label('Targets', m.targets.length),
     label('Connections', `${m.connections.length} (${est} established${stateCounts(m.connections)})`),
     label('Peers', `${m.peers.length} (with ${peerConns} established connections)`),
-    label('TrustedSubnets', 'none'),
+    label('TrustedSubnets', m.trustedSubnets.length ? m.trustedSubnets.join(',') : 'none'),
   ];
   for (const [k, v] of Object.entries(r)) {
     if (k === 'version' || k === 'router' || !v || typeof v !== 'object') continue;
@@ -62,7 +62,7 @@ export function renderConnection(c: ConnectionStatus, now = Date.now()): string 
   const dir = c.outbound ? '->' : '<-';
   const parts = [`${dir} ${pad(c.address, 21)}`, pad(c.state, 11)];
   if (c.state === 'established' || c.state === 'pending') {
-    parts.push(c.encrypted ? 'encrypted  ' : 'unencrypted');
+    parts.push(c.encrypted ? 'encrypted  ' : c.trusted ? 'trusted    ' : 'unencrypted');
     parts.push(pad(c.overlay ?? 'none', 6));
   }
   if (c.peerName) parts.push(`${c.peerName}(${c.peerNickname ?? ''})`);

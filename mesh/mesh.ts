@@ -43,6 +43,8 @@ export interface MeshOptions {
   clock: Clock;
   log: Logger;
   encryption: boolean;
+  /** --trusted-subnets as given (shown in status; the transport decides trust) */
+  trustedSubnets?: string[];
   port: number;
   connLimit?: number;
   discovery?: boolean;
@@ -315,8 +317,9 @@ export class Mesh extends EventEmitter {
         peerName: e.peer,
         peerNickname: e.conn.remote.nickname,
         overlay: ov.overlay,
-        encrypted: e.conn.encrypted,
+        encrypted: e.conn.dataKey !== null,
       };
+      if (e.conn.encrypted && e.conn.dataKey === null) s.trusted = true;
       if (ov.mtu !== undefined) s.mtu = ov.mtu;
       if (ov.reason !== undefined) s.overlayReason = ov.reason;
       connections.push(s);
@@ -328,6 +331,7 @@ export class Mesh extends EventEmitter {
       nickname: this.o.identity.nickname,
       uid: this.o.identity.uid,
       encryption: this.o.encryption,
+      trustedSubnets: this.o.trustedSubnets ?? [],
       protocolMinVersion: this.o.protocolVersions?.min ?? 1,
       protocolMaxVersion: this.o.protocolVersions?.max ?? 1,
       peerDiscovery: this.discovery,

@@ -20,7 +20,10 @@ export interface ConnectionStatus {
   peerNickname?: string;
   /** the overlay carrying data now: 'fastdp' | 'sleeve' | null until one is established */
   overlay: string | null;
+  /** the data is encrypted (the control channel is whenever a password is set) */
   encrypted: boolean;
+  /** both ends trust each other's network (--trusted-subnets): data unencrypted despite a password */
+  trusted?: boolean;
   mtu?: number;
   /** why a better overlay is not used (e.g. "peer has no fastdp", "kernel lacks ESP") */
   overlayReason?: string;
@@ -53,6 +56,7 @@ export interface MeshStatus {
   nickname: string;
   uid: string;
   encryption: boolean;
+  trustedSubnets: string[];
   protocolMinVersion: number;
   protocolMaxVersion: number;
   peerDiscovery: boolean;

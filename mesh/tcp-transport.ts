@@ -32,6 +32,12 @@ export interface TcpTransportOptions {
   maxFrame?: number;
   /** a connection whose unsent bytes exceed this is closed (the peer is not reading) */
   maxSendQueueBytes?: number;
+  /**
+   * --trusted-subnets: whether the peer at this IP is on a network we trust. When both ends trust each
+   * other, the overlays carry the connection's data unencrypted (dataKey null); the control channel
+   * stays encrypted either way.
+   */
+  trusts?: (ip: string) => boolean;
 }
 
 export interface TransportCounters {
@@ -111,6 +117,7 @@ class TcpConnection implements MeshConnection {
   localAddr = '';
   encrypted = false;
   sessionKey: Uint8Array | null = null;
+  dataKey: Uint8Array | null = null;
   local: Features;
   remote!: Features;
 
@@ -137,8 +144,16 @@ class TcpConnection implements MeshConnection {
     private readonly settle: (err: WeaveError | null, c: TcpConnection) => void,
     target: string,
   ) {
+    // our own copy: `trusted` is per connection, and for a dial it is known only once the socket connects
+    // (the features frame goes out after the key exchange, so always after that)
+    local = { ...local, trusted: false };
     this.local = local;
     this.remoteAddr = target;
+    const trust = (): void => {
+      if (t.opts.trusts && socket.remoteAddress) local.trusted = t.opts.trusts(socket.remoteAddress.replace(/^::ffff:/, ''));
+    };
+    if (outbound) socket.once('connect', trust);
+    else trust();
     this.log = t.log.child({ conn: target, outbound });
     this.lastRead = t.clock.now();
     socket.setNoDelay(true);
@@ -247,6 +262,7 @@ class TcpConnection implements MeshConnection {
     this.remote = e.remote;
     this.encrypted = e.encrypted;
     this.sessionKey = e.sessionKey;
+    this.dataKey = this.local.trusted && e.remote.trusted ? null : e.sessionKey;
     this.remoteAddr = fmtAddr(this.socket.remoteAddress, this.socket.remotePort);
     this.localAddr = fmtAddr(this.socket.localAddress, this.socket.localPort);
     if (this.outbound) this.id = this.local.connId;
@@ -255,7 +271,7 @@ class TcpConnection implements MeshConnection {
       this.local = { ...this.local, connId: e.remote.connId };
     }
     this.t.stats.established[this.outbound ? 'outbound' : 'inbound']++;
-    this.log.info({ remote: this.remoteAddr, peer: e.remote.name, nickname: e.remote.nickname, encrypted: e.encrypted, version: e.version, connId: this.id }, 'connection established');
+    this.log.info({ remote: this.remoteAddr, peer: e.remote.name, nickname: e.remote.nickname, encrypted: e.encrypted, dataEncrypted: this.dataKey !== null, trusted: this.local.trusted, trustedByRemote: e.remote.trusted, version: e.version, connId: this.id }, 'connection established');
     this.lastRead = this.t.clock.now();
     this.scheduleHeartbeat();
     this.scheduleReadCheck(this.t.readTimeoutMs);

@@ -14,6 +14,7 @@ export interface Features {
   overlays: string[];
   /** per-overlay parameters (sleeve UDP port, fastdp VTEP ...), opaque to the mesh */
   overlayParams: Record<string, unknown>;
+  /** this side trusts the other's network (--trusted-subnets): data may go unencrypted if both do */
   trusted: boolean;
   /** where this router listens, so peers can dial back (discovery) */
   listenPort: number;
@@ -37,6 +38,11 @@ export interface MeshConnection {
   readonly encrypted: boolean;
   /** SHA-256(X25519 shared secret ‖ password): 32 bytes when encrypted, else null. Overlays derive their keys from it. */
   readonly sessionKey: Uint8Array | null;
+  /**
+   * The key overlays seal data with: the session key, or null when the connection is unencrypted or both
+   * ends trust each other's network (--trusted-subnets; the control channel stays encrypted).
+   */
+  readonly dataKey: Uint8Array | null;
   readonly local: Features;
   readonly remote: Features;
   /** Sends one message; throws nothing — a failed send closes the connection. */

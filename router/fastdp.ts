@@ -267,7 +267,7 @@ export class FastDp {
   /** OverlayManager.attach for one authenticated connection. */
   attach(conn: MeshConnection, cb: { established(): void; failed(reason: string): void }): FastDpHandle {
     if (this.closed) throw new WeaveError('ECLOSED', 'fastdp is closed');
-    const encrypted = conn.sessionKey !== null;
+    const encrypted = conn.dataKey !== null;
     const p = new FdPath(conn, conn.remote.name, cb, randomBytes(TOKEN_BYTES), encrypted ? newEspNonce() : null, this.clock.now());
     this.paths.add(p);
     this.byToken.set(p.token.toString('hex'), p);
@@ -364,7 +364,7 @@ export class FastDp {
     p.reason = 'waiting for fastdp heartbeats';
     if (p.nonce) {
       try {
-        p.keys = deriveEspKeys(p.conn.sessionKey!, p.nonce, m.nonce!);
+        p.keys = deriveEspKeys(p.conn.dataKey!, p.nonce, m.nonce!);
       } catch (e) {
         this.markUnusable(p, `ESP keys: ${errMsg(e)}`);
         return;

@@ -291,8 +291,8 @@ export class Sleeve {
     const idx = ((this.idxGen << 16) | slot) >>> 0;
     let txKey: Buffer | null = null;
     let rxKey: Buffer | null = null;
-    if (conn.sessionKey) {
-      const k = deriveKeys(this.crypto, conn.sessionKey, conn.outbound);
+    if (conn.dataKey) {
+      const k = deriveKeys(this.crypto, conn.dataKey, conn.outbound);
       txKey = k.tx;
       rxKey = k.rx;
     }

@@ -79,6 +79,7 @@ export class FakeConnection implements MeshConnection {
   ) {}
 
   readonly sessionKey: Uint8Array | null = null;
+  readonly dataKey: Uint8Array | null = null;
 
   send(type: number, payload: Uint8Array): void {
     if (this.closed) return;

@@ -107,7 +107,7 @@ async function main(): Promise<void> {
         const remote = JSON.parse(payload.toString()) as Features;
         const key = cfg.sessionKey ? Buffer.from(cfg.sessionKey, 'hex') : null;
         const conn: MeshConnection = {
-          id: 'lab', outbound: cfg.role === 'dial', remoteAddr: `${cfg.peerUnderlay}:${cfg.ctlPort}`, localAddr: `${cfg.underlay}:0`, encrypted: key !== null, sessionKey: key,
+          id: 'lab', outbound: cfg.role === 'dial', remoteAddr: `${cfg.peerUnderlay}:${cfg.ctlPort}`, localAddr: `${cfg.underlay}:0`, encrypted: key !== null, sessionKey: key, dataKey: key,
           local, remote, send: sendFrame, close: (r) => { process.stderr.write(`connection closed: ${r}\n`); sock.destroy(); }, onMessage() {}, onClose() {},
         };
         handle = sw.attach(conn, { established: () => report(true), failed: (r) => process.stdout.write(JSON.stringify({ failed: r }) + '\n') });

@@ -119,6 +119,43 @@ test('with a password on this kernel: encrypted sleeve, "kernel lacks ESP", neve
   });
 });
 
+test('--trusted-subnets with a password: fastdp carries the data unencrypted only when both ends trust each other; the control channel stays encrypted', async () => {
+  await withLab(async (lab) => {
+    const env = { WEAVE_PASSWORD: 'trusted test' };
+    const [h1, h2, h3] = [await lab.addHost('h1'), await lab.addHost('h2'), await lab.addHost('h3')];
+    const [c1, c2] = [await lab.addContainer('c1'), await lab.addContainer('c2')];
+    // h1 and h2 trust each other's /32; h3 trusts everyone, but nobody trusts h3
+    await launch(h1, ['--trusted-subnets', `${h2.ip}/32`], env);
+    await launch(h2, ['--trusted-subnets', `${h1.ip}/32,192.0.2.0/24`, h1.ip], env);
+    await launch(h3, ['--trusted-subnets', '198.18.0.0/16', h1.ip], env);
+    await h1.weave(['attach', '10.32.1.1/12', c1.ns]);
+    await h2.weave(['attach', '10.32.2.1/12', c2.ns]);
+    const c12 = await carriedBy(h1, 'h2', 'fastdp');
+    assert.equal(c12.encrypted, false);
+    assert.equal(c12.trusted, true);
+    const c13 = await carriedBy(h1, 'h3', 'sleeve');
+    assert.equal(c13.encrypted, true, 'trust one way only: the data stays encrypted');
+    assert.match(c13.overlayReason ?? '', /kernel lacks ESP/);
+    const c31 = await carriedBy(h3, 'h1', 'sleeve');
+    assert.equal(c31.encrypted, true);
+    const text = (await h1.weave(['status', 'connections'])).stdout;
+    assert.match(text, /established\s+trusted\s+fastdp/, text);
+    assert.match(text, /established\s+encrypted\s+sleeve/, text);
+    assert.equal((await h1.report()).router.encryption, true, 'the control plane is still encrypted');
+    assert.match((await h1.weave(['status'])).stdout, new RegExp(`TrustedSubnets: ${h2.ip.replace(/\./g, '\\.')}/32\\n`));
+    await pingable(c1, '10.32.2.1');
+    const pcap = await capture(lab, async () => {
+      await c1.exec(['ping', '-c', '5', '-i', '0.2', '-p', MARKER, '10.32.2.1']);
+    }, 'udp');
+    const pkts = ipv4Packets(pcap).filter((p) => p.payload.indexOf(Buffer.from(MARKER, 'hex')) >= 0);
+    assert.ok(pkts.length >= 5 && pkts.every((p) => p.dport === 6784), `trusted data in clear VXLAN: ${pkts.length} marker packets`);
+    // a bad flag is refused with a message that says what to fix
+    const bad = await h3.weave(['launch', '--trusted-subnets', '10.0.0.1/8'], { env, allowFail: true });
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /--trusted-subnets.*host bits set/);
+  });
+});
+
 test('mixed path h1 -fastdp- h2 -sleeve- h3 (h1 and h3 cut): ping and TCP end to end', async () => {
   await withLab(async (lab) => {
     const [h1, h2, h3] = [await lab.addHost('h1'), await lab.addHost('h2'), await lab.addHost('h3')];

@@ -158,7 +158,7 @@ test('two sleeves over real TUN devices in two namespaces: ping, 10 KiB ping, ip
     const ends: { a?: SleeveHandle; b?: SleeveHandle } = {};
     const feat = (name: PeerName, s: Sleeve): Features => ({ name, nickname: name, uid: 'u', connId: id, overlays: ['sleeve'], overlayParams: { sleeve: s.overlayParams() }, trusted: false, listenPort: 6783 });
     const conn = (self: [PeerName, Sleeve], other: [PeerName, Sleeve], outbound: boolean, to: () => SleeveHandle | undefined): MeshConnection => ({
-      id, outbound, remoteAddr: '127.0.0.1:40000', localAddr: '127.0.0.1:6783', encrypted: true, sessionKey: key,
+      id, outbound, remoteAddr: '127.0.0.1:40000', localAddr: '127.0.0.1:6783', encrypted: true, sessionKey: key, dataKey: key,
       local: feat(...self), remote: feat(...other),
       send: (_t, payload) => { const c = Buffer.from(payload); setImmediate(() => to()?.onMessage(c)); },
       close: () => {}, onMessage: () => {}, onClose: () => {},
@@ -292,7 +292,7 @@ test('three sleeves in a line over real TUNs (worker threads): h1 reaches h3 thr
       const ends: Array<SleeveHandle | undefined> = [];
       const feat = (k: number): Features => ({ name: names[k], nickname: names[k], uid: 'u', connId: `${i}${j}`, overlays: ['sleeve'], overlayParams: { sleeve: sleeves[k].overlayParams() }, trusted: false, listenPort: 6783 });
       const conn = (self: number, other: number, to: number): MeshConnection => ({
-        id: `${i}${j}`, outbound: self === i, remoteAddr: '127.0.0.1:40000', localAddr: '127.0.0.1:6783', encrypted: true, sessionKey: key,
+        id: `${i}${j}`, outbound: self === i, remoteAddr: '127.0.0.1:40000', localAddr: '127.0.0.1:6783', encrypted: true, sessionKey: key, dataKey: key,
         local: feat(self), remote: feat(other),
         send: (_t, payload) => { const c = Buffer.from(payload); setImmediate(() => ends[to]?.onMessage(c)); },
         close: () => {}, onMessage: () => {}, onClose: () => {},

@@ -18,7 +18,7 @@ export interface FakeConn extends MeshConnection {
 export function connPair(clock: FakeClock, a: Features, b: Features, sessionKey: Uint8Array | null = null): [FakeConn, FakeConn] {
   const mk = (local: Features, remote: Features, outbound: boolean): FakeConn => {
     const c: FakeConn = {
-      id: 'c1', outbound, remoteAddr: '198.18.0.1:6783', localAddr: '198.18.0.2:1234', encrypted: sessionKey !== null, sessionKey,
+      id: 'c1', outbound, remoteAddr: '198.18.0.1:6783', localAddr: '198.18.0.2:1234', encrypted: sessionKey !== null, sessionKey, dataKey: sessionKey,
       local, remote, sent: [],
       send() { /* wired below */ },
       close(reason) { c.closedWith = reason; },

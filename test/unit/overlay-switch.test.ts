@@ -35,7 +35,7 @@ class Scripted implements SubManager {
 
 function conn(peer = '02:00:00:00:00:02'): MeshConnection {
   return {
-    id: 'x', outbound: true, remoteAddr: '198.18.0.12:6783', localAddr: '198.18.0.11:1', encrypted: false, sessionKey: null,
+    id: 'x', outbound: true, remoteAddr: '198.18.0.12:6783', localAddr: '198.18.0.11:1', encrypted: false, sessionKey: null, dataKey: null,
     local: features('02:00:00:00:00:01', ['fastdp', 'sleeve']), remote: features(peer, ['fastdp', 'sleeve']),
     send() {}, close() {}, onMessage() {}, onClose() {},
   };

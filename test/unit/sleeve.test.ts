@@ -74,7 +74,7 @@ class Lab {
     const id = `${a.name}-${b.name}`;
     const ends: { ha?: SleeveHandle; hb?: SleeveHandle } = {};
     const mk = (self: Node, other: Node, outbound: boolean, deliver: () => SleeveHandle | undefined): MeshConnection => ({
-      id, outbound, remoteAddr: `${other.ip}:41000`, localAddr: `${self.ip}:6783`, encrypted: sessionKey !== null, sessionKey,
+      id, outbound, remoteAddr: `${other.ip}:41000`, localAddr: `${self.ip}:6783`, encrypted: sessionKey !== null, sessionKey, dataKey: sessionKey,
       local: features(self, id), remote: features(other, id),
       send: (type, payload) => {
         assert.equal(type, Msg.Overlay);

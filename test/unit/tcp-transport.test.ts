@@ -456,3 +456,45 @@ test('a message beyond maxFrame closes the connection instead of throwing', asyn
     await closeAll(a, b);
   }
 });
+
+test('trusted subnets: data key null only when both ends trust each other; the session stays encrypted', async () => {
+  for (const [aTrusts, bTrusts] of [[true, true], [true, false], [false, true], [false, false]]) {
+    const seen: string[] = [];
+    const a = await node({ trusts: (ip) => { seen.push(`a:${ip}`); return aTrusts; } }, false);
+    const b = await node({ trusts: (ip) => { seen.push(`b:${ip}`); return bTrusts; } });
+    try {
+      const ca = await a.t.dial(b.addr, features());
+      await waitFor(() => b.accepted.length === 1, 'accepted');
+      const cb = b.accepted[0];
+      const both = aTrusts && bTrusts;
+      for (const c of [ca, cb]) {
+        assert.equal(c.encrypted, true);
+        assert.equal(c.sessionKey?.length, 32);
+        assert.equal(c.dataKey === null, both, `a trusts ${aTrusts}, b trusts ${bTrusts}`);
+        if (!both) assert.ok(Buffer.from(c.dataKey!).equals(Buffer.from(c.sessionKey!)));
+      }
+      assert.equal(ca.remote.trusted, bTrusts);
+      assert.equal(cb.remote.trusted, aTrusts);
+      // each side judged the other's real address (the dialler once connected, the listener at accept)
+      assert.deepEqual(seen.sort(), ['a:127.0.0.1', 'b:127.0.0.1']);
+      ca.close('done');
+    } finally {
+      await closeAll(a, b);
+    }
+  }
+});
+
+test('trusted subnets parse and match (IPv4 only; bad input says what to fix)', async () => {
+  const { parseTrustedSubnets, inSubnets } = await import('../../api/config');
+  const s = parseTrustedSubnets('10.0.0.0/8, 192.168.1.0/24');
+  assert.equal(s.length, 2);
+  assert.ok(inSubnets(s, '10.1.2.3'));
+  assert.ok(inSubnets(s, '192.168.1.255'));
+  assert.ok(!inSubnets(s, '192.168.2.1'));
+  assert.ok(!inSubnets(s, 'fe80::1'));
+  assert.ok(!inSubnets([], '10.1.2.3'));
+  assert.deepEqual(parseTrustedSubnets(''), []);
+  assert.throws(() => parseTrustedSubnets('10.0.0.1/8'), /--trusted-subnets.*host bits set/);
+  assert.throws(() => parseTrustedSubnets('10.0.0.0/33'), /--trusted-subnets/);
+  assert.throws(() => parseTrustedSubnets('everything'), /--trusted-subnets/);
+});

@@ -1,5 +1,3 @@
-// WORK IN PROGRESS (not picked up by the runner: rename to fastdp.test.ts once it passes end to end).
-// Last run: everything up to and including the rekey passed; the reset step was not reached on a loaded host.
 // Host side of the encrypted fast datapath test: this kernel has no ESP, so the real router's encrypted
 // fastdp can only be checked in a UML guest (test/vm/guest/fastdp.guest.ts under a nested node --test).
 // Fails loudly when the guest reports nothing: runInVm rejects when there is no status, and a status
