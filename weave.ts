@@ -69,6 +69,19 @@ function routerConfig(peers: string[], f: RouterFlags): RouterConfig {
   };
 }
 
+/**
+ * How long the CLI waits for the router (launch until its API answers; stop/reset until it has done
+ * its steps): 30 s, or WEAVE_CLI_TIMEOUT seconds for slow hosts (a UML guest on a busy machine needs
+ * minutes: every process start costs hundreds of ms there).
+ */
+export function cliTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.WEAVE_CLI_TIMEOUT;
+  if (v === undefined || v === '') return 30_000;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new UsageError(`invalid WEAVE_CLI_TIMEOUT "${v}": expected seconds > 0`);
+  return n * 1000;
+}
+
 async function waitForApi(api: ApiClient, deadlineMs: number, alive: () => boolean): Promise<Report> {
   const end = Date.now() + deadlineMs;
   let last = '';
@@ -131,7 +144,7 @@ export function buildProgram(): Command {
       let exited = false;
       child.on('exit', () => { exited = true; });
       try {
-        const r = await waitForApi(new ApiClient(cfg.httpAddr.host, cfg.httpAddr.port), 30_000, () => !exited);
+        const r = await waitForApi(new ApiClient(cfg.httpAddr.host, cfg.httpAddr.port), cliTimeoutMs(), () => !exited);
         process.stdout.write(`${r.router.name}\n`);
         process.exit(0);
       } catch (e) {
@@ -240,7 +253,7 @@ async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false, e
   const dataDir = dataDirFromEnv();
   const pid = runningPid(dataDir);
   try {
-    await client(o).request('POST', endpoint, {}, { timeoutMs: 30_000 });
+    await client(o).request('POST', endpoint, {}, { timeoutMs: cliTimeoutMs() });
   } catch (e) {
     if (!(e instanceof WeaveError && e.code === 'ENOTRUNNING')) throw e;
     if (!pid) {
@@ -250,9 +263,10 @@ async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false, e
     process.kill(pid, 'SIGTERM');
   }
   if (pid) {
-    const end = Date.now() + 10_000;
+    const waitMs = cliTimeoutMs() / 3;
+    const end = Date.now() + waitMs;
     while (pidAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
-    if (pidAlive(pid)) throw new WeaveError('ETIMEDOUT', `router pid ${pid} did not stop within 10s`);
+    if (pidAlive(pid)) throw new WeaveError('ETIMEDOUT', `router pid ${pid} did not stop within ${waitMs / 1000}s`);
   }
 }
 

@@ -309,6 +309,15 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       m.gauge('weave_connections', 'Connections by state.', byState.get(s) ?? 0, { state: s });
     }
     m.gauge('weave_targets', 'Configured connection targets.', st.targets.length);
+    // per connection, what carries its data and why not something better (the text view's columns)
+    for (const c of st.connections) {
+      if (c.state !== 'established' || !c.peerName) continue;
+      m.gauge('weave_connection_overlay', 'One per established connection: the overlay carrying its data, whether the data is encrypted, and why fastdp is not used (empty when it is).', 1, {
+        peer: c.peerName, nickname: c.peerNickname ?? '', overlay: c.overlay ?? 'none',
+        encryption: c.encrypted ? 'encrypted' : c.trusted ? 'trusted' : 'none', reason: c.overlayReason ?? '',
+      });
+      if (c.mtu !== undefined) m.gauge('weave_connection_mtu', 'Overlay MTU per established connection.', c.mtu, { peer: c.peerName });
+    }
     const tc = transport.counters();
     m.counter('weave_connections_accepted_total', 'Inbound TCP connections accepted.', tc.accepted);
     m.counter('weave_connections_rate_limited_total', 'Inbound connections closed by the accept rate limit.', tc.rateLimited);

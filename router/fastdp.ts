@@ -63,6 +63,12 @@ export interface HeartbeatIo {
   /** 0 when sent, else an errno (EMSGSIZE: bigger than the route's MTU allows with DF) */
   send(dstIp: string, port: number, payload: Uint8Array): number;
   setReceiver(cb: ((srcIp: string, payload: Uint8Array) => void) | null): void;
+  /**
+   * Hands what is queued on the socket to the receiver now. The tick calls it before judging: after a
+   * stall of the event loop (a saturated host), Node runs due timers before it polls for I/O, and
+   * heartbeats waiting in the socket would otherwise count as lost.
+   */
+  drain(): void;
   close(): void;
 }
 
@@ -101,7 +107,10 @@ export interface FastDpOptions {
   xfrm?: EspInstaller;
   /** default 1000 ms */
   heartbeatMs?: number;
-  /** an established path fails when no full-size heartbeat arrived for this long; default 3500 ms */
+  /**
+   * an established path fails when no full-size heartbeat arrived for this long; default 5000 ms (5
+   * heartbeats: 3.5 s flapped to the sleeve under a saturating transfer in a one-CPU UML guest)
+   */
   deadMs?: number;
   /** a new path fails when not established within this; default 10000 ms */
   establishTimeoutMs?: number;
@@ -242,7 +251,7 @@ export class FastDp {
     if (!(o.mtu >= 576 && o.mtu <= 65535)) throw new WeaveError('EINVAL', `fastdp MTU ${o.mtu} out of range`);
     if (!isIPv4(o.underlay) || !isIPv4(o.vtep) || !MAC_RE.test(o.mac)) throw new WeaveError('EINVAL', 'fastdp: bad underlay, VTEP address or MAC', { underlay: o.underlay, vtep: o.vtep, mac: o.mac });
     this.heartbeatMs = o.heartbeatMs ?? 1000;
-    this.deadMs = o.deadMs ?? 3500;
+    this.deadMs = o.deadMs ?? 5000;
     this.establishTimeoutMs = o.establishTimeoutMs ?? 10000;
     this.full = Buffer.alloc(o.mtu - HB_HEADERS);
     this.full.writeUInt32BE(HB_MAGIC, 0);
@@ -497,6 +506,7 @@ export class FastDp {
 
   private tick(): void {
     if (this.closed) return;
+    this.o.io.drain();
     const now = this.clock.now();
     for (const p of [...this.paths]) {
       if (p.closed || p.unusable) continue;
@@ -564,21 +574,24 @@ export class NativeHeartbeatIo implements HeartbeatIo {
     return n === 1 ? 0 : this.errs[0] || EAGAIN;
   }
 
+  private receiver: ((srcIp: string, payload: Uint8Array) => void) | null = null;
+
   setReceiver(cb: ((srcIp: string, payload: Uint8Array) => void) | null): void {
-    if (!cb) {
-      this.udp.setReadable(null);
-      return;
-    }
-    this.udp.setReadable(() => {
-      for (;;) {
-        const n = this.udp.recvBatch(this.rxBuf, this.stride, 4, this.rxLens, this.rxIps, this.rxPorts);
-        for (let i = 0; i < n; i++) {
-          const len = Math.min(this.rxLens[i], this.stride);
-          cb(u32ToIp4(this.rxIps[i]), this.rxBuf.subarray(i * this.stride, i * this.stride + len));
-        }
-        if (n < 4) break;
+    this.receiver = cb;
+    this.udp.setReadable(cb ? () => this.drain() : null);
+  }
+
+  drain(): void {
+    const cb = this.receiver;
+    if (!cb) return;
+    for (;;) {
+      const n = this.udp.recvBatch(this.rxBuf, this.stride, 4, this.rxLens, this.rxIps, this.rxPorts);
+      for (let i = 0; i < n; i++) {
+        const len = Math.min(this.rxLens[i], this.stride);
+        cb(u32ToIp4(this.rxIps[i]), this.rxBuf.subarray(i * this.stride, i * this.stride + len));
       }
-    });
+      if (n < 4) break;
+    }
   }
 
   close(): void {

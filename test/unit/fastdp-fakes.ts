@@ -42,6 +42,8 @@ export class FakeNet {
   cut = false;
   /** drop datagrams longer than this (an MTU black hole on the underlay) */
   maxSize = Infinity;
+  /** datagrams wait in the receiving socket until its drain() (the event loop is not polling I/O) */
+  hold = false;
   delivered = 0;
   dropped = 0;
   constructor(readonly clock: FakeClock) {}
@@ -69,12 +71,25 @@ export class FakeHbIo implements HeartbeatIo {
     }
     this.net.clock.setTimeout(() => {
       const dst = this.net.ios.get(dstIp);
-      if (dst && !dst.closed && dst.receiver) {
+      if (!dst || dst.closed) return;
+      // hold: the datagram waits in the socket (the event loop never polled it) until drain()
+      if (this.net.hold) dst.queue.push([this.vtep, copy]);
+      else if (dst.receiver) {
         this.net.delivered++;
         dst.receiver(this.vtep, copy);
       }
     }, 1);
     return 0;
+  }
+  readonly queue: Array<[string, Uint8Array]> = [];
+  drained = 0;
+  drain(): void {
+    this.drained++;
+    for (const [src, p] of this.queue.splice(0)) {
+      if (!this.receiver) continue;
+      this.net.delivered++;
+      this.receiver(src, p);
+    }
   }
   setReceiver(cb: ((src: string, p: Uint8Array) => void) | null): void { this.receiver = cb; }
   close(): void { this.closed = true; }

@@ -20,6 +20,8 @@ test('encrypted fastdp: two real routers with a password inside the UML guest (E
     // (saves ~20 modprobe runs for the first ESP state), so everything is preloaded
     modules: [...DEFAULT_MODULES, 'bridge', 'tun', 'nf_tables'],
     autoload: false,
+    // every process start costs hundreds of ms in UML on a busy host: the CLI waits up to 4 min for the router
+    env: { WEAVE_CLI_TIMEOUT: '240' },
     log: rootLogger({ level: 'warn', destination: 2 }),
   });
   t.diagnostic(`UML ${r.kernel}: boot-to-command ${r.bootMs} ms, total ${r.totalMs} ms`);

@@ -27,22 +27,10 @@ function inGuest(): void {
   assert.ok(process.env.WEAVE_IN_VM, 'this file runs inside the UML guest (test/vm/fastdp.test.ts), not on the host kernel');
 }
 
-/**
- * `weave launch`, then the API. launch gives up after 30 s, and in UML on a busy host the router's start
- * (some 40 `ip` runs at hundreds of ms each) can take longer: that one failure is tolerated as long as
- * the router it started then answers; any other launch failure is not.
- */
+/** `weave launch`; the host side sets WEAVE_CLI_TIMEOUT so that the CLI waits as long as UML needs. */
 async function launch(h: Host, args: string[]): Promise<void> {
   const t0 = Date.now();
-  const r = await h.weave(['launch', '--nickname', h.name, ...args], { env: PW, timeoutMs: 120_000, allowFail: true });
-  if (r.code !== 0) {
-    assert.match(r.stderr, /did not answer within/, `weave launch on ${h.name} failed:\n${r.stdout}${r.stderr}`);
-    step(`${h.name}: launch gave up waiting for the router after ${Date.now() - t0} ms; waiting for its API`);
-    await waitFor(`router API in ${h.name}`, () => apiReport(h), { timeoutMs: 240_000, intervalMs: 500 }).catch(async (e) => {
-      const ps = await run(['ps', '-eo', 'pid,pcpu,etime,rss,args'], { allowFail: true });
-      throw new Error(`${(e as Error).message}\n${await diag(h)}\n${ps.stdout}`);
-    });
-  }
+  await h.weave(['launch', '--nickname', h.name, ...args], { env: PW, timeoutMs: 300_000 });
   step(`${h.name}: router up after ${Date.now() - t0} ms`);
 }
 
@@ -80,18 +68,10 @@ async function diag(h: Host): Promise<string> {
   return `report.fastdp of ${h.name}: ${fastdp}\n${log.stdout}`;
 }
 
-/**
- * `weave reset`. The CLI waits 30 s for the router's answer to POST /reset (detach containers, IPAM
- * handover, then stop), which UML on a busy host can exceed; that one failure is tolerated when the
- * router then goes away on its own (it only answers once its reset steps are done and it is stopping).
- */
+/** `weave reset`: it returns once the router has done its reset steps; then the process goes. */
 async function reset(h: Host): Promise<void> {
   const t0 = Date.now();
-  const r = await h.weave(['reset'], { env: PW, timeoutMs: 120_000, allowFail: true });
-  if (r.code !== 0) {
-    assert.match(r.stderr, /did not answer POST \/reset in time/, `weave reset on ${h.name} failed:\n${r.stdout}${r.stderr}`);
-    step(`${h.name}: reset gave up waiting for the router after ${Date.now() - t0} ms; waiting for it to stop`);
-  }
+  await h.weave(['reset'], { env: PW, timeoutMs: 300_000 });
   await waitFor(`${h.name}: router stopped after reset`, async () => (await h.lab.pidsIn(h.ns)).length === 0, { timeoutMs: 120_000, intervalMs: 500 });
   step(`${h.name}: reset and stopped after ${Date.now() - t0} ms`);
 }
@@ -189,7 +169,7 @@ test('real router with a password in the guest: encrypted fastdp (ESP on the wir
     step('ESP on the wire');
 
     // reconnect: h2 stops (its SAs go with it) and comes back from its stored targets
-    await h2.weave(['stop'], { timeoutMs: 90_000 });
+    await h2.weave(['stop'], { timeoutMs: 300_000 });
     await waitFor('h2 xfrm entries removed on stop', async () => (await ours(h2)).states.length === 0 && (await ours(h2)).policies.length === 0, { timeoutMs: 60_000, intervalMs: 200 });
     step('h2 stopped');
     await launch(h2, ['--resume']);
