@@ -159,6 +159,28 @@ test('--trusted-subnets with a password: fastdp carries the data unencrypted onl
   });
 });
 
+test('jumbo underlay (MTU 9000): fastdp gives containers a jumbo MTU (9000 - VXLAN overhead), and full-size DF packets pass', async () => {
+  await withLab(async (lab) => {
+    const h1 = await lab.addHost('h1', { mtu: 9000 });
+    const h2 = await lab.addHost('h2', { mtu: 9000 });
+    const [c1, c2] = [await lab.addContainer('c1'), await lab.addContainer('c2')];
+    await launch(h1, []);
+    await launch(h2, [h1.ip]);
+    await h1.weave(['attach', '10.32.1.1/12', c1.ns]);
+    await h2.weave(['attach', '10.32.2.1/12', c2.ns]);
+    const conn = await carriedBy(h1, 'h2', 'fastdp');
+    assert.equal(conn.mtu, 9000 - 50, `fastdp mtu=${conn.mtu}`);
+    const link = JSON.parse((await c1.exec(['ip', '-j', 'link', 'show', 'ethwe'])).stdout)[0];
+    // the container MTU is the smaller of what fastdp and the sleeve can carry (either may carry it)
+    assert.ok(link.mtu >= 8900, `container ethwe mtu=${link.mtu}: a jumbo underlay must give a jumbo overlay`);
+    await pingable(c1, '10.32.2.1');
+    const big = link.mtu - 28;
+    await c1.exec(['ping', '-c', '3', '-i', '0.2', '-M', 'do', '-s', String(big), '10.32.2.1']);
+    const tcp = await iperf(c1, c2, '10.32.2.1');
+    assert.ok(tcp.end.sum_received.bytes > 10_000_000, `TCP moved ${tcp.end.sum_received.bytes} bytes`);
+  });
+});
+
 test('mixed path h1 -fastdp- h2 -sleeve- h3 (h1 and h3 cut): ping and TCP end to end', async () => {
   await withLab(async (lab) => {
     const [h1, h2, h3] = [await lab.addHost('h1'), await lab.addHost('h2'), await lab.addHost('h3')];
