@@ -16,6 +16,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { createHash } from 'crypto';
+import assert from 'node:assert/strict';
 import { WeaveError } from '../../mesh/errors';
 import { Clock, realClock } from '../../mesh/clock';
 import { Logger, silentLogger } from '../../mesh/log';
@@ -321,4 +322,22 @@ export async function runInVm(cmd: string[], opts: VmOptions = {}): Promise<VmRe
     if (process.env.WEAVE_VM_KEEP) log.info({ ctl }, 'keeping the guest control dir (WEAVE_VM_KEEP)');
     else fs.rmSync(ctl, { recursive: true, force: true });
   }
+}
+
+/**
+ * Runs one compiled guest test file (test/vm/guest/NAME.guest.js) under a nested `node --test` in a
+ * guest and asserts that it reported exactly `expected` passing tests and no failure. Fails loudly
+ * when the guest says nothing: runInVm rejects without a status, and a status without a TAP summary
+ * fails here. Returns the result for diagnostics.
+ */
+export async function runGuestTests(guestFile: string, expected: number, opts: VmOptions = {}): Promise<VmResult> {
+  assert.ok(fs.existsSync(guestFile), `compiled guest test missing: ${guestFile}`);
+  const r = await runInVm([process.execPath, '--test', '--test-reporter=tap', '--enable-source-maps', guestFile], opts);
+  const pass = /^# pass (\d+)$/m.exec(r.output);
+  const fail = /^# fail (\d+)$/m.exec(r.output);
+  assert.ok(pass && fail, `the guest's node --test printed no summary (exit ${r.code}):\n${r.output}`);
+  assert.equal(r.code, 0, `guest tests failed:\n${r.output}`);
+  assert.equal(Number(fail[1]), 0, r.output);
+  assert.equal(Number(pass[1]), expected, `expected ${expected} passing guest tests:\n${r.output}`);
+  return r;
 }
