@@ -2,7 +2,8 @@
 // (debounced through the Clock) and on an interval; concurrent requests share the running pass
 // and queue at most one more, because the desired state may have changed while it ran.
 import type { Clock, TimerHandle } from '../mesh/clock';
-import { WeaveError } from '../mesh/errors';
+import { WeaveError, errMsg } from '../mesh/errors';
+import type { Logger } from '../mesh/log';
 
 export class ReconcileLoop<R> {
   private running?: Promise<R>;
@@ -16,8 +17,16 @@ export class ReconcileLoop<R> {
   /** pass runs one reconcile; it logs and counts its own failures (the loop only retries later). */
   constructor(private readonly clock: Clock, private readonly debounceMs: number, private readonly pass: () => Promise<R>) {}
 
-  /** One pass now. Concurrent calls share the running pass and queue exactly one more after it. */
+  /**
+   * One pass now. Concurrent calls share the running pass and queue exactly one more after it. A
+   * debounced pass still pending is cancelled: the pass this call starts or queues sees the same
+   * changes (and an explicit caller gets the counts of the pass that applied them).
+   */
   run(): Promise<R> {
+    if (this.debounceTimer) {
+      this.clock.clearTimeout(this.debounceTimer);
+      this.debounceTimer = undefined;
+    }
     if (!this.running) {
       this.running = this.pass().finally(() => { this.running = undefined; });
       return this.running;
@@ -64,4 +73,54 @@ export class ReconcileLoop<R> {
     this.intervalTimer = undefined;
     this.debounceTimer = undefined;
   }
+}
+
+export interface ReconcileStats { runs: number; errors: number; lastError?: string }
+
+/**
+ * A reconciler driven by a ReconcileLoop: subclasses write one pass (runOnce); this counts passes and
+ * failures, logs a failure once per pass, and gives them schedule/start/stop.
+ */
+export abstract class LoopedReconciler<R, S extends ReconcileStats> {
+  private readonly loop: ReconcileLoop<R>;
+
+  protected constructor(clock: Clock, debounceMs: number, protected readonly st: S, private readonly failures: { log: Logger; what: string }) {
+    this.loop = new ReconcileLoop(clock, debounceMs, () => this.pass());
+  }
+
+  /** One pass: read the kernel's state, apply the difference to the desired one. */
+  protected abstract runOnce(): Promise<R>;
+
+  private async pass(): Promise<R> {
+    this.st.runs++;
+    try {
+      return await this.runOnce();
+    } catch (e) {
+      this.st.errors++;
+      this.st.lastError = errMsg(e);
+      this.failures.log.warn({ err: errMsg(e) }, `${this.failures.what} reconcile failed (will retry on the next change or tick)`);
+      throw e;
+    }
+  }
+
+  /** One pass now (read ours from the kernel, apply the difference). Concurrent calls share the running pass and queue one more. */
+  reconcile(): Promise<R> {
+    return this.loop.run();
+  }
+
+  /** A pass soon (debounced). */
+  protected schedule(): void {
+    this.loop.schedule();
+  }
+
+  /** Reconciles now and then every intervalMs until stop(). */
+  start(intervalMs: number): void {
+    this.loop.start(intervalMs);
+  }
+
+  stop(): void {
+    this.loop.stop();
+  }
+
+  stats(): S { return { ...this.st }; }
 }

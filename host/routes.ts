@@ -3,7 +3,7 @@
 // difference in one `ip -batch`. It runs again on every change (debounced) and on a timer, so a route
 // deleted by hand or flushed by some tool comes back on its own. Routes with any other protocol number
 // are not ours and are never read, changed or deleted (`ip route del ... proto N` only matches ours).
-import { ReconcileLoop } from './reconcile-loop';
+import { LoopedReconciler } from './reconcile-loop';
 import type { Clock } from '../mesh/clock';
 import { WeaveError, errMsg } from '../mesh/errors';
 import type { Logger } from '../mesh/log';
@@ -145,25 +145,22 @@ export interface RouteReconcilerStats {
   conflicts: number;
 }
 
-export class RouteReconciler {
+export class RouteReconciler extends LoopedReconciler<ReconcileResult, RouteReconcilerStats> {
   readonly protocol: number;
   private readonly ctx: HostCtx;
   private readonly log: Logger;
-  private readonly clock: Clock;
-  private readonly loop: ReconcileLoop<ReconcileResult>;
   private readonly owners = new Map<string, DesiredRoute[]>();
-  private readonly st: RouteReconcilerStats = { runs: 0, errors: 0, added: 0, removed: 0, changed: 0, conflicts: 0 };
 
   constructor(o: { ctx: HostCtx; log: Logger; clock: Clock; protocol?: number; debounceMs?: number }) {
+    const log = o.log.child({ component: 'routes' });
+    super(o.clock, o.debounceMs ?? 20, { runs: 0, errors: 0, added: 0, removed: 0, changed: 0, conflicts: 0 }, { log, what: 'route' });
     this.ctx = o.ctx;
-    this.log = o.log.child({ component: 'routes' });
-    this.clock = o.clock;
+    this.log = log;
     this.protocol = o.protocol ?? WEAVE_RT_PROTO;
     if (!Number.isInteger(this.protocol) || this.protocol < 5 || this.protocol > 255) {
       // 0-4 are the kernel's own (unspec, redirect, kernel, boot, static): never claim those
       throw new WeaveError('EINVAL', `route protocol ${this.protocol} must be 5..255`, { protocol: this.protocol });
     }
-    this.loop = new ReconcileLoop(this.clock, o.debounceMs ?? 20, () => this.runOnce());
   }
 
   /** Replaces owner's routes (validated now, so a bad route fails its caller, not a later reconcile). */
@@ -196,47 +193,19 @@ export class RouteReconciler {
     return out;
   }
 
-  /** One pass: read ours from the kernel, apply the difference. Concurrent calls share/queue runs. */
-  reconcile(): Promise<ReconcileResult> {
-    return this.loop.run();
-  }
-
-  private async runOnce(): Promise<ReconcileResult> {
-    this.st.runs++;
-    try {
-      const actual = await ipJson<ActualRoute[]>(this.ctx, ['route', 'show', 'table', 'main', 'proto', String(this.protocol)]);
-      const diff = diffRoutes(this.desired(), actual);
-      const lines = routeBatchLines(diff, this.protocol);
-      const res = { added: diff.add.length, removed: diff.remove.length, changed: diff.change.length };
-      if (lines.length) {
-        this.log.debug({ ...res, lines }, 'applying route changes');
-        // -force: one impossible route (device gone, foreign route in the way) must not block the rest
-        await ipBatch(this.ctx, lines, { force: true });
-        this.st.added += res.added;
-        this.st.removed += res.removed;
-        this.st.changed += res.changed;
-      }
-      return res;
-    } catch (e) {
-      this.st.errors++;
-      this.st.lastError = errMsg(e);
-      this.log.warn({ err: errMsg(e) }, 'route reconcile failed (will retry on the next change or tick)');
-      throw e;
+  protected async runOnce(): Promise<ReconcileResult> {
+    const actual = await ipJson<ActualRoute[]>(this.ctx, ['route', 'show', 'table', 'main', 'proto', String(this.protocol)]);
+    const diff = diffRoutes(this.desired(), actual);
+    const lines = routeBatchLines(diff, this.protocol);
+    const res = { added: diff.add.length, removed: diff.remove.length, changed: diff.change.length };
+    if (lines.length) {
+      this.log.debug({ ...res, lines }, 'applying route changes');
+      // -force: one impossible route (device gone, foreign route in the way) must not block the rest
+      await ipBatch(this.ctx, lines, { force: true });
+      this.st.added += res.added;
+      this.st.removed += res.removed;
+      this.st.changed += res.changed;
     }
+    return res;
   }
-
-  private schedule(): void {
-    this.loop.schedule();
-  }
-
-  /** Reconciles now and then every intervalMs until stop(). */
-  start(intervalMs: number): void {
-    this.loop.start(intervalMs);
-  }
-
-  stop(): void {
-    this.loop.stop();
-  }
-
-  stats(): RouteReconcilerStats { return { ...this.st }; }
 }

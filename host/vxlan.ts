@@ -10,7 +10,7 @@
 // Each pass reads the kernel (`ip -d -json link`, `ip -json addr/neigh`, `bridge -json fdb`), diffs, and
 // applies the difference in one `ip -batch` (link, address, neighbours) plus one `bridge -batch` (FDB):
 // iproute2 has no single tool for both. A flushed FDB or neighbour entry comes back on the next pass.
-import { ReconcileLoop } from './reconcile-loop';
+import { LoopedReconciler } from './reconcile-loop';
 import { createHash } from 'crypto';
 import { isIPv4 } from 'net';
 import type { Clock } from '../mesh/clock';
@@ -232,23 +232,20 @@ export interface VxlanReconcilerOptions {
   debounceMs?: number;
 }
 
-export class VxlanReconciler {
+export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], VxlanStats> {
   readonly config: VxlanConfig;
   private readonly ctx: HostCtx;
   private readonly log: Logger;
-  private readonly clock: Clock;
-  private readonly loop: ReconcileLoop<VxlanPlan['summary']>;
   private readonly routes?: RouteSink;
   private readonly peers = new Map<string, VxlanPeer>();
-  private readonly st: VxlanStats = { runs: 0, errors: 0, repairs: 0 };
 
   constructor(o: VxlanReconcilerOptions) {
     checkConfig(o.config);
+    const log = o.log.child({ component: 'vxlan' });
+    super(o.clock, o.debounceMs ?? 20, { runs: 0, errors: 0, repairs: 0 }, { log, what: 'VXLAN' });
     this.config = { ...o.config, mac: o.config.mac.toLowerCase() };
     this.ctx = o.ctx;
-    this.log = o.log.child({ component: 'vxlan' });
-    this.clock = o.clock;
-    this.loop = new ReconcileLoop(this.clock, o.debounceMs ?? 20, () => this.runOnce());
+    this.log = log;
     this.routes = o.routes;
   }
 
@@ -302,44 +299,18 @@ export class VxlanReconciler {
     return { link, addrs, fdb, neigh };
   }
 
-  /** One pass. Concurrent calls share the running pass and queue at most one more. */
-  reconcile(): Promise<VxlanPlan['summary']> {
-    return this.loop.run();
-  }
-
-  private async runOnce(): Promise<VxlanPlan['summary']> {
-    this.st.runs++;
-    try {
-      const actual = await this.readActual();
-      const plan = planVxlan(this.config, this.peerList(), actual);
-      if (plan.ip.length || plan.bridge.length) {
-        this.st.repairs++;
-        this.log.debug({ ...plan.summary, ip: plan.ip, bridge: plan.bridge }, 'applying VXLAN changes');
-        // -force: one stale entry that vanished meanwhile must not block the rest
-        if (plan.ip.length) await ipBatch(this.ctx, plan.ip, { force: true });
-        if (plan.bridge.length) await execHost([...nsPrefix(this.ctx), 'bridge', '-force', '-batch', '-'], { input: plan.bridge.join('\n') + '\n' });
-        if (plan.summary.link !== 'ok') this.log.info({ dev: this.config.name, vni: this.config.vni, port: this.config.port, local: this.config.local, vtep: this.config.address, mtu: this.config.mtu, action: plan.summary.link }, 'VXLAN device set up');
-      }
-      return plan.summary;
-    } catch (e) {
-      this.st.errors++;
-      this.st.lastError = errMsg(e);
-      this.log.warn({ err: errMsg(e) }, 'VXLAN reconcile failed (will retry on the next change or tick)');
-      throw e;
+  protected async runOnce(): Promise<VxlanPlan['summary']> {
+    const actual = await this.readActual();
+    const plan = planVxlan(this.config, this.peerList(), actual);
+    if (plan.ip.length || plan.bridge.length) {
+      this.st.repairs++;
+      this.log.debug({ ...plan.summary, ip: plan.ip, bridge: plan.bridge }, 'applying VXLAN changes');
+      // -force: one stale entry that vanished meanwhile must not block the rest
+      if (plan.ip.length) await ipBatch(this.ctx, plan.ip, { force: true });
+      if (plan.bridge.length) await execHost([...nsPrefix(this.ctx), 'bridge', '-force', '-batch', '-'], { input: plan.bridge.join('\n') + '\n' });
+      if (plan.summary.link !== 'ok') this.log.info({ dev: this.config.name, vni: this.config.vni, port: this.config.port, local: this.config.local, vtep: this.config.address, mtu: this.config.mtu, action: plan.summary.link }, 'VXLAN device set up');
     }
-  }
-
-  private schedule(): void {
-    this.loop.schedule();
-  }
-
-  /** Reconciles now and then every intervalMs until stop(). */
-  start(intervalMs: number): void {
-    this.loop.start(intervalMs);
-  }
-
-  stop(): void {
-    this.loop.stop();
+    return plan.summary;
   }
 
   /** Stops and deletes the device (its FDB and neighbour entries go with it); VTEP routes withdrawn. */
@@ -351,5 +322,4 @@ export class VxlanReconciler {
     if (links.some((l) => l.ifname === this.config.name)) await ipBatch(this.ctx, [`link del ${this.config.name}`]);
   }
 
-  stats(): VxlanStats { return { ...this.st }; }
 }
