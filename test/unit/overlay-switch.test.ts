@@ -177,7 +177,7 @@ test('FastDpRoutes: prefixes behind fastdp next hops go via the VTEP onlink; sle
   fr.close();
 });
 
-test('switch + real FastDp over a fake network: UDP cut -> sleeve within 5 s, healed -> fastdp again within 8 s', () => {
+test('switch + real FastDp over a fake network: UDP cut -> sleeve within 6.5 s (deadMs 5 s + a heartbeat), healed -> fastdp again within 8 s', () => {
   const clock = new FakeClock();
   const net = new FakeNet(clock);
   const mk = (name: string, vtep: string, ul: string) => {
@@ -209,7 +209,7 @@ test('switch + real FastDp over a fake network: UDP cut -> sleeve within 5 s, he
   assert.ok(until(() => A.sw.carrier(P2) === 'fastdp' && B.sw.carrier(P1) === 'fastdp', 3000) <= 2000);
   net.cut = true;
   const down = until(() => A.sw.carrier(P2) === 'sleeve' && B.sw.carrier(P1) === 'sleeve', 10_000);
-  assert.ok(down <= 5000, `fell back after ${down} ms`);
+  assert.ok(down <= 6500, `fell back after ${down} ms`);
   assert.match(ha.status().reason!, /^heartbeats failing since \d{4}-/);
   net.cut = false;
   const up = until(() => A.sw.carrier(P2) === 'fastdp' && B.sw.carrier(P1) === 'fastdp', 30_000);
