@@ -15,6 +15,10 @@ export interface WorkerInit {
   role: 'tx' | 'rx';
   tunFd: number;
   tunName: string;
+  /** the TUN fd was opened with offloads (virtio headers on every read and write) */
+  tunOffload: boolean;
+  /** send with UDP GSO (runs of equal-size datagrams to one peer in one message) */
+  udpGso: boolean;
   udpFd: number;
   shared: PathSharedBuffers;
   counters: SharedArrayBuffer;
@@ -51,8 +55,9 @@ function main(): void {
     post({ k: 'err', role: init.role, msg: 'native addon did not load in the worker' });
     return;
   }
-  const tun = new NativeTun(io, init.tunName, init.tunFd);
+  const tun = new NativeTun(io, init.tunName, init.tunFd, init.tunOffload);
   const udp = new NativeUdp(io, 0, 0, 0, init.udpFd);
+  udp.gso = init.udpGso;
   const events: DatapathEvents = {
     heartbeat: (slot) => post({ k: 'hb', slot }),
     probeAck: (slot, round, size) => post({ k: 'ack', slot, round, size }),

@@ -21,6 +21,11 @@ export class NativeUdp implements UdpBind {
   private _fd: number;
   private pollHandle: unknown = null;
   readonly port: number;
+  /**
+   * UDP GSO: runs of equal-size datagrams to one address leave as one sendmmsg message (UDP_SEGMENT);
+   * the same datagrams on the wire, one trip through the kernel (native addon; off by default).
+   */
+  gso = false;
   /** false for a view onto another thread's fd: close() then only stops polling */
   private readonly owner: boolean;
 
@@ -46,7 +51,7 @@ export class NativeUdp implements UdpBind {
   }
 
   sendBatch(buf: Buffer, offs: Int32Array, lens: Int32Array, ips: Uint32Array, ports: Int32Array, errs: Int32Array, n: number): number {
-    return this.io.sendBatch(this._fd, buf, offs, lens, ips, ports, errs, n);
+    return this.io.sendBatch(this._fd, buf, offs, lens, ips, ports, errs, n, this.gso);
   }
 
   setReadable(cb: (() => void) | null): void {
