@@ -673,9 +673,10 @@ static napi_value UdpPort(napi_env env, napi_callback_info info) {
 // UDP GSO (UDP_SEGMENT): a run of datagrams to one address, all of one size but the last (which may
 // be shorter), leaves in one sendmmsg message: one trip through the kernel's UDP/IP output and the
 // underlay for up to UDP_GSO_MAX datagrams instead of one each. On the wire they are the same
-// datagrams. A kernel or route that refuses GSO (EIO: no checksum offload on the way out, EINVAL)
-// turns it off for the process; a refused run is resent datagram by datagram, so per-datagram errors
-// (EMSGSIZE for the path MTU) stay exact.
+// datagrams. A refused run is resent datagram by datagram, so per-datagram errors (EMSGSIZE for the
+// path MTU: the run as a whole gets EINVAL) stay exact; a kernel or route that refuses GSO itself
+// (EIO: no checksum offload on the way out; EINVAL while the datagrams alone go through) turns it
+// off for the process.
 #define UDP_GSO_MAX 64
 #define UDP_GSO_BYTES 65000
 static volatile int udp_gso_off = 0;
@@ -781,9 +782,8 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
         errs[gstart[g]] = (uint32_t)e; // this datagram failed; carry on with the next
         continue;
       }
-      if (e == EIO || e == EINVAL || e == ENOPROTOOPT || e == EOPNOTSUPP) udp_gso_off = 1;
       // the run again, one by one: per-datagram errors (and sends) as without GSO
-      int stop = 0;
+      int stop = 0, ok1 = 0;
       for (int i = gstart[g]; i < gstart[g] + gcount[g]; i++) {
         int o = send_one(fd, &msgs[g].msg_hdr, &iov[i], errs, i);
         if (o < 0) {
@@ -791,8 +791,12 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
           stop = 1;
           break;
         }
-        sent += o;
+        ok1 += o;
       }
+      sent += ok1;
+      // EINVAL is also what a run larger than the path MTU gets (the datagrams alone then get
+      // EMSGSIZE): only when they went through alone was it GSO itself the kernel refused.
+      if (e == EIO || e == ENOPROTOOPT || e == EOPNOTSUPP || (e == EINVAL && ok1 > 0)) udp_gso_off = 1;
       if (stop) break;
       continue;
     }
@@ -800,6 +804,13 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
     done += r;
   }
   return mkint(env, sent);
+}
+
+// udpGsoOff() -> true once the kernel refused UDP GSO itself (process-wide; reports and tests)
+static napi_value UdpGsoOff(napi_env env, napi_callback_info info) {
+  napi_value r;
+  napi_get_boolean(env, udp_gso_off != 0, &r);
+  return r;
 }
 
 // recvBatch(fd, buf, stride, max, lens, ips, ports) -> n datagrams (0 when empty). A datagram longer
@@ -952,6 +963,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"writeBatchVnet", 0, WriteBatchVnet, 0, 0, 0, napi_default, 0},
       {"gsoSplit", 0, GsoSplit, 0, 0, 0, napi_default, 0},
       {"groCoalesce", 0, GroCoalesce, 0, 0, 0, napi_default, 0},
+      {"udpGsoOff", 0, UdpGsoOff, 0, 0, 0, napi_default, 0},
       {"poll", 0, Poll, 0, 0, 0, napi_default, 0},
       {"unpoll", 0, Unpoll, 0, 0, 0, napi_default, 0},
   };

@@ -30,6 +30,8 @@ export interface TunIo {
   gsoSplit?(vnetPacket: Uint8Array, buf: Uint8Array, stride: number, max: number, lens: Int32Array): number;
   /** what writeBatchVnet would write, virtio header + packet each, back to back in out (tests) */
   groCoalesce?(buf: Uint8Array, offs: Int32Array, lens: Int32Array, n: number, out: Uint8Array, outLens: Int32Array): number;
+  /** true once the kernel refused UDP GSO itself (then sendBatch sends datagram by datagram; process-wide) */
+  udpGsoOff?(): boolean;
   poll(fd: number, cb: (status: number) => void): unknown;
   unpoll(handle: unknown): void;
 }

@@ -135,6 +135,46 @@ test('batched UDP: a run of equal-size datagrams to one address (UDP GSO) arrive
   }
 });
 
+test('UDP GSO and the path MTU: a run larger than the MTU fails per datagram with EMSGSIZE, a smaller run goes out', { timeout: 30_000 }, async () => {
+  const id = randomBytes(3).toString('hex');
+  const ns = `wsg-${id}`;
+  try {
+    await run(['ip', 'netns', 'add', ns]);
+    await ipIn(ns, ['link', 'set', 'lo', 'mtu', '1300', 'up']);
+    const dist = require('path').join(__dirname, '..', '..');
+    const script = `
+      const { loadTunIo } = require(${JSON.stringify(dist + '/router/native.js')});
+      const { NativeUdp } = require(${JSON.stringify(dist + '/router/udp.js')});
+      const { silentLogger } = require(${JSON.stringify(dist + '/mesh/log.js')});
+      const io = loadTunIo(silentLogger());
+      const lo = 0x7f000001;
+      const a = new NativeUdp(io, lo, 0), b = new NativeUdp(io, lo, 0);
+      a.gso = true;
+      const S = 2048, n = 5, buf = Buffer.alloc(S * n);
+      const offs = Int32Array.from({ length: n }, (_, i) => i * S);
+      const ips = new Uint32Array(n).fill(lo), ports = new Int32Array(n).fill(b.port), errs = new Int32Array(n);
+      const big = a.sendBatch(buf, offs, new Int32Array(n).fill(1400), ips, ports, errs, n);
+      const bigErrs = [...errs];
+      const small = a.sendBatch(buf, offs, new Int32Array(n).fill(1000), ips, ports, errs, n);
+      const smallErrs = [...errs];
+      const rl = new Int32Array(16), rip = new Uint32Array(16), rport = new Int32Array(16), rbuf = Buffer.alloc(S * 16);
+      let got = [];
+      const end = Date.now() + 3000;
+      (function poll() {
+        const m = b.recvBatch(rbuf, S, 16, rl, rip, rport);
+        for (let i = 0; i < m; i++) got.push(rl[i]);
+        if (got.length < n && Date.now() < end) return setTimeout(poll, 5);
+        console.log(JSON.stringify({ big, bigErrs, small, smallErrs, got, gsoOff: io.udpGsoOff() }));
+        a.close(); b.close();
+      })();`;
+    const r = await run(['ip', 'netns', 'exec', ns, process.execPath, '-e', script], { timeoutMs: 20_000 });
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    assert.deepEqual(out, { big: 0, bigErrs: [EMSGSIZE, EMSGSIZE, EMSGSIZE, EMSGSIZE, EMSGSIZE], small: 5, smallErrs: [0, 0, 0, 0, 0], got: [1000, 1000, 1000, 1000, 1000], gsoOff: false });
+  } finally {
+    await run(['ip', 'netns', 'del', ns], { allowFail: true });
+  }
+});
+
 class StaticRoutes extends EventEmitter {
   constructor(readonly name: PeerName, private readonly peer: PeerName) { super(); }
   unicastNextHop(dst: PeerName): PeerName | undefined { return dst === this.peer ? this.peer : undefined; }
