@@ -859,6 +859,128 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
   return mkint(env, r);
 }
 
+// ---- UDP GRO on receive ------------------------------------------------------------------------------
+// With UDP_GRO on the socket the kernel queues a run of datagrams from one sender (a UDP GSO send,
+// or what the NIC's GRO joined) as one buffer of equal-size segments (the last may be shorter), so
+// one skb and one copy carry up to 64 KB. recvBatchGro receives up to GRO_MSGS such buffers into the
+// caller's carry with one recvmmsg and hands the segments out one per slot, exactly as recvBatch would
+// have returned the datagrams; what does not fit waits in the carry for the next call.
+#define GRO_MSGS 8
+#define GRO_BUF 65536
+// carry: u32 messages held, u32 current message, u32 offset in it; per message (at 16 + 16*m):
+// u32 length, u32 segment size, u32 ip, u32 port; data of message m at GRO_DATA + m * GRO_BUF
+#define GRO_DATA 256
+#define GRO_CARRY_SIZE (GRO_DATA + GRO_MSGS * GRO_BUF)
+
+// udpSetGro(fd) -> true when the kernel took UDP_GRO (then read with recvBatchGro)
+static napi_value UdpSetGro(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  if (argc < 1 || !get_i32(env, argv[0], &fd)) return throw_arg(env, "udpSetGro(fd)");
+  int one = 1;
+  napi_value r;
+  napi_get_boolean(env, setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0, &r);
+  return r;
+}
+
+// recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry) -> datagrams, as recvBatch (a segment
+// longer than stride is reported as stride + 1 and not copied).
+static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd, stride, maxp;
+  uint8_t *buf, *carry;
+  size_t blen, clen;
+  uint32_t *lens, *ips, *ports;
+  if (argc < 8 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
+      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || (size_t)stride * (size_t)maxp > blen ||
+      !get_u32s(env, argv[4], (size_t)maxp, &lens) || !get_u32s(env, argv[5], (size_t)maxp, &ips) || !get_u32s(env, argv[6], (size_t)maxp, &ports) ||
+      !get_bytes(env, argv[7], &carry, &clen) || clen < GRO_CARRY_SIZE || ((uintptr_t)carry & 3) != 0)
+    return throw_arg(env, "recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry): bad arguments, buffers too small or carry not 4-aligned");
+  uint32_t *cs = (uint32_t *)carry;
+  int n = 0;
+  while (n < maxp) {
+    if (cs[1] >= cs[0]) {
+      struct mmsghdr msgs[GRO_MSGS];
+      struct iovec iov[GRO_MSGS];
+      struct sockaddr_in sas[GRO_MSGS];
+      union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+      } ctl[GRO_MSGS];
+      memset(msgs, 0, sizeof msgs);
+      for (int m = 0; m < GRO_MSGS; m++) {
+        iov[m].iov_base = carry + GRO_DATA + (size_t)m * GRO_BUF;
+        iov[m].iov_len = GRO_BUF;
+        msgs[m].msg_hdr.msg_iov = &iov[m];
+        msgs[m].msg_hdr.msg_iovlen = 1;
+        msgs[m].msg_hdr.msg_name = &sas[m];
+        msgs[m].msg_hdr.msg_namelen = sizeof sas[m];
+        msgs[m].msg_hdr.msg_control = ctl[m].buf;
+        msgs[m].msg_hdr.msg_controllen = sizeof ctl[m].buf;
+      }
+      int r;
+      do {
+        r = recvmmsg(fd, msgs, GRO_MSGS, MSG_DONTWAIT, NULL);
+      } while (r < 0 && errno == EINTR);
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH || errno == EMSGSIZE) break;
+        if (n == 0) return throw_errno(env, "recvmmsg", errno);
+        break;
+      }
+      if (r == 0) break;
+      for (int m = 0; m < r; m++) {
+        uint32_t *md = cs + 4 + 4 * m;
+        uint32_t len = msgs[m].msg_len;
+        int gso = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[m].msg_hdr); c; c = CMSG_NXTHDR(&msgs[m].msg_hdr, c))
+          if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) memcpy(&gso, CMSG_DATA(c), sizeof gso);
+        md[0] = len;
+        // no segment size: one datagram
+        md[1] = (gso > 0 && (uint32_t)gso < len) ? (uint32_t)gso : (len > 0 ? len : 1);
+        // cannot happen (a UDP payload or GRO run fits 64 KB); if it did: one over-long datagram, dropped
+        if (msgs[m].msg_hdr.msg_flags & MSG_TRUNC) md[0] = md[1] = GRO_BUF;
+        md[2] = ntohl(sas[m].sin_addr.s_addr);
+        md[3] = ntohs(sas[m].sin_port);
+      }
+      cs[0] = (uint32_t)r;
+      cs[1] = 0;
+      cs[2] = 0;
+    }
+    // hand out segments of the current message
+    uint32_t m = cs[1];
+    uint32_t *md = cs + 4 + 4 * m;
+    uint8_t *data = carry + GRO_DATA + (size_t)m * GRO_BUF;
+    while (n < maxp && cs[2] < md[0]) {
+      uint32_t seg = md[0] - cs[2] < md[1] ? md[0] - cs[2] : md[1];
+      if (seg > (uint32_t)stride) {
+        lens[n] = (uint32_t)stride + 1;
+      } else {
+        memcpy(buf + (size_t)n * stride, data + cs[2], seg);
+        lens[n] = seg;
+      }
+      ips[n] = md[2];
+      ports[n] = md[3];
+      n++;
+      cs[2] += seg;
+    }
+    if (md[0] == 0) { // an empty datagram: reported as such, like recvmmsg would
+      lens[n] = 0;
+      ips[n] = md[2];
+      ports[n] = md[3];
+      n++;
+    }
+    if (cs[2] >= md[0]) {
+      cs[1]++;
+      cs[2] = 0;
+    }
+  }
+  return mkint(env, n);
+}
+
 // ---- readiness: uv_poll -> JS callback (level-triggered: JS must drain, or it is called again) ----
 typedef struct poller {
   uv_poll_t h;
@@ -964,6 +1086,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"gsoSplit", 0, GsoSplit, 0, 0, 0, napi_default, 0},
       {"groCoalesce", 0, GroCoalesce, 0, 0, 0, napi_default, 0},
       {"udpGsoOff", 0, UdpGsoOff, 0, 0, 0, napi_default, 0},
+      {"udpSetGro", 0, UdpSetGro, 0, 0, 0, napi_default, 0},
+      {"recvBatchGro", 0, RecvBatchGro, 0, 0, 0, napi_default, 0},
       {"poll", 0, Poll, 0, 0, 0, napi_default, 0},
       {"unpoll", 0, Unpoll, 0, 0, 0, napi_default, 0},
   };

@@ -30,6 +30,13 @@ export interface TunIo {
   gsoSplit?(vnetPacket: Uint8Array, buf: Uint8Array, stride: number, max: number, lens: Int32Array): number;
   /** what writeBatchVnet would write, virtio header + packet each, back to back in out (tests) */
   groCoalesce?(buf: Uint8Array, offs: Int32Array, lens: Int32Array, n: number, out: Uint8Array, outLens: Int32Array): number;
+  /** sets UDP_GRO on a socket; true when the kernel took it (read it with recvBatchGro from then on) */
+  udpSetGro?(fd: number): boolean;
+  /**
+   * recvBatch for a UDP_GRO socket: runs of datagrams the kernel joined are handed out one datagram per
+   * slot (carry: UDP_GRO_CARRY_SIZE bytes, 4-aligned, one per reading thread, holds what did not fit)
+   */
+  recvBatchGro?(fd: number, buf: Uint8Array, stride: number, max: number, lens: Int32Array, ips: Uint32Array, ports: Int32Array, carry: Uint8Array): number;
   /** true once the kernel refused UDP GSO itself (then sendBatch sends datagram by datagram; process-wide) */
   udpGsoOff?(): boolean;
   poll(fd: number, cb: (status: number) => void): unknown;
@@ -41,6 +48,9 @@ export const TUN_CARRY_SIZE = 64 + 65536;
 export const TUN_CARRY_BAD = 2;
 export const TUN_CARRY_SUPER = 3;
 export const TUN_CARRY_SEGS = 4;
+
+/** Size of recvBatchGro's carry (native/tunio.c GRO_CARRY_SIZE: 8 messages of 64 KB). */
+export const UDP_GRO_CARRY_SIZE = 256 + 8 * 65536;
 
 /** Largest batch the addon accepts per sendBatch/recvBatch call. */
 export const ADDON_MAX_BATCH = 256;

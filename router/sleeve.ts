@@ -9,11 +9,13 @@
 //             path's tx key into the send ring -> sendmmsg batch to the next hop's UDP address (UDP
 //             GSO: a run of equal-size datagrams to one peer is one message, same datagrams on the wire).
 //             No destination / no route: ICMP unreachable into the TUN.
-//   inbound   UDP readable -> recvmmsg batch (drain) -> header -> path by receiver index -> replay
-//             check (per lane) -> open with its rx key -> replay update, learn the peer's UDP address
-//             -> Data: dst -> forwarding table -> ours: TUN write batch (with offloads the addon joins
-//             in-order TCP segments of one flow into one GSO write, GRO-like); another peer's: TTL-1,
-//             re-seal for the next hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
+//   inbound   UDP readable -> recvmmsg batch (drain; with UDP GRO the kernel may hand over a run of
+//             datagrams from one sender as one buffer, which the addon splits back into one datagram
+//             per slot) -> header -> path by receiver index -> replay check (per lane) -> open with
+//             its rx key -> replay update, learn the peer's UDP address -> Data: dst -> forwarding
+//             table -> ours: TUN write batch (with offloads the addon joins in-order TCP segments of
+//             one flow into one GSO write, GRO-like); another peer's: TTL-1, re-seal for the next
+//             hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
 //   Offloads (native addon only; off on the koffi fallback and with WEAVE_SLEEVE_OFFLOAD=0) change
 //   the number of syscalls and kernel trips, not the packets the engine handles nor the wire format.
 //
@@ -254,7 +256,7 @@ export class Sleeve {
     o.routes.on('routesChanged', this.onRoutesChanged);
     this.recompute();
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
-    this.log.info({ port: this.udp.port, tun: this.tun.name, tunOffload: !!this.tun.offloadStats, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, mode: this.mode, io: this.io }, 'sleeve started');
+    this.log.info({ port: this.udp.port, tun: this.tun.name, tunOffload: !!this.tun.offloadStats, udpGso: this.udp instanceof NativeUdp && this.udp.gso, udpGro: this.udp instanceof NativeUdp && this.udp.gro, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, mode: this.mode, io: this.io }, 'sleeve started');
   }
 
   /** Packet and drop counters summed over the threads (for metrics: weave_sleeve_*). */
@@ -403,7 +405,7 @@ export class Sleeve {
       const counters = newCounterArray();
       this.engineCounters.push(counters);
       const init: WorkerInit = {
-        role, tunFd: tun.fd, tunName: tun.name, tunOffload: tun.offload, udpGso: udp.gso, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
+        role, tunFd: tun.fd, tunName: tun.name, tunOffload: tun.offload, udpGso: udp.gso, udpGro: udp.gro, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
         stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name,
       };
       const w = new Worker(path.join(__dirname, 'sleeve-worker.js'), { workerData: init });
@@ -758,8 +760,8 @@ export interface CreateSleeveOptions extends Omit<SleeveOptions, 'tun' | 'udp' |
    */
   ioMode?: 'auto' | 'native' | 'fallback';
   /**
-   * TUN offloads (TSO/checksum: super-packets split on read, TCP segments coalesced on write) and UDP
-   * GSO on send; native addon only. Default on, unless WEAVE_SLEEVE_OFFLOAD=0.
+   * TUN offloads (TSO/checksum: super-packets split on read, TCP segments coalesced on write), UDP
+   * GSO on send and GRO on receive; native addon only. Default on, unless WEAVE_SLEEVE_OFFLOAD=0.
    */
   tunOffload?: boolean;
 }
@@ -808,6 +810,7 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
   try {
     udp = new NativeUdp(io, bind, o.port ?? DEFAULT_SLEEVE_PORT);
     udp.gso = offload;
+    if (offload) udp.enableGro();
   } catch (e) {
     tun.close();
     throw e;

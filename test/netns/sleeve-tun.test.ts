@@ -94,12 +94,16 @@ test('batched UDP on loopback: sendmmsg/recvmmsg with addresses, EMSGSIZE report
   }
 });
 
-test('batched UDP: a run of equal-size datagrams to one address (UDP GSO) arrives as separate datagrams, in order', async () => {
+for (const gro of [false, true]) test(`batched UDP: a run of equal-size datagrams to one address (UDP GSO) arrives as separate datagrams, in order${gro ? ' (receiver with UDP GRO: runs split from the carry, 16 slots per call)' : ''}`, async () => {
   const tio = io as TunIo;
   const lo = ip4ToU32('127.0.0.1')!;
   const a = new NativeUdp(tio, lo, 0);
   const b = new NativeUdp(tio, lo, 0);
   try {
+    if (gro) {
+      assert.equal(b.enableGro(), true);
+      assert.equal(a.enableGro(), true);
+    }
     const S = 2048;
     const n = 40;
     const buf = Buffer.alloc(S * n);
@@ -119,9 +123,10 @@ test('batched UDP: a run of equal-size datagrams to one address (UDP GSO) arrive
     const rport = new Int32Array(64);
     const got: number[][] = [];
     const drain = (u: NativeUdp, k: number): Promise<void> => waitUntil(() => {
-      const m = u.recvBatch(rbuf, S, 64, rl, rip, rport);
+      const m = u.recvBatch(rbuf, S, gro ? 16 : 64, rl, rip, rport);
       for (let i = 0; i < m; i++) {
         assert.ok(rbuf.subarray(i * S, i * S + rl[i]).every((x) => x === rbuf[i * S]), 'datagram intact');
+        assert.equal(rport[i], a.port, 'sender port');
         got.push([rbuf[i * S], rl[i]]);
       }
       return got.length >= k;
@@ -129,6 +134,16 @@ test('batched UDP: a run of equal-size datagrams to one address (UDP GSO) arrive
     await drain(b, 30);
     await drain(a, 40);
     assert.deepEqual(got, Array.from({ length: n }, (_, i) => [i, lens[i]]));
+    // datagrams longer than a slot: marked stride + 1 (the caller drops them), with GRO as without
+    const big = Buffer.alloc(3 * 3000);
+    assert.equal(a.sendBatch(big, Int32Array.of(0, 3000, 6000), Int32Array.of(3000, 3000, 3000), new Uint32Array(3).fill(lo), new Int32Array(3).fill(b.port), new Int32Array(3), 3), 3);
+    const marks: number[] = [];
+    await waitUntil(() => {
+      const m = b.recvBatch(rbuf, S, 2, rl, rip, rport);
+      for (let i = 0; i < m; i++) marks.push(rl[i]);
+      return marks.length >= 3;
+    }, 'three over-long datagrams');
+    assert.deepEqual(marks, [S + 1, S + 1, S + 1]);
   } finally {
     a.close();
     b.close();
@@ -203,6 +218,10 @@ for (const offload of [false, true]) test(`two sleeves over real TUN devices in 
     const mk = (name: PeerName, peer: PeerName, tunName: string, ns: string, prefix: string): Sleeve => {
       const tun = new NativeTun(tio, tunName, undefined, offload);
       const udp = new NativeUdp(tio, lo, 0);
+      if (offload) {
+        udp.gso = true;
+        assert.equal(udp.enableGro(), true);
+      }
       const prefixes = new PrefixTable(name, realClock, silentLogger());
       prefixes.setLocal([prefix]);
       const s = new Sleeve({
