@@ -414,6 +414,7 @@ static napi_value ReadBatchVnet(napi_env env, napi_callback_info info) {
         if (n == 0) return throw_errno(env, "read tun", errno);
         break;
       }
+      if (r == 0) break; // end of file: not a TUN (a FIFO in tests); nothing more to read now
       if (r <= VNET_HDR) {
         cs[CARRY_BAD]++;
         continue;
