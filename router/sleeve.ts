@@ -790,6 +790,12 @@ function ioModeFromEnv(v: string | undefined): 'auto' | 'native' | 'fallback' {
   throw new WeaveError('EINVAL', `WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
 }
 
+function offloadFromEnv(v: string | undefined): boolean {
+  if (v === undefined || v === '' || v === '1') return true;
+  if (v === '0') return false;
+  throw new WeaveError('EINVAL', `WEAVE_SLEEVE_OFFLOAD must be 0 or 1, not ${JSON.stringify(v)}`);
+}
+
 /**
  * Opens the TUN and the UDP socket, builds the Sleeve and brings the TUN up. Without the native addon
  * the koffi fallback does the I/O (inline, slower); ENOADDON when neither loads.
@@ -804,7 +810,7 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
   const underlayMtu = o.underlayMtu ?? (await detectUnderlayMtu((args) => hostIpJson(ctx, args), o.log));
   const bind = ip4ToU32(o.bindIp ?? '0.0.0.0');
   if (bind === undefined) throw new WeaveError('EINVAL', `bad sleeve bind address ${o.bindIp}`);
-  const offload = ioKind === 'native' && !!io.readBatchVnet && (o.tunOffload ?? process.env.WEAVE_SLEEVE_OFFLOAD !== '0');
+  const offload = ioKind === 'native' && !!io.readBatchVnet && (o.tunOffload ?? offloadFromEnv(process.env.WEAVE_SLEEVE_OFFLOAD));
   const tun = new NativeTun(io, o.tunName ?? DEFAULT_TUN_NAME, undefined, offload);
   let udp: NativeUdp;
   try {
