@@ -1,6 +1,9 @@
 // TUN device access for the sleeve. The interface is batch-shaped (whole packets in and out of
 // caller-owned slot rings) so the real device (native addon) and the in-memory channel fake used by
 // unit tests are interchangeable. Never a Node stream on the TUN fd: it merges writes into one packet.
+// With offloads (NativeTun offload) the same calls read TSO super-packets and return the MTU-sized
+// packets split from them (the rest waits in a per-reader carry), and writes join TCP segments into
+// GSO writes: callers see packets exactly as without offloads.
 import { WeaveError } from '../mesh/errors';
 import { TUN_CARRY_SIZE, type TunIo } from './native';
 

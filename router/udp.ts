@@ -1,6 +1,8 @@
 // The sleeve's UDP socket, batch-shaped like the TUN (see tun.ts). Addresses are host-order u32 +
 // port in parallel typed arrays so nothing is allocated per datagram. The socket sets DF on every
 // datagram (IP_PMTUDISC_DO): probes measure the path MTU and EMSGSIZE reports a shrunken one.
+// UDP GSO (send) and GRO (receive) change only how many datagrams one syscall/skb carries: the
+// batches in and out hold one datagram per slot either way.
 import { WeaveError } from '../mesh/errors';
 import { UDP_GRO_CARRY_SIZE, type TunIo } from './native';
 
