@@ -284,7 +284,8 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   const sleeveReport = () => {
     const c = sleeve.counters;
     return {
-      summary: { Mode: sleeve.mode, IO: sleeve.io, TunMtu: sleeve.tunMtu, UnderlayMtu: sleeve.underlayMtu },
+      summary: { Mode: sleeve.mode, IO: sleeve.io, TunOffload: sleeve.tunOffload, TunMtu: sleeve.tunMtu, UnderlayMtu: sleeve.underlayMtu },
+      tunOffload: sleeve.tunOffload,
       tunMtu: sleeve.tunMtu,
       underlayMtu: sleeve.underlayMtu,
       mode: sleeve.mode,
@@ -293,7 +294,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       dropped: {
         replay: c.dropReplay, badMac: c.dropBadMac, malformed: c.dropMalformed, notIpv4: c.dropNotIpv4,
         unknownPeer: c.dropUnknownConn, unknownDest: c.dropUnknownDest, noRoute: c.dropNoRoute, tooBig: c.dropTooBig,
-        ttl: c.dropTtl, loop: c.dropLoop, sendError: c.dropSendError, tunFull: c.dropTunFull,
+        ttl: c.dropTtl, loop: c.dropLoop, sendError: c.dropSendError, tunFull: c.dropTunFull, badVnet: c.dropBadVnet,
       },
       prefixes: Object.fromEntries(prefixes.all()),
     };

@@ -2,13 +2,14 @@
 // bridge, test/lab/lab.ts), in one run, through
 //   (a) the bare underlay (veth + bridge), (b) kernel VXLAN between the same hosts,
 //   (c) the weave.ts sleeve unencrypted, (d) encrypted, (e) encrypted on the koffi fallback I/O
-//   (router/fallback-io.ts, as when the native addon cannot load).
+//   (router/fallback-io.ts, as when the native addon cannot load), (o) encrypted with the TUN
+//   offloads and UDP GSO off (WEAVE_SLEEVE_OFFLOAD=0: the packet-at-a-time path, a same-run baseline).
 // (c)-(e) are real routers: `weave launch --no-fastdp` in each host, containers attached with
 // `weave attach`, traffic between the containers. iperf3 TCP with 1 and 4 streams and a ping RTT for
 // each; for (c)-(e) the CPU seconds the router processes used during the measurement (utime+stime
 // from /proc/<pid>/stat of every process in the two host namespaces); ratios c/b, d/b, e/b.
 // Prints a table, then a JSON summary last.
-// Usage: node dist/bench/sleeve.js [--seconds 5] [--only a,b,c,d,e]
+// Usage: node dist/bench/sleeve.js [--seconds 5] [--only a,b,c,d,e,o]
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import { Container, Host, Lab } from '../test/lab/lab';
@@ -137,11 +138,12 @@ async function bench(): Promise<void> {
     const pw = { WEAVE_PASSWORD: 'bench sleeve password' };
     if (only.has('c')) results.c = await sleeveRun(lab, h1, h2, {}, seconds);
     if (only.has('d')) results.d = await sleeveRun(lab, h1, h2, pw, seconds);
+    if (only.has('o')) results.o = await sleeveRun(lab, h1, h2, { ...pw, WEAVE_SLEEVE_OFFLOAD: '0' }, seconds);
     if (only.has('e')) results.e = await sleeveRun(lab, h1, h2, { ...pw, WEAVE_SLEEVE_IO: 'fallback' }, seconds);
   } finally {
     await lab.cleanup();
   }
-  const label: Record<string, string> = { a: 'bare underlay', b: 'kernel VXLAN', c: 'sleeve, unencrypted', d: 'sleeve, encrypted', e: 'sleeve, enc, koffi' };
+  const label: Record<string, string> = { a: 'bare underlay', b: 'kernel VXLAN', c: 'sleeve, unencrypted', d: 'sleeve, encrypted', e: 'sleeve, enc, koffi', o: 'sleeve, enc, no offl.' };
   console.log(`load average before the run: ${load}`);
   console.log('path                     1 stream Gbit/s  4 streams Gbit/s  ping ms  router CPU s  io/mode');
   for (const k of Object.keys(results)) {
@@ -150,7 +152,7 @@ async function bench(): Promise<void> {
   }
   const ratios: Record<string, number> = {};
   if (results.b) {
-    for (const k of ['c', 'd', 'e']) {
+    for (const k of ['c', 'd', 'e', 'o']) {
       if (!results[k]) continue;
       ratios[`${k}/b 1 stream`] = results[k].streams1 / results.b.streams1;
       ratios[`${k}/b 4 streams`] = results[k].streams4 / results.b.streams4;

@@ -1,6 +1,9 @@
 // weave.ts data-path addon: the few syscalls Node cannot make or cannot batch.
 // - TUN: open + TUNSETIFF (Node has no ioctl), batched non-blocking read()/write() of whole packets
-//   (a Node stream on a TUN fd merges writes into one packet, so it is never used).
+//   (a Node stream on a TUN fd merges writes into one packet, so it is never used). With offloads
+//   (IFF_VNET_HDR + TSO): a read is a virtio header + up to 64 KB TCP super-packet, split here into
+//   MTU-sized packets in the caller's slots; writes coalesce in-order TCP segments into GSO writes.
+// - UDP GSO: runs of equal-size datagrams to one address go out as one UDP_SEGMENT message.
 // - UDP: a non-blocking socket with IP_PMTUDISC_DO (DF on every datagram: PMTU probes and EMSGSIZE
 //   tell us the path MTU), batched sendmmsg/recvmmsg with per-datagram IPv4 addresses.
 // - Readiness: uv_poll on the fd calls a JS function; JS drains the fd in batches.
@@ -19,11 +22,13 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
 
 #define MAXB 256
+#define VNET_HDR 10 // struct virtio_net_hdr (no num_buffers)
 
 #define NAPI_OK(call)                                                       \
   do {                                                                      \
@@ -93,10 +98,11 @@ static bool get_u32s(napi_env env, napi_value v, size_t need, uint32_t **data) {
   return true;
 }
 
-// openTun(name, multiQueue) -> fd (non-blocking, close-on-exec, IFF_TUN|IFF_NO_PI)
+// openTun(name, multiQueue, offload?) -> fd (non-blocking, close-on-exec, IFF_TUN|IFF_NO_PI; with
+// offload also IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4|TSO_ECN): read/write with readBatchVnet/writeBatchVnet)
 static napi_value OpenTun(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   char name[IFNAMSIZ + 1] = {0};
   size_t nl = 0;
@@ -104,16 +110,27 @@ static napi_value OpenTun(napi_env env, napi_callback_info info) {
   if (nl == 0 || nl >= IFNAMSIZ) return throw_arg(env, "openTun: interface name must be 1-15 bytes");
   bool mq = false;
   if (argc > 1) napi_get_value_bool(env, argv[1], &mq);
+  bool offload = false;
+  if (argc > 2) napi_get_value_bool(env, argv[2], &offload);
   int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return throw_errno(env, "open /dev/net/tun", errno);
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (mq ? IFF_MULTI_QUEUE : 0);
+  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (mq ? IFF_MULTI_QUEUE : 0) | (offload ? IFF_VNET_HDR : 0);
   memcpy(ifr.ifr_name, name, nl);
   if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
     int e = errno;
     close(fd);
     return throw_errno(env, "TUNSETIFF", e);
+  }
+  if (offload) {
+    int hs = VNET_HDR;
+    unsigned off = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN;
+    if (ioctl(fd, TUNSETVNETHDRSZ, &hs) < 0 || ioctl(fd, TUNSETOFFLOAD, off) < 0) {
+      int e = errno;
+      close(fd);
+      return throw_errno(env, "TUNSETOFFLOAD", e);
+    }
   }
   return mkint(env, fd);
 }
@@ -184,6 +201,429 @@ static napi_value WriteBatch(napi_env env, napi_callback_info info) {
   return mkint(env, ok);
 }
 
+// ---- TUN offloads (IFF_VNET_HDR): segmentation on read, coalescing on write -------------------------
+// With TUNSETOFFLOAD(CSUM|TSO4|TSO_ECN) the kernel hands us TCP super-packets of up to 64 KB (one
+// read instead of ~45) and packets whose checksum it left for us (csum-partial). readBatch cuts
+// them into MTU-sized IPv4 packets with complete checksums in the caller's slots, so the JS engine
+// and the wire format see exactly what a TUN without offloads gives. On write, consecutive in-order
+// TCP segments of one flow become one GSO super-packet (one writev, one trip through the kernel's
+// forwarding and the receiving TCP stack, like GRO); everything else goes out unchanged behind a
+// zero virtio header. Coalesced packets are written csum-partial: the kernel treats them as
+// verified. That is sound because each came out of an authenticated frame (encrypted) or a UDP
+// datagram whose checksum the kernel checked (unencrypted), after our own segmentation checksummed it.
+
+#define VNET_F_NEEDS_CSUM 1
+#define VNET_GSO_NONE 0
+#define VNET_GSO_TCPV4 1
+#define VNET_GSO_ECN 0x80
+// carry buffer (caller-owned, one per reading thread): a super-packet read but not yet fully handed
+// out (the batch filled up), plus counters JS reads.
+//   u32 pending length, u32 next segment, u32 malformed (dropped), u32 super-packets split,
+//   u32 segments produced, pad, virtio header at 24, packet at CARRY_PKT
+#define CARRY_PENDING 0
+#define CARRY_NEXT 1
+#define CARRY_BAD 2
+#define CARRY_SUPER 3
+#define CARRY_SEGS 4
+#define CARRY_VH 24
+#define CARRY_PKT 64
+#define CARRY_SIZE (CARRY_PKT + 65536)
+#define MAX_COALESCE 64
+
+static inline uint16_t rd16be(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t rd32be(const uint8_t *p) { return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3]; }
+static inline void wr16be(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline void wr32be(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v; }
+// the virtio header is little-endian (legacy virtio on a little-endian host; TUN default)
+static inline uint16_t rd16le(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline void wr16le(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+
+// One's complement sum (RFC 1071) over native-order words; callers start every run at an even
+// offset of the checksummed data, so partial sums add up.
+static uint64_t csum_add(uint64_t sum, const uint8_t *p, size_t n) {
+  while (n >= 8) {
+    uint32_t a, b;
+    memcpy(&a, p, 4);
+    memcpy(&b, p + 4, 4);
+    sum += (uint64_t)a + b;
+    p += 8;
+    n -= 8;
+  }
+  if (n >= 4) {
+    uint32_t a;
+    memcpy(&a, p, 4);
+    sum += a;
+    p += 4;
+    n -= 4;
+  }
+  if (n >= 2) {
+    uint16_t a;
+    memcpy(&a, p, 2);
+    sum += a;
+    p += 2;
+    n -= 2;
+  }
+  if (n) {
+    uint8_t b[2] = {p[0], 0};
+    uint16_t a;
+    memcpy(&a, b, 2);
+    sum += a;
+  }
+  return sum;
+}
+
+static uint16_t csum_fold(uint64_t s) {
+  s = (s & 0xffffffffu) + (s >> 32);
+  s = (s & 0xffffffffu) + (s >> 32);
+  s = (s & 0xffff) + (s >> 16);
+  s = (s & 0xffff) + (s >> 16);
+  s = (s & 0xffff) + (s >> 16);
+  return (uint16_t)s;
+}
+
+// pseudo header (IPv4 src, dst at ip+12, protocol, L4 length), native-order partial sum
+static uint64_t csum_pseudo4(const uint8_t *ip, uint8_t proto, uint16_t l4len) {
+  uint8_t tail[4] = {0, proto, (uint8_t)(l4len >> 8), (uint8_t)l4len};
+  return csum_add(0, ip + 12, 8) + csum_add(0, tail, 4);
+}
+
+// writes the final (inverted) checksum of a run into p (2 bytes, network order by construction)
+static void csum_store(uint8_t *p, uint64_t sum) {
+  uint16_t c = (uint16_t)~csum_fold(sum);
+  memcpy(p, &c, 2);
+}
+
+static void ip4_csum(uint8_t *ip, size_t ihl) {
+  ip[10] = ip[11] = 0;
+  csum_store(ip + 10, csum_add(0, ip, ihl));
+}
+
+// Outcome of splitting one packet read from the TUN: segments written, or GSO_BAD (malformed).
+#define GSO_BAD (-1)
+
+// Splits (or just completes) the packet pkt[0,len) described by virtio header vh into out slots
+// [0, room) of `stride` bytes, starting at segment `first`; *total gets the segment count.
+static int gso_split(uint8_t *pkt, size_t len, const uint8_t *vh, uint8_t *out, size_t stride, int room, uint32_t *lens, int first, int *total) {
+  uint8_t flags = vh[0], gt = vh[1];
+  uint16_t gso = rd16le(vh + 4), cstart = rd16le(vh + 6), coff = rd16le(vh + 8);
+  if ((gt & ~VNET_GSO_ECN) == VNET_GSO_NONE) {
+    *total = 1;
+    if (len > stride || len == 0) return GSO_BAD;
+    if (room < 1) return 0;
+    if (flags & VNET_F_NEEDS_CSUM) {
+      // the kernel summed the pseudo header into the field; we add the rest from csum_start on
+      if ((size_t)cstart + coff + 2 > len) return GSO_BAD;
+      uint64_t s = csum_add(0, pkt + cstart, len - cstart);
+      csum_store(pkt + cstart + coff, s);
+    }
+    memcpy(out, pkt, len);
+    lens[0] = (uint32_t)len;
+    return 1;
+  }
+  if ((gt & ~VNET_GSO_ECN) != VNET_GSO_TCPV4) return GSO_BAD;
+  if (len < 20 || (pkt[0] >> 4) != 4) return GSO_BAD;
+  size_t ihl = (size_t)(pkt[0] & 15) * 4;
+  size_t tot = rd16be(pkt + 2);
+  if (ihl < 20 || tot > len || tot < ihl + 20 || pkt[9] != 6) return GSO_BAD;
+  if ((rd16be(pkt + 6) & 0x3fff) != 0) return GSO_BAD; // MF or a fragment offset
+  uint8_t *tcp = pkt + ihl;
+  size_t thl = (size_t)(tcp[12] >> 4) * 4;
+  size_t hl = ihl + thl;
+  if (thl < 20 || hl > tot || gso == 0 || hl + gso > stride) return GSO_BAD;
+  size_t payload = tot - hl;
+  int n = payload == 0 ? 1 : (int)((payload + gso - 1) / gso);
+  *total = n;
+  uint16_t id = rd16be(pkt + 4);
+  uint32_t seq = rd32be(tcp + 4);
+  uint8_t tflags = tcp[13];
+  int k = 0;
+  for (int i = first; i < n && k < room; i++, k++) {
+    size_t poff = (size_t)i * gso;
+    size_t plen = payload - poff < gso ? payload - poff : gso;
+    uint8_t *o = out + (size_t)k * stride;
+    memcpy(o, pkt, hl);
+    memcpy(o + hl, pkt + hl + poff, plen);
+    wr16be(o + 2, (uint16_t)(hl + plen));
+    wr16be(o + 4, (uint16_t)(id + i));
+    ip4_csum(o, ihl);
+    uint8_t *t = o + ihl;
+    wr32be(t + 4, seq + (uint32_t)poff);
+    uint8_t f = tflags;
+    if (i != n - 1) f &= (uint8_t)~0x09; // FIN and PSH only on the last segment
+    if (i != 0) f &= (uint8_t)~0x80;     // CWR only on the first
+    t[13] = f;
+    t[16] = t[17] = 0;
+    uint64_t s = csum_pseudo4(o, 6, (uint16_t)(thl + plen));
+    s = csum_add(s, t, thl);
+    s = csum_add(s, o + hl, plen);
+    csum_store(t + 16, s);
+    lens[k] = (uint32_t)(hl + plen);
+  }
+  return k;
+}
+
+// Splits what the carry holds into slots; returns slots filled (0 when none fit), GSO_BAD when malformed.
+static int carry_drain(uint8_t *carry, uint8_t *buf, size_t stride, int room, uint32_t *lens) {
+  uint32_t *cs = (uint32_t *)carry;
+  int total = 0;
+  int k = gso_split(carry + CARRY_PKT, cs[CARRY_PENDING], carry + CARRY_VH, buf, stride, room, lens, (int)cs[CARRY_NEXT], &total);
+  if (k == GSO_BAD) {
+    cs[CARRY_BAD]++;
+    cs[CARRY_PENDING] = 0;
+    return 0;
+  }
+  if (total > 1 && cs[CARRY_NEXT] == 0) cs[CARRY_SUPER]++;
+  if (total > 1) cs[CARRY_SEGS] += (uint32_t)k;
+  cs[CARRY_NEXT] += (uint32_t)k;
+  if ((int)cs[CARRY_NEXT] >= total) cs[CARRY_PENDING] = 0;
+  return k;
+}
+
+static bool get_carry(napi_env env, napi_value v, uint8_t **carry) {
+  uint8_t *c;
+  size_t n;
+  if (!get_bytes(env, v, &c, &n) || n < CARRY_SIZE || ((uintptr_t)c & 3) != 0) return false;
+  *carry = c;
+  return true;
+}
+
+// readBatchVnet(fd, buf, stride, max, lens, carry) -> packets (segments) placed in slots; a TUN opened
+// with offloads. A super-packet that does not fit the rest of the batch waits in carry for the next
+// call (the caller calls again while batches come back full).
+static napi_value ReadBatchVnet(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd, stride, maxp;
+  uint8_t *buf, *carry;
+  size_t blen;
+  uint32_t *lens;
+  if (argc < 6 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
+      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || (size_t)stride * (size_t)maxp > blen ||
+      !get_u32s(env, argv[4], (size_t)maxp, &lens) || !get_carry(env, argv[5], &carry))
+    return throw_arg(env, "readBatchVnet(fd, buf, stride, max, lens, carry): bad arguments, buffers too small or carry not 4-aligned");
+  uint32_t *cs = (uint32_t *)carry;
+  int n = 0;
+  while (n < maxp) {
+    if (cs[CARRY_PENDING] == 0) {
+      struct iovec iov[2] = {{carry + CARRY_VH, VNET_HDR}, {carry + CARRY_PKT, CARRY_SIZE - CARRY_PKT}};
+      ssize_t r = readv(fd, iov, 2);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        if (n == 0) return throw_errno(env, "read tun", errno);
+        break;
+      }
+      if (r == 0) break; // end of file: not a TUN (a FIFO in tests); nothing more to read now
+      if (r <= VNET_HDR) {
+        cs[CARRY_BAD]++;
+        continue;
+      }
+      cs[CARRY_PENDING] = (uint32_t)(r - VNET_HDR);
+      cs[CARRY_NEXT] = 0;
+    }
+    n += carry_drain(carry, buf + (size_t)n * stride, (size_t)stride, maxp - n, lens + n);
+  }
+  return mkint(env, n);
+}
+
+// gsoSplit(vnetPacket, buf, stride, max, lens) -> segments, or -1 when malformed: the read-side
+// splitting alone, on a crafted virtio header + packet (tests).
+static napi_value GsoSplit(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  uint8_t *in, *buf;
+  size_t inlen, blen;
+  int32_t stride, maxp;
+  uint32_t *lens;
+  if (argc < 5 || !get_bytes(env, argv[0], &in, &inlen) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
+      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || (size_t)stride * (size_t)maxp > blen || !get_u32s(env, argv[4], (size_t)maxp, &lens))
+    return throw_arg(env, "gsoSplit(vnetPacket, buf, stride, max, lens): bad arguments");
+  if (inlen <= VNET_HDR || inlen - VNET_HDR > 65535) return mkint(env, GSO_BAD);
+  uint8_t *pkt = malloc(inlen); // tests only: the hot path splits in place from the carry
+  if (!pkt) return throw_errno(env, "malloc", ENOMEM);
+  memcpy(pkt, in, inlen);
+  int total = 0;
+  int k = gso_split(pkt + VNET_HDR, inlen - VNET_HDR, pkt, buf, (size_t)stride, maxp, lens, 0, &total);
+  free(pkt);
+  if (k != GSO_BAD && k < total) return throw_arg(env, "gsoSplit: more segments than max");
+  return mkint(env, k);
+}
+
+// Coalescing: a TCP/IPv4 segment that may start or extend a super-packet.
+typedef struct seg {
+  uint8_t *p;
+  size_t len, ihl, thl, payload;
+  uint32_t seq;
+} seg_t;
+
+static bool seg_parse(uint8_t *p, size_t len, seg_t *s) {
+  if (len < 40 || (p[0] >> 4) != 4 || p[9] != 6) return false;
+  size_t ihl = (size_t)(p[0] & 15) * 4;
+  if (ihl < 20 || rd16be(p + 2) != len || (rd16be(p + 6) & 0x3fff) != 0) return false;
+  if (len < ihl + 20) return false;
+  size_t thl = (size_t)(p[ihl + 12] >> 4) * 4;
+  if (thl < 20 || ihl + thl >= len) return false; // no payload: nothing to coalesce
+  uint8_t f = p[ihl + 13];
+  if ((f & ~0x18) != 0 || !(f & 0x10)) return false; // ACK, or ACK|PSH only
+  s->p = p;
+  s->len = len;
+  s->ihl = ihl;
+  s->thl = thl;
+  s->payload = len - ihl - thl;
+  s->seq = rd32be(p + ihl + 4);
+  return true;
+}
+
+// q continues the flow of head h right after `next` (same addresses, ports, IP/TCP header fields
+// other than length/id/checksum/seq/flags, same ack, window and options)
+static bool seg_follows(const seg_t *h, const seg_t *q, uint32_t next) {
+  const uint8_t *a = h->p, *b = q->p;
+  if (q->ihl != h->ihl || q->thl != h->thl || q->seq != next) return false;
+  if (a[0] != b[0] || a[1] != b[1] || a[6] != b[6] || a[7] != b[7] || a[8] != b[8]) return false;
+  if (memcmp(a + 12, b + 12, h->ihl - 12) != 0) return false; // addresses and IP options
+  const uint8_t *ta = a + h->ihl, *tb = b + q->ihl;
+  if (memcmp(ta, tb, 4) != 0 || memcmp(ta + 8, tb + 8, 5) != 0 || memcmp(ta + 14, tb + 14, 2) != 0) return false;
+  if (h->thl > 20 && memcmp(ta + 20, tb + 20, h->thl - 20) != 0) return false;
+  return true;
+}
+
+// Groups packets [i, n): returns how many (>= 1) go into the next write; *gso the segment size
+// (0: the packet goes out alone, unchanged).
+static int coalesce_group(uint8_t *buf, const uint32_t *offs, const uint32_t *lens, int i, int n, seg_t *head, size_t *gso) {
+  *gso = 0;
+  if (!seg_parse(buf + offs[i], lens[i], head) || (head->p[head->ihl + 13] & 0x08)) return 1;
+  size_t g = head->payload;
+  size_t total = head->len;
+  uint32_t next = head->seq + (uint32_t)g;
+  int k = 1;
+  while (i + k < n && k < MAX_COALESCE) {
+    seg_t q;
+    if (!seg_parse(buf + offs[i + k], lens[i + k], &q) || !seg_follows(head, &q, next) || q.payload > g || total + q.payload > 65535) break;
+    total += q.payload;
+    next += (uint32_t)q.payload;
+    k++;
+    if (q.payload < g || (q.p[q.ihl + 13] & 0x08)) break; // a short or PSH segment ends the run
+  }
+  if (k > 1) *gso = g;
+  return k;
+}
+
+// Turns head (in place) into the header of a k-packet super-packet and fills vh; the caller sends
+// head's packet followed by the payloads of the others.
+static void coalesce_head(seg_t *head, size_t total, size_t gso, bool psh, uint8_t *vh) {
+  uint8_t *p = head->p;
+  size_t hl = head->ihl + head->thl;
+  wr16be(p + 2, (uint16_t)total);
+  ip4_csum(p, head->ihl);
+  uint8_t *t = p + head->ihl;
+  if (psh) t[13] |= 0x08;
+  // csum-partial: the field holds the folded pseudo-header sum, the kernel adds header + payload
+  uint16_t c = csum_fold(csum_pseudo4(p, 6, (uint16_t)(total - head->ihl)));
+  memcpy(t + 16, &c, 2);
+  vh[0] = VNET_F_NEEDS_CSUM;
+  vh[1] = VNET_GSO_TCPV4;
+  wr16le(vh + 2, (uint16_t)hl);
+  wr16le(vh + 4, (uint16_t)gso);
+  wr16le(vh + 6, (uint16_t)head->ihl);
+  wr16le(vh + 8, 16);
+}
+
+// Builds the iovecs of the write starting at packet i; returns the packets it covers.
+static int coalesce_iov(uint8_t *buf, const uint32_t *offs, const uint32_t *lens, int i, int n, uint8_t *vh, struct iovec *iov, int *niov) {
+  seg_t head;
+  size_t gso;
+  int k = coalesce_group(buf, offs, lens, i, n, &head, &gso);
+  memset(vh, 0, VNET_HDR);
+  iov[0].iov_base = vh;
+  iov[0].iov_len = VNET_HDR;
+  iov[1].iov_base = buf + offs[i];
+  iov[1].iov_len = lens[i];
+  *niov = 2;
+  if (k == 1) return 1;
+  size_t total = head.len;
+  bool psh = false;
+  for (int j = 1; j < k; j++) {
+    uint8_t *q = buf + offs[i + j];
+    size_t qhl = head.ihl + head.thl;
+    iov[1 + j].iov_base = q + qhl;
+    iov[1 + j].iov_len = lens[i + j] - qhl;
+    total += lens[i + j] - qhl;
+    psh = (q[head.ihl + 13] & 0x08) != 0;
+  }
+  *niov = 1 + k;
+  coalesce_head(&head, total, gso, psh, vh);
+  return k;
+}
+
+// writeBatchVnet(fd, buf, offs, lens, n) -> packets written (a coalesced write counts all it carries).
+// Like writeBatch: a refused write is skipped, EAGAIN drops the rest.
+static napi_value WriteBatchVnet(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd, n;
+  uint8_t *buf;
+  size_t blen;
+  uint32_t *offs, *lens;
+  if (argc < 5 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[4], &n) || n < 0 ||
+      !get_u32s(env, argv[2], (size_t)n, &offs) || !get_u32s(env, argv[3], (size_t)n, &lens))
+    return throw_arg(env, "writeBatchVnet(fd, buf, offs, lens, n): bad arguments");
+  for (int i = 0; i < n; i++)
+    if ((size_t)offs[i] + (size_t)lens[i] > blen) return throw_arg(env, "writeBatchVnet: packet outside buffer");
+  int ok = 0;
+  uint8_t vh[VNET_HDR];
+  struct iovec iov[MAX_COALESCE + 1];
+  for (int i = 0; i < n;) {
+    int niov;
+    int k = coalesce_iov(buf, offs, lens, i, n, vh, iov, &niov);
+    ssize_t r;
+    do {
+      r = writev(fd, iov, niov); // the head is rewritten already: retry the same iovecs
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    } else ok += k;
+    i += k;
+  }
+  return mkint(env, ok);
+}
+
+// groCoalesce(buf, offs, lens, n, out, outLens) -> writes: what writeBatchVnet would write, each
+// virtio header + packet back to back in out, lengths in outLens (tests).
+static napi_value GroCoalesce(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t n;
+  uint8_t *buf, *out;
+  size_t blen, olen;
+  uint32_t *offs, *lens, *olens;
+  if (argc < 6 || !get_bytes(env, argv[0], &buf, &blen) || !get_i32(env, argv[3], &n) || n < 0 || !get_u32s(env, argv[1], (size_t)n, &offs) ||
+      !get_u32s(env, argv[2], (size_t)n, &lens) || !get_bytes(env, argv[4], &out, &olen) || !get_u32s(env, argv[5], (size_t)n, &olens))
+    return throw_arg(env, "groCoalesce(buf, offs, lens, n, out, outLens): bad arguments");
+  for (int i = 0; i < n; i++)
+    if ((size_t)offs[i] + (size_t)lens[i] > blen) return throw_arg(env, "groCoalesce: packet outside buffer");
+  uint8_t vh[VNET_HDR];
+  struct iovec iov[MAX_COALESCE + 1];
+  size_t at = 0;
+  int w = 0;
+  for (int i = 0; i < n;) {
+    int niov;
+    int k = coalesce_iov(buf, offs, lens, i, n, vh, iov, &niov);
+    size_t start = at;
+    for (int j = 0; j < niov; j++) {
+      if (at + iov[j].iov_len > olen) return throw_arg(env, "groCoalesce: out too small");
+      memcpy(out + at, iov[j].iov_base, iov[j].iov_len);
+      at += iov[j].iov_len;
+    }
+    olens[w++] = (uint32_t)(at - start);
+    i += k;
+  }
+  return mkint(env, w);
+}
+
 // udpOpen(bindIp:u32, port, rcvbuf, sndbuf) -> fd; non-blocking, DF on (IP_PMTUDISC_DO).
 static napi_value UdpOpen(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -231,17 +671,50 @@ static napi_value UdpPort(napi_env env, napi_callback_info info) {
   return mkint(env, ntohs(sa.sin_port));
 }
 
-// sendBatch(fd, buf, offs, lens, ips, ports, errs, n) -> datagrams sent. errs[i] = 0 or the errno of
+// UDP GSO (UDP_SEGMENT): a run of datagrams to one address, all of one size but the last (which may
+// be shorter), leaves in one sendmmsg message: one trip through the kernel's UDP/IP output and the
+// underlay for up to UDP_GSO_MAX datagrams instead of one each. On the wire they are the same
+// datagrams. A refused run is resent datagram by datagram, so per-datagram errors (EMSGSIZE for the
+// path MTU: the run as a whole gets EINVAL) stay exact; a kernel or route that refuses GSO itself
+// (EIO: no checksum offload on the way out; EINVAL while the datagrams alone go through) turns it
+// off for the process.
+#define UDP_GSO_MAX 64
+#define UDP_GSO_BYTES 65000
+static volatile int udp_gso_off = 0;
+
+typedef union {
+  char buf[CMSG_SPACE(sizeof(uint16_t))];
+  struct cmsghdr align;
+} gso_cmsg_t;
+
+// sends datagram i alone; returns 1 sent, 0 failed (errs[i] set), -1 EAGAIN (errs[i] = EAGAIN)
+static int send_one(int fd, struct msghdr *tmpl, struct iovec *iov, uint32_t *errs, int i) {
+  struct msghdr m = *tmpl;
+  m.msg_iov = iov;
+  m.msg_iovlen = 1;
+  m.msg_control = NULL;
+  m.msg_controllen = 0;
+  for (;;) {
+    if (sendmsg(fd, &m, 0) >= 0) return 1;
+    if (errno == EINTR) continue;
+    errs[i] = (uint32_t)((errno == EWOULDBLOCK) ? EAGAIN : errno);
+    return errno == EAGAIN || errno == EWOULDBLOCK ? -1 : 0;
+  }
+}
+
+// sendBatch(fd, buf, offs, lens, ips, ports, errs, n, gso?) -> datagrams sent. errs[i] = 0 or the errno of
 // datagram i (EMSGSIZE: larger than the path MTU the kernel knows). EAGAIN stops the batch (the rest
 // get EAGAIN): the socket buffer is full and dropping is what a NIC would do.
 static napi_value SendBatch(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8];
+  size_t argc = 9;
+  napi_value argv[9];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, n;
   uint8_t *buf;
   size_t blen;
   uint32_t *offs, *lens, *ips, *ports, *errs;
+  bool want_gso = false;
+  if (argc > 8) napi_get_value_bool(env, argv[8], &want_gso);
   if (argc < 8 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[7], &n) || n < 0 || n > MAXB ||
       !get_u32s(env, argv[2], (size_t)n, &offs) || !get_u32s(env, argv[3], (size_t)n, &lens) || !get_u32s(env, argv[4], (size_t)n, &ips) ||
       !get_u32s(env, argv[5], (size_t)n, &ports) || !get_u32s(env, argv[6], (size_t)n, &errs))
@@ -249,37 +722,96 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
   struct mmsghdr msgs[MAXB];
   struct iovec iov[MAXB];
   struct sockaddr_in sas[MAXB];
+  gso_cmsg_t ctl[MAXB];
+  int gstart[MAXB], gcount[MAXB];
   for (int i = 0; i < n; i++) {
     if ((size_t)offs[i] + (size_t)lens[i] > blen) return throw_arg(env, "sendBatch: datagram outside buffer");
-    memset(&msgs[i], 0, sizeof msgs[i]);
-    memset(&sas[i], 0, sizeof sas[i]);
-    sas[i].sin_family = AF_INET;
-    sas[i].sin_port = htons((uint16_t)ports[i]);
-    sas[i].sin_addr.s_addr = htonl(ips[i]);
     iov[i].iov_base = buf + offs[i];
     iov[i].iov_len = lens[i];
-    msgs[i].msg_hdr.msg_iov = &iov[i];
-    msgs[i].msg_hdr.msg_iovlen = 1;
-    msgs[i].msg_hdr.msg_name = &sas[i];
-    msgs[i].msg_hdr.msg_namelen = sizeof sas[i];
     errs[i] = 0;
   }
+  int nm = 0;
+  bool gso = want_gso && !udp_gso_off;
+  for (int i = 0; i < n;) {
+    int k = 1;
+    size_t bytes = lens[i];
+    if (gso && lens[i] > 0)
+      while (i + k < n && k < UDP_GSO_MAX && ips[i + k] == ips[i] && ports[i + k] == ports[i] && lens[i + k] <= lens[i] && lens[i + k] > 0 &&
+             bytes + lens[i + k] <= UDP_GSO_BYTES) {
+        bytes += lens[i + k];
+        k++;
+        if (lens[i + k - 1] < lens[i]) break; // a shorter datagram ends the run
+      }
+    struct msghdr *h = &msgs[nm].msg_hdr;
+    memset(&msgs[nm], 0, sizeof msgs[nm]);
+    memset(&sas[nm], 0, sizeof sas[nm]);
+    sas[nm].sin_family = AF_INET;
+    sas[nm].sin_port = htons((uint16_t)ports[i]);
+    sas[nm].sin_addr.s_addr = htonl(ips[i]);
+    h->msg_name = &sas[nm];
+    h->msg_namelen = sizeof sas[nm];
+    h->msg_iov = &iov[i];
+    h->msg_iovlen = (size_t)k;
+    if (k > 1) {
+      memset(&ctl[nm], 0, sizeof ctl[nm]);
+      h->msg_control = ctl[nm].buf;
+      h->msg_controllen = sizeof ctl[nm].buf;
+      struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+      cm->cmsg_level = SOL_UDP;
+      cm->cmsg_type = UDP_SEGMENT;
+      cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      uint16_t seg = (uint16_t)lens[i];
+      memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+    }
+    gstart[nm] = i;
+    gcount[nm] = k;
+    nm++;
+    i += k;
+  }
   int done = 0, sent = 0;
-  while (done < n) {
-    int r = sendmmsg(fd, msgs + done, (unsigned)(n - done), 0);
+  while (done < nm) {
+    int r = sendmmsg(fd, msgs + done, (unsigned)(nm - done), 0);
     if (r < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        for (int i = done; i < n; i++) errs[i] = EAGAIN;
+      int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK) {
+        for (int i = gstart[done]; i < n; i++) errs[i] = EAGAIN;
         break;
       }
-      errs[done++] = (uint32_t)errno; // this datagram failed; carry on with the next
+      int g = done++;
+      if (gcount[g] == 1) {
+        errs[gstart[g]] = (uint32_t)e; // this datagram failed; carry on with the next
+        continue;
+      }
+      // the run again, one by one: per-datagram errors (and sends) as without GSO
+      int stop = 0, ok1 = 0;
+      for (int i = gstart[g]; i < gstart[g] + gcount[g]; i++) {
+        int o = send_one(fd, &msgs[g].msg_hdr, &iov[i], errs, i);
+        if (o < 0) {
+          for (int j = i; j < n; j++) errs[j] = EAGAIN;
+          stop = 1;
+          break;
+        }
+        ok1 += o;
+      }
+      sent += ok1;
+      // EINVAL is also what a run larger than the path MTU gets (the datagrams alone then get
+      // EMSGSIZE): only when they went through alone was it GSO itself the kernel refused.
+      if (e == EIO || e == ENOPROTOOPT || e == EOPNOTSUPP || (e == EINVAL && ok1 > 0)) udp_gso_off = 1;
+      if (stop) break;
       continue;
     }
+    for (int g = done; g < done + r; g++) sent += gcount[g];
     done += r;
-    sent += r;
   }
   return mkint(env, sent);
+}
+
+// udpGsoOff() -> true once the kernel refused UDP GSO itself (process-wide; reports and tests)
+static napi_value UdpGsoOff(napi_env env, napi_callback_info info) {
+  napi_value r;
+  napi_get_boolean(env, udp_gso_off != 0, &r);
+  return r;
 }
 
 // recvBatch(fd, buf, stride, max, lens, ips, ports) -> n datagrams (0 when empty). A datagram longer
@@ -326,6 +858,128 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
     ports[i] = ntohs(sas[i].sin_port);
   }
   return mkint(env, r);
+}
+
+// ---- UDP GRO on receive ------------------------------------------------------------------------------
+// With UDP_GRO on the socket the kernel queues a run of datagrams from one sender (a UDP GSO send,
+// or what the NIC's GRO joined) as one buffer of equal-size segments (the last may be shorter), so
+// one skb and one copy carry up to 64 KB. recvBatchGro receives up to GRO_MSGS such buffers into the
+// caller's carry with one recvmmsg and hands the segments out one per slot, exactly as recvBatch would
+// have returned the datagrams; what does not fit waits in the carry for the next call.
+#define GRO_MSGS 8
+#define GRO_BUF 65536
+// carry: u32 messages held, u32 current message, u32 offset in it; per message (at 16 + 16*m):
+// u32 length, u32 segment size, u32 ip, u32 port; data of message m at GRO_DATA + m * GRO_BUF
+#define GRO_DATA 256
+#define GRO_CARRY_SIZE (GRO_DATA + GRO_MSGS * GRO_BUF)
+
+// udpSetGro(fd) -> true when the kernel took UDP_GRO (then read with recvBatchGro)
+static napi_value UdpSetGro(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  if (argc < 1 || !get_i32(env, argv[0], &fd)) return throw_arg(env, "udpSetGro(fd)");
+  int one = 1;
+  napi_value r;
+  napi_get_boolean(env, setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0, &r);
+  return r;
+}
+
+// recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry) -> datagrams, as recvBatch (a segment
+// longer than stride is reported as stride + 1 and not copied).
+static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd, stride, maxp;
+  uint8_t *buf, *carry;
+  size_t blen, clen;
+  uint32_t *lens, *ips, *ports;
+  if (argc < 8 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
+      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || (size_t)stride * (size_t)maxp > blen ||
+      !get_u32s(env, argv[4], (size_t)maxp, &lens) || !get_u32s(env, argv[5], (size_t)maxp, &ips) || !get_u32s(env, argv[6], (size_t)maxp, &ports) ||
+      !get_bytes(env, argv[7], &carry, &clen) || clen < GRO_CARRY_SIZE || ((uintptr_t)carry & 3) != 0)
+    return throw_arg(env, "recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry): bad arguments, buffers too small or carry not 4-aligned");
+  uint32_t *cs = (uint32_t *)carry;
+  int n = 0;
+  while (n < maxp) {
+    if (cs[1] >= cs[0]) {
+      struct mmsghdr msgs[GRO_MSGS];
+      struct iovec iov[GRO_MSGS];
+      struct sockaddr_in sas[GRO_MSGS];
+      union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+      } ctl[GRO_MSGS];
+      memset(msgs, 0, sizeof msgs);
+      for (int m = 0; m < GRO_MSGS; m++) {
+        iov[m].iov_base = carry + GRO_DATA + (size_t)m * GRO_BUF;
+        iov[m].iov_len = GRO_BUF;
+        msgs[m].msg_hdr.msg_iov = &iov[m];
+        msgs[m].msg_hdr.msg_iovlen = 1;
+        msgs[m].msg_hdr.msg_name = &sas[m];
+        msgs[m].msg_hdr.msg_namelen = sizeof sas[m];
+        msgs[m].msg_hdr.msg_control = ctl[m].buf;
+        msgs[m].msg_hdr.msg_controllen = sizeof ctl[m].buf;
+      }
+      int r;
+      do {
+        r = recvmmsg(fd, msgs, GRO_MSGS, MSG_DONTWAIT, NULL);
+      } while (r < 0 && errno == EINTR);
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH || errno == EMSGSIZE) break;
+        if (n == 0) return throw_errno(env, "recvmmsg", errno);
+        break;
+      }
+      if (r == 0) break;
+      for (int m = 0; m < r; m++) {
+        uint32_t *md = cs + 4 + 4 * m;
+        uint32_t len = msgs[m].msg_len;
+        int gso = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[m].msg_hdr); c; c = CMSG_NXTHDR(&msgs[m].msg_hdr, c))
+          if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) memcpy(&gso, CMSG_DATA(c), sizeof gso);
+        md[0] = len;
+        // no segment size: one datagram
+        md[1] = (gso > 0 && (uint32_t)gso < len) ? (uint32_t)gso : (len > 0 ? len : 1);
+        // cannot happen (a UDP payload or GRO run fits 64 KB); if it did: one over-long datagram, dropped
+        if (msgs[m].msg_hdr.msg_flags & MSG_TRUNC) md[0] = md[1] = GRO_BUF;
+        md[2] = ntohl(sas[m].sin_addr.s_addr);
+        md[3] = ntohs(sas[m].sin_port);
+      }
+      cs[0] = (uint32_t)r;
+      cs[1] = 0;
+      cs[2] = 0;
+    }
+    // hand out segments of the current message
+    uint32_t m = cs[1];
+    uint32_t *md = cs + 4 + 4 * m;
+    uint8_t *data = carry + GRO_DATA + (size_t)m * GRO_BUF;
+    while (n < maxp && cs[2] < md[0]) {
+      uint32_t seg = md[0] - cs[2] < md[1] ? md[0] - cs[2] : md[1];
+      if (seg > (uint32_t)stride) {
+        lens[n] = (uint32_t)stride + 1;
+      } else {
+        memcpy(buf + (size_t)n * stride, data + cs[2], seg);
+        lens[n] = seg;
+      }
+      ips[n] = md[2];
+      ports[n] = md[3];
+      n++;
+      cs[2] += seg;
+    }
+    if (md[0] == 0) { // an empty datagram: reported as such, like recvmmsg would
+      lens[n] = 0;
+      ips[n] = md[2];
+      ports[n] = md[3];
+      n++;
+    }
+    if (cs[2] >= md[0]) {
+      cs[1]++;
+      cs[2] = 0;
+    }
+  }
+  return mkint(env, n);
 }
 
 // ---- readiness: uv_poll -> JS callback (level-triggered: JS must drain, or it is called again) ----
@@ -428,6 +1082,13 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"udpPort", 0, UdpPort, 0, 0, 0, napi_default, 0},
       {"sendBatch", 0, SendBatch, 0, 0, 0, napi_default, 0},
       {"recvBatch", 0, RecvBatch, 0, 0, 0, napi_default, 0},
+      {"readBatchVnet", 0, ReadBatchVnet, 0, 0, 0, napi_default, 0},
+      {"writeBatchVnet", 0, WriteBatchVnet, 0, 0, 0, napi_default, 0},
+      {"gsoSplit", 0, GsoSplit, 0, 0, 0, napi_default, 0},
+      {"groCoalesce", 0, GroCoalesce, 0, 0, 0, napi_default, 0},
+      {"udpGsoOff", 0, UdpGsoOff, 0, 0, 0, napi_default, 0},
+      {"udpSetGro", 0, UdpSetGro, 0, 0, 0, napi_default, 0},
+      {"recvBatchGro", 0, RecvBatchGro, 0, 0, 0, napi_default, 0},
       {"poll", 0, Poll, 0, 0, 0, napi_default, 0},
       {"unpoll", 0, Unpoll, 0, 0, 0, napi_default, 0},
   };

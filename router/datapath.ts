@@ -9,11 +9,16 @@
 // keys, forwarding) arrives through methods (inline) or messages (workers); hot per-path values that
 // change underneath the packet loop (learned address, last receive time, path MTU) sit in shared
 // typed arrays (PathShared) that any thread reads without a message.
+//
+// The engine always handles MTU-sized IPv4 packets: with TUN offloads the device (router/tun.ts,
+// native/tunio.c) splits TSO super-packets before readBatch returns and coalesces TCP segments inside
+// writeBatch, so PMTU (frag-needed / fragmenting against the path MTU) works per segment as before.
 import type { CryptoEngine } from '../mesh/crypto';
 import { FrameHeader, FrameType, HDR, LANES, TAG, ViewCache, parseHeader, readU32, setNonce, writeHeader, writeU32 } from './frame';
 import { ForwardingTable, NO_PEER, type Prefix4 } from './forwarding';
 import { UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipv4DontFragment, ipv4Dst, ipv4HeaderLen, writeUnreachable } from './icmp';
 import { ReplayVerdict, ReplayWindow } from './replay';
+import { TUN_CARRY_BAD, TUN_CARRY_SUPER } from './native';
 import type { TunDevice } from './tun';
 import { EMSGSIZE, type UdpBind } from './udp';
 
@@ -32,6 +37,8 @@ export const COUNTER_NAMES = [
   'relayedPackets', 'icmpSent', 'fragmentsSent',
   'dropReplay', 'dropBadMac', 'dropMalformed', 'dropNotIpv4', 'dropUnknownConn', 'dropUnknownDest',
   'dropNoRoute', 'dropTooBig', 'dropTtl', 'dropLoop', 'dropSendError', 'dropTunFull',
+  // TUN offloads: super-packets split on read, packets with a malformed virtio header / GSO packet
+  'tunSuperPackets', 'dropBadVnet',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 export type SleeveCounters = Record<CounterName, number>;
@@ -284,6 +291,12 @@ export class Datapath {
       this.flushSend(this.txOut);
       this.flushIcmp();
       if (n < this.B) break;
+    }
+    const st = this.tun.offloadStats;
+    if (st) {
+      // the addon counts in the carry (cumulative, this thread's reader only)
+      c[C.tunSuperPackets] = st[TUN_CARRY_SUPER];
+      c[C.dropBadVnet] = st[TUN_CARRY_BAD];
     }
   }
 

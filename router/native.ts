@@ -8,17 +8,49 @@ import { errMsg } from '../mesh/errors';
 
 /** The addon's functions. Addresses are host-order u32; every call is synchronous and non-blocking. */
 export interface TunIo {
-  openTun(name: string, multiQueue: boolean): number;
+  /** offload: IFF_VNET_HDR + TSO/checksum offloads; such a fd is read/written with the *Vnet calls */
+  openTun(name: string, multiQueue: boolean, offload?: boolean): number;
   closeFd(fd: number): void;
   readBatch(fd: number, buf: Uint8Array, stride: number, max: number, lens: Int32Array): number;
   writeBatch(fd: number, buf: Uint8Array, offs: Int32Array, lens: Int32Array, n: number): number;
   udpOpen(ip: number, port: number, rcvbuf: number, sndbuf: number): number;
   udpPort(fd: number): number;
-  sendBatch(fd: number, buf: Uint8Array, offs: Int32Array, lens: Int32Array, ips: Uint32Array, ports: Int32Array, errs: Int32Array, n: number): number;
+  /** gso: runs of equal-size datagrams to one address as one UDP_SEGMENT message (addon only) */
+  sendBatch(fd: number, buf: Uint8Array, offs: Int32Array, lens: Int32Array, ips: Uint32Array, ports: Int32Array, errs: Int32Array, n: number, gso?: boolean): number;
   recvBatch(fd: number, buf: Uint8Array, stride: number, max: number, lens: Int32Array, ips: Uint32Array, ports: Int32Array): number;
+  /**
+   * TUN with offloads (the native addon only; the koffi fallback has none): readBatchVnet splits
+   * super-packets into MTU-sized packets (carry: TUN_CARRY_SIZE bytes, 4-aligned, one per reading
+   * thread, holds a half-handed-out super-packet and counters TUN_CARRY_*); writeBatchVnet coalesces
+   * in-order TCP segments of a flow into GSO writes.
+   */
+  readBatchVnet?(fd: number, buf: Uint8Array, stride: number, max: number, lens: Int32Array, carry: Uint8Array): number;
+  writeBatchVnet?(fd: number, buf: Uint8Array, offs: Int32Array, lens: Int32Array, n: number): number;
+  /** the splitting of readBatchVnet on one crafted virtio header + packet; -1 when malformed (tests) */
+  gsoSplit?(vnetPacket: Uint8Array, buf: Uint8Array, stride: number, max: number, lens: Int32Array): number;
+  /** what writeBatchVnet would write, virtio header + packet each, back to back in out (tests) */
+  groCoalesce?(buf: Uint8Array, offs: Int32Array, lens: Int32Array, n: number, out: Uint8Array, outLens: Int32Array): number;
+  /** sets UDP_GRO on a socket; true when the kernel took it (read it with recvBatchGro from then on) */
+  udpSetGro?(fd: number): boolean;
+  /**
+   * recvBatch for a UDP_GRO socket: runs of datagrams the kernel joined are handed out one datagram per
+   * slot (carry: UDP_GRO_CARRY_SIZE bytes, 4-aligned, one per reading thread, holds what did not fit)
+   */
+  recvBatchGro?(fd: number, buf: Uint8Array, stride: number, max: number, lens: Int32Array, ips: Uint32Array, ports: Int32Array, carry: Uint8Array): number;
+  /** true once the kernel refused UDP GSO itself (then sendBatch sends datagram by datagram; process-wide) */
+  udpGsoOff?(): boolean;
   poll(fd: number, cb: (status: number) => void): unknown;
   unpoll(handle: unknown): void;
 }
+
+/** Size of readBatchVnet's carry buffer, and its u32 counters (native/tunio.c CARRY_*). */
+export const TUN_CARRY_SIZE = 64 + 65536;
+export const TUN_CARRY_BAD = 2;
+export const TUN_CARRY_SUPER = 3;
+export const TUN_CARRY_SEGS = 4;
+
+/** Size of recvBatchGro's carry (native/tunio.c GRO_CARRY_SIZE: 8 messages of 64 KB). */
+export const UDP_GRO_CARRY_SIZE = 256 + 8 * 65536;
 
 /** Largest batch the addon accepts per sendBatch/recvBatch call. */
 export const ADDON_MAX_BATCH = 256;

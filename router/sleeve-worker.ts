@@ -15,6 +15,12 @@ export interface WorkerInit {
   role: 'tx' | 'rx';
   tunFd: number;
   tunName: string;
+  /** the TUN fd was opened with offloads (virtio headers on every read and write) */
+  tunOffload: boolean;
+  /** send with UDP GSO (runs of equal-size datagrams to one peer in one message) */
+  udpGso: boolean;
+  /** the UDP socket has UDP_GRO: read it with the GRO splitter */
+  udpGro: boolean;
   udpFd: number;
   shared: PathSharedBuffers;
   counters: SharedArrayBuffer;
@@ -51,8 +57,13 @@ function main(): void {
     post({ k: 'err', role: init.role, msg: 'native addon did not load in the worker' });
     return;
   }
-  const tun = new NativeTun(io, init.tunName, init.tunFd);
+  const tun = new NativeTun(io, init.tunName, init.tunFd, init.tunOffload);
   const udp = new NativeUdp(io, 0, 0, 0, init.udpFd);
+  udp.gso = init.udpGso;
+  if (init.udpGro && !udp.enableGro(false)) {
+    post({ k: 'err', role: init.role, msg: 'the UDP socket has UDP_GRO but this addon cannot read it', fatal: true });
+    return;
+  }
   const events: DatapathEvents = {
     heartbeat: (slot) => post({ k: 'hb', slot }),
     probeAck: (slot, round, size) => post({ k: 'ack', slot, round, size }),

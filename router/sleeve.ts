@@ -1,15 +1,23 @@
 // The sleeve overlay: IP packets between the kernel (a TUN device) and peers (UDP), sealed per
 // connection. The packet flow (router/datapath.ts does the per-packet part):
 //
-//   outbound  TUN readable -> readBatch (drain) -> per packet: IPv4 check -> dst -> forwarding table
+//   outbound  TUN readable -> readBatch (drain; with TUN offloads the addon reads TCP super-packets of
+//             up to 64 KB and splits them into MTU-sized packets with full checksums, so what follows
+//             never sees one) -> per packet: IPv4 check -> dst -> forwarding table
 //             (LPM prefix -> destination peer) -> next-hop path (mesh routes, precomputed) ->
 //             too big? (DF: ICMP frag-needed into the TUN; no DF: fragment) -> header + seal with the
-//             path's tx key into the send ring -> sendmmsg batch to the next hop's UDP address.
+//             path's tx key into the send ring -> sendmmsg batch to the next hop's UDP address (UDP
+//             GSO: a run of equal-size datagrams to one peer is one message, same datagrams on the wire).
 //             No destination / no route: ICMP unreachable into the TUN.
-//   inbound   UDP readable -> recvmmsg batch (drain) -> header -> path by receiver index -> replay
-//             check (per lane) -> open with its rx key -> replay update, learn the peer's UDP address
-//             -> Data: dst -> forwarding table -> ours: TUN write batch; another peer's: TTL-1,
-//             re-seal for the next hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
+//   inbound   UDP readable -> recvmmsg batch (drain; with UDP GRO the kernel may hand over a run of
+//             datagrams from one sender as one buffer, which the addon splits back into one datagram
+//             per slot) -> header -> path by receiver index -> replay check (per lane) -> open with
+//             its rx key -> replay update, learn the peer's UDP address -> Data: dst -> forwarding
+//             table -> ours: TUN write batch (with offloads the addon joins in-order TCP segments of
+//             one flow into one GSO write, GRO-like); another peer's: TTL-1, re-seal for the next
+//             hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
+//   Offloads (native addon only; off on the koffi fallback and with WEAVE_SLEEVE_OFFLOAD=0) change
+//   the number of syscalls and kernel trips, not the packets the engine handles nor the wire format.
 //
 // Threads: with the native addon, one worker per direction runs the packet loops (sleeve-worker.ts);
 // this file is the control plane in the main thread: paths per mesh connection, control messages,
@@ -178,6 +186,10 @@ export class Sleeve {
   readonly mode: 'workers' | 'inline';
   /** 'native' (the addon), 'koffi' (router/fallback-io.ts, slower) or 'memory' (test fakes) */
   readonly io: IoKind | 'memory';
+  /** the TUN runs with offloads (super-packets split on read, TCP segments coalesced on write) */
+  get tunOffload(): boolean {
+    return !!this.tun.offloadStats;
+  }
   private readonly o: SleeveOptions;
   private readonly log: Logger;
   private readonly clock: Clock;
@@ -244,7 +256,7 @@ export class Sleeve {
     o.routes.on('routesChanged', this.onRoutesChanged);
     this.recompute();
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
-    this.log.info({ port: this.udp.port, tun: this.tun.name, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, mode: this.mode, io: this.io }, 'sleeve started');
+    this.log.info({ port: this.udp.port, tun: this.tun.name, tunOffload: !!this.tun.offloadStats, udpGso: this.udp instanceof NativeUdp && this.udp.gso, udpGro: this.udp instanceof NativeUdp && this.udp.gro, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, mode: this.mode, io: this.io }, 'sleeve started');
   }
 
   /** Packet and drop counters summed over the threads (for metrics: weave_sleeve_*). */
@@ -393,7 +405,7 @@ export class Sleeve {
       const counters = newCounterArray();
       this.engineCounters.push(counters);
       const init: WorkerInit = {
-        role, tunFd: tun.fd, tunName: tun.name, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
+        role, tunFd: tun.fd, tunName: tun.name, tunOffload: tun.offload, udpGso: udp.gso, udpGro: udp.gro, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
         stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name,
       };
       const w = new Worker(path.join(__dirname, 'sleeve-worker.js'), { workerData: init });
@@ -747,6 +759,11 @@ export interface CreateSleeveOptions extends Omit<SleeveOptions, 'tun' | 'udp' |
    * ENOADDON; 'fallback': koffi even when the addon loads (tests, bench). Default from WEAVE_SLEEVE_IO.
    */
   ioMode?: 'auto' | 'native' | 'fallback';
+  /**
+   * TUN offloads (TSO/checksum: super-packets split on read, TCP segments coalesced on write), UDP
+   * GSO on send and GRO on receive; native addon only. Default on, unless WEAVE_SLEEVE_OFFLOAD=0.
+   */
+  tunOffload?: boolean;
 }
 
 /** The sleeve's I/O: the addon when it loads, else (mode 'auto') the koffi fallback. */
@@ -773,6 +790,12 @@ function ioModeFromEnv(v: string | undefined): 'auto' | 'native' | 'fallback' {
   throw new WeaveError('EINVAL', `WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
 }
 
+function offloadFromEnv(v: string | undefined): boolean {
+  if (v === undefined || v === '' || v === '1') return true;
+  if (v === '0') return false;
+  throw new WeaveError('EINVAL', `WEAVE_SLEEVE_OFFLOAD must be 0 or 1, not ${JSON.stringify(v)}`);
+}
+
 /**
  * Opens the TUN and the UDP socket, builds the Sleeve and brings the TUN up. Without the native addon
  * the koffi fallback does the I/O (inline, slower); ENOADDON when neither loads.
@@ -787,10 +810,13 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
   const underlayMtu = o.underlayMtu ?? (await detectUnderlayMtu((args) => hostIpJson(ctx, args), o.log));
   const bind = ip4ToU32(o.bindIp ?? '0.0.0.0');
   if (bind === undefined) throw new WeaveError('EINVAL', `bad sleeve bind address ${o.bindIp}`);
-  const tun = new NativeTun(io, o.tunName ?? DEFAULT_TUN_NAME);
+  const offload = ioKind === 'native' && !!io.readBatchVnet && (o.tunOffload ?? offloadFromEnv(process.env.WEAVE_SLEEVE_OFFLOAD));
+  const tun = new NativeTun(io, o.tunName ?? DEFAULT_TUN_NAME, undefined, offload);
   let udp: NativeUdp;
   try {
     udp = new NativeUdp(io, bind, o.port ?? DEFAULT_SLEEVE_PORT);
+    udp.gso = offload;
+    if (offload) udp.enableGro();
   } catch (e) {
     tun.close();
     throw e;

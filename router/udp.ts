@@ -1,8 +1,10 @@
 // The sleeve's UDP socket, batch-shaped like the TUN (see tun.ts). Addresses are host-order u32 +
 // port in parallel typed arrays so nothing is allocated per datagram. The socket sets DF on every
 // datagram (IP_PMTUDISC_DO): probes measure the path MTU and EMSGSIZE reports a shrunken one.
+// UDP GSO (send) and GRO (receive) change only how many datagrams one syscall/skb carries: the
+// batches in and out hold one datagram per slot either way.
 import { WeaveError } from '../mesh/errors';
-import type { TunIo } from './native';
+import { UDP_GRO_CARRY_SIZE, type TunIo } from './native';
 
 export const EMSGSIZE = 90;
 export const EAGAIN = 11;
@@ -21,6 +23,13 @@ export class NativeUdp implements UdpBind {
   private _fd: number;
   private pollHandle: unknown = null;
   readonly port: number;
+  /**
+   * UDP GSO: runs of equal-size datagrams to one address leave as one sendmmsg message (UDP_SEGMENT);
+   * the same datagrams on the wire, one trip through the kernel (native addon; off by default).
+   */
+  gso = false;
+  /** recvBatchGro's carry once UDP GRO is on for this reader (enableGro / a worker's view) */
+  private groCarry: Uint8Array | null = null;
   /** false for a view onto another thread's fd: close() then only stops polling */
   private readonly owner: boolean;
 
@@ -41,12 +50,28 @@ export class NativeUdp implements UdpBind {
 
   get fd(): number { return this._fd; }
 
+  /**
+   * UDP GRO: the kernel may join runs of datagrams from one sender into one buffer; recvBatch splits
+   * them again (one datagram per slot, as without GRO). setSocket: turn it on for the socket (once,
+   * by its owner); false: the socket has it already (a worker's view). Returns whether GRO is on.
+   * Every reader of a GRO socket must read this way, or joined runs arrive truncated (and dropped).
+   */
+  enableGro(setSocket = true): boolean {
+    if (!this.io.recvBatchGro || !this.io.udpSetGro) return false;
+    if (setSocket && !this.io.udpSetGro(this._fd)) return false;
+    this.groCarry ??= new Uint8Array(new ArrayBuffer(UDP_GRO_CARRY_SIZE));
+    return true;
+  }
+
+  get gro(): boolean { return this.groCarry !== null; }
+
   recvBatch(buf: Buffer, stride: number, max: number, lens: Int32Array, ips: Uint32Array, ports: Int32Array): number {
+    if (this.groCarry !== null) return this.io.recvBatchGro!(this._fd, buf, stride, max, lens, ips, ports, this.groCarry);
     return this.io.recvBatch(this._fd, buf, stride, max, lens, ips, ports);
   }
 
   sendBatch(buf: Buffer, offs: Int32Array, lens: Int32Array, ips: Uint32Array, ports: Int32Array, errs: Int32Array, n: number): number {
-    return this.io.sendBatch(this._fd, buf, offs, lens, ips, ports, errs, n);
+    return this.io.sendBatch(this._fd, buf, offs, lens, ips, ports, errs, n, this.gso);
   }
 
   setReadable(cb: (() => void) | null): void {
