@@ -1,7 +1,9 @@
 // bench/fastdp: the fast datapath against the kernel VXLAN it is built on, between the same two lab
 // hosts (network namespaces on one underlay bridge, test/lab/lab.ts), in one run:
 //   (a) raw kernel VXLAN set up by hand between the hosts (VNI 42, UDP 4789, MTU = underlay MTU − 50,
-//       the MTU weave gives weave-vx), host to host like bench/sleeve's baseline (b);
+//       the MTU weave gives weave-vx), carrying container traffic wired by hand like Flannel's VXLAN
+//       backend: a veth into a namespace on each host (the container MTU weave chose), the hosts
+//       routing the other's /24 over the VXLAN device — the same hops weave's containers take;
 //   (b) weave.ts fastdp: `weave launch` without a password (fastdp on), a container attached with
 //       `weave attach` on each host, traffic container to container once `weave report` shows the
 //       connection established over fastdp.
@@ -166,12 +168,26 @@ async function bench(): Promise<void> {
       await run(['ip', '-n', h.ns, 'link', 'set', 'wbvx', 'up']);
     }
     await waitFor('10.40.0.2 reachable over wbvx', async () => (await run(nsx(h1.ns, ['ping', '-c', '1', '-W', '1', '10.40.0.2']), true)).code === 0, { timeoutMs: 10_000, intervalMs: 100 });
+    // the baseline carries container traffic too, wired by hand the way weave wires it (a veth into a
+    // namespace, routed by the host over the VXLAN device), so both sides pay the same veth hop and MTU
+    const r1: Container = await lab.addContainer('r1');
+    const r2: Container = await lab.addContainer('r2');
+    for (const [h, c, net, peerNet, peerVx] of [[h1, r1, 1, 2, '10.40.0.2'], [h2, r2, 2, 1, '10.40.0.1']] as const) {
+      await run(['ip', '-n', h.ns, 'link', 'add', 'wbc0', 'mtu', String(mtus.ethwe), 'type', 'veth', 'peer', 'name', 'eth0', 'mtu', String(mtus.ethwe), 'netns', c.ns]);
+      await run(['ip', '-n', h.ns, 'addr', 'add', `10.41.${net}.254/24`, 'dev', 'wbc0']);
+      await run(['ip', '-n', h.ns, 'link', 'set', 'wbc0', 'up']);
+      await run(['ip', '-n', c.ns, 'addr', 'add', `10.41.${net}.1/24`, 'dev', 'eth0']);
+      await run(['ip', '-n', c.ns, 'link', 'set', 'eth0', 'up']);
+      await run(['ip', '-n', c.ns, 'route', 'add', 'default', 'via', `10.41.${net}.254`]);
+      await run(['ip', '-n', h.ns, 'route', 'add', `10.41.${peerNet}.0/24`, 'via', peerVx, 'dev', 'wbvx']);
+    }
+    await waitFor('10.41.2.1 reachable from r1', async () => (await run(nsx(r1.ns, ['ping', '-c', '1', '-W', '1', '10.41.2.1']), true)).code === 0, { timeoutMs: 10_000, intervalMs: 100 });
 
     // the routers' CPU while they carry nothing (the raw VXLAN transfers) is their idle cost: gossip,
     // heartbeats, resyncs; the fastdp transfers should cost them no more than that
     const runRaw = async (): Promise<void> => {
       const before = await cpuTicks(lab, [h1, h2]);
-      const r = await once(h1.ns, h2.ns, '10.40.0.2', seconds);
+      const r = await once(r1.ns, r2.ns, '10.41.2.1', seconds);
       const cpu = (await cpuTicks(lab, [h1, h2]) - before) / CLK_TCK;
       routerIdleSeconds += cpu;
       raw.push({ ...r, cpuSeconds: cpu });
