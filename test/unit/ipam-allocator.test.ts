@@ -209,30 +209,102 @@ test('handOver gives all our space to a live peer and stops allocating', async (
   assert.ok(inRange(await run(c.clock, b.allocate('e'))));
 });
 
-test('two separately seeded meshes connect: conflict logged and counted, both keep allocating apart', async () => {
+test('two separately seeded meshes connect: the lower-seeded ring wins, the other adopts it and keeps its addresses; nothing is allocated twice after', async () => {
   const logs = new MemoryLogger();
   const clock = new FakeClock();
   const net = new FakeIpamNet(clock, mulberry32(5), { maxDelayMs: 10, gossipIntervalMs: 300 });
+  const SMALL = '10.40.0.0/24'; // no cursor offset in a /24: both sides allocate from the bottom, so they collide before they meet
   const mk = (i: number) => {
     const name = simName(i);
     const { channel, knownPeers } = net.add(name);
-    const x = new Allocator({ ourName: name, ourNickname: `h${i}`, range: RANGE, init: { mode: 'seed', peers: [name] }, clock, log: logs, channel, knownPeers, store: new MemoryStore() });
+    const x = new Allocator({ ourName: name, ourNickname: `h${i}`, range: SMALL, init: { mode: 'seed', peers: [name] }, clock, log: logs, channel, knownPeers, store: new MemoryStore(), requestTimeoutMs: 300 });
     net.setGossiper(name, x);
     return x;
   };
-  const [a, b] = [mk(0), mk(1)];
+  const [a, b] = [mk(0), mk(1)]; // a's seeds sort lower: a's ring wins
   net.partition([[simName(0)], [simName(1)]]);
   net.start();
-  const before = await run(clock, Promise.all([a.allocate('a1'), b.allocate('b1')]));
+  const aOld = await run(clock, Promise.all([0, 1, 2, 3, 4].map((i) => a.allocate(`a${i}`))));
+  const bOld = await run(clock, Promise.all(Array.from({ length: 20 }, (_, i) => b.allocate(`b${i}`))));
+  const dup = aOld.filter((x) => bOld.includes(x));
+  assert.equal(dup.length, 5, 'both allocated the bottom addresses before they met');
+
+  // they meet; a hears of b's ring before b has heard of a's (so before b can report what it
+  // holds): a must neither allocate nor donate until b reports, and says why
+  net.heal();
+  a.onGossip(b.gossip()!.encode()[0]);
+  assert.ok(a.knowsMergeRepair());
+  const waiting = Promise.all(Array.from({ length: 10 }, (_, i) => a.allocate(`an${i}`)));
+  assert.match(a.status().pending[0].reason, new RegExp(`repairing a ring merge conflict: waiting for ${simName(1)}`));
+  assert.equal(a.donate(simName(1)), 0, 'no donation while a peer of the losing ring has not reported');
+  const aNew = await run(clock, waiting);
+  for (const x of aNew) assert.ok(!bOld.includes(x) && !aOld.includes(x), `${x} allocated after the merge is new`);
+  const bNew = await run(clock, Promise.all(Array.from({ length: 5 }, (_, i) => b.allocate(`bn${i}`))));
+  const live = [...aOld, ...bOld.filter((x) => !dup.includes(x)), ...aNew, ...bNew];
+  assert.equal(new Set(live).size, live.length, 'nothing allocated twice after the merge');
+  clock.advance(3000);
+
+  // one ring everywhere; b adopted it, kept every address, got the non-duplicates handed over
+  assert.ok(a.ringView().equals(b.ringView()), 'views agree');
+  assert.deepEqual(b.ringView().seeds, [simName(0)]);
+  assert.equal(b.status().counters.adoptions, 1);
+  for (let i = 0; i < 20; i++) assert.deepEqual(b.lookup(`b${i}`), [bOld[i]], 'b keeps its containers\' addresses');
+  const bOwns = (x: string) => b.ownedRanges().some((r) => parseAddr(x) >= r.start && parseAddr(x) < r.end);
+  for (const x of bOld) assert.equal(bOwns(x), !dup.includes(x), `${x}: handed to b unless a duplicate`);
+  assert.deepEqual(b.status().repair?.held, dup, 'b holds only the duplicates outside its space');
+  const dupsOnA = a.status().repair!.duplicates;
+  assert.equal(dupsOnA.length, 5, dupsOnA.join('; '));
+  assert.match(dupsOnA[0], /allocated here to a\d and held by a container of/);
+  assert.ok(b.status().repair!.duplicates.length === 5, 'b sees the duplicates a reported');
+  for (const x of [a, b]) {
+    const st = x.status();
+    assert.ok(st.conflicts.count > 0 && st.counters.seedConflicts === 1, 'conflict counted once');
+    assert.match(String(st.conflicts.last), /duplicate|seeds/);
+    assert.equal(st.repair?.waiting, null, 'repair finished');
+  }
+  assert.ok(logs.find((r) => r.level === 'warn' && /merge conflict \(seeds\)/.test(String(r.msg))));
+  assert.ok(logs.find((r) => r.level === 'warn' && /adopting the ring seeded by/.test(String(r.msg))));
+
+  // a duplicate is never handed out again while b's container has it; once a frees its own, b gets it
+  a.free('a0');
+  const more = await run(clock, Promise.all(Array.from({ length: 20 }, (_, i) => a.allocate(`m${i}`))));
+  assert.ok(!more.includes(aOld[0]) && !more.some((x) => live.includes(x)), 'the freed duplicate is not reused');
+  clock.advance(3000);
+  assert.ok(bOwns(aOld[0]), 'handed to b once a freed it');
+  assert.equal(a.status().repair!.duplicates.length, 4);
+  assert.equal(net.errors.length, 0, 'no handler threw (no connection would drop)');
+});
+
+test('entry conflict in one ring (two partitioned peers both rmpeer the same dead one) resolves the same everywhere and keeps allocations', async () => {
+  const clock = new FakeClock();
+  const net = new FakeIpamNet(clock, mulberry32(9), { maxDelayMs: 10, gossipIntervalMs: 300 });
+  const names = [0, 1, 2, 3].map(simName);
+  const mk = (i: number) => {
+    const { channel, knownPeers } = net.add(names[i]);
+    const x = new Allocator({ ourName: names[i], ourNickname: `h${i}`, range: '10.40.0.0/22', init: { mode: 'seed', peers: names }, clock, log: silentLogger(), channel, knownPeers, store: new MemoryStore(), requestTimeoutMs: 300 });
+    net.setGossiper(names[i], x);
+    return x;
+  };
+  const [p0, p1] = [mk(0), mk(1)]; // names[2], names[3] never run; 10.40.3.0/24 is names[3]'s
+  net.partition([[names[0]], [names[1]]]);
+  net.start();
+  assert.equal(p0.transferFrom(names[3]), 256);
+  assert.equal(p1.transferFrom(names[3]), 256);
+  const x0 = await run(clock, Promise.all([0, 1, 2].map((i) => p0.allocate(`x${i}`, '10.40.3.0/24'))));
+  await run(clock, p1.claim('y', '10.40.3.200'));
   net.heal();
   clock.advance(5000);
-  assert.ok(a.status().conflicts.count > 0 && b.status().conflicts.count > 0);
-  assert.match(String(a.status().conflicts.last), /seeds/);
-  assert.ok(logs.find((r) => r.level === 'warn' && /merge conflict/.test(String(r.msg))));
-  const after = await run(clock, Promise.all([1, 2, 3, 4, 5].flatMap((i) => [a.allocate(`a${i}x`), b.allocate(`b${i}x`)])));
-  const all = [...before, ...after];
-  assert.equal(new Set(all).size, all.length, 'nothing allocated twice');
-  assert.equal(net.errors.length, 0, 'no handler threw (no connection would drop)');
+  assert.ok(p0.ringView().equals(p1.ringView()), 'views agree');
+  assert.ok(p0.status().counters.entryConflicts + p1.status().counters.entryConflicts > 0, 'the conflict was seen and counted');
+  // the higher peer name wins the tie; the other's allocations there are handed back to it
+  const owner = p0.ringView().ownerOf(parseAddr('10.40.3.128'));
+  assert.equal(owner, names[1]);
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(p0.lookup(`x${i}`), [x0[i]]);
+    assert.equal(p0.ringView().ownerOf(parseAddr(x0[i])), names[0], `${x0[i]} handed back to its holder`);
+  }
+  assert.deepEqual(p0.status().repair?.held, []);
+  assert.equal(net.errors.length, 0);
 });
 
 test('persistence: restart keeps ring and allocations; a different range discards them with a log line', async () => {
