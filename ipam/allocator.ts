@@ -25,9 +25,9 @@ import { ProtocolError, RefusedError, UsageError, WeaveError, errMsg } from '../
 import { containsRange, formatAddr, formatCidr, formatRange, intersect, parseAddr, parseCidr, usableRange, type Addr, type Cidr, type Range } from './addr';
 import { CLAIM_BUMP, Ring, compareSeeds, sameList } from './ring';
 import { Space } from './space';
-import { Paxos } from './paxos';
+import { Paxos, type PaxosNode } from './paxos';
 import type { IpamStore } from './store';
-import { IpamGossipData, decodeGossip, decodeRecords, decodeUnicast, encodeRecords, encodeUnicast, type GossipMsg, type HeldRecord } from './wire';
+import { IpamGossipData, decodeGossip, decodePaxosNode, decodeRecords, decodeUnicast, encodePaxosNode, encodeRecords, encodeUnicast, type GossipMsg, type HeldRecord } from './wire';
 
 export type IpamInit = { mode: 'consensus'; quorum?: number } | { mode: 'seed'; peers: PeerName[] } | { mode: 'observer' };
 
@@ -161,6 +161,9 @@ export class Allocator implements Gossiper {
   /** true duplicates found by us as owner: addr -> description */
   private readonly dupsFound = new Map<Addr, string>();
   private repairTimer: TimerHandle | undefined;
+  /** our acceptor state from before a restart (restored when the consensus starts) */
+  private savedPaxos: PaxosNode | null = null;
+  private paxosBroken: string | null = null;
   private readonly counters: Record<string, number> = {
     allocations: 0, frees: 0, claims: 0, requestsSent: 0, donationsMade: 0, donationsRefused: 0,
     decodeErrors: 0, ringMerges: 0, lostAllocations: 0, seedConflicts: 0, entryConflicts: 0,
@@ -243,6 +246,17 @@ export class Allocator implements Gossiper {
       }
       if (kept.length) this.byIdent.set(ident, kept);
       n += kept.length;
+    }
+    const px = p.meta.get('paxos');
+    if (px) {
+      try {
+        this.savedPaxos = decodePaxosNode(px, this.ourName);
+      } catch (err) {
+        // Without our old votes we could vote differently from before: take no part instead.
+        this.counters.decodeErrors++;
+        this.paxosBroken = `our persisted consensus votes are unreadable (${errMsg(err)}); this peer takes no part in the consensus (it still learns the ring from others)`;
+        this.log.error({ err: errMsg(err) }, `ipam: ${this.paxosBroken}`);
+      }
     }
     const holds = p.meta.get('holds');
     if (holds) {
@@ -567,12 +581,15 @@ export class Allocator implements Gossiper {
       return null;
     }
     let changed = false;
-    if (m.paxos && this.ring.isEmpty() && this.init.mode === 'consensus') {
+    if (m.paxos && this.ring.isEmpty() && this.init.mode === 'consensus' && !this.paxosBroken) {
       const px = this.ensurePaxos();
       const merged = px.merge(m.paxos);
       const thought = px.think();
       changed = merged || thought;
-      if (thought) this.channel?.gossip(this.snapshot());
+      if (thought) {
+        this.savePaxos();
+        this.channel?.gossip(this.snapshot());
+      }
       this.checkDecision();
     }
     if (m.ring) changed = this.mergeRing(m.ring, null) || changed;
@@ -669,6 +686,7 @@ export class Allocator implements Gossiper {
 
   private consensusReason(): string {
     if (this.init.mode === 'observer') return 'waiting for the ring from other peers (observer)';
+    if (this.paxosBroken) return `waiting for the ring from other peers: ${this.paxosBroken}`;
     if (!this.paxos) return 'waiting for the ring';
     const p = this.paxos.progress();
     return `waiting for consensus on the ring: ${p.promisedToHighest} of ${p.quorum} needed peers agree (${p.participants} known)`;
@@ -1025,17 +1043,22 @@ export class Allocator implements Gossiper {
         ? this.init.quorum
         : Math.floor((this.knownPeers().length + 1) / 2) + 1;
       this.paxos = new Paxos(this.ourName, this.ourNickname, q);
+      if (this.savedPaxos) {
+        this.paxos.restore(this.savedPaxos);
+        this.log.info({ promised: this.savedPaxos.promised, accepted: this.savedPaxos.accepted }, 'ipam: restored our consensus votes from before the restart');
+      }
       this.log.info({ quorum: q }, 'ipam: taking part in the consensus that seeds the ring');
     }
     return this.paxos;
   }
 
   private ensureConsensus(): void {
-    if (!this.ring.isEmpty() || this.init.mode !== 'consensus' || this.closed) return;
+    if (!this.ring.isEmpty() || this.init.mode !== 'consensus' || this.closed || this.paxosBroken) return;
     if (this.paxosTimer) return; // a round is running
     const px = this.ensurePaxos();
     px.propose();
     px.think();
+    this.savePaxos(); // before anyone can see these votes
     this.checkDecision();
     if (!this.ring.isEmpty()) return;
     this.channel?.gossip(this.snapshot());
@@ -1046,6 +1069,10 @@ export class Allocator implements Gossiper {
       this.log.debug(this.paxos?.progress() ?? {}, 'ipam: consensus not reached yet; proposing again');
       if (this.pending.length || this.primeWaiters.length) this.ensureConsensus();
     }, wait);
+  }
+
+  private savePaxos(): void {
+    if (this.paxos) this.store.saveMeta('paxos', encodePaxosNode(this.ourName, this.paxos.selfState()));
   }
 
   private checkDecision(): void {

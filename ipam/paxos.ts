@@ -34,6 +34,19 @@ export class Paxos {
     this.nodes.set(us, { nickname, ver: 0, promised: ZERO, accepted: ZERO, value: null });
   }
 
+  /**
+   * Our acceptor state from before a restart: what we promised and accepted stays binding (a
+   * fresh record would let us promise or accept a lower proposal than one we already voted for).
+   */
+  restore(n: PaxosNode): void {
+    this.nodes.set(this.us, { ...this.self(), ver: n.ver, promised: { ...n.promised }, accepted: { ...n.accepted }, value: n.value && n.value.map((p) => [p[0], p[1]]) });
+  }
+
+  /** Our own record (persisted by the allocator before it is gossiped). */
+  selfState(): PaxosNode {
+    return this.self();
+  }
+
   private self(): PaxosNode {
     return this.nodes.get(this.us)!;
   }

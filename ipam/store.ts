@@ -7,8 +7,9 @@
 // of containers; lmdb commits only the changed key, atomically (copy-on-write B-tree, fsync'd meta
 // page), and a crash at any point leaves the last committed state. Measured here: ~0.4 ms per
 // synchronous commit. Keys: 'range' -> [start, end], 'ring' -> encoded ring, 'a:<ident>' -> [addr...],
-// 'm:<name>' -> small encoded blobs: 'm:holds' (the held-address records of a merge repair, see
-// Allocator).
+// 'm:<name>' -> small encoded blobs: 'm:paxos' (our acceptor state, written before we gossip it, so
+// a restart cannot make us vote differently) and 'm:holds' (the held-address records of a merge
+// repair, see Allocator).
 import type { Range } from './addr';
 import type { Addr } from './addr';
 

@@ -161,6 +161,23 @@ export function decodeRecords(buf: Uint8Array, range: Range): Map<PeerName, Held
   return recordsFromWire(raw, range);
 }
 
+/** One acceptor's Paxos state as persisted (the 8-tuple of the gossip format). */
+export function encodePaxosNode(name: PeerName, n: PaxosNode): Uint8Array {
+  return packr.pack(paxosToWire(new Map([[name, n]])));
+}
+
+export function decodePaxosNode(buf: Uint8Array, name: PeerName): PaxosNode {
+  let raw: unknown;
+  try {
+    raw = packr.unpack(buf);
+  } catch (err) {
+    throw new ProtocolError(`ipam paxos state: undecodable msgpack: ${(err as Error).message}`);
+  }
+  const n = Paxos.fromWire(raw).get(name);
+  if (!n) throw new ProtocolError(`ipam paxos state: no record for ${name}`);
+  return n;
+}
+
 /** Gossip state handed to the mesh: a snapshot that merges (coalesces queued outgoing gossip). */
 export class IpamGossipData implements GossipData {
   constructor(private msg: GossipMsg) {}

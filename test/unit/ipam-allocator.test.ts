@@ -7,6 +7,8 @@ import { Allocator, type IpamInit } from '../../ipam/allocator';
 import { MemoryStore, type IpamStore } from '../../ipam/store';
 import { parseAddr, parseCidr } from '../../ipam/addr';
 import { FakeIpamNet, mulberry32, simName } from '../fakes/ipam-gossip';
+import { Paxos } from '../../ipam/paxos';
+import { decodeGossip, encodeGossip } from '../../ipam/wire';
 
 const RANGE = '10.32.0.0/12';
 
@@ -342,4 +344,76 @@ test('subnet allocation and cancellation by AbortSignal', async () => {
   const p = c2.allocs[0].allocate('z', undefined, { signal: ac.signal });
   ac.abort();
   await assert.rejects(p, (e: unknown) => e instanceof WeaveError && e.code === 'ECANCELLED');
+});
+
+test('paxos: our promises and accepted value survive a restart, so a restarted acceptor cannot help choose a different ring', () => {
+  // Four participants, quorum 3. a proposes and a, x, y promise; a and x accept V1 (2 < 3: not
+  // decided yet). x restarts. c then proposes a higher round: the value it may choose is the
+  // highest accepted one among its quorum's promises, which must still include x's V1.
+  const [a, x, y, c] = [0, 1, 2, 3].map(simName);
+  const range = parseCidr(RANGE);
+  const enc = (p: Paxos) => encodeGossip({ range, ring: null, paxos: p.nodes });
+  const stateOf = (al: Allocator) => decodeGossip(al.gossip()!.encode()[0]).paxos!.get(x)!;
+  const mkX = (store: IpamStore) => new Allocator({
+    ourName: x, ourNickname: 'x', range: RANGE, init: { mode: 'consensus', quorum: 3 }, clock: new FakeClock(), log: silentLogger(),
+    channel: { name: 'ipam', gossipUnicast: () => true, gossipBroadcast: () => undefined, gossip: () => undefined }, knownPeers: () => [a, y, c], store,
+  });
+  const run = (store: IpamStore, restart: boolean) => {
+    const pa = new Paxos(a, 'a', 3);
+    const py = new Paxos(y, 'y', 3);
+    pa.propose();
+    pa.think();
+    let xa = mkX(store);
+    xa.onGossip(enc(pa));
+    py.merge(pa.nodes);
+    py.think();
+    pa.merge(decodeGossip(xa.gossip()!.encode()[0]).paxos!);
+    pa.merge(py.nodes);
+    pa.think();
+    const v1 = pa.selfState().value!;
+    assert.deepEqual(v1.map((p) => p[0]), [a, x, y], 'a chose the participants it knew');
+    xa.onGossip(enc(pa));
+    const before = stateOf(xa);
+    assert.deepEqual(before.accepted, { round: 1, proposer: a }, 'x accepted a\'s proposal');
+    assert.equal(xa.status().ring.seeded, false, 'not decided yet (2 of 3 accepted)');
+    xa.close();
+    if (restart) xa = mkX(store); // same data dir
+    else xa = mkX(new MemoryStore()); // what a restart without persisted votes would be
+    const pc = new Paxos(c, 'c', 3);
+    pc.propose();
+    pc.think();
+    xa.onGossip(enc(pc));
+    const after = stateOf(xa);
+    pc.merge(decodeGossip(xa.gossip()!.encode()[0]).paxos!);
+    py.merge(pc.nodes);
+    py.think();
+    pc.merge(py.nodes);
+    pc.think();
+    xa.close();
+    return { v1, before, after, chosen: pc.selfState().value! };
+  };
+  const r = run(new MemoryStore(), true);
+  assert.deepEqual(r.after.accepted, { round: 1, proposer: a }, 'the restarted x still reports its accepted proposal');
+  assert.deepEqual(r.after.value, r.v1);
+  assert.deepEqual(r.after.promised, { round: 1, proposer: c }, 'and promised the higher round');
+  assert.ok(r.after.ver > r.before.ver, `its record version keeps growing (${r.before.ver} -> ${r.after.ver}), so peers take the update`);
+  assert.deepEqual(r.chosen, r.v1, 'c had to choose V1');
+  // without the persisted votes, x would have let c choose something else
+  const fresh = run(new MemoryStore(), false);
+  assert.deepEqual(fresh.after.accepted, { round: 0, proposer: '' });
+  assert.notDeepEqual(fresh.chosen, fresh.v1);
+});
+
+test('paxos: unreadable persisted votes keep this peer out of the consensus (it says why) rather than vote again', async () => {
+  const store = new MemoryStore();
+  store.reset(parseCidr(RANGE));
+  store.saveMeta('paxos', new Uint8Array([0xc1, 0x00]));
+  const logs = new MemoryLogger();
+  const al = new Allocator({ ourName: simName(0), ourNickname: 'x', range: RANGE, init: { mode: 'consensus', quorum: 1 }, clock: new FakeClock(), log: logs, knownPeers: () => [], store });
+  const p = al.allocate('c1');
+  p.catch(() => undefined);
+  assert.match(al.status().pending[0].reason, /persisted consensus votes are unreadable/);
+  assert.ok(logs.find((r) => r.level === 'error' && /unreadable/.test(String(r.msg))));
+  al.close();
+  await assert.rejects(p, /closed/);
 });
