@@ -164,6 +164,8 @@ export class Allocator implements Gossiper {
   /** our acceptor state from before a restart (restored when the consensus starts) */
   private savedPaxos: PaxosNode | null = null;
   private paxosBroken: string | null = null;
+  /** Paxos.progressKey() when the retry timer was armed */
+  private paxosSeen = '';
   private readonly counters: Record<string, number> = {
     allocations: 0, frees: 0, claims: 0, requestsSent: 0, donationsMade: 0, donationsRefused: 0,
     decodeErrors: 0, ringMerges: 0, lostAllocations: 0, seedConflicts: 0, entryConflicts: 0,
@@ -1062,12 +1064,29 @@ export class Allocator implements Gossiper {
     this.checkDecision();
     if (!this.ring.isEmpty()) return;
     this.channel?.gossip(this.snapshot());
+    this.paxosSeen = px.progressKey();
+    this.armPaxosTimer();
+  }
+
+  /**
+   * Proposes again only when the consensus made no progress for a whole period: a new round
+   * preempts the leading proposal, and with many peers (50 routers, gossip relayed hop by hop)
+   * retry timers firing while promises are still arriving kept preempting each other forever.
+   */
+  private armPaxosTimer(): void {
     const wait = this.consensusRetryMs + Math.floor(this.random() * this.consensusRetryMs);
     this.paxosTimer = this.clock.setTimeout(() => {
       this.paxosTimer = undefined;
-      if (!this.ring.isEmpty()) return;
-      this.log.debug(this.paxos?.progress() ?? {}, 'ipam: consensus not reached yet; proposing again');
-      if (this.pending.length || this.primeWaiters.length) this.ensureConsensus();
+      if (!this.ring.isEmpty() || !this.paxos || this.closed) return;
+      if (!this.pending.length && !this.primeWaiters.length) return;
+      const key = this.paxos.progressKey();
+      if (key !== this.paxosSeen) {
+        this.paxosSeen = key;
+        this.armPaxosTimer();
+        return;
+      }
+      this.log.debug(this.paxos.progress(), 'ipam: consensus made no progress for a while; proposing again');
+      this.ensureConsensus();
     }, wait);
   }
 

@@ -140,6 +140,19 @@ export class Paxos {
     return { participants: this.nodes.size, quorum: this.quorum, promisedToHighest: k };
   }
 
+  /** Changes whenever the consensus moves: a higher proposal, another promise or acceptance of it, a new participant. */
+  progressKey(): string {
+    let best = ZERO;
+    for (const n of this.nodes.values()) if (cmpId(n.promised, best) > 0) best = n.promised;
+    let promised = 0;
+    let accepted = 0;
+    for (const n of this.nodes.values()) {
+      if (cmpId(n.promised, best) === 0) promised++;
+      if (cmpId(n.accepted, best) === 0) accepted++;
+    }
+    return `${best.round}/${best.proposer}/${promised}/${accepted}/${this.nodes.size}`;
+  }
+
   toWire(): unknown[] {
     const out: unknown[] = [];
     for (const [name, n] of this.nodes) {

@@ -417,3 +417,36 @@ test('paxos: unreadable persisted votes keep this peer out of the consensus (it 
   al.close();
   await assert.rejects(p, /closed/);
 });
+
+test('paxos: a peer does not preempt a proposal that is still gathering promises; it proposes again only after a period without progress', () => {
+  const [x, y, c, d] = [0, 1, 2, 3].map(simName);
+  const range = parseCidr(RANGE);
+  const clock = new FakeClock();
+  const al = new Allocator({
+    ourName: x, ourNickname: 'x', range: RANGE, init: { mode: 'consensus', quorum: 4 }, clock, log: silentLogger(), consensusRetryMs: 1000, random: () => 0,
+    channel: { name: 'ipam', gossipUnicast: () => true, gossipBroadcast: () => undefined, gossip: () => undefined }, knownPeers: () => [y, c, d], store: new MemoryStore(),
+  });
+  const mine = () => decodeGossip(al.gossip()!.encode()[0]).paxos!.get(x)!;
+  al.allocate('c1').catch(() => undefined);
+  assert.deepEqual(mine().promised, { round: 1, proposer: x });
+  const pc = new Paxos(c, 'c', 4);
+  pc.propose();
+  pc.think();
+  al.onGossip(encodeGossip({ range, ring: null, paxos: pc.nodes }));
+  assert.deepEqual(mine().promised, { round: 1, proposer: c }, 'x promises the higher proposal');
+  // c's proposal keeps gathering promises (one per period): x waits
+  for (const who of [y, d]) {
+    clock.advance(1000);
+    const p = new Paxos(who, who, 4);
+    p.merge(pc.nodes);
+    p.think();
+    al.onGossip(encodeGossip({ range, ring: null, paxos: p.nodes }));
+    assert.deepEqual(mine().promised, { round: 1, proposer: c }, 'no preemption while promises arrive');
+  }
+  // then nothing moves for two periods (c died, say): x proposes a higher round
+  clock.advance(1000);
+  assert.deepEqual(mine().promised, { round: 1, proposer: c }, 'the period with the last promise counts as progress');
+  clock.advance(1000);
+  assert.deepEqual(mine().promised, { round: 2, proposer: x });
+  al.close();
+});
