@@ -336,7 +336,7 @@ for (const seed of seeds) {
   });
 }
 
-const mergeSeeds = process.env.IPAM_SIM_SEED ? [Number(process.env.IPAM_SIM_SEED)] : [1, 2, 3];
+const mergeSeeds = process.env.IPAM_SIM_SEED ? [Number(process.env.IPAM_SIM_SEED)] : [1, 2];
 for (const seed of mergeSeeds) {
   test(`ipam sim: two separately seeded groups of ${N / 2} meet and repair, ${OPS} random ops, loss/reorder/partitions (seed ${seed})`, async () => {
     const t0 = Date.now();
