@@ -166,8 +166,26 @@ async function simulate(seed: number, merge = false): Promise<Record<string, num
   const startRing = new Map<PeerName, string>();
   let partitioned = false;
   for (step = 0; step < OPS && failures.length === 0; step++) {
-    if (step === MERGE_AT) net.heal(); // the two meshes meet
+    let burst: Peer[] = [];
+    if (step === MERGE_AT) {
+      net.heal(); // the two meshes meet
+      // a few peers of the first group hear of the other ring before anyone there has heard of
+      // theirs (so before anyone could report what it holds) and allocate at once: the window in
+      // which they must neither allocate nor donate what the other side holds
+      const g = peers[N / 2].a.gossip()?.encode()[0];
+      if (g) for (const p of peers.slice(0, 4)) p.a.onGossip(g);
+      burst = peers.slice(0, 4);
+    }
     if (merge) informed = new Set(live().filter((p) => p.a.knowsMergeRepair()).map((p) => p.name));
+    for (const p of burst) {
+      for (let k = 0; k < 5; k++) {
+        const ident = `b${identSeq++}`;
+        p.a.allocate(ident).then((addr) => { stats.allocated++; record(p, ident, addr, 'allocated'); }, (e: unknown) => {
+          if (e instanceof WeaveError && (e.code === 'ECANCELLED' || e.code === 'ESHUTDOWN')) stats.cancelled++;
+          else failures.push(`step ${step}: allocate failed: ${String(e)}`);
+        });
+      }
+    }
     if (step === MERGE_AT) for (const p of live()) startRing.set(p.name, p.a.ringView().seeds.join(','));
     // before they meet: only allocate (more often, so held addresses are dense when they meet),
     // free, claim and donate inside each group
