@@ -39,6 +39,14 @@ export function renderIpam(report: { ipam?: unknown }): string {
   if (!st.ring.seeded) out.push(r.state);
   for (const o of st.owners) out.push(ownerLine(o, st.name, st.allocated));
   for (const p of st.pending) out.push(`pending: ${p.ident} in ${p.subnet}: ${p.reason}`);
+  const rp = st.repair;
+  if (rp) {
+    if (rp.adoptedFrom) out.push(`merge repair: adopted the ring seeded by [${st.ring.seeds.join(',')}] (ours was seeded by [${rp.adoptedFrom.join(',')}])`);
+    if (rp.waiting) out.push(`merge repair: in progress: ${rp.waiting}`);
+    else if (st.conflicts.foreignRings.length || rp.adoptedFrom) out.push(`merge repair: done: one ring, seeded by [${st.ring.seeds.join(',')}]`);
+    if (rp.held.length) out.push(`held outside our space (waiting for their owners to hand them over, or duplicates): ${rp.held.length} (${rp.held.slice(0, 8).join(' ')}${rp.held.length > 8 ? ' ...' : ''})`);
+    for (const d of rp.duplicates) out.push(`DUPLICATE ${d}`);
+  }
   if (st.conflicts.count) out.push(`conflicts: ${st.conflicts.count} (last: ${st.conflicts.last ?? '-'})`);
   return out.join('\n') + (out.length ? '\n' : '');
 }
@@ -63,5 +71,8 @@ export function ipamSummary(state: string, st: IpamStatus | null): Record<string
   }
   if (st.pending.length) s.Pending = `${st.pending.length} (${st.pending[0].reason})`;
   if (st.conflicts.count) s.Conflicts = `${st.conflicts.count} (${st.conflicts.last ?? ''})`;
+  if (st.repair?.waiting) s.Repair = `in progress (${st.repair.waiting})`;
+  else if (st.repair && (st.repair.adoptedFrom || st.conflicts.foreignRings.length)) s.Repair = `done: one ring, seeded by [${st.ring.seeds.join(',')}]`;
+  if (st.repair?.duplicates.length) s.Duplicates = `${st.repair.duplicates.length} (${st.repair.duplicates[0]})`;
   return s;
 }

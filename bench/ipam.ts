@@ -5,9 +5,10 @@
 // Real (--real, or by default as root): routers in netns lab hosts driven over their HTTP API by one
 // long-lived client process per host (keep-alive, fixed concurrency), so Node start-up and CLI
 // round trips stay out of the figures: allocations/s on one router and on 3 at once, and time from
-// the first POST /prime to every router reporting the ring ready (launch and connect excluded).
+// the first POST /prime to every router reporting the ring ready (launch and connect excluded; the
+// routers form a binary tree of connections without discovery, every one reachable by gossip).
 // Usage: node dist/bench/ipam.js [--allocs N] [--real | --no-real] [--real-allocs 500]
-//        [--concurrency 8] [--real-consensus 3,10]
+//        [--concurrency 8] [--real-consensus 3,10,50]
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -134,7 +135,7 @@ async function main(): Promise<void> {
     real = await realIpamBench({
       allocs: argNum('real-allocs', 500),
       concurrency: argNum('concurrency', 8),
-      consensusSizes: argList('real-consensus', [3, 10]),
+      consensusSizes: argList('real-consensus', [3, 10, 50]),
       log: (m) => console.error(`# ${m}`),
     });
   }
@@ -151,7 +152,7 @@ async function main(): Promise<void> {
   if (real) {
     console.log(`machine: ${os.cpus().length} CPUs; load during the real runs (uptime):`);
     for (const l of real.load) console.log(`  ${l}`);
-    console.log(`simulated consensus: every peer primes at once; real: every router POSTs /prime at once (quorum = all N, ring ready = GET /ipam state "ready")`);
+    console.log(`simulated consensus: every peer primes at once; real: every router POSTs /prime at once (quorum = all N, routers in a binary tree of connections, ring ready = /prime returned or GET /ipam state "ready")`);
   }
 }
 

@@ -7,17 +7,27 @@
 // unicast 'req' to the owner with the most reported free space in the subnet → the owner donates
 // half of its largest free run (ring.transfer, broadcast) and answers with its ring → merge →
 // tryPending() again. Retries ride the Clock, and each pending op shows why it waits in status().
+//
+// Merge repair (two separately seeded rings meet; see ring.ts): the ring whose seeds sort lower
+// wins. A peer of the losing ring adopts the winner (its old ring kept as a snapshot), keeps its
+// containers' addresses and publishes them in its held-address record (gossiped, owner-only,
+// highest version wins). Everywhere, addresses in other peers' records are reserved (never handed
+// out or donated); the owner of a held address hands it to the holder as a one-address donation
+// when it is free, or reports a true duplicate when its own container has it (it is then handed
+// over once that container frees it). Until every reachable owner of a losing ring has published
+// a record against the winning ring, peers that know of the conflict neither allocate nor donate
+// (visible reason); space of unreachable such owners (as last seen) is avoided instead.
 import type { Clock, TimerHandle } from '../mesh/clock';
 import type { Logger } from '../mesh/log';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import { ProtocolError, RefusedError, UsageError, WeaveError, errMsg } from '../mesh/errors';
 import { containsRange, formatAddr, formatCidr, formatRange, intersect, parseAddr, parseCidr, usableRange, type Addr, type Cidr, type Range } from './addr';
-import { Ring } from './ring';
+import { CLAIM_BUMP, Ring, compareSeeds, sameList } from './ring';
 import { Space } from './space';
-import { Paxos } from './paxos';
+import { Paxos, type PaxosNode } from './paxos';
 import type { IpamStore } from './store';
-import { IpamGossipData, decodeGossip, decodeUnicast, encodeUnicast, type GossipMsg } from './wire';
+import { IpamGossipData, decodeGossip, decodePaxosNode, decodeRecords, decodeUnicast, encodePaxosNode, encodeRecords, encodeUnicast, type GossipMsg, type HeldRecord } from './wire';
 
 export type IpamInit = { mode: 'consensus'; quorum?: number } | { mode: 'seed'; peers: PeerName[] } | { mode: 'observer' };
 
@@ -95,6 +105,17 @@ export interface IpamStatus {
   pending: Array<{ op: 'allocate'; ident: string; subnet: string; since: number; reason: string }>;
   consensus: null | { quorum: number; participants: number; promisedToHighest: number; decided: boolean };
   conflicts: { count: number; last: string | null; foreignRings: PeerName[][] };
+  /** merge repair: null when this peer never saw another ring nor holds addresses outside its space */
+  repair: null | {
+    /** seeds of the ring we gave up for the current one */
+    adoptedFrom: PeerName[] | null;
+    /** why allocation waits for the repair, or null */
+    waiting: string | null;
+    /** our allocations outside our space, waiting for their owners to hand them over */
+    held: string[];
+    /** addresses also allocated elsewhere: "ADDR: who" */
+    duplicates: string[];
+  };
   counters: Record<string, number>;
 }
 
@@ -130,10 +151,25 @@ export class Allocator implements Gossiper {
   private conflictCount = 0;
   private lastConflict: string | null = null;
   private readonly seenConflicts = new Set<string>();
-  private readonly foreignRings = new Map<string, PeerName[]>();
+  /** other rings seen (by seeds), with our latest merged view of each and its owners */
+  private readonly foreign = new Map<string, { seeds: PeerName[]; ring: Ring; owners: Set<PeerName>; done: boolean }>();
+  private adoptedFrom: PeerName[] | null = null;
+  /** held-address records of every peer that published one (ours included) */
+  private readonly records = new Map<PeerName, HeldRecord>();
+  /** our held addresses already reported (so each is logged once) */
+  private heldNoted = new Set<Addr>();
+  /** true duplicates found by us as owner: addr -> description */
+  private readonly dupsFound = new Map<Addr, string>();
+  private repairTimer: TimerHandle | undefined;
+  /** our acceptor state from before a restart (restored when the consensus starts) */
+  private savedPaxos: PaxosNode | null = null;
+  private paxosBroken: string | null = null;
+  /** Paxos.progressKey() when the retry timer was armed */
+  private paxosSeen = '';
   private readonly counters: Record<string, number> = {
     allocations: 0, frees: 0, claims: 0, requestsSent: 0, donationsMade: 0, donationsRefused: 0,
-    decodeErrors: 0, ringMerges: 0, lostAllocations: 0,
+    decodeErrors: 0, ringMerges: 0, lostAllocations: 0, seedConflicts: 0, entryConflicts: 0,
+    adoptions: 0, heldGranted: 0, duplicates: 0,
   };
 
   constructor(o: AllocatorOptions) {
@@ -213,8 +249,30 @@ export class Allocator implements Gossiper {
       if (kept.length) this.byIdent.set(ident, kept);
       n += kept.length;
     }
+    const px = p.meta.get('paxos');
+    if (px) {
+      try {
+        this.savedPaxos = decodePaxosNode(px, this.ourName);
+      } catch (err) {
+        // Without our old votes we could vote differently from before: take no part instead.
+        this.counters.decodeErrors++;
+        this.paxosBroken = `our persisted consensus votes are unreadable (${errMsg(err)}); this peer takes no part in the consensus (it still learns the ring from others)`;
+        this.log.error({ err: errMsg(err) }, `ipam: ${this.paxosBroken}`);
+      }
+    }
+    const holds = p.meta.get('holds');
+    if (holds) {
+      try {
+        for (const [k, r] of decodeRecords(holds, this.range)) this.records.set(k, r);
+      } catch (err) {
+        this.counters.decodeErrors++;
+        this.log.error({ err: errMsg(err) }, 'ipam: persisted held-address records are unreadable: dropped (peers gossip theirs again)');
+      }
+    }
+    this.updateReserved();
+    this.refreshRecord(true);
     this.placeCursor();
-    this.log.info({ seeded: !this.ring.isEmpty(), owned: this.space.ownedSize(), allocations: n }, 'ipam: restored persisted state');
+    this.log.info({ seeded: !this.ring.isEmpty(), owned: this.space.ownedSize(), allocations: n, held: this.heldNoted.size }, 'ipam: restored persisted state');
   }
 
   private persistIdent(ident: string): void {
@@ -269,6 +327,7 @@ export class Allocator implements Gossiper {
     }
     await this.prime();
     this.checkUsable('claim');
+    if (this.byIdent.get(ident)?.includes(a)) return; // ours already (possibly held outside our space after a merge)
     const owner = this.ring.ownerOf(a);
     if (owner !== this.ourName) {
       const e = this.ring.entries[this.ring.indexOf(a)];
@@ -283,6 +342,14 @@ export class Allocator implements Gossiper {
       throw new RefusedError('EINUSE', `cannot claim ${formatAddr(a)} for ${ident}: already allocated to ${holder}`, { addr: formatAddr(a), holder });
     }
     if (holder === ident) return;
+    if (this.space.isReserved(a)) {
+      const by = [...this.records].filter(([p, r]) => p !== this.ourName && !r.removed && r.held.includes(a)).map(([p]) => p);
+      throw new RefusedError('EINUSE', `cannot claim ${formatAddr(a)} for ${ident}: a container of peer ${by.join(', ')} holds it (kept after a ring merge)`, { addr: formatAddr(a), holder: by[0] });
+    }
+    const block = this.repairBlock();
+    if (block.reason || block.avoid.some((r) => a >= r.start && a < r.end)) {
+      throw new RefusedError('EREPAIR', `cannot claim ${formatAddr(a)} yet: ${block.reason ?? 'a peer of a ring merged into ours may hold it and has not reported yet'}`, { addr: formatAddr(a) });
+    }
     this.space.take(a, ident);
     this.byIdent.set(ident, [...(this.byIdent.get(ident) ?? []), a]);
     this.persistIdent(ident);
@@ -303,6 +370,8 @@ export class Allocator implements Gossiper {
     else this.byIdent.delete(ident);
     this.persistIdent(ident);
     this.counters.frees += which.length;
+    // a duplicate we just freed goes to the other peer whose container holds it
+    if (which.some((a) => this.space.isReserved(a))) this.ringChanged(false);
     return which.length;
   }
 
@@ -317,8 +386,16 @@ export class Allocator implements Gossiper {
   donate(to: PeerName, subnet?: string | Range): number {
     if (to === this.ourName) throw new UsageError('cannot donate space to ourselves');
     const sn = typeof subnet === 'object' ? subnet : subnet ? this.parseSubnet(subnet) : this.range;
+    // A peer merging into our ring may hold addresses we would give away: nothing while a reachable
+    // one has not reported, nothing from the space unreachable ones had.
+    const block = this.repairBlock();
+    if (block.reason) return 0;
     this.refreshFree();
-    const run = this.space.largestFreeRun(sn);
+    let run: Range | null = null;
+    for (const piece of subtract(sn, block.avoid)) {
+      const r = this.space.largestFreeRun(piece);
+      if (r && (!run || r.end - r.start > run.end - run.start)) run = r;
+    }
     if (!run) return 0;
     const size = run.end - run.start;
     const give: Range = size === 1 ? run : { start: run.start + Math.floor(size / 2), end: run.end };
@@ -336,8 +413,17 @@ export class Allocator implements Gossiper {
     if (this.isReachable(dead)) throw new RefusedError('ELIVE', `refusing to take over the space of ${peer}: it is reachable (only remove peers that are gone for good)`, { peer: dead });
     if (this.init.mode === 'observer') throw new WeaveError('EOBSERVER', 'an observer never owns space; run rmpeer on a peer that allocates');
     const n = this.ring.claim(dead, this.ourName, this.ourNickname);
-    if (n > 0) {
-      this.log.info({ peer: dead, addresses: n }, `ipam: took over ${n} addresses from removed peer ${dead}`);
+    // A peer of a ring merged into ours (or one holding addresses): what it held is released,
+    // and nobody waits for it to report any more (written on its behalf, like ring.claim).
+    const rec = this.records.get(dead);
+    const inForeign = [...this.foreign.values()].some((f) => f.owners.has(dead));
+    if (rec || inForeign) {
+      this.records.set(dead, { ver: (rec?.ver ?? 0) + CLAIM_BUMP, seeds: this.ring.seeds.slice(), held: [], dups: [], removed: true });
+      this.saveRecords();
+      this.updateReserved();
+    }
+    if (n > 0 || rec || inForeign) {
+      this.log.info({ peer: dead, addresses: n, released: rec?.held.length ?? 0 }, `ipam: took over ${n} addresses from removed peer ${dead}`);
       this.ringChanged(true);
     }
     return n;
@@ -383,11 +469,17 @@ export class Allocator implements Gossiper {
     for (const r of this.requests.values()) this.clock.clearTimeout(r.timer);
     this.requests.clear();
     this.clock.clearTimeout(this.paxosTimer);
+    this.clock.clearTimeout(this.repairTimer);
     if (this.handOverWaiter) {
       this.clock.clearTimeout(this.handOverWaiter.timer);
       this.handOverWaiter.done();
       this.handOverWaiter = null;
     }
+  }
+
+  /** Whether this peer knows of a merge repair: met another ring, or learnt of held addresses. */
+  knowsMergeRepair(): boolean {
+    return this.foreign.size > 0 || this.records.size > 0;
   }
 
   /** Our view of the ring (a copy), for tests and the router's prefix announcements. */
@@ -429,7 +521,8 @@ export class Allocator implements Gossiper {
       allocations: [...this.byIdent].map(([ident, addrs]) => ({ ident, addrs: addrs.map(formatAddr) })),
       pending: this.pending.map((p) => ({ op: 'allocate' as const, ident: p.ident, subnet: formatCidr(p.subnet), since: p.since, reason: p.reason })),
       consensus: this.paxos ? { ...this.paxos.progress(), decided: !this.ring.isEmpty() } : null,
-      conflicts: { count: this.conflictCount, last: this.lastConflict, foreignRings: [...this.foreignRings.values()] },
+      conflicts: { count: this.conflictCount, last: this.lastConflict, foreignRings: [...this.foreign.values()].filter((f) => !sameList(f.seeds, this.ring.seeds)).map((f) => f.seeds.slice()) },
+      repair: this.repairStatus(),
       counters: { ...this.counters },
     };
   }
@@ -490,15 +583,19 @@ export class Allocator implements Gossiper {
       return null;
     }
     let changed = false;
-    if (m.paxos && this.ring.isEmpty() && this.init.mode === 'consensus') {
+    if (m.paxos && this.ring.isEmpty() && this.init.mode === 'consensus' && !this.paxosBroken) {
       const px = this.ensurePaxos();
       const merged = px.merge(m.paxos);
       const thought = px.think();
       changed = merged || thought;
-      if (thought) this.channel?.gossip(this.snapshot());
+      if (thought) {
+        this.savePaxos();
+        this.channel?.gossip(this.snapshot());
+      }
       this.checkDecision();
     }
     if (m.ring) changed = this.mergeRing(m.ring, null) || changed;
+    if (m.records && this.mergeRecords(m.records)) changed = true;
     return changed ? this.snapshot() : null;
   }
 
@@ -510,6 +607,8 @@ export class Allocator implements Gossiper {
       ring: this.ring.isEmpty() ? null : this.ring.clone(),
       // consensus state only matters until the ring exists
       paxos: this.ring.isEmpty() && this.paxos ? new Map(this.paxos.nodes) : null,
+      // records are replaced, never mutated, so a shallow copy is a snapshot
+      records: this.records.size ? new Map(this.records) : null,
     });
   }
 
@@ -534,6 +633,8 @@ export class Allocator implements Gossiper {
     const low = s.trim().toLowerCase();
     if (isPeerName(low)) return low;
     const names = new Set(this.ring.entries.filter((e) => e.nickname === s).map((e) => e.peer));
+    // peers of a ring merged into ours may own nothing in ours yet
+    for (const f of this.foreign.values()) for (const e of f.ring.entries) if (e.nickname === s) names.add(e.peer);
     if (names.size === 1) return [...names][0];
     if (names.size > 1) throw new UsageError(`nickname "${s}" is ambiguous: ${[...names].join(', ')}`);
     throw new UsageError(`no peer named or nicknamed "${s}" owns space in the ring`);
@@ -548,13 +649,6 @@ export class Allocator implements Gossiper {
     else op.reject(result);
   }
 
-  /** Allocation direction: stay at the opposite end from a conflicting ring that sorts lower. */
-  private direction(): 'up' | 'down' {
-    const ours = this.ring.seeds.join(',');
-    for (const s of this.foreignRings.values()) if (s.join(',') < ours) return 'down';
-    return 'up';
-  }
-
   private tryPending(): void {
     if (this.closed || this.pending.length === 0) return;
     if (this.ring.isEmpty()) {
@@ -563,10 +657,17 @@ export class Allocator implements Gossiper {
       for (const op of this.pending) op.reason = reason;
       return;
     }
-    const dir = this.direction();
+    const block = this.repairBlock();
+    if (block.reason) {
+      for (const op of this.pending) op.reason = block.reason;
+      this.armRepairTimer();
+      return;
+    }
+    if (block.avoid.length) this.armRepairTimer();
+    const avoid = block.avoid.length ? (a: Addr) => block.avoid.some((r) => a >= r.start && a < r.end) : undefined;
     const needSpace = new Map<string, Cidr>();
     for (const op of [...this.pending]) {
-      const a = this.space.findFree(usableRange(op.subnet), dir);
+      const a = this.space.findFree(usableRange(op.subnet), 'up', avoid);
       if (a === null) {
         needSpace.set(formatCidr(op.subnet), op.subnet);
         continue;
@@ -587,6 +688,7 @@ export class Allocator implements Gossiper {
 
   private consensusReason(): string {
     if (this.init.mode === 'observer') return 'waiting for the ring from other peers (observer)';
+    if (this.paxosBroken) return `waiting for the ring from other peers: ${this.paxosBroken}`;
     if (!this.paxos) return 'waiting for the ring';
     const p = this.paxos.progress();
     return `waiting for consensus on the ring: ${p.promisedToHighest} of ${p.quorum} needed peers agree (${p.participants} known)`;
@@ -692,11 +794,10 @@ export class Allocator implements Gossiper {
   private mergeRing(other: Ring, src: PeerName | null): boolean {
     const wasEmpty = this.ring.isEmpty();
     const res = this.ring.merge(other);
+    if (res.conflict?.kind === 'seeds') return this.onForeignRing(other, src);
     if (res.conflict) {
+      if (res.conflict.kind === 'entry') this.counters.entryConflicts += res.conflict.count;
       this.noteConflict(res.conflict.kind, res.conflict.detail, res.conflict.count);
-      if (res.conflict.kind === 'seeds') {
-        this.foreignRings.set(other.seeds.join(','), other.seeds.slice());
-      }
     }
     if (!res.changed) return false;
     this.counters.ringMerges++;
@@ -715,12 +816,10 @@ export class Allocator implements Gossiper {
   }
 
   /** After any ring change: recompute our space, persist, wake waiters, maybe tell others. */
-  private ringChanged(ours: boolean): void {
-    const lost = this.space.setOwned(this.ring.ownedRanges(this.ourName));
-    if (lost.length) {
-      this.counters.lostAllocations += lost.length;
-      this.noteConflict('lost', `${lost.length} of our allocations (e.g. ${formatAddr(lost[0])}) are now in another peer's space`, lost.length);
-    }
+  private ringChanged(ours: boolean, adopting = false): void {
+    if (this.grantHeld()) ours = true;
+    this.space.setOwned(this.ring.ownedRanges(this.ourName));
+    const recordChanged = this.refreshRecord(adopting);
     if (ours) this.refreshFree();
     this.placeCursor();
     this.store.saveRing(this.ring.encode());
@@ -731,9 +830,196 @@ export class Allocator implements Gossiper {
       this.primeWaiters = [];
       for (const f of w) f();
     }
-    if (ours) this.channel?.gossipBroadcast(this.snapshot());
+    if (ours || recordChanged) this.channel?.gossipBroadcast(this.snapshot());
+    // A merge repair step also goes to every neighbour directly: right after a connection comes up
+    // (when two meshes meet) broadcast routes may not include the new peers yet.
+    if (recordChanged || adopting) this.channel?.gossip(this.snapshot());
     this.onRingChanged();
     this.tryPending();
+  }
+
+  // ---------------------------------------------------------------- merge repair
+
+  /** A ring seeded differently from ours: remember it, adopt it when it wins. Returns true when ours changed. */
+  private onForeignRing(other: Ring, src: PeerName | null): boolean {
+    const key = other.seeds.join(',');
+    let f = this.foreign.get(key);
+    const first = !f;
+    if (!f) {
+      f = { seeds: other.seeds.slice(), ring: other.clone(), owners: new Set(other.entries.map((e) => e.peer)), done: false };
+      this.foreign.set(key, f);
+      this.counters.seedConflicts++;
+      const winner = compareSeeds(other.seeds, this.ring.seeds) < 0 ? 'theirs wins: adopting it' : 'ours wins: its peers adopt ours';
+      this.noteConflict('seeds', `ring seeded by [${other.seeds.join(',')}] differs from ours seeded by [${this.ring.seeds.join(',')}]; ${winner}`);
+    } else if (f.ring.merge(other).changed) {
+      f.owners = new Set(f.ring.entries.map((e) => e.peer));
+      f.done = false;
+    }
+    if (compareSeeds(other.seeds, this.ring.seeds) < 0) {
+      this.adopt(other, src);
+      return true;
+    }
+    // the peers of the losing ring learn of ours sooner this way than by the periodic gossip
+    if (first) {
+      this.channel?.gossipBroadcast(this.snapshot());
+      this.channel?.gossip(this.snapshot());
+    }
+    this.tryPending();
+    return false;
+  }
+
+  private adopt(winner: Ring, src: PeerName | null): void {
+    const old = this.ring;
+    const key = old.seeds.join(',');
+    if (!this.foreign.has(key)) this.foreign.set(key, { seeds: old.seeds.slice(), ring: old.clone(), owners: new Set(old.entries.map((e) => e.peer)), done: false });
+    this.adoptedFrom = old.seeds.slice();
+    this.ring = winner.clone();
+    const wk = winner.seeds.join(',');
+    this.foreign.delete(wk);
+    this.counters.adoptions++;
+    // space requests went to owners in the old ring
+    for (const r of this.requests.values()) this.clock.clearTimeout(r.timer);
+    this.requests.clear();
+    this.log.warn({ from: old.seeds, to: winner.seeds, via: src, allocations: this.space.allocatedCount },
+      `ipam: adopting the ring seeded by [${winner.seeds.join(',')}] (it sorts before ours, seeded by [${old.seeds.join(',')}]); our ${this.space.allocatedCount} allocations stay and are claimed from their owners in that ring`);
+    this.ringChanged(true, true);
+  }
+
+  /** Merges gossiped records (highest version per peer wins). Returns true when any changed. */
+  private mergeRecords(other: Map<PeerName, HeldRecord>): boolean {
+    let changed = false;
+    for (const [name, r] of other) {
+      const mine = this.records.get(name);
+      if (mine && r.ver <= mine.ver) continue;
+      this.records.set(name, r);
+      changed = true;
+    }
+    if (!changed) return false;
+    this.saveRecords();
+    this.updateReserved();
+    this.ringChanged(false);
+    return true;
+  }
+
+  private saveRecords(): void {
+    this.store.saveMeta('holds', encodeRecords(this.records));
+  }
+
+  /** Addresses other peers' containers hold are never free here. */
+  private updateReserved(): void {
+    const res: Addr[] = [];
+    for (const [p, r] of this.records) if (p !== this.ourName && !r.removed) for (const a of r.held) res.push(a);
+    this.space.setReserved(res);
+  }
+
+  /**
+   * Owner side: hands each held address of another peer (one that uses our ring) that we own and
+   * have free to its holder; one our own container has is a true duplicate (reported, and handed
+   * over once ours frees it, since it stays reserved). Returns true when the ring changed.
+   */
+  private grantHeld(): boolean {
+    if (this.ring.isEmpty() || this.leaving || this.init.mode === 'observer') return false;
+    let granted = false;
+    const given = new Set<Addr>();
+    for (const p of [...this.records.keys()].sort()) {
+      const r = this.records.get(p)!;
+      if (p === this.ourName || r.removed || !sameList(r.seeds, this.ring.seeds)) continue;
+      for (const a of r.held) {
+        if (given.has(a) || this.ring.ownerOf(a) !== this.ourName) continue;
+        const h = this.space.holder(a);
+        if (h === undefined) {
+          this.ring.transfer(this.ourName, p, '', { start: a, end: a + 1 });
+          given.add(a);
+          granted = true;
+          this.counters.heldGranted++;
+          this.log.info({ addr: formatAddr(a), to: p }, `ipam: handed ${formatAddr(a)} to ${p}, whose container holds it`);
+        } else if (!this.dupsFound.has(a)) {
+          const d = `${formatAddr(a)}: allocated here to ${h} and held by a container of ${p}`;
+          this.dupsFound.set(a, d);
+          this.counters.duplicates++;
+          this.noteConflict('duplicate', `${d} (allocated on both sides before the rings met; never handed out again while either holds it)`);
+        }
+      }
+    }
+    return granted;
+  }
+
+  /**
+   * Our record: allocations outside our own space (and the duplicates we found). Bumped, persisted
+   * and returned true when it changed.
+   */
+  private refreshRecord(quiet: boolean): boolean {
+    const held: Addr[] = [];
+    for (const [a] of this.space.entries()) if (!this.space.owns(a)) held.push(a);
+    held.sort((x, y) => x - y);
+    const fresh = held.filter((a) => !this.heldNoted.has(a));
+    this.heldNoted = new Set(held);
+    if (fresh.length && !quiet) {
+      this.counters.lostAllocations += fresh.length;
+      this.noteConflict('lost', `${fresh.length} of our allocations (e.g. ${formatAddr(fresh[0])}) are now in another peer's space: kept, reserved everywhere, claimed back from the owner`, fresh.length);
+    } else if (fresh.length) {
+      this.log.info({ held: fresh.length, example: formatAddr(fresh[0]) }, `ipam: ${fresh.length} of our allocations are outside our space: reserved everywhere and claimed from their owners`);
+    }
+    for (const a of [...this.dupsFound.keys()]) if (this.space.holder(a) === undefined || !this.space.isReserved(a)) this.dupsFound.delete(a);
+    const dups = [...this.dupsFound.keys()].sort((x, y) => x - y);
+    const mine = this.records.get(this.ourName);
+    if (!mine && held.length === 0 && dups.length === 0 && !this.adoptedFrom) return false;
+    if (mine && !mine.removed && sameList(mine.seeds, this.ring.seeds) && sameNums(mine.held, held) && sameNums(mine.dups, dups)) return false;
+    this.records.set(this.ourName, { ver: (mine?.ver ?? 0) + 1, seeds: this.ring.seeds.slice(), held, dups, removed: false });
+    this.saveRecords();
+    return true;
+  }
+
+  /**
+   * Whether allocation must wait: a peer of a ring that lost to ours, reachable, has not reported
+   * against our ring yet (reason); unreachable such peers' space as last seen is avoided.
+   */
+  private repairBlock(): { reason: string | null; avoid: Range[] } {
+    let reason: string | null = null;
+    const avoid: Range[] = [];
+    for (const f of this.foreign.values()) {
+      if (f.done || compareSeeds(f.seeds, this.ring.seeds) <= 0) continue;
+      let waiting = false;
+      for (const peer of f.owners) {
+        if (peer === this.ourName) continue;
+        const r = this.records.get(peer);
+        if (r && (r.removed || sameList(r.seeds, this.ring.seeds))) continue;
+        waiting = true;
+        if (this.isReachable(peer)) {
+          reason ??= `repairing a ring merge conflict: waiting for ${peer} (of the ring seeded by [${f.seeds.join(',')}]) to adopt ours and report the addresses it holds`;
+        } else avoid.push(...f.ring.ownedRanges(peer));
+      }
+      if (!waiting) {
+        f.done = true;
+        this.log.info({ seeds: f.seeds }, `ipam: every peer of the ring seeded by [${f.seeds.join(',')}] now uses ours: merge repaired`);
+      }
+    }
+    return { reason, avoid };
+  }
+
+  /** While repair blocks, look again now and then (reachability changes without an IPAM message). */
+  private armRepairTimer(): void {
+    if (this.repairTimer || this.closed) return;
+    this.repairTimer = this.clock.setTimeout(() => {
+      this.repairTimer = undefined;
+      this.tryPending();
+    }, this.requestTimeoutMs);
+  }
+
+  private repairStatus(): IpamStatus['repair'] {
+    if (this.foreign.size === 0 && this.records.size === 0) return null;
+    const dups = [...this.dupsFound.values()];
+    for (const [p, r] of this.records) {
+      if (p === this.ourName || r.removed) continue;
+      for (const a of r.dups) dups.push(`${formatAddr(a)}: reported by ${p}`);
+    }
+    const block = this.ring.isEmpty() ? { reason: null, avoid: [] } : this.repairBlock();
+    return {
+      adoptedFrom: this.adoptedFrom && this.adoptedFrom.slice(),
+      waiting: block.reason ?? (block.avoid.length ? `avoiding ${block.avoid.reduce((n, r) => n + r.end - r.start, 0)} addresses of unreachable peers of a merged ring until they report` : null),
+      held: [...this.heldNoted].sort((x, y) => x - y).map(formatAddr),
+      duplicates: dups,
+    };
   }
 
   /**
@@ -759,27 +1045,53 @@ export class Allocator implements Gossiper {
         ? this.init.quorum
         : Math.floor((this.knownPeers().length + 1) / 2) + 1;
       this.paxos = new Paxos(this.ourName, this.ourNickname, q);
+      if (this.savedPaxos) {
+        this.paxos.restore(this.savedPaxos);
+        this.log.info({ promised: this.savedPaxos.promised, accepted: this.savedPaxos.accepted }, 'ipam: restored our consensus votes from before the restart');
+      }
       this.log.info({ quorum: q }, 'ipam: taking part in the consensus that seeds the ring');
     }
     return this.paxos;
   }
 
   private ensureConsensus(): void {
-    if (!this.ring.isEmpty() || this.init.mode !== 'consensus' || this.closed) return;
+    if (!this.ring.isEmpty() || this.init.mode !== 'consensus' || this.closed || this.paxosBroken) return;
     if (this.paxosTimer) return; // a round is running
     const px = this.ensurePaxos();
     px.propose();
     px.think();
+    this.savePaxos(); // before anyone can see these votes
     this.checkDecision();
     if (!this.ring.isEmpty()) return;
     this.channel?.gossip(this.snapshot());
+    this.paxosSeen = px.progressKey();
+    this.armPaxosTimer();
+  }
+
+  /**
+   * Proposes again only when the consensus made no progress for a whole period: a new round
+   * preempts the leading proposal, and with many peers (50 routers, gossip relayed hop by hop)
+   * retry timers firing while promises are still arriving kept preempting each other forever.
+   */
+  private armPaxosTimer(): void {
     const wait = this.consensusRetryMs + Math.floor(this.random() * this.consensusRetryMs);
     this.paxosTimer = this.clock.setTimeout(() => {
       this.paxosTimer = undefined;
-      if (!this.ring.isEmpty()) return;
-      this.log.debug(this.paxos?.progress() ?? {}, 'ipam: consensus not reached yet; proposing again');
-      if (this.pending.length || this.primeWaiters.length) this.ensureConsensus();
+      if (!this.ring.isEmpty() || !this.paxos || this.closed) return;
+      if (!this.pending.length && !this.primeWaiters.length) return;
+      const key = this.paxos.progressKey();
+      if (key !== this.paxosSeen) {
+        this.paxosSeen = key;
+        this.armPaxosTimer();
+        return;
+      }
+      this.log.debug(this.paxos.progress(), 'ipam: consensus made no progress for a while; proposing again');
+      this.ensureConsensus();
     }, wait);
+  }
+
+  private savePaxos(): void {
+    if (this.paxos) this.store.saveMeta('paxos', encodePaxosNode(this.ourName, this.paxos.selfState()));
   }
 
   private checkDecision(): void {
@@ -792,6 +1104,29 @@ export class Allocator implements Gossiper {
     // tell everyone now rather than on the next periodic round
     this.channel?.gossipBroadcast(this.snapshot());
   }
+}
+
+/** r minus the ranges in cut, as disjoint pieces in address order. */
+function subtract(r: Range, cut: Range[]): Range[] {
+  let pieces: Range[] = [{ start: r.start, end: r.end }];
+  for (const c of cut) {
+    const next: Range[] = [];
+    for (const p of pieces) {
+      if (c.end <= p.start || c.start >= p.end) next.push(p);
+      else {
+        if (p.start < c.start) next.push({ start: p.start, end: c.start });
+        if (c.end < p.end) next.push({ start: c.end, end: p.end });
+      }
+    }
+    pieces = next;
+  }
+  return pieces;
+}
+
+function sameNums(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function checkIdent(ident: string): void {

@@ -34,6 +34,19 @@ export class Paxos {
     this.nodes.set(us, { nickname, ver: 0, promised: ZERO, accepted: ZERO, value: null });
   }
 
+  /**
+   * Our acceptor state from before a restart: what we promised and accepted stays binding (a
+   * fresh record would let us promise or accept a lower proposal than one we already voted for).
+   */
+  restore(n: PaxosNode): void {
+    this.nodes.set(this.us, { ...this.self(), ver: n.ver, promised: { ...n.promised }, accepted: { ...n.accepted }, value: n.value && n.value.map((p) => [p[0], p[1]]) });
+  }
+
+  /** Our own record (persisted by the allocator before it is gossiped). */
+  selfState(): PaxosNode {
+    return this.self();
+  }
+
   private self(): PaxosNode {
     return this.nodes.get(this.us)!;
   }
@@ -125,6 +138,19 @@ export class Paxos {
     let k = 0;
     for (const n of this.nodes.values()) if (cmpId(n.promised, best) === 0) k++;
     return { participants: this.nodes.size, quorum: this.quorum, promisedToHighest: k };
+  }
+
+  /** Changes whenever the consensus moves: a higher proposal, another promise or acceptance of it, a new participant. */
+  progressKey(): string {
+    let best = ZERO;
+    for (const n of this.nodes.values()) if (cmpId(n.promised, best) > 0) best = n.promised;
+    let promised = 0;
+    let accepted = 0;
+    for (const n of this.nodes.values()) {
+      if (cmpId(n.promised, best) === 0) promised++;
+      if (cmpId(n.accepted, best) === 0) accepted++;
+    }
+    return `${best.round}/${best.proposer}/${promised}/${accepted}/${this.nodes.size}`;
   }
 
   toWire(): unknown[] {

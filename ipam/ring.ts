@@ -9,7 +9,9 @@
 //    content can only come from an operator error (rmpeer of a live peer, two rmpeers) and are
 //    resolved deterministically and counted as conflicts;
 //  - a ring also records the peers that seeded it. Two rings seeded differently (two meshes that
-//    each ran their own consensus) cannot be merged entry by entry: merge refuses and reports it.
+//    each ran their own consensus) cannot be merged entry by entry: merge refuses and reports it,
+//    and the allocator repairs it: the ring whose seed list sorts lower (compareSeeds) wins, the
+//    peers of the other ring adopt it and get back the addresses they hold from the new owners.
 import { Packr } from 'msgpackr';
 import { ProtocolError, WeaveError } from '../mesh/errors';
 import { isPeerName, type PeerName } from '../mesh/peer';
@@ -332,7 +334,16 @@ export function isObj(x: unknown): x is Record<string, unknown> {
   return typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array);
 }
 
-function sameList(a: string[], b: string[]): boolean {
+/**
+ * Orders seed lists (each sorted): element by element, a prefix first. Every peer computes the
+ * same winner when two separately seeded rings meet: the lower one.
+ */
+export function compareSeeds(a: readonly string[], b: readonly string[]): number {
+  for (let i = 0; i < a.length && i < b.length; i++) if (a[i] !== b[i]) return a[i] < b[i] ? -1 : 1;
+  return a.length - b.length;
+}
+
+export function sameList(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;

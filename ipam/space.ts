@@ -1,12 +1,15 @@
 // Per-peer bookkeeping inside the ranges this peer owns: which addresses are allocated (to which
 // container ident), which are free, and the largest free run (what a donor gives away).
-// The owned ranges come from the ring; this class never decides ownership.
+// The owned ranges come from the ring; this class never decides ownership. Reserved addresses are
+// held by containers of other peers (reported after a merge repair): never free here, whoever owns them.
 import { formatAddr, intersect, type Addr, type Range } from './addr';
 import { WeaveError } from '../mesh/errors';
 
 export class Space {
   private owned: Range[] = [];
   private readonly allocated = new Map<Addr, string>();
+  private reserved = new Set<Addr>();
+  /** allocated and reserved addresses, sorted (cached) */
   private sorted: Addr[] | null = [];
   // Next-fit cursors: allocation continues after the last address handed out instead of rescanning
   // from the bottom each time (linear in allocations otherwise) and freed addresses are not reused
@@ -50,6 +53,16 @@ export class Space {
     return false;
   }
 
+  /** Replaces the reserved set (addresses other peers' containers hold). */
+  setReserved(addrs: Iterable<Addr>): void {
+    this.reserved = new Set(addrs);
+    this.sorted = null;
+  }
+
+  isReserved(a: Addr): boolean {
+    return this.reserved.has(a);
+  }
+
   holder(a: Addr): string | undefined {
     return this.allocated.get(a);
   }
@@ -82,7 +95,8 @@ export class Space {
    * A free owned address inside `within`, next-fit upward (or downward, used to stay away from a
    * conflicting ring's allocations), or null when there is none.
    */
-  findFree(within: Range, direction: 'up' | 'down' = 'up'): Addr | null {
+  findFree(within: Range, direction: 'up' | 'down' = 'up', avoid?: (a: Addr) => boolean): Addr | null {
+    const taken = (a: Addr) => this.allocated.has(a) || this.reserved.has(a) || (avoid !== undefined && avoid(a));
     const parts: Range[] = [];
     for (const r of this.owned) {
       const x = intersect(r, within);
@@ -96,7 +110,7 @@ export class Space {
           const from = pass === 0 ? Math.max(p.start, this.cursorUp + 1) : p.start;
           const to = pass === 0 ? p.end : Math.min(p.end, this.cursorUp + 1);
           for (let a = from; a < to; a++) {
-            if (!this.allocated.has(a)) {
+            if (!taken(a)) {
               this.cursorUp = a;
               return a;
             }
@@ -111,7 +125,7 @@ export class Space {
           const from = pass === 0 ? Math.min(p.end - 1, cur - 1) : p.end - 1;
           const to = pass === 0 ? p.start : Math.max(p.start, cur);
           for (let a = from; a >= to; a--) {
-            if (!this.allocated.has(a)) {
+            if (!taken(a)) {
               this.cursorDown = a;
               return a;
             }
@@ -123,7 +137,7 @@ export class Space {
   }
 
   private sortedAllocated(): Addr[] {
-    if (!this.sorted) this.sorted = [...this.allocated.keys()].sort((a, b) => a - b);
+    if (!this.sorted) this.sorted = [...new Set([...this.allocated.keys(), ...this.reserved])].sort((a, b) => a - b);
     return this.sorted;
   }
 

@@ -6,7 +6,10 @@
 // each commit rewrites ring + all allocations (temp + fsync + rename), which grows with the number
 // of containers; lmdb commits only the changed key, atomically (copy-on-write B-tree, fsync'd meta
 // page), and a crash at any point leaves the last committed state. Measured here: ~0.4 ms per
-// synchronous commit. Keys: 'range' -> [start, end], 'ring' -> encoded ring, 'a:<ident>' -> [addr...].
+// synchronous commit. Keys: 'range' -> [start, end], 'ring' -> encoded ring, 'a:<ident>' -> [addr...],
+// 'm:<name>' -> small encoded blobs: 'm:paxos' (our acceptor state, written before we gossip it, so
+// a restart cannot make us vote differently) and 'm:holds' (the held-address records of a merge
+// repair, see Allocator).
 import type { Range } from './addr';
 import type { Addr } from './addr';
 
@@ -15,6 +18,8 @@ export interface IpamPersisted {
   /** the encoded ring (Ring.encode), or null before the ring exists */
   ring: Uint8Array | null;
   allocations: Array<[string, Addr[]]>;
+  /** named blobs saved with saveMeta */
+  meta: Map<string, Uint8Array>;
 }
 
 export interface IpamStore {
@@ -22,6 +27,8 @@ export interface IpamStore {
   saveRing(ring: Uint8Array): void;
   /** an empty list deletes the ident */
   saveAllocations(ident: string, addrs: Addr[]): void;
+  /** a named blob (null deletes it); synchronous and durable like the rest */
+  saveMeta(name: string, value: Uint8Array | null): void;
   /** discards everything and records range (first start, or the range changed) */
   reset(range: Range): void;
   close(): void;
@@ -31,12 +38,13 @@ export class MemoryStore implements IpamStore {
   private range: Range | null = null;
   private ring: Uint8Array | null = null;
   private readonly allocs = new Map<string, Addr[]>();
+  private readonly meta = new Map<string, Uint8Array>();
   /** counts commits, so tests can check an operation persisted */
   writes = 0;
 
   load(): IpamPersisted | null {
     if (!this.range) return null;
-    return { range: { ...this.range }, ring: this.ring && this.ring.slice(), allocations: [...this.allocs].map(([k, v]) => [k, v.slice()]) };
+    return { range: { ...this.range }, ring: this.ring && this.ring.slice(), allocations: [...this.allocs].map(([k, v]) => [k, v.slice()]), meta: new Map([...this.meta].map(([k, v]) => [k, v.slice()])) };
   }
   saveRing(ring: Uint8Array): void {
     this.ring = ring.slice();
@@ -47,10 +55,16 @@ export class MemoryStore implements IpamStore {
     else this.allocs.delete(ident);
     this.writes++;
   }
+  saveMeta(name: string, value: Uint8Array | null): void {
+    if (value) this.meta.set(name, value.slice());
+    else this.meta.delete(name);
+    this.writes++;
+  }
   reset(range: Range): void {
     this.range = { ...range };
     this.ring = null;
     this.allocs.clear();
+    this.meta.clear();
     this.writes++;
   }
   close(): void {}
@@ -88,7 +102,16 @@ export class LmdbStore implements IpamStore {
       if (typeof key !== 'string' || !Array.isArray(value)) continue;
       allocations.push([key.slice(2), value.filter((x): x is number => typeof x === 'number')]);
     }
-    return { range: { start: r[0], end: r[1] }, ring, allocations };
+    const meta = new Map<string, Uint8Array>();
+    for (const { key, value } of this.db.getRange({ start: 'm:', end: 'm;' })) {
+      if (typeof key === 'string' && value instanceof Uint8Array) meta.set(key.slice(2), new Uint8Array(value));
+    }
+    return { range: { start: r[0], end: r[1] }, ring, allocations, meta };
+  }
+
+  saveMeta(name: string, value: Uint8Array | null): void {
+    if (value) this.db.putSync(`m:${name}`, Buffer.from(value));
+    else this.db.removeSync(`m:${name}`);
   }
 
   saveRing(ring: Uint8Array): void {

@@ -1,24 +1,42 @@
 // IPAM messages on the 'ipam' gossip channel. All msgpack maps with v:1; every decoder validates
 // everything and throws ProtocolError (the mesh then treats it as that connection's problem).
-//   gossip/broadcast: {v:1, k:'g', range:[s,e], ring?: RingWire, px?: paxos records}
+//   gossip/broadcast: {v:1, k:'g', range:[s,e], ring?: RingWire, px?: paxos records,
+//                      h?: held-address records [peer, ver, [seeds...], [held...], [dups...], removed(0|1), ...]}
 //   unicast:          {v:1, k:'req', s:[start,end]}            ask the receiver for space in [start,end)
 //                     {v:1, k:'donate'|'nospace'|'handover', ring: RingWire}   answer / hand-over, carrying the ring
 //                     {v:1, k:'ack'}                           hand-over received
 import { Packr } from 'msgpackr';
 import type { GossipData } from '../mesh/types';
-import type { PeerName } from '../mesh/peer';
+import { isPeerName, type PeerName } from '../mesh/peer';
 import { ProtocolError } from '../mesh/errors';
-import { isAddr, type Range } from './addr';
-import { Ring, describe, isObj } from './ring';
+import { isAddr, type Addr, type Range } from './addr';
+import { Ring, compareSeeds, describe, isObj } from './ring';
 import { Paxos, type PaxosNode } from './paxos';
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+/**
+ * What a peer tells everyone during a merge repair (owner-only record, highest ver wins): the ring
+ * it uses now, the addresses its containers hold outside its own space (kept reserved everywhere
+ * and handed to it by their owners when free) and the duplicates it found. `removed` is written by
+ * rmpeer on behalf of a dead peer (with a CLAIM_BUMP), releasing what it held.
+ */
+export interface HeldRecord {
+  ver: number;
+  seeds: PeerName[];
+  held: Addr[];
+  dups: Addr[];
+  removed: boolean;
+}
 
 export interface GossipMsg {
   range: Range;
   ring: Ring | null;
   paxos: Map<PeerName, PaxosNode> | null;
+  records?: Map<PeerName, HeldRecord> | null;
 }
+
+const MAX_HELD = 1 << 16;
 
 export type UnicastMsg =
   | { k: 'req'; subnet: Range }
@@ -48,6 +66,7 @@ export function encodeGossip(m: GossipMsg): Uint8Array {
   const o: Record<string, unknown> = { v: 1, k: 'g', range: [m.range.start, m.range.end] };
   if (m.ring && !m.ring.isEmpty()) o.ring = m.ring.toWire();
   if (m.paxos) o.px = paxosToWire(m.paxos);
+  if (m.records && m.records.size) o.h = recordsToWire(m.records);
   return packr.pack(o);
 }
 
@@ -58,7 +77,8 @@ export function decodeGossip(buf: Uint8Array): GossipMsg {
   const ring = raw.ring === undefined ? null : Ring.fromWire(raw.ring);
   if (ring && (ring.range.start !== range.start || ring.range.end !== range.end)) throw new ProtocolError('ipam gossip: ring range differs from message range');
   const paxos = raw.px === undefined ? null : Paxos.fromWire(raw.px);
-  return { range, ring, paxos };
+  const records = raw.h === undefined ? null : recordsFromWire(raw.h, range);
+  return { range, ring, paxos, records };
 }
 
 export function encodeUnicast(m: UnicastMsg): Uint8Array {
@@ -89,6 +109,75 @@ function paxosToWire(m: Map<PeerName, PaxosNode>): unknown[] {
   return out;
 }
 
+export function recordsToWire(m: Map<PeerName, HeldRecord>): unknown[] {
+  const out: unknown[] = [];
+  for (const [name, r] of m) out.push(name, r.ver, r.seeds, r.held, r.dups, r.removed ? 1 : 0);
+  return out;
+}
+
+export function recordsFromWire(raw: unknown, range: Range): Map<PeerName, HeldRecord> {
+  const bad = (why: string): never => {
+    throw new ProtocolError(`ipam held records: ${why}`);
+  };
+  if (!Array.isArray(raw) || raw.length % 6 !== 0 || raw.length > 6 * 65536) return bad('must be a flat list of 6-tuples');
+  const addrs = (x: unknown, what: string): Addr[] => {
+    if (!Array.isArray(x) || x.length > MAX_HELD) return bad(`${what} must be a list`);
+    for (const a of x) if (!isAddr(a) || a < range.start || a >= range.end) return bad(`${what}: address outside the range`);
+    return (x as Addr[]).slice();
+  };
+  const m = new Map<PeerName, HeldRecord>();
+  for (let k = 0; k < raw.length; k += 6) {
+    const name = raw[k];
+    if (typeof name !== 'string' || !isPeerName(name)) return bad('invalid peer name');
+    if (m.has(name)) return bad('duplicate peer');
+    const ver = raw[k + 1];
+    if (typeof ver !== 'number' || !Number.isSafeInteger(ver) || ver < 0) return bad('invalid version');
+    const seeds = raw[k + 2];
+    if (!Array.isArray(seeds) || seeds.length > 65536) return bad('seeds must be a list');
+    for (let i = 0; i < seeds.length; i++) {
+      const sd = seeds[i];
+      if (typeof sd !== 'string' || !isPeerName(sd)) return bad('invalid seed');
+      if (i > 0 && !(seeds[i - 1] < sd)) return bad('seeds must be sorted and unique');
+    }
+    const removed = raw[k + 5];
+    if (removed !== 0 && removed !== 1) return bad('removed must be 0 or 1');
+    m.set(name, { ver, seeds: seeds as PeerName[], held: addrs(raw[k + 3], 'held'), dups: addrs(raw[k + 4], 'dups'), removed: removed === 1 });
+  }
+  return m;
+}
+
+/** Held-address records as persisted by the allocator (same validation as on the wire). */
+export function encodeRecords(m: Map<PeerName, HeldRecord>): Uint8Array {
+  return packr.pack(recordsToWire(m));
+}
+
+export function decodeRecords(buf: Uint8Array, range: Range): Map<PeerName, HeldRecord> {
+  let raw: unknown;
+  try {
+    raw = packr.unpack(buf);
+  } catch (err) {
+    throw new ProtocolError(`ipam held records: undecodable msgpack: ${(err as Error).message}`);
+  }
+  return recordsFromWire(raw, range);
+}
+
+/** One acceptor's Paxos state as persisted (the 8-tuple of the gossip format). */
+export function encodePaxosNode(name: PeerName, n: PaxosNode): Uint8Array {
+  return packr.pack(paxosToWire(new Map([[name, n]])));
+}
+
+export function decodePaxosNode(buf: Uint8Array, name: PeerName): PaxosNode {
+  let raw: unknown;
+  try {
+    raw = packr.unpack(buf);
+  } catch (err) {
+    throw new ProtocolError(`ipam paxos state: undecodable msgpack: ${(err as Error).message}`);
+  }
+  const n = Paxos.fromWire(raw).get(name);
+  if (!n) throw new ProtocolError(`ipam paxos state: no record for ${name}`);
+  return n;
+}
+
 /** Gossip state handed to the mesh: a snapshot that merges (coalesces queued outgoing gossip). */
 export class IpamGossipData implements GossipData {
   constructor(private msg: GossipMsg) {}
@@ -105,9 +194,19 @@ export class IpamGossipData implements GossipData {
       if (!this.msg.ring) this.msg.ring = o.ring.clone();
       else {
         const r = this.msg.ring.clone();
-        // a conflicting ring is dropped from the coalesced message; the allocator reports conflicts
+        // Two differently seeded rings (we adopted a winner in between, or relay both): keep the
+        // winner, the one every peer converges to; the allocator reports and repairs the conflict.
         if (r.merge(o.ring).conflict?.kind !== 'seeds') this.msg.ring = r;
+        else if (compareSeeds(o.ring.seeds, this.msg.ring.seeds) < 0) this.msg.ring = o.ring.clone();
       }
+    }
+    if (o.records) {
+      const h = new Map(this.msg.records ?? []);
+      for (const [k, r] of o.records) {
+        const mine = h.get(k);
+        if (!mine || r.ver > mine.ver) h.set(k, r);
+      }
+      this.msg.records = h;
     }
     if (o.paxos) {
       const p = new Map(this.msg.paxos ?? []);

@@ -212,32 +212,59 @@ test('kill -9 of the router owning the space, then rmpeer: allocation works agai
   });
 });
 
-test('two separately seeded meshes connect: both stay up, the conflict is reported, nothing is allocated twice', async () => {
+test('two separately seeded meshes connect: both stay up, the conflict is reported and repaired into one ring, nothing is allocated twice', async () => {
   await withLab(async (lab) => {
     const [h1, h2] = [await lab.addHost('h1'), await lab.addHost('h2')];
     const mark = phases();
     const n1 = '02:00:00:aa:00:01';
-    await launch(h1, ['--name', n1, '--ipalloc-init', `seed=${n1}`]);
+    await launch(h1, ['--name', n1, '--ipalloc-init', `seed=${n1}`]); // sorts first: h1's ring wins
     await launch(h2, ['--name', '02:00:00:aa:00:02', '--ipalloc-init', 'seed=h2']); // its own nickname
     const cs = await containers(lab, 'c', 12);
+    const [d1, d2] = await containers(lab, 'd', 2);
     mark('launch');
     const first = await Promise.all(cs.slice(0, 6).map((c, i) => attach(i % 2 ? h2 : h1, c)));
-    mark('6 attaches');
+    // a true duplicate: both meshes hand out the same address before they meet
+    const DUP = '10.32.200.9/12';
+    assert.equal(await attach(h1, d1, [DUP]), DUP);
+    assert.equal(await attach(h2, d2, [DUP]), DUP);
+    mark('6 attaches + a duplicate');
     await h1.weave(['connect', h2.ip]);
     await waitPeers(h1, 2);
     mark('connect');
     await waitFor('the conflict to be reported', async () => (await ipam(h1)).status.conflicts.count > 0 && (await ipam(h2)).status.conflicts.count > 0, { timeoutMs: 40_000 });
     mark('conflict seen');
+    const text = await waitFor('one ring on both, repair done', async () => {
+      const [t1, t2] = [(await h1.weave(['status', 'ipam'])).stdout, (await h2.weave(['status', 'ipam'])).stdout];
+      return /merge repair: done: one ring/.test(t1) && /merge repair: done: one ring/.test(t2) && /DUPLICATE 10\.32\.200\.9/.test(t1) ? [t1, t2] : undefined;
+    }, { timeoutMs: 40_000, intervalMs: 500 });
+    mark('repaired');
+    console.log(`# status ipam on h2 after the repair:\n${text[1].trim().split('\n').map((l) => `#   ${l}`).join('\n')}`);
+    assert.match(text[1], /merge repair: adopted the ring seeded by \[02:00:00:aa:00:01\]/);
+    const [r1, r2] = [await ipam(h1), await ipam(h2)];
+    assert.deepEqual(r2.status.ring.seeds, r1.status.ring.seeds);
+    assert.deepEqual(r1.status.ring.seeds, [n1]);
+    assert.equal(r1.status.owners.reduce((n: number, o: any) => n + o.addresses, 0), 2 ** 20, 'the one ring covers the range once');
+    assert.deepEqual(r2.status.repair.held, [DUP.split('/')[0]], 'h2 holds only the duplicate outside its space');
+
     const second = await Promise.all(cs.slice(6).map((c, i) => attach(i % 2 ? h2 : h1, c)));
-    const all = [...first, ...second];
-    assert.equal(new Set(all).size, 12, `nothing allocated twice: ${all.join(' ')}`);
+    mark('6 more attaches');
+    const all = [...first, ...second, DUP];
+    assert.equal(new Set(all).size, 13, `nothing allocated twice: ${all.join(' ')}`);
+    for (let i = 0; i < 6; i++) assert.equal(await cs[i].address(), first[i].split('/')[0], `${cs[i].name} keeps its address`);
     for (const h of [h1, h2]) {
       const rep = await h.report();
       assert.equal(rep.router.connections.filter((c: any) => c.state === 'established').length, 1, `${h.name} stays connected`);
       assert.match((await h.weave(['status'])).stdout, /Conflicts: [1-9]/);
+      assert.match((await h.weave(['status'])).stdout, /Repair: done: one ring/);
     }
-    assert.match((await h1.weave(['status', 'ipam'])).stdout, /conflicts: [1-9]/);
+    assert.match(text[0], /conflicts: [1-9]/);
     assert.match(await h1.httpGet('/metrics'), /weave_ipam_conflicts_total [1-9]/);
+    // old and new containers on both sides reach each other (h2's old addresses now route to h2)
+    const ip = [...first, ...second].map((a) => a.split('/')[0]);
+    await Promise.all(cs.map(async (c, i) => {
+      for (const d of [1, 3, 7]) await pingable(c, ip[(i + d) % 12], 30_000); // odd distance: the other host
+    }));
+    mark('pings');
   });
 });
 

@@ -5,6 +5,14 @@
 // their own views, across partitions too), every allocation inside its allocator's own space, no
 // handler ever threw, no merge conflict. At the end, after healing: all views agree and every
 // address of the range has exactly one owner. Reproduce a failure with IPAM_SIM_SEED=<seed>.
+//
+// Merge variant: the 24 start as two partitioned groups that each run their own consensus (two
+// separately seeded rings) and allocate, claim and donate for a quarter of the run; then they meet
+// and the usual hostile ops go on. Checked: an allocation made by a peer that knew of the other
+// ring never collides with a live one; collisions from before (both sides allocated an address
+// before they met) are all reported as duplicates; no entry conflict, nothing lost; after healing
+// every view is the same single ring, every held address was handed to its holder (or is a
+// reported duplicate, or its owner is dead) and nothing waits.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FakeClock } from '../../mesh/clock';
@@ -29,31 +37,40 @@ interface Peer {
   observer: boolean;
 }
 
-async function simulate(seed: number): Promise<Record<string, number>> {
+async function simulate(seed: number, merge = false): Promise<Record<string, number>> {
   const rng = mulberry32(seed);
   const clock = new FakeClock();
   const net = new FakeIpamNet(clock, rng, { loss: 0.05, minDelayMs: 1, maxDelayMs: 80, gossipIntervalMs: 500, fanout: 2 });
   const range = parseCidr(RANGE);
   const peers: Peer[] = [];
+  // merge: two groups of 12 (the second one with the observer), each consenting on its own ring
+  const quorum = merge ? 7 : Math.floor((N - 1) / 2) + 1;
+  const MERGE_AT = merge ? Math.floor(OPS / 4) : -1;
   for (let i = 0; i < N; i++) {
     const name = simName(i);
     const observer = i === N - 1;
     const { channel, knownPeers } = net.add(name);
     const a = new Allocator({
       ourName: name, ourNickname: `h${i}`, range: RANGE,
-      init: observer ? { mode: 'observer' } : { mode: 'consensus', quorum: Math.floor((N - 1) / 2) + 1 },
+      init: observer ? { mode: 'observer' } : { mode: 'consensus', quorum },
       clock, log: silentLogger(), channel, knownPeers, store: new MemoryStore(), random: rng,
       requestTimeoutMs: 500, consensusRetryMs: 1000, handOverTimeoutMs: 1000,
     });
     net.setGossiper(name, a);
     peers.push({ name, a, alive: true, removed: false, observer });
   }
+  if (merge) net.partition([peers.slice(0, N / 2).map((p) => p.name), peers.slice(N / 2).map((p) => p.name)]);
   net.start();
 
-  // addr -> "peer/ident" for every live container; the collision detector
-  const ledger = new Map<number, string>();
+  // addr -> "peer/ident"s of every live container; the collision detector
+  const ledger = new Map<number, Set<string>>();
+  // peers that knew of another ring at the start of this step (knowledge only grows), so an
+  // allocation reported in this step's flush was made knowing it
+  let informed = new Set<PeerName>();
+  // addresses held twice because both sides allocated them before knowing of each other
+  const preMergeDups = new Set<number>();
   const held = new Map<string, number[]>(); // "peer/ident" -> addrs
-  const stats: Record<string, number> = { allocated: 0, freed: 0, claimed: 0, claimRefused: 0, donated: 0, partitions: 0, heals: 0, kills: 0, rmpeers: 0, handovers: 0, cancelled: 0 };
+  const stats: Record<string, number> = { preMergeDups: 0, adoptions: 0, heldGranted: 0, duplicates: 0, allocated: 0, freed: 0, claimed: 0, claimRefused: 0, donated: 0, partitions: 0, heals: 0, kills: 0, rmpeers: 0, handovers: 0, cancelled: 0 };
   const failures: string[] = [];
   let identSeq = 0;
   let step = 0;
@@ -62,35 +79,57 @@ async function simulate(seed: number): Promise<Record<string, number>> {
     if (!p.alive) return;
     const a = parseAddr(addr);
     const key = `${p.name}/${ident}`;
-    const other = ledger.get(a);
-    if (other !== undefined && other !== key) failures.push(`step ${step}: ${addr} ${how} to ${key} while held by ${other}`);
-    ledger.set(a, key);
+    const holders = ledger.get(a) ?? new Set<string>();
+    const others = [...holders].filter((k) => k !== key);
+    if (others.length) {
+      if (!merge || informed.has(p.name)) failures.push(`step ${step}: ${addr} ${how} to ${key} while held by ${others.join(', ')}`);
+      else preMergeDups.add(a);
+    }
+    holders.add(key);
+    ledger.set(a, holders);
     held.set(key, [...(held.get(key) ?? []), a]);
   };
   const forget = (key: string) => {
-    for (const a of held.get(key) ?? []) if (ledger.get(a) === key) ledger.delete(a);
+    for (const a of held.get(key) ?? []) {
+      const h = ledger.get(a);
+      h?.delete(key);
+      if (h && h.size === 0) ledger.delete(a);
+    }
     held.delete(key);
   };
+  const liveHolders = () => [...ledger.values()].reduce((n, h) => n + h.size, 0);
   const live = () => peers.filter((p) => p.alive);
   const users = () => live().filter((p) => !p.observer);
   const pick = <T>(xs: T[]): T => xs[Math.floor(rng() * xs.length)];
 
   const check = () => {
-    // ownership: disjoint across all live peers' own views (even in different partitions)
-    const spans: Array<[number, number, PeerName]> = [];
-    for (const p of live()) for (const r of p.a.ownedRanges()) spans.push([r.start, r.end, p.name]);
-    spans.sort((x, y) => x[0] - y[0]);
-    for (let i = 1; i < spans.length; i++) {
-      if (spans[i][0] < spans[i - 1][1]) failures.push(`step ${step}: ${formatAddr(spans[i][0])} owned by ${spans[i - 1][2]} and ${spans[i][2]}`);
+    const sts = new Map(live().map((p) => [p, p.a.status()]));
+    // ownership: disjoint across all live peers' own views (even in different partitions) that
+    // use the same ring (two rings overlap until the repair is done)
+    const spans: Array<[number, number, PeerName, string]> = [];
+    for (const p of live()) {
+      const key = sts.get(p)!.ring.seeds.join(',');
+      for (const r of p.a.ownedRanges()) spans.push([r.start, r.end, p.name, key]);
+    }
+    const byRing = new Map<string, typeof spans>();
+    for (const sp of spans) byRing.set(sp[3], [...(byRing.get(sp[3]) ?? []), sp]);
+    for (const group of byRing.values()) {
+      group.sort((x, y) => x[0] - y[0]);
+      for (let i = 1; i < group.length; i++) {
+        if (group[i][0] < group[i - 1][1]) failures.push(`step ${step}: ${formatAddr(group[i][0])} owned by ${group[i - 1][2]} and ${group[i][2]}`);
+      }
     }
     for (const p of live()) {
       if (p.observer && p.a.ownedRanges().length) failures.push(`step ${step}: observer owns space`);
-      const st = p.a.status();
-      if (st.conflicts.count) failures.push(`step ${step}: ${p.name} conflicts: ${st.conflicts.last}`);
+      const st = sts.get(p)!;
+      if (!merge && st.conflicts.count) failures.push(`step ${step}: ${p.name} conflicts: ${st.conflicts.last}`);
+      if (st.counters.entryConflicts || st.counters.lostAllocations) failures.push(`step ${step}: ${p.name} entry conflict or lost allocation: ${st.conflicts.last}`);
       const own = p.a.ownedRanges();
+      const heldHere = new Set(st.repair?.held ?? []);
       for (const al of st.allocations) for (const x of al.addrs) {
         const a = parseAddr(x);
-        if (!own.some((r) => a >= r.start && a < r.end)) failures.push(`step ${step}: ${p.name} holds ${x} outside its space`);
+        // after adopting another ring, an allocation outside our space is held (and reported)
+        if (!own.some((r) => a >= r.start && a < r.end) && !heldHere.has(x)) failures.push(`step ${step}: ${p.name} holds ${x} outside its space`);
       }
     }
     // merged view of each partition: each member's space is still its own there (every few steps:
@@ -98,16 +137,18 @@ async function simulate(seed: number): Promise<Record<string, number>> {
     if (step % 4 !== 0 && step < OPS) return;
     for (const comp of net.components()) {
       const members = comp.map((n) => peers.find((p) => p.name === n)!);
-      let merged: Ring | null = null;
+      const views = new Map<string, Ring>();
       for (const m of members) {
         const v = m.a.ringView();
-        if (!merged) merged = v;
+        const merged = views.get(v.seeds.join(','));
+        if (!merged) views.set(v.seeds.join(','), v);
         else {
           const res = merged.merge(v);
           if (res.conflict) failures.push(`step ${step}: merged view conflict ${res.conflict.detail}`);
         }
       }
       for (const m of members) for (const r of m.a.ownedRanges()) {
+        const merged = views.get(m.a.ringView().seeds.join(','));
         if (merged!.ownerOf(r.start) !== m.name || merged!.ownerOf(r.end - 1) !== m.name) failures.push(`step ${step}: ${m.name}'s ${formatAddr(r.start)} owned by ${merged!.ownerOf(r.start)} in the merged view`);
       }
     }
@@ -122,9 +163,33 @@ async function simulate(seed: number): Promise<Record<string, number>> {
     net.loss = loss;
   };
 
+  const startRing = new Map<PeerName, string>();
   let partitioned = false;
   for (step = 0; step < OPS && failures.length === 0; step++) {
-    const r = rng();
+    let burst: Peer[] = [];
+    if (step === MERGE_AT) {
+      net.heal(); // the two meshes meet
+      // a few peers of the first group hear of the other ring before anyone there has heard of
+      // theirs (so before anyone could report what it holds) and allocate at once: the window in
+      // which they must neither allocate nor donate what the other side holds
+      const g = peers[N / 2].a.gossip()?.encode()[0];
+      if (g) for (const p of peers.slice(0, 4)) p.a.onGossip(g);
+      burst = peers.slice(0, 4);
+    }
+    if (merge) informed = new Set(live().filter((p) => p.a.knowsMergeRepair()).map((p) => p.name));
+    for (const p of burst) {
+      for (let k = 0; k < 5; k++) {
+        const ident = `b${identSeq++}`;
+        p.a.allocate(ident).then((addr) => { stats.allocated++; record(p, ident, addr, 'allocated'); }, (e: unknown) => {
+          if (e instanceof WeaveError && (e.code === 'ECANCELLED' || e.code === 'ESHUTDOWN')) stats.cancelled++;
+          else failures.push(`step ${step}: allocate failed: ${String(e)}`);
+        });
+      }
+    }
+    if (step === MERGE_AT) for (const p of live()) startRing.set(p.name, p.a.ringView().seeds.join(','));
+    // before they meet: only allocate (more often, so held addresses are dense when they meet),
+    // free, claim and donate inside each group
+    const r = step < MERGE_AT ? (rng() < 0.4 ? 0 : rng() * 0.8) : rng();
     const us = users();
     if (r < 0.42) {
       const p = pick(us);
@@ -152,7 +217,7 @@ async function simulate(seed: number): Promise<Record<string, number>> {
       p.a.claim(ident, addr).then(() => {
         if (p.alive && p.a.lookup(ident).includes(addr)) { stats.claimed++; record(p, ident, addr, 'claimed'); }
       }, (e: unknown) => {
-        if (e instanceof WeaveError && ['EOWNED', 'EUNREACHABLE', 'EINUSE', 'ESHUTDOWN'].includes(e.code)) stats.claimRefused++;
+        if (e instanceof WeaveError && ['EOWNED', 'EUNREACHABLE', 'EINUSE', 'ESHUTDOWN', 'EREPAIR'].includes(e.code)) stats.claimRefused++;
         else failures.push(`step ${step}: claim failed unexpectedly: ${String(e)}`);
       });
     } else if (r < 0.8) {
@@ -227,7 +292,29 @@ async function simulate(seed: number): Promise<Record<string, number>> {
   check();
   assert.deepEqual(failures.slice(0, 5), [], `seed ${seed}: after healing (IPAM_SIM_SEED=${seed})`);
   const views = live().map((p) => p.a.ringView());
-  for (const v of views) assert.ok(v.equals(views[0]), `seed ${seed}: views differ after healing`);
+  for (const v of views) assert.ok(v.equals(views[0]), `seed ${seed}: views differ after healing (seeds ${v.seeds.join(',')} vs ${views[0].seeds.join(',')})`);
+  if (merge) {
+    // every address two live containers hold (both sides allocated it before they met) is reported
+    const reported = new Set(live().flatMap((p) => p.a.status().repair?.duplicates ?? []).map((d) => d.split(':')[0]));
+    for (const [a, h] of ledger) if (h.size > 1) assert.ok(reported.has(formatAddr(a)), `seed ${seed}: ${formatAddr(a)} held by ${[...h].join(', ')} but not reported`);
+    // every held address went to its holder, unless it is a duplicate or its owner is dead
+    for (const p of live()) for (const x of p.a.status().repair?.held ?? []) {
+      const owner = peers.find((q) => q.name === views[0].ownerOf(parseAddr(x)))!;
+      assert.ok(reported.has(x) || !owner.alive, `seed ${seed}: ${p.name} still holds ${x} outside its space (owner ${owner.name} alive)`);
+    }
+    for (const p of live()) {
+      const st = p.a.status();
+      stats.adoptions += st.counters.adoptions;
+      stats.heldGranted += st.counters.heldGranted;
+      stats.duplicates += st.counters.duplicates;
+      assert.equal(st.repair?.waiting ?? null, null, `seed ${seed}: ${p.name} still waits for the repair`);
+    }
+    stats.preMergeDups = preMergeDups.size;
+    // every peer that started on the other ring adopted the winner
+    const rings = [...new Set(startRing.values())];
+    assert.equal(rings.length, 2, `seed ${seed}: two rings when the groups met`);
+    for (const p of live()) if (startRing.get(p.name) !== views[0].seeds.join(',')) assert.ok(p.a.status().counters.adoptions >= 1, `seed ${seed}: ${p.name} adopted`);
+  }
   const total = [...views[0].shares().values()].reduce((x, y) => x + y, 0);
   assert.equal(total, range.end - range.start);
   // every owner of the healed ring is alive or dead-but-not-removed (a removed peer's space was taken)
@@ -237,15 +324,15 @@ async function simulate(seed: number): Promise<Record<string, number>> {
   }
   // liveness: with free space left in the range, no allocation is still waiting
   const waiting = live().flatMap((p) => p.a.status().pending.map((x) => `${p.name}: ${x.reason}`));
-  assert.ok(ledger.size < (range.end - range.start) / 2);
+  assert.ok(liveHolders() < (range.end - range.start) / 2);
   assert.deepEqual(waiting, [], `seed ${seed}: allocations still waiting after healing`);
   // the ledger matches what the allocators report
   let reported = 0;
   for (const p of live()) reported += p.a.status().allocated;
-  assert.equal(reported, ledger.size, `seed ${seed}: allocator state and ledger disagree`);
+  assert.equal(reported, liveHolders(), `seed ${seed}: allocator state and ledger disagree`);
   stats.messages = net.messages;
   stats.dropped = net.dropped;
-  stats.liveAllocations = ledger.size;
+  stats.liveAllocations = liveHolders();
   stats.simSeconds = Math.round((clock.now() - 1_000_000) / 1000);
   for (const p of peers) p.a.close();
   return stats;
@@ -264,5 +351,16 @@ for (const seed of seeds) {
     console.log(`# seed ${seed}: ${JSON.stringify(stats)} in ${Date.now() - t0} ms`);
     assert.ok(stats.allocated > OPS / 10, 'a good share of allocations succeeded');
     assert.ok(stats.rmpeers + stats.handovers + stats.partitions > 0);
+  });
+}
+
+const mergeSeeds = process.env.IPAM_SIM_SEED ? [Number(process.env.IPAM_SIM_SEED)] : [1, 2];
+for (const seed of mergeSeeds) {
+  test(`ipam sim: two separately seeded groups of ${N / 2} meet and repair, ${OPS} random ops, loss/reorder/partitions (seed ${seed})`, async () => {
+    const t0 = Date.now();
+    const stats = await simulate(seed, true);
+    console.log(`# merge seed ${seed}: ${JSON.stringify(stats)} in ${Date.now() - t0} ms`);
+    assert.ok(stats.allocated > OPS / 10, 'a good share of allocations succeeded');
+    assert.ok(stats.heldGranted > 0, 'held addresses were handed to their holders');
   });
 }

@@ -7,6 +7,8 @@ import { Allocator, type IpamInit } from '../../ipam/allocator';
 import { MemoryStore, type IpamStore } from '../../ipam/store';
 import { parseAddr, parseCidr } from '../../ipam/addr';
 import { FakeIpamNet, mulberry32, simName } from '../fakes/ipam-gossip';
+import { Paxos } from '../../ipam/paxos';
+import { decodeGossip, encodeGossip } from '../../ipam/wire';
 
 const RANGE = '10.32.0.0/12';
 
@@ -209,30 +211,102 @@ test('handOver gives all our space to a live peer and stops allocating', async (
   assert.ok(inRange(await run(c.clock, b.allocate('e'))));
 });
 
-test('two separately seeded meshes connect: conflict logged and counted, both keep allocating apart', async () => {
+test('two separately seeded meshes connect: the lower-seeded ring wins, the other adopts it and keeps its addresses; nothing is allocated twice after', async () => {
   const logs = new MemoryLogger();
   const clock = new FakeClock();
   const net = new FakeIpamNet(clock, mulberry32(5), { maxDelayMs: 10, gossipIntervalMs: 300 });
+  const SMALL = '10.40.0.0/24'; // no cursor offset in a /24: both sides allocate from the bottom, so they collide before they meet
   const mk = (i: number) => {
     const name = simName(i);
     const { channel, knownPeers } = net.add(name);
-    const x = new Allocator({ ourName: name, ourNickname: `h${i}`, range: RANGE, init: { mode: 'seed', peers: [name] }, clock, log: logs, channel, knownPeers, store: new MemoryStore() });
+    const x = new Allocator({ ourName: name, ourNickname: `h${i}`, range: SMALL, init: { mode: 'seed', peers: [name] }, clock, log: logs, channel, knownPeers, store: new MemoryStore(), requestTimeoutMs: 300 });
     net.setGossiper(name, x);
     return x;
   };
-  const [a, b] = [mk(0), mk(1)];
+  const [a, b] = [mk(0), mk(1)]; // a's seeds sort lower: a's ring wins
   net.partition([[simName(0)], [simName(1)]]);
   net.start();
-  const before = await run(clock, Promise.all([a.allocate('a1'), b.allocate('b1')]));
+  const aOld = await run(clock, Promise.all([0, 1, 2, 3, 4].map((i) => a.allocate(`a${i}`))));
+  const bOld = await run(clock, Promise.all(Array.from({ length: 20 }, (_, i) => b.allocate(`b${i}`))));
+  const dup = aOld.filter((x) => bOld.includes(x));
+  assert.equal(dup.length, 5, 'both allocated the bottom addresses before they met');
+
+  // they meet; a hears of b's ring before b has heard of a's (so before b can report what it
+  // holds): a must neither allocate nor donate until b reports, and says why
+  net.heal();
+  a.onGossip(b.gossip()!.encode()[0]);
+  assert.ok(a.knowsMergeRepair());
+  const waiting = Promise.all(Array.from({ length: 10 }, (_, i) => a.allocate(`an${i}`)));
+  assert.match(a.status().pending[0].reason, new RegExp(`repairing a ring merge conflict: waiting for ${simName(1)}`));
+  assert.equal(a.donate(simName(1)), 0, 'no donation while a peer of the losing ring has not reported');
+  const aNew = await run(clock, waiting);
+  for (const x of aNew) assert.ok(!bOld.includes(x) && !aOld.includes(x), `${x} allocated after the merge is new`);
+  const bNew = await run(clock, Promise.all(Array.from({ length: 5 }, (_, i) => b.allocate(`bn${i}`))));
+  const live = [...aOld, ...bOld.filter((x) => !dup.includes(x)), ...aNew, ...bNew];
+  assert.equal(new Set(live).size, live.length, 'nothing allocated twice after the merge');
+  clock.advance(3000);
+
+  // one ring everywhere; b adopted it, kept every address, got the non-duplicates handed over
+  assert.ok(a.ringView().equals(b.ringView()), 'views agree');
+  assert.deepEqual(b.ringView().seeds, [simName(0)]);
+  assert.equal(b.status().counters.adoptions, 1);
+  for (let i = 0; i < 20; i++) assert.deepEqual(b.lookup(`b${i}`), [bOld[i]], 'b keeps its containers\' addresses');
+  const bOwns = (x: string) => b.ownedRanges().some((r) => parseAddr(x) >= r.start && parseAddr(x) < r.end);
+  for (const x of bOld) assert.equal(bOwns(x), !dup.includes(x), `${x}: handed to b unless a duplicate`);
+  assert.deepEqual(b.status().repair?.held, dup, 'b holds only the duplicates outside its space');
+  const dupsOnA = a.status().repair!.duplicates;
+  assert.equal(dupsOnA.length, 5, dupsOnA.join('; '));
+  assert.match(dupsOnA[0], /allocated here to a\d and held by a container of/);
+  assert.ok(b.status().repair!.duplicates.length === 5, 'b sees the duplicates a reported');
+  for (const x of [a, b]) {
+    const st = x.status();
+    assert.ok(st.conflicts.count > 0 && st.counters.seedConflicts === 1, 'conflict counted once');
+    assert.match(String(st.conflicts.last), /duplicate|seeds/);
+    assert.equal(st.repair?.waiting, null, 'repair finished');
+  }
+  assert.ok(logs.find((r) => r.level === 'warn' && /merge conflict \(seeds\)/.test(String(r.msg))));
+  assert.ok(logs.find((r) => r.level === 'warn' && /adopting the ring seeded by/.test(String(r.msg))));
+
+  // a duplicate is never handed out again while b's container has it; once a frees its own, b gets it
+  a.free('a0');
+  const more = await run(clock, Promise.all(Array.from({ length: 20 }, (_, i) => a.allocate(`m${i}`))));
+  assert.ok(!more.includes(aOld[0]) && !more.some((x) => live.includes(x)), 'the freed duplicate is not reused');
+  clock.advance(3000);
+  assert.ok(bOwns(aOld[0]), 'handed to b once a freed it');
+  assert.equal(a.status().repair!.duplicates.length, 4);
+  assert.equal(net.errors.length, 0, 'no handler threw (no connection would drop)');
+});
+
+test('entry conflict in one ring (two partitioned peers both rmpeer the same dead one) resolves the same everywhere and keeps allocations', async () => {
+  const clock = new FakeClock();
+  const net = new FakeIpamNet(clock, mulberry32(9), { maxDelayMs: 10, gossipIntervalMs: 300 });
+  const names = [0, 1, 2, 3].map(simName);
+  const mk = (i: number) => {
+    const { channel, knownPeers } = net.add(names[i]);
+    const x = new Allocator({ ourName: names[i], ourNickname: `h${i}`, range: '10.40.0.0/22', init: { mode: 'seed', peers: names }, clock, log: silentLogger(), channel, knownPeers, store: new MemoryStore(), requestTimeoutMs: 300 });
+    net.setGossiper(names[i], x);
+    return x;
+  };
+  const [p0, p1] = [mk(0), mk(1)]; // names[2], names[3] never run; 10.40.3.0/24 is names[3]'s
+  net.partition([[names[0]], [names[1]]]);
+  net.start();
+  assert.equal(p0.transferFrom(names[3]), 256);
+  assert.equal(p1.transferFrom(names[3]), 256);
+  const x0 = await run(clock, Promise.all([0, 1, 2].map((i) => p0.allocate(`x${i}`, '10.40.3.0/24'))));
+  await run(clock, p1.claim('y', '10.40.3.200'));
   net.heal();
   clock.advance(5000);
-  assert.ok(a.status().conflicts.count > 0 && b.status().conflicts.count > 0);
-  assert.match(String(a.status().conflicts.last), /seeds/);
-  assert.ok(logs.find((r) => r.level === 'warn' && /merge conflict/.test(String(r.msg))));
-  const after = await run(clock, Promise.all([1, 2, 3, 4, 5].flatMap((i) => [a.allocate(`a${i}x`), b.allocate(`b${i}x`)])));
-  const all = [...before, ...after];
-  assert.equal(new Set(all).size, all.length, 'nothing allocated twice');
-  assert.equal(net.errors.length, 0, 'no handler threw (no connection would drop)');
+  assert.ok(p0.ringView().equals(p1.ringView()), 'views agree');
+  assert.ok(p0.status().counters.entryConflicts + p1.status().counters.entryConflicts > 0, 'the conflict was seen and counted');
+  // the higher peer name wins the tie; the other's allocations there are handed back to it
+  const owner = p0.ringView().ownerOf(parseAddr('10.40.3.128'));
+  assert.equal(owner, names[1]);
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(p0.lookup(`x${i}`), [x0[i]]);
+    assert.equal(p0.ringView().ownerOf(parseAddr(x0[i])), names[0], `${x0[i]} handed back to its holder`);
+  }
+  assert.deepEqual(p0.status().repair?.held, []);
+  assert.equal(net.errors.length, 0);
 });
 
 test('persistence: restart keeps ring and allocations; a different range discards them with a log line', async () => {
@@ -270,4 +344,109 @@ test('subnet allocation and cancellation by AbortSignal', async () => {
   const p = c2.allocs[0].allocate('z', undefined, { signal: ac.signal });
   ac.abort();
   await assert.rejects(p, (e: unknown) => e instanceof WeaveError && e.code === 'ECANCELLED');
+});
+
+test('paxos: our promises and accepted value survive a restart, so a restarted acceptor cannot help choose a different ring', () => {
+  // Four participants, quorum 3. a proposes and a, x, y promise; a and x accept V1 (2 < 3: not
+  // decided yet). x restarts. c then proposes a higher round: the value it may choose is the
+  // highest accepted one among its quorum's promises, which must still include x's V1.
+  const [a, x, y, c] = [0, 1, 2, 3].map(simName);
+  const range = parseCidr(RANGE);
+  const enc = (p: Paxos) => encodeGossip({ range, ring: null, paxos: p.nodes });
+  const stateOf = (al: Allocator) => decodeGossip(al.gossip()!.encode()[0]).paxos!.get(x)!;
+  const mkX = (store: IpamStore) => new Allocator({
+    ourName: x, ourNickname: 'x', range: RANGE, init: { mode: 'consensus', quorum: 3 }, clock: new FakeClock(), log: silentLogger(),
+    channel: { name: 'ipam', gossipUnicast: () => true, gossipBroadcast: () => undefined, gossip: () => undefined }, knownPeers: () => [a, y, c], store,
+  });
+  const run = (store: IpamStore, restart: boolean) => {
+    const pa = new Paxos(a, 'a', 3);
+    const py = new Paxos(y, 'y', 3);
+    pa.propose();
+    pa.think();
+    let xa = mkX(store);
+    xa.onGossip(enc(pa));
+    py.merge(pa.nodes);
+    py.think();
+    pa.merge(decodeGossip(xa.gossip()!.encode()[0]).paxos!);
+    pa.merge(py.nodes);
+    pa.think();
+    const v1 = pa.selfState().value!;
+    assert.deepEqual(v1.map((p) => p[0]), [a, x, y], 'a chose the participants it knew');
+    xa.onGossip(enc(pa));
+    const before = stateOf(xa);
+    assert.deepEqual(before.accepted, { round: 1, proposer: a }, 'x accepted a\'s proposal');
+    assert.equal(xa.status().ring.seeded, false, 'not decided yet (2 of 3 accepted)');
+    xa.close();
+    if (restart) xa = mkX(store); // same data dir
+    else xa = mkX(new MemoryStore()); // what a restart without persisted votes would be
+    const pc = new Paxos(c, 'c', 3);
+    pc.propose();
+    pc.think();
+    xa.onGossip(enc(pc));
+    const after = stateOf(xa);
+    pc.merge(decodeGossip(xa.gossip()!.encode()[0]).paxos!);
+    py.merge(pc.nodes);
+    py.think();
+    pc.merge(py.nodes);
+    pc.think();
+    xa.close();
+    return { v1, before, after, chosen: pc.selfState().value! };
+  };
+  const r = run(new MemoryStore(), true);
+  assert.deepEqual(r.after.accepted, { round: 1, proposer: a }, 'the restarted x still reports its accepted proposal');
+  assert.deepEqual(r.after.value, r.v1);
+  assert.deepEqual(r.after.promised, { round: 1, proposer: c }, 'and promised the higher round');
+  assert.ok(r.after.ver > r.before.ver, `its record version keeps growing (${r.before.ver} -> ${r.after.ver}), so peers take the update`);
+  assert.deepEqual(r.chosen, r.v1, 'c had to choose V1');
+  // without the persisted votes, x would have let c choose something else
+  const fresh = run(new MemoryStore(), false);
+  assert.deepEqual(fresh.after.accepted, { round: 0, proposer: '' });
+  assert.notDeepEqual(fresh.chosen, fresh.v1);
+});
+
+test('paxos: unreadable persisted votes keep this peer out of the consensus (it says why) rather than vote again', async () => {
+  const store = new MemoryStore();
+  store.reset(parseCidr(RANGE));
+  store.saveMeta('paxos', new Uint8Array([0xc1, 0x00]));
+  const logs = new MemoryLogger();
+  const al = new Allocator({ ourName: simName(0), ourNickname: 'x', range: RANGE, init: { mode: 'consensus', quorum: 1 }, clock: new FakeClock(), log: logs, knownPeers: () => [], store });
+  const p = al.allocate('c1');
+  p.catch(() => undefined);
+  assert.match(al.status().pending[0].reason, /persisted consensus votes are unreadable/);
+  assert.ok(logs.find((r) => r.level === 'error' && /unreadable/.test(String(r.msg))));
+  al.close();
+  await assert.rejects(p, /closed/);
+});
+
+test('paxos: a peer does not preempt a proposal that is still gathering promises; it proposes again only after a period without progress', () => {
+  const [x, y, c, d] = [0, 1, 2, 3].map(simName);
+  const range = parseCidr(RANGE);
+  const clock = new FakeClock();
+  const al = new Allocator({
+    ourName: x, ourNickname: 'x', range: RANGE, init: { mode: 'consensus', quorum: 4 }, clock, log: silentLogger(), consensusRetryMs: 1000, random: () => 0,
+    channel: { name: 'ipam', gossipUnicast: () => true, gossipBroadcast: () => undefined, gossip: () => undefined }, knownPeers: () => [y, c, d], store: new MemoryStore(),
+  });
+  const mine = () => decodeGossip(al.gossip()!.encode()[0]).paxos!.get(x)!;
+  al.allocate('c1').catch(() => undefined);
+  assert.deepEqual(mine().promised, { round: 1, proposer: x });
+  const pc = new Paxos(c, 'c', 4);
+  pc.propose();
+  pc.think();
+  al.onGossip(encodeGossip({ range, ring: null, paxos: pc.nodes }));
+  assert.deepEqual(mine().promised, { round: 1, proposer: c }, 'x promises the higher proposal');
+  // c's proposal keeps gathering promises (one per period): x waits
+  for (const who of [y, d]) {
+    clock.advance(1000);
+    const p = new Paxos(who, who, 4);
+    p.merge(pc.nodes);
+    p.think();
+    al.onGossip(encodeGossip({ range, ring: null, paxos: p.nodes }));
+    assert.deepEqual(mine().promised, { round: 1, proposer: c }, 'no preemption while promises arrive');
+  }
+  // then nothing moves for two periods (c died, say): x proposes a higher round
+  clock.advance(1000);
+  assert.deepEqual(mine().promised, { round: 1, proposer: c }, 'the period with the last promise counts as progress');
+  clock.advance(1000);
+  assert.deepEqual(mine().promised, { round: 2, proposer: x });
+  al.close();
 });

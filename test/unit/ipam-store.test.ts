@@ -41,16 +41,21 @@ test('lmdb store: raw round trip of range, ring and allocations', () => {
     s.saveAllocations('c1', [R.start + 1, R.start + 2]);
     s.saveAllocations('c2', [R.start + 3]);
     s.saveAllocations('c2', []);
+    s.saveMeta('paxos', new Uint8Array([1, 2, 3]));
+    s.saveMeta('holds', new Uint8Array([4]));
+    s.saveMeta('holds', null);
     s.close();
     const s2 = new LmdbStore(dir);
     const p = s2.load()!;
     assert.deepEqual(p.range, { start: R.start, end: R.end });
     assert.ok(Ring.decode(p.ring!).equals(ring));
     assert.deepEqual(p.allocations, [['c1', [R.start + 1, R.start + 2]]]);
+    assert.deepEqual([...p.meta], [['paxos', new Uint8Array([1, 2, 3])]]);
     s2.reset(parseCidr('10.40.0.0/16'));
     const p2 = s2.load()!;
     assert.equal(p2.ring, null);
     assert.deepEqual(p2.allocations, []);
+    assert.equal(p2.meta.size, 0);
     s2.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
