@@ -98,6 +98,25 @@ static bool get_u32s(napi_env env, napi_value v, size_t need, uint32_t **data) {
   return true;
 }
 
+// n packets in one byte buffer: offs[i] and lens[i] place packet i, and every packet lies inside.
+typedef struct { uint8_t *buf; size_t blen; uint32_t *offs, *lens; } pkt_list;
+
+// NULL when the list is sound, else what is wrong with it.
+static const char *get_pkt_list(napi_env env, napi_value vbuf, napi_value voffs, napi_value vlens, int32_t n, pkt_list *p) {
+  if (n < 0 || !get_bytes(env, vbuf, &p->buf, &p->blen) || !get_u32s(env, voffs, (size_t)n, &p->offs) || !get_u32s(env, vlens, (size_t)n, &p->lens))
+    return "bad arguments";
+  for (int i = 0; i < n; i++)
+    if ((size_t)p->offs[i] + (size_t)p->lens[i] > p->blen) return "packet outside buffer";
+  return NULL;
+}
+
+// TypeError "<signature>: <problem>".
+static napi_value throw_bad(napi_env env, const char *sig, const char *problem) {
+  char msg[192];
+  snprintf(msg, sizeof msg, "%s: %s", sig, problem);
+  return throw_arg(env, msg);
+}
+
 // openTun(name, multiQueue, offload?) -> fd (non-blocking, close-on-exec, IFF_TUN|IFF_NO_PI; with
 // offload also IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4|TSO_ECN): read/write with readBatchVnet/writeBatchVnet)
 static napi_value OpenTun(napi_env env, napi_callback_info info) {
@@ -180,14 +199,11 @@ static napi_value WriteBatch(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, n;
-  uint8_t *buf;
-  size_t blen;
-  uint32_t *offs, *lens;
-  if (argc < 5 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[4], &n) || n < 0 ||
-      !get_u32s(env, argv[2], (size_t)n, &offs) || !get_u32s(env, argv[3], (size_t)n, &lens))
-    return throw_arg(env, "writeBatch(fd, buf, offs, lens, n): bad arguments");
-  for (int i = 0; i < n; i++)
-    if ((size_t)offs[i] + (size_t)lens[i] > blen) return throw_arg(env, "writeBatch: packet outside buffer");
+  pkt_list p;
+  const char *bad = argc < 5 || !get_i32(env, argv[0], &fd) || !get_i32(env, argv[4], &n) ? "bad arguments" : get_pkt_list(env, argv[1], argv[2], argv[3], n, &p);
+  if (bad) return throw_bad(env, "writeBatch(fd, buf, offs, lens, n)", bad);
+  uint8_t *buf = p.buf;
+  uint32_t *offs = p.offs, *lens = p.lens;
   int ok = 0;
   for (int i = 0; i < n; i++) {
     ssize_t r = write(fd, buf + offs[i], lens[i]);
@@ -564,14 +580,11 @@ static napi_value WriteBatchVnet(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, n;
-  uint8_t *buf;
-  size_t blen;
-  uint32_t *offs, *lens;
-  if (argc < 5 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[4], &n) || n < 0 ||
-      !get_u32s(env, argv[2], (size_t)n, &offs) || !get_u32s(env, argv[3], (size_t)n, &lens))
-    return throw_arg(env, "writeBatchVnet(fd, buf, offs, lens, n): bad arguments");
-  for (int i = 0; i < n; i++)
-    if ((size_t)offs[i] + (size_t)lens[i] > blen) return throw_arg(env, "writeBatchVnet: packet outside buffer");
+  pkt_list p;
+  const char *bad = argc < 5 || !get_i32(env, argv[0], &fd) || !get_i32(env, argv[4], &n) ? "bad arguments" : get_pkt_list(env, argv[1], argv[2], argv[3], n, &p);
+  if (bad) return throw_bad(env, "writeBatchVnet(fd, buf, offs, lens, n)", bad);
+  uint8_t *buf = p.buf;
+  uint32_t *offs = p.offs, *lens = p.lens;
   int ok = 0;
   uint8_t vh[VNET_HDR];
   struct iovec iov[MAX_COALESCE + 1];
@@ -597,14 +610,15 @@ static napi_value GroCoalesce(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t n;
-  uint8_t *buf, *out;
-  size_t blen, olen;
-  uint32_t *offs, *lens, *olens;
-  if (argc < 6 || !get_bytes(env, argv[0], &buf, &blen) || !get_i32(env, argv[3], &n) || n < 0 || !get_u32s(env, argv[1], (size_t)n, &offs) ||
-      !get_u32s(env, argv[2], (size_t)n, &lens) || !get_bytes(env, argv[4], &out, &olen) || !get_u32s(env, argv[5], (size_t)n, &olens))
-    return throw_arg(env, "groCoalesce(buf, offs, lens, n, out, outLens): bad arguments");
-  for (int i = 0; i < n; i++)
-    if ((size_t)offs[i] + (size_t)lens[i] > blen) return throw_arg(env, "groCoalesce: packet outside buffer");
+  pkt_list p;
+  uint8_t *out;
+  size_t olen;
+  uint32_t *olens;
+  const char *bad = argc < 6 || !get_i32(env, argv[3], &n) ? "bad arguments" : get_pkt_list(env, argv[0], argv[1], argv[2], n, &p);
+  if (!bad && (!get_bytes(env, argv[4], &out, &olen) || !get_u32s(env, argv[5], (size_t)n, &olens))) bad = "bad arguments";
+  if (bad) return throw_bad(env, "groCoalesce(buf, offs, lens, n, out, outLens)", bad);
+  uint8_t *buf = p.buf;
+  uint32_t *offs = p.offs, *lens = p.lens;
   uint8_t vh[VNET_HDR];
   struct iovec iov[MAX_COALESCE + 1];
   size_t at = 0;
@@ -710,22 +724,21 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
   napi_value argv[9];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, n;
-  uint8_t *buf;
-  size_t blen;
-  uint32_t *offs, *lens, *ips, *ports, *errs;
+  pkt_list p;
+  uint32_t *ips, *ports, *errs;
   bool want_gso = false;
   if (argc > 8) napi_get_value_bool(env, argv[8], &want_gso);
-  if (argc < 8 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[7], &n) || n < 0 || n > MAXB ||
-      !get_u32s(env, argv[2], (size_t)n, &offs) || !get_u32s(env, argv[3], (size_t)n, &lens) || !get_u32s(env, argv[4], (size_t)n, &ips) ||
-      !get_u32s(env, argv[5], (size_t)n, &ports) || !get_u32s(env, argv[6], (size_t)n, &errs))
-    return throw_arg(env, "sendBatch(fd, buf, offs, lens, ips, ports, errs, n): bad arguments (n <= 256)");
+  const char *bad = argc < 8 || !get_i32(env, argv[0], &fd) || !get_i32(env, argv[7], &n) || n > MAXB ? "bad arguments (n <= 256)" : get_pkt_list(env, argv[1], argv[2], argv[3], n, &p);
+  if (!bad && (!get_u32s(env, argv[4], (size_t)n, &ips) || !get_u32s(env, argv[5], (size_t)n, &ports) || !get_u32s(env, argv[6], (size_t)n, &errs))) bad = "bad arguments (n <= 256)";
+  if (bad) return throw_bad(env, "sendBatch(fd, buf, offs, lens, ips, ports, errs, n)", bad);
+  uint8_t *buf = p.buf;
+  uint32_t *offs = p.offs, *lens = p.lens;
   struct mmsghdr msgs[MAXB];
   struct iovec iov[MAXB];
   struct sockaddr_in sas[MAXB];
   gso_cmsg_t ctl[MAXB];
   int gstart[MAXB], gcount[MAXB];
   for (int i = 0; i < n; i++) {
-    if ((size_t)offs[i] + (size_t)lens[i] > blen) return throw_arg(env, "sendBatch: datagram outside buffer");
     iov[i].iov_base = buf + offs[i];
     iov[i].iov_len = lens[i];
     errs[i] = 0;
