@@ -110,6 +110,13 @@ static const char *get_pkt_list(napi_env env, napi_value vbuf, napi_value voffs,
   return NULL;
 }
 
+// max slots of stride bytes in one byte buffer, and lens[max] for what lands in them.
+static bool get_slots(napi_env env, napi_value vbuf, napi_value vstride, napi_value vmax, napi_value vlens, uint8_t **buf, int32_t *stride, int32_t *maxp, uint32_t **lens) {
+  size_t blen;
+  return get_bytes(env, vbuf, buf, &blen) && get_i32(env, vstride, stride) && get_i32(env, vmax, maxp) && *stride > 0 && *maxp >= 0 &&
+         (size_t)*stride * (size_t)*maxp <= blen && get_u32s(env, vlens, (size_t)*maxp, lens);
+}
+
 // TypeError "<signature>: <problem>".
 static napi_value throw_bad(napi_env env, const char *sig, const char *problem) {
   char msg[192];
@@ -172,11 +179,8 @@ static napi_value ReadBatch(napi_env env, napi_callback_info info) {
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, stride, maxp;
   uint8_t *buf;
-  size_t blen;
   uint32_t *lens;
-  if (argc < 5 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
-      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || (size_t)stride * (size_t)maxp > blen ||
-      !get_u32s(env, argv[4], (size_t)maxp, &lens))
+  if (argc < 5 || !get_i32(env, argv[0], &fd) || !get_slots(env, argv[1], argv[2], argv[3], argv[4], &buf, &stride, &maxp, &lens))
     return throw_arg(env, "readBatch(fd, buf, stride, max, lens): bad arguments or buffers too small");
   int n = 0;
   while (n < maxp) {
@@ -412,11 +416,8 @@ static napi_value ReadBatchVnet(napi_env env, napi_callback_info info) {
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, stride, maxp;
   uint8_t *buf, *carry;
-  size_t blen;
   uint32_t *lens;
-  if (argc < 6 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
-      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || (size_t)stride * (size_t)maxp > blen ||
-      !get_u32s(env, argv[4], (size_t)maxp, &lens) || !get_carry(env, argv[5], &carry))
+  if (argc < 6 || !get_i32(env, argv[0], &fd) || !get_slots(env, argv[1], argv[2], argv[3], argv[4], &buf, &stride, &maxp, &lens) || !get_carry(env, argv[5], &carry))
     return throw_arg(env, "readBatchVnet(fd, buf, stride, max, lens, carry): bad arguments, buffers too small or carry not 4-aligned");
   uint32_t *cs = (uint32_t *)carry;
   int n = 0;
@@ -450,11 +451,10 @@ static napi_value GsoSplit(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   uint8_t *in, *buf;
-  size_t inlen, blen;
+  size_t inlen;
   int32_t stride, maxp;
   uint32_t *lens;
-  if (argc < 5 || !get_bytes(env, argv[0], &in, &inlen) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
-      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || (size_t)stride * (size_t)maxp > blen || !get_u32s(env, argv[4], (size_t)maxp, &lens))
+  if (argc < 5 || !get_bytes(env, argv[0], &in, &inlen) || !get_slots(env, argv[1], argv[2], argv[3], argv[4], &buf, &stride, &maxp, &lens))
     return throw_arg(env, "gsoSplit(vnetPacket, buf, stride, max, lens): bad arguments");
   if (inlen <= VNET_HDR || inlen - VNET_HDR > 65535) return mkint(env, GSO_BAD);
   uint8_t *pkt = malloc(inlen); // tests only: the hot path splits in place from the carry
@@ -835,11 +835,9 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, stride, maxp;
   uint8_t *buf;
-  size_t blen;
   uint32_t *lens, *ips, *ports;
-  if (argc < 7 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
-      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || maxp > MAXB || (size_t)stride * (size_t)maxp > blen ||
-      !get_u32s(env, argv[4], (size_t)maxp, &lens) || !get_u32s(env, argv[5], (size_t)maxp, &ips) || !get_u32s(env, argv[6], (size_t)maxp, &ports))
+  if (argc < 7 || !get_i32(env, argv[0], &fd) || !get_slots(env, argv[1], argv[2], argv[3], argv[4], &buf, &stride, &maxp, &lens) || maxp > MAXB ||
+      !get_u32s(env, argv[5], (size_t)maxp, &ips) || !get_u32s(env, argv[6], (size_t)maxp, &ports))
     return throw_arg(env, "recvBatch(fd, buf, stride, max, lens, ips, ports): bad arguments (max <= 256)");
   if (maxp == 0) return mkint(env, 0);
   struct mmsghdr msgs[MAXB];
@@ -907,11 +905,10 @@ static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, stride, maxp;
   uint8_t *buf, *carry;
-  size_t blen, clen;
+  size_t clen;
   uint32_t *lens, *ips, *ports;
-  if (argc < 8 || !get_i32(env, argv[0], &fd) || !get_bytes(env, argv[1], &buf, &blen) || !get_i32(env, argv[2], &stride) ||
-      !get_i32(env, argv[3], &maxp) || stride <= 0 || maxp < 0 || (size_t)stride * (size_t)maxp > blen ||
-      !get_u32s(env, argv[4], (size_t)maxp, &lens) || !get_u32s(env, argv[5], (size_t)maxp, &ips) || !get_u32s(env, argv[6], (size_t)maxp, &ports) ||
+  if (argc < 8 || !get_i32(env, argv[0], &fd) || !get_slots(env, argv[1], argv[2], argv[3], argv[4], &buf, &stride, &maxp, &lens) ||
+      !get_u32s(env, argv[5], (size_t)maxp, &ips) || !get_u32s(env, argv[6], (size_t)maxp, &ports) ||
       !get_bytes(env, argv[7], &carry, &clen) || clen < GRO_CARRY_SIZE || ((uintptr_t)carry & 3) != 0)
     return throw_arg(env, "recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry): bad arguments, buffers too small or carry not 4-aligned");
   uint32_t *cs = (uint32_t *)carry;
