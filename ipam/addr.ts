@@ -123,3 +123,20 @@ export function parseAddrInCidr(s: string): { addr: Addr; cidr: Cidr } {
   const addr = parseAddr(m[1]);
   return { addr, cidr: parseCidr(s, { allowHostBits: true }) };
 }
+
+/** What is left of r after cutting out every range in cut (in order, non-empty pieces). */
+export function subtractRanges(r: Range, cut: readonly Range[]): Range[] {
+  let pieces: Range[] = [{ start: r.start, end: r.end }];
+  for (const c of cut) {
+    const next: Range[] = [];
+    for (const p of pieces) {
+      if (!overlaps(p, c)) next.push(p);
+      else {
+        if (p.start < c.start) next.push({ start: p.start, end: c.start });
+        if (c.end < p.end) next.push({ start: c.end, end: p.end });
+      }
+    }
+    pieces = next;
+  }
+  return pieces;
+}

@@ -22,7 +22,7 @@ import type { Logger } from '../mesh/log';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import { ProtocolError, RefusedError, UsageError, WeaveError, errMsg } from '../mesh/errors';
-import { containsRange, formatAddr, formatCidr, formatRange, intersect, parseAddr, parseCidr, usableRange, type Addr, type Cidr, type Range } from './addr';
+import { containsRange, formatAddr, formatCidr, formatRange, intersect, parseAddr, parseCidr, subtractRanges, usableRange, type Addr, type Cidr, type Range } from './addr';
 import { CLAIM_BUMP, Ring, compareSeeds, sameList } from './ring';
 import { Space } from './space';
 import { Paxos, type PaxosNode } from './paxos';
@@ -392,7 +392,7 @@ export class Allocator implements Gossiper {
     if (block.reason) return 0;
     this.refreshFree();
     let run: Range | null = null;
-    for (const piece of subtract(sn, block.avoid)) {
+    for (const piece of subtractRanges(sn, block.avoid)) {
       const r = this.space.largestFreeRun(piece);
       if (r && (!run || r.end - r.start > run.end - run.start)) run = r;
     }
@@ -964,7 +964,7 @@ export class Allocator implements Gossiper {
     const dups = [...this.dupsFound.keys()].sort((x, y) => x - y);
     const mine = this.records.get(this.ourName);
     if (!mine && held.length === 0 && dups.length === 0 && !this.adoptedFrom) return false;
-    if (mine && !mine.removed && sameList(mine.seeds, this.ring.seeds) && sameNums(mine.held, held) && sameNums(mine.dups, dups)) return false;
+    if (mine && !mine.removed && sameList(mine.seeds, this.ring.seeds) && sameList(mine.held, held) && sameList(mine.dups, dups)) return false;
     this.records.set(this.ourName, { ver: (mine?.ver ?? 0) + 1, seeds: this.ring.seeds.slice(), held, dups, removed: false });
     this.saveRecords();
     return true;
@@ -1107,28 +1107,6 @@ export class Allocator implements Gossiper {
 }
 
 /** r minus the ranges in cut, as disjoint pieces in address order. */
-function subtract(r: Range, cut: Range[]): Range[] {
-  let pieces: Range[] = [{ start: r.start, end: r.end }];
-  for (const c of cut) {
-    const next: Range[] = [];
-    for (const p of pieces) {
-      if (c.end <= p.start || c.start >= p.end) next.push(p);
-      else {
-        if (p.start < c.start) next.push({ start: p.start, end: c.start });
-        if (c.end < p.end) next.push({ start: c.end, end: p.end });
-      }
-    }
-    pieces = next;
-  }
-  return pieces;
-}
-
-function sameNums(a: readonly number[], b: readonly number[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
 function checkIdent(ident: string): void {
   if (typeof ident !== 'string' || ident.length === 0 || ident.length > 512) throw new UsageError('container ident must be a non-empty string (at most 512 characters)');
 }

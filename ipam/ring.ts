@@ -343,7 +343,7 @@ export function compareSeeds(a: readonly string[], b: readonly string[]): number
   return a.length - b.length;
 }
 
-export function sameList(a: readonly string[], b: readonly string[]): boolean {
+export function sameList<T extends string | number>(a: readonly T[], b: readonly T[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;

@@ -200,26 +200,22 @@ export class IpamGossipData implements GossipData {
         else if (compareSeeds(o.ring.seeds, this.msg.ring.seeds) < 0) this.msg.ring = o.ring.clone();
       }
     }
-    if (o.records) {
-      const h = new Map(this.msg.records ?? []);
-      for (const [k, r] of o.records) {
-        const mine = h.get(k);
-        if (!mine || r.ver > mine.ver) h.set(k, r);
-      }
-      this.msg.records = h;
-    }
-    if (o.paxos) {
-      const p = new Map(this.msg.paxos ?? []);
-      for (const [k, n] of o.paxos) {
-        const mine = p.get(k);
-        if (!mine || n.ver > mine.ver) p.set(k, n);
-      }
-      this.msg.paxos = p;
-    }
+    if (o.records) this.msg.records = newerOf(this.msg.records, o.records);
+    if (o.paxos) this.msg.paxos = newerOf(this.msg.paxos, o.paxos);
     return this;
   }
 
   get message(): GossipMsg {
     return this.msg;
   }
+}
+
+/** Per key, the entry with the higher version (a's on a tie); a new map, a and b untouched. */
+function newerOf<K, V extends { ver: number }>(a: ReadonlyMap<K, V> | null | undefined, b: ReadonlyMap<K, V>): Map<K, V> {
+  const out = new Map(a ?? []);
+  for (const [k, v] of b) {
+    const mine = out.get(k);
+    if (!mine || v.ver > mine.ver) out.set(k, v);
+  }
+  return out;
 }

@@ -812,12 +812,14 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
   if (bind === undefined) throw new WeaveError('EINVAL', `bad sleeve bind address ${o.bindIp}`);
   const offload = ioKind === 'native' && !!io.readBatchVnet && (o.tunOffload ?? offloadFromEnv(process.env.WEAVE_SLEEVE_OFFLOAD));
   const tun = new NativeTun(io, o.tunName ?? DEFAULT_TUN_NAME, undefined, offload);
-  let udp: NativeUdp;
+  let udp: NativeUdp | undefined;
   try {
     udp = new NativeUdp(io, bind, o.port ?? DEFAULT_SLEEVE_PORT);
     udp.gso = offload;
+    // GRO is an optimisation: when the kernel refuses it, "sleeve started" logs udpGro: false
     if (offload) udp.enableGro();
   } catch (e) {
+    udp?.close();
     tun.close();
     throw e;
   }

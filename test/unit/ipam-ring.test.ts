@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { Packr } from 'msgpackr';
-import { formatAddr, parseAddr, parseCidr, formatRange, usableRange, subnets, intersect } from '../../ipam/addr';
+import { formatAddr, parseAddr, parseCidr, formatRange, usableRange, subnets, intersect, subtractRanges } from '../../ipam/addr';
 import { Ring, CLAIM_BUMP } from '../../ipam/ring';
 import { Space } from '../../ipam/space';
 import { Paxos } from '../../ipam/paxos';
@@ -226,4 +226,20 @@ test('paxos: a quorum decides one value; a minority cannot', () => {
   lone.propose();
   lone.think();
   assert.equal(lone.decision(), null);
+});
+
+test('subtractRanges: what is left of a range after cutting others out (property: nothing cut survives, nothing else is lost)', () => {
+  assert.deepEqual(subtractRanges({ start: 0, end: 100 }, [{ start: 10, end: 20 }, { start: 90, end: 200 }]), [{ start: 0, end: 10 }, { start: 20, end: 90 }]);
+  assert.deepEqual(subtractRanges({ start: 0, end: 100 }, [{ start: 0, end: 100 }]), []);
+  fc.assert(fc.property(fc.integer({ min: 0, max: 200 }), fc.integer({ min: 1, max: 200 }), fc.array(fc.tuple(fc.integer({ min: 0, max: 400 }), fc.integer({ min: 1, max: 100 })), { maxLength: 6 }), (s, len, cuts) => {
+    const r = { start: s, end: s + len };
+    const cut = cuts.map(([a, l]) => ({ start: a, end: a + l }));
+    const left = subtractRanges(r, cut);
+    for (let a = r.start; a < r.end; a++) {
+      const inCut = cut.some((c) => a >= c.start && a < c.end);
+      const inLeft = left.some((p) => a >= p.start && a < p.end);
+      assert.equal(inLeft, !inCut, `address ${a}`);
+    }
+    assert.ok(left.every((p) => p.start < p.end));
+  }), { seed: 7, numRuns: 300 });
 });

@@ -191,8 +191,12 @@ async function buildXstateShim(cache: string, log: Logger): Promise<string> {
   const tmp = `${so}.${process.pid}.tmp`;
   const cc = process.env.CC ?? 'cc';
   fs.mkdirSync(cache, { recursive: true });
-  await mustSh(`building ${src} (install gcc or set CC)`, [cc, '-shared', '-fPIC', '-O2', '-Wall', '-o', tmp, src, '-ldl']);
-  fs.renameSync(tmp, so);
+  try {
+    await mustSh(`building ${src} (install gcc or set CC)`, [cc, '-shared', '-fPIC', '-O2', '-Wall', '-o', tmp, src, '-ldl']);
+    fs.renameSync(tmp, so);
+  } finally {
+    fs.rmSync(tmp, { force: true }); // a failed or raced build leaves no half-written file
+  }
   log.info({ so }, 'built the UML xstate shim');
   return so;
 }
