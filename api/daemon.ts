@@ -284,12 +284,13 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   const sleeveReport = () => {
     const c = sleeve.counters;
     return {
-      summary: { Mode: sleeve.mode, IO: sleeve.io, TunOffload: sleeve.tunOffload, TunMtu: sleeve.tunMtu, UnderlayMtu: sleeve.underlayMtu },
+      summary: { Mode: sleeve.mode, IO: sleeve.io, Crypto: sleeve.boxes, TunOffload: sleeve.tunOffload, TunMtu: sleeve.tunMtu, UnderlayMtu: sleeve.underlayMtu },
       tunOffload: sleeve.tunOffload,
       tunMtu: sleeve.tunMtu,
       underlayMtu: sleeve.underlayMtu,
       mode: sleeve.mode,
       io: sleeve.io,
+      crypto: sleeve.boxes,
       counters: c,
       dropped: {
         replay: c.dropReplay, badMac: c.dropBadMac, malformed: c.dropMalformed, notIpv4: c.dropNotIpv4,

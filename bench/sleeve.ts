@@ -3,13 +3,15 @@
 //   (a) the bare underlay (veth + bridge), (b) kernel VXLAN between the same hosts,
 //   (c) the weave.ts sleeve unencrypted, (d) encrypted, (e) encrypted on the koffi fallback I/O
 //   (router/fallback-io.ts, as when the native addon cannot load), (o) encrypted with the TUN
-//   offloads and UDP GSO off (WEAVE_SLEEVE_OFFLOAD=0: the packet-at-a-time path, a same-run baseline).
+//   offloads and UDP GSO off (WEAVE_SLEEVE_OFFLOAD=0: the packet-at-a-time path, a same-run baseline),
+//   (n) encrypted with WEAVE_SLEEVE_CRYPTO=engine (sodium-native per packet instead of the addon's
+//   batches: the same-run baseline of native/secretbox.c).
 // (c)-(e) are real routers: `weave launch --no-fastdp` in each host, containers attached with
 // `weave attach`, traffic between the containers. iperf3 TCP with 1 and 4 streams and a ping RTT for
 // each; for (c)-(e) the CPU seconds the router processes used during the measurement (utime+stime
 // from /proc/<pid>/stat of every process in the two host namespaces); ratios c/b, d/b, e/b.
 // Prints a table, then a JSON summary last.
-// Usage: node dist/bench/sleeve.js [--seconds 5] [--only a,b,c,d,e,o]
+// Usage: node dist/bench/sleeve.js [--seconds 5] [--only a,b,c,d,n,e,o]
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import { Container, Host, Lab } from '../test/lab/lab';
@@ -40,7 +42,7 @@ export const nsx = (ns: string, argv: string[]): string[] => ['ip', 'netns', 'ex
 
 // ---------------------------------------------------------------- the bench (parent)
 
-export interface Result { streams1: number; streams4: number; rttMs: number; cpuSeconds?: number; io?: string; mode?: string }
+export interface Result { streams1: number; streams4: number; rttMs: number; cpuSeconds?: number; io?: string; mode?: string; crypto?: string }
 
 export async function iperf(serverNs: string, clientNs: string, addr: string, seconds: number, streams: number): Promise<number> {
   const srv = spawn('ip', nsx(serverNs, ['iperf3', '-s', '-1', '-B', addr]).slice(1), { stdio: 'ignore' });
@@ -108,7 +110,7 @@ async function sleeveRun(lab: Lab, h1: Host, h2: Host, env: Record<string, strin
     const before = await cpuTicks(lab, [h1, h2]);
     const r = await measure(c1.ns, c2.ns, a2, seconds);
     const after = await cpuTicks(lab, [h1, h2]);
-    return { ...r, cpuSeconds: (after - before) / CLK_TCK, io: rep.sleeve?.io, mode: rep.sleeve?.mode };
+    return { ...r, cpuSeconds: (after - before) / CLK_TCK, io: rep.sleeve?.io, mode: rep.sleeve?.mode, crypto: rep.sleeve?.crypto };
   } finally {
     // forget everything so the next case starts from a fresh router (and a fresh session key)
     for (const h of [h1, h2]) await h.weave(['reset'], { allowFail: true });
@@ -117,7 +119,7 @@ async function sleeveRun(lab: Lab, h1: Host, h2: Host, env: Record<string, strin
 
 async function bench(): Promise<void> {
   const seconds = Number(arg('seconds', '5'));
-  const only = new Set(arg('only', 'a,b,c,d,e').split(','));
+  const only = new Set(arg('only', 'a,b,c,d,n,e').split(','));
   const results: Record<string, Result> = {};
   const load = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const lab = await Lab.create();
@@ -138,21 +140,22 @@ async function bench(): Promise<void> {
     const pw = { WEAVE_PASSWORD: 'bench sleeve password' };
     if (only.has('c')) results.c = await sleeveRun(lab, h1, h2, {}, seconds);
     if (only.has('d')) results.d = await sleeveRun(lab, h1, h2, pw, seconds);
+    if (only.has('n')) results.n = await sleeveRun(lab, h1, h2, { ...pw, WEAVE_SLEEVE_CRYPTO: 'engine' }, seconds);
     if (only.has('o')) results.o = await sleeveRun(lab, h1, h2, { ...pw, WEAVE_SLEEVE_OFFLOAD: '0' }, seconds);
     if (only.has('e')) results.e = await sleeveRun(lab, h1, h2, { ...pw, WEAVE_SLEEVE_IO: 'fallback' }, seconds);
   } finally {
     await lab.cleanup();
   }
-  const label: Record<string, string> = { a: 'bare underlay', b: 'kernel VXLAN', c: 'sleeve, unencrypted', d: 'sleeve, encrypted', e: 'sleeve, enc, koffi', o: 'sleeve, enc, no offl.' };
+  const label: Record<string, string> = { a: 'bare underlay', b: 'kernel VXLAN', c: 'sleeve, unencrypted', d: 'sleeve, encrypted', e: 'sleeve, enc, koffi', o: 'sleeve, enc, no offl.', n: 'sleeve, enc, sodium' };
   console.log(`load average before the run: ${load}`);
-  console.log('path                     1 stream Gbit/s  4 streams Gbit/s  ping ms  router CPU s  io/mode');
+  console.log('path                     1 stream Gbit/s  4 streams Gbit/s  ping ms  router CPU s  io/mode/crypto');
   for (const k of Object.keys(results)) {
     const r = results[k];
-    console.log(`(${k}) ${label[k].padEnd(20)} ${r.streams1.toFixed(3).padStart(16)} ${r.streams4.toFixed(3).padStart(17)} ${r.rttMs.toFixed(3).padStart(8)} ${r.cpuSeconds === undefined ? '           -' : r.cpuSeconds.toFixed(1).padStart(12)}  ${r.io ? `${r.io}/${r.mode}` : '-'}`);
+    console.log(`(${k}) ${label[k].padEnd(20)} ${r.streams1.toFixed(3).padStart(16)} ${r.streams4.toFixed(3).padStart(17)} ${r.rttMs.toFixed(3).padStart(8)} ${r.cpuSeconds === undefined ? '           -' : r.cpuSeconds.toFixed(1).padStart(12)}  ${r.io ? `${r.io}/${r.mode}/${r.crypto}` : '-'}`);
   }
   const ratios: Record<string, number> = {};
   if (results.b) {
-    for (const k of ['c', 'd', 'e', 'o']) {
+    for (const k of ['c', 'd', 'n', 'e', 'o']) {
       if (!results[k]) continue;
       ratios[`${k}/b 1 stream`] = results[k].streams1 / results.b.streams1;
       ratios[`${k}/b 4 streams`] = results[k].streams4 / results.b.streams4;

@@ -2,8 +2,8 @@
   "targets": [
     {
       "target_name": "weave_tunio",
-      "sources": ["tunio.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+      "sources": ["tunio.c", "secretbox.c"],
+      "cflags": ["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]
 }

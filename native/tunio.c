@@ -26,6 +26,7 @@
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+#include "secretbox.h"
 
 #define MAXB 256
 #define VNET_HDR 10 // struct virtio_net_hdr (no num_buffers)
@@ -1038,6 +1039,105 @@ static void poll_stop(poller_t *p) {
   uv_close((uv_handle_t *)&p->h, on_closed);
 }
 
+// ---- secretbox batches (secretbox.c): one call per batch, not per packet --------------------------
+
+// Every key and nonce of a batch: n*32 and n*24 bytes.
+static bool get_keys_nonces(napi_env env, napi_value vn, napi_value vk, int32_t n, uint8_t **nonces, uint8_t **keys) {
+  size_t nl, kl;
+  return get_bytes(env, vn, nonces, &nl) && get_bytes(env, vk, keys, &kl) && nl >= (size_t)n * SB_NONCE && kl >= (size_t)n * SB_KEY;
+}
+
+// boxSeal(buf, offs, lens, nonces, keys, n): box i spans buf[offs[i], offs[i]+lens[i]); its message
+// (lens[i]-16 bytes) sits at offs[i]+16 and is sealed in place, the tag written in front of it.
+static napi_value BoxSeal(napi_env env, napi_callback_info info) {
+  static const char *sig = "boxSeal(buf, offs, lens, nonces, keys, n)";
+  size_t argc = 6;
+  napi_value argv[6];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t n;
+  pkt_list pl;
+  uint8_t *nonces, *keys;
+  if (argc < 6 || !get_i32(env, argv[5], &n)) return throw_bad(env, sig, "bad arguments");
+  const char *bad = get_pkt_list(env, argv[0], argv[1], argv[2], n, &pl);
+  if (bad) return throw_bad(env, sig, bad);
+  if (!get_keys_nonces(env, argv[3], argv[4], n, &nonces, &keys)) return throw_bad(env, sig, "nonces/keys must hold n*24/n*32 bytes");
+  for (int i = 0; i < n; i++)
+    if (pl.lens[i] < SB_TAG) return throw_bad(env, sig, "a box is shorter than its 16-byte tag");
+  for (int i = 0; i < n; i++) {
+    uint8_t *box = pl.buf + pl.offs[i];
+    sb_seal(box, box + SB_TAG, pl.lens[i] - SB_TAG, nonces + (size_t)i * SB_NONCE, keys + (size_t)i * SB_KEY);
+  }
+  return NULL;
+}
+
+// boxOpen(src, srcOffs, lens, dst, dstOffs, nonces, keys, ok, n) -> how many were authentic: box i is
+// src[srcOffs[i], +lens[i]), its message goes to dst[dstOffs[i], +lens[i]-16); ok[i] = 1 when authentic,
+// 0 when forged, corrupt or shorter than a tag (its dst bytes zeroed).
+static napi_value BoxOpen(napi_env env, napi_callback_info info) {
+  static const char *sig = "boxOpen(src, srcOffs, lens, dst, dstOffs, nonces, keys, ok, n)";
+  size_t argc = 9;
+  napi_value argv[9];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t n;
+  pkt_list pl;
+  uint8_t *dst, *nonces, *keys, *ok;
+  uint32_t *doffs;
+  size_t dlen, oklen;
+  if (argc < 9 || !get_i32(env, argv[8], &n)) return throw_bad(env, sig, "bad arguments");
+  const char *bad = get_pkt_list(env, argv[0], argv[1], argv[2], n, &pl);
+  if (bad) return throw_bad(env, sig, bad);
+  if (!get_bytes(env, argv[3], &dst, &dlen) || !get_u32s(env, argv[4], (size_t)n, &doffs)) return throw_bad(env, sig, "bad dst or dstOffs");
+  if (!get_keys_nonces(env, argv[5], argv[6], n, &nonces, &keys)) return throw_bad(env, sig, "nonces/keys must hold n*24/n*32 bytes");
+  if (!get_bytes(env, argv[7], &ok, &oklen) || oklen < (size_t)n) return throw_bad(env, sig, "ok must be a Uint8Array of n");
+  for (int i = 0; i < n; i++)
+    if (pl.lens[i] >= SB_TAG && (size_t)doffs[i] + pl.lens[i] - SB_TAG > dlen) return throw_bad(env, sig, "message outside dst");
+  int good = 0;
+  for (int i = 0; i < n; i++) {
+    if (pl.lens[i] < SB_TAG) {
+      ok[i] = 0;
+      continue;
+    }
+    ok[i] = (uint8_t)sb_open(dst + doffs[i], pl.buf + pl.offs[i], pl.lens[i] - SB_TAG, nonces + (size_t)i * SB_NONCE, keys + (size_t)i * SB_KEY);
+    good += ok[i];
+  }
+  return mkint(env, good);
+}
+
+// boxImpl(name?) -> the keystream implementation in use; with a name ("generic", "avx2", "avx512")
+// switches to it first, or returns null when this CPU or build lacks it (tests compare them).
+static napi_value BoxImpl(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_valuetype t = napi_undefined;
+  if (argc > 0) napi_typeof(env, argv[0], &t);
+  if (t == napi_string) {
+    char name[16] = {0};
+    size_t nl;
+    if (napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nl) != napi_ok || !sb_use(name)) {
+      napi_value nul;
+      napi_get_null(env, &nul);
+      return nul;
+    }
+  } else if (t != napi_undefined) return throw_bad(env, "boxImpl(name?)", "name must be a string");
+  napi_value r;
+  napi_create_string_utf8(env, sb_impl(), NAPI_AUTO_LENGTH, &r);
+  return r;
+}
+
+// boxPoly1305(tag, msg, key): the batches' Poly1305 (tests hold it to other implementations)
+static napi_value BoxPoly1305(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  uint8_t *tag, *msg, *key;
+  size_t tl, ml, kl;
+  if (argc < 3 || !get_bytes(env, argv[0], &tag, &tl) || !get_bytes(env, argv[1], &msg, &ml) || !get_bytes(env, argv[2], &key, &kl) || tl != 16 || kl != 32)
+    return throw_bad(env, "boxPoly1305(tag, msg, key)", "tag must be 16 bytes, key 32");
+  sb_poly1305(tag, msg, ml, key);
+  return NULL;
+}
+
 static void poll_cleanup_hook(void *arg) { poll_stop((poller_t *)arg); }
 
 // poll(fd, cb) -> handle; cb(status) on each readable event.
@@ -1101,7 +1201,12 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"recvBatchGro", 0, RecvBatchGro, 0, 0, 0, napi_default, 0},
       {"poll", 0, Poll, 0, 0, 0, napi_default, 0},
       {"unpoll", 0, Unpoll, 0, 0, 0, napi_default, 0},
+      {"boxSeal", 0, BoxSeal, 0, 0, 0, napi_default, 0},
+      {"boxOpen", 0, BoxOpen, 0, 0, 0, napi_default, 0},
+      {"boxImpl", 0, BoxImpl, 0, 0, 0, napi_default, 0},
+      {"boxPoly1305", 0, BoxPoly1305, 0, 0, 0, napi_default, 0},
   };
+  sb_init();
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);
   return exports;
 }

@@ -10,10 +10,16 @@
 // change underneath the packet loop (learned address, last receive time, path MTU) sit in shared
 // typed arrays (PathShared) that any thread reads without a message.
 //
+// Sealing and opening go a batch at a time (router/boxes.ts: one native call per batch, or the engine
+// per box): seal() copies the packet behind its header and queues its nonce and key, and flushSend
+// seals the queue right before sendmmsg; drainUdp admits a received batch (header, connection, replay
+// check), opens every sealed one in one call, then accepts them in order (replay window update,
+// delivery or relay).
+//
 // The engine always handles MTU-sized IPv4 packets: with TUN offloads the device (router/tun.ts,
 // native/tunio.c) splits TSO super-packets before readBatch returns and coalesces TCP segments inside
 // writeBatch, so PMTU (frag-needed / fragmenting against the path MTU) works per segment as before.
-import type { CryptoEngine } from '../mesh/crypto';
+import type { BoxBatch } from './boxes';
 import { FrameHeader, FrameType, HDR, LANES, TAG, ViewCache, parseHeader, readU32, setNonce, writeHeader, writeU32 } from './frame';
 import { ForwardingTable, NO_PEER, type Prefix4 } from './forwarding';
 import { UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipv4DontFragment, ipv4Dst, ipv4HeaderLen, writeUnreachable } from './icmp';
@@ -129,17 +135,21 @@ class EnginePath {
 
 class SendRing {
   readonly buf: Buffer;
-  readonly box: ViewCache;
   readonly offs: Int32Array;
   readonly lens: Int32Array;
   readonly ips: Uint32Array;
   readonly ports: Int32Array;
   readonly errs: Int32Array;
   readonly slots: Int32Array;
+  // the boxes still to seal before the ring goes out (box j at sealOffs[j], nonce j, key j)
+  readonly sealOffs: Int32Array;
+  readonly sealLens: Int32Array;
+  readonly nonces: Buffer;
+  readonly keys: Buffer;
+  nSeal = 0;
   n = 0;
   constructor(readonly stride: number, readonly cap: number) {
     this.buf = Buffer.alloc(stride * cap);
-    this.box = new ViewCache(this.buf, stride, cap, HDR);
     this.offs = new Int32Array(cap);
     for (let i = 0; i < cap; i++) this.offs[i] = i * stride;
     this.lens = new Int32Array(cap);
@@ -147,6 +157,10 @@ class SendRing {
     this.ports = new Int32Array(cap);
     this.errs = new Int32Array(cap);
     this.slots = new Int32Array(cap);
+    this.sealOffs = new Int32Array(cap);
+    this.sealLens = new Int32Array(cap);
+    this.nonces = Buffer.alloc(24 * cap);
+    this.keys = Buffer.alloc(32 * cap);
   }
 }
 
@@ -161,7 +175,7 @@ class TunRing {
 }
 
 export interface DatapathOptions {
-  crypto: CryptoEngine;
+  boxes: BoxBatch;
   tun: TunDevice;
   udp: UdpBind;
   shared: PathShared;
@@ -176,7 +190,7 @@ export interface DatapathOptions {
 }
 
 export class Datapath {
-  private readonly crypto: CryptoEngine;
+  private readonly boxes: BoxBatch;
   private readonly tun: TunDevice;
   private readonly udp: UdpBind;
   private readonly sh: PathShared;
@@ -209,18 +223,32 @@ export class Datapath {
   private readonly rxLens: Int32Array;
   private readonly rxIps: Uint32Array;
   private readonly rxPorts: Int32Array;
-  private readonly rxBox: ViewCache;
   private readonly rxPlain: Buffer;
   private readonly rxPlainView: ViewCache;
+  // per received datagram between admit and accept: its slot (-1: dropped), header fields, plain
+  // length and index in the open batch (-1: not sealed)
+  private readonly rxSlot: Int32Array;
+  private readonly rxType: Uint8Array;
+  private readonly rxLane: Uint8Array;
+  private readonly rxCounter: Float64Array;
+  private readonly rxPlen: Int32Array;
+  private readonly rxOpenIdx: Int32Array;
+  // the open batch
+  private readonly openSrc: Int32Array;
+  private readonly openLens: Int32Array;
+  private readonly openDst: Int32Array;
+  private readonly openNonces: Buffer;
+  private readonly openKeys: Buffer;
+  private readonly openOk: Uint8Array;
+  private nOpen = 0;
   private readonly rxTun: TunRing;
   private readonly relayOut: SendRing;
   private readonly ackBuf = Buffer.alloc(8);
 
   private readonly hdr = new FrameHeader();
-  private readonly nonce = Buffer.alloc(24);
 
   constructor(o: DatapathOptions) {
-    this.crypto = o.crypto;
+    this.boxes = o.boxes;
     this.tun = o.tun;
     this.udp = o.udp;
     this.sh = o.shared;
@@ -246,11 +274,22 @@ export class Datapath {
     this.rxLens = new Int32Array(B);
     this.rxIps = new Uint32Array(B);
     this.rxPorts = new Int32Array(B);
-    this.rxBox = new ViewCache(this.rxIn, S, B, HDR);
     this.rxPlain = Buffer.alloc(S * B);
     this.rxPlainView = new ViewCache(this.rxPlain, S, B, 0);
     this.rxTun = new TunRing(this.rxPlain, B);
     this.relayOut = new SendRing(S, B);
+    this.rxSlot = new Int32Array(B);
+    this.rxType = new Uint8Array(B);
+    this.rxLane = new Uint8Array(B);
+    this.rxCounter = new Float64Array(B);
+    this.rxPlen = new Int32Array(B);
+    this.rxOpenIdx = new Int32Array(B);
+    this.openSrc = new Int32Array(B);
+    this.openLens = new Int32Array(B);
+    this.openDst = new Int32Array(B);
+    this.openNonces = Buffer.alloc(24 * B);
+    this.openKeys = Buffer.alloc(32 * B);
+    this.openOk = new Uint8Array(B);
   }
 
   // ---- state from the control plane --------------------------------------------------------------
@@ -354,7 +393,10 @@ export class Datapath {
     for (let f = 0; f < k; f++) this.seal(p, FrameType.Data, lane, this.fragView.get(f, this.fragLens[f]), ring);
   }
 
-  /** Seals a length-exact plain view for p into the ring (flushing it first when full). */
+  /**
+   * Frames a length-exact plain view for p into the ring (flushing it first when full); with a key the
+   * box is queued and sealed in flushSend.
+   */
   private seal(p: EnginePath, type: number, lane: number, plain: Buffer, ring: SendRing): void {
     if (ring.n === ring.cap) this.flushSend(ring);
     const k = ring.n;
@@ -363,8 +405,12 @@ export class Datapath {
     const len = plain.length;
     writeHeader(ring.buf, base, type, lane, p.remoteIdx, counter);
     if (p.txKey !== null) {
-      setNonce(this.nonce, type, lane, counter);
-      this.crypto.secretboxSeal(ring.box.get(k, len + TAG), plain, this.nonce, p.txKey);
+      ring.buf.set(plain, base + HDR + TAG);
+      const j = ring.nSeal++;
+      setNonce(ring.nonces, type, lane, counter, 24 * j);
+      ring.keys.set(p.txKey, 32 * j);
+      ring.sealOffs[j] = base + HDR;
+      ring.sealLens[j] = len + TAG;
       ring.lens[k] = HDR + len + TAG;
     } else {
       plain.copy(ring.buf, base + HDR);
@@ -380,6 +426,10 @@ export class Datapath {
     const n = ring.n;
     if (n === 0) return;
     ring.n = 0;
+    if (ring.nSeal > 0) {
+      this.boxes.seal(ring.buf, ring.sealOffs, ring.sealLens, ring.nonces, ring.keys, ring.nSeal);
+      ring.nSeal = 0;
+    }
     const sent = this.udp.sendBatch(ring.buf, ring.offs, ring.lens, ring.ips, ring.ports, ring.errs, n);
     const c = this.c;
     c[C.udpOutPackets] += sent;
@@ -426,11 +476,14 @@ export class Datapath {
       const n = this.udp.recvBatch(this.rxIn, this.S, this.B, this.rxLens, this.rxIps, this.rxPorts);
       if (n <= 0) break;
       const now = this.now();
+      this.nOpen = 0;
       for (let i = 0; i < n; i++) {
         c[C.udpInPackets]++;
         c[C.udpInBytes] += this.rxLens[i];
-        this.inbound(i, now);
+        this.admit(i);
       }
+      if (this.nOpen > 0) this.boxes.open(this.rxIn, this.openSrc, this.openLens, this.rxPlain, this.openDst, this.openNonces, this.openKeys, this.openOk, this.nOpen);
+      for (let i = 0; i < n; i++) if (this.rxSlot[i] >= 0) this.accept(i, now);
       this.flushTun();
       this.flushSend(this.relayOut);
       this.flushIcmp();
@@ -438,11 +491,13 @@ export class Datapath {
     }
   }
 
-  private inbound(i: number, now: number): void {
+  /** Pass 1: header, connection, replay check; a sealed frame joins the open batch, a plain one is copied out. */
+  private admit(i: number): void {
     const c = this.c;
     const len = this.rxLens[i];
     const h = this.hdr;
     const base = i * this.S;
+    this.rxSlot[i] = -1;
     if (len > this.S || !parseHeader(this.rxIn, base, len, h, false)) {
       c[C.dropMalformed]++;
       return;
@@ -458,22 +513,43 @@ export class Datapath {
       c[C.dropMalformed]++;
       return;
     }
-    const window = p.replay[h.lane];
-    if (window.check(h.counter) !== ReplayVerdict.Ok) {
+    if (p.replay[h.lane].check(h.counter) !== ReplayVerdict.Ok) {
       c[C.dropReplay]++;
       return;
     }
     const plen = len - HDR - (sealed ? TAG : 0);
     if (sealed) {
-      setNonce(this.nonce, h.type, h.lane, h.counter);
-      if (!this.crypto.secretboxOpen(this.rxPlainView.get(i, plen), this.rxBox.get(i, len - HDR), this.nonce, p.rxKey!)) {
-        c[C.dropBadMac]++;
-        return;
-      }
+      const j = this.nOpen++;
+      this.openSrc[j] = base + HDR;
+      this.openLens[j] = len - HDR;
+      this.openDst[j] = base;
+      setNonce(this.openNonces, h.type, h.lane, h.counter, 24 * j);
+      this.openKeys.set(p.rxKey!, 32 * j);
+      this.rxOpenIdx[i] = j;
     } else {
       this.rxIn.copy(this.rxPlain, base, base + HDR, base + len);
+      this.rxOpenIdx[i] = -1;
     }
-    if (window.update(h.counter) !== ReplayVerdict.Ok) {
+    this.rxSlot[i] = slot;
+    this.rxType[i] = h.type;
+    this.rxLane[i] = h.lane;
+    this.rxCounter[i] = h.counter;
+    this.rxPlen[i] = plen;
+  }
+
+  /** Pass 2, in arrival order: authentic (opened) frames update the replay window and are handled. */
+  private accept(i: number, now: number): void {
+    const c = this.c;
+    const slot = this.rxSlot[i];
+    const j = this.rxOpenIdx[i];
+    if (j >= 0 && this.openOk[j] === 0) {
+      c[C.dropBadMac]++;
+      return;
+    }
+    const p = this.paths[slot]!;
+    const lane = this.rxLane[i];
+    // a duplicate inside one batch passes the check in admit and fails here
+    if (p.replay[lane].update(this.rxCounter[i]) !== ReplayVerdict.Ok) {
       c[C.dropReplay]++;
       return;
     }
@@ -487,7 +563,9 @@ export class Datapath {
       sh.port[slot] = port;
       this.ev.addressLearned(slot, ip, port);
     }
-    switch (h.type) {
+    const plen = this.rxPlen[i];
+    const base = i * this.S;
+    switch (this.rxType[i]) {
       case FrameType.Data:
         this.deliver(i, plen);
         return;
@@ -498,7 +576,7 @@ export class Datapath {
         if (plen >= 8) {
           // ack with the size that got through (the datagram length); the round id comes back as is
           for (let k = 0; k < 4; k++) this.ackBuf[k] = this.rxPlain[base + k];
-          writeU32(this.ackBuf, 4, len);
+          writeU32(this.ackBuf, 4, this.rxLens[i]);
           this.seal(p, FrameType.ProbeAck, LANE_RELAY, this.ackBuf, this.relayOut);
         }
         return;

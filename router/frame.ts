@@ -140,10 +140,11 @@ export function decodeFrame(crypto: CryptoEngine | null, key: Uint8Array | null,
   return crypto.secretboxOpen(out, frame.subarray(HDR), nonce, key) ? out : null;
 }
 
-export function setNonce(nonce: Buffer, type: number, lane: number, counter: number): void {
-  writeU32(nonce, 0, Math.floor(counter / 4294967296));
-  writeU32(nonce, 4, counter >>> 0);
-  nonce[8] = type;
-  nonce[9] = lane;
+/** The 24-byte nonce of a frame at nonce[off..off+24). */
+export function setNonce(nonce: Uint8Array, type: number, lane: number, counter: number, off = 0): void {
+  writeU32(nonce, off, Math.floor(counter / 4294967296));
+  writeU32(nonce, off + 4, counter >>> 0);
+  nonce[off + 8] = type;
+  nonce[off + 9] = lane;
   // bytes 10..23 stay zero (caller-owned scratch that only this function writes)
 }

@@ -39,6 +39,13 @@ export interface TunIo {
   recvBatchGro?(fd: number, buf: Uint8Array, stride: number, max: number, lens: Int32Array, ips: Uint32Array, ports: Int32Array, carry: Uint8Array): number;
   /** true once the kernel refused UDP GSO itself (then sendBatch sends datagram by datagram; process-wide) */
   udpGsoOff?(): boolean;
+  /** secretbox batches (native/secretbox.c; router/boxes.ts says how the sleeve uses them) */
+  boxSeal?(buf: Uint8Array, offs: Int32Array, lens: Int32Array, nonces: Uint8Array, keys: Uint8Array, n: number): void;
+  boxOpen?(src: Uint8Array, srcOffs: Int32Array, lens: Int32Array, dst: Uint8Array, dstOffs: Int32Array, nonces: Uint8Array, keys: Uint8Array, ok: Uint8Array, n: number): number;
+  /** the SIMD set the batches use; with a name ('generic', 'avx2', 'avx512') switches first, null when absent (tests) */
+  boxImpl?(name?: string): string | null;
+  /** Poly1305 of msg under a 32-byte one-time key into tag (the batches' MAC, exposed for tests) */
+  boxPoly1305?(tag: Uint8Array, msg: Uint8Array, key: Uint8Array): void;
   poll(fd: number, cb: (status: number) => void): unknown;
   unpoll(handle: unknown): void;
 }

@@ -4,6 +4,7 @@
 // from the main thread as messages; per-path hot values and counters live in shared memory.
 import { parentPort, workerData } from 'worker_threads';
 import { loadCrypto } from '../mesh/crypto';
+import { makeBoxes, type BoxBatch, type BoxKind } from './boxes';
 import { errMsg } from '../mesh/errors';
 import { silentLogger, type Logger } from '../mesh/log';
 import { Datapath, PathShared, type DatapathEvents, type ForwardingSpec, type PathSharedBuffers, type PathSpec } from './datapath';
@@ -29,6 +30,8 @@ export interface WorkerInit {
   tunMtu: number;
   icmpSource: number;
   crypto: 'sodium' | 'tweetnacl';
+  /** how to seal and open (the main thread resolved it: router/boxes.ts) */
+  boxes: BoxKind;
 }
 
 export type ToWorker =
@@ -70,8 +73,15 @@ function main(): void {
     addressLearned: (slot, ip, p) => post({ k: 'addr', slot, ip, port: p }),
     pathTooBig: (slot) => post({ k: 'big', slot }),
   };
+  let boxes: BoxBatch;
+  try {
+    boxes = makeBoxes(init.boxes, loadCrypto(init.crypto, log), io, log);
+  } catch (e) {
+    post({ k: 'err', role: init.role, msg: errMsg(e), fatal: true });
+    return;
+  }
   const dp = new Datapath({
-    crypto: loadCrypto(init.crypto, log),
+    boxes,
     tun,
     udp,
     shared: new PathShared(init.shared),

@@ -5,14 +5,16 @@
 //             up to 64 KB and splits them into MTU-sized packets with full checksums, so what follows
 //             never sees one) -> per packet: IPv4 check -> dst -> forwarding table
 //             (LPM prefix -> destination peer) -> next-hop path (mesh routes, precomputed) ->
-//             too big? (DF: ICMP frag-needed into the TUN; no DF: fragment) -> header + seal with the
-//             path's tx key into the send ring -> sendmmsg batch to the next hop's UDP address (UDP
+//             too big? (DF: ICMP frag-needed into the TUN; no DF: fragment) -> header + packet into the
+//             send ring, nonce and tx key queued -> the ring's boxes sealed in one call (router/boxes.ts:
+//             the addon's SIMD secretbox) -> sendmmsg batch to the next hop's UDP address (UDP
 //             GSO: a run of equal-size datagrams to one peer is one message, same datagrams on the wire).
 //             No destination / no route: ICMP unreachable into the TUN.
 //   inbound   UDP readable -> recvmmsg batch (drain; with UDP GRO the kernel may hand over a run of
 //             datagrams from one sender as one buffer, which the addon splits back into one datagram
-//             per slot) -> header -> path by receiver index -> replay check (per lane) -> open with
-//             its rx key -> replay update, learn the peer's UDP address -> Data: dst -> forwarding
+//             per slot) -> header -> path by receiver index -> replay check (per lane) -> the batch's
+//             boxes opened in one call with their rx keys -> in order: replay update, learn the
+//             peer's UDP address -> Data: dst -> forwarding
 //             table -> ours: TUN write batch (with offloads the addon joins in-order TCP segments of
 //             one flow into one GSO write, GRO-like); another peer's: TTL-1, re-seal for the next
 //             hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
@@ -34,6 +36,7 @@ import { Worker } from 'worker_threads';
 import { Packr } from 'msgpackr';
 import type { Clock, TimerHandle } from '../mesh/clock';
 import type { CryptoEngine } from '../mesh/crypto';
+import { boxModeFromEnv, makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
 import { ProtocolError, WeaveError, errMsg } from '../mesh/errors';
 import type { Logger } from '../mesh/log';
 import type { PeerName } from '../mesh/peer';
@@ -122,6 +125,12 @@ export interface SleeveOptions {
   workers?: boolean;
   /** which I/O implementation tun/udp use, for reports; default 'native' for NativeTun, else 'memory' */
   ioKind?: IoKind | 'memory';
+  /**
+   * How the packet loops seal and open (router/boxes.ts): 'native' batches in the addon, 'engine' per
+   * box through `crypto`; default 'auto' (native when the addon loads and the engine is sodium), or
+   * WEAVE_SLEEVE_CRYPTO.
+   */
+  boxes?: 'auto' | BoxKind;
 }
 
 // ---- per connection (control plane) -------------------------------------------------------------
@@ -186,6 +195,8 @@ export class Sleeve {
   readonly mode: 'workers' | 'inline';
   /** 'native' (the addon), 'koffi' (router/fallback-io.ts, slower) or 'memory' (test fakes) */
   readonly io: IoKind | 'memory';
+  /** how datagrams are sealed and opened: 'native' batches or 'engine' per box (router/boxes.ts) */
+  readonly boxes: BoxKind;
   /** the TUN runs with offloads (super-packets split on read, TCP segments coalesced on write) */
   get tunOffload(): boolean {
     return !!this.tun.offloadStats;
@@ -247,6 +258,9 @@ export class Sleeve {
 
     const native = this.tun instanceof NativeTun && this.udp instanceof NativeUdp;
     this.io = o.ioKind ?? (native ? 'native' : 'memory');
+    const boxMode = o.boxes ?? boxModeFromEnv(process.env.WEAVE_SLEEVE_CRYPTO);
+    // the koffi fallback stands for "the addon cannot load": it seals through the engine too
+    this.boxes = resolveBoxKind(boxMode, this.crypto, boxMode === 'engine' || this.io === 'koffi' ? null : loadTunIo(this.log));
     if (o.workers && !native) throw new WeaveError('EINVAL', 'sleeve worker threads need the native TUN and UDP devices');
     this.mode = (o.workers ?? native) ? 'workers' : 'inline';
     if (this.mode === 'workers') this.startWorkers();
@@ -256,7 +270,7 @@ export class Sleeve {
     o.routes.on('routesChanged', this.onRoutesChanged);
     this.recompute();
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
-    this.log.info({ port: this.udp.port, tun: this.tun.name, tunOffload: !!this.tun.offloadStats, udpGso: this.udp instanceof NativeUdp && this.udp.gso, udpGro: this.udp instanceof NativeUdp && this.udp.gro, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, mode: this.mode, io: this.io }, 'sleeve started');
+    this.log.info({ port: this.udp.port, tun: this.tun.name, tunOffload: !!this.tun.offloadStats, udpGso: this.udp instanceof NativeUdp && this.udp.gso, udpGro: this.udp instanceof NativeUdp && this.udp.gro, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, boxes: this.boxes, mode: this.mode, io: this.io }, 'sleeve started');
   }
 
   /** Packet and drop counters summed over the threads (for metrics: weave_sleeve_*). */
@@ -377,7 +391,7 @@ export class Sleeve {
     const counters = newCounterArray();
     this.engineCounters.push(counters);
     const dp = new Datapath({
-      crypto: this.crypto, tun: this.tun, udp: this.udp, shared: this.shared, counters, events: this.engineEvents(),
+      boxes: makeBoxes(this.boxes, this.crypto, null, this.log), tun: this.tun, udp: this.udp, shared: this.shared, counters, events: this.engineEvents(),
       stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, now: () => this.clock.now(),
     });
     this.inline = dp;
@@ -406,7 +420,7 @@ export class Sleeve {
       this.engineCounters.push(counters);
       const init: WorkerInit = {
         role, tunFd: tun.fd, tunName: tun.name, tunOffload: tun.offload, udpGso: udp.gso, udpGro: udp.gro, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
-        stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name,
+        stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name, boxes: this.boxes,
       };
       const w = new Worker(path.join(__dirname, 'sleeve-worker.js'), { workerData: init });
       w.unref();

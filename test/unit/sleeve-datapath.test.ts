@@ -8,6 +8,8 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { constants as perfConstants } from 'node:perf_hooks';
 import { loadCrypto } from '../../mesh/crypto';
 import { silentLogger } from '../../mesh/log';
+import { engineBoxes, nativeBoxes, type BoxBatch } from '../../router/boxes';
+import { loadTunIo } from '../../router/native';
 import { COUNTER, Datapath, PathShared, newCounterArray, type DatapathEvents } from '../../router/datapath';
 import { FrameType, HDR, TAG, deriveKeys, encodeFrame } from '../../router/frame';
 import { ip4ToU32, parsePrefix } from '../../router/forwarding';
@@ -16,6 +18,9 @@ import type { UdpBind } from '../../router/udp';
 import { ipv4Packet } from '../fakes/channel-tun';
 
 const sodium = loadCrypto('sodium', silentLogger());
+// both ways of sealing: the addon's batches (npm ci builds it, so it must load here) and the engine
+const native = nativeBoxes(loadTunIo(silentLogger()));
+const BOXES: Array<[string, BoxBatch | null]> = [['native', native], ['engine', engineBoxes(sodium)]];
 
 /** A TUN that hands out the same packet `remaining` times, and counts writes. */
 class LoopTun implements TunDevice {
@@ -69,9 +74,9 @@ class LoopUdp implements UdpBind {
 
 const noEvents: DatapathEvents = { heartbeat() {}, probeAck() {}, addressLearned() {}, pathTooBig() {} };
 
-function engine(tun: TunDevice, udp: UdpBind, counters: Float64Array): { dp: Datapath; shared: PathShared } {
+function engine(tun: TunDevice, udp: UdpBind, counters: Float64Array, boxes: BoxBatch): { dp: Datapath; shared: PathShared } {
   const shared = new PathShared();
-  const dp = new Datapath({ crypto: sodium, tun, udp, shared, counters, events: noEvents, stride: 1536, batch: 64, tunMtu: 1440, icmpSource: 0, now: () => 1 });
+  const dp = new Datapath({ boxes, tun, udp, shared, counters, events: noEvents, stride: 1536, batch: 64, tunMtu: 1440, icmpSource: 0, now: () => 1 });
   return { dp, shared };
 }
 
@@ -91,47 +96,51 @@ async function minorGcsDuring(fn: () => void): Promise<number> {
   return minor;
 }
 
-test('outbound (TUN -> seal -> send) allocates nothing per packet', async () => {
-  const pkt = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: Buffer.alloc(1200, 1) });
-  const tun = new LoopTun(pkt);
-  const udp = new LoopUdp();
-  const counters = newCounterArray();
-  const { dp, shared } = engine(tun, udp, counters);
-  const keys = deriveKeys(sodium, sodium.randomBytes(32), true);
-  dp.setPath({ slot: 0, localIdx: 0x10000, remoteIdx: 0x20000, txKey: keys.tx, rxKey: keys.rx });
-  shared.ip[0] = ip4ToU32('198.18.0.2')!;
-  shared.port[0] = 6783;
-  shared.mtu[0] = 1440;
-  dp.setForwarding({ entries: [{ prefix: parsePrefix('10.32.1.0/24'), peer: 0 }, { prefix: parsePrefix('10.32.2.0/24'), peer: 1 }], next: [-1, 0], self: 0 });
-  tun.remaining = 20_000; // warm up: JIT, view caches
-  dp.drainTun();
-  tun.remaining = 200_000;
-  const minor = await minorGcsDuring(() => dp.drainTun());
-  assert.equal(udp.sent, 220_000);
-  assert.equal(counters[COUNTER.udpOutBytes], 220_000 * (pkt.length + HDR + TAG));
-  assert.ok(minor <= 1, `${minor} minor GCs while sealing 200k packets`);
-});
+for (const [kind, boxes] of BOXES) {
+  test(`outbound (TUN -> seal -> send) allocates nothing per packet (${kind} boxes)`, async () => {
+    assert.ok(boxes, 'the native addon with boxSeal/boxOpen must load (npm ci builds it)');
+    const pkt = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: Buffer.alloc(1200, 1) });
+    const tun = new LoopTun(pkt);
+    const udp = new LoopUdp();
+    const counters = newCounterArray();
+    const { dp, shared } = engine(tun, udp, counters, boxes);
+    const keys = deriveKeys(sodium, sodium.randomBytes(32), true);
+    dp.setPath({ slot: 0, localIdx: 0x10000, remoteIdx: 0x20000, txKey: keys.tx, rxKey: keys.rx });
+    shared.ip[0] = ip4ToU32('198.18.0.2')!;
+    shared.port[0] = 6783;
+    shared.mtu[0] = 1440;
+    dp.setForwarding({ entries: [{ prefix: parsePrefix('10.32.1.0/24'), peer: 0 }, { prefix: parsePrefix('10.32.2.0/24'), peer: 1 }], next: [-1, 0], self: 0 });
+    tun.remaining = 20_000; // warm up: JIT, view caches
+    dp.drainTun();
+    tun.remaining = 200_000;
+    const minor = await minorGcsDuring(() => dp.drainTun());
+    assert.equal(udp.sent, 220_000);
+    assert.equal(counters[COUNTER.udpOutBytes], 220_000 * (pkt.length + HDR + TAG));
+    assert.ok(minor <= 1, `${minor} minor GCs while sealing 200k packets`);
+  });
 
-test('inbound (recv -> open -> replay -> TUN) allocates nothing per packet', async () => {
-  const tun = new LoopTun(Buffer.alloc(0));
-  const udp = new LoopUdp();
-  const counters = newCounterArray();
-  const { dp } = engine(tun, udp, counters);
-  const sk = sodium.randomBytes(32);
-  const ours = deriveKeys(sodium, sk, false);
-  const theirs = deriveKeys(sodium, sk, true);
-  dp.setPath({ slot: 3, localIdx: 0x50003, remoteIdx: 7, txKey: ours.tx, rxKey: ours.rx });
-  dp.setForwarding({ entries: [{ prefix: parsePrefix('10.32.1.0/24'), peer: 0 }], next: [-1], self: 0 });
-  const pkt = ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', payload: Buffer.alloc(64, 2) });
-  const N = 120_000;
-  for (let i = 0; i < N; i++) udp.frames.push(encodeFrame(sodium, theirs.tx, FrameType.Data, 1, 0x50003, i, pkt));
-  // warm up on the first 20k, measure the rest
-  const all = udp.frames;
-  udp.frames = all.slice(0, 20_000);
-  dp.drainUdp();
-  udp.frames = all;
-  const minor = await minorGcsDuring(() => dp.drainUdp());
-  assert.equal(tun.writes, N);
-  assert.equal(counters[COUNTER.dropBadMac] + counters[COUNTER.dropReplay], 0);
-  assert.ok(minor <= 1, `${minor} minor GCs while opening 100k packets`);
-});
+  test(`inbound (recv -> open -> replay -> TUN) allocates nothing per packet (${kind} boxes)`, async () => {
+    assert.ok(boxes, 'the native addon with boxSeal/boxOpen must load (npm ci builds it)');
+    const tun = new LoopTun(Buffer.alloc(0));
+    const udp = new LoopUdp();
+    const counters = newCounterArray();
+    const { dp } = engine(tun, udp, counters, boxes);
+    const sk = sodium.randomBytes(32);
+    const ours = deriveKeys(sodium, sk, false);
+    const theirs = deriveKeys(sodium, sk, true);
+    dp.setPath({ slot: 3, localIdx: 0x50003, remoteIdx: 7, txKey: ours.tx, rxKey: ours.rx });
+    dp.setForwarding({ entries: [{ prefix: parsePrefix('10.32.1.0/24'), peer: 0 }], next: [-1], self: 0 });
+    const pkt = ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', payload: Buffer.alloc(64, 2) });
+    const N = 120_000;
+    for (let i = 0; i < N; i++) udp.frames.push(encodeFrame(sodium, theirs.tx, FrameType.Data, 1, 0x50003, i, pkt));
+    // warm up on the first 20k, measure the rest
+    const all = udp.frames;
+    udp.frames = all.slice(0, 20_000);
+    dp.drainUdp();
+    udp.frames = all;
+    const minor = await minorGcsDuring(() => dp.drainUdp());
+    assert.equal(tun.writes, N);
+    assert.equal(counters[COUNTER.dropBadMac] + counters[COUNTER.dropReplay], 0);
+    assert.ok(minor <= 1, `${minor} minor GCs while opening 100k packets`);
+  });
+}

@@ -12,6 +12,7 @@ import type { OverlayManager } from '../../mesh/mesh';
 import { FrameHeader, FrameType, HDR, TAG, parseHeader } from '../../router/frame';
 import { ipChecksum } from '../../router/icmp';
 import { PrefixTable } from '../../router/prefixes';
+import type { BoxKind } from '../../router/boxes';
 import { SLEEVE_OVERHEAD, Sleeve, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
 import { ChannelTun, ipv4Packet } from '../fakes/channel-tun';
 import { ChannelNet, ipNum } from '../fakes/channel-udp';
@@ -46,7 +47,7 @@ class Lab {
   readonly handles: SleeveHandle[] = [];
   readonly protocolErrors: string[] = [];
 
-  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger } = {}): Node {
+  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger; boxes?: BoxKind } = {}): Node {
     const log = o.log ?? silentLogger();
     const tun = new ChannelTun();
     const udp = this.net.bind(ip, 6783);
@@ -57,7 +58,7 @@ class Lab {
     const sleeve = new Sleeve({
       name, clock: this.clock, log, crypto: o.crypto ?? sodium, routes, prefixes: pt, tun, udp,
       host: { tunUp: async () => {}, setRoutes: (r) => { routesSet.push(r); } },
-      underlayMtu: o.underlayMtu,
+      underlayMtu: o.underlayMtu, boxes: o.boxes,
     });
     const n: Node = { name, ip, tun, sleeve, prefixes: pt, routes, routesSet, events: [] };
     this.nodes.push(n);
@@ -116,7 +117,7 @@ const A = '02:00:00:00:00:0a';
 const B = '02:00:00:00:00:0b';
 const C = '02:00:00:00:00:0c';
 
-async function twoNodes(key: Uint8Array | null, o: { crypto?: CryptoEngine } = {}) {
+async function twoNodes(key: Uint8Array | null, o: { crypto?: CryptoEngine; boxes?: BoxKind } = {}) {
   const lab = new Lab();
   const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24'], o);
   const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24'], o);
@@ -132,11 +133,12 @@ function marker(s: string, n = 200): Buffer {
   return Buffer.concat([Buffer.from(s), Buffer.alloc(n, 0x61)]);
 }
 
-for (const mode of ['encrypted', 'plain'] as const) {
-  test(`two routers exchange packets both ways (${mode})`, async () => {
+for (const [mode, boxes] of [['encrypted', 'native'], ['encrypted', 'engine'], ['plain', 'native']] as const) {
+  test(`two routers exchange packets both ways (${mode}, ${boxes} boxes)`, async () => {
     const key = mode === 'encrypted' ? sodium.randomBytes(32) : null;
-    const { lab, a, b, ha, hb } = await twoNodes(key);
+    const { lab, a, b, ha, hb } = await twoNodes(key, { boxes });
     try {
+      assert.equal(a.sleeve.boxes, boxes);
       assert.deepEqual(ha.status(), { overlay: 'sleeve', encrypted: key !== null, mtu: 1500 - SLEEVE_OVERHEAD });
       lab.net.capture = true;
       const ab = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('MARKER-A2B') });
@@ -174,20 +176,26 @@ test('Sleeve is the mesh\'s OverlayManager', async () => {
   }
 });
 
-test('tweetnacl and sodium routers interoperate', async () => {
+test('tweetnacl and sodium routers interoperate (the sodium one sealing with the addon\'s batches)', async () => {
   const lab = new Lab();
   const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24'], { crypto: sodium });
   const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24'], { crypto: tweetnaclEngine() });
   try {
+    assert.equal(a.sleeve.boxes, 'native', 'auto picks the addon for sodium');
+    assert.equal(b.sleeve.boxes, 'engine', 'and keeps tweetnacl on the engine');
     lab.syncPrefixes();
     a.routes.hops.set(B, B);
     b.routes.hops.set(A, A);
     lab.connect(a, b, sodium.randomBytes(32));
     await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
-    const p = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('x') });
+    const p = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('x', 1300) });
+    const q = ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', payload: marker('y', 700) });
     a.tun.inject(p);
-    await lab.until(() => b.tun.written.length === 1, 'delivery');
+    b.tun.inject(q);
+    await lab.until(() => b.tun.written.length === 1 && a.tun.written.length === 1, 'delivery both ways');
     assert.deepEqual(b.tun.written[0], p);
+    assert.deepEqual(a.tun.written[0], q);
+    assert.equal(a.sleeve.counters.dropBadMac + b.sleeve.counters.dropBadMac, 0);
   } finally {
     lab.close();
   }
