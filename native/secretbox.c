@@ -76,6 +76,41 @@ static void hsalsa20(uint8_t out[32], const uint8_t in[16], const uint8_t k[32])
   st32(out + 28, x9);
 }
 
+// HSalsa20 of up to W (key, nonce) pairs at once, one per lane: the subkeys of a batch's boxes
+// (subs: 32 bytes each). Lanes past n repeat pair 0 and are not stored.
+#define DEFINE_HSALSA(NAME, W, ATTR)                                                                   \
+  typedef uint32_t NAME##_v __attribute__((vector_size(4 * (W))));                                   \
+  ATTR static void NAME(uint8_t *subs, const uint8_t *const *nonces, const uint8_t *const *keys, size_t n) { \
+    uint32_t in[16][W] __attribute__((aligned(64)));                                                  \
+    for (size_t j = 0; j < (W); j++) {                                                                \
+      const uint8_t *k = keys[j < n ? j : 0], *nc = nonces[j < n ? j : 0];                            \
+      in[0][j] = SIGMA[0];                                                                            \
+      in[5][j] = SIGMA[1];                                                                            \
+      in[10][j] = SIGMA[2];                                                                           \
+      in[15][j] = SIGMA[3];                                                                           \
+      for (int i = 0; i < 4; i++) {                                                                   \
+        in[1 + i][j] = ld32(k + 4 * i);                                                               \
+        in[11 + i][j] = ld32(k + 16 + 4 * i);                                                         \
+        in[6 + i][j] = ld32(nc + 4 * i);                                                              \
+      }                                                                                               \
+    }                                                                                                 \
+    NAME##_v x[16];                                                                                   \
+    memcpy(x, in, sizeof x);                                                                          \
+    NAME##_v x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6], x7 = x[7];  \
+    NAME##_v x8 = x[8], x9 = x[9], x10 = x[10], x11 = x[11], x12 = x[12], x13 = x[13], x14 = x[14];   \
+    NAME##_v x15 = x[15];                                                                             \
+    for (int r = 0; r < 10; r++) {                                                                    \
+      DOUBLE_ROUND;                                                                                   \
+    }                                                                                                 \
+    NAME##_v o[8] = {x0, x5, x10, x15, x6, x7, x8, x9};                                               \
+    uint32_t t[8][W];                                                                                 \
+    memcpy(t, o, sizeof t);                                                                           \
+    for (size_t j = 0; j < n && j < (W); j++)                                                         \
+      for (int i = 0; i < 8; i++) st32(subs + 32 * j + 4 * i, t[i][j]);                               \
+  }
+
+typedef void (*hsalsa_fn)(uint8_t *subs, const uint8_t *const *nonces, const uint8_t *const *keys, size_t n);
+
 // The Salsa20 input block under key k and 8-byte nonce n (words 8 and 9, the block counter, are set
 // per block by the keystream functions).
 static void salsa_state(uint32_t s[16], const uint8_t k[32], const uint8_t n[8]) {
@@ -132,6 +167,8 @@ typedef struct {
   int w[3];           // widths, widest first
   keystream_fn f[3];
   poly_bulk_fn poly4;
+  int hw;             // lanes of hs (0: scalar HSalsa20 only)
+  hsalsa_fn hs;
 } ks_impl;
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -200,12 +237,14 @@ DEFINE_KEYSTREAM(ks4_sse2, 4, , STORE4)
 DEFINE_KEYSTREAM(ks8_avx2, 8, __attribute__((target("avx2"))), STORE8)
 DEFINE_KEYSTREAM(ks16_avx512, 16, __attribute__((target("avx2,avx512f,avx512vl"))), STORE16)
 DEFINE_KEYSTREAM(ks8_avx512, 8, __attribute__((target("avx2,avx512f,avx512vl"))), STORE8)
+DEFINE_HSALSA(hs8_avx2, 8, __attribute__((target("avx2"))))
+DEFINE_HSALSA(hs16_avx512, 16, __attribute__((target("avx2,avx512f,avx512vl"))))
 static void poly_avx2(poly_t *p, const uint8_t *m, size_t groups);
 // Narrower calls cost about as much as W=8 ones (the same instructions on narrower vectors), so the
 // SIMD sets stop at 8.
-static const ks_impl GENERIC = {"generic", 1, {4}, {ks4_sse2}, NULL};
-static const ks_impl AVX2 = {"avx2", 1, {8}, {ks8_avx2}, poly_avx2};
-static const ks_impl AVX512 = {"avx512", 2, {16, 8}, {ks16_avx512, ks8_avx512}, poly_avx2};
+static const ks_impl GENERIC = {"generic", 1, {4}, {ks4_sse2}, NULL, 0, NULL};
+static const ks_impl AVX2 = {"avx2", 1, {8}, {ks8_avx2}, poly_avx2, 8, hs8_avx2};
+static const ks_impl AVX512 = {"avx512", 2, {16, 8}, {ks16_avx512, ks8_avx512}, poly_avx2, 16, hs16_avx512};
 #else
 // no SIMD transpose: lane j of every word vector is block j
 #define STORE_SCALAR(o, out)                                                            \
@@ -216,7 +255,7 @@ static const ks_impl AVX512 = {"avx512", 2, {16, 8}, {ks16_avx512, ks8_avx512}, 
       for (int i = 0; i < 16; i++) st32(out + 64 * j + 4 * i, t_[i][j]);               \
   } while (0)
 DEFINE_KEYSTREAM(ks4_generic, 4, , STORE_SCALAR)
-static const ks_impl GENERIC = {"generic", 1, {4}, {ks4_generic}, NULL};
+static const ks_impl GENERIC = {"generic", 1, {4}, {ks4_generic}, NULL, 0, NULL};
 #endif
 
 static const ks_impl *impl = &GENERIC;
@@ -504,14 +543,12 @@ static void xor_bytes(uint8_t *out, const uint8_t *in, const uint8_t *ks, size_t
 
 // The message in keystream chunks, then Poly1305 over the ciphertext (for a packet it is still in L1):
 // after the XOR when sealing, before it when opening. The first 32 keystream bytes are the Poly1305 key.
-static void crypt(int sealing, uint8_t *out, const uint8_t *in, size_t len, const uint8_t nonce[24], const uint8_t key[32], uint8_t tag[16]) {
-  const ks_impl *im = impl;
-  uint8_t sub[32];
+// sub: the box's HSalsa20 subkey; n8: the last 8 bytes of its nonce.
+static void crypt(const ks_impl *im, int sealing, uint8_t *out, const uint8_t *in, size_t len, const uint8_t sub[32], const uint8_t n8[8], uint8_t tag[16]) {
   uint32_t st[16];
   uint8_t ks[KS_MAX] __attribute__((aligned(64)));
   poly_t p;
-  hsalsa20(sub, nonce, key);
-  salsa_state(st, sub, nonce + 16);
+  salsa_state(st, sub, n8);
   size_t need = (len + 32 + 63) / 64;
   size_t made = keystream(im, st, 0, need, ks);
   poly_init(&p, ks);
@@ -529,7 +566,6 @@ static void crypt(int sealing, uint8_t *out, const uint8_t *in, size_t len, cons
   }
   if (sealing) poly_mac(im, &p, out, len);
   poly_finish(&p, tag);
-  wipe(sub, sizeof sub);
   wipe(st, sizeof st);
   wipe(&p, sizeof p);
   wipe(ks, 64); // the first block held the Poly1305 key
@@ -543,20 +579,65 @@ void sb_poly1305(uint8_t tag[16], const uint8_t *m, size_t len, const uint8_t ke
   wipe(&p, sizeof p);
 }
 
+static int tag_ok(const uint8_t want[16], const uint8_t got[16]) {
+  uint8_t diff = 0;
+  for (int i = 0; i < 16; i++) diff |= (uint8_t)(want[i] ^ got[i]);
+  return diff == 0;
+}
+
+// Seals (open = 0) or opens a run of boxes: subkeys W at a time with SIMD HSalsa20 (one lane per box),
+// then each box. Returns how many opened.
+static size_t run(sb_job *jobs, size_t n, uint8_t *ok, int open) {
+  const ks_impl *im = impl;
+  enum { CHUNK = 16 };
+  uint8_t subs[CHUNK * 32];
+  const uint8_t *nonces[CHUNK], *keys[CHUNK];
+  size_t good = 0;
+  for (size_t base = 0; base < n; base += CHUNK) {
+    size_t m = n - base < CHUNK ? n - base : CHUNK;
+    for (size_t j = 0; j < m; j++) {
+      nonces[j] = jobs[base + j].nonce;
+      keys[j] = jobs[base + j].key;
+    }
+    for (size_t j = 0; j < m;) {
+      if (im->hs != NULL && m - j > 1) {
+        im->hs(subs + 32 * j, nonces + j, keys + j, m - j);
+        j += (size_t)im->hw;
+      } else {
+        hsalsa20(subs + 32 * j, nonces[j], keys[j]);
+        j++;
+      }
+    }
+    for (size_t j = 0; j < m; j++) {
+      sb_job *b = &jobs[base + j];
+      uint8_t tag[16];
+      if (!open) {
+        crypt(im, 1, b->box + SB_TAG, b->msg, b->len, subs + 32 * j, b->nonce + 16, tag);
+        memcpy(b->box, tag, 16);
+        continue;
+      }
+      crypt(im, 0, b->msg, b->box + SB_TAG, b->len, subs + 32 * j, b->nonce + 16, tag);
+      ok[base + j] = (uint8_t)tag_ok(b->box, tag);
+      if (ok[base + j]) good++;
+      else memset(b->msg, 0, b->len); // the caller's memory: not a dead store
+    }
+  }
+  wipe(subs, sizeof subs);
+  return good;
+}
+
+void sb_seal_many(sb_job *jobs, size_t n) { run(jobs, n, NULL, 0); }
+
+size_t sb_open_many(sb_job *jobs, size_t n, uint8_t *ok) { return run(jobs, n, ok, 1); }
+
 void sb_seal(uint8_t *out, const uint8_t *m, size_t mlen, const uint8_t nonce[SB_NONCE], const uint8_t key[SB_KEY]) {
-  uint8_t tag[16];
-  crypt(1, out + SB_TAG, m, mlen, nonce, key, tag);
-  memcpy(out, tag, 16);
+  sb_job j = {out, (uint8_t *)m, mlen, nonce, key};
+  sb_seal_many(&j, 1);
 }
 
 int sb_open(uint8_t *out, const uint8_t *box, size_t clen, const uint8_t nonce[SB_NONCE], const uint8_t key[SB_KEY]) {
-  uint8_t tag[16];
-  crypt(0, out, box + SB_TAG, clen, nonce, key, tag);
-  uint8_t diff = 0;
-  for (int i = 0; i < 16; i++) diff |= (uint8_t)(tag[i] ^ box[i]);
-  if (diff != 0) {
-    memset(out, 0, clen); // out is the caller's: not a dead store
-    return 0;
-  }
-  return 1;
+  sb_job j = {(uint8_t *)box, out, clen, nonce, key};
+  uint8_t ok = 0;
+  sb_open_many(&j, 1, &ok);
+  return ok;
 }
