@@ -173,6 +173,7 @@ for (const encrypted of [true, false]) {
         const rep = await h.report();
         assert.equal(rep.sleeve.io, 'koffi', `${h.name} sleeve io`);
         assert.equal(rep.sleeve.mode, 'inline', `${h.name} sleeve mode`);
+        assert.equal(rep.sleeve.crypto, 'engine', `${h.name}: without the addon, sealing goes through the crypto engine`);
         // the warn line reaches the router's log file (pino may flush it a little after start)
         await waitFor(`${h.name} log to carry the fallback warning`, () => logOf(h).includes(WARN), { timeoutMs: 5000, intervalMs: 100 });
         const line = logOf(h).split('\n').find((l) => l.includes(WARN))!;

@@ -45,11 +45,14 @@ async function twoHosts(lab: Lab, env: Record<string, string>, opts: { mtu2?: nu
 for (const encrypted of [true, false]) {
   test(`2 hosts ${encrypted ? 'with' : 'without'} a password: ping, iperf3 TCP and UDP, status shows the sleeve`, async () => {
     await withLab(async (lab) => {
-      const { h1, c1, c2 } = await twoHosts(lab, encrypted ? PW : {});
+      const { h1, h2, c1, c2 } = await twoHosts(lab, encrypted ? PW : {});
       const rep = await sleeveEstablished(h1, 1);
       const conn = rep.router.connections.find((c: any) => c.state === 'established');
       assert.equal(conn.encrypted, encrypted);
       assert.ok(conn.mtu > 1300, `mtu=${conn.mtu}`);
+      // the addon's batched secretbox in the worker threads (npm ci builds the addon)
+      assert.equal(rep.sleeve.mode, 'workers');
+      assert.equal(rep.sleeve.crypto, 'native');
       const text = (await h1.weave(['status', 'connections'])).stdout;
       assert.match(text, /sleeve/);
       assert.match(text, encrypted ? /\bencrypted\b/ : /unencrypted/);
@@ -61,6 +64,7 @@ for (const encrypted of [true, false]) {
       const udp = await iperf(c1, c2, '10.32.2.1', ['-u', '-b', '50M']);
       assert.ok(udp.end.sum.packets > 1000, 'UDP flowed');
       assert.ok(udp.end.sum.lost_percent < 20, `UDP loss ${udp.end.sum.lost_percent}%`);
+      for (const h of [h1, h2]) assert.equal(await dropped(h, 'badMac'), 0, `${h.name}: no datagram failed to open`);
     });
   });
 }
