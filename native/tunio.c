@@ -1041,10 +1041,17 @@ static void poll_stop(poller_t *p) {
 
 // ---- secretbox batches (secretbox.c): one call per batch, not per packet --------------------------
 
-// Every key and nonce of a batch: n*32 and n*24 bytes.
-static bool get_keys_nonces(napi_env env, napi_value vn, napi_value vk, int32_t n, uint8_t **nonces, uint8_t **keys) {
+// A batch of boxes: n (vn), the boxes (buf, offs, lens), a nonce and a key per box (n*24, n*32
+// bytes). NULL when sound, else what is wrong.
+static const char *get_boxes(napi_env env, napi_value vbuf, napi_value voffs, napi_value vlens, napi_value vnonces, napi_value vkeys, napi_value vn,
+                             int32_t *n, pkt_list *pl, uint8_t **nonces, uint8_t **keys) {
   size_t nl, kl;
-  return get_bytes(env, vn, nonces, &nl) && get_bytes(env, vk, keys, &kl) && nl >= (size_t)n * SB_NONCE && kl >= (size_t)n * SB_KEY;
+  if (!get_i32(env, vn, n)) return "bad arguments";
+  const char *bad = get_pkt_list(env, vbuf, voffs, vlens, *n, pl);
+  if (bad) return bad;
+  if (!get_bytes(env, vnonces, nonces, &nl) || !get_bytes(env, vkeys, keys, &kl) || nl < (size_t)*n * SB_NONCE || kl < (size_t)*n * SB_KEY)
+    return "nonces/keys must hold n*24/n*32 bytes";
+  return NULL;
 }
 
 // boxSeal(buf, offs, lens, nonces, keys, n): box i spans buf[offs[i], offs[i]+lens[i]); its message
@@ -1057,10 +1064,9 @@ static napi_value BoxSeal(napi_env env, napi_callback_info info) {
   int32_t n;
   pkt_list pl;
   uint8_t *nonces, *keys;
-  if (argc < 6 || !get_i32(env, argv[5], &n)) return throw_bad(env, sig, "bad arguments");
-  const char *bad = get_pkt_list(env, argv[0], argv[1], argv[2], n, &pl);
+  if (argc < 6) return throw_bad(env, sig, "bad arguments");
+  const char *bad = get_boxes(env, argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], &n, &pl, &nonces, &keys);
   if (bad) return throw_bad(env, sig, bad);
-  if (!get_keys_nonces(env, argv[3], argv[4], n, &nonces, &keys)) return throw_bad(env, sig, "nonces/keys must hold n*24/n*32 bytes");
   for (int i = 0; i < n; i++)
     if (pl.lens[i] < SB_TAG) return throw_bad(env, sig, "a box is shorter than its 16-byte tag");
   sb_job jobs[MAXB];
@@ -1090,11 +1096,10 @@ static napi_value BoxOpen(napi_env env, napi_callback_info info) {
   uint8_t *dst, *nonces, *keys, *ok;
   uint32_t *doffs;
   size_t dlen, oklen;
-  if (argc < 9 || !get_i32(env, argv[8], &n)) return throw_bad(env, sig, "bad arguments");
-  const char *bad = get_pkt_list(env, argv[0], argv[1], argv[2], n, &pl);
+  if (argc < 9) return throw_bad(env, sig, "bad arguments");
+  const char *bad = get_boxes(env, argv[0], argv[1], argv[2], argv[5], argv[6], argv[8], &n, &pl, &nonces, &keys);
   if (bad) return throw_bad(env, sig, bad);
   if (!get_bytes(env, argv[3], &dst, &dlen) || !get_u32s(env, argv[4], (size_t)n, &doffs)) return throw_bad(env, sig, "bad dst or dstOffs");
-  if (!get_keys_nonces(env, argv[5], argv[6], n, &nonces, &keys)) return throw_bad(env, sig, "nonces/keys must hold n*24/n*32 bytes");
   if (!get_bytes(env, argv[7], &ok, &oklen) || oklen < (size_t)n) return throw_bad(env, sig, "ok must be a Uint8Array of n");
   for (int i = 0; i < n; i++)
     if (pl.lens[i] >= SB_TAG && (size_t)doffs[i] + pl.lens[i] - SB_TAG > dlen) return throw_bad(env, sig, "message outside dst");

@@ -5,14 +5,10 @@
 //   engine  the CryptoEngine (sodium-native or tweetnacl) per box: what runs without the addon, and
 //           the baseline bench/sleeve compares against
 // Both put the same bytes on the wire (test/unit/secretbox-native.test.ts).
-import type { CryptoEngine } from '../mesh/crypto';
+import { KEY_BYTES as BOX_KEY, NONCE_BYTES as BOX_NONCE, SECRETBOX_OVERHEAD as BOX_TAG, type CryptoEngine } from '../mesh/crypto';
 import { WeaveError } from '../mesh/errors';
 import type { Logger } from '../mesh/log';
 import { loadTunIo, type TunIo } from './native';
-
-export const BOX_TAG = 16;
-export const BOX_NONCE = 24;
-export const BOX_KEY = 32;
 
 export type BoxKind = 'native' | 'engine';
 

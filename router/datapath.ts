@@ -19,6 +19,7 @@
 // The engine always handles MTU-sized IPv4 packets: with TUN offloads the device (router/tun.ts,
 // native/tunio.c) splits TSO super-packets before readBatch returns and coalesces TCP segments inside
 // writeBatch, so PMTU (frag-needed / fragmenting against the path MTU) works per segment as before.
+import { KEY_BYTES, NONCE_BYTES } from '../mesh/crypto';
 import type { BoxBatch } from './boxes';
 import { FrameHeader, FrameType, HDR, LANES, TAG, ViewCache, parseHeader, readU32, setNonce, writeHeader, writeU32 } from './frame';
 import { ForwardingTable, NO_PEER, type Prefix4 } from './forwarding';
@@ -159,8 +160,8 @@ class SendRing {
     this.slots = new Int32Array(cap);
     this.sealOffs = new Int32Array(cap);
     this.sealLens = new Int32Array(cap);
-    this.nonces = Buffer.alloc(24 * cap);
-    this.keys = Buffer.alloc(32 * cap);
+    this.nonces = Buffer.alloc(NONCE_BYTES * cap);
+    this.keys = Buffer.alloc(KEY_BYTES * cap);
   }
 }
 
@@ -287,8 +288,8 @@ export class Datapath {
     this.openSrc = new Int32Array(B);
     this.openLens = new Int32Array(B);
     this.openDst = new Int32Array(B);
-    this.openNonces = Buffer.alloc(24 * B);
-    this.openKeys = Buffer.alloc(32 * B);
+    this.openNonces = Buffer.alloc(NONCE_BYTES * B);
+    this.openKeys = Buffer.alloc(KEY_BYTES * B);
     this.openOk = new Uint8Array(B);
   }
 
@@ -407,8 +408,8 @@ export class Datapath {
     if (p.txKey !== null) {
       ring.buf.set(plain, base + HDR + TAG);
       const j = ring.nSeal++;
-      setNonce(ring.nonces, type, lane, counter, 24 * j);
-      ring.keys.set(p.txKey, 32 * j);
+      setNonce(ring.nonces, type, lane, counter, NONCE_BYTES * j);
+      ring.keys.set(p.txKey, KEY_BYTES * j);
       ring.sealOffs[j] = base + HDR;
       ring.sealLens[j] = len + TAG;
       ring.lens[k] = HDR + len + TAG;
@@ -523,8 +524,8 @@ export class Datapath {
       this.openSrc[j] = base + HDR;
       this.openLens[j] = len - HDR;
       this.openDst[j] = base;
-      setNonce(this.openNonces, h.type, h.lane, h.counter, 24 * j);
-      this.openKeys.set(p.rxKey!, 32 * j);
+      setNonce(this.openNonces, h.type, h.lane, h.counter, NONCE_BYTES * j);
+      this.openKeys.set(p.rxKey!, KEY_BYTES * j);
       this.rxOpenIdx[i] = j;
     } else {
       this.rxIn.copy(this.rxPlain, base, base + HDR, base + len);
