@@ -131,14 +131,15 @@ export function boxModeFromEnv(v: string | undefined): 'auto' | BoxKind {
 }
 
 /**
- * What 'auto' picks: the addon's batches when they load and the engine is sodium (tweetnacl is only
- * chosen to run without native code, so it keeps the engine path).
+ * What 'auto' picks: the addon's batches when they load, the engine is sodium (tweetnacl is only
+ * chosen to run without native code) and the CPU has AVX2 or AVX-512 (the addon's portable build is
+ * no faster than libsodium's, so there the call per packet is the only saving).
  */
 export function resolveBoxKind(mode: 'auto' | BoxKind, crypto: CryptoEngine, io: TunIo | null): BoxKind {
   const native = nativeBoxes(io) !== null;
   if (mode === 'native' && !native) throw new WeaveError('ENOADDON', 'WEAVE_SLEEVE_CRYPTO=native needs the native data-path addon with boxSeal/boxOpen (node scripts/build-native.js)');
   if (mode !== 'auto') return mode;
-  return native && crypto.name === 'sodium' ? 'native' : 'engine';
+  return native && crypto.name === 'sodium' && io?.boxImpl?.() !== 'generic' ? 'native' : 'engine';
 }
 
 /** The BoxBatch of a kind resolveBoxKind chose (the worker threads build their own from it). */

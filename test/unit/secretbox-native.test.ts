@@ -204,7 +204,9 @@ test('WEAVE_SLEEVE_CRYPTO: auto picks the addon for sodium only; a bad value or 
   assert.equal(boxModeFromEnv(undefined), 'auto');
   assert.equal(boxModeFromEnv('engine'), 'engine');
   assert.throws(() => boxModeFromEnv('fast'), /WEAVE_SLEEVE_CRYPTO must be auto, native or engine, not "fast"/);
-  assert.equal(resolveBoxKind('auto', sod, io), 'native');
+  const best = io!.boxImpl!()!;
+  assert.equal(resolveBoxKind('auto', sod, io), best === 'generic' ? 'engine' : 'native');
+  withImpl('generic', () => assert.equal(resolveBoxKind('auto', sod, io), 'engine', 'no SIMD: libsodium is as fast'));
   assert.equal(resolveBoxKind('auto', tweet, io), 'engine');
   assert.equal(resolveBoxKind('auto', sod, null), 'engine', 'no addon: the engine');
   assert.equal(resolveBoxKind('native', tweet, io), 'native', 'asked for by name');
