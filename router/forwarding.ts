@@ -52,6 +52,8 @@ export function formatPrefix(p: Prefix4): string {
   return `${u32ToIp4(p.addr)}/${p.len}`;
 }
 
+const MEMO = 256; // a power of two
+
 export class ForwardingTable {
   // node i: children at 2i / 2i+1 of kids, value at vals[i] (NO_PEER when no prefix ends here)
   private kids: Int32Array;
@@ -85,8 +87,26 @@ export class ForwardingTable {
     this.vals[n] = peer;
   }
 
+  // Answers of recent lookups, direct-mapped by address: a walk to a /32 takes 32 steps (~145 ns in
+  // V8 here), and a batch is mostly packets of a few flows. The table never changes after
+  // construction, so an answer stays valid.
+  private readonly memoAddr = new Int32Array(MEMO);
+  private readonly memoPeer = new Int32Array(MEMO);
+  private readonly memoSet = new Uint8Array(MEMO);
+
   /** Longest-prefix match of a host-order u32 address: the peer id, or NO_PEER. */
   lookup(addr: number): number {
+    const key = addr | 0;
+    const i = (key ^ (key >>> 8) ^ (key >>> 16)) & (MEMO - 1);
+    if (this.memoSet[i] === 1 && this.memoAddr[i] === key) return this.memoPeer[i];
+    const best = this.walk(addr);
+    this.memoAddr[i] = key;
+    this.memoPeer[i] = best;
+    this.memoSet[i] = 1;
+    return best;
+  }
+
+  private walk(addr: number): number {
     const kids = this.kids;
     const vals = this.vals;
     let best = vals[0];

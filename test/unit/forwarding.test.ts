@@ -27,6 +27,26 @@ test('longest prefix wins; default route; miss', () => {
   assert.equal(new ForwardingTable().lookup(0), NO_PEER);
 });
 
+test('the memo of recent lookups answers repeats, colliding and high addresses like a fresh table', () => {
+  const entries = [
+    { prefix: parsePrefix('200.1.0.0/16'), peer: 4 },
+    { prefix: parsePrefix('200.1.1.1/32'), peer: 5 },
+    { prefix: parsePrefix('10.32.0.0/12'), peer: 1 },
+  ];
+  const t = new ForwardingTable(entries);
+  const seq = ['200.1.1.1', '200.1.1.1', '200.1.1.2', '200.1.1.1', '10.32.0.1', '10.32.0.1', '9.9.9.9', '9.9.9.9', '0.0.0.0', '200.1.1.1', '255.255.255.255'];
+  for (const a of seq) assert.equal(t.lookup(ip4ToU32(a)!), new ForwardingTable(entries).lookup(ip4ToU32(a)!), a);
+  // many flows: 5000 addresses, each looked up twice in a shuffled order, share 256 memo slots
+  const addrs = Array.from({ length: 5000 }, (_, i) => (ip4ToU32('200.0.0.0')! + i * 7919) >>> 0);
+  const order = [...addrs, ...addrs].sort((x, y) => ((x * 2654435761) >>> 0) - ((y * 2654435761) >>> 0));
+  for (const a of order) assert.equal(t.lookup(a), new ForwardingTable(entries).lookup(a), u32ToIp4(a));
+  // 0.0.0.0 first: the memo must not take its initial zero for a cached answer
+  const z = new ForwardingTable([{ prefix: parsePrefix('0.0.0.0/32'), peer: 9 }]);
+  assert.equal(z.lookup(0), 9);
+  assert.equal(z.lookup(1), NO_PEER);
+  assert.equal(z.lookup(0), 9);
+});
+
 test('random prefixes vs a brute-force oracle', () => {
   const prefixArb = fc.record({ addr: fc.integer({ min: 0, max: 0xffffffff }), len: fc.integer({ min: 0, max: 32 }), peer: fc.integer({ min: 0, max: 50 }) });
   fc.assert(
