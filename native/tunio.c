@@ -400,10 +400,11 @@ static int carry_drain(uint8_t *carry, uint8_t *buf, size_t stride, int room, ui
   return k;
 }
 
-static bool get_carry(napi_env env, napi_value v, uint8_t **carry) {
+// A reading thread's carry buffer: at least size bytes, 4-aligned (its head is u32 counters).
+static bool get_carry(napi_env env, napi_value v, size_t size, uint8_t **carry) {
   uint8_t *c;
   size_t n;
-  if (!get_bytes(env, v, &c, &n) || n < CARRY_SIZE || ((uintptr_t)c & 3) != 0) return false;
+  if (!get_bytes(env, v, &c, &n) || n < size || ((uintptr_t)c & 3) != 0) return false;
   *carry = c;
   return true;
 }
@@ -418,7 +419,7 @@ static napi_value ReadBatchVnet(napi_env env, napi_callback_info info) {
   int32_t fd, stride, maxp;
   uint8_t *buf, *carry;
   uint32_t *lens;
-  if (argc < 6 || !get_i32(env, argv[0], &fd) || !get_slots(env, argv[1], argv[2], argv[3], argv[4], &buf, &stride, &maxp, &lens) || !get_carry(env, argv[5], &carry))
+  if (argc < 6 || !get_i32(env, argv[0], &fd) || !get_slots(env, argv[1], argv[2], argv[3], argv[4], &buf, &stride, &maxp, &lens) || !get_carry(env, argv[5], CARRY_SIZE, &carry))
     return throw_arg(env, "readBatchVnet(fd, buf, stride, max, lens, carry): bad arguments, buffers too small or carry not 4-aligned");
   uint32_t *cs = (uint32_t *)carry;
   int n = 0;
@@ -906,11 +907,10 @@ static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd, stride, maxp;
   uint8_t *buf, *carry;
-  size_t clen;
   uint32_t *lens, *ips, *ports;
   if (argc < 8 || !get_i32(env, argv[0], &fd) || !get_slots(env, argv[1], argv[2], argv[3], argv[4], &buf, &stride, &maxp, &lens) ||
       !get_u32s(env, argv[5], (size_t)maxp, &ips) || !get_u32s(env, argv[6], (size_t)maxp, &ports) ||
-      !get_bytes(env, argv[7], &carry, &clen) || clen < GRO_CARRY_SIZE || ((uintptr_t)carry & 3) != 0)
+      !get_carry(env, argv[7], GRO_CARRY_SIZE, &carry))
     return throw_arg(env, "recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry): bad arguments, buffers too small or carry not 4-aligned");
   uint32_t *cs = (uint32_t *)carry;
   int n = 0;
