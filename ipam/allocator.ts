@@ -818,6 +818,9 @@ export class Allocator implements Gossiper {
   /** After any ring change: recompute our space, persist, wake waiters, maybe tell others. */
   private ringChanged(ours: boolean, adopting = false): void {
     if (this.grantHeld()) ours = true;
+    // A donor writes entries for us without our nickname (only we edit ours): fix them and tell
+    // everyone now, or other peers show the space as nameless until the next periodic gossip.
+    if (!ours && this.ring.entries.some((e) => e.peer === this.ourName && e.nickname !== this.ourNickname)) ours = true;
     this.space.setOwned(this.ring.ownedRanges(this.ourName));
     const recordChanged = this.refreshRecord(adopting);
     if (ours) this.refreshFree();

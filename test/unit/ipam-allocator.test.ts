@@ -19,10 +19,10 @@ interface Cluster {
   add(i: number, init: IpamInit, store?: IpamStore, log?: Logger): Allocator;
 }
 
-function cluster(n: number, init: IpamInit | ((i: number) => IpamInit), o: { range?: string } = {}): Cluster {
+function cluster(n: number, init: IpamInit | ((i: number) => IpamInit), o: { range?: string; gossipIntervalMs?: number } = {}): Cluster {
   const clock = new FakeClock();
   const rng = mulberry32(1234);
-  const net = new FakeIpamNet(clock, rng, { minDelayMs: 1, maxDelayMs: 20, gossipIntervalMs: 500 });
+  const net = new FakeIpamNet(clock, rng, { minDelayMs: 1, maxDelayMs: 20, gossipIntervalMs: o.gossipIntervalMs ?? 500 });
   const c: Cluster = {
     clock,
     net,
@@ -128,6 +128,18 @@ test('seed mode: the ring exists at once, identical everywhere, without messages
   assert.ok(c.allocs[2].status().counters.requestsSent >= 1);
   c.clock.advance(3000);
   assert.ok(c.allocs[0].ringView().equals(c.allocs[2].ringView()));
+});
+
+test('a peer given space names itself to everyone at once, not at the next periodic gossip', async () => {
+  const seeds = [simName(0), simName(1)];
+  const c = cluster(3, { mode: 'seed', peers: seeds }, { gossipIntervalMs: 3_600_000 });
+  await run(c.clock, c.allocs[2].allocate('y'));
+  c.clock.advance(200); // message delays are at most 20 ms; periodic gossip is an hour away
+  await new Promise((r) => setImmediate(r));
+  for (const a of c.allocs) {
+    const o = a.status().owners.find((x) => x.peer === simName(2));
+    assert.equal(o?.nickname, 'host2', `${a.ourName} knows the nickname of the new owner`);
+  }
 });
 
 test('observer never owns space, refuses to allocate, still learns the ring', async () => {
