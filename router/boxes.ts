@@ -8,32 +8,61 @@
 import { KEY_BYTES as BOX_KEY, NONCE_BYTES as BOX_NONCE, SECRETBOX_OVERHEAD as BOX_TAG, type CryptoEngine } from '../mesh/crypto';
 import { WeaveError } from '../mesh/errors';
 import type { Logger } from '../mesh/log';
+import { setNonce } from './frame';
 import { loadTunIo, type TunIo } from './native';
 
 export type BoxKind = 'native' | 'engine';
 
+/**
+ * The boxes of one batch, preallocated for cap of them: box j spans [offs[j], offs[j] + lens[j]) of
+ * the buffer it is sealed in or opened from (tag included), opens into dstOffs[j], and has nonce j
+ * (nonces[24j..]) and key j (keys[32j..]). Opening sets ok[j] to 1 when the box was authentic.
+ */
+export class BoxJobs {
+  readonly offs: Int32Array;
+  readonly lens: Int32Array;
+  readonly dstOffs: Int32Array;
+  readonly nonces: Buffer;
+  readonly keys: Buffer;
+  readonly ok: Uint8Array;
+  n = 0;
+  constructor(readonly cap: number) {
+    this.offs = new Int32Array(cap);
+    this.lens = new Int32Array(cap);
+    this.dstOffs = new Int32Array(cap);
+    this.nonces = Buffer.alloc(BOX_NONCE * cap);
+    this.keys = Buffer.alloc(BOX_KEY * cap);
+    this.ok = new Uint8Array(cap);
+  }
+
+  /** Queues a box (dstOff matters only for opening) under the nonce of frame (type, lane, counter); returns its index. */
+  add(off: number, len: number, dstOff: number, type: number, lane: number, counter: number, key: Uint8Array): number {
+    const j = this.n++;
+    this.offs[j] = off;
+    this.lens[j] = len;
+    this.dstOffs[j] = dstOff;
+    setNonce(this.nonces, type, lane, counter, BOX_NONCE * j);
+    this.keys.set(key, BOX_KEY * j);
+    return j;
+  }
+}
+
 export interface BoxBatch {
   readonly kind: BoxKind;
-  /**
-   * Box i spans buf[offs[i], offs[i] + lens[i]): its message (lens[i] - 16 bytes) sits at offs[i] + 16
-   * and is sealed in place, the tag written in front. Nonce i and key i: nonces[24i..], keys[32i..].
-   */
-  seal(buf: Buffer, offs: Int32Array, lens: Int32Array, nonces: Buffer, keys: Buffer, n: number): void;
-  /**
-   * Opens box i (src[srcOffs[i], + lens[i])) into dst[dstOffs[i], + lens[i] - 16); ok[i] = 1 when
-   * authentic. Returns how many were.
-   */
-  open(src: Buffer, srcOffs: Int32Array, lens: Int32Array, dst: Buffer, dstOffs: Int32Array, nonces: Buffer, keys: Buffer, ok: Uint8Array, n: number): number;
+  /** Seals the n boxes of jobs in buf, in place: each message sits 16 bytes in and the tag is written in front. */
+  seal(buf: Buffer, jobs: BoxJobs): void;
+  /** Opens the n boxes of jobs from src into dst (lens[j] - 16 bytes each); returns how many were authentic. */
+  open(src: Buffer, dst: Buffer, jobs: BoxJobs): number;
 }
 
 class NativeBoxes implements BoxBatch {
   readonly kind = 'native' as const;
   constructor(private readonly io: Required<Pick<TunIo, 'boxSeal' | 'boxOpen'>>) {}
-  seal(buf: Buffer, offs: Int32Array, lens: Int32Array, nonces: Buffer, keys: Buffer, n: number): void {
-    this.io.boxSeal(buf, offs, lens, nonces, keys, n);
+  seal(buf: Buffer, j: BoxJobs): void {
+    this.io.boxSeal(buf, j.offs, j.lens, j.nonces, j.keys, j.n);
   }
-  open(src: Buffer, srcOffs: Int32Array, lens: Int32Array, dst: Buffer, dstOffs: Int32Array, nonces: Buffer, keys: Buffer, ok: Uint8Array, n: number): number {
-    return this.io.boxOpen(src, srcOffs, lens, dst, dstOffs, nonces, keys, ok, n);
+  open(src: Buffer, dst: Buffer, j: BoxJobs): number {
+    return this.io.boxOpen(src, j.offs, j.lens, dst, j.dstOffs, j.nonces, j.keys, j.ok, j.n);
   }
 }
 
@@ -81,8 +110,9 @@ class EngineBoxes implements BoxBatch {
     return b;
   }
 
-  seal(buf: Buffer, offs: Int32Array, lens: Int32Array, nonces: Buffer, keys: Buffer, n: number): void {
+  seal(buf: Buffer, jobs: BoxJobs): void {
     const v = this.views;
+    const { offs, lens, nonces, keys, n } = jobs;
     for (let i = 0; i < n; i++) {
       const off = offs[i];
       const len = lens[i] - BOX_TAG;
@@ -93,8 +123,9 @@ class EngineBoxes implements BoxBatch {
     }
   }
 
-  open(src: Buffer, srcOffs: Int32Array, lens: Int32Array, dst: Buffer, dstOffs: Int32Array, nonces: Buffer, keys: Buffer, ok: Uint8Array, n: number): number {
+  open(src: Buffer, dst: Buffer, jobs: BoxJobs): number {
     const v = this.views;
+    const { offs, lens, dstOffs, nonces, keys, ok, n } = jobs;
     let good = 0;
     for (let i = 0; i < n; i++) {
       const len = lens[i];
@@ -103,7 +134,7 @@ class EngineBoxes implements BoxBatch {
         continue;
       }
       const m = this.scratch(len - BOX_TAG);
-      if (this.crypto.secretboxOpen(m, v.get(src, srcOffs[i], len), v.get(nonces, i * BOX_NONCE, BOX_NONCE), v.get(keys, i * BOX_KEY, BOX_KEY))) {
+      if (this.crypto.secretboxOpen(m, v.get(src, offs[i], len), v.get(nonces, i * BOX_NONCE, BOX_NONCE), v.get(keys, i * BOX_KEY, BOX_KEY))) {
         dst.set(m, dstOffs[i]);
         ok[i] = 1;
         good++;

@@ -19,9 +19,8 @@
 // The engine always handles MTU-sized IPv4 packets: with TUN offloads the device (router/tun.ts,
 // native/tunio.c) splits TSO super-packets before readBatch returns and coalesces TCP segments inside
 // writeBatch, so PMTU (frag-needed / fragmenting against the path MTU) works per segment as before.
-import { KEY_BYTES, NONCE_BYTES } from '../mesh/crypto';
-import type { BoxBatch } from './boxes';
-import { FrameHeader, FrameType, HDR, LANES, TAG, ViewCache, parseHeader, readU32, setNonce, writeHeader, writeU32 } from './frame';
+import { BoxJobs, type BoxBatch } from './boxes';
+import { FrameHeader, FrameType, HDR, LANES, TAG, ViewCache, parseHeader, readU32, writeHeader, writeU32 } from './frame';
 import { ForwardingTable, NO_PEER, type Prefix4 } from './forwarding';
 import { UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipv4DontFragment, ipv4Dst, ipv4HeaderLen, writeUnreachable } from './icmp';
 import { ReplayVerdict, ReplayWindow } from './replay';
@@ -142,12 +141,8 @@ class SendRing {
   readonly ports: Int32Array;
   readonly errs: Int32Array;
   readonly slots: Int32Array;
-  // the boxes still to seal before the ring goes out (box j at sealOffs[j], nonce j, key j)
-  readonly sealOffs: Int32Array;
-  readonly sealLens: Int32Array;
-  readonly nonces: Buffer;
-  readonly keys: Buffer;
-  nSeal = 0;
+  // the boxes still to seal before the ring goes out
+  readonly toSeal: BoxJobs;
   n = 0;
   constructor(readonly stride: number, readonly cap: number) {
     this.buf = Buffer.alloc(stride * cap);
@@ -158,10 +153,7 @@ class SendRing {
     this.ports = new Int32Array(cap);
     this.errs = new Int32Array(cap);
     this.slots = new Int32Array(cap);
-    this.sealOffs = new Int32Array(cap);
-    this.sealLens = new Int32Array(cap);
-    this.nonces = Buffer.alloc(NONCE_BYTES * cap);
-    this.keys = Buffer.alloc(KEY_BYTES * cap);
+    this.toSeal = new BoxJobs(cap);
   }
 }
 
@@ -235,13 +227,7 @@ export class Datapath {
   private readonly rxPlen: Int32Array;
   private readonly rxOpenIdx: Int32Array;
   // the open batch
-  private readonly openSrc: Int32Array;
-  private readonly openLens: Int32Array;
-  private readonly openDst: Int32Array;
-  private readonly openNonces: Buffer;
-  private readonly openKeys: Buffer;
-  private readonly openOk: Uint8Array;
-  private nOpen = 0;
+  private readonly toOpen: BoxJobs;
   private readonly rxTun: TunRing;
   private readonly relayOut: SendRing;
   private readonly ackBuf = Buffer.alloc(8);
@@ -285,12 +271,7 @@ export class Datapath {
     this.rxCounter = new Float64Array(B);
     this.rxPlen = new Int32Array(B);
     this.rxOpenIdx = new Int32Array(B);
-    this.openSrc = new Int32Array(B);
-    this.openLens = new Int32Array(B);
-    this.openDst = new Int32Array(B);
-    this.openNonces = Buffer.alloc(NONCE_BYTES * B);
-    this.openKeys = Buffer.alloc(KEY_BYTES * B);
-    this.openOk = new Uint8Array(B);
+    this.toOpen = new BoxJobs(B);
   }
 
   // ---- state from the control plane --------------------------------------------------------------
@@ -407,11 +388,7 @@ export class Datapath {
     writeHeader(ring.buf, base, type, lane, p.remoteIdx, counter);
     if (p.txKey !== null) {
       ring.buf.set(plain, base + HDR + TAG);
-      const j = ring.nSeal++;
-      setNonce(ring.nonces, type, lane, counter, NONCE_BYTES * j);
-      ring.keys.set(p.txKey, KEY_BYTES * j);
-      ring.sealOffs[j] = base + HDR;
-      ring.sealLens[j] = len + TAG;
+      ring.toSeal.add(base + HDR, len + TAG, 0, type, lane, counter, p.txKey);
       ring.lens[k] = HDR + len + TAG;
     } else {
       plain.copy(ring.buf, base + HDR);
@@ -427,9 +404,9 @@ export class Datapath {
     const n = ring.n;
     if (n === 0) return;
     ring.n = 0;
-    if (ring.nSeal > 0) {
-      this.boxes.seal(ring.buf, ring.sealOffs, ring.sealLens, ring.nonces, ring.keys, ring.nSeal);
-      ring.nSeal = 0;
+    if (ring.toSeal.n > 0) {
+      this.boxes.seal(ring.buf, ring.toSeal);
+      ring.toSeal.n = 0;
     }
     const sent = this.udp.sendBatch(ring.buf, ring.offs, ring.lens, ring.ips, ring.ports, ring.errs, n);
     const c = this.c;
@@ -477,13 +454,13 @@ export class Datapath {
       const n = this.udp.recvBatch(this.rxIn, this.S, this.B, this.rxLens, this.rxIps, this.rxPorts);
       if (n <= 0) break;
       const now = this.now();
-      this.nOpen = 0;
+      this.toOpen.n = 0;
       for (let i = 0; i < n; i++) {
         c[C.udpInPackets]++;
         c[C.udpInBytes] += this.rxLens[i];
         this.admit(i);
       }
-      if (this.nOpen > 0) this.boxes.open(this.rxIn, this.openSrc, this.openLens, this.rxPlain, this.openDst, this.openNonces, this.openKeys, this.openOk, this.nOpen);
+      if (this.toOpen.n > 0) this.boxes.open(this.rxIn, this.rxPlain, this.toOpen);
       for (let i = 0; i < n; i++) if (this.rxSlot[i] >= 0) this.accept(i, now);
       this.flushTun();
       this.flushSend(this.relayOut);
@@ -520,13 +497,7 @@ export class Datapath {
     }
     const plen = len - HDR - (sealed ? TAG : 0);
     if (sealed) {
-      const j = this.nOpen++;
-      this.openSrc[j] = base + HDR;
-      this.openLens[j] = len - HDR;
-      this.openDst[j] = base;
-      setNonce(this.openNonces, h.type, h.lane, h.counter, NONCE_BYTES * j);
-      this.openKeys.set(p.rxKey!, KEY_BYTES * j);
-      this.rxOpenIdx[i] = j;
+      this.rxOpenIdx[i] = this.toOpen.add(base + HDR, len - HDR, base, h.type, h.lane, h.counter, p.rxKey!);
     } else {
       this.rxIn.copy(this.rxPlain, base, base + HDR, base + len);
       this.rxOpenIdx[i] = -1;
@@ -543,7 +514,7 @@ export class Datapath {
     const c = this.c;
     const slot = this.rxSlot[i];
     const j = this.rxOpenIdx[i];
-    if (j >= 0 && this.openOk[j] === 0) {
+    if (j >= 0 && this.toOpen.ok[j] === 0) {
       c[C.dropBadMac]++;
       return;
     }

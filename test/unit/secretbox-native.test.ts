@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { loadCrypto } from '../../mesh/crypto';
 import { silentLogger } from '../../mesh/log';
-import { boxModeFromEnv, engineBoxes, nativeBoxes, resolveBoxKind } from '../../router/boxes';
+import { BoxJobs, boxModeFromEnv, engineBoxes, nativeBoxes, resolveBoxKind } from '../../router/boxes';
 import { loadTunIo } from '../../router/native';
 
 interface Sodium {
@@ -161,19 +161,26 @@ function batchRoundTrip(impl: string): void {
   const a = Buffer.alloc(n * stride);
   msgs.forEach((m, i) => m.copy(a, offs[i] + 16));
   const b = Buffer.from(a);
-  native.seal(a, offs, lens, nonces, keys, n);
-  engine.seal(b, offs, lens, nonces, keys, n);
+  const dstOffs = Int32Array.from({ length: n }, (_, i) => i * stride);
+  const jobs = new BoxJobs(n);
+  jobs.offs.set(offs);
+  jobs.lens.set(lens);
+  jobs.dstOffs.set(dstOffs);
+  nonces.copy(jobs.nonces);
+  keys.copy(jobs.keys);
+  jobs.n = n;
+  native.seal(a, jobs);
+  engine.seal(b, jobs);
   assert.ok(a.equals(b), `${impl}: native and engine batches put the same bytes in the ring`);
   for (let i = 0; i < n; i++) {
     assert.ok(a.subarray(offs[i], offs[i] + lens[i]).equals(ref(msgs[i], nonces.subarray(24 * i, 24 * i + 24), keys.subarray(32 * i, 32 * i + 32))), `${impl}: box ${i}`);
   }
   // tamper with every 7th, then open everything with both
   for (let i = 0; i < n; i += 7) a[offs[i] + lens[i] - 1] ^= 0x40;
-  const dstOffs = Int32Array.from({ length: n }, (_, i) => i * stride);
   for (const boxes of [native, engine]) {
     const dst = Buffer.alloc(n * stride);
-    const ok = new Uint8Array(n);
-    const good = boxes.open(a, offs, lens, dst, dstOffs, nonces, keys, ok, n);
+    const ok = jobs.ok.fill(9);
+    const good = boxes.open(a, dst, jobs);
     assert.equal(good, n - Math.ceil(n / 7), boxes.kind);
     for (let i = 0; i < n; i++) {
       assert.equal(ok[i], i % 7 === 0 ? 0 : 1, `${boxes.kind} box ${i}`);
