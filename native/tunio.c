@@ -39,6 +39,12 @@
     }                                                                       \
   } while (0)
 
+// Every call's prologue: up to n arguments in argv, how many were passed in argc.
+#define ARGS(n)                                                   \
+  size_t argc = (n);                                              \
+  napi_value argv[(n)];                                           \
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
+
 static napi_value throw_errno(napi_env env, const char *what, int err) {
   char msg[256];
   char code[32];
@@ -128,9 +134,7 @@ static napi_value throw_bad(napi_env env, const char *sig, const char *problem) 
 // openTun(name, multiQueue, offload?) -> fd (non-blocking, close-on-exec, IFF_TUN|IFF_NO_PI; with
 // offload also IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4|TSO_ECN): read/write with readBatchVnet/writeBatchVnet)
 static napi_value OpenTun(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(3);
   char name[IFNAMSIZ + 1] = {0};
   size_t nl = 0;
   if (argc < 1 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nl) != napi_ok) return throw_arg(env, "openTun(name, multiQueue)");
@@ -164,9 +168,7 @@ static napi_value OpenTun(napi_env env, napi_callback_info info) {
 
 // closeFd(fd)
 static napi_value CloseFd(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   int32_t fd;
   if (argc < 1 || !get_i32(env, argv[0], &fd) || fd < 0) return throw_arg(env, "closeFd(fd)");
   if (close(fd) < 0) return throw_errno(env, "close", errno);
@@ -175,9 +177,7 @@ static napi_value CloseFd(napi_env env, napi_callback_info info) {
 
 // readBatch(fd, buf, stride, max, lens) -> n packets read; stops at EAGAIN (device empty).
 static napi_value ReadBatch(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(5);
   int32_t fd, stride, maxp;
   uint8_t *buf;
   uint32_t *lens;
@@ -200,9 +200,7 @@ static napi_value ReadBatch(napi_env env, napi_callback_info info) {
 // writeBatch(fd, buf, offs, lens, n) -> n written; a packet the kernel refuses (EINVAL: not IP) is
 // skipped, EAGAIN (queue full) drops the rest of the batch like a full NIC ring would.
 static napi_value WriteBatch(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(5);
   int32_t fd, n;
   pkt_list p;
   const char *bad = argc < 5 || !get_i32(env, argv[0], &fd) || !get_i32(env, argv[4], &n) ? "bad arguments" : get_pkt_list(env, argv[1], argv[2], argv[3], n, &p);
@@ -413,9 +411,7 @@ static bool get_carry(napi_env env, napi_value v, size_t size, uint8_t **carry) 
 // with offloads. A super-packet that does not fit the rest of the batch waits in carry for the next
 // call (the caller calls again while batches come back full).
 static napi_value ReadBatchVnet(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(6);
   int32_t fd, stride, maxp;
   uint8_t *buf, *carry;
   uint32_t *lens;
@@ -449,9 +445,7 @@ static napi_value ReadBatchVnet(napi_env env, napi_callback_info info) {
 // gsoSplit(vnetPacket, buf, stride, max, lens) -> segments, or -1 when malformed: the read-side
 // splitting alone, on a crafted virtio header + packet (tests).
 static napi_value GsoSplit(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(5);
   uint8_t *in, *buf;
   size_t inlen;
   int32_t stride, maxp;
@@ -578,9 +572,7 @@ static int coalesce_iov(uint8_t *buf, const uint32_t *offs, const uint32_t *lens
 // writeBatchVnet(fd, buf, offs, lens, n) -> packets written (a coalesced write counts all it carries).
 // Like writeBatch: a refused write is skipped, EAGAIN drops the rest.
 static napi_value WriteBatchVnet(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(5);
   int32_t fd, n;
   pkt_list p;
   const char *bad = argc < 5 || !get_i32(env, argv[0], &fd) || !get_i32(env, argv[4], &n) ? "bad arguments" : get_pkt_list(env, argv[1], argv[2], argv[3], n, &p);
@@ -608,9 +600,7 @@ static napi_value WriteBatchVnet(napi_env env, napi_callback_info info) {
 // groCoalesce(buf, offs, lens, n, out, outLens) -> writes: what writeBatchVnet would write, each
 // virtio header + packet back to back in out, lengths in outLens (tests).
 static napi_value GroCoalesce(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(6);
   int32_t n;
   pkt_list p;
   uint8_t *out;
@@ -642,9 +632,7 @@ static napi_value GroCoalesce(napi_env env, napi_callback_info info) {
 
 // udpOpen(bindIp:u32, port, rcvbuf, sndbuf) -> fd; non-blocking, DF on (IP_PMTUDISC_DO).
 static napi_value UdpOpen(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(4);
   uint32_t ip;
   int32_t port, rb, sb;
   if (argc < 4 || napi_get_value_uint32(env, argv[0], &ip) != napi_ok || !get_i32(env, argv[1], &port) || port < 0 || port > 65535 ||
@@ -676,9 +664,7 @@ static napi_value UdpOpen(napi_env env, napi_callback_info info) {
 
 // udpPort(fd) -> bound port (tests bind port 0)
 static napi_value UdpPort(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   int32_t fd;
   if (argc < 1 || !get_i32(env, argv[0], &fd)) return throw_arg(env, "udpPort(fd)");
   struct sockaddr_in sa;
@@ -722,9 +708,7 @@ static int send_one(int fd, struct msghdr *tmpl, struct iovec *iov, uint32_t *er
 // datagram i (EMSGSIZE: larger than the path MTU the kernel knows). EAGAIN stops the batch (the rest
 // get EAGAIN): the socket buffer is full and dropping is what a NIC would do.
 static napi_value SendBatch(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
-  napi_value argv[9];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(9);
   int32_t fd, n;
   pkt_list p;
   uint32_t *ips, *ports, *errs;
@@ -832,9 +816,7 @@ static napi_value UdpGsoOff(napi_env env, napi_callback_info info) {
 // recvBatch(fd, buf, stride, max, lens, ips, ports) -> n datagrams (0 when empty). A datagram longer
 // than stride arrives truncated: lens[i] = stride + 1 marks it so the caller drops it.
 static napi_value RecvBatch(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(7);
   int32_t fd, stride, maxp;
   uint8_t *buf;
   uint32_t *lens, *ips, *ports;
@@ -888,9 +870,7 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
 
 // udpSetGro(fd) -> true when the kernel took UDP_GRO (then read with recvBatchGro)
 static napi_value UdpSetGro(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   int32_t fd;
   if (argc < 1 || !get_i32(env, argv[0], &fd)) return throw_arg(env, "udpSetGro(fd)");
   int one = 1;
@@ -902,9 +882,7 @@ static napi_value UdpSetGro(napi_env env, napi_callback_info info) {
 // recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry) -> datagrams, as recvBatch (a segment
 // longer than stride is reported as stride + 1 and not copied).
 static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(8);
   int32_t fd, stride, maxp;
   uint8_t *buf, *carry;
   uint32_t *lens, *ips, *ports;
@@ -1058,9 +1036,7 @@ static const char *get_boxes(napi_env env, napi_value vbuf, napi_value voffs, na
 // (lens[i]-16 bytes) sits at offs[i]+16 and is sealed in place, the tag written in front of it.
 static napi_value BoxSeal(napi_env env, napi_callback_info info) {
   static const char *sig = "boxSeal(buf, offs, lens, nonces, keys, n)";
-  size_t argc = 6;
-  napi_value argv[6];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(6);
   int32_t n;
   pkt_list pl;
   uint8_t *nonces, *keys;
@@ -1088,9 +1064,7 @@ static napi_value BoxSeal(napi_env env, napi_callback_info info) {
 // 0 when forged, corrupt or shorter than a tag (its dst bytes zeroed).
 static napi_value BoxOpen(napi_env env, napi_callback_info info) {
   static const char *sig = "boxOpen(src, srcOffs, lens, dst, dstOffs, nonces, keys, ok, n)";
-  size_t argc = 9;
-  napi_value argv[9];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(9);
   int32_t n;
   pkt_list pl;
   uint8_t *dst, *nonces, *keys, *ok;
@@ -1126,9 +1100,7 @@ static napi_value BoxOpen(napi_env env, napi_callback_info info) {
 // boxImpl(name?) -> the keystream implementation in use; with a name ("generic", "avx2", "avx512")
 // switches to it first, or returns null when this CPU or build lacks it (tests compare them).
 static napi_value BoxImpl(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   napi_valuetype t = napi_undefined;
   if (argc > 0) napi_typeof(env, argv[0], &t);
   if (t == napi_string) {
@@ -1147,9 +1119,7 @@ static napi_value BoxImpl(napi_env env, napi_callback_info info) {
 
 // boxPoly1305(tag, msg, key): the batches' Poly1305 (tests hold it to other implementations)
 static napi_value BoxPoly1305(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(3);
   uint8_t *tag, *msg, *key;
   size_t tl, ml, kl;
   if (argc < 3 || !get_bytes(env, argv[0], &tag, &tl) || !get_bytes(env, argv[1], &msg, &ml) || !get_bytes(env, argv[2], &key, &kl) || tl != 16 || kl != 32)
@@ -1162,9 +1132,7 @@ static void poll_cleanup_hook(void *arg) { poll_stop((poller_t *)arg); }
 
 // poll(fd, cb) -> handle; cb(status) on each readable event.
 static napi_value Poll(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(2);
   int32_t fd;
   napi_valuetype t;
   if (argc < 2 || !get_i32(env, argv[0], &fd) || napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function) return throw_arg(env, "poll(fd, cb)");
@@ -1190,9 +1158,7 @@ static napi_value Poll(napi_env env, napi_callback_info info) {
 
 // unpoll(handle): idempotent
 static napi_value Unpoll(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   poller_t *p = NULL;
   if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&p) != napi_ok || !p) return throw_arg(env, "unpoll(handle)");
   if (!p->closed) {
