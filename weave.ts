@@ -10,7 +10,7 @@ import {
   DEFAULT_PORT, RouterConfig, dataDirFromEnv, httpAddrFrom, loadPassword, parseConnLimit, parseLevel, parsePort, parseHostPort, parseTrustedSubnets,
 } from './api/config';
 import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
-import { WeaveError, UsageError, errMsg } from './mesh/errors';
+import { WeaveError, UsageError, errMsg } from './lib/errors';
 import { SUBSYSTEMS } from './api/subsystems';
 
 function fail(msg: string, code = 1): never {

@@ -1,6 +1,6 @@
 // The CLI's side of the HTTP API.
 import * as http from 'http';
-import { WeaveError } from '../mesh/errors';
+import { WeaveError } from '../lib/errors';
 
 export class ApiClient {
   constructor(readonly host: string, readonly port: number) {}

@@ -1,8 +1,8 @@
 // Router configuration: one typed object built from CLI flags and the environment, validated here
 // so the daemon never sees a half-checked value. Errors say what to fix.
 import * as fs from 'fs';
-import { UsageError } from '../mesh/errors';
-import type { Level } from '../mesh/log';
+import { UsageError } from '../lib/errors';
+import type { Level } from '../lib/log';
 import { contains, parseAddr, parseCidr, type Cidr } from '../ipam/addr';
 
 export const DEFAULT_PORT = 6783;

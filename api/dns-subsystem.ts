@@ -9,8 +9,8 @@
 import * as path from 'path';
 import { isIPv4 } from 'net';
 import type { Command } from 'commander';
-import { UsageError, WeaveError, errMsg } from '../mesh/errors';
-import { componentLogger, Logger } from '../mesh/log';
+import { UsageError, WeaveError, errMsg } from '../lib/errors';
+import { componentLogger, Logger } from '../lib/log';
 import {
   DnsServer, DnsStore, FileDnsPersistence, ResolvConfWatcher, attachDnsToMesh, dnsStatus, normalizeName, writeDnsMetrics,
 } from '../dns';

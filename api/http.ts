@@ -1,8 +1,8 @@
 // The router's HTTP API (127.0.0.1:6784 by default, inside the router's own namespace). A small
 // method+path table; JSON in and out; errors carry a code and a message that says what to fix.
 import * as http from 'http';
-import { UsageError, WeaveError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import { UsageError, WeaveError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 
 export type Handler = (req: { body: any; query: URLSearchParams; path: string }) => Promise<unknown> | unknown;
 

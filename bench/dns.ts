@@ -9,8 +9,8 @@ import * as dgram from 'dgram';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { realClock } from '../mesh/clock';
-import { silentLogger } from '../mesh/log';
+import { realClock } from '../lib/clock';
+import { silentLogger } from '../lib/log';
 import { DnsStore } from '../dns/records';
 import { DnsServer } from '../dns/server';
 

@@ -12,8 +12,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { FakeClock } from '../mesh/clock';
-import { silentLogger } from '../mesh/log';
+import { FakeClock } from '../lib/clock';
+import { silentLogger } from '../lib/log';
 import { Allocator } from '../ipam/allocator';
 import { LmdbStore, MemoryStore, type IpamStore } from '../ipam/store';
 import { FakeIpamNet, mulberry32, simName } from '../test/fakes/ipam-gossip';

@@ -30,9 +30,9 @@
 import * as fs from 'fs';
 import { pack, unpack } from 'msgpackr';
 import { isIPv4 } from 'net';
-import type { Clock, TimerHandle } from '../mesh/clock';
-import { ProtocolError, UsageError } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import { ProtocolError, UsageError } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 

@@ -2,8 +2,8 @@
 // (which misses the rename-over that resolvconf/systemd/NetworkManager use): nameservers() stats
 // the file at most once per checkIntervalMs, on the forwarding path that needs the answer.
 import * as fs from 'fs';
-import type { Clock } from '../mesh/clock';
-import type { Logger } from '../mesh/log';
+import type { Clock } from '../lib/clock';
+import type { Logger } from '../lib/log';
 
 export interface ResolvConfData {
   nameservers: string[];

@@ -15,9 +15,9 @@
 import * as dgram from 'dgram';
 import * as net from 'net';
 import { isIPv6 } from 'net';
-import type { Clock, TimerHandle } from '../mesh/clock';
-import { WeaveError } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import { WeaveError } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import {
   DROP,
   HEADER_LEN,

@@ -1,6 +1,6 @@
 // IPv4 addresses and prefixes as the kernel prints them, parsed strictly: anything from a user or from
 // `ip -json` that is not exactly a dotted quad (and a length) is rejected, never guessed at.
-import { UsageError } from '../mesh/errors';
+import { UsageError } from '../lib/errors';
 
 export interface Cidr4 {
   /** the address as given (host bits kept: 10.32.0.5/12 stays 10.32.0.5) */

@@ -3,7 +3,7 @@
 // failure becomes a HostError carrying the command and the kernel's own words (stderr).
 import { spawn } from 'child_process';
 import * as fs from 'fs';
-import { WeaveError } from '../mesh/errors';
+import { WeaveError } from '../lib/errors';
 
 /**
  * Where a command runs. `netns` is either a named namespace (`ip netns` name: commands become

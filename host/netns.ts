@@ -3,7 +3,7 @@
 // commands can enter and a key (the namespace inode) that names it stably: the same namespace reached
 // by name, by path or by a PID inside it has one key, so state is never duplicated across spellings.
 import * as fs from 'fs';
-import { UsageError } from '../mesh/errors';
+import { UsageError } from '../lib/errors';
 import type { HostCtx } from './ip';
 
 export const NETNS_RUN_DIR = '/var/run/netns';

@@ -1,9 +1,9 @@
 // The scheduling every desired-state reconciler in host/ shares: a pass runs after a change
 // (debounced through the Clock) and on an interval; concurrent requests share the running pass
 // and queue at most one more, because the desired state may have changed while it ran.
-import type { Clock, TimerHandle } from '../mesh/clock';
-import { WeaveError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import { WeaveError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 
 export class ReconcileLoop<R> {
   private running?: Promise<R>;

@@ -4,9 +4,9 @@
 // deleted by hand or flushed by some tool comes back on its own. Routes with any other protocol number
 // are not ours and are never read, changed or deleted (`ip route del ... proto N` only matches ours).
 import { LoopedReconciler } from './reconcile-loop';
-import type { Clock } from '../mesh/clock';
-import { WeaveError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import type { Clock } from '../lib/clock';
+import { WeaveError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import { canonicalPrefix, tryParseCidr4 } from './cidr';
 import { HostCtx, ipBatch, ipJson } from './ip';
 

@@ -1,7 +1,7 @@
 // The underlay address this router's VXLAN device speaks from: the address on the interface of the
 // default route, else the first global IPv4 address on an interface that is not ours.
 import { HostCtx, ipJson } from './ip';
-import { WeaveError } from '../mesh/errors';
+import { WeaveError } from '../lib/errors';
 
 interface JsonRoute { dst: string; dev?: string; prefsrc?: string }
 interface JsonAddr { ifname: string; addr_info?: Array<{ family: string; local: string; scope: string }> }

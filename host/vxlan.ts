@@ -13,9 +13,9 @@
 import { LoopedReconciler } from './reconcile-loop';
 import { createHash } from 'crypto';
 import { isIPv4 } from 'net';
-import type { Clock } from '../mesh/clock';
-import { WeaveError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import type { Clock } from '../lib/clock';
+import { WeaveError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { execHost, HostCtx, HostError, ipBatch, ipJson, nsPrefix } from './ip';
 import type { DesiredRoute } from './routes';

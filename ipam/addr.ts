@@ -2,7 +2,7 @@
 // Numbers (not strings or byte arrays) because the ring, the space bookkeeping and the wire all
 // compare and subtract addresses; end can be 2^32 so a range is never "inclusive of the last".
 // mesh/ has no address helpers (it knows nothing of IP), so they live here.
-import { UsageError } from '../mesh/errors';
+import { UsageError } from '../lib/errors';
 
 export type Addr = number;
 

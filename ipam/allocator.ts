@@ -17,11 +17,11 @@
 // over once that container frees it). Until every reachable owner of a losing ring has published
 // a record against the winning ring, peers that know of the conflict neither allocate nor donate
 // (visible reason); space of unreachable such owners (as last seen) is avoided instead.
-import type { Clock, TimerHandle } from '../mesh/clock';
-import type { Logger } from '../mesh/log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import type { Logger } from '../lib/log';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 import { isPeerName, type PeerName } from '../mesh/peer';
-import { ProtocolError, RefusedError, UsageError, WeaveError, errMsg } from '../mesh/errors';
+import { ProtocolError, RefusedError, UsageError, WeaveError, errMsg } from '../lib/errors';
 import { containsRange, formatAddr, formatCidr, formatRange, intersect, parseAddr, parseCidr, subtractRanges, usableRange, type Addr, type Cidr, type Range } from './addr';
 import { CLAIM_BUMP, Ring, compareSeeds, sameList } from './ring';
 import { Space } from './space';

@@ -4,7 +4,7 @@
 // ride the normal gossip. The decided value is the list of participants the winning proposer knew
 // when it chose: the ring is split evenly among them. A quorum (majority of the expected peer
 // count) is needed, so two halves of a partitioned new mesh cannot both seed a ring.
-import { ProtocolError } from '../mesh/errors';
+import { ProtocolError } from '../lib/errors';
 import { isPeerName, type PeerName } from '../mesh/peer';
 
 export interface ProposalId {

@@ -13,7 +13,7 @@
 //    and the allocator repairs it: the ring whose seed list sorts lower (compareSeeds) wins, the
 //    peers of the other ring adopt it and get back the addresses they hold from the new owners.
 import { Packr } from 'msgpackr';
-import { ProtocolError, WeaveError } from '../mesh/errors';
+import { ProtocolError, WeaveError } from '../lib/errors';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import { contains, formatAddr, formatRange, isAddr, type Addr, type Range } from './addr';
 

@@ -3,7 +3,7 @@
 // The owned ranges come from the ring; this class never decides ownership. Reserved addresses are
 // held by containers of other peers (reported after a merge repair): never free here, whoever owns them.
 import { formatAddr, intersect, type Addr, type Range } from './addr';
-import { WeaveError } from '../mesh/errors';
+import { WeaveError } from '../lib/errors';
 
 export class Space {
   private owned: Range[] = [];

@@ -8,7 +8,7 @@
 import { Packr } from 'msgpackr';
 import type { GossipData } from '../mesh/types';
 import { isPeerName, type PeerName } from '../mesh/peer';
-import { ProtocolError } from '../mesh/errors';
+import { ProtocolError } from '../lib/errors';
 import { isAddr, type Addr, type Range } from './addr';
 import { Ring, compareSeeds, describe, isObj } from './ring';
 import { Paxos, type PaxosNode } from './paxos';

@@ -6,7 +6,7 @@
 // SPIs (AES-GCM must never see one key used by two senders: each SA counts its own IVs from 1), and a
 // reconnect — new nonces on both sides — yields all-new keys and SPIs without any rekey protocol.
 import { hkdfSync, randomBytes } from 'crypto';
-import { WeaveError } from '../mesh/errors';
+import { WeaveError } from '../lib/errors';
 
 export const SESSION_KEY_BYTES = 32;
 export const ESP_NONCE_BYTES = 16;

@@ -14,8 +14,8 @@
 // are re-raised without the batch text so keys cannot reach a log.
 import { isIPv4 } from 'net';
 import { HostCtx, HostError, ip, ipBatch } from '../host/ip';
-import { WeaveError, UsageError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import { WeaveError, UsageError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import { ESP_AEAD_ALG, ESP_ICV_BITS, EspKeys, keyHex, spiHex } from './keys';
 import { randomBytes } from 'crypto';
 

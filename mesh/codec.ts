@@ -2,7 +2,7 @@
 // through decodeMsg + the `want*` checks, so a malformed message becomes a ProtocolError (fatal for
 // that connection only) rather than a TypeError somewhere deep in the topology or a gossiper.
 import { Packr } from 'msgpackr';
-import { ProtocolError } from './errors';
+import { ProtocolError } from '../lib/errors';
 import { isPeerName, type PeerName } from './peer';
 
 // Records off: a record-extension stream would make one peer's decoder state depend on earlier

@@ -4,8 +4,8 @@
 // connection with, retries with jittered exponential backoff (1 s doubling to a 60 s cap, ±25%),
 // and keeps, per target, what happened last (code, reason, next retry) for `weave status targets`.
 // The mesh performs the dial and the post-authentication checks and reports back here.
-import type { Clock, TimerHandle } from './clock';
-import type { Logger } from './log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import type { Logger } from '../lib/log';
 import type { PeerName } from './peer';
 import type { ConnectionStatus } from './status';
 import { normalizeAddress } from './codec';

@@ -4,8 +4,8 @@
 // so seal/open write into caller-owned buffers and the sodium engine allocates nothing per call.
 import * as nodeCrypto from 'crypto';
 import nacl from 'tweetnacl';
-import { ProtocolError, WeaveError, errMsg } from './errors';
-import type { Logger } from './log';
+import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 
 export const SECRETBOX_OVERHEAD = 16;
 export const NONCE_BYTES = 24;

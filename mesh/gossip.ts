@@ -4,11 +4,11 @@
 // this router has a Gossiper for the channel; gossip goes to neighbours only, and what a neighbour
 // found new is passed on by it. Outgoing gossip is coalesced (GossipData.merge) and flushed through
 // the Clock, so a burst of updates becomes one message per neighbour.
-import type { Clock, TimerHandle } from './clock';
-import type { Logger } from './log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import type { Logger } from '../lib/log';
 import type { PeerName } from './peer';
 import type { GossipChannel, GossipData, Gossiper } from './types';
-import { ProtocolError, errMsg } from './errors';
+import { ProtocolError, errMsg } from '../lib/errors';
 import { decodeMsg, encodeMsg, wantBytes, wantInt, wantObject, wantPeerName, wantString, wantVersion } from './codec';
 
 export const GOSSIP_WIRE_VERSION = 1;

@@ -15,13 +15,13 @@
 // record that was never reachable since we learned it gets gcGraceMs, because records of one
 // change arrive in any order (C's record can come before B's record that makes C reachable).
 import { EventEmitter } from 'events';
-import type { Clock, TimerHandle } from './clock';
-import type { Logger } from './log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import type { Logger } from '../lib/log';
 import type { PeerName } from './peer';
 import type { ConnectionStatus, MeshStatus, PeerStatus, RouteStatus } from './status';
 import type { Features, GossipChannel, Gossiper, MeshConnection, Transport } from './types';
 import { Msg } from './types';
-import { ProtocolError, UsageError, WeaveError, errMsg } from './errors';
+import { ProtocolError, UsageError, WeaveError, errMsg } from '../lib/errors';
 import { ConnectionMaker, type Backoff } from './connection-maker';
 import { Topology, TopoKind, decodeTopology, encodeTopology, type ConnInfo, type PeerRecord, type TopologyMsg } from './topology';
 import { Routes } from './routes';

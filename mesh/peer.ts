@@ -5,7 +5,7 @@ import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as os from 'os';
-import { UsageError } from './errors';
+import { UsageError } from '../lib/errors';
 
 export type PeerName = string;
 

@@ -4,9 +4,9 @@
 // counters the metrics endpoint reports. Everything protocol-shaped lives in wire.ts.
 import * as net from 'net';
 import { type CryptoEngine } from './crypto';
-import { ProtocolError, RefusedError, WeaveError, errMsg } from './errors';
-import type { Clock, TimerHandle } from './clock';
-import type { Logger } from './log';
+import { ProtocolError, RefusedError, WeaveError, errMsg } from '../lib/errors';
+import type { Clock, TimerHandle } from '../lib/clock';
+import type { Logger } from '../lib/log';
 import { type ConnectFailure, type Features, type MeshConnection, Msg, type Transport } from './types';
 import { DEFAULT_MAX_FRAME, type Established, WireSession } from './wire';
 

@@ -11,7 +11,7 @@
 // only those edges carry routes, and records of peers not reachable from us over them are dropped
 // (GC) after each recompute, so dead peers and the far side of a partition leave our view.
 import { createHash } from 'crypto';
-import { ProtocolError } from './errors';
+import { ProtocolError } from '../lib/errors';
 import type { PeerName } from './peer';
 import { decodeMsg, encodeMsg, wantArray, wantBool, wantInt, wantObject, wantPeerName, wantString, wantVersion } from './codec';
 

@@ -17,7 +17,7 @@
 // Both sides send their features frame as soon as they know the key, without waiting for the peer's,
 // so a password mismatch is seen on BOTH ends (each fails to open the other's first frame).
 import { Packr, Unpackr } from 'msgpackr';
-import { ProtocolError, RefusedError, WeaveError, errMsg } from './errors';
+import { ProtocolError, RefusedError, WeaveError, errMsg } from '../lib/errors';
 import { isPeerName } from './peer';
 import type { Features } from './types';
 import { type CryptoEngine, NONCE_BYTES, SECRETBOX_OVERHEAD, X25519_BYTES } from './crypto';

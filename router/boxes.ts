@@ -6,8 +6,8 @@
 //           the baseline bench/sleeve compares against
 // Both put the same bytes on the wire (test/unit/secretbox-native.test.ts).
 import { KEY_BYTES as BOX_KEY, NONCE_BYTES as BOX_NONCE, SECRETBOX_OVERHEAD as BOX_TAG, type CryptoEngine } from '../mesh/crypto';
-import { WeaveError } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import { WeaveError } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import { setNonce } from './frame';
 import { loadTunIo, type TunIo } from './native';
 

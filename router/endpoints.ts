@@ -12,9 +12,9 @@
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Clock } from '../mesh/clock';
-import { UsageError, WeaveError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import type { Clock } from '../lib/clock';
+import { UsageError, WeaveError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import { Cidr4, canonicalPrefix, formatIp4, networkCidr, parseCidr4 } from '../host/cidr';
 import { EXPOSE_LINK, syncExposeLink, syncMasquerade } from '../host/expose';
 import { HostCtx, sysctl } from '../host/ip';

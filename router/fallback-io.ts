@@ -14,8 +14,8 @@
 //   thread's loop and the call is re-armed. One round trip per wake-up (a drained batch), not per
 //   packet. The poll(2) timeout bounds how long an unpoll()ed handle lingers.
 // Only LP64 Linux layouts (x64, arm64) are encoded below; elsewhere loading fails with a clear error.
-import type { Logger } from '../mesh/log';
-import { WeaveError, errMsg } from '../mesh/errors';
+import type { Logger } from '../lib/log';
+import { WeaveError, errMsg } from '../lib/errors';
 import { ADDON_MAX_BATCH, type TunIo } from './native';
 
 /** Which implementation a TunIo is, for reports ('native' = the addon). */

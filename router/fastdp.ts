@@ -20,9 +20,9 @@
 import { randomBytes } from 'crypto';
 import { isIPv4 } from 'net';
 import { Packr } from 'msgpackr';
-import type { Clock, TimerHandle } from '../mesh/clock';
-import { ProtocolError, WeaveError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
 import type { VxlanPeer } from '../host/vxlan';

@@ -1,7 +1,7 @@
 // Forwarding table: IPv4 prefix -> peer id, longest-prefix match. Lookups run per packet, so the
 // table is a binary trie in typed arrays: a lookup walks at most 32 nodes and allocates nothing.
 // The table is immutable once built; a change of announcements builds a new one (they are rare).
-import { UsageError } from '../mesh/errors';
+import { UsageError } from '../lib/errors';
 
 export const NO_PEER = -1;
 

@@ -3,8 +3,8 @@
 // what to do (createSleeve falls back to router/fallback-io.ts, koffi FFI, slower). The loader is
 // injectable so tests can simulate a missing addon.
 import * as path from 'path';
-import type { Logger } from '../mesh/log';
-import { errMsg } from '../mesh/errors';
+import type { Logger } from '../lib/log';
+import { errMsg } from '../lib/errors';
 
 /** The addon's functions. Addresses are host-order u32; every call is synchronous and non-blocking. */
 export interface TunIo {

@@ -15,9 +15,9 @@
 // `via <next hop VTEP> dev weave-vx onlink` (owner 'fastdp'); the sleeve must then leave those prefixes
 // out of its own routes (owner 'sleeve' wins a tie by name order otherwise) — FastDpRoutes.sleeveSkips
 // is the predicate for that.
-import type { Clock, TimerHandle } from '../mesh/clock';
-import { errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import type { Clock, TimerHandle } from '../lib/clock';
+import { errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import type { MeshConnection } from '../mesh/types';
 import type { DesiredRoute } from '../host/routes';

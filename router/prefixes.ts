@@ -5,9 +5,9 @@
 // without coordination; if we still see a newer entry of our own name we outbid it.
 // Removed peers leave a tombstone so their stale entry gossiped back by others is not resurrected.
 import { Packr } from 'msgpackr';
-import { ProtocolError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
-import type { Clock } from '../mesh/clock';
+import { ProtocolError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
+import type { Clock } from '../lib/clock';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 import { formatPrefix, tryParsePrefix } from './forwarding';

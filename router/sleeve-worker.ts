@@ -5,8 +5,8 @@
 import { parentPort, workerData } from 'worker_threads';
 import { loadCrypto } from '../mesh/crypto';
 import { makeBoxes, type BoxBatch, type BoxKind } from './boxes';
-import { errMsg } from '../mesh/errors';
-import { silentLogger, type Logger } from '../mesh/log';
+import { errMsg } from '../lib/errors';
+import { silentLogger, type Logger } from '../lib/log';
 import { Datapath, PathShared, type DatapathEvents, type ForwardingSpec, type PathSharedBuffers, type PathSpec } from './datapath';
 import { loadTunIo } from './native';
 import { NativeTun } from './tun';

@@ -34,11 +34,11 @@
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { Packr } from 'msgpackr';
-import type { Clock, TimerHandle } from '../mesh/clock';
+import type { Clock, TimerHandle } from '../lib/clock';
 import type { CryptoEngine } from '../mesh/crypto';
 import { boxModeFromEnv, makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
-import { ProtocolError, WeaveError, errMsg } from '../mesh/errors';
-import type { Logger } from '../mesh/log';
+import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
 import { COUNTER, Datapath, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray, sumCounters, type DatapathEvents, type ForwardingSpec, type PathSpec, type SleeveCounters } from './datapath';

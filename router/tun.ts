@@ -4,7 +4,7 @@
 // With offloads (NativeTun offload) the same calls read TSO super-packets and return the MTU-sized
 // packets split from them (the rest waits in a per-reader carry), and writes join TCP segments into
 // GSO writes: callers see packets exactly as without offloads.
-import { WeaveError } from '../mesh/errors';
+import { WeaveError } from '../lib/errors';
 import { TUN_CARRY_SIZE, type TunIo } from './native';
 
 export interface TunDevice {

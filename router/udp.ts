@@ -3,7 +3,7 @@
 // datagram (IP_PMTUDISC_DO): probes measure the path MTU and EMSGSIZE reports a shrunken one.
 // UDP GSO (send) and GRO (receive) change only how many datagrams one syscall/skb carries: the
 // batches in and out hold one datagram per slot either way.
-import { WeaveError } from '../mesh/errors';
+import { WeaveError } from '../lib/errors';
 import { UDP_GRO_CARRY_SIZE, type TunIo } from './native';
 
 export const EMSGSIZE = 90;

@@ -2,7 +2,7 @@
 // gossip, onward gossip of deltas, broadcast, unicast) is delivered after a random delay (so
 // messages reorder), may be lost, and only between live peers in the same partition at delivery.
 // Any exception a handler throws is recorded: a simulation asserts there were none.
-import type { FakeClock } from '../../mesh/clock';
+import type { FakeClock } from '../../lib/clock';
 import type { GossipChannel, GossipData, Gossiper } from '../../mesh/types';
 import type { PeerName } from '../../mesh/peer';
 

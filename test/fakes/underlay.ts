@@ -9,11 +9,11 @@
 //    reset), and partitions cut every connection crossing them.
 // Bytes (payload + a 5-byte frame header) are counted per message type for the bench.
 import { mulberry32 } from './rng';
-import type { Clock, TimerHandle } from '../../mesh/clock';
+import type { Clock, TimerHandle } from '../../lib/clock';
 import type { ConnectFailure, Features, MeshConnection, Transport } from '../../mesh/types';
-import { WeaveError } from '../../mesh/errors';
+import { WeaveError } from '../../lib/errors';
 import { Mesh, type MeshOptions } from '../../mesh/mesh';
-import { silentLogger, type Logger } from '../../mesh/log';
+import { silentLogger, type Logger } from '../../lib/log';
 import type { PeerName } from '../../mesh/peer';
 
 export interface LinkOptions {

@@ -6,8 +6,8 @@
 // length-prefixed frames (u32 length, u8 type, payload): first the features as JSON, then Msg.Overlay.
 // It prints one JSON line per status change and every 200 ms; SIGTERM tears the kernel state down.
 import * as net from 'net';
-import { realClock } from '../../mesh/clock';
-import { rootLogger } from '../../mesh/log';
+import { realClock } from '../../lib/clock';
+import { rootLogger } from '../../lib/log';
 import { Msg, type Features, type MeshConnection } from '../../mesh/types';
 import { RouteReconciler } from '../../host/routes';
 import { VxlanReconciler, vtepIpFor, vtepMacFor, DEFAULT_VNI, VXLAN_OVERHEAD } from '../../host/vxlan';

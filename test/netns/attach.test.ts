@@ -11,9 +11,9 @@ import { run, waitFor } from '../lab/exec';
 import { Endpoints } from '../../router/endpoints';
 import { RouteReconciler } from '../../host/routes';
 import { listMasquerade } from '../../host/expose';
-import { realClock } from '../../mesh/clock';
-import { MemoryLogger } from '../../mesh/log';
-import { UsageError } from '../../mesh/errors';
+import { realClock } from '../../lib/clock';
+import { MemoryLogger } from '../../lib/log';
+import { UsageError } from '../../lib/errors';
 
 function make(host: Host, dataDir = host.dataDir, log = new MemoryLogger()) {
   const routes = new RouteReconciler({ ctx: { netns: host.ns }, log, clock: realClock });

@@ -6,8 +6,8 @@ import { Lab } from '../lab/lab';
 import { run, waitFor } from '../lab/exec';
 import { RouteReconciler } from '../../host/routes';
 import { HostError, ipBatch, ipJson } from '../../host/ip';
-import { realClock } from '../../mesh/clock';
-import { MemoryLogger } from '../../mesh/log';
+import { realClock } from '../../lib/clock';
+import { MemoryLogger } from '../../lib/log';
 
 test('route reconciler: heal, change, remove, foreign routes untouched', async () => {
   const lab = await Lab.create();

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'fs';
 import * as path from 'path';
 import { randomBytes } from 'crypto';
-import { MemoryLogger, silentLogger } from '../../mesh/log';
+import { MemoryLogger, silentLogger } from '../../lib/log';
 import { loadFallbackIo } from '../../router/fallback-io';
 import { ip4ToU32 } from '../../router/forwarding';
 import { selectSleeveIo } from '../../router/sleeve';

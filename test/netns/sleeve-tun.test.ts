@@ -7,9 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { realClock } from '../../mesh/clock';
+import { realClock } from '../../lib/clock';
 import { loadCrypto } from '../../mesh/crypto';
-import { silentLogger } from '../../mesh/log';
+import { silentLogger } from '../../lib/log';
 import type { PeerName } from '../../mesh/peer';
 import type { Features, MeshConnection } from '../../mesh/types';
 import { loadTunIo, type TunIo } from '../../router/native';
@@ -160,7 +160,7 @@ test('UDP GSO and the path MTU: a run larger than the MTU fails per datagram wit
     const script = `
       const { loadTunIo } = require(${JSON.stringify(dist + '/router/native.js')});
       const { NativeUdp } = require(${JSON.stringify(dist + '/router/udp.js')});
-      const { silentLogger } = require(${JSON.stringify(dist + '/mesh/log.js')});
+      const { silentLogger } = require(${JSON.stringify(dist + '/lib/log.js')});
       const io = loadTunIo(silentLogger());
       const lo = 0x7f000001;
       const a = new NativeUdp(io, lo, 0), b = new NativeUdp(io, lo, 0);
@@ -319,9 +319,9 @@ test('createSleeve in a namespace: detects the underlay MTU, opens and raises th
     const script = `
       const { createSleeve } = require(${JSON.stringify(dist + '/router/sleeve.js')});
       const { PrefixTable, PrefixUpdate } = require(${JSON.stringify(dist + '/router/prefixes.js')});
-      const { realClock } = require(${JSON.stringify(dist + '/mesh/clock.js')});
+      const { realClock } = require(${JSON.stringify(dist + '/lib/clock.js')});
       const { loadCrypto } = require(${JSON.stringify(dist + '/mesh/crypto.js')});
-      const { silentLogger } = require(${JSON.stringify(dist + '/mesh/log.js')});
+      const { silentLogger } = require(${JSON.stringify(dist + '/lib/log.js')});
       const { EventEmitter } = require('events');
       (async () => {
         const log = silentLogger();

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { Container, Host, Lab, withLab } from '../lab/lab';
 import { run, waitFor } from '../lab/exec';
 import { capture, iperf, pingable, sendUdp, udpPayloads } from '../lab/traffic';
-import { silentLogger } from '../../mesh/log';
+import { silentLogger } from '../../lib/log';
 import { loadTunIo } from '../../router/native';
 
 const PW = { WEAVE_PASSWORD: 'sleeve test password' };

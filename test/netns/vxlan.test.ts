@@ -10,8 +10,8 @@ import { run, waitFor } from '../lab/exec';
 import { RouteReconciler } from '../../host/routes';
 import { ipJson } from '../../host/ip';
 import { VxlanReconciler, vtepIpFor, vtepMacFor, VXLAN_OVERHEAD, DEFAULT_VNI } from '../../host/vxlan';
-import { realClock } from '../../mesh/clock';
-import { MemoryLogger } from '../../mesh/log';
+import { realClock } from '../../lib/clock';
+import { MemoryLogger } from '../../lib/log';
 import { randomPeerName } from '../../mesh/peer';
 
 async function ping(ns: string, dst: string, opts: { count?: number; size?: number } = {}): Promise<boolean> {

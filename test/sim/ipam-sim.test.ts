@@ -15,9 +15,9 @@
 // reported duplicate, or its owner is dead) and nothing waits.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FakeClock } from '../../mesh/clock';
-import { silentLogger } from '../../mesh/log';
-import { WeaveError } from '../../mesh/errors';
+import { FakeClock } from '../../lib/clock';
+import { silentLogger } from '../../lib/log';
+import { WeaveError } from '../../lib/errors';
 import { Allocator } from '../../ipam/allocator';
 import { MemoryStore } from '../../ipam/store';
 import { formatAddr, parseAddr, parseCidr, type Range } from '../../ipam/addr';

@@ -3,8 +3,8 @@
 // scenarios for the connection rules (self, name collision, duplicates, limit, backoff, overlay).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FakeClock } from '../../mesh/clock';
-import { MemoryLogger } from '../../mesh/log';
+import { FakeClock } from '../../lib/clock';
+import { MemoryLogger } from '../../lib/log';
 import { Mesh, type MeshOptions, type OverlayCallbacks, type OverlayManager } from '../../mesh/mesh';
 import { unicastTable } from '../../mesh/routes';
 import type { GossipData, Gossiper, MeshConnection } from '../../mesh/types';

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadCrypto, tweetnaclEngine, SECRETBOX_OVERHEAD, NONCE_BYTES, type CryptoEngine } from '../../mesh/crypto';
-import { MemoryLogger } from '../../mesh/log';
-import { ProtocolError, WeaveError } from '../../mesh/errors';
+import { MemoryLogger } from '../../lib/log';
+import { ProtocolError, WeaveError } from '../../lib/errors';
 
 const sodium = loadCrypto('sodium');
 const tweet = loadCrypto('tweetnacl');

@@ -4,9 +4,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
-import { FakeClock } from '../../mesh/clock';
-import { ProtocolError } from '../../mesh/errors';
-import { MemoryLogger, silentLogger } from '../../mesh/log';
+import { FakeClock } from '../../lib/clock';
+import { ProtocolError } from '../../lib/errors';
+import { MemoryLogger, silentLogger } from '../../lib/log';
 import { Msg } from '../../mesh/types';
 import { FastDp, decodeFastDpCtl, encodeFastDpCtl, REASON, type EspInstaller } from '../../router/fastdp';
 import type { PeerSas } from '../../ipsec/xfrm';

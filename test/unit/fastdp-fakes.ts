@@ -1,6 +1,6 @@
 // Fakes for fastdp unit tests: a pair of mesh connections that deliver after 1 ms of FakeClock time,
 // and a heartbeat "network" between VTEP addresses with programmable loss (all, or above a size).
-import type { FakeClock } from '../../mesh/clock';
+import type { FakeClock } from '../../lib/clock';
 import type { Features, MeshConnection } from '../../mesh/types';
 import type { HeartbeatIo } from '../../router/fastdp';
 

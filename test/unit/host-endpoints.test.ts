@@ -7,9 +7,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { Endpoints } from '../../router/endpoints';
 import { RouteReconciler } from '../../host/routes';
-import { FakeClock } from '../../mesh/clock';
-import { MemoryLogger, silentLogger } from '../../mesh/log';
-import { UsageError, WeaveError } from '../../mesh/errors';
+import { FakeClock } from '../../lib/clock';
+import { MemoryLogger, silentLogger } from '../../lib/log';
+import { UsageError, WeaveError } from '../../lib/errors';
 
 function tmpDir(): string { return fs.mkdtempSync(path.join(os.tmpdir(), 'weave-h4-unit-')); }
 

@@ -8,7 +8,7 @@ import { parseNetnsArg, resolveNetns } from '../../host/netns';
 import { hostIfName, tmpPeerName } from '../../host/links';
 import { masqueradeScript } from '../../host/expose';
 import { validateState } from '../../router/endpoints';
-import { UsageError, WeaveError } from '../../mesh/errors';
+import { UsageError, WeaveError } from '../../lib/errors';
 
 test('diffRoutes: identical desired and actual need nothing', () => {
   const desired: DesiredRoute[] = [

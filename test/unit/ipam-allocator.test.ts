@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FakeClock } from '../../mesh/clock';
-import { MemoryLogger, silentLogger, type Logger } from '../../mesh/log';
-import { WeaveError } from '../../mesh/errors';
+import { FakeClock } from '../../lib/clock';
+import { MemoryLogger, silentLogger, type Logger } from '../../lib/log';
+import { WeaveError } from '../../lib/errors';
 import { Allocator, type IpamInit } from '../../ipam/allocator';
 import { MemoryStore, type IpamStore } from '../../ipam/store';
 import { parseAddr, parseCidr } from '../../ipam/addr';

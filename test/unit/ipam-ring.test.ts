@@ -7,7 +7,7 @@ import { Ring, CLAIM_BUMP } from '../../ipam/ring';
 import { Space } from '../../ipam/space';
 import { Paxos } from '../../ipam/paxos';
 import { decodeGossip, decodeUnicast, encodeGossip, encodeUnicast } from '../../ipam/wire';
-import { ProtocolError, UsageError } from '../../mesh/errors';
+import { ProtocolError, UsageError } from '../../lib/errors';
 
 const A = '02:00:00:00:00:01';
 const B = '02:00:00:00:00:02';

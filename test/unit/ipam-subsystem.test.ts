@@ -4,9 +4,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'events';
-import { FakeClock } from '../../mesh/clock';
-import { silentLogger } from '../../mesh/log';
-import { WeaveError } from '../../mesh/errors';
+import { FakeClock } from '../../lib/clock';
+import { silentLogger } from '../../lib/log';
+import { WeaveError } from '../../lib/errors';
 import { MemoryStore } from '../../ipam/store';
 import { parseCidr } from '../../ipam/addr';
 import {

@@ -5,8 +5,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { run } from '../lab/exec';
-import { MemoryLogger } from '../../mesh/log';
-import { UsageError } from '../../mesh/errors';
+import { MemoryLogger } from '../../lib/log';
+import { UsageError } from '../../lib/errors';
 import { deriveEspKeys, newEspNonce } from '../../ipsec/keys';
 import { parsePolicies, parseStates, supportsEsp, XfrmError, XfrmManager, DEFAULT_REQID } from '../../ipsec/xfrm';
 

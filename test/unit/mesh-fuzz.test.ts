@@ -7,10 +7,10 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { decodeTopology, encodeTopology, TopoKind, type TopologyMsg } from '../../mesh/topology';
 import { decodeGossip, encodeGossip, GossipKind } from '../../mesh/gossip';
-import { ProtocolError } from '../../mesh/errors';
+import { ProtocolError } from '../../lib/errors';
 import { encodeMsg } from '../../mesh/codec';
 import { isPeerName } from '../../mesh/peer';
-import { FakeClock } from '../../mesh/clock';
+import { FakeClock } from '../../lib/clock';
 import { MeshSim, simAddress } from '../fakes/underlay';
 import { Msg } from '../../mesh/types';
 

@@ -4,8 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'events';
-import { FakeClock } from '../../mesh/clock';
-import { silentLogger } from '../../mesh/log';
+import { FakeClock } from '../../lib/clock';
+import { silentLogger } from '../../lib/log';
 import { Msg, type MeshConnection } from '../../mesh/types';
 import { OverlaySwitch, FastDpRoutes, type SubHandle, type SubManager } from '../../router/overlay-switch';
 import { FastDp } from '../../router/fastdp';

@@ -2,8 +2,8 @@
 // queueing, the explicit run that replaces a pending debounced one, and failure bookkeeping.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FakeClock } from '../../mesh/clock';
-import { MemoryLogger } from '../../mesh/log';
+import { FakeClock } from '../../lib/clock';
+import { MemoryLogger } from '../../lib/log';
 import { LoopedReconciler, ReconcileLoop, type ReconcileStats } from '../../host/reconcile-loop';
 
 /** Passes that finish only when the test says so. */

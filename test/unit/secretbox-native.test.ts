@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { loadCrypto } from '../../mesh/crypto';
-import { silentLogger } from '../../mesh/log';
+import { silentLogger } from '../../lib/log';
 import { BoxJobs, boxModeFromEnv, engineBoxes, nativeBoxes, resolveBoxKind } from '../../router/boxes';
 import { loadTunIo } from '../../router/native';
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { constants as perfConstants } from 'node:perf_hooks';
 import { loadCrypto } from '../../mesh/crypto';
-import { silentLogger } from '../../mesh/log';
+import { silentLogger } from '../../lib/log';
 import { engineBoxes, nativeBoxes, type BoxBatch } from '../../router/boxes';
 import { loadTunIo } from '../../router/native';
 import { COUNTER, Datapath, PathShared, newCounterArray, type DatapathEvents } from '../../router/datapath';

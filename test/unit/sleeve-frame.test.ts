@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadCrypto, tweetnaclEngine } from '../../mesh/crypto';
-import { silentLogger } from '../../mesh/log';
+import { silentLogger } from '../../lib/log';
 import { FrameHeader, FrameType, HDR, TAG, ViewCache, decodeFrame, deriveKeys, encodeFrame, parseHeader, setNonce, writeHeader } from '../../router/frame';
 import { UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipChecksum, mayAnswer, writeUnreachable } from '../../router/icmp';
 import { ipv4Packet } from '../fakes/channel-tun';

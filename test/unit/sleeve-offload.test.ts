@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { silentLogger } from '../../mesh/log';
+import { silentLogger } from '../../lib/log';
 import { TUN_CARRY_BAD, TUN_CARRY_SEGS, TUN_CARRY_SIZE, TUN_CARRY_SUPER, loadTunIo, type TunIo } from '../../router/native';
 
 const loaded = loadTunIo(silentLogger());

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
-import { FakeClock } from '../../mesh/clock';
-import { silentLogger } from '../../mesh/log';
+import { FakeClock } from '../../lib/clock';
+import { silentLogger } from '../../lib/log';
 import type { GossipChannel, GossipData } from '../../mesh/types';
 import { PrefixTable, PrefixUpdate, decodePrefixUpdate } from '../../router/prefixes';
 

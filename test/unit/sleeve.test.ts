@@ -3,9 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
-import { FakeClock } from '../../mesh/clock';
+import { FakeClock } from '../../lib/clock';
 import { loadCrypto, tweetnaclEngine, type CryptoEngine } from '../../mesh/crypto';
-import { MemoryLogger, silentLogger } from '../../mesh/log';
+import { MemoryLogger, silentLogger } from '../../lib/log';
 import type { PeerName } from '../../mesh/peer';
 import { Msg, type Features, type MeshConnection } from '../../mesh/types';
 import type { OverlayManager } from '../../mesh/mesh';

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Topology, decodeTopology, encodeTopology, newerThan, TopoKind, type PeerRecord, type ConnInfo } from '../../mesh/topology';
-import { ProtocolError } from '../../mesh/errors';
+import { ProtocolError } from '../../lib/errors';
 import { encodeMsg } from '../../mesh/codec';
 
 const A = '02:00:00:00:00:0a';

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { Packr } from 'msgpackr';
 import { loadCrypto, type CryptoEngine } from '../../mesh/crypto';
-import { ProtocolError, RefusedError } from '../../mesh/errors';
+import { ProtocolError, RefusedError } from '../../lib/errors';
 import type { Features } from '../../mesh/types';
 import { FrameReader, WireSession, decodeFeatures, type Established } from '../../mesh/wire';
 

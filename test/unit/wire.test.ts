@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pack } from 'msgpackr';
 import { loadCrypto, type CryptoEngine } from '../../mesh/crypto';
-import { ProtocolError, RefusedError, WeaveError } from '../../mesh/errors';
+import { ProtocolError, RefusedError, WeaveError } from '../../lib/errors';
 import {
   FrameReader,
   FrameSealer,

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import * as path from 'node:path';
 import { DEFAULT_MODULES, runGuestTests } from './runner';
-import { rootLogger } from '../../mesh/log';
+import { rootLogger } from '../../lib/log';
 
 test('encrypted fastdp: two real routers with a password inside the UML guest (ESP on the wire, rekey, reset)', { timeout: 560_000 }, async (t) => {
   const r = await runGuestTests(path.join(__dirname, 'guest', 'fastdp.guest.js'), 1, {

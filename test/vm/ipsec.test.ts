@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import * as path from 'node:path';
 import { runGuestTests } from './runner';
-import { rootLogger } from '../../mesh/log';
+import { rootLogger } from '../../lib/log';
 
 test('kernel IPsec: ESP over VXLAN with ipsec/ keys and xfrm, inside the UML guest', { timeout: 300_000 }, async (t) => {
   const r = await runGuestTests(path.join(__dirname, 'guest', 'ipsec.guest.js'), 2, {

@@ -17,9 +17,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { createHash } from 'crypto';
 import assert from 'node:assert/strict';
-import { WeaveError } from '../../mesh/errors';
-import { Clock, realClock } from '../../mesh/clock';
-import { Logger, silentLogger } from '../../mesh/log';
+import { WeaveError } from '../../lib/errors';
+import { Clock, realClock } from '../../lib/clock';
+import { Logger, silentLogger } from '../../lib/log';
 
 export const DEFAULT_CACHE_DIR = '/var/cache/weave-test';
 /** Loaded before the command (the kernel would autoload most on first use; this makes a missing one loud). */

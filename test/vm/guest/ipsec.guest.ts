@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { run } from '../../lab/exec';
 import { ipBatch } from '../../../host/ip';
-import { MemoryLogger } from '../../../mesh/log';
+import { MemoryLogger } from '../../../lib/log';
 import { deriveEspKeys, newEspNonce, spiHex, EspKeys } from '../../../ipsec/keys';
 import { XfrmManager, supportsEsp, parsePolicies, parseStates, DEFAULT_REQID } from '../../../ipsec/xfrm';
 
