@@ -1,14 +1,12 @@
 // weave CLI: the commands a Weave Net user knows. Client commands talk to the router's HTTP API
 // (127.0.0.1:6784 in the current namespace, or --http-addr / WEAVE_HTTP_ADDR); `router` runs the
 // router in the foreground and `launch` starts it detached and waits until it answers.
-import { Command, Option, CommanderError } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { ApiClient } from './api/client';
-import {
-  DEFAULT_PORT, RouterConfig, dataDirFromEnv, httpAddrFrom, loadPassword, parseConnLimit, parseLevel, parsePort, parseHostPort, parseTrustedSubnets,
-} from './api/config';
+import { DEFAULT_PORT, addRouterFlags, dataDirFromEnv, httpAddrFrom, parseHostPort, routerConfig, type RouterFlags } from './api/config';
 import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
 import { WeaveError, UsageError, errMsg } from './lib/errors';
 import { SUBSYSTEMS } from './api/subsystems';
@@ -21,52 +19,6 @@ function fail(msg: string, code = 1): never {
 function client(opts: { httpAddr?: string }): ApiClient {
   const a = httpAddrFrom(opts.httpAddr);
   return new ApiClient(a.host, a.port);
-}
-
-interface RouterFlags {
-  name?: string; nickname?: string; port: string; host: string; passwordFile?: string; connLimit: string;
-  discovery: boolean; resume?: boolean; httpAddr?: string; logLevel: string; fastdp: boolean; crypto?: string; trustedSubnets?: string;
-}
-
-function addRouterFlags(c: Command): Command {
-  c
-    .option('--name <mac>', 'peer name (six hex bytes like 8a:3e:01:02:03:04); default: persisted random name')
-    .option('--nickname <name>', 'nickname shown next to the peer name (default: hostname)')
-    .option('--port <port>', 'TCP (control) and UDP (sleeve) port', String(DEFAULT_PORT))
-    .option('--host <addr>', 'address to listen on (default: all)', '')
-    .option('--password-file <file>', 'file holding the mesh password (or set WEAVE_PASSWORD); never pass it on the command line')
-    .option('--conn-limit <n>', 'maximum number of connections', '200')
-    .option('--no-discovery', 'do not connect to peers learned through gossip')
-    .option('--resume', 'reconnect to the stored targets instead of the peers given')
-    .option('--http-addr <host:port>', 'HTTP API address (env WEAVE_HTTP_ADDR)')
-    .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
-    .option('--no-fastdp', 'do not use the kernel fast datapath')
-    .option('--trusted-subnets <cidrs>', 'comma-separated CIDRs of networks where peers may exchange data unencrypted (both ends must trust each other; the control channel stays encrypted)')
-    .addOption(new Option('--crypto <engine>', 'crypto engine').choices(['sodium', 'tweetnacl']).hideHelp());
-  for (const m of SUBSYSTEMS) m.addRouterFlags?.(c);
-  return c;
-}
-
-function routerConfig(peers: string[], f: RouterFlags): RouterConfig {
-  for (const p of peers) parseHostPort(p, DEFAULT_PORT, 'peer address');
-  for (const m of SUBSYSTEMS) m.checkFlags?.(f as unknown as Record<string, unknown>);
-  return {
-    dataDir: dataDirFromEnv(),
-    name: f.name,
-    nickname: f.nickname,
-    host: f.host,
-    port: parsePort(f.port, '--port'),
-    httpAddr: httpAddrFrom(f.httpAddr),
-    password: loadPassword(f.passwordFile),
-    connLimit: parseConnLimit(f.connLimit),
-    discovery: f.discovery,
-    resume: !!f.resume,
-    peers,
-    logLevel: parseLevel(f.logLevel),
-    fastdp: f.fastdp,
-    crypto: f.crypto as RouterConfig['crypto'],
-    trustedSubnets: parseTrustedSubnets(f.trustedSubnets),
-  };
 }
 
 /**
@@ -122,16 +74,16 @@ export function buildProgram(): Command {
 
   addRouterFlags(program.command('router').description('run the router in the foreground').argument('[peers...]', 'peers to connect to (host[:port])'))
     .action(async (peers: string[], f: RouterFlags) => {
-      const cfg = routerConfig(peers, f);
+      const cfg = routerConfig(peers, f as RouterFlags & Record<string, unknown>);
       const { runRouter } = await import('./api/daemon');
-      const h = await runRouter(cfg, { flags: f as unknown as Record<string, unknown> });
+      const h = await runRouter(cfg);
       await h.stopped;
       process.exit(0);
     });
 
   addRouterFlags(program.command('launch').description('start the router in the background and wait until it is ready').argument('[peers...]', 'peers to connect to (host[:port])'))
     .action(async (peers: string[], f: RouterFlags) => {
-      const cfg = routerConfig(peers, f); // validate here so errors show at once
+      const cfg = routerConfig(peers, f as RouterFlags & Record<string, unknown>); // validate here so errors show at once
       const { runningPid } = await import('./api/daemon');
       const pid = runningPid(cfg.dataDir);
       if (pid) fail(`a weave router is already running with data dir ${cfg.dataDir} (pid ${pid}); use "weave stop" first`);
@@ -179,7 +131,7 @@ export function buildProgram(): Command {
   program.command('status').description('router status: summary, or peers | connections | targets').argument('[what]').option('--http-addr <host:port>', 'HTTP API address')
     .action(async (what: string | undefined, o: { httpAddr?: string }) => {
       const views: Record<string, (r: Report) => string> = { peers: renderPeers, connections: renderConnections, targets: renderTargets };
-      for (const m of SUBSYSTEMS) Object.assign(views, m.statusViews ?? {});
+      for (const m of SUBSYSTEMS) Object.assign(views, m.views ?? {});
       if (what && !views[what]) throw new UsageError(`unknown status view "${what}": one of ${Object.keys(views).join(', ')}`);
       const r = await client(o).request<Report>('GET', '/report');
       process.stdout.write(what ? views[what](r) : renderSummary(r));
@@ -237,7 +189,7 @@ export function buildProgram(): Command {
       await client(o).request('POST', '/hide', { cidrs });
     });
 
-  for (const m of SUBSYSTEMS) m.addCommands?.(program, client);
+  for (const m of SUBSYSTEMS) m.commands?.(program, client);
 
   program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down')
     .action(async () => {

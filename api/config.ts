@@ -1,9 +1,14 @@
 // Router configuration: one typed object built from CLI flags and the environment, validated here
 // so the daemon never sees a half-checked value. Errors say what to fix.
 import * as fs from 'fs';
+import { Option, type Command } from 'commander';
 import { UsageError } from '../lib/errors';
 import type { Level } from '../lib/log';
 import { contains, parseAddr, parseCidr, type Cidr } from '../ipam/addr';
+import { boxModeFromEnv, type BoxKind } from '../router/boxes';
+import { ioModeFromEnv, offloadFromEnv } from '../router/sleeve';
+import { addIpamFlags, parseIpamFlags, type IpamConfig } from '../ipam/flags';
+import { addDnsFlags, parseDnsFlags, type DnsConfig } from '../dns/flags';
 
 export const DEFAULT_PORT = 6783;
 export const DEFAULT_HTTP_ADDR = '127.0.0.1:6784';
@@ -26,6 +31,78 @@ export interface RouterConfig {
   crypto?: 'sodium' | 'tweetnacl';
   /** --trusted-subnets: peers there get the data unencrypted when they trust us too (control stays encrypted) */
   trustedSubnets: Cidr[];
+  /** the sleeve's I/O, offloads and crypto (WEAVE_SLEEVE_IO, WEAVE_SLEEVE_OFFLOAD, WEAVE_SLEEVE_CRYPTO) */
+  sleeve: SleeveConfig;
+  ipam: IpamConfig;
+  dns: DnsConfig;
+}
+
+export interface SleeveConfig {
+  /** 'auto': the native addon, else the koffi fallback; 'native': the addon or fail; 'fallback': koffi */
+  io: 'auto' | 'native' | 'fallback';
+  /** TUN offloads and UDP GSO/GRO (native addon only) */
+  offload: boolean;
+  /** how datagrams are sealed: 'auto' (the addon's SIMD batches when it helps), 'native', 'engine' */
+  boxes: 'auto' | BoxKind;
+}
+
+/** The router's own flags, shared by `weave router` and `weave launch`, with the subsystems' flags. */
+export interface RouterFlags {
+  name?: string; nickname?: string; port: string; host: string; passwordFile?: string; connLimit: string;
+  discovery: boolean; resume?: boolean; httpAddr?: string; logLevel: string; fastdp: boolean; crypto?: string; trustedSubnets?: string;
+}
+
+export function addRouterFlags(c: Command): Command {
+  c
+    .option('--name <mac>', 'peer name (six hex bytes like 8a:3e:01:02:03:04); default: persisted random name')
+    .option('--nickname <name>', 'nickname shown next to the peer name (default: hostname)')
+    .option('--port <port>', 'TCP (control) and UDP (sleeve) port', String(DEFAULT_PORT))
+    .option('--host <addr>', 'address to listen on (default: all)', '')
+    .option('--password-file <file>', 'file holding the mesh password (or set WEAVE_PASSWORD); never pass it on the command line')
+    .option('--conn-limit <n>', 'maximum number of connections', '200')
+    .option('--no-discovery', 'do not connect to peers learned through gossip')
+    .option('--resume', 'reconnect to the stored targets instead of the peers given')
+    .option('--http-addr <host:port>', 'HTTP API address (env WEAVE_HTTP_ADDR)')
+    .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
+    .option('--no-fastdp', 'do not use the kernel fast datapath')
+    .option('--trusted-subnets <cidrs>', 'comma-separated CIDRs of networks where peers may exchange data unencrypted (both ends must trust each other; the control channel stays encrypted)')
+    .addOption(new Option('--crypto <engine>', 'crypto engine').choices(['sodium', 'tweetnacl']).hideHelp());
+  addIpamFlags(c);
+  addDnsFlags(c);
+  return c;
+}
+
+/** Every router flag and environment variable, checked once, into the typed config. */
+export function routerConfig(peers: string[], f: RouterFlags & Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): RouterConfig {
+  for (const p of peers) parseHostPort(p, DEFAULT_PORT, 'peer address');
+  return {
+    dataDir: dataDirFromEnv(env),
+    name: f.name,
+    nickname: f.nickname,
+    host: f.host,
+    port: parsePort(f.port, '--port'),
+    httpAddr: httpAddrFrom(f.httpAddr, env),
+    password: loadPassword(f.passwordFile, env),
+    connLimit: parseConnLimit(f.connLimit),
+    discovery: f.discovery,
+    resume: !!f.resume,
+    peers,
+    logLevel: parseLevel(f.logLevel),
+    fastdp: f.fastdp,
+    crypto: f.crypto as RouterConfig['crypto'],
+    trustedSubnets: parseTrustedSubnets(f.trustedSubnets),
+    sleeve: sleeveConfigFrom(env),
+    ipam: parseIpamFlags(f),
+    dns: parseDnsFlags(f),
+  };
+}
+
+export function sleeveConfigFrom(env: NodeJS.ProcessEnv): SleeveConfig {
+  return {
+    io: ioModeFromEnv(env.WEAVE_SLEEVE_IO),
+    offload: offloadFromEnv(env.WEAVE_SLEEVE_OFFLOAD),
+    boxes: boxModeFromEnv(env.WEAVE_SLEEVE_CRYPTO),
+  };
 }
 
 export function dataDirFromEnv(env: NodeJS.ProcessEnv = process.env): string {

@@ -1,9 +1,8 @@
 // The subsystems this build of the router runs, in start order. One line each.
-import type { SubsystemModule } from './subsystem';
-import { ipamModule } from './ipam-subsystem';
-import { dnsModule } from './dns-subsystem';
+import { ipamModule } from '../ipam/subsystem';
+import { dnsModule } from '../dns/subsystem';
 
-export const SUBSYSTEMS: SubsystemModule[] = [
+export const SUBSYSTEMS = [
   ipamModule,
   dnsModule,
-];
+] as const;

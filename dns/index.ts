@@ -5,4 +5,4 @@ export { DnsStore, DnsRecordSet, FileDnsPersistence, type DnsPersistence, normal
 export { DnsServer, parseUpstream, type DnsServerOptions, type DnsCounters, type DnsRecordSource } from './server';
 export { ResolvConfWatcher, parseResolvConf, type ResolvConfData, type ResolvConfWatcherOptions } from './resolvconf';
 export { attachDnsToMesh, DNS_CHANNEL, type DnsMeshLike } from './mesh-glue';
-export { dnsStatus, writeDnsMetrics, type DnsStatus, type DnsEntryStatus, type MetricsSink } from './report';
+export { dnsStatus, registerDnsMetrics, type DnsStatus, type DnsEntryStatus } from './report';

@@ -1,5 +1,7 @@
-// What the API layer shows about weaveDNS: the status section (`weave status dns`, `weave report`)
-// and Prometheus samples. Structural writer type, so dns/ does not depend on api/.
+// What the router shows about weaveDNS: the status section (`weave status dns`, `weave report`) and
+// its Prometheus metrics.
+import type { Registry } from 'prom-client';
+import { counterFrom, gaugeFrom } from '../lib/metrics';
 import type { DnsStore } from './records';
 import type { DnsServer } from './server';
 
@@ -36,39 +38,39 @@ export function dnsStatus(store: DnsStore, server: DnsServer | null, upstream: r
   };
 }
 
-export interface MetricsSink {
-  counter(name: string, help: string, value: number, labels?: Record<string, string | number>): unknown;
-  gauge(name: string, help: string, value: number, labels?: Record<string, string | number>): unknown;
-}
-
-export function writeDnsMetrics(w: MetricsSink, store: DnsStore, server: DnsServer | null): void {
-  let live = 0;
-  let tomb = 0;
-  for (const e of store.all()) if (e.tombstone) tomb++; else live++;
-  w.gauge('weave_dns_entries', 'DNS records held, by state', live, { state: 'live' });
-  w.gauge('weave_dns_entries', 'DNS records held, by state', tomb, { state: 'tombstone' });
+/** weaveDNS's metrics on the router's registry, read from the store's and server's counters at scrape time. */
+export function registerDnsMetrics(reg: Registry, store: DnsStore, server: DnsServer | null): void {
+  gaugeFrom(reg, 'weave_dns_entries', 'DNS records held by this router (all peers\' records), by state: live, or tombstone (deleted, kept until every peer has heard).', () => {
+    let live = 0;
+    let tomb = 0;
+    for (const e of store.all()) if (e.tombstone) tomb++; else live++;
+    return [{ labels: { state: 'live' }, value: live }, { labels: { state: 'tombstone' }, value: tomb }];
+  }, ['state']);
   const sc = store.counters;
-  w.counter('weave_dns_gossip_received_total', 'DNS gossip messages received', sc.gossipReceived);
-  w.counter('weave_dns_gossip_malformed_total', 'DNS gossip messages rejected as malformed', sc.gossipMalformed);
-  w.counter('weave_dns_records_reasserted_total', 'own records re-issued over an older incarnation held by peers', sc.reasserted);
+  counterFrom(reg, 'weave_dns_gossip_received_total', 'DNS gossip messages received from peers.', () => sc.gossipReceived);
+  counterFrom(reg, 'weave_dns_gossip_malformed_total', 'DNS gossip messages rejected as malformed (the connection survives).', () => sc.gossipMalformed);
+  counterFrom(reg, 'weave_dns_records_reasserted_total', 'Own records re-issued because peers held an older incarnation of them (after a restart).', () => sc.reasserted);
   if (!server) return;
   const c = server.counters;
-  w.counter('weave_dns_queries_total', 'DNS queries received', c.queriesUdp, { proto: 'udp' });
-  w.counter('weave_dns_queries_total', 'DNS queries received', c.queriesTcp, { proto: 'tcp' });
-  const rc: Array<[string, number]> = [
+  counterFrom(reg, 'weave_dns_queries_total', 'DNS queries received, by transport.', () => [
+    { labels: { proto: 'udp' }, value: c.queriesUdp }, { labels: { proto: 'tcp' }, value: c.queriesTcp },
+  ], ['proto']);
+  counterFrom(reg, 'weave_dns_responses_total', 'DNS responses sent, by response code.', () => [
     ['NOERROR', c.noerror], ['FORMERR', c.formerr], ['SERVFAIL', c.servfail], ['NXDOMAIN', c.nxdomain],
     ['NOTIMP', c.notimp], ['REFUSED', c.refused], ['other', c.otherRcode],
+  ].map(([rcode, value]) => ({ labels: { rcode }, value: value as number })), ['rcode']);
+  const simple: Array<[string, string, () => number]> = [
+    ['weave_dns_forwarded_total', 'Queries outside the weaveDNS domain forwarded to the upstream resolvers of /etc/resolv.conf.', () => c.forwarded],
+    ['weave_dns_forwarded_tcp_retries_total', 'Forwarded queries retried over TCP because the upstream answer was truncated.', () => c.forwardedTcpRetry],
+    ['weave_dns_upstream_failures_total', 'Forwarded queries answered with SERVFAIL because no upstream answered (timeouts included).', () => c.upstreamFailures],
+    ['weave_dns_upstream_timeouts_total', 'Forwarded queries that timed out at an upstream resolver.', () => c.upstreamTimeouts],
+    ['weave_dns_upstream_bad_responses_total', 'Upstream answers ignored: unknown id, wrong source or question, or junk.', () => c.upstreamBadResponses],
+    ['weave_dns_upstream_tcp_errors_total', 'TCP retries to an upstream resolver that failed (connect or reset).', () => c.upstreamTcpErrors],
+    ['weave_dns_malformed_total', 'Malformed queries (answered FORMERR, or dropped when not even a header).', () => c.malformed],
+    ['weave_dns_truncated_total', 'Answers truncated (TC set) because they did not fit in a UDP reply.', () => c.truncated],
+    ['weave_dns_dropped_total', 'Queries dropped because the server\'s send queue was full.', () => c.dropped],
+    ['weave_dns_tcp_connections_total', 'DNS-over-TCP connections accepted.', () => c.tcpConnections],
+    ['weave_dns_tcp_rejected_total', 'DNS-over-TCP connections refused because too many were open.', () => c.tcpRejected],
   ];
-  for (const [rcode, v] of rc) w.counter('weave_dns_responses_total', 'DNS responses sent, by rcode', v, { rcode });
-  w.counter('weave_dns_forwarded_total', 'queries forwarded to upstream resolvers', c.forwarded);
-  w.counter('weave_dns_forwarded_tcp_retries_total', 'forwarded queries retried over TCP after TC', c.forwardedTcpRetry);
-  w.counter('weave_dns_upstream_failures_total', 'forwarded queries that got SERVFAIL (timeouts included)', c.upstreamFailures);
-  w.counter('weave_dns_upstream_timeouts_total', 'forwarded queries that timed out', c.upstreamTimeouts);
-  w.counter('weave_dns_upstream_bad_responses_total', 'upstream answers ignored (unknown id, wrong source or question, junk)', c.upstreamBadResponses);
-  w.counter('weave_dns_upstream_tcp_errors_total', 'TCP retries to an upstream that failed (connect, reset)', c.upstreamTcpErrors);
-  w.counter('weave_dns_malformed_total', 'malformed queries (FORMERR or dropped)', c.malformed);
-  w.counter('weave_dns_truncated_total', 'answers truncated with TC', c.truncated);
-  w.counter('weave_dns_dropped_total', 'queries dropped because the send queue was full', c.dropped);
-  w.counter('weave_dns_tcp_connections_total', 'TCP connections accepted', c.tcpConnections);
-  w.counter('weave_dns_tcp_rejected_total', 'TCP connections refused over the limit', c.tcpRejected);
+  for (const [name, help, read] of simple) counterFrom(reg, name, help, read);
 }

@@ -36,7 +36,7 @@ import { Worker } from 'worker_threads';
 import { Packr } from 'msgpackr';
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { CryptoEngine } from '../mesh/crypto';
-import { boxModeFromEnv, makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
+import { makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
 import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
@@ -127,8 +127,8 @@ export interface SleeveOptions {
   ioKind?: IoKind | 'memory';
   /**
    * How the packet loops seal and open (router/boxes.ts): 'native' batches in the addon, 'engine' per
-   * box through `crypto`; default 'auto' (native when the addon loads and the engine is sodium), or
-   * WEAVE_SLEEVE_CRYPTO.
+   * box through `crypto`; default 'auto' (native when the addon loads and the engine is sodium); the
+   * router passes WEAVE_SLEEVE_CRYPTO from its config.
    */
   boxes?: 'auto' | BoxKind;
 }
@@ -258,7 +258,7 @@ export class Sleeve {
 
     const native = this.tun instanceof NativeTun && this.udp instanceof NativeUdp;
     this.io = o.ioKind ?? (native ? 'native' : 'memory');
-    const boxMode = o.boxes ?? boxModeFromEnv(process.env.WEAVE_SLEEVE_CRYPTO);
+    const boxMode = o.boxes ?? 'auto';
     // the koffi fallback stands for "the addon cannot load": it seals through the engine too
     this.boxes = resolveBoxKind(boxMode, this.crypto, boxMode === 'engine' || this.io === 'koffi' ? null : loadTunIo(this.log));
     if (o.workers && !native) throw new WeaveError('EINVAL', 'sleeve worker threads need the native TUN and UDP devices');
@@ -770,12 +770,12 @@ export interface CreateSleeveOptions extends Omit<SleeveOptions, 'tun' | 'udp' |
   io?: TunIo | null;
   /**
    * 'auto' (default): the addon, else the koffi fallback with a warn line; 'native': the addon or
-   * ENOADDON; 'fallback': koffi even when the addon loads (tests, bench). Default from WEAVE_SLEEVE_IO.
+   * ENOADDON; 'fallback': koffi even when the addon loads (tests, bench). Default 'auto' (the router passes its config: WEAVE_SLEEVE_IO).
    */
   ioMode?: 'auto' | 'native' | 'fallback';
   /**
    * TUN offloads (TSO/checksum: super-packets split on read, TCP segments coalesced on write), UDP
-   * GSO on send and GRO on receive; native addon only. Default on, unless WEAVE_SLEEVE_OFFLOAD=0.
+   * GSO on send and GRO on receive; native addon only. Default on (the router passes its config: WEAVE_SLEEVE_OFFLOAD).
    */
   tunOffload?: boolean;
 }
@@ -798,13 +798,15 @@ export function selectSleeveIo(log: Logger, mode: 'auto' | 'native' | 'fallback'
   return { io, kind: 'koffi' };
 }
 
-function ioModeFromEnv(v: string | undefined): 'auto' | 'native' | 'fallback' {
+/** WEAVE_SLEEVE_IO (read once, in api/config.ts) */
+export function ioModeFromEnv(v: string | undefined): 'auto' | 'native' | 'fallback' {
   if (v === undefined || v === '' || v === 'auto') return 'auto';
   if (v === 'native' || v === 'fallback') return v;
   throw new WeaveError('EINVAL', `WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
 }
 
-function offloadFromEnv(v: string | undefined): boolean {
+/** WEAVE_SLEEVE_OFFLOAD (read once, in api/config.ts) */
+export function offloadFromEnv(v: string | undefined): boolean {
   if (v === undefined || v === '' || v === '1') return true;
   if (v === '0') return false;
   throw new WeaveError('EINVAL', `WEAVE_SLEEVE_OFFLOAD must be 0 or 1, not ${JSON.stringify(v)}`);
@@ -819,12 +821,12 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
   let ioKind: IoKind = 'native';
   if (o.io === null) throw new WeaveError('ENOADDON', 'the sleeve needs the native data-path addon (native/; build it with `node scripts/build-native.js`)');
   if (o.io !== undefined) io = o.io;
-  else ({ io, kind: ioKind } = selectSleeveIo(o.log, o.ioMode ?? ioModeFromEnv(process.env.WEAVE_SLEEVE_IO)));
+  else ({ io, kind: ioKind } = selectSleeveIo(o.log, o.ioMode ?? 'auto'));
   const ctx = o.ctx ?? {};
   const underlayMtu = o.underlayMtu ?? (await detectUnderlayMtu((args) => hostIpJson(ctx, args), o.log));
   const bind = ip4ToU32(o.bindIp ?? '0.0.0.0');
   if (bind === undefined) throw new WeaveError('EINVAL', `bad sleeve bind address ${o.bindIp}`);
-  const offload = ioKind === 'native' && !!io.readBatchVnet && (o.tunOffload ?? offloadFromEnv(process.env.WEAVE_SLEEVE_OFFLOAD));
+  const offload = ioKind === 'native' && !!io.readBatchVnet && (o.tunOffload ?? true);
   const tun = new NativeTun(io, o.tunName ?? DEFAULT_TUN_NAME, undefined, offload);
   let udp: NativeUdp | undefined;
   try {

@@ -16,6 +16,8 @@ const need = [
   ['dnsmasq', 'dnsmasq-base'],
   ['dnsperf', 'dnsperf'],
   ['pkill', 'procps'],
+  // `promtool check metrics` lints /metrics in the tests (the package brings the Prometheus server too; nothing starts it)
+  ['promtool', 'prometheus'],
 ];
 
 function has(cmd) {

@@ -143,8 +143,8 @@ test('--trusted-subnets with a password: fastdp carries the data unencrypted onl
     assert.match(text, /established\s+encrypted\s+sleeve/, text);
     assert.equal((await h1.report()).router.encryption, true, 'the control plane is still encrypted');
     const metrics = await h1.httpGet('/metrics');
-    assert.match(metrics, /^weave_connection_overlay\{peer="[0-9a-f:]+",nickname="h2",overlay="fastdp",encryption="trusted",reason=""\} 1$/m, metrics);
-    assert.match(metrics, /^weave_connection_overlay\{peer="[0-9a-f:]+",nickname="h3",overlay="sleeve",encryption="encrypted",reason="[^"]*kernel lacks ESP[^"]*"\} 1$/m, metrics);
+    assert.match(metrics, /^weave_connection_overlay_info\{peer="[0-9a-f:]+",nickname="h2",overlay="fastdp",encryption="trusted",reason=""\} 1$/m, metrics);
+    assert.match(metrics, /^weave_connection_overlay_info\{peer="[0-9a-f:]+",nickname="h3",overlay="sleeve",encryption="encrypted",reason="[^"]*kernel lacks ESP[^"]*"\} 1$/m, metrics);
     assert.match((await h1.weave(['status'])).stdout, new RegExp(`TrustedSubnets: ${h2.ip.replace(/\./g, '\\.')}/32\\n`));
     await pingable(c1, '10.32.2.1');
     const pcap = await capture(lab, async () => {

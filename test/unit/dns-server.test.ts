@@ -15,7 +15,9 @@ import { DnsStore } from '../../dns/records';
 import { DnsServer, parseUpstream } from '../../dns/server';
 import { ResolvConfWatcher, parseResolvConf } from '../../dns/resolvconf';
 import { QTYPE, QueryParser, RCODE, nameToWire, writeHeader } from '../../dns/wire';
-import { dnsStatus, writeDnsMetrics } from '../../dns/report';
+import { Registry } from 'prom-client';
+import parsePrometheus from 'parse-prometheus-text-format';
+import { dnsStatus, registerDnsMetrics } from '../../dns/report';
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -320,16 +322,19 @@ test('resolv.conf: parsed, and upstreams re-read when the file is replaced', asy
   }
 });
 
-test('counters account for what was answered', () => {
+test('counters account for what was answered', async () => {
   const c = server.counters;
   assert.ok(c.queriesUdp > 20 && c.queriesTcp > 3);
   assert.ok(c.noerror > 0 && c.nxdomain > 0 && c.truncated > 0 && c.forwarded > 0);
   assert.equal(c.malformed, 0);
   assert.equal(c.socketErrors, 0);
-  const samples: Array<[string, number, Record<string, string | number> | undefined]> = [];
-  const sink = { counter: (n: string, _h: string, v: number, l?: Record<string, string | number>) => samples.push([n, v, l]), gauge: (n: string, _h: string, v: number, l?: Record<string, string | number>) => samples.push([n, v, l]) };
-  writeDnsMetrics(sink, store, server);
-  const get = (n: string, l?: Record<string, string>) => samples.find(([name, , labels]) => name === n && (!l || JSON.stringify(labels) === JSON.stringify(l)))?.[1];
+  const reg = new Registry();
+  registerDnsMetrics(reg, store, server);
+  const families = parsePrometheus(await reg.metrics());
+  const get = (n: string, l?: Record<string, string>) => {
+    const m = families.find((f) => f.name === n)?.metrics.find((s) => !l || JSON.stringify(s.labels) === JSON.stringify(l));
+    return m === undefined ? undefined : Number(m.value);
+  };
   assert.equal(get('weave_dns_queries_total', { proto: 'udp' }), c.queriesUdp);
   assert.equal(get('weave_dns_responses_total', { rcode: 'NXDOMAIN' }), c.nxdomain);
   assert.equal(get('weave_dns_entries', { state: 'live' }), 8 + 1 + 60 + 100);

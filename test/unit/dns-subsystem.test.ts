@@ -11,7 +11,9 @@ import { UsageError } from '../../lib/errors';
 import { silentLogger } from '../../lib/log';
 import type { GossipChannel, GossipData } from '../../mesh/types';
 import { DnsStore } from '../../dns/records';
-import { parseDnsFlags, qualify, renderDnsStatus } from '../../api/dns-subsystem';
+import { parseDnsFlags } from '../../dns/flags';
+import { qualify } from '../../dns/subsystem';
+import { renderDnsStatus } from '../../dns/views';
 import { RESOLV_MARKER, containerResolvConf, removeNetnsResolvConf, writeNetnsResolvConf } from '../../host/dns-addr';
 
 const A = '02:00:00:00:00:0a';

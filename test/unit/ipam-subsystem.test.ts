@@ -9,13 +9,12 @@ import { silentLogger } from '../../lib/log';
 import { WeaveError } from '../../lib/errors';
 import { MemoryStore } from '../../ipam/store';
 import { parseCidr } from '../../ipam/addr';
-import {
-  IpamSubsystem, defaultQuorum, ipamFlagsFrom, overlappingRoutes, parseIpallocInit, rangesToCidrs, resolveSeeds,
-} from '../../api/ipam-subsystem';
-import { renderIpam } from '../../api/ipam-views';
-import { MetricsWriter } from '../../api/metrics';
+import { Registry } from 'prom-client';
+import { IpamSubsystem, rangesToCidrs, resolveSeeds, type IpamContext } from '../../ipam/subsystem';
+import { defaultQuorum, parseIpamFlags as ipamFlagsFrom, parseIpallocInit } from '../../ipam/flags';
+import { overlappingRoutes } from '../../ipam/host-routes';
+import { renderIpam } from '../../ipam/views';
 import { FakeIpamNet, mulberry32, simName } from '../fakes/ipam-gossip';
-import type { DaemonContext } from '../../api/subsystem';
 
 test('--ipalloc-init grammar', () => {
   assert.deepEqual(parseIpallocInit('consensus'), { mode: 'consensus' });
@@ -90,10 +89,13 @@ test('resolveSeeds: names pass, nicknames resolve when known, ambiguity refused'
 
 // ---------------------------------------------------------------- the subsystem over fakes
 
+/** The subsystem's API routes, called the way the HTTP server calls them. */
 class FakeApi {
-  readonly routes = new Map<string, (req: { body: any }) => unknown>();
-  add(method: string, p: string, h: (req: { body: any }) => unknown): void { this.routes.set(`${method} ${p}`, h); }
-  call(method: string, p: string, body: any = {}): Promise<any> { return Promise.resolve(this.routes.get(`${method} ${p}`)!({ body })); }
+  sub: IpamSubsystem | undefined;
+  call(method: string, p: string, body: any = {}): Promise<any> {
+    const r = this.sub!.apiRoutes().find((x) => x.method === method && x.path === p)!;
+    return Promise.resolve(r.handler({ body, query: new URLSearchParams(), path: p }));
+  }
 }
 
 function fakeCtx(name: string, nickname: string, net: FakeIpamNet, flags: Record<string, unknown>) {
@@ -109,9 +111,9 @@ function fakeCtx(name: string, nickname: string, net: FakeIpamNet, flags: Record
   mesh.peerNames = () => net.reachableFrom(name);
   mesh.peerRecords = () => [];
   const ctx = {
-    cfg: { dataDir: '/nonexistent', peers: ['x'] }, flags, root: silentLogger(), clock: net.clock, identity: { name, nickname, uid: '1' },
-    mesh, api, hostCtx: {}, routes: {}, endpoints, announce: (_o: string, p: string[]) => announced.push(p),
-  } as unknown as DaemonContext;
+    cfg: { dataDir: '/nonexistent', peers: ['x'], ipam: ipamFlagsFrom(flags) }, root: silentLogger(), clock: net.clock, identity: { name, nickname, uid: '1' },
+    mesh, hostCtx: {}, endpoints, announce: (_o: string, p: string[]) => announced.push(p),
+  } as unknown as IpamContext;
   return { ctx, api, endpoints, announced };
 }
 
@@ -134,8 +136,10 @@ test('subsystem over fakes: expose allocates and announces; claims in a live own
   const [n1, n2] = [simName(1), simName(2)];
   const a = fakeCtx(n1, 'one', net, { ipallocInit: 'consensus=2', ipallocTimeout: '3' });
   const b = fakeCtx(n2, 'two', net, { ipallocInit: 'consensus=2', ipallocTimeout: '3' });
-  const sa = new IpamSubsystem(a.ctx, ipamFlagsFrom(a.ctx.flags), { store: new MemoryStore() });
-  const sb = new IpamSubsystem(b.ctx, ipamFlagsFrom(b.ctx.flags), { store: new MemoryStore() });
+  const sa = new IpamSubsystem(a.ctx, { store: new MemoryStore() });
+  const sb = new IpamSubsystem(b.ctx, { store: new MemoryStore() });
+  a.api.sub = sa;
+  b.api.sub = sb;
   net.start();
   await sa.start();
   await sb.start();
@@ -172,10 +176,11 @@ test('subsystem over fakes: expose allocates and announces; claims in a live own
     assert.match(r.addr, /^10\.32\.\d+\.\d+\/16$/);
     assert.deepEqual(await a.api.call('POST', '/ipam/free', { ident: 'api1' }), { ident: 'api1', freed: 1 });
     await assert.rejects(settle(clock, a.api.call('POST', '/rmpeer', { peer: 'two' })), /reachable/);
-    const m = new MetricsWriter();
-    sa.metrics(m);
-    assert.match(m.text(), /weave_ipam_ring_seeded 1/);
-    assert.match(m.text(), /weave_ipam_events_total\{event="allocations"\} \d+/);
+    const reg = new Registry();
+    sa.metrics(reg);
+    const text = await reg.metrics();
+    assert.match(text, /weave_ipam_ring_seeded 1/);
+    assert.match(text, /weave_ipam_allocator_events_total\{event="allocations"\} \d+/);
 
     // b goes away: a's allocation in a subnet only b owns waits, then fails with the reason
     net.kill(n2);

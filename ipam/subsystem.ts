@@ -13,88 +13,55 @@
 // give every initial peer the same list (or N), or different quorums could seed different rings.
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Command } from 'commander';
-import { Option } from 'commander';
-import { Allocator, DEFAULT_RANGE, type IpamInit } from '../ipam/allocator';
-import { LmdbStore, type IpamStore } from '../ipam/store';
-import { formatAddr, formatCidr, overlaps, parseAddrInCidr, parseCidr, containsRange, type Cidr, type Range } from '../ipam/addr';
+import type { Registry } from 'prom-client';
+import { Allocator, type IpamInit } from './allocator';
+import { LmdbStore, type IpamStore } from './store';
+import { formatAddr, formatCidr, parseAddrInCidr, parseCidr, type Range } from './addr';
+import { addIpamCommands } from './cli';
+import { addIpamFlags, defaultQuorum, parseIpamFlags, type IpamConfig } from './flags';
+import { checkRangeAgainstRoutes } from './host-routes';
+import { ipamRoutes } from './http';
+import { ipamSummary, renderIpam, type IpamReport } from './views';
 import { RefusedError, UsageError, WeaveError, errMsg } from '../lib/errors';
 import type { Clock, TimerHandle } from '../lib/clock';
-import type { Logger } from '../lib/log';
+import { componentLogger, type Logger } from '../lib/log';
+import { counterFrom, gaugeFrom } from '../lib/metrics';
+import type { ApiRoute, AttachRequest, AttachedEndpoint, DetachOutcome, Subsystem, SubsystemModule } from '../lib/subsystem';
 import { isPeerName, type PeerName } from '../mesh/peer';
+import type { PeerRecord } from '../mesh/topology';
 import type { GossipChannel, Gossiper, GossipData } from '../mesh/types';
-import { ipJson } from '../host/ip';
+import type { HostCtx } from '../host/ip';
 import { resolveNetns } from '../host/netns';
-import { WEAVE_RT_PROTO } from '../host/routes';
-import type { DetachResult, EndpointInfo } from '../router/endpoints';
-import type { MetricsWriter } from './metrics';
-import type { AttachRequest, DaemonContext, Subsystem, SubsystemModule } from './subsystem';
-import type { ApiClient } from './client';
-import { ipamSummary, renderIpam, type IpamReport } from './ipam-views';
+
+/** What IPAM needs from the daemon (the daemon's context satisfies it; tests hand in fakes). */
+export interface IpamContext {
+  cfg: { dataDir: string; peers: string[]; ipam: IpamConfig };
+  root: Logger;
+  clock: Clock;
+  identity: { name: PeerName; nickname: string };
+  mesh: {
+    newGossip(channel: string, g: Gossiper): GossipChannel;
+    peerNames(): PeerName[];
+    peerRecords(): Array<Pick<PeerRecord, 'name' | 'nickname'>>;
+    on(event: 'peersChanged', fn: () => void): unknown;
+    off(event: 'peersChanged', fn: () => void): unknown;
+  };
+  hostCtx: HostCtx;
+  endpoints: {
+    list(): AttachedEndpoint[];
+    exposedAddrs(): Array<{ cidr: string }>;
+    on(event: 'changed', fn: () => void): unknown;
+    off(event: 'changed', fn: () => void): unknown;
+  };
+  /** Sets the prefixes (CIDRs) this router serves on behalf of `owner`, announced to all peers. */
+  announce(owner: string, prefixes: string[]): void;
+}
 
 /** The ident of the host's own (exposed) addresses. */
 export const EXPOSE_IDENT = '_weave_expose';
-const DEFAULT_WAIT_S = 20;
 const HANDOVER_BOUND_MS = 8000;
 /** how long a claim waits for a live owner to give up the address */
 const CLAIM_ASK_MS = 5000;
-const PRIME_DEFAULT_MS = 30_000;
-const PRIME_MAX_MS = 300_000;
-
-export type InitSpec = { mode: 'consensus'; quorum?: number } | { mode: 'seed'; peers: string[] } | { mode: 'observer' };
-
-export interface IpamFlags {
-  range: string;
-  /** the range was given on the command line (overlap with a host route only warns) */
-  rangeExplicit: boolean;
-  defaultSubnet?: string;
-  init: InitSpec;
-  /** how long an allocation for attach/expose/API may wait before failing with the reason (ms) */
-  waitMs: number;
-}
-
-/** `consensus[=N] | seed=peer,... | observer` */
-export function parseIpallocInit(s: string): InitSpec {
-  const v = s.trim();
-  if (v === 'consensus') return { mode: 'consensus' };
-  if (v === 'observer') return { mode: 'observer' };
-  let m = /^consensus=(\d+)$/.exec(v);
-  if (m) {
-    const n = Number(m[1]);
-    if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`invalid --ipalloc-init "${s}": the consensus quorum must be a whole number >= 1`);
-    return { mode: 'consensus', quorum: n };
-  }
-  m = /^seed=(.+)$/.exec(v);
-  if (m) {
-    const peers = m[1].split(',').map((p) => p.trim());
-    if (peers.some((p) => p === '')) throw new UsageError(`invalid --ipalloc-init "${s}": empty peer in the seed list`);
-    return { mode: 'seed', peers: [...new Set(peers.map((p) => (isPeerName(p.toLowerCase()) ? p.toLowerCase() : p)))] };
-  }
-  throw new UsageError(`invalid --ipalloc-init "${s}": expected consensus, consensus=N, seed=PEER,... (peer names or nicknames) or observer`);
-}
-
-/** Reads and checks this module's flags from commander's options object. */
-export function ipamFlagsFrom(flags: Record<string, unknown>): IpamFlags {
-  const str = (k: string): string | undefined => (typeof flags[k] === 'string' && flags[k] !== '' ? (flags[k] as string) : undefined);
-  const rangeArg = str('ipallocRange');
-  const range = parseCidr(rangeArg ?? DEFAULT_RANGE);
-  if (range.prefixLen > 30) throw new UsageError(`--ipalloc-range ${rangeArg} is too small: give at least a /30`);
-  const ds = str('ipallocDefaultSubnet');
-  if (ds !== undefined) {
-    const sn = parseCidr(ds);
-    if (!containsRange(range, sn)) throw new UsageError(`--ipalloc-default-subnet ${ds} is not inside the allocation range ${formatCidr(range)}`);
-  }
-  const init = parseIpallocInit(str('ipallocInit') ?? 'consensus');
-  const waitArg = str('ipallocTimeout');
-  const waitS = waitArg === undefined ? DEFAULT_WAIT_S : Number(waitArg);
-  if (!Number.isFinite(waitS) || waitS <= 0 || waitS > 3600) throw new UsageError(`invalid --ipalloc-timeout "${waitArg}": seconds, more than 0`);
-  return { range: formatCidr(range), rangeExplicit: rangeArg !== undefined, defaultSubnet: ds, init, waitMs: Math.round(waitS * 1000) };
-}
-
-/** Weave's guess: the initial cluster is the peers on the command line plus us; a majority of it. */
-export function defaultQuorum(initialPeers: number): number {
-  return Math.floor((initialPeers + 1) / 2) + 1;
-}
 
 /** The fewest CIDRs exactly covering each range (ranges are half-open, end may be 2^32). */
 export function rangesToCidrs(ranges: Range[]): string[] {
@@ -118,28 +85,6 @@ function ctz(n: number): number {
   return k;
 }
 
-interface RouteLike { dst?: string; dev?: string; protocol?: string | number; type?: string }
-
-/** Host routes (not weave's own, not default) that overlap range, as "DST dev DEV". */
-export function overlappingRoutes(range: Cidr, routes: RouteLike[]): string[] {
-  const out: string[] = [];
-  for (const r of routes) {
-    if (!r.dst || r.dst === 'default') continue;
-    if (r.protocol === WEAVE_RT_PROTO || r.protocol === String(WEAVE_RT_PROTO)) continue;
-    if (r.dev && (r.dev.startsWith('weave') || r.dev.startsWith('vethwe'))) continue;
-    if (r.type && r.type !== 'unicast') continue;
-    let c: Cidr;
-    try {
-      c = parseCidr(r.dst.includes('/') ? r.dst : `${r.dst}/32`, { allowHostBits: true });
-    } catch {
-      continue; // IPv6 or something iproute2 prints that is not a prefix
-    }
-    if (c.prefixLen === 0) continue;
-    if (overlaps(c, range)) out.push(`${r.dst}${r.dev ? ` dev ${r.dev}` : ''}`);
-  }
-  return out;
-}
-
 /** Turns a seed list of names or nicknames into peer names, once every nickname is known. */
 export function resolveSeeds(seeds: string[], self: { name: PeerName; nickname: string }, known: Array<{ name: PeerName; nickname: string }>): { peers: PeerName[]; missing: string[] } {
   const peers: PeerName[] = [];
@@ -153,19 +98,6 @@ export function resolveSeeds(seeds: string[], self: { name: PeerName; nickname: 
     else missing.push(s);
   }
   return { peers, missing };
-}
-
-function requiredString(body: any, key: string): string {
-  const v = body?.[key];
-  if (typeof v !== 'string' || !v) throw new UsageError(`"${key}" must be a non-empty string`);
-  return v;
-}
-
-function optionalString(body: any, key: string): string | undefined {
-  const v = body?.[key];
-  if (v === undefined || v === null || v === '') return undefined;
-  if (typeof v !== 'string') throw new UsageError(`"${key}" must be a string`);
-  return v;
 }
 
 export class IpamSubsystem implements Subsystem {
@@ -187,8 +119,12 @@ export class IpamSubsystem implements Subsystem {
   private readonly onPeersChanged = (): void => this.tryCreateSeeded();
   private readonly onEndpointsChanged = (): void => this.gcExposed();
 
-  constructor(private readonly ctx: DaemonContext, private readonly f: IpamFlags, opts: { store?: IpamStore } = {}) {
-    this.log = ctx.root.child({ component: 'ipam-router' });
+  private readonly f: IpamConfig;
+
+  constructor(private readonly ctx: IpamContext, opts: { store?: IpamStore } = {}) {
+    this.f = ctx.cfg.ipam;
+    const f = this.f;
+    this.log = componentLogger(ctx.root, 'ipam-router');
     this.clock = ctx.clock;
     if (f.init.mode === 'consensus') {
       this.quorum = f.init.quorum !== undefined
@@ -399,7 +335,7 @@ export class IpamSubsystem implements Subsystem {
     return out;
   }
 
-  async afterDetach(netns: string, result: DetachResult, before: EndpointInfo | undefined): Promise<void> {
+  async afterDetach(netns: string, result: DetachOutcome, before: AttachedEndpoint | undefined): Promise<void> {
     if (!this.alloc) return;
     let ident = before?.key;
     if (!ident) {
@@ -448,7 +384,10 @@ export class IpamSubsystem implements Subsystem {
 
   async start(): Promise<void> {
     this.gcDeadNamespaces();
-    this.registerApi();
+  }
+
+  apiRoutes(): ApiRoute[] {
+    return ipamRoutes(this);
   }
 
   async stop(): Promise<void> {
@@ -495,122 +434,58 @@ export class IpamSubsystem implements Subsystem {
     return { state, summary: ipamSummary(state, st), status: st, announced: this.announced.slice(), quorum: this.quorum };
   }
 
-  metrics(m: MetricsWriter): void {
-    const st = this.alloc?.status();
-    m.gauge('weave_ipam_ring_seeded', 'Whether the IPAM ring exists (1) or not yet (0).', st?.ring.seeded ? 1 : 0);
-    m.gauge('weave_ipam_owned_addresses', 'Addresses in the ranges this router owns.', st?.owned ?? 0);
-    m.gauge('weave_ipam_allocated_addresses', 'Addresses allocated by this router.', st?.allocated ?? 0);
-    m.gauge('weave_ipam_pending_allocations', 'Allocations waiting (for consensus or space).', st?.pending.length ?? 0);
-    m.gauge('weave_ipam_unreachable_owners', 'Owners of ranges that are not reachable now.', st?.owners.filter((o) => !o.reachable).length ?? 0);
-    m.gauge('weave_ipam_announced_prefixes', 'Prefixes announced for our ranges.', this.announced.length);
-    m.counter('weave_ipam_conflicts_total', 'Ring merge conflicts seen (logged and repaired).', st?.conflicts.count ?? 0);
-    for (const [k, v] of Object.entries(st?.counters ?? {})) m.counter('weave_ipam_events_total', 'Allocator events by kind.', v, { event: k });
-    for (const [k, v] of Object.entries(this.counters)) m.counter('weave_ipam_router_events_total', 'IPAM router integration events by kind.', v, { event: k });
+  metrics(reg: Registry): void {
+    const st = () => this.alloc?.status();
+    gaugeFrom(reg, 'weave_ipam_ring_seeded', 'Whether the IPAM ring exists (1) or is still waiting for consensus (0).', () => (st()?.ring.seeded ? 1 : 0));
+    gaugeFrom(reg, 'weave_ipam_owned_addresses', 'Addresses in the ranges of the allocation ring that this router owns.', () => st()?.owned ?? 0);
+    gaugeFrom(reg, 'weave_ipam_allocated_addresses', 'Addresses this router has handed to containers and exposed host addresses.', () => st()?.allocated ?? 0);
+    gaugeFrom(reg, 'weave_ipam_pending_allocations', 'Allocations waiting for consensus or for space from another peer.', () => st()?.pending.length ?? 0);
+    gaugeFrom(reg, 'weave_ipam_unreachable_owners', 'Peers that own part of the range and are not reachable now (see weave rmpeer).', () => st()?.owners.filter((o) => !o.reachable).length ?? 0);
+    gaugeFrom(reg, 'weave_ipam_announced_prefixes', 'Prefixes this router announces for the ranges it owns.', () => this.announced.length);
+    counterFrom(reg, 'weave_ipam_conflicts_total', 'Ring merge conflicts seen (each is logged and repaired).', () => st()?.conflicts.count ?? 0);
+    counterFrom(reg, 'weave_ipam_allocator_events_total', 'Allocator events by kind (allocations, frees, donations, claims ...).',
+      () => Object.entries(st()?.counters ?? {}).map(([event, value]) => ({ labels: { event }, value })), ['event']);
+    counterFrom(reg, 'weave_ipam_router_events_total', 'IPAM events of the router glue by kind (allocation timeouts, addresses freed by garbage collection, announcement updates, errors).',
+      () => Object.entries(this.counters).map(([event, value]) => ({ labels: { event }, value })), ['event']);
   }
 
-  private registerApi(): void {
-    const api = this.ctx.api;
-    api.add('GET', '/ipam', () => this.report());
-    api.add('POST', '/ipam/allocate', async ({ body }) => {
-      const ident = requiredString(body, 'ident');
-      const subnet = optionalString(body, 'subnet');
-      const a = await this.allocator(this.clock.now() + this.f.waitMs);
-      const sn = subnet ? parseCidr(subnet) : a.defaultSubnet;
-      const addr = await this.allocate(ident, subnet);
-      return { ident, addr: `${addr}/${sn.prefixLen}` };
-    });
-    api.add('POST', '/ipam/claim', async ({ body }) => {
-      const ident = requiredString(body, 'ident');
-      const addr = requiredString(body, 'addr');
-      await this.claim(ident, addr);
-      return { ident, addr };
-    });
-    api.add('POST', '/ipam/free', ({ body }) => {
-      const ident = requiredString(body, 'ident');
-      const addr = optionalString(body, 'addr');
-      return { ident, freed: this.free(ident, addr) };
-    });
-    api.add('POST', '/rmpeer', async ({ body }) => {
-      const peer = requiredString(body, 'peer');
-      const a = await this.allocator(this.clock.now() + this.f.waitMs);
-      return { peer, addresses: a.transferFrom(peer) };
-    });
-    api.add('POST', '/prime', async ({ body }) => {
-      const ms = typeof body?.timeoutMs === 'number' ? Math.min(Math.max(0, body.timeoutMs), PRIME_MAX_MS) : PRIME_DEFAULT_MS;
-      const deadline = this.clock.now() + ms;
-      const a = await this.allocator(deadline);
-      let t: TimerHandle | undefined;
-      try {
-        await Promise.race([a.prime(), new Promise<never>((_, reject) => {
-          t = this.clock.setTimeout(() => reject(new WeaveError('ETIMEDOUT', `the ring does not exist yet: ${this.state()}`)), Math.max(0, deadline - this.clock.now()));
-        })]);
-      } finally {
-        this.clock.clearTimeout(t);
-      }
-      return { seeded: true, state: this.state() };
-    });
+  /** POST /ipam/allocate: an address for ident in subnet (default: the default subnet), as ADDR/LEN. */
+  async allocateCidr(ident: string, subnet?: string): Promise<string> {
+    const a = await this.allocator(this.clock.now() + this.f.waitMs);
+    const sn = subnet ? parseCidr(subnet) : a.defaultSubnet;
+    const addr = await this.allocate(ident, subnet);
+    return `${addr}/${sn.prefixLen}`;
   }
-}
 
-/** Refuses the default range when it overlaps a host route; warns when the range was given. */
-export async function checkRangeAgainstRoutes(ctx: Pick<DaemonContext, 'hostCtx'>, f: IpamFlags, log: Logger): Promise<void> {
-  let routes: RouteLike[];
-  try {
-    routes = await ipJson<RouteLike[]>(ctx.hostCtx, ['route', 'show']);
-  } catch (e) {
-    log.warn({ err: errMsg(e) }, 'ipam: cannot read the host routes to check the allocation range');
-    return;
+  /** `weave rmpeer`: takes over the space of a peer that is gone; the number of addresses taken. */
+  async transferFrom(peer: string): Promise<number> {
+    const a = await this.allocator(this.clock.now() + this.f.waitMs);
+    return a.transferFrom(peer);
   }
-  const hits = overlappingRoutes(parseCidr(f.range), routes);
-  if (hits.length === 0) return;
-  if (f.rangeExplicit) {
-    log.warn({ range: f.range, routes: hits }, `ipam: --ipalloc-range ${f.range} overlaps host routes (${hits.join('; ')}); containers may not reach those networks`);
-    return;
+
+  /** `weave prime`: resolves once the ring exists, or fails after ms with the reason. */
+  async prime(ms: number): Promise<void> {
+    const deadline = this.clock.now() + ms;
+    const a = await this.allocator(deadline);
+    let t: TimerHandle | undefined;
+    try {
+      await Promise.race([a.prime(), new Promise<never>((_, reject) => {
+        t = this.clock.setTimeout(() => reject(new WeaveError('ETIMEDOUT', `the ring does not exist yet: ${this.state()}`)), Math.max(0, deadline - this.clock.now()));
+      })]);
+    } finally {
+      this.clock.clearTimeout(t);
+    }
   }
-  throw new UsageError(`the default allocation range ${f.range} overlaps host routes (${hits.join('; ')}): choose another with --ipalloc-range`, { routes: hits });
+
 }
 
-function addRouterFlags(cmd: Command): void {
-  cmd
-    .option('--ipalloc-range <cidr>', `address range IPAM allocates from (default ${DEFAULT_RANGE}; the default is refused if it overlaps a host route)`)
-    .option('--ipalloc-default-subnet <cidr>', 'subnet (inside the range) for attach without an address (default: the whole range)')
-    .option('--ipalloc-init <mode>', 'how the ring starts: consensus[=N] (N peers must agree; default: a majority of the peers given + this one), seed=PEER,... (names or nicknames), observer', 'consensus')
-    .addOption(new Option('--ipalloc-timeout <seconds>', 'how long an allocation may wait before the request fails with the reason').default(String(DEFAULT_WAIT_S)).hideHelp());
-}
-
-function addCommands(program: Command, client: (opts: { httpAddr?: string }) => ApiClient): void {
-  program.command('rmpeer').description('take over the address space of a peer that is gone for good (prints how many addresses)')
-    .argument('<peer>', 'peer name or nickname')
-    .option('--http-addr <host:port>', 'HTTP API address')
-    .action(async (peer: string, o: { httpAddr?: string }) => {
-      const r = await client(o).request<{ addresses: number }>('POST', '/rmpeer', { peer });
-      process.stdout.write(`${r.addresses} IPs taken over from ${peer}\n`);
-    });
-  program.command('prime').description('wait until the IPAM ring exists (consensus reached)')
-    .option('--http-addr <host:port>', 'HTTP API address')
-    .action(async (o: { httpAddr?: string }) => {
-      // each request waits up to 30 s; keep asking so prime blocks as long as it takes
-      for (;;) {
-        try {
-          await client(o).request('POST', '/prime', { timeoutMs: 25_000 }, { timeoutMs: 35_000 });
-          return;
-        } catch (e) {
-          if (!(e instanceof WeaveError && e.code === 'ETIMEDOUT')) throw e;
-          process.stderr.write(`weave prime: ${e.message}; still waiting\n`);
-        }
-      }
-    });
-}
-
-export const ipamModule: SubsystemModule = {
+export const ipamModule: SubsystemModule<IpamConfig, IpamContext> = {
   name: 'ipam',
-  addRouterFlags,
-  checkFlags: (flags) => { ipamFlagsFrom(flags); },
-  addCommands,
+  flags: { add: addIpamFlags, parse: parseIpamFlags },
+  commands: addIpamCommands,
+  views: { ipam: renderIpam },
   create: async (ctx) => {
-    const f = ipamFlagsFrom(ctx.flags);
-    await checkRangeAgainstRoutes(ctx, f, ctx.root.child({ component: 'ipam-router' }));
-    return new IpamSubsystem(ctx, f);
+    await checkRangeAgainstRoutes(ctx.hostCtx, ctx.cfg.ipam, componentLogger(ctx.root, 'ipam-router'));
+    return new IpamSubsystem(ctx);
   },
-  statusViews: { ipam: renderIpam },
 };

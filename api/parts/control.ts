@@ -1,0 +1,215 @@
+// The control plane's parts: the data dir and the peer's identity, the wire (crypto engine and the
+// TCP transport), the route events the data plane listens to, and the mesh itself with its stored
+// targets and its share of the report, metrics and API.
+import { EventEmitter } from 'events';
+import * as fs from 'fs';
+import * as path from 'path';
+import type { Registry } from 'prom-client';
+import { UsageError, WeaveError, errMsg } from '../../lib/errors';
+import { componentLogger, type Logger } from '../../lib/log';
+import type { Clock } from '../../lib/clock';
+import { counterFrom, gaugeFrom } from '../../lib/metrics';
+import type { ApiRoute, Part } from '../../lib/subsystem';
+import { loadIdentity, type Identity, type PeerName } from '../../mesh/peer';
+import { loadCrypto, type CryptoEngine } from '../../mesh/crypto';
+import { TcpTransport } from '../../mesh/tcp-transport';
+import { Mesh, type OverlayManager } from '../../mesh/mesh';
+import { PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION } from '../../mesh/wire';
+import { formatCidr } from '../../ipam/addr';
+import type { RouteSource } from '../../router/sleeve';
+import { inSubnets, type RouterConfig } from '../config';
+import { FileTargetStore } from '../../mesh/targets';
+
+export function pidFile(dataDir: string): string {
+  return path.join(dataDir, 'router.pid');
+}
+
+/** The pid in dataDir/router.pid if that process is alive and is a weave router. */
+export function runningPid(dataDir: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(pidFile(dataDir), 'utf8').trim());
+  } catch {
+    return undefined; // no pid file: no router recorded
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  try {
+    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return cmd.includes('weave') && cmd.includes('router') ? pid : undefined;
+  } catch {
+    return undefined; // that process is gone
+  }
+}
+
+export interface DataDirPart extends Part { identity: Identity }
+
+/** The data dir exists and no other router uses it; the peer's name is loaded (or made) from it. */
+export function openDataDir(cfg: RouterConfig): DataDirPart {
+  fs.mkdirSync(cfg.dataDir, { recursive: true });
+  const other = runningPid(cfg.dataDir);
+  if (other && other !== process.pid) throw new WeaveError('ERUNNING', `a weave router is already running with data dir ${cfg.dataDir} (pid ${other}); use "weave stop" first`);
+  const identity = loadIdentity(cfg.dataDir, { name: cfg.name, nickname: cfg.nickname });
+  return { name: 'data dir', identity, stop: () => {} };
+}
+
+/** router.pid, written last: `weave launch` and `weave stop` find the router by it. */
+export function writePidFile(cfg: RouterConfig): Part {
+  const file = pidFile(cfg.dataDir);
+  fs.writeFileSync(file, `${process.pid}\n`);
+  return {
+    name: 'pid file',
+    stop: () => {
+      try {
+        if (fs.readFileSync(file, 'utf8').trim() === String(process.pid)) fs.rmSync(file, { force: true });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+    },
+  };
+}
+
+/**
+ * The mesh's routes for the parts built before the mesh (the sleeve needs them, and the mesh needs
+ * the sleeve as an overlay). Subscriptions made before the mesh exists are kept: once bound, every
+ * change of the mesh's routes reaches them, and binding itself announces one.
+ */
+export class RouteEvents extends EventEmitter implements RouteSource {
+  private mesh: Mesh | undefined;
+  private readonly relay = (): void => { this.emit('routesChanged'); };
+
+  constructor(readonly name: PeerName) {
+    super();
+  }
+
+  bind(mesh: Mesh): void {
+    this.mesh?.off('routesChanged', this.relay);
+    this.mesh = mesh;
+    mesh.on('routesChanged', this.relay);
+    this.relay();
+  }
+
+  unbind(): void {
+    this.mesh?.off('routesChanged', this.relay);
+    this.mesh = undefined;
+  }
+
+  unicastNextHop(dst: PeerName): PeerName | undefined {
+    return this.mesh?.unicastNextHop(dst);
+  }
+}
+
+export interface WirePart extends Part { crypto: CryptoEngine; transport: TcpTransport; routeEvents: RouteEvents }
+
+/** The crypto engine, the TCP transport (not listening yet) and the route events. */
+export function buildWire(cfg: RouterConfig, identity: Identity, root: Logger, clock: Clock): WirePart {
+  const crypto = loadCrypto(cfg.crypto ?? 'sodium', componentLogger(root, 'crypto'));
+  const transport = new TcpTransport({
+    host: cfg.host, port: cfg.port, password: cfg.password, crypto, clock,
+    log: componentLogger(root, 'transport'),
+    trusts: (ip) => inSubnets(cfg.trustedSubnets, ip),
+  });
+  const routeEvents = new RouteEvents(identity.name);
+  return { name: 'wire', crypto, transport, routeEvents, stop: () => routeEvents.unbind() };
+}
+
+export interface MeshPart extends Part { mesh: Mesh }
+
+export interface OverlayChoice { manager: OverlayManager; advertised: string[]; params: Record<string, unknown> }
+
+/** The mesh over the transport with the overlays it may use; started later, once everything is wired. */
+export function buildMesh(cfg: RouterConfig, identity: Identity, wire: WirePart, overlays: OverlayChoice, root: Logger, clock: Clock): MeshPart {
+  const log = componentLogger(root, 'router');
+  const targetStore = new FileTargetStore(path.join(cfg.dataDir, 'targets.json'), log);
+  if (!cfg.resume) targetStore.save(cfg.peers);
+  const mesh = new Mesh({
+    identity, transport: wire.transport, clock,
+    log: componentLogger(root, 'mesh'),
+    encryption: cfg.password !== null,
+    trustedSubnets: cfg.trustedSubnets.map(formatCidr),
+    port: cfg.port, connLimit: cfg.connLimit, discovery: cfg.discovery,
+    overlays: overlays.advertised, overlayParams: overlays.params, overlay: overlays.manager,
+    targetStore,
+  });
+  wire.routeEvents.bind(mesh);
+  const startedAt = Date.now();
+  return {
+    name: 'mesh',
+    section: 'router',
+    mesh,
+    stop: () => mesh.stop().catch((e: unknown) => log.warn({ err: errMsg(e) }, 'mesh stop failed')),
+    report: () => ({
+      ...mesh.status(),
+      protocolMinVersion: PROTOCOL_MIN_VERSION,
+      protocolMaxVersion: PROTOCOL_MAX_VERSION,
+      port: cfg.port,
+      crypto: wire.crypto.name,
+      dataDir: cfg.dataDir,
+      pid: process.pid,
+      startedAt,
+    }),
+    metrics: (reg) => meshMetrics(reg, mesh, wire.transport),
+    apiRoutes: () => meshRoutes(mesh),
+  };
+}
+
+function stringList(body: any, key: string): string[] {
+  const v = body?.[key];
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.length > 0)) {
+    throw new UsageError(`"${key}" must be a list of non-empty strings`);
+  }
+  return v;
+}
+
+function meshRoutes(mesh: Mesh): ApiRoute[] {
+  return [
+    {
+      method: 'POST', path: '/connect', handler: ({ body }) => {
+        mesh.connect(stringList(body, 'peers'), { replace: body?.replace === true });
+        return { targets: mesh.targets() };
+      },
+    },
+    {
+      method: 'POST', path: '/forget', handler: ({ body }) => {
+        mesh.forget(stringList(body, 'peers'));
+        return { targets: mesh.targets() };
+      },
+    },
+  ];
+}
+
+const CONNECTION_STATES = ['connecting', 'retrying', 'failed', 'pending', 'established'];
+
+function meshMetrics(reg: Registry, mesh: Mesh, transport: TcpTransport): void {
+  gaugeFrom(reg, 'weave_peers', 'Peers in the topology this router knows, itself included.', () => mesh.status().peers.length);
+  gaugeFrom(reg, 'weave_connections', 'Connections of this router to its peers, by state (established, pending, connecting, retrying, failed).', () => {
+    const by = new Map<string, number>();
+    for (const c of mesh.status().connections) by.set(c.state, (by.get(c.state) ?? 0) + 1);
+    return CONNECTION_STATES.map((state) => ({ labels: { state }, value: by.get(state) ?? 0 }));
+  }, ['state']);
+  gaugeFrom(reg, 'weave_targets', 'Connection targets configured (peers given at launch or with weave connect).', () => mesh.targets().length);
+  gaugeFrom(reg, 'weave_connection_overlay_info', 'One per established connection: the overlay carrying its data, whether the data is encrypted, and why fastdp is not used (empty when it is).', () =>
+    established(mesh).map((c) => ({
+      labels: {
+        peer: c.peerName!, nickname: c.peerNickname ?? '', overlay: c.overlay ?? 'none',
+        encryption: c.encrypted ? 'encrypted' : c.trusted ? 'trusted' : 'none', reason: c.overlayReason ?? '',
+      },
+      value: 1,
+    })), ['peer', 'nickname', 'overlay', 'encryption', 'reason']);
+  gaugeFrom(reg, 'weave_connection_mtu_bytes', 'Largest inner packet (container MTU) each established connection carries.', () =>
+    established(mesh).filter((c) => c.mtu !== undefined).map((c) => ({ labels: { peer: c.peerName! }, value: c.mtu! })), ['peer']);
+  const tc = () => transport.counters();
+  counterFrom(reg, 'weave_connections_accepted_total', 'Inbound TCP connections accepted on the control port.', () => tc().accepted);
+  counterFrom(reg, 'weave_connections_rate_limited_total', 'Inbound TCP connections closed at once by the accept rate limit.', () => tc().rateLimited);
+  counterFrom(reg, 'weave_connections_refused_total', 'Connections refused during the handshake, by reason (wrong password, encryption mismatch, name collision ...).', () =>
+    Object.entries(tc().refused).map(([code, value]) => ({ labels: { code }, value })), ['code']);
+  counterFrom(reg, 'weave_control_frames_total', 'Control-plane frames on the TCP connections, by direction.', () => [
+    { labels: { direction: 'in' }, value: tc().framesIn }, { labels: { direction: 'out' }, value: tc().framesOut },
+  ], ['direction']);
+  counterFrom(reg, 'weave_control_bytes_total', 'Control-plane bytes on the TCP connections, by direction.', () => [
+    { labels: { direction: 'in' }, value: tc().bytesIn }, { labels: { direction: 'out' }, value: tc().bytesOut },
+  ], ['direction']);
+}
+
+function established(mesh: Mesh) {
+  return mesh.status().connections.filter((c) => c.state === 'established' && c.peerName);
+}

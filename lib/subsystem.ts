@@ -1,0 +1,105 @@
+// The seam between the router's composition root (api/router.ts) and the parts it assembles. Every
+// part (control plane, sleeve, fastdp, endpoints, the API, and the subsystems IPAM and DNS) has a name
+// and a stop; it may add a report section, metrics and API routes. Subsystems also add router flags
+// (parsed once into the typed config), CLI commands, status views and attach/detach hooks.
+//
+// The types here are structural on purpose: ipam/ and dns/ implement these interfaces without
+// importing api/ (the dependency runs api -> ipam, dns -> mesh -> lib), and each module states what
+// it needs from the daemon in its own context type, which the daemon's context satisfies.
+import type { Command } from 'commander';
+import type { Registry } from 'prom-client';
+
+export type HttpMethod = 'GET' | 'POST' | 'DELETE';
+
+export interface ApiRequest { body: any; query: URLSearchParams; path: string }
+export type ApiHandler = (req: ApiRequest) => Promise<unknown> | unknown;
+
+/** One HTTP API route. GETs are read-only; everything else changes state (root-only socket). */
+export interface ApiRoute {
+  method: HttpMethod;
+  path: string;
+  handler: ApiHandler;
+  /** reply text/plain (the Prometheus exposition) instead of JSON */
+  text?: boolean;
+}
+
+/** What the CLI side of a subsystem needs from the API client. */
+export interface ApiClientLike {
+  request<T = any>(method: string, path: string, body?: unknown, opts?: { timeoutMs?: number; text?: boolean }): Promise<T>;
+}
+
+/** Any started piece of the router: stopped in reverse order of start, also when start-up fails later. */
+export interface Part {
+  readonly name: string;
+  /** the key of its `weave report` section (default: its name) */
+  readonly section?: string;
+  stop(): Promise<void> | void;
+  /** a section of `weave report`; a `summary` object inside it is also shown by `weave status` */
+  report?(): unknown;
+  /** registers this part's metrics (with collect callbacks that read its state at scrape time) */
+  metrics?(registry: Registry): void;
+  /** this part's API routes */
+  apiRoutes?(): ApiRoute[];
+}
+
+/** An endpoint as the attach/detach hooks see it (router/endpoints.ts EndpointInfo). */
+export interface AttachedEndpoint {
+  /** the NETNS argument it was attached with */
+  netns: string;
+  /** a path to its namespace file */
+  path: string;
+  /** namespace inode "dev:ino": one key per namespace however it is named */
+  key: string;
+  /** container-side interface */
+  ifname: string;
+  /** CIDRs as attached */
+  addrs: string[];
+  name?: string;
+}
+
+export interface DetachOutcome {
+  /** CIDRs no longer attached */
+  removed: string[];
+  /** whether the veth was deleted (all addresses gone) */
+  linkRemoved: boolean;
+  /** the namespace no longer existed: only leftover state was cleaned */
+  namespaceGone: boolean;
+}
+
+export interface AttachRequest {
+  netns: string;
+  /** addresses as given; may be empty or contain IPAM forms such as "net:default" */
+  cidrs: string[];
+  name?: string;
+}
+
+/** A router subsystem once built: a part with optional attach/detach/reset hooks. */
+export interface Subsystem extends Part {
+  /** after every part is built and endpoints are restored, before the mesh connects */
+  start?(): Promise<void>;
+  /** `weave reset`: leave the mesh cleanly (hand over IPAM space, remove kernel state) before the router stops */
+  reset?(): Promise<void>;
+  /** Turns an attach request's address arguments into concrete CIDRs (IPAM); the first subsystem that returns wins. */
+  resolveAddresses?(req: AttachRequest, kind: 'attach' | 'expose'): Promise<string[] | undefined>;
+  afterAttach?(req: AttachRequest, ep: AttachedEndpoint): Promise<void>;
+  /** `before` is the endpoint as it was before the detach (undefined when it was unknown). */
+  afterDetach?(netns: string, result: DetachOutcome, before: AttachedEndpoint | undefined): Promise<void>;
+}
+
+/**
+ * A subsystem as the CLI and the daemon see it before it exists. `C` is its typed configuration,
+ * parsed once from the router's flags; `Ctx` what it needs from the daemon to be built.
+ */
+export interface SubsystemModule<C, Ctx> {
+  readonly name: string;
+  readonly flags: {
+    add(cmd: Command): void;
+    /** commander's options object -> the typed config (throws UsageError saying what to fix) */
+    parse(opts: Record<string, unknown>): C;
+  };
+  commands?(program: Command, client: (opts: { httpAddr?: string }) => ApiClientLike): void;
+  /** `weave status <view>` renderers over the report JSON */
+  views?: Record<string, (report: any) => string>;
+  /** a property, not a method, so the daemon's context is checked strictly against Ctx */
+  readonly create: (ctx: Ctx) => Promise<Subsystem> | Subsystem;
+}
