@@ -4,6 +4,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { ApiServer } from './http';
+import { bool, checkAddrArg, checkAddrMaybeLen, checkNetns, optStr, peerList, str, strList } from './validate';
 import { MetricsWriter } from './metrics';
 import { inSubnets, type RouterConfig } from './config';
 import type { Report } from './views';
@@ -82,20 +83,6 @@ export class FileTargetStore {
     fs.writeFileSync(tmp, JSON.stringify({ v: 1, targets }) + '\n');
     fs.renameSync(tmp, this.file);
   }
-}
-
-function stringList(body: any, key: string): string[] {
-  const v = body?.[key];
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.length > 0)) {
-    throw new UsageError(`"${key}" must be a list of non-empty strings`);
-  }
-  return v;
-}
-
-function requiredString(body: any, key: string): string {
-  const v = body?.[key];
-  if (typeof v !== 'string' || !v) throw new UsageError(`"${key}" must be a non-empty string`);
-  return v;
 }
 
 export interface RouterHandle {
@@ -365,12 +352,12 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   api.add('GET', '/report', () => report());
   api.add('GET', '/metrics', () => metrics(), { text: true });
   api.add('POST', '/connect', ({ body }) => {
-    const peers = stringList(body, 'peers');
-    mesh.connect(peers, { replace: body.replace === true });
+    const peers = peerList(body, 'peers', { required: true });
+    mesh.connect(peers, { replace: bool(body, 'replace') });
     return { targets: mesh.targets() };
   });
   api.add('POST', '/forget', ({ body }) => {
-    mesh.forget(stringList(body, 'peers'));
+    mesh.forget(peerList(body, 'peers', { required: true }));
     return { targets: mesh.targets() };
   });
   const resolveAddresses = async (req: AttachRequest, kind: 'attach' | 'expose'): Promise<string[]> => {
@@ -383,9 +370,9 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   };
   api.add('POST', '/attach', async ({ body }) => {
     const req: AttachRequest = {
-      netns: requiredString(body, 'netns'),
-      cidrs: body.cidrs === undefined ? [] : stringList(body, 'cidrs'),
-      name: typeof body.name === 'string' && body.name ? body.name : undefined,
+      netns: checkNetns(str(body, 'netns'), 'netns'),
+      cidrs: strList(body, 'cidrs', { item: checkAddrArg }),
+      name: optStr(body, 'name', { max: 253 }),
     };
     const cidrs = await resolveAddresses(req, 'attach');
     const r = await endpoints.attach(req.netns, cidrs, { name: req.name });
@@ -393,8 +380,9 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     return { ...r, addresses: r.addrs };
   });
   api.add('POST', '/detach', async ({ body }) => {
-    const netns = requiredString(body, 'netns');
-    const addrs = body.addrs === undefined || (Array.isArray(body.addrs) && body.addrs.length === 0) ? undefined : stringList(body, 'addrs');
+    const netns = checkNetns(str(body, 'netns'), 'netns');
+    const given = strList(body, 'addrs', { item: checkAddrMaybeLen });
+    const addrs = given.length ? given : undefined;
     const before: EndpointInfo | undefined = endpoints.list().find((e) => e.netns === netns);
     const r = await endpoints.detach(netns, addrs);
     for (const x of subsystems) await x.afterDetach?.(netns, r, before);
@@ -404,13 +392,14 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     endpoints: endpoints.list().map((e) => ({ netns: e.netns, ifname: e.ifname, mac: e.mac, addresses: e.addrs, name: e.name })),
   }));
   api.add('POST', '/expose', async ({ body }) => {
-    const cidrs = await resolveAddresses({ netns: '', cidrs: body.cidrs === undefined ? [] : stringList(body, 'cidrs') }, 'expose');
-    const r = await endpoints.expose(cidrs, { masquerade: body.masquerade === true });
+    const masquerade = bool(body, 'masquerade');
+    const cidrs = await resolveAddresses({ netns: '', cidrs: strList(body, 'cidrs', { item: checkAddrArg }) }, 'expose');
+    const r = await endpoints.expose(cidrs, { masquerade });
     return { ...r, addresses: r.exposed.map((e) => e.cidr) };
   });
   api.add('POST', '/hide', async ({ body }) => {
-    const cidrs = body.cidrs === undefined || (Array.isArray(body.cidrs) && body.cidrs.length === 0) ? undefined : stringList(body, 'cidrs');
-    return endpoints.hide(cidrs);
+    const cidrs = strList(body, 'cidrs', { item: checkAddrMaybeLen });
+    return endpoints.hide(cidrs.length ? cidrs : undefined);
   });
   api.add('POST', '/reset', async () => {
     // Leave nothing behind in the kernel: detach every container (the hooks free their addresses and

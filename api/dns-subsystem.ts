@@ -21,6 +21,7 @@ import {
 import type { HostCtx } from '../host/ip';
 import type { EndpointInfo } from '../router/endpoints';
 import type { AttachRequest, DaemonContext, Subsystem, SubsystemModule } from './subsystem';
+import { checkAddrMaybeLen, optStr, param, strList } from './validate';
 
 export const DEFAULT_DNS_LISTEN = '169.254.53.53:53';
 export const DEFAULT_DNS_DOMAIN = 'weave.local.';
@@ -68,15 +69,6 @@ function inDomain(fqdn: string, domain: string): boolean {
 }
 
 const ipOf = (cidr: string): string => (cidr.includes('/') ? cidr.slice(0, cidr.indexOf('/')) : cidr);
-
-function addrList(body: any, key: string, required: boolean): string[] {
-  const v = body?.[key];
-  if (v === undefined && !required) return [];
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.length > 0)) throw new UsageError(`"${key}" must be a list of IPv4 addresses`);
-  const out = v.map((a: string) => ipOf(a.trim()));
-  for (const a of out) if (!isIPv4(a)) throw new UsageError(`"${a}" is not an IPv4 address`);
-  return out;
-}
 
 /** Where a container's namespace is entered for ip commands: by its `ip netns` name when it has one, else by path. */
 function containerCtx(ep: EndpointInfo): { ctx: HostCtx; name?: string } {
@@ -267,18 +259,18 @@ export class DnsSubsystem implements Subsystem {
   private registerApi(): void {
     const api = this.ctx.api;
     api.add('POST', '/dns/add', ({ body }) => {
-      const addrs = addrList(body, 'addrs', true);
+      const addrs = strList(body, 'addrs', { required: true, item: checkAddrMaybeLen }).map(ipOf);
       if (addrs.length === 0) throw new UsageError('dns-add: give at least one address');
-      if (typeof body?.name !== 'string' || !body.name) throw new UsageError('dns-add: give the name with -h FQDN');
-      const fqdn = qualify(body.name, this.flags.domain);
+      const name = optStr(body, 'name');
+      if (name === undefined) throw new UsageError('dns-add: give the name with -h FQDN');
+      const fqdn = qualify(name, this.flags.domain);
       if (!inDomain(fqdn, this.flags.domain)) throw new UsageError(`dns-add: ${fqdn} is outside the weaveDNS domain ${this.flags.domain}`);
       for (const a of addrs) this.store.add(fqdn, a);
       return { name: fqdn, addresses: this.store.lookup(fqdn) };
     });
     api.add('POST', '/dns/remove', ({ body }) => {
-      const addrs = addrList(body, 'addrs', false);
-      const name = body?.name === undefined || body.name === '' ? undefined : body.name;
-      if (name !== undefined && typeof name !== 'string') throw new UsageError('"name" must be a string');
+      const addrs = strList(body, 'addrs', { item: checkAddrMaybeLen }).map(ipOf);
+      const name = optStr(body, 'name');
       if (addrs.length === 0 && name === undefined) throw new UsageError('dns-remove: give addresses and/or -h FQDN');
       const fqdn = name === undefined ? undefined : qualify(name, this.flags.domain);
       let removed = 0;
@@ -287,8 +279,7 @@ export class DnsSubsystem implements Subsystem {
       return { removed };
     });
     api.add('GET', '/dns/lookup', ({ query }) => {
-      const name = query.get('name');
-      if (!name) throw new UsageError('dns-lookup: give a name');
+      const name = param(query, 'name');
       const fqdn = qualify(name, this.flags.domain);
       const addresses = this.store.lookup(fqdn);
       if (addresses.length === 0) throw new WeaveError('ENOTFOUND', `no weaveDNS record for ${fqdn}`, { name: fqdn });

@@ -31,6 +31,7 @@ import type { MetricsWriter } from './metrics';
 import type { AttachRequest, DaemonContext, Subsystem, SubsystemModule } from './subsystem';
 import type { ApiClient } from './client';
 import { ipamSummary, renderIpam, type IpamReport } from './ipam-views';
+import { checkAddr, checkCidr, num, optStr, str } from './validate';
 
 /** The ident of the host's own (exposed) addresses. */
 export const EXPOSE_IDENT = '_weave_expose';
@@ -153,19 +154,6 @@ export function resolveSeeds(seeds: string[], self: { name: PeerName; nickname: 
     else missing.push(s);
   }
   return { peers, missing };
-}
-
-function requiredString(body: any, key: string): string {
-  const v = body?.[key];
-  if (typeof v !== 'string' || !v) throw new UsageError(`"${key}" must be a non-empty string`);
-  return v;
-}
-
-function optionalString(body: any, key: string): string | undefined {
-  const v = body?.[key];
-  if (v === undefined || v === null || v === '') return undefined;
-  if (typeof v !== 'string') throw new UsageError(`"${key}" must be a string`);
-  return v;
 }
 
 export class IpamSubsystem implements Subsystem {
@@ -512,31 +500,33 @@ export class IpamSubsystem implements Subsystem {
     const api = this.ctx.api;
     api.add('GET', '/ipam', () => this.report());
     api.add('POST', '/ipam/allocate', async ({ body }) => {
-      const ident = requiredString(body, 'ident');
-      const subnet = optionalString(body, 'subnet');
+      const ident = str(body, 'ident');
+      const given = optStr(body, 'subnet');
+      const subnet = given === undefined ? undefined : checkCidr(given, 'subnet');
       const a = await this.allocator(this.clock.now() + this.f.waitMs);
       const sn = subnet ? parseCidr(subnet) : a.defaultSubnet;
       const addr = await this.allocate(ident, subnet);
       return { ident, addr: `${addr}/${sn.prefixLen}` };
     });
     api.add('POST', '/ipam/claim', async ({ body }) => {
-      const ident = requiredString(body, 'ident');
-      const addr = requiredString(body, 'addr');
+      const ident = str(body, 'ident');
+      const addr = checkAddr(str(body, 'addr'), 'addr');
       await this.claim(ident, addr);
       return { ident, addr };
     });
     api.add('POST', '/ipam/free', ({ body }) => {
-      const ident = requiredString(body, 'ident');
-      const addr = optionalString(body, 'addr');
+      const ident = str(body, 'ident');
+      const given = optStr(body, 'addr');
+      const addr = given === undefined ? undefined : checkAddr(given, 'addr');
       return { ident, freed: this.free(ident, addr) };
     });
     api.add('POST', '/rmpeer', async ({ body }) => {
-      const peer = requiredString(body, 'peer');
+      const peer = str(body, 'peer', { max: 253 });
       const a = await this.allocator(this.clock.now() + this.f.waitMs);
       return { peer, addresses: a.transferFrom(peer) };
     });
     api.add('POST', '/prime', async ({ body }) => {
-      const ms = typeof body?.timeoutMs === 'number' ? Math.min(Math.max(0, body.timeoutMs), PRIME_MAX_MS) : PRIME_DEFAULT_MS;
+      const ms = num(body, 'timeoutMs', { min: 0, max: PRIME_MAX_MS, dflt: PRIME_DEFAULT_MS });
       const deadline = this.clock.now() + ms;
       const a = await this.allocator(deadline);
       let t: TimerHandle | undefined;
