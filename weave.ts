@@ -1,11 +1,14 @@
-// weave CLI: the commands a Weave Net user knows. Client commands talk to the router's HTTP API
-// (127.0.0.1:6784 in the current namespace, or --http-addr / WEAVE_HTTP_ADDR); `router` runs the
-// router in the foreground and `launch` starts it detached and waits until it answers.
+// weave CLI: the commands a Weave Net user knows. Client commands talk to the router's HTTP API:
+// its unix socket in the data dir (WEAVE_DATA_DIR; root only) for everything, and for read-only
+// GETs 127.0.0.1:6784 in the current namespace (or --http-addr / WEAVE_HTTP_ADDR) when the socket
+// cannot be used. `router` runs the router in the foreground and `launch` starts it detached and
+// waits until it answers.
 import { Command, Option, CommanderError } from 'commander';
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { ApiClient } from './api/client';
+import { apiSocketPath } from './api/http';
 import {
   DEFAULT_PORT, RouterConfig, dataDirFromEnv, httpAddrFrom, loadPassword, parseConnLimit, parseLevel, parsePort, parseHostPort, parseTrustedSubnets,
 } from './api/config';
@@ -20,7 +23,8 @@ function fail(msg: string, code = 1): never {
 
 function client(opts: { httpAddr?: string }): ApiClient {
   const a = httpAddrFrom(opts.httpAddr);
-  return new ApiClient(a.host, a.port);
+  const dataDir = dataDirFromEnv();
+  return new ApiClient({ socketPath: apiSocketPath(dataDir), dataDir, host: a.host, port: a.port });
 }
 
 interface RouterFlags {
@@ -144,7 +148,8 @@ export function buildProgram(): Command {
       let exited = false;
       child.on('exit', () => { exited = true; });
       try {
-        const r = await waitForApi(new ApiClient(cfg.httpAddr.host, cfg.httpAddr.port), cliTimeoutMs(), () => !exited);
+        // the router's own socket: never another router answering on the namespace's TCP port
+        const r = await waitForApi(new ApiClient({ socketPath: apiSocketPath(cfg.dataDir), dataDir: cfg.dataDir, host: cfg.httpAddr.host, port: cfg.httpAddr.port }), cliTimeoutMs(), () => !exited);
         process.stdout.write(`${r.router.name}\n`);
         process.exit(0);
       } catch (e) {

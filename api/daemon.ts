@@ -3,7 +3,7 @@
 // foreground; `weave launch` runs it detached and waits for the API.
 import * as fs from 'fs';
 import * as path from 'path';
-import { ApiServer } from './http';
+import { ApiServer, apiSocketPath } from './http';
 import { bool, checkAddrArg, checkAddrMaybeLen, checkNetns, optStr, peerList, str, strList } from './validate';
 import { MetricsWriter } from './metrics';
 import { inSubnets, type RouterConfig } from './config';
@@ -452,10 +452,13 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   for (const x of subsystems) await x.start?.();
   if (!cfg.resume && cfg.peers.length) mesh.connect(cfg.peers);
   try {
+    // the socket first: `weave launch` and every mutating call use it
+    await api.listenUnix(apiSocketPath(cfg.dataDir));
     await api.listen(cfg.httpAddr.host, cfg.httpAddr.port);
   } catch (e) {
+    await api.close();
     await mesh.stop();
-    throw new WeaveError('EAPI', `cannot listen for the HTTP API on ${cfg.httpAddr.host}:${cfg.httpAddr.port}: ${errMsg(e)}`);
+    throw e;
   }
   fs.writeFileSync(pidFile(cfg.dataDir), `${process.pid}\n`);
   log.info({ name: identity.name, nickname: identity.nickname, port: cfg.port, http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, encryption: cfg.password !== null, crypto: crypto.name }, 'router ready');
