@@ -70,6 +70,8 @@ export class ApiServer {
   private socketFile?: string;
   private socketIno?: number;
   private readonly routes = new Map<string, Route>();
+  /** connections whose answer (a 413) is out while their body is still being dropped */
+  private readonly draining = new WeakSet<net.Socket>();
   requests = 0;
   errors = 0;
 
@@ -173,8 +175,8 @@ export class ApiServer {
   private clientError(err: NodeJS.ErrnoException, socket: net.Socket): void {
     this.requests++;
     this.errors++;
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy();
+    if (err.code === 'ECONNRESET' || !socket.writable || this.draining.has(socket)) {
+      socket.destroy(); // (a 413 already went out: no second answer)
       return;
     }
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
@@ -258,6 +260,7 @@ export class ApiServer {
       res.end();
       return;
     }
+    this.draining.add(req.socket);
     let drained = 0;
     let done = false;
     const finish = (): void => {

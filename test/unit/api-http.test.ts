@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'events';
 import { execFile, spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { ApiServer, apiSocketPath, parseTarget, statusOf } from '../../api/http';
@@ -173,6 +174,25 @@ test('bodies over 1 MiB: 413 answered before the close (declared, chunked, 10 MB
       assert.equal(e.status, 413, show('expect 100-continue', e));
       await stillServes(t);
     }
+  });
+});
+
+test('a client that keeps sending after its 413 is cut off after a bounded drain (64 MiB), not read forever', async () => {
+  await withServer(async ({ sock }) => {
+    const s = net.connect(sock);
+    await new Promise<void>((resolve) => s.once('connect', () => resolve()));
+    let answer = '';
+    s.on('data', (c: Buffer) => { answer += c.toString('latin1'); });
+    s.on('error', () => undefined); // the cut shows as EPIPE/ECONNRESET on a write
+    const chunk = Buffer.alloc(1 << 20, 'a');
+    let sent = 0;
+    const write = (b: Buffer): Promise<boolean> => new Promise((resolve) => s.write(b, (e) => resolve(!e)));
+    await write(Buffer.from(`POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: ${1 << 30}\r\n\r\n`));
+    while (sent < (512 << 20) && !s.destroyed && (await write(chunk))) sent += chunk.length;
+    assert.match(answer, /^HTTP\/1\.1 413 /);
+    assert.ok(sent < 128 << 20, `cut off after ${sent >> 20} MiB`);
+    s.destroy();
+    await stillServes({ path: sock });
   });
 });
 
