@@ -1,12 +1,17 @@
-// weave CLI: the commands a Weave Net user knows. Client commands talk to the router's HTTP API
-// (127.0.0.1:6784 in the current namespace, or --http-addr / WEAVE_HTTP_ADDR); `router` runs the
-// router in the foreground and `launch` starts it detached and waits until it answers.
-import { Command, CommanderError } from 'commander';
-import { spawn } from 'child_process';
+// weave CLI: the commands a Weave Net user knows. Client commands talk to the router's HTTP API:
+// its unix socket in the data dir (WEAVE_DATA_DIR; root only) for everything, and for read-only
+// GETs 127.0.0.1:6784 in the current namespace (or --http-addr / WEAVE_HTTP_ADDR) when the socket
+// cannot be used. `router` runs the router in the foreground; `launch` starts it detached and waits
+// until the child reports that it is ready (or why it failed).
+import { Command, Option, CommanderError } from 'commander';
+import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
+import * as net from 'net';
 import * as path from 'path';
 import { ApiClient } from './api/client';
-import { DEFAULT_PORT, addRouterFlags, dataDirFromEnv, httpAddrFrom, parseHostPort, routerConfig, type RouterFlags } from './api/config';
+import { apiSocketPath } from './api/http';
+import { DEFAULT_PORT, addRouterFlags, dataDirFromEnv, httpAddrFrom, routerConfig, type RouterConfig, type RouterFlags } from './api/config';
+import { checkPeer } from './api/validate';
 import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
 import { WeaveError, UsageError, errMsg } from './lib/errors';
 import { SUBSYSTEMS } from './api/subsystems';
@@ -18,7 +23,8 @@ function fail(msg: string, code = 1): never {
 
 function client(opts: { httpAddr?: string }): ApiClient {
   const a = httpAddrFrom(opts.httpAddr);
-  return new ApiClient(a.host, a.port);
+  const dataDir = dataDirFromEnv();
+  return new ApiClient({ socketPath: apiSocketPath(dataDir), dataDir, host: a.host, port: a.port });
 }
 
 /**
@@ -34,19 +40,93 @@ export function cliTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   return n * 1000;
 }
 
-async function waitForApi(api: ApiClient, deadlineMs: number, alive: () => boolean): Promise<Report> {
-  const end = Date.now() + deadlineMs;
-  let last = '';
-  while (Date.now() < end) {
-    try {
-      return await api.request<Report>('GET', '/status', undefined, { timeoutMs: 2000 });
-    } catch (e) {
-      last = errMsg(e);
-    }
-    if (!alive()) throw new WeaveError('ESTART', 'the router exited during start-up');
-    await new Promise((r) => setTimeout(r, 100));
+/** What a launched router tells `weave launch` over the IPC channel once it is up or has failed. */
+type StartReport = { t: 'ready'; name: string } | { t: 'failed'; message: string; usage: boolean };
+type StartOutcome = StartReport | { t: 'exited'; code: number | null; signal: string | null } | { t: 'timeout' };
+
+/** Tells the parent (`weave launch`) how start-up went, when there is one listening. */
+function reportStart(m: StartReport): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.send || !process.connected) return resolve();
+    process.send(m, undefined, {}, () => resolve()); // a parent gone meanwhile: nothing to tell
+  });
+}
+
+/** Waits for the launched router's report, its exit, or the deadline. */
+function waitForStart(child: ChildProcess, ms: number): Promise<StartOutcome> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ t: 'timeout' }), ms);
+    child.on('message', (m: StartReport) => {
+      if (m?.t !== 'ready' && m?.t !== 'failed') return;
+      clearTimeout(timer);
+      resolve(m);
+    });
+    child.on('exit', (code, signal) => {
+      // its last message may still be in the channel: it ends ('disconnect') after the last one is read
+      const done = (): void => { clearTimeout(timer); resolve({ t: 'exited', code, signal }); };
+      if (!child.connected) return done();
+      child.once('disconnect', done);
+      setTimeout(done, 500).unref();
+    });
+  });
+}
+
+function requireRoot(why: string): void {
+  const uid = process.geteuid?.() ?? 0;
+  if (uid !== 0) throw new WeaveError('EPERM', `must run as root (uid ${uid}): ${why}`);
+}
+
+/** Creates the data dir; refuses one this process cannot write, naming the reason. */
+function prepareDataDir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    if (!fs.statSync(dir).isDirectory()) throw new Error('not a directory');
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch (e) {
+    throw new WeaveError('EDATADIR', `data dir ${dir} is not writable: ${errMsg(e)} (set WEAVE_DATA_DIR to a directory root can write)`);
   }
-  throw new WeaveError('ETIMEDOUT', `the router did not answer within ${deadlineMs / 1000}s (${last})`);
+}
+
+/** Whether a TCP port can be bound here (false only when it is in use). */
+function portFree(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', (e: NodeJS.ErrnoException) => resolve(e.code !== 'EADDRINUSE'));
+    srv.listen({ host: host || undefined, port, exclusive: true }, () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * Refuses to start a second router in this network namespace (one per namespace: the TUN, the ports
+ * and the routes are the namespace's): the kernel says whether the TUN is held or the ports taken.
+ */
+async function checkNamespaceFree(cfg: RouterConfig): Promise<void> {
+  const { tunInUse } = await import('./host/cleanup');
+  const { DEFAULT_TUN_NAME } = await import('./router/sleeve');
+  const problems: string[] = [];
+  if (await tunInUse({}, DEFAULT_TUN_NAME)) problems.push(`${DEFAULT_TUN_NAME} is held by another process`);
+  if (!(await portFree(cfg.host, cfg.port))) problems.push(`TCP port ${cfg.port} is in use`);
+  if (!(await portFree(cfg.httpAddr.host, cfg.httpAddr.port))) problems.push(`the API address ${cfg.httpAddr.host}:${cfg.httpAddr.port} is in use`);
+  if (problems.length === 0) return;
+  const other = await otherRouter(cfg.httpAddr);
+  const hint = other
+    ? `a weave router runs here (peer ${other.name}, data dir ${other.dataDir}, pid ${other.pid}): stop it first (WEAVE_DATA_DIR=${other.dataDir} weave stop) or use another network namespace`
+    : 'stop what uses them or use another network namespace';
+  throw new WeaveError('ERUNNING', `cannot start a router in this network namespace: ${problems.join('; ')}; ${hint}`);
+}
+
+/** The router answering on the TCP API in this namespace (the given address, then the default), if one does. */
+async function otherRouter(a: { host: string; port: number }): Promise<Report['router'] | undefined> {
+  const dflt = httpAddrFrom(undefined, {});
+  const addrs = a.host === dflt.host && a.port === dflt.port ? [a] : [a, dflt];
+  for (const x of addrs) {
+    try {
+      return (await new ApiClient({ host: x.host, port: x.port }).request<Report>('GET', '/status', undefined, { timeoutMs: 2000 })).router;
+    } catch {
+      // nobody there (or not a weave router): try the next
+    }
+  }
+  return undefined;
 }
 
 function tail(file: string, lines = 20): string {
@@ -70,37 +150,59 @@ export function buildProgram(): Command {
   const program = new Command('weave')
     .description('weave.ts: an encrypted mesh overlay network for hosts and containers')
     .showHelpAfterError()
+    .allowExcessArguments(false) // inherited by every command added after this: `weave stop now` is a mistake, not a stop
     .exitOverride();
 
   addRouterFlags(program.command('router').description('run the router in the foreground').argument('[peers...]', 'peers to connect to (host[:port])'))
     .action(async (peers: string[], f: RouterFlags) => {
-      const cfg = routerConfig(peers, f as RouterFlags & Record<string, unknown>);
-      const { runRouter } = await import('./api/daemon');
-      const h = await runRouter(cfg);
-      await h.stopped;
-      process.exit(0);
+      try {
+        const cfg = routerConfig(peers, f as RouterFlags & Record<string, unknown>);
+        requireRoot('the router creates network devices, routes and nftables rules');
+        prepareDataDir(cfg.dataDir);
+        await checkNamespaceFree(cfg);
+        const { runRouter } = await import('./api/daemon');
+        const h = await runRouter(cfg);
+        await reportStart({ t: 'ready', name: h.report().router.name });
+        if (process.connected) process.disconnect();
+        await h.stopped;
+        process.exit(0);
+      } catch (e) {
+        await reportStart({ t: 'failed', message: errMsg(e), usage: e instanceof UsageError });
+        throw e;
+      }
     });
 
   addRouterFlags(program.command('launch').description('start the router in the background and wait until it is ready').argument('[peers...]', 'peers to connect to (host[:port])'))
     .action(async (peers: string[], f: RouterFlags) => {
       const cfg = routerConfig(peers, f as RouterFlags & Record<string, unknown>); // validate here so errors show at once
+      requireRoot('the router creates network devices, routes and nftables rules');
+      prepareDataDir(cfg.dataDir);
       const { runningPid } = await import('./api/daemon');
       const pid = runningPid(cfg.dataDir);
       if (pid) fail(`a weave router is already running with data dir ${cfg.dataDir} (pid ${pid}); use "weave stop" first`);
-      fs.mkdirSync(cfg.dataDir, { recursive: true });
+      await checkNamespaceFree(cfg);
       const logFile = path.join(cfg.dataDir, 'weave.log');
       const out = fs.openSync(logFile, 'a');
       const args = process.argv.slice(process.argv.indexOf('launch') + 1);
-      const child = spawn(process.execPath, [...process.execArgv, __filename, 'router', ...args], { detached: true, stdio: ['ignore', out, out], env: process.env });
-      child.unref();
-      let exited = false;
-      child.on('exit', () => { exited = true; });
-      try {
-        const r = await waitForApi(new ApiClient(cfg.httpAddr.host, cfg.httpAddr.port), cliTimeoutMs(), () => !exited);
-        process.stdout.write(`${r.router.name}\n`);
-        process.exit(0);
-      } catch (e) {
-        fail(`${errMsg(e)}; log ${logFile}:\n${tail(logFile)}`);
+      // the IPC channel carries the child's one start-up report; it disconnects once ready
+      const child = spawn(process.execPath, [...process.execArgv, __filename, 'router', ...args], { detached: true, stdio: ['ignore', out, out, 'ipc'], env: process.env });
+      const waitMs = cliTimeoutMs();
+      const r = await waitForStart(child, waitMs);
+      switch (r.t) {
+        case 'ready':
+          if (child.connected) child.disconnect();
+          child.unref();
+          process.stdout.write(`${r.name}\n`);
+          process.exit(0);
+          break;
+        case 'failed':
+          fail(`the router failed to start: ${r.message} (log: ${logFile})`, r.usage ? 2 : 1);
+          break;
+        case 'exited':
+          fail(`the router exited during start-up (${r.signal ? `signal ${r.signal}` : `exit ${r.code}`}); log ${logFile}:\n${tail(logFile)}`);
+          break;
+        case 'timeout':
+          fail(`the router (pid ${child.pid}) did not report ready within ${waitMs / 1000}s; it may still be starting; log ${logFile}:\n${tail(logFile)}`);
       }
     });
 
@@ -109,22 +211,25 @@ export function buildProgram(): Command {
       await stopRouter(o);
     });
 
-  program.command('reset').description('stop the router and forget all its state (peer name, targets, ...)').option('--http-addr <host:port>', 'HTTP API address')
+  program.command('reset').description('stop the router and forget all its state (peer name, targets, ...); with no router running, remove what weave left in this network namespace').option('--http-addr <host:port>', 'HTTP API address')
     .action(async (o: { httpAddr?: string }) => {
-      await stopRouter(o, true, '/reset');
+      requireRoot('reset removes network devices, routes and the data dir');
+      const handled = await stopRouter(o, true, '/reset');
       // everything the router persisted goes (identity, targets, endpoints, IPAM, DNS); the log stays for post-mortems
       const dir = dataDirFromEnv();
       if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f !== 'weave.log') fs.rmSync(path.join(dir, f), { recursive: true, force: true });
+      if (!handled) await cleanupNamespace(o);
     });
 
   program.command('connect').description('add connection targets').option('--replace', 'replace the targets with these').argument('<peers...>').option('--http-addr <host:port>', 'HTTP API address')
     .action(async (peers: string[], o: { replace?: boolean; httpAddr?: string }) => {
-      for (const p of peers) parseHostPort(p, DEFAULT_PORT, 'peer address');
+      for (const p of peers) checkPeer(p);
       await client(o).request('POST', '/connect', { peers, replace: !!o.replace });
     });
 
   program.command('forget').description('remove connection targets').argument('<peers...>').option('--http-addr <host:port>', 'HTTP API address')
     .action(async (peers: string[], o: { httpAddr?: string }) => {
+      for (const p of peers) checkPeer(p);
       await client(o).request('POST', '/forget', { peers });
     });
 
@@ -200,18 +305,25 @@ export function buildProgram(): Command {
   return program;
 }
 
-async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false, endpoint = '/stop'): Promise<void> {
+/**
+ * Asks the router of this data dir to stop (or reset); SIGTERM when its API does not answer but its
+ * pid is alive. True when the router ran the request itself, false when it was not running (or only
+ * got the signal).
+ */
+async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false, endpoint = '/stop'): Promise<boolean> {
   const { runningPid } = await import('./api/daemon');
   const dataDir = dataDirFromEnv();
   const pid = runningPid(dataDir);
+  let handled = true;
   try {
     await client(o).request('POST', endpoint, {}, { timeoutMs: cliTimeoutMs() });
   } catch (e) {
     if (!(e instanceof WeaveError && e.code === 'ENOTRUNNING')) throw e;
     if (!pid) {
-      if (quietIfNotRunning) return;
+      if (quietIfNotRunning) return false;
       throw e;
     }
+    handled = false;
     process.kill(pid, 'SIGTERM');
   }
   if (pid) {
@@ -220,6 +332,26 @@ async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false, e
     while (pidAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
     if (pidAlive(pid)) throw new WeaveError('ETIMEDOUT', `router pid ${pid} did not stop within ${waitMs / 1000}s`);
   }
+  return handled;
+}
+
+/**
+ * `weave reset` without a router: removes weave's kernel state in this network namespace (a router
+ * killed with -9 leaves it all). Not while a router of another data dir runs here: the state is its.
+ */
+async function cleanupNamespace(o: { httpAddr?: string }): Promise<void> {
+  const { cleanupHost, tunInUse } = await import('./host/cleanup');
+  const { DEFAULT_TUN_NAME } = await import('./router/sleeve');
+  const { XfrmManager } = await import('./ipsec/xfrm');
+  const { silentLogger } = await import('./lib/log');
+  const other = await otherRouter(httpAddrFrom(o.httpAddr));
+  if (other || await tunInUse({}, DEFAULT_TUN_NAME)) {
+    const who = other ? `a router with data dir ${other.dataDir} (peer ${other.name}, pid ${other.pid}) runs` : `${DEFAULT_TUN_NAME} is held by a running process`;
+    throw new WeaveError('ERUNNING', `no router ran with data dir ${dataDirFromEnv()} (its state there is removed), but ${who} in this network namespace: the network state here is that router's and was left alone`);
+  }
+  const r = await cleanupHost({}, { tun: DEFAULT_TUN_NAME, xfrm: new XfrmManager({ ctx: {}, log: silentLogger() }) });
+  if (r.removed.length) process.stdout.write(`no router was running; removed ${r.removed.join(', ')}\n`);
+  if (r.failed.length) throw new WeaveError('ECLEANUP', `could not remove all of weave's network state: ${r.failed.join('; ')}`);
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -230,6 +362,8 @@ export async function main(argv: string[]): Promise<void> {
     if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 2);
     if (e instanceof UsageError) fail(e.message, 2);
     if (e instanceof WeaveError) fail(e.message, 1);
+    // a system call's refusal (EACCES, EROFS ...) says what went wrong by itself; anything else is a bug
+    if (e instanceof Error && typeof (e as NodeJS.ErrnoException).code === 'string' && /^E[A-Z]+$/.test((e as NodeJS.ErrnoException).code!)) fail(e.message, 1);
     fail(e instanceof Error ? (e.stack ?? e.message) : String(e), 1);
   }
 }

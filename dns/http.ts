@@ -1,8 +1,8 @@
 // weaveDNS's HTTP API: records added and removed by hand (`weave dns-add/-remove`), lookups, and the
 // report section. Bodies are checked here (400 with what to fix); the store does the work.
-import { isIPv4 } from 'net';
 import { UsageError, WeaveError } from '../lib/errors';
 import type { ApiRoute } from '../lib/subsystem';
+import { checkAddrMaybeLen, optStr, param, strList } from '../api/validate';
 import { qualify, type DnsSubsystem } from './subsystem';
 
 const ipOf = (cidr: string): string => (cidr.includes('/') ? cidr.slice(0, cidr.indexOf('/')) : cidr);
@@ -11,24 +11,16 @@ function inDomain(fqdn: string, domain: string): boolean {
   return fqdn === domain || fqdn.endsWith(`.${domain}`);
 }
 
-function addrList(body: any, key: string, required: boolean): string[] {
-  const v = body?.[key];
-  if (v === undefined && !required) return [];
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.length > 0)) throw new UsageError(`"${key}" must be a list of IPv4 addresses`);
-  const out = v.map((a: string) => ipOf(a.trim()));
-  for (const a of out) if (!isIPv4(a)) throw new UsageError(`"${a}" is not an IPv4 address`);
-  return out;
-}
-
 export function dnsRoutes(s: DnsSubsystem): ApiRoute[] {
   const domain = s.domain;
   return [
     {
       method: 'POST', path: '/dns/add', handler: ({ body }) => {
-        const addrs = addrList(body, 'addrs', true);
+        const addrs = strList(body, 'addrs', { required: true, item: checkAddrMaybeLen }).map(ipOf);
         if (addrs.length === 0) throw new UsageError('dns-add: give at least one address');
-        if (typeof body?.name !== 'string' || !body.name) throw new UsageError('dns-add: give the name with -h FQDN');
-        const fqdn = qualify(body.name, domain);
+        const name = optStr(body, 'name');
+        if (name === undefined) throw new UsageError('dns-add: give the name with -h FQDN');
+        const fqdn = qualify(name, domain);
         if (!inDomain(fqdn, domain)) throw new UsageError(`dns-add: ${fqdn} is outside the weaveDNS domain ${domain}`);
         for (const a of addrs) s.store.add(fqdn, a);
         return { name: fqdn, addresses: s.store.lookup(fqdn) };
@@ -36,9 +28,8 @@ export function dnsRoutes(s: DnsSubsystem): ApiRoute[] {
     },
     {
       method: 'POST', path: '/dns/remove', handler: ({ body }) => {
-        const addrs = addrList(body, 'addrs', false);
-        const name = body?.name === undefined || body.name === '' ? undefined : body.name;
-        if (name !== undefined && typeof name !== 'string') throw new UsageError('"name" must be a string');
+        const addrs = strList(body, 'addrs', { item: checkAddrMaybeLen }).map(ipOf);
+        const name = optStr(body, 'name');
         if (addrs.length === 0 && name === undefined) throw new UsageError('dns-remove: give addresses and/or -h FQDN');
         const fqdn = name === undefined ? undefined : qualify(name, domain);
         let removed = 0;
@@ -49,8 +40,7 @@ export function dnsRoutes(s: DnsSubsystem): ApiRoute[] {
     },
     {
       method: 'GET', path: '/dns/lookup', handler: ({ query }) => {
-        const name = query.get('name');
-        if (!name) throw new UsageError('dns-lookup: give a name');
+        const name = param(query, 'name');
         const fqdn = qualify(name, domain);
         const addresses = s.store.lookup(fqdn);
         if (addresses.length === 0) throw new WeaveError('ENOTFOUND', `no weaveDNS record for ${fqdn}`, { name: fqdn });

@@ -4,11 +4,11 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Registry } from 'prom-client';
-import { WeaveError, errMsg } from '../../lib/errors';
+import { WeaveError } from '../../lib/errors';
 import { componentLogger, type Logger } from '../../lib/log';
 import { counterFrom } from '../../lib/metrics';
 import type { Part } from '../../lib/subsystem';
-import { ApiServer } from '../http';
+import { ApiServer, apiSocketPath } from '../http';
 import type { RouterConfig } from '../config';
 import type { Report, RouterReport } from '../views';
 
@@ -67,11 +67,13 @@ export async function serveApi(cfg: RouterConfig, parts: readonly Part[], life: 
     setImmediate(() => void life.stop('reset requested through the API'));
     return { stopping: true };
   });
-  const { host, port } = cfg.httpAddr;
   try {
-    await api.listen(host, port);
+    // the socket first: `weave launch` and every mutating call use it
+    await api.listenUnix(apiSocketPath(cfg.dataDir));
+    await api.listen(cfg.httpAddr.host, cfg.httpAddr.port);
   } catch (e) {
-    throw new WeaveError('EAPI', `cannot listen for the HTTP API on ${host}:${port}: ${errMsg(e)}`, { host, port }, { cause: e });
+    await api.close();
+    throw e;
   }
   return { name: 'api', stop: () => api.close() };
 }

@@ -5,7 +5,7 @@ import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Registry } from 'prom-client';
-import { UsageError, WeaveError, errMsg } from '../../lib/errors';
+import { WeaveError, errMsg } from '../../lib/errors';
 import { componentLogger, type Logger } from '../../lib/log';
 import type { Clock } from '../../lib/clock';
 import { counterFrom, gaugeFrom } from '../../lib/metrics';
@@ -19,6 +19,7 @@ import { formatCidr } from '../../ipam/addr';
 import type { RouteSource } from '../../router/sleeve';
 import { inSubnets, type RouterConfig } from '../config';
 import { FileTargetStore } from '../../mesh/targets';
+import { bool, peerList } from '../validate';
 
 export function pidFile(dataDir: string): string {
   return path.join(dataDir, 'router.pid');
@@ -152,25 +153,17 @@ export function buildMesh(cfg: RouterConfig, identity: Identity, wire: WirePart,
   };
 }
 
-function stringList(body: any, key: string): string[] {
-  const v = body?.[key];
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.length > 0)) {
-    throw new UsageError(`"${key}" must be a list of non-empty strings`);
-  }
-  return v;
-}
-
 function meshRoutes(mesh: Mesh): ApiRoute[] {
   return [
     {
       method: 'POST', path: '/connect', handler: ({ body }) => {
-        mesh.connect(stringList(body, 'peers'), { replace: body?.replace === true });
+        mesh.connect(peerList(body, 'peers', { required: true }), { replace: bool(body, 'replace') });
         return { targets: mesh.targets() };
       },
     },
     {
       method: 'POST', path: '/forget', handler: ({ body }) => {
-        mesh.forget(stringList(body, 'peers'));
+        mesh.forget(peerList(body, 'peers', { required: true }));
         return { targets: mesh.targets() };
       },
     },

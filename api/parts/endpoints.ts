@@ -11,6 +11,7 @@ import { Endpoints, type EndpointInfo } from '../../router/endpoints';
 import type { PrefixTable } from '../../router/prefixes';
 import type { RouterConfig } from '../config';
 import type { HostPart } from './sleeve';
+import { bool, checkAddrArg, checkAddrMaybeLen, checkNetns, optStr, str, strList } from '../validate';
 
 export interface EndpointsPart extends Part {
   endpoints: Endpoints;
@@ -73,24 +74,6 @@ export async function restoreEndpoints(part: EndpointsPart, log: Logger): Promis
   return { name: 'restored endpoints', stop: () => {} };
 }
 
-function stringList(body: any, key: string): string[] {
-  const v = body?.[key];
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.length > 0)) throw new UsageError(`"${key}" must be a list of non-empty strings`);
-  return v;
-}
-
-function optionalList(body: any, key: string): string[] | undefined {
-  const v = body?.[key];
-  if (v === undefined || (Array.isArray(v) && v.length === 0)) return undefined;
-  return stringList(body, key);
-}
-
-function requiredString(body: any, key: string): string {
-  const v = body?.[key];
-  if (typeof v !== 'string' || !v) throw new UsageError(`"${key}" must be a non-empty string`);
-  return v;
-}
-
 /** The first subsystem that resolves the addresses wins (IPAM); without one, addresses must be given. */
 async function resolveAddresses(hooks: readonly Subsystem[], req: AttachRequest, kind: 'attach' | 'expose'): Promise<string[]> {
   for (const x of hooks) {
@@ -106,9 +89,9 @@ function endpointRoutes(endpoints: Endpoints, hooks: readonly Subsystem[]): ApiR
     {
       method: 'POST', path: '/attach', handler: async ({ body }) => {
         const req: AttachRequest = {
-          netns: requiredString(body, 'netns'),
-          cidrs: optionalList(body, 'cidrs') ?? [],
-          name: typeof body?.name === 'string' && body.name ? body.name : undefined,
+          netns: checkNetns(str(body, 'netns'), 'netns'),
+          cidrs: strList(body, 'cidrs', { item: checkAddrArg }),
+          name: optStr(body, 'name', { max: 253 }),
         };
         const r = await endpoints.attach(req.netns, await resolveAddresses(hooks, req, 'attach'), { name: req.name });
         for (const x of hooks) await x.afterAttach?.(req, r);
@@ -117,9 +100,10 @@ function endpointRoutes(endpoints: Endpoints, hooks: readonly Subsystem[]): ApiR
     },
     {
       method: 'POST', path: '/detach', handler: async ({ body }) => {
-        const netns = requiredString(body, 'netns');
+        const netns = checkNetns(str(body, 'netns'), 'netns');
+        const given = strList(body, 'addrs', { item: checkAddrMaybeLen });
         const before: EndpointInfo | undefined = endpoints.list().find((e) => e.netns === netns);
-        const r = await endpoints.detach(netns, optionalList(body, 'addrs'));
+        const r = await endpoints.detach(netns, given.length ? given : undefined);
         for (const x of hooks) await x.afterDetach?.(netns, r, before);
         return r;
       },
@@ -131,12 +115,18 @@ function endpointRoutes(endpoints: Endpoints, hooks: readonly Subsystem[]): ApiR
     },
     {
       method: 'POST', path: '/expose', handler: async ({ body }) => {
-        const cidrs = await resolveAddresses(hooks, { netns: '', cidrs: optionalList(body, 'cidrs') ?? [] }, 'expose');
-        const r = await endpoints.expose(cidrs, { masquerade: body?.masquerade === true });
+        const masquerade = bool(body, 'masquerade');
+        const cidrs = await resolveAddresses(hooks, { netns: '', cidrs: strList(body, 'cidrs', { item: checkAddrArg }) }, 'expose');
+        const r = await endpoints.expose(cidrs, { masquerade });
         return { ...r, addresses: r.exposed.map((e) => e.cidr) };
       },
     },
-    { method: 'POST', path: '/hide', handler: ({ body }) => endpoints.hide(optionalList(body, 'cidrs')) },
+    {
+      method: 'POST', path: '/hide', handler: ({ body }) => {
+        const cidrs = strList(body, 'cidrs', { item: checkAddrMaybeLen });
+        return endpoints.hide(cidrs.length ? cidrs : undefined);
+      },
+    },
   ];
 }
 

@@ -1,11 +1,12 @@
 // The real half of bench/ipam: routers in netns lab hosts, measured through their HTTP API.
-// Each host gets one long-lived `node -e` client inside its namespace (the API listens on
-// 127.0.0.1:6784 there). The client starts, checks the API, says "ready" and waits for "go" on stdin,
+// Each host gets one long-lived `node -e` client inside its namespace, talking to the router's API
+// socket in the host's data dir (allocations change the router: TCP refuses them). The client starts, checks the API, says "ready" and waits for "go" on stdin,
 // so Node start-up is outside every figure; clients report wall-clock timestamps
 // (performance.timeOrigin + now(), sub-millisecond, one machine) so several can be merged.
 // Lives in bench/lib/ so scripts/run-bench.js does not run it as a benchmark of its own.
 import { ChildProcess, execFileSync, spawn } from 'child_process';
 import { Host, Lab } from '../../test/lab/lab';
+import { apiSocketPath } from '../../api/http';
 import { waitFor } from '../../test/lab/exec';
 
 export interface RealIpamOptions {
@@ -41,7 +42,7 @@ let resets = 0;
 function req(method, path, body) {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : JSON.stringify(body);
-    const r = http.request({ host: '127.0.0.1', port: 6784, method, path, agent,
+    const r = http.request({ socketPath: process.env.WEAVE_API_SOCKET, method, path, agent,
       headers: data ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } : {} }, (rs) => {
       let d = '';
       rs.setEncoding('utf8');
@@ -124,7 +125,9 @@ class Client {
   private exitCode: number | null | undefined;
 
   constructor(readonly host: Host, args: string[]) {
-    this.child = spawn('ip', ['netns', 'exec', host.ns, process.execPath, '-e', CLIENT, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = spawn('ip', ['netns', 'exec', host.ns, process.execPath, '-e', CLIENT, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, WEAVE_API_SOCKET: apiSocketPath(host.dataDir) },
+    });
     this.child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       this.buf += d;
       let i: number;

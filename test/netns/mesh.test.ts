@@ -162,7 +162,7 @@ test('CLI: unknown flags, bad values and a password on argv are refused with usa
     assert.match(r3.stderr, /--port/);
     const r4 = await h1.weave(['status'], { allowFail: true });
     assert.equal(r4.code, 1);
-    assert.match(r4.stderr, /not running/);
+    assert.match(r4.stderr, /no router running with data dir/);
     const r5 = await h1.weave(['launch', '--password-file', '/nonexistent/pw'], { allowFail: true });
     assert.equal(r5.code, 2);
     assert.match(r5.stderr, /password-file/);
