@@ -30,6 +30,7 @@ import type { TunIo } from './native';
 import { EAGAIN, EMSGSIZE, NativeUdp } from './udp';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { formatAddr, isAddrText, tryParseAddr } from '../lib/addr';
+import { errno, errnoName } from '../lib/errno';
 import { FASTDP_HB_PORT, VXLAN_PORT } from '../lib/ports';
 
 export const FASTDP = 'fastdp';
@@ -461,7 +462,7 @@ export class FastDp {
     const err = e2 || e1;
     if (err !== 0 && err !== EAGAIN) {
       this.counters.hbSendErrors++;
-      if (err !== p.lastSendErr) this.log.debug({ peer: p.peer, errno: err, size: this.full.length }, 'fastdp heartbeat send failed');
+      if (err !== p.lastSendErr) this.log.debug({ peer: p.peer, errno: errnoName(err), size: this.full.length }, 'fastdp heartbeat send failed');
     }
     p.lastSendErr = err;
   }
@@ -557,7 +558,7 @@ export class NativeHeartbeatIo implements HeartbeatIo {
 
   send(dstIp: string, port: number, payload: Uint8Array): number {
     const ip = tryParseAddr(dstIp);
-    if (ip === undefined || payload.length > this.buf.length) return 22; // EINVAL
+    if (ip === undefined || payload.length > this.buf.length) return errno.EINVAL;
     this.buf.set(payload, 0);
     this.ips[0] = ip;
     this.ports[0] = port;

@@ -44,6 +44,7 @@ import { COUNTER, Datapath, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray
 import { FrameType, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { formatAddr, parseCidr, tryParseAddr, tryParseHostPort } from '../lib/addr';
+import { errnoName } from '../lib/errno';
 import { CONTROL_PORT } from '../lib/ports';
 import type { PrefixTable } from './prefixes';
 import { loadTunIo, type TunIo } from './native';
@@ -621,7 +622,7 @@ export class Sleeve {
   private sendHeartbeat(p: PeerPath): void {
     if (p.remoteIdx < 0 || this.shared.ip[p.slot] === 0) return;
     const err = this.sendFrame(p, FrameType.Heartbeat, Uint8Array.of(p.weHear ? 1 : 0));
-    if (err !== 0 && err !== EAGAIN) this.log.debug({ peer: p.peer, errno: err }, 'heartbeat send failed');
+    if (err !== 0 && err !== EAGAIN) this.log.debug({ peer: p.peer, errno: errnoName(err) }, 'heartbeat send failed');
   }
 
   /** One PMTU round: a DF probe of each candidate size; acks of the previous round settle the MTU. */
