@@ -89,6 +89,6 @@ export function loadTunIo(log: Logger, load: (p: string) => unknown = (p) => req
       errors.push(`${p}: ${errMsg(e)}`);
     }
   }
-  log.warn({ component: 'native', tried: errors }, 'native data-path addon could not load (run `node scripts/build-native.js`)');
+  log.warn({ tried: errors }, 'native data-path addon could not load (run `node scripts/build-native.js`)');
   return null;
 }

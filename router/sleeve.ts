@@ -719,7 +719,7 @@ export function kernelSleeveHost(
     async tunUp(name, mtu) {
       // The sleeve carries IPv4 only: without this the kernel sends IPv6 link-local chatter into the TUN.
       if (sysctlFn) {
-        await sysctlFn(`net.ipv6.conf.${name}.disable_ipv6`, '1').catch((e) => log?.debug({ component: 'sleeve', err: errMsg(e) }, 'cannot disable IPv6 on the TUN'));
+        await sysctlFn(`net.ipv6.conf.${name}.disable_ipv6`, '1').catch((e) => log?.debug({ err: errMsg(e) }, 'cannot disable IPv6 on the TUN'));
       }
       await ipFn(['link', 'set', 'dev', name, 'mtu', String(mtu), 'up']);
     },
@@ -744,7 +744,7 @@ export async function detectUnderlayMtu(ipJson: (args: string[]) => Promise<unkn
     const best = Math.max(0, ...up.map((l) => l.mtu as number));
     if (best >= 576) return best;
   } catch (e) {
-    log.warn({ component: 'sleeve', err: errMsg(e) }, 'cannot read the underlay MTU; assuming 1500');
+    log.warn({ err: errMsg(e) }, 'cannot read the underlay MTU; assuming 1500');
   }
   return 1500;
 }
@@ -790,7 +790,7 @@ export function selectSleeveIo(log: Logger, mode: 'auto' | 'native' | 'fallback'
     // Node alone cannot open a TUN (no ioctl): without addon and koffi there is no data path.
     throw new WeaveError('ENOADDON', `neither the native data-path addon nor the koffi fallback loaded: ${errMsg(e)}`, {}, { cause: e });
   }
-  log.warn({ component: 'sleeve', io: 'koffi', forced: mode === 'fallback' }, 'native data-path addon not loaded; using the koffi fallback (slower)');
+  log.warn({ io: 'koffi', forced: mode === 'fallback' }, 'native data-path addon not loaded; using the koffi fallback (slower)');
   return { io, kind: 'koffi' };
 }
 
