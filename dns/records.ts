@@ -37,7 +37,7 @@ import type { Logger } from '../lib/log';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 
-export const RECORDS_WIRE_VERSION = 1;
+const RECORDS_WIRE_VERSION = 1;
 /** Entries per encoded gossip message, so one message stays well below the mesh's frame limit. */
 const ENTRIES_PER_MESSAGE = 2000;
 /** Upper bound on entries accepted in one message: a decoder must not be made to allocate without limit. */

@@ -5,7 +5,7 @@
 // are not ours and are never read, changed or deleted (`ip route del ... proto N` only matches ours).
 import { LoopedReconciler } from './reconcile-loop';
 import type { Clock } from '../lib/clock';
-import { WeaveError, errMsg } from '../lib/errors';
+import { WeaveError } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { canonicalPrefix } from './cidr';
 import { isAddrText } from '../lib/addr';

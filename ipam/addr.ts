@@ -22,7 +22,7 @@ export {
 } from '../lib/addr';
 
 /** The CIDR exactly covering r, or null when r is not an aligned power-of-two block. */
-export function rangeToCidr(r: Range): Cidr | null {
+function rangeToCidr(r: Range): Cidr | null {
   const size = r.end - r.start;
   if (size <= 0) return null;
   const bits = Math.log2(size);
@@ -34,10 +34,6 @@ export function formatRange(r: Range): string {
   const c = rangeToCidr(r);
   if (c) return formatCidr(c);
   return `${formatAddr(r.start)}-${formatAddr(r.end - 1)}`;
-}
-
-export function rangeSize(r: Range): number {
-  return r.end - r.start;
 }
 
 /**

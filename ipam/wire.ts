@@ -102,13 +102,13 @@ function paxosToWire(m: Map<PeerName, PaxosNode>): unknown[] {
   return out;
 }
 
-export function recordsToWire(m: Map<PeerName, HeldRecord>): unknown[] {
+function recordsToWire(m: Map<PeerName, HeldRecord>): unknown[] {
   const out: unknown[] = [];
   for (const [name, r] of m) out.push(name, r.ver, r.seeds, r.held, r.dups, r.removed ? 1 : 0);
   return out;
 }
 
-export function recordsFromWire(raw: unknown, range: Range): Map<PeerName, HeldRecord> {
+function recordsFromWire(raw: unknown, range: Range): Map<PeerName, HeldRecord> {
   const bad = (why: string): never => {
     throw new ProtocolError(`ipam held records: ${why}`);
   };

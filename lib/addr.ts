@@ -30,7 +30,7 @@ export interface Cidr extends Range {
 }
 
 /** One past the largest address. */
-export const ADDR_END = 2 ** 32;
+const ADDR_END = 2 ** 32;
 
 const DOT = 0x2e;
 const ZERO = 0x30;

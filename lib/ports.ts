@@ -9,7 +9,7 @@ export const CONTROL_PORT = 6783;
 export const HTTP_API_PORT = 6784;
 
 /** UDP: fastdp's kernel VXLAN device, for the default control port (see vxlanPortFor). */
-export const VXLAN_PORT = CONTROL_PORT + 1;
+export const VXLAN_PORT = vxlanPortFor(CONTROL_PORT);
 
 /** UDP: fastdp heartbeats, bound on the VTEP address only (the VXLAN socket owns VXLAN_PORT). */
 export const FASTDP_HB_PORT = 6785;

@@ -24,12 +24,12 @@ import { type CryptoEngine, NONCE_BYTES, SECRETBOX_OVERHEAD, X25519_BYTES } from
 
 export const MAGIC = Buffer.from('weave\x00', 'latin1');
 export const HELLO_BYTES = MAGIC.length + 2;
-export const KEYX_BYTES = 1 + X25519_BYTES;
-export const FLAG_ENCRYPT = 0x01;
+const KEYX_BYTES = 1 + X25519_BYTES;
+const FLAG_ENCRYPT = 0x01;
 export const PROTOCOL_MIN_VERSION = 1;
 export const PROTOCOL_MAX_VERSION = 1;
-export const FEATURES_VERSION = 1;
-export const FRAME_HEADER_BYTES = 4;
+const FEATURES_VERSION = 1;
+const FRAME_HEADER_BYTES = 4;
 export const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
 
 export const DIR_FROM_DIALLER = 0;
@@ -93,7 +93,7 @@ export function decodeKeyExchange(b: Uint8Array): { encrypt: boolean; publicKey:
   return { encrypt: (b[0] & FLAG_ENCRYPT) !== 0, publicKey: Buffer.from(b.subarray(1)) };
 }
 
-export function checkEncryption(localEncrypts: boolean, remoteEncrypts: boolean): void {
+function checkEncryption(localEncrypts: boolean, remoteEncrypts: boolean): void {
   if (localEncrypts === remoteEncrypts) return;
   throw new RefusedError(
     'EENCRYPTION',
@@ -102,7 +102,7 @@ export function checkEncryption(localEncrypts: boolean, remoteEncrypts: boolean)
   );
 }
 
-export function deriveSessionKey(crypto: CryptoEngine, shared: Uint8Array, password: Uint8Array): Buffer {
+function deriveSessionKey(crypto: CryptoEngine, shared: Uint8Array, password: Uint8Array): Buffer {
   return crypto.sha256(shared, password);
 }
 

@@ -62,7 +62,7 @@ export const UDP_GRO_CARRY_SIZE = 256 + 8 * 65536;
 /** Largest batch the addon accepts per sendBatch/recvBatch call. */
 export const ADDON_MAX_BATCH = 256;
 
-export function defaultAddonPath(): string {
+function defaultAddonPath(): string {
   // dist-*/router/native.js and router/native.ts both sit two levels below the repo root.
   return path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'weave_tunio.node');
 }

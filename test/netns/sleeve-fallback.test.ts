@@ -13,7 +13,7 @@ import { loadFallbackIo } from '../../router/fallback-io';
 import { parseAddr } from '../../lib/addr';
 import { selectSleeveIo } from '../../router/sleeve';
 import type { TunIo } from '../../router/native';
-import { Container, Host, withLab } from '../lab/lab';
+import { Host, withLab } from '../lab/lab';
 import { run, waitFor } from '../lab/exec';
 import { iperf } from '../lab/traffic';
 
