@@ -283,7 +283,7 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
       try {
         fdb = JSON.parse(out) as ActualFdb[];
       } catch (e) {
-        throw new HostError(`bridge -json fdb show: unparsable JSON: ${errMsg(e)}`, { command: 'bridge -json fdb show', stderr: '' });
+        throw new HostError(`bridge -json fdb show: unparsable JSON: ${errMsg(e)}`, { command: 'bridge -json fdb show', stderr: '' }, { cause: e });
       }
     }
     return { link, addrs, fdb, neigh };

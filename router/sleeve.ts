@@ -36,7 +36,7 @@ import { Worker } from 'worker_threads';
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { CryptoEngine } from '../mesh/crypto';
 import { boxModeFromEnv, makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
-import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
+import { ProtocolError, UsageError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
@@ -797,13 +797,13 @@ export function selectSleeveIo(log: Logger, mode: 'auto' | 'native' | 'fallback'
 function ioModeFromEnv(v: string | undefined): 'auto' | 'native' | 'fallback' {
   if (v === undefined || v === '' || v === 'auto') return 'auto';
   if (v === 'native' || v === 'fallback') return v;
-  throw new WeaveError('EINVAL', `WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
+  throw new UsageError(`WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
 }
 
 function offloadFromEnv(v: string | undefined): boolean {
   if (v === undefined || v === '' || v === '1') return true;
   if (v === '0') return false;
-  throw new WeaveError('EINVAL', `WEAVE_SLEEVE_OFFLOAD must be 0 or 1, not ${JSON.stringify(v)}`);
+  throw new UsageError(`WEAVE_SLEEVE_OFFLOAD must be 0 or 1, not ${JSON.stringify(v)}`);
 }
 
 /**
