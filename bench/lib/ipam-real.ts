@@ -7,6 +7,7 @@
 import { ChildProcess, execFileSync, spawn } from 'child_process';
 import { Host, Lab } from '../../test/lab/lab';
 import { waitFor } from '../../test/lab/exec';
+import { HTTP_API_PORT } from '../../lib/ports';
 
 export interface RealIpamOptions {
   /** allocations per router */
@@ -41,7 +42,7 @@ let resets = 0;
 function req(method, path, body) {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : JSON.stringify(body);
-    const r = http.request({ host: '127.0.0.1', port: 6784, method, path, agent,
+    const r = http.request({ host: '127.0.0.1', port: HTTP_API_PORT, method, path, agent,
       headers: data ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } : {} }, (rs) => {
       let d = '';
       rs.setEncoding('utf8');
