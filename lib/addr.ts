@@ -271,6 +271,11 @@ function scanHostPort(s: unknown, allowEmptyHost: boolean): HostPortScan | strin
       v6 = true;
     }
   }
+  let port: number | undefined;
+  if (portText !== undefined) {
+    if (!/^\d{1,5}$/.test(portText) || Number(portText) < 1 || Number(portText) > 65535) return `port "${clip(portText)}" is not a number 1-65535`;
+    port = Number(portText);
+  }
   if (v6) {
     if (!isIPv6(host)) return `"${clip(host)}" is not an IPv6 address`;
   } else if (host === '') {
@@ -279,11 +284,6 @@ function scanHostPort(s: unknown, allowEmptyHost: boolean): HostPortScan | strin
     if (scanAddr(host, 0, host.length) < 0) return `host ${addrProblem(host)}`;
   } else if (!HOSTNAME_RE.test(host)) {
     return `"${clip(host)}" is not a host name or address`;
-  }
-  let port: number | undefined;
-  if (portText !== undefined) {
-    if (!/^\d{1,5}$/.test(portText) || Number(portText) < 1 || Number(portText) > 65535) return `port "${clip(portText)}" is not a number 1-65535`;
-    port = Number(portText);
   }
   return { host, port };
 }

@@ -195,6 +195,7 @@ test('host:port: forms, defaults, ports 1-65535 and IPv6 in brackets', () => {
     ['010.0.0.1:80', /"010" has a leading zero/],
     ['10.0.0.256', /256 is greater than 255/],
     ['a b:80', /not a host name or address/],
+    ['not a host:99999', /port "99999" is not a number 1-65535/], // the port is checked first (test/netns/mesh.test.ts)
     ['', /empty/],
   ] as const) {
     assert.throws(() => parseHostPort(s, 6783, { what: 'peer address' }), (e: unknown) => e instanceof UsageError && /invalid peer address/.test(e.message) && why.test(e.message), s);
