@@ -11,7 +11,7 @@ import * as path from 'path';
 import { ApiClient } from './api/client';
 import { apiSocketPath } from './api/http';
 import { DEFAULT_PORT, addRouterFlags, dataDirFromEnv, httpAddrFrom, routerConfig, type RouterConfig, type RouterFlags } from './api/config';
-import { checkPeer } from './api/validate';
+import { checkPeer } from './lib/validate';
 import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
 import { WeaveError, UsageError, errMsg } from './lib/errors';
 import { SUBSYSTEMS } from './api/subsystems';

@@ -4,14 +4,16 @@ import * as fs from 'fs';
 import { Option, type Command } from 'commander';
 import { UsageError } from '../lib/errors';
 import type { Level } from '../lib/log';
-import { contains, parseAddr, parseCidr, type Cidr } from '../ipam/addr';
+import { contains, parseCidr, parseHostPort as parseHostPortAddr, parsePort as parsePortNumber, tryParseAddr, type Cidr } from '../lib/addr';
+import { CONTROL_PORT, HTTP_API_PORT } from '../lib/ports';
+import { checkPeer } from '../lib/validate';
 import { boxModeFromEnv, type BoxKind } from '../router/boxes';
 import { ioModeFromEnv, offloadFromEnv } from '../router/sleeve';
 import { addIpamFlags, parseIpamFlags, type IpamConfig } from '../ipam/flags';
 import { addDnsFlags, parseDnsFlags, type DnsConfig } from '../dns/flags';
 
-export const DEFAULT_PORT = 6783;
-export const DEFAULT_HTTP_ADDR = '127.0.0.1:6784';
+export const DEFAULT_PORT = CONTROL_PORT;
+export const DEFAULT_HTTP_ADDR = `127.0.0.1:${HTTP_API_PORT}`;
 export const DEFAULT_DATA_DIR = '/var/lib/weave';
 
 export interface RouterConfig {
@@ -74,7 +76,7 @@ export function addRouterFlags(c: Command): Command {
 
 /** Every router flag and environment variable, checked once, into the typed config. */
 export function routerConfig(peers: string[], f: RouterFlags & Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): RouterConfig {
-  for (const p of peers) parseHostPort(p, DEFAULT_PORT, 'peer address');
+  for (const p of peers) checkPeer(p);
   return {
     dataDir: dataDirFromEnv(env),
     name: f.name,
@@ -109,24 +111,20 @@ export function dataDirFromEnv(env: NodeJS.ProcessEnv = process.env): string {
   return env.WEAVE_DATA_DIR || DEFAULT_DATA_DIR;
 }
 
+/** lib/addr parseHostPort (kept for weave.ts and the API); ports 1-65535. */
 export function parseHostPort(s: string, defaultPort: number, what: string): { host: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*))(?::(\d+))?$/.exec(s.trim());
-  if (!m) throw new UsageError(`invalid ${what} "${s}": expected HOST[:PORT]`);
-  const host = m[1] ?? m[2] ?? '';
-  const port = m[3] === undefined ? defaultPort : Number(m[3]);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`invalid ${what} "${s}": port must be 0-65535`);
-  return { host, port };
+  return parseHostPortAddr(s, defaultPort, { what });
 }
 
+/** lib/addr parsePort (kept for weave.ts). */
 export function parsePort(s: string | number, what: string): number {
-  const n = typeof s === 'number' ? s : Number(s);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`invalid ${what} "${s}": expected a port number 1-65535`);
-  return n;
+  return parsePortNumber(s, what);
 }
 
+/** --http-addr or WEAVE_HTTP_ADDR: HOST[:PORT], or :PORT for 127.0.0.1. */
 export function httpAddrFrom(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): { host: string; port: number } {
   const s = flag || env.WEAVE_HTTP_ADDR || DEFAULT_HTTP_ADDR;
-  const a = parseHostPort(s, 6784, '--http-addr');
+  const a = parseHostPortAddr(s, HTTP_API_PORT, { what: flag ? '--http-addr' : 'WEAVE_HTTP_ADDR', allowEmptyHost: true });
   return { host: a.host || '127.0.0.1', port: a.port };
 }
 
@@ -137,7 +135,7 @@ export function loadPassword(passwordFile: string | undefined, env: NodeJS.Proce
     try {
       text = fs.readFileSync(passwordFile, 'utf8');
     } catch (e) {
-      throw new UsageError(`cannot read --password-file ${passwordFile}: ${(e as Error).message}`);
+      throw new UsageError(`cannot read --password-file ${passwordFile}: ${(e as Error).message}`, { path: passwordFile }, { cause: e });
     }
     const pw = text.replace(/\r?\n$/, '');
     if (!pw) throw new UsageError(`--password-file ${passwordFile} is empty`);
@@ -160,7 +158,7 @@ export function parseTrustedSubnets(s: string | undefined): Cidr[] {
     try {
       return parseCidr(p.trim());
     } catch (e) {
-      throw new UsageError(`invalid --trusted-subnets "${s}": ${(e as Error).message}`);
+      throw new UsageError(`invalid --trusted-subnets "${s}": ${(e as Error).message}`, { value: s }, { cause: e });
     }
   });
 }
@@ -168,12 +166,8 @@ export function parseTrustedSubnets(s: string | undefined): Cidr[] {
 /** Whether an IPv4 address (text) lies in one of the subnets; anything else (IPv6, garbage) is untrusted. */
 export function inSubnets(subnets: Cidr[], ip: string): boolean {
   if (subnets.length === 0) return false;
-  let a: number;
-  try {
-    a = parseAddr(ip);
-  } catch {
-    return false; // not an IPv4 address: never trusted
-  }
+  const a = tryParseAddr(ip);
+  if (a === undefined) return false; // not an IPv4 address: never trusted
   return subnets.some((c) => contains(c, a));
 }
 

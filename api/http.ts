@@ -16,12 +16,13 @@ import * as net from 'net';
 import * as path from 'path';
 import { UsageError, WeaveError, RefusedError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
-import { asBody, type Body } from './validate';
+import { asBody, type Body } from '../lib/validate';
+import type { ApiHandler, ApiRoute } from '../lib/subsystem';
 
-export interface ApiRequest { body: Body; query: URLSearchParams; path: string }
-export type Handler = (req: ApiRequest) => Promise<unknown> | unknown;
+export type { ApiRequest } from '../lib/subsystem';
+export type Handler = ApiHandler;
 
-export interface Route { method: 'GET' | 'POST' | 'DELETE'; path: string; handler: Handler; text?: boolean }
+export type Route = ApiRoute;
 
 /** Largest request body read (a few hundred bytes is the most any route needs). */
 export const MAX_BODY = 1 << 20;

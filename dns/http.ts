@@ -2,7 +2,7 @@
 // report section. Bodies are checked here (400 with what to fix); the store does the work.
 import { UsageError, WeaveError } from '../lib/errors';
 import type { ApiRoute } from '../lib/subsystem';
-import { checkAddrMaybeLen, optStr, param, strList } from '../api/validate';
+import { checkAddrMaybeLen, optStr, param, strList } from '../lib/validate';
 import { qualify, type DnsSubsystem } from './subsystem';
 
 const ipOf = (cidr: string): string => (cidr.includes('/') ? cidr.slice(0, cidr.indexOf('/')) : cidr);

@@ -28,15 +28,16 @@
 // it. Records of containers that died while the router was down are removed by the owner
 // (removeContainer) when it reconciles its containers; that is the caller's job.
 import * as fs from 'fs';
-import { pack, unpack } from 'msgpackr';
-import { isIPv4 } from 'net';
+import { pack } from 'msgpackr';
 import type { Clock, TimerHandle } from '../lib/clock';
-import { ProtocolError, UsageError } from '../lib/errors';
+import { ProtocolError, UsageError, WeaveError } from '../lib/errors';
+import { parseAddr, tryParseAddr } from '../lib/addr';
+import { decodeMsg, encodeMsg } from '../mesh/codec';
 import type { Logger } from '../lib/log';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 
-export const RECORDS_WIRE_VERSION = 1;
+const RECORDS_WIRE_VERSION = 1;
 /** Entries per encoded gossip message, so one message stays well below the mesh's frame limit. */
 const ENTRIES_PER_MESSAGE = 2000;
 /** Upper bound on entries accepted in one message: a decoder must not be made to allocate without limit. */
@@ -84,20 +85,18 @@ export function normalizeName(name: string, errorKind: 'usage' | 'protocol' = 'u
   return n;
 }
 
+/** The u32 of a record's address (validated when the record was added or decoded). */
 export function ipv4ToNumber(addr: string): number {
-  const p = addr.split('.');
-  return ((+p[0] << 24) | (+p[1] << 16) | (+p[2] << 8) | +p[3]) >>> 0;
-}
-
-export function numberToIpv4(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+  const n = tryParseAddr(addr);
+  if (n === undefined) throw new WeaveError('EINVAL', `dns record address "${String(addr).slice(0, 64)}" is not IPv4`);
+  return n;
 }
 
 function checkAddr(addr: string, errorKind: 'usage' | 'protocol'): string {
-  // isIPv4 accepts only canonical dotted quads, so the string is a stable key.
-  if (typeof addr !== 'string' || !isIPv4(addr)) {
+  // lib/addr accepts one spelling per address, so the string is a stable key.
+  if (tryParseAddr(addr) === undefined) {
     if (errorKind === 'protocol') throw new ProtocolError('dns record: invalid IPv4 address', { addr: String(addr).slice(0, 64) });
-    throw new UsageError(`invalid IPv4 address "${String(addr).slice(0, 64)}"`);
+    parseAddr(addr); // throws the UsageError that says what is wrong
   }
   return addr;
 }
@@ -120,23 +119,17 @@ type WireEntry = [string, string, string, number, number, string];
 
 export function encodeEntries(entries: DnsEntry[]): Uint8Array[] {
   const toWire = (e: DnsEntry): WireEntry => [e.name, e.addr, e.origin, e.version, e.tombstone ? 1 : 0, e.containerId ?? ''];
-  if (entries.length === 0) return [pack({ v: RECORDS_WIRE_VERSION, e: [] })];
+  if (entries.length === 0) return [encodeMsg({ v: RECORDS_WIRE_VERSION, e: [] })];
   const out: Uint8Array[] = [];
   for (let i = 0; i < entries.length; i += ENTRIES_PER_MESSAGE) {
-    out.push(pack({ v: RECORDS_WIRE_VERSION, e: entries.slice(i, i + ENTRIES_PER_MESSAGE).map(toWire) }));
+    out.push(encodeMsg({ v: RECORDS_WIRE_VERSION, e: entries.slice(i, i + ENTRIES_PER_MESSAGE).map(toWire) }));
   }
   return out;
 }
 
 /** Decodes and validates one gossip message; any malformed input throws ProtocolError. */
 export function decodeEntries(buf: Uint8Array): DnsEntry[] {
-  let msg: unknown;
-  try {
-    msg = unpack(buf);
-  } catch (e) {
-    throw new ProtocolError('dns gossip: undecodable msgpack', { bytes: buf.length, cause: String(e) });
-  }
-  return entriesFromMessage(msg);
+  return entriesFromMessage(decodeMsg(buf, 'dns gossip'));
 }
 
 function entriesFromMessage(msg: unknown): DnsEntry[] {

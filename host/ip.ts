@@ -14,8 +14,8 @@ import { WeaveError } from '../lib/errors';
 export interface HostCtx { netns?: string }
 
 export class HostError extends WeaveError {
-  constructor(message: string, context: { command: string; stderr: string; code?: number | null; [k: string]: unknown }) {
-    super('EHOST', message, context);
+  constructor(message: string, context: { command: string; stderr: string; code?: number | null; [k: string]: unknown }, options?: { cause?: unknown }) {
+    super('EHOST', message, context, options);
     this.name = 'HostError';
   }
   get stderr(): string { return String(this.context.stderr ?? ''); }
@@ -82,7 +82,7 @@ export async function ipJson<T = unknown>(ctx: HostCtx, args: string[]): Promise
   try {
     return JSON.parse(out) as T;
   } catch (e) {
-    throw new HostError(`${argv.join(' ')}: unparsable JSON: ${(e as Error).message}`, { command: argv.join(' '), stderr: '', stdout: out.slice(0, 500) });
+    throw new HostError(`${argv.join(' ')}: unparsable JSON: ${(e as Error).message}`, { command: argv.join(' '), stderr: '', stdout: out.slice(0, 500) }, { cause: e });
   }
 }
 
@@ -110,7 +110,7 @@ export async function sysctl(ctx: HostCtx, key: string, value: string | number):
     try {
       fs.writeFileSync(`/proc/sys/${rel}`, String(value));
     } catch (e) {
-      throw new HostError(`sysctl ${key}=${value}: ${(e as Error).message}`, { command: `sysctl -w ${key}=${value}`, stderr: (e as Error).message });
+      throw new HostError(`sysctl ${key}=${value}: ${(e as Error).message}`, { command: `sysctl -w ${key}=${value}`, stderr: (e as Error).message }, { cause: e });
     }
     return;
   }
@@ -135,7 +135,7 @@ export async function nftJson<T = any>(ctx: HostCtx, args: string[]): Promise<T>
   try {
     return JSON.parse(out || '{"nftables":[]}') as T;
   } catch (e) {
-    throw new HostError(`${argv.join(' ')}: unparsable JSON: ${(e as Error).message}`, { command: argv.join(' '), stderr: '' });
+    throw new HostError(`${argv.join(' ')}: unparsable JSON: ${(e as Error).message}`, { command: argv.join(' '), stderr: '' }, { cause: e });
   }
 }
 

@@ -85,7 +85,7 @@ export function resolveNetns(arg: string, opts: { allowOwn?: boolean; hostKey?: 
     const what = p.kind === 'name' ? `no network namespace named "${p.name}" (see ip netns list)`
       : p.kind === 'pid' ? `no process with PID ${p.pid} (or its network namespace is not visible)`
       : `no namespace file at ${path}`;
-    throw new UsageError(`NETNS ${arg}: ${what}`, { arg, path, errno: code });
+    throw new UsageError(`NETNS ${arg}: ${what}`, { arg, path, errno: code }, { cause: e });
   }
   if (st.dev !== nsfsDevice()) {
     throw new UsageError(`NETNS ${arg}: ${path} is not a namespace file (expected /proc/PID/ns/net or a bind mount of one)`, { arg, path });

@@ -5,9 +5,10 @@
 // are not ours and are never read, changed or deleted (`ip route del ... proto N` only matches ours).
 import { LoopedReconciler } from './reconcile-loop';
 import type { Clock } from '../lib/clock';
-import { WeaveError, errMsg } from '../lib/errors';
+import { WeaveError } from '../lib/errors';
 import type { Logger } from '../lib/log';
-import { canonicalPrefix, tryParseCidr4 } from './cidr';
+import { canonicalPrefix } from './cidr';
+import { isAddrText } from '../lib/addr';
 import { HostCtx, ipBatch, ipJson } from './ip';
 
 export interface DesiredRoute {
@@ -42,8 +43,8 @@ function normDesired(r: DesiredRoute): NormRoute {
   const dst = canonicalPrefix(r.dst);
   if (!dst || !r.dst.includes('/')) throw new WeaveError('EINVAL', `route dst "${r.dst}" is not an IPv4 CIDR`, { route: r });
   if (!r.dev || !/^[^\s/]{1,15}$/.test(r.dev)) throw new WeaveError('EINVAL', `route dev "${r.dev}" is not an interface name`, { route: r });
-  if (r.via !== undefined && !tryParseCidr4(r.via, true)) throw new WeaveError('EINVAL', `route via "${r.via}" is not an IPv4 address`, { route: r });
-  if (r.src !== undefined && !tryParseCidr4(r.src, true)) throw new WeaveError('EINVAL', `route src "${r.src}" is not an IPv4 address`, { route: r });
+  if (r.via !== undefined && !isAddrText(r.via)) throw new WeaveError('EINVAL', `route via "${r.via}" is not an IPv4 address`, { route: r });
+  if (r.src !== undefined && !isAddrText(r.src)) throw new WeaveError('EINVAL', `route src "${r.src}" is not an IPv4 address`, { route: r });
   if (r.mtu !== undefined && (!Number.isInteger(r.mtu) || r.mtu < 68 || r.mtu > 65535)) throw new WeaveError('EINVAL', `route mtu ${r.mtu} out of range`, { route: r });
   return {
     dst,

@@ -12,18 +12,17 @@
 // iproute2 has no single tool for both. A flushed FDB or neighbour entry comes back on the next pass.
 import { LoopedReconciler } from './reconcile-loop';
 import { createHash } from 'crypto';
-import { isIPv4 } from 'net';
 import type { Clock } from '../lib/clock';
 import { WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
+import { formatAddr, isAddrText, tryParseCidr } from '../lib/addr';
 import { execHost, HostCtx, HostError, ipBatch, ipJson, nsPrefix } from './ip';
 import type { DesiredRoute } from './routes';
 
 export const DEFAULT_VXLAN_NAME = 'weave-vx';
 /** 'W': any fixed value works, both ends must agree; VNI is not negotiated. */
 export const DEFAULT_VNI = 0x57;
-export const DEFAULT_VXLAN_PORT = 6784;
 /** Outer IPv4 + UDP + VXLAN + inner Ethernet. */
 export const VXLAN_OVERHEAD = 50;
 export const DEFAULT_VTEP_CIDR = '169.254.0.0/16';
@@ -40,14 +39,6 @@ export function vtepMacFor(name: PeerName): string {
   return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
-function ipToU32(s: string): number {
-  const p = s.split('.').map(Number);
-  return (((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0);
-}
-function u32ToIp(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-}
-
 /** Addresses inside 169.254/16 with other owners: never a VTEP. */
 const RESERVED_VTEPS = new Set(['169.254.53.53', '169.254.169.254', '169.254.169.253', '169.254.170.2']);
 
@@ -57,15 +48,14 @@ const RESERVED_VTEPS = new Set(['169.254.53.53', '169.254.169.254', '169.254.169
  * way, so nothing is allocated; collisions (two neighbours on one address) are detected by fastdp.
  */
 export function vtepIpFor(name: PeerName, cidr = DEFAULT_VTEP_CIDR): string {
-  const [base, lenS] = cidr.split('/');
-  const len = Number(lenS);
-  if (!isIPv4(base) || !Number.isInteger(len) || len < 8 || len > 24) throw new WeaveError('EINVAL', `bad VTEP range ${cidr} (want an IPv4 /8../24)`);
-  const size = 2 ** (32 - len);
-  const net = (ipToU32(base) & ~(size - 1)) >>> 0;
+  const c = tryParseCidr(cidr, { allowHostBits: true });
+  if (!c || c.prefixLen < 8 || c.prefixLen > 24) throw new WeaveError('EINVAL', `bad VTEP range ${cidr} (want an IPv4 /8../24)`);
+  const size = c.end - c.start;
+  const net = c.start;
   for (let i = 0; ; i++) {
     const h = createHash('sha256').update(`weave vtep ${i} ${name.toLowerCase()}`).digest();
     const host = h.readUInt32BE(0) % size;
-    const ip = u32ToIp((net + host) >>> 0);
+    const ip = formatAddr((net + host) >>> 0);
     const last = host & 255;
     if (host !== 0 && host !== size - 1 && last !== 0 && last !== 255 && !RESERVED_VTEPS.has(ip)) return ip;
   }
@@ -125,16 +115,16 @@ function checkConfig(c: VxlanConfig): void {
   if (!/^[^\s/]{1,15}$/.test(c.name)) throw new WeaveError('EINVAL', `bad VXLAN device name "${c.name}"`);
   if (!Number.isInteger(c.vni) || c.vni < 1 || c.vni > 0xffffff) throw new WeaveError('EINVAL', `bad VNI ${c.vni}`);
   if (!Number.isInteger(c.port) || c.port < 1 || c.port > 65535) throw new WeaveError('EINVAL', `bad VXLAN port ${c.port}`);
-  if (!isIPv4(c.local)) throw new WeaveError('EINVAL', `VXLAN local "${c.local}" is not an IPv4 address`);
-  if (!isIPv4(c.address)) throw new WeaveError('EINVAL', `VTEP address "${c.address}" is not an IPv4 address`);
+  if (!isAddrText(c.local)) throw new WeaveError('EINVAL', `VXLAN local "${c.local}" is not an IPv4 address`);
+  if (!isAddrText(c.address)) throw new WeaveError('EINVAL', `VTEP address "${c.address}" is not an IPv4 address`);
   if (!MAC_RE.test(c.mac)) throw new WeaveError('EINVAL', `bad VTEP MAC "${c.mac}"`);
   if (!Number.isInteger(c.mtu) || c.mtu < 576 || c.mtu > 65535) throw new WeaveError('EINVAL', `VXLAN MTU ${c.mtu} out of range`);
 }
 
 function checkPeer(k: string, p: VxlanPeer): void {
   if (!MAC_RE.test(p.mac)) throw new WeaveError('EINVAL', `peer ${k}: bad VTEP MAC "${p.mac}"`);
-  if (!isIPv4(p.vtep)) throw new WeaveError('EINVAL', `peer ${k}: VTEP "${p.vtep}" is not an IPv4 address`);
-  if (!isIPv4(p.underlay)) throw new WeaveError('EINVAL', `peer ${k}: underlay "${p.underlay}" is not an IPv4 address`);
+  if (!isAddrText(p.vtep)) throw new WeaveError('EINVAL', `peer ${k}: VTEP "${p.vtep}" is not an IPv4 address`);
+  if (!isAddrText(p.underlay)) throw new WeaveError('EINVAL', `peer ${k}: underlay "${p.underlay}" is not an IPv4 address`);
 }
 
 /** Pure: the commands that turn `actual` into config + peers. */
@@ -293,7 +283,7 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
       try {
         fdb = JSON.parse(out) as ActualFdb[];
       } catch (e) {
-        throw new HostError(`bridge -json fdb show: unparsable JSON: ${errMsg(e)}`, { command: 'bridge -json fdb show', stderr: '' });
+        throw new HostError(`bridge -json fdb show: unparsable JSON: ${errMsg(e)}`, { command: 'bridge -json fdb show', stderr: '' }, { cause: e });
       }
     }
     return { link, addrs, fdb, neigh };

@@ -1,6 +1,6 @@
 // IPAM's HTTP API: the report, allocation by ident, claims, frees, `rmpeer` and `prime`. Bodies are
 // checked here (400 with what to fix); the subsystem does the work.
-import { checkAddr, checkCidr, num, optStr, str } from '../api/validate';
+import { checkAddr, checkCidr, num, optStr, str } from '../lib/validate';
 import type { ApiRoute } from '../lib/subsystem';
 import type { IpamSubsystem } from './subsystem';
 

@@ -12,10 +12,11 @@
 //    each ran their own consensus) cannot be merged entry by entry: merge refuses and reports it,
 //    and the allocator repairs it: the ring whose seed list sorts lower (compareSeeds) wins, the
 //    peers of the other ring adopt it and get back the addresses they hold from the new owners.
-import { Packr } from 'msgpackr';
 import { ProtocolError, WeaveError } from '../lib/errors';
 import { isPeerName, type PeerName } from '../mesh/peer';
-import { contains, formatAddr, formatRange, isAddr, type Addr, type Range } from './addr';
+import { decodeMsg, encodeMsg } from '../mesh/codec';
+import { contains, formatAddr, isAddr, type Addr, type Range } from '../lib/addr';
+import { formatRange } from './addr';
 
 export interface RingEntry {
   token: Addr;
@@ -38,7 +39,6 @@ export interface MergeResult {
  */
 export const CLAIM_BUMP = 1 << 20;
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 const MAX_NICK = 255;
 const MAX_ENTRIES = 1 << 20;
 
@@ -260,17 +260,11 @@ export class Ring {
   }
 
   encode(): Uint8Array {
-    return packr.pack(this.toWire());
+    return encodeMsg(this.toWire());
   }
 
   static decode(buf: Uint8Array): Ring {
-    let raw: unknown;
-    try {
-      raw = packr.unpack(buf);
-    } catch (err) {
-      throw new ProtocolError(`ipam ring: undecodable msgpack: ${(err as Error).message}`);
-    }
-    return Ring.fromWire(raw);
+    return Ring.fromWire(decodeMsg(buf, 'ipam ring'));
   }
 
   /** Validates a decoded wire object completely; ProtocolError on anything malformed. */

@@ -5,15 +5,13 @@
 //   unicast:          {v:1, k:'req', s:[start,end]}            ask the receiver for space in [start,end)
 //                     {v:1, k:'donate'|'nospace'|'handover', ring: RingWire}   answer / hand-over, carrying the ring
 //                     {v:1, k:'ack'}                           hand-over received
-import { Packr } from 'msgpackr';
 import type { GossipData } from '../mesh/types';
+import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import { ProtocolError } from '../lib/errors';
-import { isAddr, type Addr, type Range } from './addr';
+import { isAddr, type Addr, type Range } from '../lib/addr';
 import { Ring, compareSeeds, describe, isObj } from './ring';
 import { Paxos, type PaxosNode } from './paxos';
-
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
 /**
  * What a peer tells everyone during a merge repair (owner-only record, highest ver wins): the ring
@@ -44,12 +42,7 @@ export type UnicastMsg =
   | { k: 'ack' };
 
 function unpack(buf: Uint8Array, what: string): Record<string, unknown> {
-  let raw: unknown;
-  try {
-    raw = packr.unpack(buf);
-  } catch (err) {
-    throw new ProtocolError(`ipam ${what}: undecodable msgpack: ${(err as Error).message}`);
-  }
+  const raw = decodeMsg(buf, `ipam ${what}`);
   if (!isObj(raw)) throw new ProtocolError(`ipam ${what}: not a map`);
   if (raw.v !== 1) throw new ProtocolError(`ipam ${what}: unsupported version ${describe(raw.v)}`);
   return raw;
@@ -67,7 +60,7 @@ export function encodeGossip(m: GossipMsg): Uint8Array {
   if (m.ring && !m.ring.isEmpty()) o.ring = m.ring.toWire();
   if (m.paxos) o.px = paxosToWire(m.paxos);
   if (m.records && m.records.size) o.h = recordsToWire(m.records);
-  return packr.pack(o);
+  return encodeMsg(o);
 }
 
 export function decodeGossip(buf: Uint8Array): GossipMsg {
@@ -82,9 +75,9 @@ export function decodeGossip(buf: Uint8Array): GossipMsg {
 }
 
 export function encodeUnicast(m: UnicastMsg): Uint8Array {
-  if (m.k === 'req') return packr.pack({ v: 1, k: 'req', s: [m.subnet.start, m.subnet.end] });
-  if (m.k === 'ack') return packr.pack({ v: 1, k: 'ack' });
-  return packr.pack({ v: 1, k: m.k, ring: m.ring.toWire() });
+  if (m.k === 'req') return encodeMsg({ v: 1, k: 'req', s: [m.subnet.start, m.subnet.end] });
+  if (m.k === 'ack') return encodeMsg({ v: 1, k: 'ack' });
+  return encodeMsg({ v: 1, k: m.k, ring: m.ring.toWire() });
 }
 
 export function decodeUnicast(buf: Uint8Array): UnicastMsg {
@@ -109,13 +102,13 @@ function paxosToWire(m: Map<PeerName, PaxosNode>): unknown[] {
   return out;
 }
 
-export function recordsToWire(m: Map<PeerName, HeldRecord>): unknown[] {
+function recordsToWire(m: Map<PeerName, HeldRecord>): unknown[] {
   const out: unknown[] = [];
   for (const [name, r] of m) out.push(name, r.ver, r.seeds, r.held, r.dups, r.removed ? 1 : 0);
   return out;
 }
 
-export function recordsFromWire(raw: unknown, range: Range): Map<PeerName, HeldRecord> {
+function recordsFromWire(raw: unknown, range: Range): Map<PeerName, HeldRecord> {
   const bad = (why: string): never => {
     throw new ProtocolError(`ipam held records: ${why}`);
   };
@@ -148,32 +141,20 @@ export function recordsFromWire(raw: unknown, range: Range): Map<PeerName, HeldR
 
 /** Held-address records as persisted by the allocator (same validation as on the wire). */
 export function encodeRecords(m: Map<PeerName, HeldRecord>): Uint8Array {
-  return packr.pack(recordsToWire(m));
+  return encodeMsg(recordsToWire(m));
 }
 
 export function decodeRecords(buf: Uint8Array, range: Range): Map<PeerName, HeldRecord> {
-  let raw: unknown;
-  try {
-    raw = packr.unpack(buf);
-  } catch (err) {
-    throw new ProtocolError(`ipam held records: undecodable msgpack: ${(err as Error).message}`);
-  }
-  return recordsFromWire(raw, range);
+  return recordsFromWire(decodeMsg(buf, 'ipam held records'), range);
 }
 
 /** One acceptor's Paxos state as persisted (the 8-tuple of the gossip format). */
 export function encodePaxosNode(name: PeerName, n: PaxosNode): Uint8Array {
-  return packr.pack(paxosToWire(new Map([[name, n]])));
+  return encodeMsg(paxosToWire(new Map([[name, n]])));
 }
 
 export function decodePaxosNode(buf: Uint8Array, name: PeerName): PaxosNode {
-  let raw: unknown;
-  try {
-    raw = packr.unpack(buf);
-  } catch (err) {
-    throw new ProtocolError(`ipam paxos state: undecodable msgpack: ${(err as Error).message}`);
-  }
-  const n = Paxos.fromWire(raw).get(name);
+  const n = Paxos.fromWire(decodeMsg(buf, 'ipam paxos state')).get(name);
   if (!n) throw new ProtocolError(`ipam paxos state: no record for ${name}`);
   return n;
 }

@@ -12,10 +12,11 @@
 //
 // Key material travels to ip(8) only on stdin (`ip -batch -`), never in argv (visible in ps), and errors
 // are re-raised without the batch text so keys cannot reach a log.
-import { isIPv4 } from 'net';
 import { HostCtx, HostError, ip, ipBatch } from '../host/ip';
 import { WeaveError, UsageError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
+import { isAddrText } from '../lib/addr';
+import { VXLAN_PORT } from '../lib/ports';
 import { ESP_AEAD_ALG, ESP_ICV_BITS, EspKeys, keyHex, spiHex } from './keys';
 import { randomBytes } from 'crypto';
 
@@ -23,7 +24,6 @@ import { randomBytes } from 'crypto';
 export const DEFAULT_REQID = 0x77656176;
 /** Reqid of the throwaway state supportsEsp adds and deletes. */
 export const PROBE_REQID = 0x77656170;
-export const DEFAULT_VXLAN_PORT = 6784;
 /**
  * Bytes ESP adds to each VXLAN datagram (transport mode, rfc4106(gcm(aes))): SPI + sequence 8, IV 8,
  * ICV 16, pad length + next header 2, up to 3 bytes padding to 4-byte alignment. The VXLAN device's MTU
@@ -195,7 +195,7 @@ async function batchRedacted(ctx: HostCtx, what: string, lines: string[], force 
 function checkAddr(what: string, a: string): void {
   // IPv4 only: the underlay of weave.ts is IPv4, and ip prints IPv6 in a canonical form we would
   // have to reproduce to recognise our own entries.
-  if (typeof a !== 'string' || !isIPv4(a)) throw new UsageError(`${what} "${a}" is not an IPv4 address`, { what, addr: a });
+  if (!isAddrText(a)) throw new UsageError(`${what} "${a}" is not an IPv4 address`, { what, addr: a });
 }
 
 // ---------------------------------------------------------------------------------------------- manager
@@ -210,7 +210,7 @@ export class XfrmManager {
   constructor(opts: XfrmOptions) {
     this.ctx = opts.ctx;
     this.log = opts.log.child({ component: 'ipsec' });
-    this.port = opts.port ?? DEFAULT_VXLAN_PORT;
+    this.port = opts.port ?? VXLAN_PORT;
     this.reqid = opts.reqid ?? DEFAULT_REQID;
     if (!Number.isInteger(this.port) || this.port < 1 || this.port > 65535) throw new UsageError(`bad VXLAN port ${this.port}`);
     if (!Number.isInteger(this.reqid) || this.reqid < 1 || this.reqid > 0xffffffff) throw new UsageError(`bad reqid ${this.reqid}`);

@@ -13,8 +13,8 @@ export class WeaveError extends Error {
 
 /** Malformed or unexpected bytes from a peer: fatal for that connection only. */
 export class ProtocolError extends WeaveError {
-  constructor(message: string, context: Record<string, unknown> = {}) {
-    super('EPROTO', message, context);
+  constructor(message: string, context: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super('EPROTO', message, context, options);
     this.name = 'ProtocolError';
   }
 }
@@ -29,8 +29,8 @@ export class RefusedError extends WeaveError {
 
 /** Bad input from a user (CLI flag, API body): the message says what to fix. */
 export class UsageError extends WeaveError {
-  constructor(message: string, context: Record<string, unknown> = {}) {
-    super('EUSAGE', message, context);
+  constructor(message: string, context: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super('EUSAGE', message, context, options);
     this.name = 'UsageError';
   }
 }

@@ -8,10 +8,12 @@
 // it needs from the daemon in its own context type, which the daemon's context satisfies.
 import type { Command } from 'commander';
 import type { Registry } from 'prom-client';
+import type { Body } from './validate';
 
 export type HttpMethod = 'GET' | 'POST' | 'DELETE';
 
-export interface ApiRequest { body: any; query: URLSearchParams; path: string }
+/** A request as handlers see it: the body is already known to be a JSON object (lib/validate.ts reads its fields). */
+export interface ApiRequest { body: Body; query: URLSearchParams; path: string }
 export type ApiHandler = (req: ApiRequest) => Promise<unknown> | unknown;
 
 /** One HTTP API route. GETs are read-only; everything else changes state (root-only socket). */

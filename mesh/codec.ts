@@ -1,24 +1,30 @@
-// msgpack helpers and validators for mesh wire messages. Everything that comes off the network goes
-// through decodeMsg + the `want*` checks, so a malformed message becomes a ProtocolError (fatal for
-// that connection only) rather than a TypeError somewhere deep in the topology or a gossiper.
+// The one msgpack codec of the project: every gossip channel (topology, ipam, dns, prefixes), the
+// features frame of the handshake, the overlays' control messages and the state files encode with
+// encodeMsg and decode with decodeMsg + the `want*` checks, so a malformed message becomes a
+// ProtocolError (fatal for that connection only) rather than a TypeError somewhere deep in the
+// topology or a gossiper.
 import { Packr } from 'msgpackr';
-import { ProtocolError } from '../lib/errors';
+import { ProtocolError, errMsg } from '../lib/errors';
 import { isPeerName, type PeerName } from './peer';
+import { formatHostPort, tryParseHostPort } from '../lib/addr';
 
 // Records off: a record-extension stream would make one peer's decoder state depend on earlier
-// messages, and maps decode as plain objects so validators see one shape.
+// messages, and maps decode as plain objects so validators see one shape. A record definition a
+// peer sends anyway lives for that one unpack: without `structures` msgpackr starts every unpack
+// with none, so one shared instance serves all connections (test/unit/codec.test.ts checks it).
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
 
 export function encodeMsg(obj: unknown): Uint8Array {
   return packr.pack(obj);
 }
 
+/** One msgpack value filling buf exactly; anything else is a ProtocolError "<what>: malformed msgpack". */
 export function decodeMsg(buf: Uint8Array, what: string): unknown {
   if (!(buf instanceof Uint8Array)) throw new ProtocolError(`${what}: payload is not bytes`);
   try {
     return packr.unpack(buf);
   } catch (e) {
-    throw new ProtocolError(`${what}: malformed msgpack`, { cause: e instanceof Error ? e.message : String(e) });
+    throw new ProtocolError(`${what}: malformed msgpack: ${errMsg(e).slice(0, 120)}`, { bytes: buf.length }, { cause: e });
   }
 }
 
@@ -67,28 +73,21 @@ export function wantVersion(o: Record<string, unknown>, what: string, supported:
   if (o.v !== supported) throw new ProtocolError(`${what}: unsupported version`, { got: typeof o.v === 'number' ? o.v : String(o.v), supported });
 }
 
-/** "host:port", "[v6]:port" or bare "host" (given the default port) -> canonical "host:port". */
+/**
+ * "host:port", "[v6]:port" or a bare host (given the default port) -> canonical "host:port" (lib/addr
+ * parseHostPort's grammar). A target that grammar refuses stays as written: dialling it then fails
+ * with the parser's message, which status shows for that target, instead of the address vanishing.
+ */
 export function normalizeAddress(addr: string, defaultPort: number): string {
   const a = addr.trim();
-  if (a.startsWith('[')) {
-    const end = a.indexOf(']');
-    if (end < 0) return a;
-    const host = a.slice(0, end + 1);
-    const rest = a.slice(end + 1);
-    return rest.startsWith(':') && rest.length > 1 ? `${host}${rest}` : `${host}:${defaultPort}`;
-  }
-  const colons = a.split(':').length - 1;
-  if (colons === 0) return `${a}:${defaultPort}`;
-  if (colons === 1) return a.endsWith(':') ? `${a}${defaultPort}` : a;
-  return `[${a}]:${defaultPort}`; // bare IPv6
+  const hp = tryParseHostPort(a, defaultPort);
+  return hp ? formatHostPort(hp.host, hp.port) : a;
 }
 
-/** Host part of "host:port" / "[v6]:port". */
+/** Host part of "host:port" / "[v6]:port", as it is written there (IPv6 in brackets). */
 export function hostOf(addr: string): string {
-  if (addr.startsWith('[')) {
-    const end = addr.indexOf(']');
-    return end < 0 ? addr : addr.slice(0, end + 1);
-  }
+  const hp = tryParseHostPort(addr, 0);
+  if (hp) return hp.host.includes(':') ? `[${hp.host}]` : hp.host;
   const i = addr.lastIndexOf(':');
   return i < 0 ? addr : addr.slice(0, i);
 }

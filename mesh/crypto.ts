@@ -185,7 +185,7 @@ export function loadCrypto(
   try {
     return sodiumEngine(requireNative());
   } catch (e) {
-    log?.warn({ component: 'crypto', err: errMsg(e), engine: 'tweetnacl' }, 'sodium-native could not load; falling back to tweetnacl (pure JS, slower)');
+    log?.warn({ err: errMsg(e), engine: 'tweetnacl' }, 'sodium-native could not load; falling back to tweetnacl (pure JS, slower)');
     return tweetnaclEngine();
   }
 }

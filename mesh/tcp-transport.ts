@@ -5,12 +5,14 @@
 import * as net from 'net';
 import { type CryptoEngine } from './crypto';
 import { ProtocolError, RefusedError, WeaveError, errMsg } from '../lib/errors';
+import { parseHostPort } from '../lib/addr';
+import { CONTROL_PORT } from '../lib/ports';
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { Logger } from '../lib/log';
 import { type ConnectFailure, type Features, type MeshConnection, Msg, type Transport } from './types';
 import { DEFAULT_MAX_FRAME, type Established, WireSession } from './wire';
 
-export const DEFAULT_PORT = 6783;
+export const DEFAULT_PORT = CONTROL_PORT;
 
 export interface TcpTransportOptions {
   /** listen address; '' = all addresses */
@@ -57,28 +59,9 @@ export interface TransportCounters {
   handlerErrors: number;
 }
 
-/** Parses "host:port", "[v6]:port", "host" or "v6" (port defaults to 6783). */
+/** "host:port", "[v6]:port", "host" or "v6" (port defaults to DEFAULT_PORT): lib/addr parseHostPort; a UsageError. */
 export function parseAddress(address: string, defaultPort = DEFAULT_PORT): { host: string; port: number } {
-  const a = address.trim();
-  let host = a;
-  let portStr: string | undefined;
-  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(a);
-  if (v6) {
-    host = v6[1];
-    portStr = v6[2];
-  } else if ((a.match(/:/g) ?? []).length === 1) {
-    const i = a.lastIndexOf(':');
-    host = a.slice(0, i);
-    portStr = a.slice(i + 1);
-  }
-  if (!host) throw new WeaveError('EUSAGE', `invalid peer address "${address}": empty host`);
-  let port = defaultPort;
-  if (portStr !== undefined) {
-    if (!/^\d+$/.test(portStr)) throw new WeaveError('EUSAGE', `invalid peer address "${address}": bad port`);
-    port = Number(portStr);
-    if (port < 1 || port > 65535) throw new WeaveError('EUSAGE', `invalid peer address "${address}": port out of range`);
-  }
-  return { host, port };
+  return parseHostPort(address.trim(), defaultPort, { what: 'peer address' });
 }
 
 function fmtAddr(ip: string | undefined, port: number | undefined): string {

@@ -16,20 +16,20 @@
 //
 // Both sides send their features frame as soon as they know the key, without waiting for the peer's,
 // so a password mismatch is seen on BOTH ends (each fails to open the other's first frame).
-import { Packr, Unpackr } from 'msgpackr';
-import { ProtocolError, RefusedError, WeaveError, errMsg } from '../lib/errors';
+import { ProtocolError, RefusedError, WeaveError } from '../lib/errors';
+import { decodeMsg, encodeMsg } from './codec';
 import { isPeerName } from './peer';
 import type { Features } from './types';
 import { type CryptoEngine, NONCE_BYTES, SECRETBOX_OVERHEAD, X25519_BYTES } from './crypto';
 
 export const MAGIC = Buffer.from('weave\x00', 'latin1');
 export const HELLO_BYTES = MAGIC.length + 2;
-export const KEYX_BYTES = 1 + X25519_BYTES;
-export const FLAG_ENCRYPT = 0x01;
+const KEYX_BYTES = 1 + X25519_BYTES;
+const FLAG_ENCRYPT = 0x01;
 export const PROTOCOL_MIN_VERSION = 1;
 export const PROTOCOL_MAX_VERSION = 1;
-export const FEATURES_VERSION = 1;
-export const FRAME_HEADER_BYTES = 4;
+const FEATURES_VERSION = 1;
+const FRAME_HEADER_BYTES = 4;
 export const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
 
 export const DIR_FROM_DIALLER = 0;
@@ -93,7 +93,7 @@ export function decodeKeyExchange(b: Uint8Array): { encrypt: boolean; publicKey:
   return { encrypt: (b[0] & FLAG_ENCRYPT) !== 0, publicKey: Buffer.from(b.subarray(1)) };
 }
 
-export function checkEncryption(localEncrypts: boolean, remoteEncrypts: boolean): void {
+function checkEncryption(localEncrypts: boolean, remoteEncrypts: boolean): void {
   if (localEncrypts === remoteEncrypts) return;
   throw new RefusedError(
     'EENCRYPTION',
@@ -102,7 +102,7 @@ export function checkEncryption(localEncrypts: boolean, remoteEncrypts: boolean)
   );
 }
 
-export function deriveSessionKey(crypto: CryptoEngine, shared: Uint8Array, password: Uint8Array): Buffer {
+function deriveSessionKey(crypto: CryptoEngine, shared: Uint8Array, password: Uint8Array): Buffer {
   return crypto.sha256(shared, password);
 }
 
@@ -112,10 +112,8 @@ const MAX_STR = 255;
 const MAX_OVERLAYS = 16;
 const MAX_PARAM_KEYS = 64;
 
-export function encodeFeatures(f: Features): Buffer {
-  // Plain maps, never records: a peer must not be able to teach our decoder shared structures.
-  const p = new Packr({ useRecords: false });
-  return p.pack({
+export function encodeFeatures(f: Features): Uint8Array {
+  return encodeMsg({
     v: FEATURES_VERSION,
     name: f.name,
     nickname: f.nickname,
@@ -143,13 +141,8 @@ function str(o: Record<string, unknown>, k: string, minLen: number, maxLen: numb
 }
 
 export function decodeFeatures(b: Uint8Array): Features {
-  let o: unknown;
-  try {
-    // A fresh decoder per message: record definitions sent by one peer must not leak into another's.
-    o = new Unpackr({ useRecords: false, mapsAsObjects: true }).unpack(b);
-  } catch (e) {
-    throw new ProtocolError(`features: not valid msgpack: ${errMsg(e)}`);
-  }
+  // The shared decoder keeps no record definitions between messages (mesh/codec.ts).
+  const o = decodeMsg(b, 'features');
   if (!isPlainObject(o)) throw new ProtocolError('features: not a map');
   if (o.v !== FEATURES_VERSION) throw new ProtocolError(`features: unsupported version ${String(o.v)}`, { version: o.v });
   const name = str(o, 'name', 17, 17);

@@ -6,7 +6,7 @@
 //           the baseline bench/sleeve compares against
 // Both put the same bytes on the wire (test/unit/secretbox-native.test.ts).
 import { KEY_BYTES as BOX_KEY, NONCE_BYTES as BOX_NONCE, SECRETBOX_OVERHEAD as BOX_TAG, type CryptoEngine } from '../mesh/crypto';
-import { WeaveError } from '../lib/errors';
+import { UsageError, WeaveError } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { setNonce } from './frame';
 import { loadTunIo, type TunIo } from './native';
@@ -158,7 +158,7 @@ export function nativeBoxes(io: TunIo | null): BoxBatch | null {
 export function boxModeFromEnv(v: string | undefined): 'auto' | BoxKind {
   if (v === undefined || v === '' || v === 'auto') return 'auto';
   if (v === 'native' || v === 'engine') return v;
-  throw new WeaveError('EINVAL', `WEAVE_SLEEVE_CRYPTO must be auto, native or engine, not ${JSON.stringify(v)}`);
+  throw new UsageError(`WEAVE_SLEEVE_CRYPTO must be auto, native or engine, not ${JSON.stringify(v)}`);
 }
 
 /**

@@ -21,7 +21,8 @@
 // writeBatch, so PMTU (frag-needed / fragmenting against the path MTU) works per segment as before.
 import { BoxJobs, type BoxBatch } from './boxes';
 import { FrameHeader, FrameType, HDR, LANES, TAG, ViewCache, parseHeader, readU32, writeHeader, writeU32 } from './frame';
-import { ForwardingTable, NO_PEER, type Prefix4 } from './forwarding';
+import { ForwardingTable, NO_PEER } from './forwarding';
+import type { Cidr } from '../lib/addr';
 import { UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipv4DontFragment, ipv4Dst, ipv4HeaderLen, writeUnreachable } from './icmp';
 import { ReplayVerdict, ReplayWindow } from './replay';
 import { TUN_CARRY_BAD, TUN_CARRY_SUPER } from './native';
@@ -102,7 +103,7 @@ export interface PathSpec {
 }
 
 export interface ForwardingSpec {
-  entries: Array<{ prefix: Prefix4; peer: number }>;
+  entries: Array<{ prefix: Cidr; peer: number }>;
   /** per peer id: slot of the next hop's established path, or -1 */
   next: number[];
   /** our own peer id (packets for it go to the TUN), or -1 */

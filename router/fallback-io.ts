@@ -16,6 +16,7 @@
 // Only LP64 Linux layouts (x64, arm64) are encoded below; elsewhere loading fails with a clear error.
 import type { Logger } from '../lib/log';
 import { WeaveError, errMsg } from '../lib/errors';
+import { errno as E, errnoName } from '../lib/errno';
 import { ADDON_MAX_BATCH, type TunIo } from './native';
 
 /** Which implementation a TunIo is, for reports ('native' = the addon). */
@@ -45,12 +46,7 @@ const IP_PMTUDISC_DO = 2;
 const MSG_DONTWAIT = 0x40;
 const MSG_TRUNC = 0x20;
 
-const EINTR = 4;
-const EAGAIN = 11;
-const ENETUNREACH = 101;
-const ECONNREFUSED = 111;
-const EHOSTUNREACH = 113;
-const EMSGSIZE = 90;
+const { EINTR, EAGAIN, ENETUNREACH, ECONNREFUSED, EHOSTUNREACH, EMSGSIZE } = E;
 
 const POLLIN = 0x1;
 const POLLERR = 0x8;
@@ -102,10 +98,12 @@ function loadLibc(koffi: typeof import('koffi')): Libc {
   };
 }
 
+/** The same shape the addon throws (code, errno), with the errno's name where the addon has a number. */
 function errnoError(what: string, errno: number): Error {
-  const e = new Error(`${what}: errno ${errno}`) as Error & { errno: number; code: string };
+  const name = errnoName(errno);
+  const e = new Error(`${what}: ${name}`) as Error & { errno: number; code: string };
   e.errno = errno;
-  e.code = `E${errno}`;
+  e.code = name;
   return e;
 }
 

@@ -18,8 +18,6 @@
 // (IP_PMTUDISC_DO on every datagram): a full-size heartbeat the kernel cannot send unfragmented fails
 // with EMSGSIZE locally, and one a smaller link drops on the way never arrives — both fail the path.
 import { randomBytes } from 'crypto';
-import { isIPv4 } from 'net';
-import { Packr } from 'msgpackr';
 import type { Clock, TimerHandle } from '../lib/clock';
 import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
@@ -30,11 +28,14 @@ import { deriveEspKeys, newEspNonce, ESP_NONCE_BYTES, type EspKeys } from '../ip
 import type { EspSupport, PeerSas } from '../ipsec/xfrm';
 import type { TunIo } from './native';
 import { EAGAIN, EMSGSIZE, NativeUdp } from './udp';
-import { ip4ToU32, u32ToIp4 } from './forwarding';
+import { decodeMsg, encodeMsg } from '../mesh/codec';
+import { formatAddr, isAddrText, tryParseAddr } from '../lib/addr';
+import { errno, errnoName } from '../lib/errno';
+import { FASTDP_HB_PORT, VXLAN_PORT } from '../lib/ports';
 
 export const FASTDP = 'fastdp';
-/** UDP port of fastdp heartbeats, bound on the VTEP address only (the VXLAN socket owns :6784). */
-export const DEFAULT_FASTDP_HB_PORT = 6785;
+/** UDP port of fastdp heartbeats (lib/ports.ts), bound on the VTEP address only. */
+export const DEFAULT_FASTDP_HB_PORT = FASTDP_HB_PORT;
 export const FASTDP_CTL_VERSION = 1;
 /** Inner IPv4 + UDP headers of a heartbeat. */
 const HB_HEADERS = 28;
@@ -45,8 +46,6 @@ const HB_SMALL = 1;
 const HB_FULL = 2;
 const TOKEN_BYTES = 8;
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
-
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
 
 /** What a router puts under Features.overlayParams.fastdp. */
 export interface FastDpParams { v: number; mac: string; vtep: string; port: number; hb: number }
@@ -165,7 +164,7 @@ class FdPath {
 function parseParams(x: unknown): FastDpParams | undefined {
   if (typeof x !== 'object' || x === null) return undefined;
   const p = x as Record<string, unknown>;
-  if (p.v !== 1 || typeof p.mac !== 'string' || !MAC_RE.test(p.mac) || typeof p.vtep !== 'string' || !isIPv4(p.vtep)) return undefined;
+  if (p.v !== 1 || typeof p.mac !== 'string' || !MAC_RE.test(p.mac) || !isAddrText(p.vtep)) return undefined;
   if (!isPort(p.port) || !isPort(p.hb)) return undefined;
   return { v: 1, mac: p.mac, vtep: p.vtep, port: p.port as number, hb: p.hb as number };
 }
@@ -186,12 +185,7 @@ export interface FastDpOff { t: 'off'; why: string }
 
 /** Decodes and validates one fastdp control message; null when it belongs to another overlay. */
 export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear | FastDpOff | null {
-  let m: unknown;
-  try {
-    m = packr.unpack(payload);
-  } catch (e) {
-    throw new ProtocolError('fastdp control: malformed msgpack', { cause: errMsg(e) });
-  }
+  const m = decodeMsg(payload, 'fastdp control');
   if (typeof m !== 'object' || m === null || Object.getPrototypeOf(m) !== Object.prototype) throw new ProtocolError('fastdp control: expected a map');
   const c = m as Record<string, unknown>;
   if (typeof c.o !== 'string') throw new ProtocolError('fastdp control: no overlay name');
@@ -199,8 +193,8 @@ export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear |
   if (c.v !== FASTDP_CTL_VERSION) throw new ProtocolError('fastdp control: unsupported version', { v: c.v });
   if (c.t === 'hello') {
     if (typeof c.mac !== 'string' || !MAC_RE.test(c.mac)) throw new ProtocolError('fastdp hello: bad mac');
-    if (typeof c.vtep !== 'string' || !isIPv4(c.vtep)) throw new ProtocolError('fastdp hello: bad vtep');
-    if (typeof c.underlay !== 'string' || !isIPv4(c.underlay)) throw new ProtocolError('fastdp hello: bad underlay');
+    if (!isAddrText(c.vtep)) throw new ProtocolError('fastdp hello: bad vtep');
+    if (!isAddrText(c.underlay)) throw new ProtocolError('fastdp hello: bad underlay');
     if (!isPort(c.port)) throw new ProtocolError('fastdp hello: bad port');
     if (!isPort(c.hb)) throw new ProtocolError('fastdp hello: bad heartbeat port');
     const out: FastDpHello = { t: 'hello', mac: c.mac, vtep: c.vtep, underlay: c.underlay, port: c.port as number, hb: c.hb as number, token: bytes(c.token, TOKEN_BYTES, 'token') };
@@ -219,7 +213,7 @@ export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear |
 }
 
 export function encodeFastDpCtl(body: Record<string, unknown>): Uint8Array {
-  return packr.pack({ v: FASTDP_CTL_VERSION, o: FASTDP, ...body });
+  return encodeMsg({ v: FASTDP_CTL_VERSION, o: FASTDP, ...body });
 }
 
 export class FastDp {
@@ -246,10 +240,10 @@ export class FastDp {
     this.log = o.log.child({ component: 'fastdp' });
     this.clock = o.clock;
     this.mtu = o.mtu;
-    this.port = o.port ?? 6784;
+    this.port = o.port ?? VXLAN_PORT;
     this.hbPort = o.hbPort ?? DEFAULT_FASTDP_HB_PORT;
     if (!(o.mtu >= 576 && o.mtu <= 65535)) throw new WeaveError('EINVAL', `fastdp MTU ${o.mtu} out of range`);
-    if (!isIPv4(o.underlay) || !isIPv4(o.vtep) || !MAC_RE.test(o.mac)) throw new WeaveError('EINVAL', 'fastdp: bad underlay, VTEP address or MAC', { underlay: o.underlay, vtep: o.vtep, mac: o.mac });
+    if (!isAddrText(o.underlay) || !isAddrText(o.vtep) || !MAC_RE.test(o.mac)) throw new WeaveError('EINVAL', 'fastdp: bad underlay, VTEP address or MAC', { underlay: o.underlay, vtep: o.vtep, mac: o.mac });
     this.heartbeatMs = o.heartbeatMs ?? 1000;
     this.deadMs = o.deadMs ?? 5000;
     this.establishTimeoutMs = o.establishTimeoutMs ?? 10000;
@@ -468,7 +462,7 @@ export class FastDp {
     const err = e2 || e1;
     if (err !== 0 && err !== EAGAIN) {
       this.counters.hbSendErrors++;
-      if (err !== p.lastSendErr) this.log.debug({ peer: p.peer, errno: err, size: this.full.length }, 'fastdp heartbeat send failed');
+      if (err !== p.lastSendErr) this.log.debug({ peer: p.peer, errno: errnoName(err), size: this.full.length }, 'fastdp heartbeat send failed');
     }
     p.lastSendErr = err;
   }
@@ -552,7 +546,7 @@ export class NativeHeartbeatIo implements HeartbeatIo {
   private readonly stride: number;
 
   constructor(io: TunIo, bindIp: string, port: number, maxSize = 65535) {
-    const ip = ip4ToU32(bindIp);
+    const ip = tryParseAddr(bindIp);
     if (ip === undefined) throw new WeaveError('EINVAL', `bad heartbeat bind address ${bindIp}`);
     this.udp = new NativeUdp(io, ip, port, 1 << 20);
     this.buf = Buffer.alloc(maxSize);
@@ -563,8 +557,8 @@ export class NativeHeartbeatIo implements HeartbeatIo {
   get port(): number { return this.udp.port; }
 
   send(dstIp: string, port: number, payload: Uint8Array): number {
-    const ip = ip4ToU32(dstIp);
-    if (ip === undefined || payload.length > this.buf.length) return 22; // EINVAL
+    const ip = tryParseAddr(dstIp);
+    if (ip === undefined || payload.length > this.buf.length) return errno.EINVAL;
     this.buf.set(payload, 0);
     this.ips[0] = ip;
     this.ports[0] = port;
@@ -588,7 +582,7 @@ export class NativeHeartbeatIo implements HeartbeatIo {
       const n = this.udp.recvBatch(this.rxBuf, this.stride, 4, this.rxLens, this.rxIps, this.rxPorts);
       for (let i = 0; i < n; i++) {
         const len = Math.min(this.rxLens[i], this.stride);
-        cb(u32ToIp4(this.rxIps[i]), this.rxBuf.subarray(i * this.stride, i * this.stride + len));
+        cb(formatAddr(this.rxIps[i]), this.rxBuf.subarray(i * this.stride, i * this.stride + len));
       }
       if (n < 4) break;
     }

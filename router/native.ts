@@ -62,7 +62,7 @@ export const UDP_GRO_CARRY_SIZE = 256 + 8 * 65536;
 /** Largest batch the addon accepts per sendBatch/recvBatch call. */
 export const ADDON_MAX_BATCH = 256;
 
-export function defaultAddonPath(): string {
+function defaultAddonPath(): string {
   // dist-*/router/native.js and router/native.ts both sit two levels below the repo root.
   return path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'weave_tunio.node');
 }
@@ -89,6 +89,6 @@ export function loadTunIo(log: Logger, load: (p: string) => unknown = (p) => req
       errors.push(`${p}: ${errMsg(e)}`);
     }
   }
-  log.warn({ component: 'native', tried: errors }, 'native data-path addon could not load (run `node scripts/build-native.js`)');
+  log.warn({ tried: errors }, 'native data-path addon could not load (run `node scripts/build-native.js`)');
   return null;
 }

@@ -349,7 +349,7 @@ export class FastDpRoutes {
     try {
       this.o.sink.setDesired(FASTDP_ROUTE_OWNER, list);
     } catch (e) {
-      this.o.log.error({ component: 'fastdp', err: errMsg(e), routes: list.length }, 'cannot set fastdp routes');
+      this.o.log.error({ err: errMsg(e), routes: list.length }, 'cannot set fastdp routes');
     }
   }
 

@@ -4,20 +4,20 @@
 // clock's time when the router starts, so a restarted router's announcements supersede its old ones
 // without coordination; if we still see a newer entry of our own name we outbid it.
 // Removed peers leave a tombstone so their stale entry gossiped back by others is not resurrected.
-import { Packr } from 'msgpackr';
 import { ProtocolError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { Clock } from '../lib/clock';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
-import { formatPrefix, tryParsePrefix } from './forwarding';
+import { decodeMsg, encodeMsg } from '../mesh/codec';
+import { formatCidr, parseCidr, tryParseCidr } from '../lib/addr';
 
 export const PREFIXES_CHANNEL = 'prefixes';
 const WIRE_VERSION = 1;
 const MAX_ORIGINS = 100_000;
 const MAX_PREFIXES = 65_536;
-
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
+/** Announced prefixes may carry host bits or be a bare address (a /32); they are kept canonical. */
+const PREFIX_SPELLING = { allowBare: true, allowHostBits: true } as const;
 
 export interface PrefixEntry {
   version: number;
@@ -28,7 +28,7 @@ export class PrefixUpdate implements GossipData {
   constructor(readonly entries: Map<PeerName, PrefixEntry> = new Map()) {}
   encode(): Uint8Array[] {
     const list = [...this.entries].map(([o, e]) => ({ o, ver: e.version, p: [...e.prefixes] }));
-    return [packr.pack({ v: WIRE_VERSION, entries: list })];
+    return [encodeMsg({ v: WIRE_VERSION, entries: list })];
   }
   merge(other: GossipData): GossipData {
     if (!(other instanceof PrefixUpdate)) return this;
@@ -42,12 +42,7 @@ export class PrefixUpdate implements GossipData {
 
 /** Validates a wire update; throws ProtocolError on anything malformed. Prefixes come back canonical. */
 export function decodePrefixUpdate(buf: Uint8Array): PrefixUpdate {
-  let m: unknown;
-  try {
-    m = packr.unpack(buf);
-  } catch (e) {
-    throw new ProtocolError('prefixes gossip: malformed msgpack', { cause: errMsg(e) });
-  }
+  const m = decodeMsg(buf, 'prefixes gossip');
   if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new ProtocolError('prefixes gossip: expected a map');
   const o = m as Record<string, unknown>;
   if (o.v !== WIRE_VERSION) throw new ProtocolError('prefixes gossip: unsupported version', { v: o.v });
@@ -61,9 +56,9 @@ export function decodePrefixUpdate(buf: Uint8Array): PrefixUpdate {
     if (!Array.isArray(e.p) || e.p.length > MAX_PREFIXES) throw new ProtocolError('prefixes gossip: prefixes must be an array', { origin: e.o });
     const prefixes: string[] = [];
     for (const s of e.p) {
-      const p = typeof s === 'string' && s.length <= 18 ? tryParsePrefix(s) : undefined;
+      const p = tryParseCidr(s, PREFIX_SPELLING);
       if (!p) throw new ProtocolError('prefixes gossip: bad prefix', { origin: e.o, prefix: String(s).slice(0, 40) });
-      prefixes.push(formatPrefix(p));
+      prefixes.push(formatCidr(p));
     }
     const prev = out.get(e.o);
     if (!prev || e.ver > prev.version) out.set(e.o, { version: e.ver, prefixes });
@@ -101,11 +96,7 @@ export class PrefixTable implements Gossiper {
 
   /** Replaces what this router announces. Prefixes are validated and made canonical (sorted, unique). */
   setLocal(prefixes: readonly string[]): void {
-    const canon = [...new Set(prefixes.map((s) => {
-      const p = tryParsePrefix(s);
-      if (!p) throw new ProtocolError(`invalid prefix "${s}"`);
-      return formatPrefix(p);
-    }))].sort();
+    const canon = [...new Set(prefixes.map((s) => formatCidr(parseCidr(s, { ...PREFIX_SPELLING, what: 'prefix' }))))].sort();
     const mine = this.entries.get(this.self)!;
     if (samePrefixes(mine.prefixes, canon)) return;
     const next = { version: mine.version + 1, prefixes: canon };

@@ -33,17 +33,19 @@
 // ways; it fails when they stop (the mesh then closes the connection and redials).
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import { Packr } from 'msgpackr';
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { CryptoEngine } from '../mesh/crypto';
 import { makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
-import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
+import { ProtocolError, UsageError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
 import { COUNTER, Datapath, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray, sumCounters, type DatapathEvents, type ForwardingSpec, type PathSpec, type SleeveCounters } from './datapath';
 import { FrameType, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame';
-import { ip4ToU32, parsePrefix, u32ToIp4 } from './forwarding';
+import { decodeMsg, encodeMsg } from '../mesh/codec';
+import { formatAddr, parseCidr, tryParseAddr, tryParseHostPort } from '../lib/addr';
+import { errnoName } from '../lib/errno';
+import { CONTROL_PORT } from '../lib/ports';
 import type { PrefixTable } from './prefixes';
 import { loadTunIo, type TunIo } from './native';
 import { loadFallbackIo, type IoKind } from './fallback-io';
@@ -54,7 +56,8 @@ import type { FromWorker, ToWorker, WorkerInit } from './sleeve-worker';
 
 export type { SleeveCounters } from './datapath';
 
-export const DEFAULT_SLEEVE_PORT = 6783;
+/** the sleeve's UDP port has the TCP control port's number */
+export const DEFAULT_SLEEVE_PORT = CONTROL_PORT;
 export const DEFAULT_TUN_NAME = 'weave-tun';
 /** IPv4 + UDP headers around every frame on the underlay. */
 export const UNDERLAY_OVERHEAD = 28;
@@ -63,8 +66,6 @@ export const SLEEVE_OVERHEAD = UNDERLAY_OVERHEAD + HDR + TAG;
 
 const CTL_VERSION = 1;
 const PROBE_MTUS = [9000, 1500, 1492, 1480, 1460, 1440, 1420, 1400, 1380, 1350, 1300, 1280, 1200, 1100, 1000, 900, 800, 700, 576];
-
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
 
 // ---- inputs -------------------------------------------------------------------------------------
 
@@ -174,10 +175,10 @@ export interface SleeveHandle {
 }
 
 function parseRemoteIp(addr: string): number {
-  // "1.2.3.4:6783", "[::ffff:1.2.3.4]:6783", "::ffff:1.2.3.4:6783"
-  let host = addr.startsWith('[') ? addr.slice(1, addr.indexOf(']')) : addr.slice(0, addr.lastIndexOf(':'));
+  // "1.2.3.4:6783" or "[::ffff:1.2.3.4]:6783"; 0 (unknown until heartbeats teach us) for anything else
+  let host = tryParseHostPort(addr, 0)?.host ?? '';
   if (host.toLowerCase().startsWith('::ffff:')) host = host.slice(7);
-  return ip4ToU32(host) ?? 0;
+  return tryParseAddr(host) ?? 0;
 }
 
 function sleevePortOf(params: Record<string, unknown>): number | undefined {
@@ -336,7 +337,7 @@ export class Sleeve {
     this.pushPath(p);
     this.sendCtl(p, { t: 'hello', idx, port: this.udp.port });
     p.nextProbe = this.clock.now();
-    this.log.debug({ peer, idx, remote: `${u32ToIp4(sh.ip[slot])}:${sh.port[slot]}`, encrypted: txKey !== null }, 'sleeve path attached');
+    this.log.debug({ peer, idx, remote: `${formatAddr(sh.ip[slot])}:${sh.port[slot]}`, encrypted: txKey !== null }, 'sleeve path attached');
     this.recompute();
     return {
       onMessage: (payload) => this.onCtl(p, payload),
@@ -471,17 +472,12 @@ export class Sleeve {
 
   private sendCtl(p: PeerPath, body: Record<string, unknown>): void {
     if (p.closed) return;
-    p.conn.send(Msg.Overlay, packr.pack({ v: CTL_VERSION, o: 'sleeve', ...body }));
+    p.conn.send(Msg.Overlay, encodeMsg({ v: CTL_VERSION, o: 'sleeve', ...body }));
   }
 
   private onCtl(p: PeerPath, payload: Uint8Array): void {
     if (p.closed) return;
-    let m: unknown;
-    try {
-      m = packr.unpack(payload);
-    } catch (e) {
-      throw new ProtocolError('sleeve control: malformed msgpack', { cause: errMsg(e) });
-    }
+    const m = decodeMsg(payload, 'sleeve control');
     if (typeof m !== 'object' || m === null || Object.getPrototypeOf(m) !== Object.prototype) throw new ProtocolError('sleeve control: expected a map');
     const c = m as Record<string, unknown>;
     if (typeof c.o !== 'string') throw new ProtocolError('sleeve control: no overlay name');
@@ -555,7 +551,7 @@ export class Sleeve {
 
   private onAddress(slot: number, ip: number, port: number): void {
     const p = this.slots[slot];
-    if (p) this.log.info({ peer: p.peer, address: `${u32ToIp4(ip)}:${port}` }, 'peer UDP address learned');
+    if (p) this.log.info({ peer: p.peer, address: `${formatAddr(ip)}:${port}` }, 'peer UDP address learned');
   }
 
   private evaluate(p: PeerPath): void {
@@ -567,7 +563,7 @@ export class Sleeve {
       p.failReported = false;
       p.reason = '';
       const sh = this.shared;
-      this.log.info({ peer: p.peer, remote: `${u32ToIp4(sh.ip[p.slot])}:${sh.port[p.slot]}`, mtu: this.innerMtu(p), encrypted: p.txKey !== null }, 'sleeve established');
+      this.log.info({ peer: p.peer, remote: `${formatAddr(sh.ip[p.slot])}:${sh.port[p.slot]}`, mtu: this.innerMtu(p), encrypted: p.txKey !== null }, 'sleeve established');
       this.recompute();
       p.cb.established();
     } else {
@@ -599,7 +595,7 @@ export class Sleeve {
       if (!p.established && !p.failReported && now - p.startedAt >= this.establishTimeoutMs) {
         p.failReported = true;
         const sh = this.shared;
-        const reason = p.remoteIdx < 0 ? 'the peer sent no sleeve parameters' : `no sleeve heartbeats both ways within ${Math.round(this.establishTimeoutMs / 1000)}s (UDP ${u32ToIp4(sh.ip[p.slot])}:${sh.port[p.slot]})`;
+        const reason = p.remoteIdx < 0 ? 'the peer sent no sleeve parameters' : `no sleeve heartbeats both ways within ${Math.round(this.establishTimeoutMs / 1000)}s (UDP ${formatAddr(sh.ip[p.slot])}:${sh.port[p.slot]})`;
         p.reason = reason;
         this.log.warn({ peer: p.peer, reason }, 'sleeve could not be established');
         p.cb.failed(reason);
@@ -626,7 +622,7 @@ export class Sleeve {
   private sendHeartbeat(p: PeerPath): void {
     if (p.remoteIdx < 0 || this.shared.ip[p.slot] === 0) return;
     const err = this.sendFrame(p, FrameType.Heartbeat, Uint8Array.of(p.weHear ? 1 : 0));
-    if (err !== 0 && err !== EAGAIN) this.log.debug({ peer: p.peer, errno: err }, 'heartbeat send failed');
+    if (err !== 0 && err !== EAGAIN) this.log.debug({ peer: p.peer, errno: errnoName(err) }, 'heartbeat send failed');
   }
 
   /** One PMTU round: a DF probe of each candidate size; acks of the previous round settle the MTU. */
@@ -675,7 +671,7 @@ export class Sleeve {
     for (const [origin, e] of this.o.prefixes.all()) {
       const id = names.length;
       names.push(origin);
-      for (const s of e.prefixes) entries.push({ prefix: parsePrefix(s), peer: id });
+      for (const s of e.prefixes) entries.push({ prefix: parseCidr(s, { allowBare: true, allowHostBits: true, what: 'prefix' }), peer: id });
     }
     // Equal prefixes from two peers: the last entry wins; sort by origin so every router picks the same.
     const rank = new Map([...names].sort().map((n, r) => [n, r]));
@@ -723,7 +719,7 @@ export function kernelSleeveHost(
     async tunUp(name, mtu) {
       // The sleeve carries IPv4 only: without this the kernel sends IPv6 link-local chatter into the TUN.
       if (sysctlFn) {
-        await sysctlFn(`net.ipv6.conf.${name}.disable_ipv6`, '1').catch((e) => log?.debug({ component: 'sleeve', err: errMsg(e) }, 'cannot disable IPv6 on the TUN'));
+        await sysctlFn(`net.ipv6.conf.${name}.disable_ipv6`, '1').catch((e) => log?.debug({ err: errMsg(e) }, 'cannot disable IPv6 on the TUN'));
       }
       await ipFn(['link', 'set', 'dev', name, 'mtu', String(mtu), 'up']);
     },
@@ -748,7 +744,7 @@ export async function detectUnderlayMtu(ipJson: (args: string[]) => Promise<unkn
     const best = Math.max(0, ...up.map((l) => l.mtu as number));
     if (best >= 576) return best;
   } catch (e) {
-    log.warn({ component: 'sleeve', err: errMsg(e) }, 'cannot read the underlay MTU; assuming 1500');
+    log.warn({ err: errMsg(e) }, 'cannot read the underlay MTU; assuming 1500');
   }
   return 1500;
 }
@@ -758,7 +754,7 @@ export interface CreateSleeveOptions extends Omit<SleeveOptions, 'tun' | 'udp' |
   ctx?: HostCtx;
   /** host/routes.ts RouteReconciler (routes of remote prefixes into the TUN, owner 'sleeve') */
   reconciler: { setDesired(owner: string, routes: Array<{ dst: string; dev: string }>): void };
-  /** UDP port, default 6783 (the TCP control port's number) */
+  /** UDP port, default DEFAULT_SLEEVE_PORT (the TCP control port's number) */
   port?: number;
   /** UDP bind address, default 0.0.0.0 */
   bindIp?: string;
@@ -794,7 +790,7 @@ export function selectSleeveIo(log: Logger, mode: 'auto' | 'native' | 'fallback'
     // Node alone cannot open a TUN (no ioctl): without addon and koffi there is no data path.
     throw new WeaveError('ENOADDON', `neither the native data-path addon nor the koffi fallback loaded: ${errMsg(e)}`, {}, { cause: e });
   }
-  log.warn({ component: 'sleeve', io: 'koffi', forced: mode === 'fallback' }, 'native data-path addon not loaded; using the koffi fallback (slower)');
+  log.warn({ io: 'koffi', forced: mode === 'fallback' }, 'native data-path addon not loaded; using the koffi fallback (slower)');
   return { io, kind: 'koffi' };
 }
 
@@ -802,14 +798,14 @@ export function selectSleeveIo(log: Logger, mode: 'auto' | 'native' | 'fallback'
 export function ioModeFromEnv(v: string | undefined): 'auto' | 'native' | 'fallback' {
   if (v === undefined || v === '' || v === 'auto') return 'auto';
   if (v === 'native' || v === 'fallback') return v;
-  throw new WeaveError('EINVAL', `WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
+  throw new UsageError(`WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
 }
 
 /** WEAVE_SLEEVE_OFFLOAD (read once, in api/config.ts) */
 export function offloadFromEnv(v: string | undefined): boolean {
   if (v === undefined || v === '' || v === '1') return true;
   if (v === '0') return false;
-  throw new WeaveError('EINVAL', `WEAVE_SLEEVE_OFFLOAD must be 0 or 1, not ${JSON.stringify(v)}`);
+  throw new UsageError(`WEAVE_SLEEVE_OFFLOAD must be 0 or 1, not ${JSON.stringify(v)}`);
 }
 
 /**
@@ -824,7 +820,7 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
   else ({ io, kind: ioKind } = selectSleeveIo(o.log, o.ioMode ?? 'auto'));
   const ctx = o.ctx ?? {};
   const underlayMtu = o.underlayMtu ?? (await detectUnderlayMtu((args) => hostIpJson(ctx, args), o.log));
-  const bind = ip4ToU32(o.bindIp ?? '0.0.0.0');
+  const bind = tryParseAddr(o.bindIp ?? '0.0.0.0');
   if (bind === undefined) throw new WeaveError('EINVAL', `bad sleeve bind address ${o.bindIp}`);
   const offload = ioKind === 'native' && !!io.readBatchVnet && (o.tunOffload ?? true);
   const tun = new NativeTun(io, o.tunName ?? DEFAULT_TUN_NAME, undefined, offload);

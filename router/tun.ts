@@ -5,6 +5,7 @@
 // packets split from them (the rest waits in a per-reader carry), and writes join TCP segments into
 // GSO writes: callers see packets exactly as without offloads.
 import { WeaveError } from '../lib/errors';
+import { withErrnoName } from '../lib/errno';
 import { TUN_CARRY_SIZE, type TunIo } from './native';
 
 export interface TunDevice {
@@ -50,7 +51,8 @@ export class NativeTun implements TunDevice {
     try {
       this._fd = io.openTun(name, false, offload);
     } catch (e) {
-      throw new WeaveError('ETUN', `cannot open TUN device ${name}: ${(e as Error).message}`, { name }, { cause: e });
+      const cause = withErrnoName(e as Error & { code?: string });
+      throw new WeaveError('ETUN', `cannot open TUN device ${name}: ${cause.message}`, { name, errno: cause.code }, { cause });
     }
   }
 

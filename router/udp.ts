@@ -4,10 +4,11 @@
 // UDP GSO (send) and GRO (receive) change only how many datagrams one syscall/skb carries: the
 // batches in and out hold one datagram per slot either way.
 import { WeaveError } from '../lib/errors';
+import { errno, withErrnoName } from '../lib/errno';
 import { UDP_GRO_CARRY_SIZE, type TunIo } from './native';
 
-export const EMSGSIZE = 90;
-export const EAGAIN = 11;
+export const EMSGSIZE = errno.EMSGSIZE;
+export const EAGAIN = errno.EAGAIN;
 
 export interface UdpBind {
   readonly port: number;
@@ -42,7 +43,8 @@ export class NativeUdp implements UdpBind {
       try {
         this._fd = io.udpOpen(bindIp >>> 0, port, bufBytes, bufBytes);
       } catch (e) {
-        throw new WeaveError('EUDP', `cannot bind UDP port ${port}: ${(e as Error).message}`, { port }, { cause: e });
+        const cause = withErrnoName(e as Error & { code?: string });
+        throw new WeaveError('EUDP', `cannot bind UDP port ${port}: ${cause.message}`, { port, errno: cause.code }, { cause });
       }
     }
     this.port = io.udpPort(this._fd);

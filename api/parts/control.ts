@@ -19,7 +19,7 @@ import { formatCidr } from '../../ipam/addr';
 import type { RouteSource } from '../../router/sleeve';
 import { inSubnets, type RouterConfig } from '../config';
 import { FileTargetStore } from '../../mesh/targets';
-import { bool, peerList } from '../validate';
+import { bool, peerList } from '../../lib/validate';
 
 export function pidFile(dataDir: string): string {
   return path.join(dataDir, 'router.pid');

@@ -11,7 +11,8 @@ import { Endpoints, type EndpointInfo } from '../../router/endpoints';
 import type { PrefixTable } from '../../router/prefixes';
 import type { RouterConfig } from '../config';
 import type { HostPart } from './sleeve';
-import { bool, checkAddrArg, checkAddrMaybeLen, checkNetns, optStr, str, strList } from '../validate';
+import { bool, checkAddrArg, checkAddrMaybeLen, optStr, str, strList } from '../../lib/validate';
+import { parseNetnsArg } from '../../host/netns';
 
 export interface EndpointsPart extends Part {
   endpoints: Endpoints;
@@ -72,6 +73,16 @@ export async function restoreEndpoints(part: EndpointsPart, log: Logger): Promis
   if (restored.kept || restored.dropped) log.info(restored, 'endpoints restored from the data dir');
   part.publish();
   return { name: 'restored endpoints', stop: () => {} };
+}
+
+/** A NETNS argument: an `ip netns` name, an absolute path, or a PID (existence is checked on use). */
+export function checkNetns(s: string, key: string): string {
+  try {
+    parseNetnsArg(s);
+  } catch (e) {
+    throw new UsageError(`"${key}": ${(e as Error).message}`, {}, { cause: e });
+  }
+  return s;
 }
 
 /** The first subsystem that resolves the addresses wins (IPAM); without one, addresses must be given. */

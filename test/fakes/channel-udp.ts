@@ -2,7 +2,7 @@
 // Tests can drop, capture or inject datagrams and cap the path MTU (max datagram size) per link.
 import type { UdpBind } from '../../router/udp';
 import { EMSGSIZE } from '../../router/udp';
-import { u32ToIp4 } from '../../router/forwarding';
+import { formatAddr } from '../../lib/addr';
 
 export interface Datagram { fromIp: number; fromPort: number; toIp: number; toPort: number; data: Buffer }
 
@@ -30,7 +30,7 @@ export class ChannelNet {
   }
 
   pathMax(fromIp: number, toIp: number): number {
-    return this.maxPayload.get(`${u32ToIp4(fromIp)}->${u32ToIp4(toIp)}`) ?? Infinity;
+    return this.maxPayload.get(`${formatAddr(fromIp)}->${formatAddr(toIp)}`) ?? Infinity;
   }
 
   /** Delivers a datagram (also used by tests to inject forged/replayed ones). */

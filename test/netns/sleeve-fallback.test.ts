@@ -10,10 +10,10 @@ import * as path from 'path';
 import { randomBytes } from 'crypto';
 import { MemoryLogger, silentLogger } from '../../lib/log';
 import { loadFallbackIo } from '../../router/fallback-io';
-import { ip4ToU32 } from '../../router/forwarding';
+import { parseAddr } from '../../lib/addr';
 import { selectSleeveIo } from '../../router/sleeve';
 import type { TunIo } from '../../router/native';
-import { Container, Host, withLab } from '../lab/lab';
+import { Host, withLab } from '../lab/lab';
 import { run, waitFor } from '../lab/exec';
 import { iperf } from '../lab/traffic';
 
@@ -35,7 +35,7 @@ test('selection: the addon when it loads; else koffi with a warn line; ENOADDON 
 
 test('koffi UDP on loopback: sendmmsg/recvmmsg batches with addresses, truncation mark, EMSGSIZE, poll/unpoll', async () => {
   const io = loadFallbackIo(silentLogger());
-  const lo = ip4ToU32('127.0.0.1')!;
+  const lo = parseAddr('127.0.0.1');
   const a = io.udpOpen(lo, 0, 1 << 20, 1 << 20);
   const b = io.udpOpen(lo, 0, 1 << 20, 1 << 20);
   let handle: unknown = null;

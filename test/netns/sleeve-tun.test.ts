@@ -13,7 +13,7 @@ import { silentLogger } from '../../lib/log';
 import type { PeerName } from '../../mesh/peer';
 import type { Features, MeshConnection } from '../../mesh/types';
 import { loadTunIo, type TunIo } from '../../router/native';
-import { ip4ToU32 } from '../../router/forwarding';
+import { parseAddr } from '../../lib/addr';
 import { PrefixTable } from '../../router/prefixes';
 import { Sleeve, type SleeveHandle } from '../../router/sleeve';
 import { NativeTun } from '../../router/tun';
@@ -47,7 +47,7 @@ function waitUntil(cond: () => boolean, what: string, ms = 5000): Promise<void> 
 
 test('batched UDP on loopback: sendmmsg/recvmmsg with addresses, EMSGSIZE reported per datagram', async () => {
   const tio = io as TunIo;
-  const lo = ip4ToU32('127.0.0.1')!;
+  const lo = parseAddr('127.0.0.1');
   const a = new NativeUdp(tio, lo, 0);
   const b = new NativeUdp(tio, lo, 0);
   try {
@@ -96,7 +96,7 @@ test('batched UDP on loopback: sendmmsg/recvmmsg with addresses, EMSGSIZE report
 
 for (const gro of [false, true]) test(`batched UDP: a run of equal-size datagrams to one address (UDP GSO) arrives as separate datagrams, in order${gro ? ' (receiver with UDP GRO: runs split from the carry, 16 slots per call)' : ''}`, async () => {
   const tio = io as TunIo;
-  const lo = ip4ToU32('127.0.0.1')!;
+  const lo = parseAddr('127.0.0.1');
   const a = new NativeUdp(tio, lo, 0);
   const b = new NativeUdp(tio, lo, 0);
   try {
@@ -209,7 +209,7 @@ for (const offload of [false, true]) test(`two sleeves over real TUN devices in 
   const A = '02:00:00:00:01:0a';
   const B = '02:00:00:00:01:0b';
   const crypto = loadCrypto('sodium', silentLogger());
-  const lo = ip4ToU32('127.0.0.1')!;
+  const lo = parseAddr('127.0.0.1');
   const sleeves: Sleeve[] = [];
   try {
     await run(['ip', 'netns', 'add', nsA]);
@@ -351,7 +351,7 @@ test('three sleeves in a line over real TUNs (worker threads): h1 reaches h3 thr
   const tio = io as TunIo;
   const id = randomBytes(3).toString('hex');
   const crypto = loadCrypto('sodium', silentLogger());
-  const lo = ip4ToU32('127.0.0.1')!;
+  const lo = parseAddr('127.0.0.1');
   const names = ['02:00:00:00:03:01', '02:00:00:00:03:02', '02:00:00:00:03:03'];
   const nss = names.map((_, i) => `wsr${i}-${id}`);
   const sleeves: Sleeve[] = [];

@@ -20,7 +20,7 @@ import { silentLogger } from '../../lib/log';
 import { WeaveError } from '../../lib/errors';
 import { Allocator } from '../../ipam/allocator';
 import { MemoryStore } from '../../ipam/store';
-import { formatAddr, parseAddr, parseCidr, type Range } from '../../ipam/addr';
+import { formatAddr, parseAddr, parseCidr } from '../../lib/addr';
 import type { Ring } from '../../ipam/ring';
 import { FakeIpamNet, mulberry32, simName } from '../fakes/ipam-gossip';
 import type { PeerName } from '../../mesh/peer';

@@ -20,7 +20,7 @@ import { MemoryStore } from '../../ipam/store';
 import { realClock } from '../../lib/clock';
 import { MemoryLogger, silentLogger } from '../../lib/log';
 import { RefusedError, UsageError, WeaveError } from '../../lib/errors';
-import { str } from '../../api/validate';
+import { str } from '../../lib/validate';
 import { BIG_CASES, FUZZ_CASES, fuzzRequest, rawRequest, type RawAnswer, type Target } from '../lab/apifuzz';
 
 const ME = '02:00:00:00:00:01';

@@ -3,8 +3,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { UsageError } from '../../lib/errors';
 import {
-  asBody, bool, checkAddr, checkAddrArg, checkAddrMaybeLen, checkCidr, checkNetns, checkPeer, num, optStr, param, peerList, str, strList,
-} from '../../api/validate';
+  asBody, bool, checkAddr, checkAddrArg, checkAddrMaybeLen, checkCidr, checkPeer, num, optStr, param, peerList, str, strList,
+} from '../../lib/validate';
+import { checkNetns } from '../../api/parts/endpoints';
 
 test('asBody: an object, or {} when absent; null, lists, strings, numbers are refused', () => {
   assert.deepEqual(asBody(undefined), {});
@@ -71,8 +72,8 @@ test('address formats: bare address, network CIDR, address in its subnet, attach
 test('peers: IPv4 or DNS name, optional port 1-65535; 300.1.1.1, -1, h:-5, a:99999999 refused with what to fix', () => {
   for (const s of ['198.18.0.11', '198.18.0.11:6783', 'h1', 'host-2.example.com:7000', 'h', '[::1]:6783', 'a.b.']) assert.equal(checkPeer(s), s);
   const bad: Array<[string, RegExp]> = [
-    ['300.1.1.1', /300 is greater than 255/], ['-1', /IPv4 address or a DNS name/], ['h:-5', /HOST\[:PORT\], the port a number 1-65535/], ['a:99999999', /the port must be 1-65535/],
-    ['h:0', /port must be 1-65535/], ['1.2.3', /four dotted numbers/], [':6783', /host is empty/], ['', /host is empty/], ['h:', /HOST\[:PORT\]/],
+    ['300.1.1.1', /300 is greater than 255/], ['-1', /IPv4 address or a DNS name/], ['h:-5', /port "-5" is not a number 1-65535/], ['a:99999999', /port "99999999" is not a number 1-65535/],
+    ['h:0', /not a number 1-65535/], ['1.2.3', /four dotted numbers/], [':6783', /host is empty/], ['', /empty/], ['h:', /HOST\[:PORT\]/],
     ['bad_name', /DNS name/], ['-x.com', /DNS name/], ['x-.com', /DNS name/], ['a..b', /DNS name/], ['[nonsense]:1', /not an IPv6 address/],
     [`${'a'.repeat(64)}.com`, /DNS name/], ['h h', /DNS name/],
   ];

@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ActualRoute, DesiredRoute, diffRoutes, routeBatchLines } from '../../host/routes';
-import { canonicalPrefix, parseCidr4, tryParseCidr4 } from '../../host/cidr';
+import { canonicalPrefix, parseCidr4 } from '../../host/cidr';
+import { tryParseAddrInCidr } from '../../lib/addr';
 import { parseNetnsArg, resolveNetns } from '../../host/netns';
 import { hostIfName, tmpPeerName } from '../../host/links';
 import { masqueradeScript } from '../../host/expose';
@@ -80,9 +81,11 @@ test('diffRoutes: host bits in desired dst are normalised; invalid routes are re
 });
 
 test('cidr parsing is strict', () => {
-  assert.deepEqual(tryParseCidr4('10.32.0.5/12'), { addr: '10.32.0.5', len: 12, n: 0x0a200005 });
+  assert.deepEqual(parseCidr4('10.32.0.5/12'), { addr: '10.32.0.5', len: 12, n: 0x0a200005 });
+  assert.deepEqual(tryParseAddrInCidr('10.32.0.5/12'), { addr: 0x0a200005, cidr: { start: 0x0a200000, end: 0x0a300000, prefixLen: 12 } });
   for (const bad of ['10.32.0.5', '10.32.0/12', '10.32.0.256/12', '10.032.0.1/12', '10.32.0.5/33', '10.32.0.5/', 'x/1', ' 10.0.0.1/8']) {
-    assert.equal(tryParseCidr4(bad), undefined, bad);
+    assert.equal(tryParseAddrInCidr(bad), undefined, bad);
+    assert.throws(() => parseCidr4(bad), UsageError, bad);
   }
   assert.equal(canonicalPrefix('10.32.0.7'), '10.32.0.7/32');
   assert.equal(canonicalPrefix('default'), '0.0.0.0/0');

@@ -12,7 +12,7 @@ import { engineBoxes, nativeBoxes, type BoxBatch } from '../../router/boxes';
 import { loadTunIo } from '../../router/native';
 import { COUNTER, Datapath, PathShared, newCounterArray, type DatapathEvents } from '../../router/datapath';
 import { FrameType, HDR, TAG, deriveKeys, encodeFrame } from '../../router/frame';
-import { ip4ToU32, parsePrefix } from '../../router/forwarding';
+import { parseAddr, parseCidr } from '../../lib/addr';
 import type { TunDevice } from '../../router/tun';
 import type { UdpBind } from '../../router/udp';
 import { ipv4Packet } from '../fakes/channel-tun';
@@ -106,10 +106,10 @@ for (const [kind, boxes] of BOXES) {
     const { dp, shared } = engine(tun, udp, counters, boxes);
     const keys = deriveKeys(sodium, sodium.randomBytes(32), true);
     dp.setPath({ slot: 0, localIdx: 0x10000, remoteIdx: 0x20000, txKey: keys.tx, rxKey: keys.rx });
-    shared.ip[0] = ip4ToU32('198.18.0.2')!;
+    shared.ip[0] = parseAddr('198.18.0.2');
     shared.port[0] = 6783;
     shared.mtu[0] = 1440;
-    dp.setForwarding({ entries: [{ prefix: parsePrefix('10.32.1.0/24'), peer: 0 }, { prefix: parsePrefix('10.32.2.0/24'), peer: 1 }], next: [-1, 0], self: 0 });
+    dp.setForwarding({ entries: [{ prefix: parseCidr('10.32.1.0/24'), peer: 0 }, { prefix: parseCidr('10.32.2.0/24'), peer: 1 }], next: [-1, 0], self: 0 });
     tun.remaining = 20_000; // warm up: JIT, view caches
     dp.drainTun();
     tun.remaining = 200_000;
@@ -129,7 +129,7 @@ for (const [kind, boxes] of BOXES) {
     const ours = deriveKeys(sodium, sk, false);
     const theirs = deriveKeys(sodium, sk, true);
     dp.setPath({ slot: 3, localIdx: 0x50003, remoteIdx: 7, txKey: ours.tx, rxKey: ours.rx });
-    dp.setForwarding({ entries: [{ prefix: parsePrefix('10.32.1.0/24'), peer: 0 }], next: [-1], self: 0 });
+    dp.setForwarding({ entries: [{ prefix: parseCidr('10.32.1.0/24'), peer: 0 }], next: [-1], self: 0 });
     const pkt = ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', payload: Buffer.alloc(64, 2) });
     const N = 120_000;
     for (let i = 0; i < N; i++) udp.frames.push(encodeFrame(sodium, theirs.tx, FrameType.Data, 1, 0x50003, i, pkt));

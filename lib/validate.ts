@@ -2,11 +2,9 @@
 // parsed body and a key and returns the field as its type, or throws UsageError (HTTP 400, exit 2)
 // naming the field and what to send instead. Every handler reads every field through these, so a
 // wrong type, a malformed address or an out-of-range number never reaches the router's parts.
-import { isIPv6 } from 'net';
 import { UsageError } from '../lib/errors';
-import { parseAddr, parseAddrInCidr, parseCidr } from '../ipam/addr';
-import { parseNetnsArg } from '../host/netns';
-import { DEFAULT_PORT, parseHostPort } from './config';
+import { parseAddr, parseAddrInCidr, parseCidr, parseHostPort } from './addr';
+import { CONTROL_PORT } from './ports';
 
 export type Body = Record<string, unknown>;
 
@@ -144,49 +142,18 @@ export function checkAddrArg(s: string, key: string): string {
   return checkAddrInCidr(s, key);
 }
 
-/** A NETNS argument: an `ip netns` name, an absolute path, or a PID (existence is checked on use). */
-export function checkNetns(s: string, key: string): string {
-  try {
-    parseNetnsArg(s);
-  } catch (e) {
-    throw new UsageError(`"${key}": ${(e as Error).message}`);
-  }
-  return s;
-}
-
-const HOST_LABEL = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
-
 /**
  * A peer address HOST[:PORT]: HOST an IPv4 address, a DNS name or [IPv6]; PORT 1-65535 (default
- * 6783). Dotted numbers are an IPv4 address (300.1.1.1 is refused, not looked up as a name).
+ * 6783). Dotted numbers are an IPv4 address (300.1.1.1 is refused, not looked up as a name). The
+ * grammar is lib/addr.ts's parseHostPort; this names the field.
  */
 export function checkPeer(s: string, key = 'peer'): string {
-  const bad = (why: string): never => { throw new UsageError(`invalid peer "${s}"${key === 'peer' ? '' : ` in "${key}"`}: ${why}`); };
-  let hp: { host: string; port: number };
   try {
-    hp = parseHostPort(s, DEFAULT_PORT, 'peer');
+    parseHostPort(s, CONTROL_PORT, { what: key === 'peer' ? 'peer' : `peer in "${key}"` });
   } catch (e) {
-    return bad(/port must be/.test((e as Error).message) ? 'the port must be 1-65535' : 'expected HOST[:PORT], the port a number 1-65535');
+    throw new UsageError((e as Error).message.replace(/^invalid peer in "([^"]*)" ("[^"]*")/, 'invalid peer $2 in "$1"'), { field: key }, { cause: e });
   }
-  if (hp.port < 1 || hp.port > 65535) bad('the port must be 1-65535');
-  const host = hp.host;
-  if (host === '') bad('the host is empty');
-  if (s.trim().startsWith('[')) {
-    if (!isIPv6(host)) bad(`"${host}" is not an IPv6 address`);
-    return s.trim();
-  }
-  if (/^[\d.]+$/.test(host)) {
-    try {
-      parseAddr(host);
-    } catch (e) {
-      bad((e as Error).message);
-    }
-    return s.trim();
-  }
-  if (host.length > 253 || !host.replace(/\.$/, '').split('.').every((l) => HOST_LABEL.test(l))) {
-    bad('the host must be an IPv4 address or a DNS name (letters, digits and inner hyphens per label)');
-  }
-  return s.trim();
+  return s;
 }
 
 /** A list of peers, each checked by checkPeer. */
