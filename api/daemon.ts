@@ -19,7 +19,7 @@ import { RouteReconciler } from '../host/routes';
 import { Endpoints, EndpointInfo } from '../router/endpoints';
 import { SUBSYSTEMS } from './subsystems';
 import { PrefixTable, PREFIXES_CHANNEL } from '../router/prefixes';
-import { createSleeve, Sleeve, RouteSource } from '../router/sleeve';
+import { createSleeve, Sleeve, LateRouteSource } from '../router/sleeve';
 import { sysctl } from '../host/ip';
 import { detectUnderlayAddress } from '../host/underlay';
 import { VxlanReconciler, vtepMacFor, vtepIpFor, DEFAULT_VNI, DEFAULT_VXLAN_NAME, VXLAN_OVERHEAD } from '../host/vxlan';
@@ -27,7 +27,6 @@ import { FastDp, NativeHeartbeatIo, DEFAULT_FASTDP_HB_PORT } from '../router/fas
 import { OverlaySwitch, FastDpRoutes } from '../router/overlay-switch';
 import { loadTunIo } from '../router/native';
 import { supportsEsp, XfrmManager, ESP_OVERHEAD } from '../ipsec/xfrm';
-import type { PeerName } from '../mesh/peer';
 import { formatCidr } from '../ipam/addr';
 import type { AttachRequest, DaemonContext, Subsystem } from './subsystem';
 
@@ -129,14 +128,9 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   await sysctl(hostCtx, 'net.ipv4.ip_forward', '1');
 
   // The sleeve needs the mesh's routes and the mesh needs the sleeve as its overlay: the route
-  // source is a late-bound view of the mesh, so the sleeve can be built first.
-  let meshRef: Mesh | undefined;
-  const routeSource: RouteSource = {
-    name: identity.name,
-    unicastNextHop: (dst: PeerName) => meshRef?.unicastNextHop(dst),
-    on: (ev, fn) => meshRef?.on(ev, fn),
-    off: (ev, fn) => meshRef?.off(ev, fn),
-  };
+  // source is a late-bound view of the mesh (it keeps the sleeve's subscription until bind), so the
+  // sleeve can be built first.
+  const routeSource = new LateRouteSource(identity.name);
   const prefixes = new PrefixTable(identity.name, clock, componentLogger(root, 'prefixes'));
   const sleeve: Sleeve = await createSleeve({
     name: identity.name,
@@ -217,7 +211,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     overlay: overlaySwitch,
     targetStore,
   });
-  meshRef = mesh;
+  routeSource.bind(mesh);
   const fastdpRoutes = fastdp
     ? new FastDpRoutes({ name: identity.name, log: fastdpLog, routes: mesh, prefixes, carrier: overlaySwitch, vtepOf: (p) => fastdp!.remoteVtep(p), sink: routes })
     : undefined;

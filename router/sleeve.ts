@@ -76,6 +76,59 @@ export interface RouteSource {
   off(event: 'routesChanged', fn: () => void): unknown;
 }
 
+/** The part of the mesh a LateRouteSource delegates to (mesh/mesh.ts Mesh fits). */
+export interface RouteSourceMesh {
+  unicastNextHop(dst: PeerName): PeerName | undefined;
+  on(event: 'routesChanged', fn: () => void): unknown;
+  off(event: 'routesChanged', fn: () => void): unknown;
+}
+
+/**
+ * A RouteSource for a mesh that does not exist yet: the sleeve is built before the mesh (the mesh needs
+ * it as its overlay) and subscribes in its constructor, so subscriptions are kept here and hear the
+ * mesh's routesChanged once bind() hands the mesh over. Before that there are no routes.
+ */
+export class LateRouteSource implements RouteSource {
+  private mesh: RouteSourceMesh | undefined;
+  private readonly listeners = new Set<() => void>();
+  private readonly forward = (): void => {
+    for (const fn of [...this.listeners]) fn();
+  };
+
+  constructor(readonly name: PeerName) {}
+
+  /** Binds the mesh (once); subscribers hear a change at once, since routes may exist already. */
+  bind(mesh: RouteSourceMesh): void {
+    if (this.mesh) throw new WeaveError('EINVAL', 'route source already bound to a mesh');
+    this.mesh = mesh;
+    mesh.on('routesChanged', this.forward);
+    this.forward();
+  }
+
+  /** Stops forwarding the mesh's events (the router's shutdown). */
+  unbind(): void {
+    this.mesh?.off('routesChanged', this.forward);
+    this.mesh = undefined;
+  }
+
+  unicastNextHop(dst: PeerName): PeerName | undefined {
+    return this.mesh?.unicastNextHop(dst);
+  }
+
+  on(_event: 'routesChanged', fn: () => void): void {
+    this.listeners.add(fn);
+  }
+
+  off(_event: 'routesChanged', fn: () => void): void {
+    this.listeners.delete(fn);
+  }
+
+  /** How many subscribers are registered (tests, diagnostics). */
+  get subscribers(): number {
+    return this.listeners.size;
+  }
+}
+
 export interface SleeveRouteFilter { skip(origin: PeerName): boolean; onChange(fn: () => void): () => void }
 
 /** A route into the TUN, as host/routes.ts DesiredRoute wants it. */

@@ -14,7 +14,7 @@ import { ipChecksum } from '../../router/icmp';
 import { PrefixTable } from '../../router/prefixes';
 import type { BoxKind } from '../../router/boxes';
 import { loadTunIo } from '../../router/native';
-import { SLEEVE_OVERHEAD, Sleeve, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
+import { LateRouteSource, SLEEVE_OVERHEAD, Sleeve, type RouteSource, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
 import { ChannelTun, ipv4Packet } from '../fakes/channel-tun';
 import { ChannelNet, ipNum } from '../fakes/channel-udp';
 
@@ -50,7 +50,7 @@ class Lab {
   readonly handles: SleeveHandle[] = [];
   readonly protocolErrors: string[] = [];
 
-  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger; boxes?: BoxKind } = {}): Node {
+  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger; boxes?: BoxKind; routeSource?: RouteSource } = {}): Node {
     const log = o.log ?? silentLogger();
     const tun = new ChannelTun();
     const udp = this.net.bind(ip, 6783);
@@ -59,7 +59,7 @@ class Lab {
     const routes = new FakeRoutes(name);
     const routesSet: SleeveRoute[][] = [];
     const sleeve = new Sleeve({
-      name, clock: this.clock, log, crypto: o.crypto ?? sodium, routes, prefixes: pt, tun, udp,
+      name, clock: this.clock, log, crypto: o.crypto ?? sodium, routes: o.routeSource ?? routes, prefixes: pt, tun, udp,
       host: { tunUp: async () => {}, setRoutes: (r) => { routesSet.push(r); } },
       underlayMtu: o.underlayMtu, boxes: o.boxes,
     });
@@ -481,4 +481,54 @@ test('an I/O error in the packet loop stops that loop, is logged and shows in st
   } finally {
     lab.close();
   }
+});
+
+// ---- route source subscription order ---------------------------------------------------------
+
+test('a sleeve built before its mesh hears route changes once the mesh is bound (LateRouteSource)', async () => {
+  const lab = new Lab();
+  // the router builds the sleeve first and the mesh after (the mesh needs the sleeve as its overlay):
+  // the sleeve subscribes to routesChanged in its constructor, while there is no mesh yet
+  const src = new LateRouteSource(A);
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24'], { routeSource: src });
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24']);
+  try {
+    assert.equal(src.subscribers, 1, 'the subscription made before the mesh existed is kept');
+    lab.syncPrefixes();
+    b.routes.hops.set(A, A);
+    lab.connect(a, b, sodium.randomBytes(32));
+    await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
+    const mesh = new FakeRoutes(A);
+    src.bind(mesh);
+    assert.equal(mesh.listenerCount('routesChanged'), 1);
+    // routes come later, as they do once the topology settles: only the event tells the sleeve
+    mesh.hops.set(B, B);
+    mesh.emit('routesChanged');
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('after-bind') }));
+    await lab.until(() => b.tun.written.length === 1, 'the packet crosses once the route arrived');
+    assert.equal(a.sleeve.counters.dropNoRoute, 0);
+    assert.throws(() => src.bind(mesh), /already bound/);
+    src.unbind();
+    assert.equal(mesh.listenerCount('routesChanged'), 0);
+  } finally {
+    lab.close();
+  }
+});
+
+test('LateRouteSource: next hops come from the bound mesh; a bind tells subscribers at once', () => {
+  const src = new LateRouteSource(A);
+  let heard = 0;
+  const fn = (): void => { heard++; };
+  src.on('routesChanged', fn);
+  assert.equal(src.unicastNextHop(B), undefined, 'no mesh: no routes');
+  const mesh = new FakeRoutes(A);
+  mesh.hops.set(B, C);
+  src.bind(mesh);
+  assert.equal(heard, 1, 'routes may exist already when the mesh is bound');
+  assert.equal(src.unicastNextHop(B), C);
+  mesh.emit('routesChanged');
+  assert.equal(heard, 2);
+  src.off('routesChanged', fn);
+  mesh.emit('routesChanged');
+  assert.equal(heard, 2);
 });
