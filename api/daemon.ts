@@ -219,15 +219,9 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     sleeve.setRouteFilter({ skip: (origin) => fastdpRoutes.sleeveSkips(origin), onChange: (fn) => overlaySwitch.onChange(() => fn()) });
   }
   prefixes.setChannel(mesh.newGossip(PREFIXES_CHANNEL, prefixes));
-  // Announcements of peers that left the topology must not keep attracting traffic. Only peers that
-  // were reachable and no longer are: a peer whose gossip arrives before its connection is
-  // established must not be tombstoned.
-  let livePeers = new Set(mesh.peerNames());
-  mesh.on('peersChanged', () => {
-    const live = new Set(mesh.peerNames());
-    for (const p of livePeers) if (!live.has(p)) prefixes.removePeer(p);
-    livePeers = live;
-  });
+  // Announcements of peers that left the topology must not keep attracting traffic; those of peers
+  // that come back are routed again (router/prefixes.ts setReachable).
+  mesh.on('peersChanged', () => prefixes.setReachable(mesh.peerNames()));
 
   const endpoints = new Endpoints({
     ctx: hostCtx,
