@@ -26,7 +26,7 @@ function label(k: string, v: string | number): string {
 
 export function renderSummary(r: Report): string {
   const m = r.router;
-  const est = m.connections.filter((c) => c.state === 'established').length;
+  const est = m.connections.filter((c) => c.state === 'established' && !c.stalled).length;
   const peerConns = m.peers.reduce((n, p) => n + p.connections.filter((c) => c.established).length, 0);
   const lines = [
     label('Version', `${r.version} (weave.ts)`),
@@ -52,15 +52,20 @@ export function renderSummary(r: Report): string {
   return lines.join('\n') + '\n';
 }
 
+/** The state a person sees: an established connection whose data does not flow is 'stalled'. */
+function shownState(c: ConnectionStatus): string {
+  return c.state === 'established' && c.stalled ? 'stalled' : c.state;
+}
+
 function stateCounts(cs: ConnectionStatus[]): string {
   const counts = new Map<string, number>();
-  for (const c of cs) if (c.state !== 'established') counts.set(c.state, (counts.get(c.state) ?? 0) + 1);
+  for (const c of cs) if (shownState(c) !== 'established') counts.set(shownState(c), (counts.get(shownState(c)) ?? 0) + 1);
   return [...counts].map(([s, n]) => `, ${n} ${s}`).join('');
 }
 
 export function renderConnection(c: ConnectionStatus, now = Date.now()): string {
   const dir = c.outbound ? '->' : '<-';
-  const parts = [`${dir} ${pad(c.address, 21)}`, pad(c.state, 11)];
+  const parts = [`${dir} ${pad(c.address, 21)}`, pad(shownState(c), 11)];
   if (c.state === 'established' || c.state === 'pending') {
     parts.push(c.encrypted ? 'encrypted  ' : c.trusted ? 'trusted    ' : 'unencrypted');
     parts.push(pad(c.overlay ?? 'none', 6));

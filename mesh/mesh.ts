@@ -32,8 +32,10 @@ export interface OverlayCallbacks { established(): void; failed(reason: string):
 export interface OverlayHandle {
   onMessage(payload: Uint8Array): void;
   close(): void;
-  status(): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string };
+  status(): OverlayStatus;
 }
+/** What an overlay says about one connection; `stalled`: established, but data does not flow (why). */
+export interface OverlayStatus { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string; stalled?: string }
 /** Data plane hook (router/ provides it): attached to every authenticated connection. */
 export interface OverlayManager { attach(conn: MeshConnection, cb: OverlayCallbacks): OverlayHandle }
 
@@ -313,7 +315,9 @@ export class Mesh extends EventEmitter {
         address: e.conn.outbound ? (e.target ?? e.conn.remoteAddr) : e.conn.remoteAddr,
         outbound: e.conn.outbound,
         state: e.state,
-        info: e.state === 'established' ? (ov.overlay ? `established over ${ov.overlay}` : 'established') : (ov.reason ?? (this.o.overlay ? 'waiting for an overlay to be established' : 'pending')),
+        info: e.state === 'established'
+          ? (ov.stalled ? `data not flowing over ${ov.overlay ?? 'the overlay'}: ${ov.stalled}` : ov.overlay ? `established over ${ov.overlay}` : 'established')
+          : (ov.reason ?? (this.o.overlay ? 'waiting for an overlay to be established' : 'pending')),
         peerName: e.peer,
         peerNickname: e.conn.remote.nickname,
         overlay: ov.overlay,
@@ -322,6 +326,7 @@ export class Mesh extends EventEmitter {
       if (e.conn.encrypted && e.conn.dataKey === null) s.trusted = true;
       if (ov.mtu !== undefined) s.mtu = ov.mtu;
       if (ov.reason !== undefined) s.overlayReason = ov.reason;
+      if (e.state === 'established' && ov.stalled) s.stalled = ov.stalled;
       connections.push(s);
     }
     connections.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
@@ -886,7 +891,7 @@ export class Mesh extends EventEmitter {
   }
 }
 
-function safeOverlayStatus(h: OverlayHandle, log: Logger): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string } {
+function safeOverlayStatus(h: OverlayHandle, log: Logger): OverlayStatus {
   try {
     return h.status();
   } catch (e) {

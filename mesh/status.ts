@@ -27,6 +27,8 @@ export interface ConnectionStatus {
   mtu?: number;
   /** why a better overlay is not used (e.g. "peer has no fastdp", "kernel lacks ESP") */
   overlayReason?: string;
+  /** established, but data does not flow over the overlay: why (e.g. "no route to its prefixes") */
+  stalled?: string;
 }
 
 export interface PeerConnectionStatus {

@@ -4,8 +4,8 @@
 // drains the TUN and seals, the 'rx' worker drains the UDP socket, opens and delivers or relays.
 //
 // Each sender owns a counter lane per connection (0 control frames from the main thread, 1 the TUN
-// path, 2 relays and probe acks), carried in the header and the nonce, so the threads never share a
-// counter and the receiver keeps one replay window per lane. State the control plane owns (paths,
+// path and the heartbeats, 2 relays and probe acks), carried in the header and the nonce, so the
+// threads never share a counter and the receiver keeps one replay window per lane. State the control plane owns (paths,
 // keys, forwarding) arrives through methods (inline) or messages (workers); hot per-path values that
 // change underneath the packet loop (learned address, last receive time, path MTU) sit in shared
 // typed arrays (PathShared) that any thread reads without a message.
@@ -20,7 +20,7 @@
 // native/tunio.c) splits TSO super-packets before readBatch returns and coalesces TCP segments inside
 // writeBatch, so PMTU (frag-needed / fragmenting against the path MTU) works per segment as before.
 import { BoxJobs, type BoxBatch } from './boxes';
-import { FrameHeader, FrameType, HDR, LANES, TAG, ViewCache, parseHeader, readU32, writeHeader, writeU32 } from './frame';
+import { FrameHeader, FrameType, HB_BODY, HDR, LANES, TAG, ViewCache, heartbeatFlags, heartbeatVersion, parseHeader, readU32, writeHeader, writeHeartbeat, writeU32 } from './frame';
 import { ForwardingTable, NO_PEER } from './forwarding';
 import type { Cidr } from '../lib/addr';
 import { UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipv4DontFragment, ipv4Dst, ipv4HeaderLen, writeUnreachable } from './icmp';
@@ -46,6 +46,8 @@ export const COUNTER_NAMES = [
   'dropNoRoute', 'dropTooBig', 'dropTtl', 'dropLoop', 'dropSendError', 'dropTunFull',
   // TUN offloads: super-packets split on read, packets with a malformed virtio header / GSO packet
   'tunSuperPackets', 'dropBadVnet',
+  // heartbeats the engine sent (data-path liveness); connections seen established with data not flowing
+  'heartbeatsSent', 'dataStalls',
 ] as const;
 export type CounterName = (typeof COUNTER_NAMES)[number];
 export type SleeveCounters = Record<CounterName, number>;
@@ -69,7 +71,17 @@ export function sumCounters(arrays: Float64Array[]): SleeveCounters {
 
 // ---- per-path values shared between threads -----------------------------------------------------
 
-export interface PathSharedBuffers { lastRx: SharedArrayBuffer; ip: SharedArrayBuffer; port: SharedArrayBuffer; mtu: SharedArrayBuffer }
+export interface PathSharedBuffers {
+  lastRx: SharedArrayBuffer; ip: SharedArrayBuffer; port: SharedArrayBuffer; mtu: SharedArrayBuffer;
+  fwd: SharedArrayBuffer; peerHb: SharedArrayBuffer; peerVer: SharedArrayBuffer;
+}
+
+/** sh.fwd values: the beating engine's verdict on forwarding to a path's peer's prefixes. */
+export const FWD_UNKNOWN = 0;
+/** every prefix the peer announces has a live next-hop path (or it announces none) */
+export const FWD_OK = 1;
+/** the peer announces prefixes and the engine's forwarding table has no live next-hop path for them */
+export const FWD_NO_ROUTE = 2;
 
 export class PathShared {
   /** ms timestamp of the last authentic frame from the peer (written by the rx side) */
@@ -79,16 +91,28 @@ export class PathShared {
   readonly port: Int32Array;
   /** largest inner packet the path carries (written by the control plane after PMTU probes) */
   readonly mtu: Int32Array;
+  /** FWD_*: whether the engine that sends heartbeats forwards to the path's peer's prefixes (written by it) */
+  readonly fwd: Int32Array;
+  /** flags of the peer's last heartbeat (frame.ts HB_*; 0: none yet, or an older peer's) (rx side) */
+  readonly peerHb: Int32Array;
+  /** the version of our announcement that the peer's engines route, from its last heartbeat (rx side) */
+  readonly peerVer: Float64Array;
   constructor(readonly buffers: PathSharedBuffers = {
     lastRx: new SharedArrayBuffer(8 * MAX_SLOTS),
     ip: new SharedArrayBuffer(4 * MAX_SLOTS),
     port: new SharedArrayBuffer(4 * MAX_SLOTS),
     mtu: new SharedArrayBuffer(4 * MAX_SLOTS),
+    fwd: new SharedArrayBuffer(4 * MAX_SLOTS),
+    peerHb: new SharedArrayBuffer(4 * MAX_SLOTS),
+    peerVer: new SharedArrayBuffer(8 * MAX_SLOTS),
   }) {
     this.lastRx = new Float64Array(buffers.lastRx);
     this.ip = new Uint32Array(buffers.ip);
     this.port = new Int32Array(buffers.port);
     this.mtu = new Int32Array(buffers.mtu);
+    this.fwd = new Int32Array(buffers.fwd);
+    this.peerHb = new Int32Array(buffers.peerHb);
+    this.peerVer = new Float64Array(buffers.peerVer);
   }
 }
 
@@ -108,6 +132,10 @@ export interface ForwardingSpec {
   next: number[];
   /** our own peer id (packets for it go to the TUN), or -1 */
   self: number;
+  /** per peer id: the version of its announcement these entries come from (heartbeats carry it back) */
+  versions?: number[];
+  /** per path slot: the peer id of the path's peer, -1 (or absent) when we know no announcement of it */
+  slotPeer?: number[];
 }
 
 /** What the engine reports to the control plane (rare events only: never per data packet). */
@@ -121,6 +149,9 @@ export interface DatapathEvents {
 
 class EnginePath {
   readonly replay: ReplayWindow[] = [];
+  /** what the last heartbeat to the peer said (a change beats at once) */
+  beatFwd = FWD_UNKNOWN;
+  beatVer = -1;
   constructor(
     readonly slot: number,
     readonly localIdx: number,
@@ -181,6 +212,12 @@ export interface DatapathOptions {
   tunMtu: number;
   icmpSource: number; // 0: the packet's destination
   now: () => number;
+  /**
+   * This engine sends the heartbeats (on the TUN lane, with the paths' keys and counters, so they prove
+   * the state the packets use) and judges forwarding to each path's peer (sh.fwd). Default true; the
+   * rx worker passes false (the tx worker beats).
+   */
+  heartbeats?: boolean;
 }
 
 export class Datapath {
@@ -194,11 +231,19 @@ export class Datapath {
   private readonly B: number;
   private readonly icmpSource: number;
   private readonly now: () => number;
+  private readonly heartbeats: boolean;
 
   private readonly paths: Array<EnginePath | null> = new Array(MAX_SLOTS).fill(null);
   private fwd = new ForwardingTable();
   private next: Int32Array = new Int32Array(0);
   private selfId = NO_PEER;
+  // per peer id: its announcement's version and how many prefixes it has; per slot: the path's peer id
+  private versions: Float64Array = new Float64Array(0);
+  private prefixCount: Int32Array = new Int32Array(0);
+  private slotPeer: Int32Array = new Int32Array(0);
+  /** highest slot that ever held a path (the beat loop's bound) */
+  private maxSlot = -1;
+  private readonly hbBody = Buffer.alloc(HB_BODY);
 
   // outbound
   private readonly txIn: Buffer;
@@ -246,6 +291,7 @@ export class Datapath {
     this.B = o.batch;
     this.icmpSource = o.icmpSource;
     this.now = o.now;
+    this.heartbeats = o.heartbeats ?? true;
     const S = this.S;
     const B = this.B;
     this.txIn = Buffer.alloc(S * B);
@@ -282,19 +328,88 @@ export class Datapath {
     const cur = this.paths[p.slot];
     const txKey = p.txKey ? Buffer.from(p.txKey) : null;
     const rxKey = p.rxKey ? Buffer.from(p.rxKey) : null;
-    const np = new EnginePath(p.slot, p.localIdx, p.remoteIdx, txKey, rxKey, cur && cur.localIdx === p.localIdx ? cur.counter : 0);
-    if (cur && cur.localIdx === p.localIdx) for (let l = 0; l < LANES; l++) np.replay[l] = cur.replay[l];
+    const same = cur !== null && cur.localIdx === p.localIdx;
+    const np = new EnginePath(p.slot, p.localIdx, p.remoteIdx, txKey, rxKey, same ? cur.counter : 0);
+    if (same) for (let l = 0; l < LANES; l++) np.replay[l] = cur.replay[l];
     this.paths[p.slot] = np;
+    if (p.slot > this.maxSlot) this.maxSlot = p.slot;
+    if (!this.heartbeats) return;
+    // a path that just learned the peer's receiver index beats at once (the peer hears us sooner);
+    // its slot may be another path's next hop too
+    this.judgeAll(np.remoteIdx >= 0 && (!same || cur.remoteIdx !== np.remoteIdx) ? np : null);
   }
 
   removePath(slot: number): void {
     this.paths[slot] = null;
+    if (this.heartbeats) this.judgeAll(null);
   }
 
   setForwarding(f: ForwardingSpec): void {
     this.fwd = new ForwardingTable(f.entries);
     this.next = Int32Array.from(f.next);
     this.selfId = f.self;
+    this.versions = Float64Array.from(f.versions ?? []);
+    this.slotPeer = Int32Array.from(f.slotPeer ?? []);
+    this.prefixCount = new Int32Array(f.next.length);
+    for (const e of f.entries) if (e.peer >= 0 && e.peer < this.prefixCount.length) this.prefixCount[e.peer]++;
+    if (this.heartbeats) this.judgeAll(null);
+  }
+
+  // ---- liveness: heartbeats through the data path ------------------------------------------------
+
+  /**
+   * One heartbeat to every path that knows the peer's receiver index (the control plane calls this at
+   * its cadence). Sealed like packets (this engine's path state, keys, counters, TUN lane), so a peer
+   * hears us only when the state our packets use works; the body says whether we forward to the peer's
+   * prefixes and which of its announcements we route (frame.ts writeHeartbeat).
+   */
+  beat(): void {
+    if (!this.heartbeats) return;
+    for (let s = 0; s <= this.maxSlot; s++) {
+      const p = this.paths[s];
+      if (p === null) continue;
+      this.judge(p);
+      this.beatOne(p);
+    }
+    this.flushSend(this.txOut);
+  }
+
+  /** Re-judges every path after forwarding or paths changed; a changed verdict beats at once. */
+  private judgeAll(force: EnginePath | null): void {
+    for (let s = 0; s <= this.maxSlot; s++) {
+      const p = this.paths[s];
+      if (p === null) continue;
+      this.judge(p);
+      if (p === force || this.sh.fwd[s] !== p.beatFwd || this.versionFor(s) !== p.beatVer) this.beatOne(p);
+    }
+    this.flushSend(this.txOut);
+  }
+
+  private versionFor(slot: number): number {
+    const id = slot < this.slotPeer.length ? this.slotPeer[slot] : -1;
+    return id < 0 || id >= this.versions.length ? 0 : this.versions[id];
+  }
+
+  /** sh.fwd for p: does every prefix its peer announces have a live next-hop path here? */
+  private judge(p: EnginePath): void {
+    const id = p.slot < this.slotPeer.length ? this.slotPeer[p.slot] : -1;
+    let v = FWD_OK;
+    if (id >= 0 && id < this.prefixCount.length && this.prefixCount[id] > 0) {
+      const hop = this.pathTo(id);
+      if (hop === null || hop.remoteIdx < 0) v = FWD_NO_ROUTE;
+    }
+    this.sh.fwd[p.slot] = v;
+  }
+
+  private beatOne(p: EnginePath): void {
+    if (p.remoteIdx < 0 || this.sh.ip[p.slot] === 0) return;
+    const fwd = this.sh.fwd[p.slot];
+    const ver = this.versionFor(p.slot);
+    writeHeartbeat(this.hbBody, 0, fwd === FWD_OK, ver);
+    this.seal(p, FrameType.Heartbeat, LANE_TX, this.hbBody, this.txOut);
+    p.beatFwd = fwd;
+    p.beatVer = ver;
+    this.c[C.heartbeatsSent]++;
   }
 
   // ---- outbound: TUN -> peers --------------------------------------------------------------------
@@ -542,9 +657,13 @@ export class Datapath {
       case FrameType.Data:
         this.deliver(i, plen);
         return;
-      case FrameType.Heartbeat:
+      case FrameType.Heartbeat: {
+        const f = heartbeatFlags(this.rxPlain, base, plen);
+        sh.peerHb[slot] = f;
+        if (f !== 0) sh.peerVer[slot] = heartbeatVersion(this.rxPlain, base);
         this.ev.heartbeat(slot);
         return;
+      }
       case FrameType.Probe:
         if (plen >= 8) {
           // ack with the size that got through (the datagram length); the round id comes back as is

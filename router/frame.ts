@@ -31,6 +31,42 @@ export const MAX_FRAME_TYPE = 4;
 /** Sender lanes per connection (see datapath.ts). */
 export const LANES = 3;
 
+// ---- heartbeat body (liveness through the data path, see datapath.ts beat()) ----
+//
+//   0        1        4                    12
+//   +--------+--------+--------------------+
+//   | flags  | 0 0 0  | version (u64, BE)  |
+//   +--------+--------+--------------------+
+//
+// - flags HB_V2: the sender fills this body (older senders send one byte, weHear); HB_ROUTES: the
+//   sender's engine forwards to the receiver's announced prefixes (a live next-hop path for each, or
+//   nothing announced).
+// - version: the version of the receiver's prefix announcement the sender's engines route (0: none),
+//   so the receiver knows whether the peer routes what it announces now.
+export const HB_BODY = 12;
+export const HB_V2 = 0x80;
+export const HB_ROUTES = 0x02;
+
+/** Writes a heartbeat body at buf[off..off+HB_BODY). */
+export function writeHeartbeat(buf: Uint8Array, off: number, routes: boolean, version: number): void {
+  buf[off] = HB_V2 | (routes ? HB_ROUTES : 0);
+  buf[off + 1] = 0;
+  buf[off + 2] = 0;
+  buf[off + 3] = 0;
+  writeU32(buf, off + 4, Math.floor(version / 4294967296));
+  writeU32(buf, off + 8, version >>> 0);
+}
+
+/** The flags of a heartbeat body (0 when it is an older sender's, which says nothing about routes). */
+export function heartbeatFlags(buf: Uint8Array, off: number, len: number): number {
+  return len >= HB_BODY && (buf[off] & HB_V2) !== 0 ? buf[off] : 0;
+}
+
+/** The announcement version a heartbeat body carries (call when heartbeatFlags is nonzero). */
+export function heartbeatVersion(buf: Uint8Array, off: number): number {
+  return readU32(buf, off + 4) * 4294967296 + readU32(buf, off + 8);
+}
+
 export const DIR_FROM_DIALLER = 0;
 export const DIR_FROM_LISTENER = 1;
 

@@ -22,10 +22,11 @@ import type { PeerName } from '../mesh/peer';
 import type { MeshConnection } from '../mesh/types';
 import type { DesiredRoute } from '../host/routes';
 
+export interface SubStatus { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string; stalled?: string }
 export interface SubHandle {
   onMessage(payload: Uint8Array): void;
   close(): void;
-  status(): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string };
+  status(): SubStatus;
 }
 export interface SubManager { attach(conn: MeshConnection, cb: { established(): void; failed(reason: string): void }): SubHandle }
 
@@ -223,13 +224,15 @@ export class OverlaySwitch {
     }
   }
 
-  private connStatus(c: SwConn): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string } {
+  private connStatus(c: SwConn): SubStatus {
     const cur = c.current;
-    let out: { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string };
+    let out: SubStatus;
     if (cur && cur.handle) {
       const s = cur.handle.status();
       out = { overlay: cur.def.name, encrypted: s.encrypted };
       if (s.mtu !== undefined) out.mtu = s.mtu;
+      // the carrier's own word on whether data flows
+      if (s.stalled) out.stalled = s.stalled;
     } else {
       out = { overlay: null, encrypted: c.conn.encrypted };
     }

@@ -3,7 +3,11 @@
 // Entries merge by version per origin (only the origin edits its own entry). Versions start at the
 // clock's time when the router starts, so a restarted router's announcements supersede its old ones
 // without coordination; if we still see a newer entry of our own name we outbid it.
-// Removed peers leave a tombstone so their stale entry gossiped back by others is not resurrected.
+// Peers the mesh no longer reaches are set aside (setReachable): their entry stops attracting traffic
+// and copies of it gossiped back by others are refused; when the peer is reachable again (a flapping
+// link, a connection replaced, a restart of a third router), the entry comes back at once unless a
+// newer one arrived meanwhile. Without that, a peer that dropped out for a moment stayed unrouted until
+// it happened to announce something new.
 import { ProtocolError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { Clock } from '../lib/clock';
@@ -72,7 +76,9 @@ function samePrefixes(a: readonly string[], b: readonly string[]): boolean {
 
 export class PrefixTable implements Gossiper {
   private readonly entries = new Map<PeerName, PrefixEntry>();
-  private readonly tombstones = new Map<PeerName, number>();
+  /** entries of peers that were reachable and are not now: refuse older copies, restore on return */
+  private readonly departed = new Map<PeerName, PrefixEntry>();
+  private reachable = new Set<PeerName>();
   private readonly listeners = new Set<() => void>();
   private channel: GossipChannel | null = null;
   private readonly log: Logger;
@@ -120,8 +126,30 @@ export class PrefixTable implements Gossiper {
     const e = this.entries.get(name);
     if (!e) return;
     this.entries.delete(name);
-    this.tombstones.set(name, e.version);
+    this.departed.set(name, e);
     this.changed();
+  }
+
+  /**
+   * The peers the mesh reaches now (its peersChanged). Peers that were reachable and are not now leave
+   * (removePeer); departed peers reachable again get their entry back unless a newer one arrived. A
+   * peer never reachable so far keeps its entry: its gossip may come before its connection is up.
+   */
+  setReachable(names: Iterable<PeerName>): void {
+    const now = new Set(names);
+    let restored = false;
+    for (const p of this.reachable) if (!now.has(p)) this.removePeer(p);
+    for (const p of now) {
+      const e = this.departed.get(p);
+      if (!e) continue;
+      this.departed.delete(p);
+      if (this.entries.has(p)) continue;
+      this.entries.set(p, e);
+      restored = true;
+      this.log.debug({ peer: p, version: e.version }, 'peer reachable again: its prefixes are routed again');
+    }
+    this.reachable = now;
+    if (restored) this.changed();
   }
 
   /** Snapshot origin -> entry (including ours). */
@@ -147,8 +175,11 @@ export class PrefixTable implements Gossiper {
         }
         continue;
       }
-      const dead = this.tombstones.get(o);
-      if (dead !== undefined && e.version <= dead) continue;
+      const dead = this.departed.get(o);
+      if (dead !== undefined) {
+        if (e.version <= dead.version) continue;
+        this.departed.delete(o);
+      }
       const cur = this.entries.get(o);
       if (cur && cur.version >= e.version) continue;
       this.entries.set(o, e);

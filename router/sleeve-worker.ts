@@ -1,5 +1,6 @@
 // Worker thread running one direction of the sleeve data path (see datapath.ts): 'tx' drains the
-// TUN and seals towards peers, 'rx' drains the UDP socket, opens, delivers or relays. The fds are
+// TUN and seals towards peers (and sends the heartbeats, so they leave through the same path state),
+// 'rx' drains the UDP socket, opens, delivers or relays. The fds are
 // the main thread's (fds are process-wide); this thread only polls and does I/O on them. State comes
 // from the main thread as messages; per-path hot values and counters live in shared memory.
 import { parentPort, workerData } from 'worker_threads';
@@ -38,6 +39,8 @@ export type ToWorker =
   | { k: 'path'; spec: PathSpec }
   | { k: 'unpath'; slot: number }
   | { k: 'fwd'; spec: ForwardingSpec }
+  /** one heartbeat round (the tx worker sends the heartbeats; the control plane keeps the cadence) */
+  | { k: 'beat' }
   | { k: 'stop' };
 
 export type FromWorker =
@@ -92,6 +95,7 @@ function main(): void {
     tunMtu: init.tunMtu,
     icmpSource: init.icmpSource,
     now: Date.now,
+    heartbeats: init.role === 'tx',
   });
   const drain = init.role === 'tx' ? () => dp.drainTun() : () => dp.drainUdp();
   // An I/O error (device gone, socket broken) would fire on every poll: report once and stop polling;
@@ -112,6 +116,7 @@ function main(): void {
       case 'path': dp.setPath(m.spec); break;
       case 'unpath': dp.removePath(m.slot); break;
       case 'fwd': dp.setForwarding(m.spec); break;
+      case 'beat': dp.beat(); break;
       case 'stop':
         tun.setReadable(null);
         udp.setReadable(null);

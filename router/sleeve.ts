@@ -18,6 +18,11 @@
 //             table -> ours: TUN write batch (with offloads the addon joins in-order TCP segments of
 //             one flow into one GSO write, GRO-like); another peer's: TTL-1, re-seal for the next
 //             hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
+//   liveness  every heartbeatMs the control plane asks the engine that reads the TUN for a heartbeat
+//             round: each path's heartbeat is sealed and sent like a packet (that engine's path state,
+//             keys, counter, TUN lane), and says whether the engine forwards to the peer's prefixes and
+//             which of its announcements it routes. So a peer hears us only when our packets' state
+//             works, and status shows an established path whose data cannot flow as such (stalled).
 //   Offloads (native addon only; off on the koffi fallback and with WEAVE_SLEEVE_OFFLOAD=0) change
 //   the number of syscalls and kernel trips, not the packets the engine handles nor the wire format.
 //
@@ -30,7 +35,9 @@
 // (nonce), a replay window per lane. Control over the mesh connection (Msg.Overlay, msgpack
 // {v:1, o:'sleeve', t, ...}): 'hello' tells the peer our receiver index and UDP port; 'hear' says
 // whether its UDP heartbeats reach us. The sleeve is established when heartbeats get through both
-// ways; it fails when they stop (the mesh then closes the connection and redials).
+// ways; it fails when they stop (the mesh then closes the connection and redials). Established with a
+// stall reason ("no route to its prefixes", "the peer has no route to our prefixes" ...) when either
+// end's engine cannot forward to the other's announced prefixes.
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import type { Clock, TimerHandle } from '../lib/clock';
@@ -40,8 +47,8 @@ import { ProtocolError, UsageError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
-import { COUNTER, Datapath, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray, sumCounters, type DatapathEvents, type ForwardingSpec, type PathSpec, type SleeveCounters } from './datapath';
-import { FrameType, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame';
+import { COUNTER, Datapath, FWD_NO_ROUTE, FWD_UNKNOWN, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray, sumCounters, type DatapathEvents, type ForwardingSpec, type PathSpec, type SleeveCounters } from './datapath';
+import { FrameType, HB_ROUTES, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { formatAddr, parseCidr, tryParseAddr, tryParseHostPort } from '../lib/addr';
 import { errnoName } from '../lib/errno';
@@ -51,7 +58,7 @@ import { loadTunIo, type TunIo } from './native';
 import { loadFallbackIo, type IoKind } from './fallback-io';
 import { ip as hostIp, ipJson as hostIpJson, sysctl as hostSysctl, type HostCtx } from '../host/ip';
 import { NativeTun, type TunDevice } from './tun';
-import { EAGAIN, NativeUdp, type UdpBind } from './udp';
+import { NativeUdp, type UdpBind } from './udp';
 import type { FromWorker, ToWorker, WorkerInit } from './sleeve-worker';
 
 export type { SleeveCounters } from './datapath';
@@ -75,6 +82,59 @@ export interface RouteSource {
   unicastNextHop(dst: PeerName): PeerName | undefined;
   on(event: 'routesChanged', fn: () => void): unknown;
   off(event: 'routesChanged', fn: () => void): unknown;
+}
+
+/** The part of the mesh a LateRouteSource delegates to (mesh/mesh.ts Mesh fits). */
+export interface RouteSourceMesh {
+  unicastNextHop(dst: PeerName): PeerName | undefined;
+  on(event: 'routesChanged', fn: () => void): unknown;
+  off(event: 'routesChanged', fn: () => void): unknown;
+}
+
+/**
+ * A RouteSource for a mesh that does not exist yet: the sleeve is built before the mesh (the mesh needs
+ * it as its overlay) and subscribes in its constructor, so subscriptions are kept here and hear the
+ * mesh's routesChanged once bind() hands the mesh over. Before that there are no routes.
+ */
+export class LateRouteSource implements RouteSource {
+  private mesh: RouteSourceMesh | undefined;
+  private readonly listeners = new Set<() => void>();
+  private readonly forward = (): void => {
+    for (const fn of [...this.listeners]) fn();
+  };
+
+  constructor(readonly name: PeerName) {}
+
+  /** Binds the mesh (once); subscribers hear a change at once, since routes may exist already. */
+  bind(mesh: RouteSourceMesh): void {
+    if (this.mesh) throw new WeaveError('EINVAL', 'route source already bound to a mesh');
+    this.mesh = mesh;
+    mesh.on('routesChanged', this.forward);
+    this.forward();
+  }
+
+  /** Stops forwarding the mesh's events (the router's shutdown). */
+  unbind(): void {
+    this.mesh?.off('routesChanged', this.forward);
+    this.mesh = undefined;
+  }
+
+  unicastNextHop(dst: PeerName): PeerName | undefined {
+    return this.mesh?.unicastNextHop(dst);
+  }
+
+  on(_event: 'routesChanged', fn: () => void): void {
+    this.listeners.add(fn);
+  }
+
+  off(_event: 'routesChanged', fn: () => void): void {
+    this.listeners.delete(fn);
+  }
+
+  /** How many subscribers are registered (tests, diagnostics). */
+  get subscribers(): number {
+    return this.listeners.size;
+  }
 }
 
 export interface SleeveRouteFilter { skip(origin: PeerName): boolean; onChange(fn: () => void): () => void }
@@ -107,8 +167,13 @@ export interface SleeveOptions {
   underlayMtu?: number;
   /** MTU of the TUN device, which containers should use too; default underlayMtu - SLEEVE_OVERHEAD */
   tunMtu?: number;
-  /** default 1000 ms */
+  /**
+   * Heartbeat cadence: every this long the engine that reads the TUN sends each peer a heartbeat through
+   * the data path (datapath.ts beat()); default 1000 ms
+   */
   heartbeatMs?: number;
+  /** an established path whose data does not flow this long is logged and counted (dataStalls); default 3000 ms */
+  stallReportMs?: number;
   /** an established sleeve fails when nothing arrived for this long; default 8000 ms */
   deadMs?: number;
   /** a new sleeve fails when not established within this; default 15000 ms */
@@ -154,6 +219,9 @@ class PeerPath {
   urgentSince = 0;
   probeStartedAt = 0;
   reason = 'waiting for the peer\'s sleeve parameters';
+  /** since when the established path's data has not flowed (0: it flows), and whether that was reported */
+  stalledSince = 0;
+  stallReported = false;
 
   constructor(
     readonly slot: number,
@@ -167,11 +235,22 @@ class PeerPath {
   ) {}
 }
 
+/** One connection's sleeve as status shows it. */
+export interface SleevePathStatus {
+  /** 'sleeve' once heartbeats pass both ways, else null (reason says why) */
+  overlay: string | null;
+  encrypted: boolean;
+  mtu?: number;
+  reason?: string;
+  /** established, but data does not flow: why (forwarding at either end) */
+  stalled?: string;
+}
+
 /** Handle the mesh holds per connection (mesh/mesh.ts OverlayHandle). */
 export interface SleeveHandle {
   onMessage(payload: Uint8Array): void;
   close(): void;
-  status(): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string };
+  status(): SleevePathStatus;
 }
 
 function parseRemoteIp(addr: string): number {
@@ -211,6 +290,7 @@ export class Sleeve {
   private readonly S: number;
   private readonly B: number;
   private readonly heartbeatMs: number;
+  private readonly stallReportMs: number;
   private readonly deadMs: number;
   private readonly establishTimeoutMs: number;
   private readonly probeMs: number;
@@ -224,6 +304,8 @@ export class Sleeve {
   private readonly engineCounters: Float64Array[] = [];
   private inline: Datapath | null = null;
   private readonly workers: Worker[] = [];
+  /** the worker that reads the TUN: it sends the heartbeats */
+  private txWorker: Worker | null = null;
   private workerFailure: string | null = null;
 
   private readonly ctlIps = new Uint32Array(1);
@@ -250,6 +332,7 @@ export class Sleeve {
     if (!(this.underlayMtu >= 576 && this.underlayMtu <= 65535)) throw new WeaveError('EINVAL', `underlay MTU ${this.underlayMtu} out of range`);
     if (!(this.tunMtu >= 576 && this.tunMtu <= 65535 - SLEEVE_OVERHEAD)) throw new WeaveError('EINVAL', `TUN MTU ${this.tunMtu} out of range`);
     this.heartbeatMs = o.heartbeatMs ?? 1000;
+    this.stallReportMs = o.stallReportMs ?? 3000;
     this.deadMs = o.deadMs ?? 8000;
     this.establishTimeoutMs = o.establishTimeoutMs ?? 15000;
     this.probeMs = o.probeMs ?? 10000;
@@ -330,6 +413,9 @@ export class Sleeve {
     sh.port[slot] = sleevePortOf(conn.remote.overlayParams) ?? DEFAULT_SLEEVE_PORT;
     sh.lastRx[slot] = -Infinity;
     sh.mtu[slot] = this.tunMtu;
+    sh.fwd[slot] = FWD_UNKNOWN;
+    sh.peerHb[slot] = 0;
+    sh.peerVer[slot] = 0;
     this.slots[slot] = p;
     const prev = this.byPeer.get(peer);
     this.byPeer.set(peer, p);
@@ -450,6 +536,7 @@ export class Sleeve {
         }
       });
       this.workers.push(w);
+      if (role === 'tx') this.txWorker = w;
     }
   }
 
@@ -461,6 +548,12 @@ export class Sleeve {
       return;
     }
     for (const w of this.workers) w.postMessage(m);
+  }
+
+  /** One heartbeat round through the engine that reads the TUN. */
+  private beat(): void {
+    if (this.inline) this.inline.beat();
+    else this.txWorker?.postMessage({ k: 'beat' } satisfies ToWorker);
   }
 
   private pushPath(p: PeerPath): void {
@@ -493,8 +586,8 @@ export class Sleeve {
         // The port is what the peer bound; the address stays what we know until heartbeats teach us better.
         if (this.shared.lastRx[p.slot] === -Infinity) this.shared.port[p.slot] = port;
         p.reason = 'waiting for sleeve heartbeats';
+        // the engine beats as soon as its path knows the peer's index
         this.pushPath(p);
-        this.sendHeartbeat(p);
         return;
       }
       case 'hear': {
@@ -520,15 +613,57 @@ export class Sleeve {
     this.recompute();
   }
 
-  private pathStatus(p: PeerPath): { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string } {
-    const s: { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string } = {
+  private pathStatus(p: PeerPath): SleevePathStatus {
+    const s: SleevePathStatus = {
       overlay: p.established && !this.workerFailure ? 'sleeve' : null,
       encrypted: p.txKey !== null,
       mtu: this.innerMtu(p),
     };
     if (this.workerFailure) s.reason = this.workerFailure;
     else if (!p.established) s.reason = p.reason;
+    else {
+      const why = this.stallReason(p);
+      if (why) s.stalled = why;
+    }
     return s;
+  }
+
+  /**
+   * Why an established path carries no data, from the forwarding state of both ends: ours as the engine
+   * that beats judged it (sh.fwd), the peer's as its last heartbeat told (routes our prefixes, and which
+   * announcement of ours). undefined: data flows.
+   */
+  private stallReason(p: PeerPath): string | undefined {
+    const sh = this.shared;
+    const s = p.slot;
+    const fwd = sh.fwd[s];
+    if (fwd === FWD_NO_ROUTE) return 'no route to its prefixes';
+    if (fwd === FWD_UNKNOWN) return 'forwarding not set up yet';
+    const f = sh.peerHb[s];
+    if (f === 0) return undefined; // an older peer: its heartbeats say nothing about its forwarding
+    if ((f & HB_ROUTES) === 0) return 'the peer has no route to our prefixes';
+    const mine = this.o.prefixes.all().get(this.o.name);
+    if (mine && mine.prefixes.length > 0 && sh.peerVer[s] < mine.version) {
+      return sh.peerVer[s] === 0 ? 'the peer has none of our prefixes' : 'the peer routes an older announcement of our prefixes';
+    }
+    return undefined;
+  }
+
+  /** Logs and counts a stall that lasts stallReportMs, and its end. */
+  private watchFlow(p: PeerPath, now: number): void {
+    const why = p.established && !this.workerFailure ? this.stallReason(p) : undefined;
+    if (why === undefined) {
+      if (p.stallReported) this.log.info({ peer: p.peer, after: now - p.stalledSince }, 'sleeve data flowing again');
+      p.stalledSince = 0;
+      p.stallReported = false;
+      return;
+    }
+    if (p.stalledSince === 0) p.stalledSince = now;
+    if (!p.stallReported && now - p.stalledSince >= this.stallReportMs) {
+      p.stallReported = true;
+      this.ctlCounters[COUNTER.dataStalls]++;
+      this.log.warn({ peer: p.peer, reason: why, since: new Date(p.stalledSince).toISOString() }, 'sleeve established but data not flowing');
+    }
   }
 
   private innerMtu(p: PeerPath): number {
@@ -578,6 +713,7 @@ export class Sleeve {
   private tick(): void {
     if (this.closed) return;
     const now = this.clock.now();
+    let beat = false;
     for (const p of this.slots) {
       if (!p || p.closed) continue;
       // any authentic frame (data too) proves the peer -> us direction
@@ -589,9 +725,10 @@ export class Sleeve {
         if (p.closed) continue;
       }
       if (p.remoteIdx >= 0) {
-        this.sendHeartbeat(p);
+        beat = true;
         if (now >= p.nextProbe) this.probe(p, now);
       }
+      this.watchFlow(p, now);
       if (!p.established && !p.failReported && now - p.startedAt >= this.establishTimeoutMs) {
         p.failReported = true;
         const sh = this.shared;
@@ -601,10 +738,11 @@ export class Sleeve {
         p.cb.failed(reason);
       }
     }
+    if (beat) this.beat();
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
   }
 
-  /** Control frames (heartbeats, probes) from this thread: lane 0, allocating (a few per second). */
+  /** Control frames (PMTU probes) from this thread: lane 0, allocating (a few per probe period). */
   private sendFrame(p: PeerPath, type: number, body: Uint8Array): number {
     const frame = encodeFrame(p.txKey ? this.crypto : null, p.txKey, type, LANE_CONTROL, p.remoteIdx, p.ctlCounter++, body);
     this.ctlIps[0] = this.shared.ip[p.slot];
@@ -617,12 +755,6 @@ export class Sleeve {
       this.ctlCounters[COUNTER.udpOutBytes] += frame.length;
     }
     return sent === 1 ? 0 : this.ctlErrs[0];
-  }
-
-  private sendHeartbeat(p: PeerPath): void {
-    if (p.remoteIdx < 0 || this.shared.ip[p.slot] === 0) return;
-    const err = this.sendFrame(p, FrameType.Heartbeat, Uint8Array.of(p.weHear ? 1 : 0));
-    if (err !== 0 && err !== EAGAIN) this.log.debug({ peer: p.peer, errno: errnoName(err) }, 'heartbeat send failed');
   }
 
   /** One PMTU round: a DF probe of each candidate size; acks of the previous round settle the MTU. */
@@ -667,10 +799,14 @@ export class Sleeve {
   private recompute(): void {
     if (this.closed) return;
     const names: PeerName[] = [];
+    const versions: number[] = [];
+    const ids = new Map<PeerName, number>();
     const entries: ForwardingSpec['entries'] = [];
     for (const [origin, e] of this.o.prefixes.all()) {
       const id = names.length;
       names.push(origin);
+      versions.push(e.version);
+      ids.set(origin, id);
       for (const s of e.prefixes) entries.push({ prefix: parseCidr(s, { allowBare: true, allowHostBits: true, what: 'prefix' }), peer: id });
     }
     // Equal prefixes from two peers: the last entry wins; sort by origin so every router picks the same.
@@ -682,7 +818,9 @@ export class Sleeve {
       const p = hop === undefined ? undefined : this.byPeer.get(hop);
       return p && p.established && !p.closed ? p.slot : -1;
     });
-    this.toEngines({ k: 'fwd', spec: { entries, next, self: names.indexOf(this.o.name) } });
+    // which announcement each path's peer has here: the beating engine judges and reports forwarding per path
+    const slotPeer = this.slots.map((p) => (p && !p.closed ? ids.get(p.peer) ?? -1 : -1));
+    this.toEngines({ k: 'fwd', spec: { entries, next, self: names.indexOf(this.o.name), versions, slotPeer } });
     this.publishRoutes(false);
   }
 

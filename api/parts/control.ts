@@ -1,7 +1,6 @@
 // The control plane's parts: the data dir and the peer's identity, the wire (crypto engine and the
 // TCP transport), the route events the data plane listens to, and the mesh itself with its stored
 // targets and its share of the report, metrics and API.
-import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Registry } from 'prom-client';
@@ -16,7 +15,7 @@ import { TcpTransport } from '../../mesh/tcp-transport';
 import { Mesh, type OverlayManager } from '../../mesh/mesh';
 import { PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION } from '../../mesh/wire';
 import { formatCidr } from '../../ipam/addr';
-import type { RouteSource } from '../../router/sleeve';
+import { LateRouteSource } from '../../router/sleeve';
 import { inSubnets, type RouterConfig } from '../config';
 import { FileTargetStore } from '../../mesh/targets';
 import { bool, peerList } from '../../lib/validate';
@@ -70,38 +69,12 @@ export function writePidFile(cfg: RouterConfig): Part {
 }
 
 /**
- * The mesh's routes for the parts built before the mesh (the sleeve needs them, and the mesh needs
- * the sleeve as an overlay). Subscriptions made before the mesh exists are kept: once bound, every
- * change of the mesh's routes reaches them, and binding itself announces one.
+ * The wire: the crypto engine, the TCP transport (not listening yet), and the mesh's route events
+ * for the parts built before the mesh (the sleeve needs them, and the mesh needs the sleeve as an
+ * overlay): router/sleeve.ts LateRouteSource keeps their subscriptions until the mesh is bound.
  */
-export class RouteEvents extends EventEmitter implements RouteSource {
-  private mesh: Mesh | undefined;
-  private readonly relay = (): void => { this.emit('routesChanged'); };
+export interface WirePart extends Part { crypto: CryptoEngine; transport: TcpTransport; routeEvents: LateRouteSource }
 
-  constructor(readonly name: PeerName) {
-    super();
-  }
-
-  bind(mesh: Mesh): void {
-    this.mesh?.off('routesChanged', this.relay);
-    this.mesh = mesh;
-    mesh.on('routesChanged', this.relay);
-    this.relay();
-  }
-
-  unbind(): void {
-    this.mesh?.off('routesChanged', this.relay);
-    this.mesh = undefined;
-  }
-
-  unicastNextHop(dst: PeerName): PeerName | undefined {
-    return this.mesh?.unicastNextHop(dst);
-  }
-}
-
-export interface WirePart extends Part { crypto: CryptoEngine; transport: TcpTransport; routeEvents: RouteEvents }
-
-/** The crypto engine, the TCP transport (not listening yet) and the route events. */
 export function buildWire(cfg: RouterConfig, identity: Identity, root: Logger, clock: Clock): WirePart {
   const crypto = loadCrypto(cfg.crypto ?? 'sodium', componentLogger(root, 'crypto'));
   const transport = new TcpTransport({
@@ -109,7 +82,7 @@ export function buildWire(cfg: RouterConfig, identity: Identity, root: Logger, c
     log: componentLogger(root, 'transport'),
     trusts: (ip) => inSubnets(cfg.trustedSubnets, ip),
   });
-  const routeEvents = new RouteEvents(identity.name);
+  const routeEvents = new LateRouteSource(identity.name);
   return { name: 'wire', crypto, transport, routeEvents, stop: () => routeEvents.unbind() };
 }
 

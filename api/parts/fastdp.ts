@@ -137,7 +137,7 @@ export interface ForwardingInputs { identity: Identity; mesh: Mesh; sleeve: Slee
 /**
  * Announced prefixes travel on their gossip channel; fastdp routes its peers' prefixes through the
  * VXLAN device and the sleeve leaves those out of the TUN routes; prefixes of peers that left the
- * topology stop attracting traffic.
+ * topology stop attracting traffic until they are back.
  */
 export function wireForwarding(i: ForwardingInputs, root: Logger): Part {
   const { mesh, overlays } = i;
@@ -150,14 +150,9 @@ export function wireForwarding(i: ForwardingInputs, root: Logger): Part {
     i.sleeve.sleeve.setRouteFilter({ skip: (origin) => fastdpRoutes.sleeveSkips(origin), onChange: (fn) => overlays.overlaySwitch.onChange(() => fn()) });
   }
   prefixes.setChannel(mesh.newGossip(PREFIXES_CHANNEL, prefixes));
-  // Only peers that were reachable and no longer are: a peer whose gossip arrives before its
-  // connection is established must not be tombstoned.
-  let live = new Set(mesh.peerNames());
-  const onPeers = (): void => {
-    const now = new Set(mesh.peerNames());
-    for (const p of live) if (!now.has(p)) prefixes.removePeer(p);
-    live = now;
-  };
+  // Announcements of peers that left the topology must not keep attracting traffic; those of peers
+  // that come back are routed again (router/prefixes.ts setReachable).
+  const onPeers = (): void => prefixes.setReachable(mesh.peerNames());
   mesh.on('peersChanged', onPeers);
   return {
     name: 'forwarding',

@@ -6,11 +6,14 @@
 //  - messages are delivered after the link delay, in order per connection direction (one clock
 //    timer per direction while messages are queued, not one per message);
 //  - TCP does not lose messages, so a "dropped" message kills the connection (both ends see a
-//    reset), and partitions cut every connection crossing them.
+//    reset), and partitions cut every connection crossing them;
+//  - the handshake's verdict is TcpTransport's: transports with different passwords refuse each other
+//    (EPASSWORD, or EENCRYPTION when one has none) at both ends; encrypted connections carry a
+//    32-byte session key both ends share. test/contract/transport.contract.ts holds both to one contract.
 // Bytes (payload + a 5-byte frame header) are counted per message type for the bench.
 import { mulberry32 } from './rng';
 import type { Clock, TimerHandle } from '../../lib/clock';
-import type { ConnectFailure, Features, MeshConnection, Transport } from '../../mesh/types';
+import { Msg, type ConnectFailure, type Features, type MeshConnection, type Transport } from '../../mesh/types';
 import { WeaveError } from '../../lib/errors';
 import { Mesh, type MeshOptions } from '../../mesh/mesh';
 import { silentLogger, type Logger } from '../../lib/log';
@@ -76,13 +79,16 @@ export class FakeConnection implements MeshConnection {
     readonly local: Features,
     readonly remote: Features,
     readonly encrypted: boolean,
-  ) {}
+    readonly sessionKey: Uint8Array | null,
+  ) {
+    this.dataKey = sessionKey;
+  }
 
-  readonly sessionKey: Uint8Array | null = null;
-  readonly dataKey: Uint8Array | null = null;
+  readonly dataKey: Uint8Array | null;
 
   send(type: number, payload: Uint8Array): void {
-    if (this.closed) return;
+    // heartbeats are the transport's own (TcpTransport sends and swallows them); there is no line to keep alive here
+    if (this.closed || type === Msg.Heartbeat) return;
     this.net.transmit(this, type, payload);
   }
 
@@ -99,7 +105,7 @@ export class FakeTransport implements Transport {
   readonly conns = new Set<FakeConnection>();
   closed = false;
 
-  constructor(private readonly net: FakeUnderlay, readonly address: string) {}
+  constructor(private readonly net: FakeUnderlay, readonly address: string, readonly password: string | null) {}
 
   async listen(onConnection: (c: MeshConnection) => void, onRefused: (remoteAddr: string, f: ConnectFailure) => void): Promise<void> {
     this.listener = onConnection;
@@ -133,6 +139,7 @@ export class FakeUnderlay {
   private readonly random: () => number;
   private readonly delayMs: number;
   private readonly dialTimeoutMs: number;
+  /** default for transports made without a password of their own */
   private readonly encrypted: boolean;
   /** bytes carried, by message type */
   readonly bytesByType = new Map<number, number>();
@@ -149,11 +156,14 @@ export class FakeUnderlay {
     this.encrypted = o.encrypted ?? false;
   }
 
-  /** A transport bound to "ip:port" (replaces a closed one at the same address). */
-  transport(addr: string): FakeTransport {
+  /**
+   * A transport bound to "ip:port" (replaces a closed one at the same address). password: as a router's
+   * (null: unencrypted); default: the underlay's `encrypted` decides for every transport alike.
+   */
+  transport(addr: string, o: { password?: string | null } = {}): FakeTransport {
     const cur = this.transports.get(addr);
     if (cur && !cur.closed) throw new Error(`address ${addr} already bound`);
-    const t = new FakeTransport(this, addr);
+    const t = new FakeTransport(this, addr, o.password !== undefined ? o.password : this.encrypted ? 'sim' : null);
     this.transports.set(addr, t);
     this.dead.delete(ipOf(addr));
     return t;
@@ -215,6 +225,7 @@ export class FakeUnderlay {
   }
 
   dial(from: FakeTransport, address: string, local: Features): Promise<MeshConnection> {
+    if (from.closed) return Promise.reject(new WeaveError('ECLOSED', 'transport is closed', { address }));
     return new Promise((resolve, reject) => {
       const srcIp = ipOf(from.address);
       const dstIp = ipOf(address);
@@ -225,15 +236,25 @@ export class FakeUnderlay {
       const delay = this.link(srcIp, dstIp)?.delayMs ?? this.delayMs;
       this.clock.setTimeout(() => {
         const t = this.transports.get(address);
-        if (from.closed) return reject(new WeaveError('ECONNABORTED', 'transport closed', { address }));
+        if (from.closed) return reject(new WeaveError('ECLOSED', 'transport closed during the dial', { address }));
         if (!t || t.closed || !t.listener || !t.features || this.dead.has(dstIp) || this.cut(srcIp, dstIp)) {
           return reject(new WeaveError('ECONNREFUSED', `dial ${address}: connection refused`, { address }));
         }
         const ephemeral = `${srcIp}:${this.ephemeral++}`;
+        if (from.password !== t.password) {
+          // the handshake fails at both ends with the same verdict (mesh/wire.ts)
+          const f: ConnectFailure = (from.password === null) !== (t.password === null)
+            ? { code: 'EENCRYPTION', message: 'one side encrypts and the other does not: set the same password on both' }
+            : { code: 'EPASSWORD', message: 'the passwords differ' };
+          t.onRefused?.(ephemeral, f);
+          return reject(new WeaveError(f.code, `dial ${address}: ${f.message}`, { address }));
+        }
         const id = local.connId || `c${this.connSeq++}`;
         const remoteFeatures = { ...t.features, connId: id };
-        const out = new FakeConnection(this, id, true, address, ephemeral, local, remoteFeatures, this.encrypted);
-        const inb = new FakeConnection(this, id, false, ephemeral, address, remoteFeatures, local, this.encrypted);
+        const encrypted = t.password !== null;
+        const key = encrypted ? Uint8Array.from({ length: 32 }, () => Math.floor(this.random() * 256)) : null;
+        const out = new FakeConnection(this, id, true, address, ephemeral, local, remoteFeatures, encrypted, key);
+        const inb = new FakeConnection(this, id, false, ephemeral, address, remoteFeatures, local, encrypted, key);
         out.peer = inb;
         inb.peer = out;
         out.owner = from;

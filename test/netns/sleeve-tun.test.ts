@@ -267,6 +267,9 @@ for (const offload of [false, true]) test(`two sleeves over real TUN devices in 
     ends.b = sb.attach(conn([B, sb], [A, sa], false, () => ends.a), { established: () => up.push('b'), failed: (r) => up.push(`b-fail ${r}`) });
     await waitUntil(() => up.length === 2, 'sleeve established', 5000);
     assert.deepEqual(up.sort(), ['a', 'b']);
+    // the workers install the forwarding that establishment brought a moment later; until then the
+    // status says data does not flow yet
+    await waitUntil(() => ends.a!.status().stalled === undefined && ends.b!.status().stalled === undefined, 'data flowing both ways', 5000);
     assert.deepEqual(ends.a.status(), { overlay: 'sleeve', encrypted: true, mtu: 1500 - 60 });
 
     const ping = await run(['ip', 'netns', 'exec', nsA, 'ping', '-c', '3', '-i', '0.2', '-W', '2', '10.32.2.1'], { allowFail: true, timeoutMs: 15_000 });

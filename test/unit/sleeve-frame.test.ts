@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadCrypto, tweetnaclEngine } from '../../mesh/crypto';
 import { silentLogger } from '../../lib/log';
-import { FrameHeader, FrameType, HDR, TAG, ViewCache, decodeFrame, deriveKeys, encodeFrame, parseHeader, setNonce, writeHeader } from '../../router/frame';
+import { FrameHeader, FrameType, HB_BODY, HB_ROUTES, HB_V2, HDR, TAG, ViewCache, decodeFrame, deriveKeys, encodeFrame, heartbeatFlags, heartbeatVersion, parseHeader, setNonce, writeHeader, writeHeartbeat } from '../../router/frame';
 import { UNREACH_FRAG_NEEDED, UNREACH_HOST, decrementTtl, fragment, ipChecksum, mayAnswer, writeUnreachable } from '../../router/icmp';
 import { ipv4Packet } from '../fakes/channel-tun';
 
@@ -167,4 +167,19 @@ test('fragmentation splits on 8-byte boundaries and reassembles', () => {
   assert.deepEqual(re, payload);
   assert.equal(fragment(ipv4Packet({ src: '10.0.0.1', dst: '10.0.0.2', payload, df: true }), 0, 3020, 1300, out, 0, stride, lens, 0, 8), 0, 'DF set');
   assert.equal(fragment(pkt, 0, pkt.length, 100, out, 0, stride, lens, 0, 8), 0, 'too many fragments');
+});
+
+test('heartbeat body: flags and the routed announcement version round-trip; an older one-byte body says nothing', () => {
+  const b = Buffer.alloc(HB_BODY + 4, 0xee);
+  writeHeartbeat(b, 2, true, 1796607750290 + 7);
+  assert.equal(heartbeatFlags(b, 2, HB_BODY), HB_V2 | HB_ROUTES);
+  assert.equal(heartbeatVersion(b, 2), 1796607750297);
+  writeHeartbeat(b, 2, false, 0);
+  assert.equal(heartbeatFlags(b, 2, HB_BODY), HB_V2);
+  assert.equal(heartbeatVersion(b, 2), 0);
+  writeHeartbeat(b, 0, true, Number.MAX_SAFE_INTEGER);
+  assert.equal(heartbeatVersion(b, 0), Number.MAX_SAFE_INTEGER);
+  // what routers before this body sent: one byte (weHear); no flags, so no verdict on the peer's routes
+  assert.equal(heartbeatFlags(Buffer.from([1]), 0, 1), 0);
+  assert.equal(heartbeatFlags(Buffer.alloc(HB_BODY), 0, HB_BODY), 0);
 });

@@ -85,6 +85,39 @@ test('removed peers stay removed until they announce something newer', () => {
   assert.deepEqual(a.all().get(B)!.prefixes, ['10.32.2.0/24', '10.32.9.9/32']);
 });
 
+test('a peer unreachable for a moment is routed again when it comes back, without announcing anything new', () => {
+  const clock = new FakeClock(1000);
+  const a = new PrefixTable(A, clock, silentLogger());
+  const b = new PrefixTable(B, clock, silentLogger());
+  const c = new PrefixTable(C, clock, silentLogger());
+  b.setLocal(['10.32.2.0/24']);
+  c.setLocal(['10.32.3.0/24']);
+  a.onGossip(wire(b.full()));
+  // c's gossip arrived before its connection is up: never reachable yet, so it must not be dropped
+  a.onGossip(wire(c.full()));
+  let changes = 0;
+  a.onChange(() => changes++);
+  a.setReachable([A, B]);
+  assert.deepEqual([...a.all().keys()].sort(), [A, B, C].sort());
+  assert.equal(changes, 0);
+  // b drops out (a connection replaced, a link flapping, a third router restarting): its prefixes go
+  a.setReachable([A]);
+  assert.equal(a.all().has(B), false);
+  assert.equal(changes, 1);
+  assert.equal(a.onGossip(wire(b.full())), null, 'a stale copy gossiped back while b is away is refused');
+  // b is back with the same announcement: routed again at once (it has no reason to announce anew)
+  a.setReachable([A, B]);
+  assert.deepEqual(a.all().get(B)!.prefixes, ['10.32.2.0/24']);
+  assert.equal(changes, 2);
+  // away again, and this time b announces something newer meanwhile (a restart): the newer one stays
+  a.setReachable([A]);
+  b.setLocal(['10.32.2.0/24', '10.32.2.9/32']);
+  assert.ok(a.onGossip(wire(b.full())));
+  a.setReachable([A, B]);
+  assert.deepEqual(a.all().get(B)!.prefixes, ['10.32.2.0/24', '10.32.2.9/32']);
+  assert.equal(a.all().get(B)!.version, b.all().get(B)!.version);
+});
+
 test('a restarted router outbids its own stale announcement', () => {
   const clock = new FakeClock(1000);
   const a1 = new PrefixTable(A, clock, silentLogger());

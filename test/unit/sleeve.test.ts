@@ -9,12 +9,13 @@ import { MemoryLogger, silentLogger } from '../../lib/log';
 import type { PeerName } from '../../mesh/peer';
 import { Msg, type Features, type MeshConnection } from '../../mesh/types';
 import type { OverlayManager } from '../../mesh/mesh';
-import { FrameHeader, FrameType, HDR, TAG, parseHeader } from '../../router/frame';
+import { FrameHeader, FrameType, HB_BODY, HDR, TAG, parseHeader } from '../../router/frame';
 import { ipChecksum } from '../../router/icmp';
 import { PrefixTable } from '../../router/prefixes';
 import type { BoxKind } from '../../router/boxes';
 import { loadTunIo } from '../../router/native';
-import { SLEEVE_OVERHEAD, Sleeve, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
+import { LateRouteSource, SLEEVE_OVERHEAD, Sleeve, type RouteSource, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
+import { COUNTER_NAMES, LANE_TX } from '../../router/datapath';
 import { ChannelTun, ipv4Packet } from '../fakes/channel-tun';
 import { ChannelNet, ipNum } from '../fakes/channel-udp';
 
@@ -50,7 +51,7 @@ class Lab {
   readonly handles: SleeveHandle[] = [];
   readonly protocolErrors: string[] = [];
 
-  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger; boxes?: BoxKind } = {}): Node {
+  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger; boxes?: BoxKind; routeSource?: RouteSource } = {}): Node {
     const log = o.log ?? silentLogger();
     const tun = new ChannelTun();
     const udp = this.net.bind(ip, 6783);
@@ -59,7 +60,7 @@ class Lab {
     const routes = new FakeRoutes(name);
     const routesSet: SleeveRoute[][] = [];
     const sleeve = new Sleeve({
-      name, clock: this.clock, log, crypto: o.crypto ?? sodium, routes, prefixes: pt, tun, udp,
+      name, clock: this.clock, log, crypto: o.crypto ?? sodium, routes: o.routeSource ?? routes, prefixes: pt, tun, udp,
       host: { tunUp: async () => {}, setRoutes: (r) => { routesSet.push(r); } },
       underlayMtu: o.underlayMtu, boxes: o.boxes,
     });
@@ -478,6 +479,152 @@ test('an I/O error in the packet loop stops that loop, is logged and shows in st
     assert.equal(reads, 1, 'polling stopped after the error');
     assert.equal(ha.status().overlay, null);
     assert.match(ha.status().reason!, /tx data path stopped: EBADFD/);
+  } finally {
+    lab.close();
+  }
+});
+
+// ---- route source subscription order, data-path liveness, stalled status ----------------------
+
+test('a sleeve built before its mesh hears route changes once the mesh is bound (LateRouteSource)', async () => {
+  const lab = new Lab();
+  // the router builds the sleeve first and the mesh after (the mesh needs the sleeve as its overlay):
+  // the sleeve subscribes to routesChanged in its constructor, while there is no mesh yet
+  const src = new LateRouteSource(A);
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24'], { routeSource: src });
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24']);
+  try {
+    assert.equal(src.subscribers, 1, 'the subscription made before the mesh existed is kept');
+    lab.syncPrefixes();
+    b.routes.hops.set(A, A);
+    lab.connect(a, b, sodium.randomBytes(32));
+    await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
+    const mesh = new FakeRoutes(A);
+    src.bind(mesh);
+    assert.equal(mesh.listenerCount('routesChanged'), 1);
+    // routes come later, as they do once the topology settles: only the event tells the sleeve
+    mesh.hops.set(B, B);
+    mesh.emit('routesChanged');
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('after-bind') }));
+    await lab.until(() => b.tun.written.length === 1, 'the packet crosses once the route arrived');
+    assert.equal(a.sleeve.counters.dropNoRoute, 0);
+    assert.throws(() => src.bind(mesh), /already bound/);
+    src.unbind();
+    assert.equal(mesh.listenerCount('routesChanged'), 0);
+  } finally {
+    lab.close();
+  }
+});
+
+test('LateRouteSource: next hops come from the bound mesh; a bind tells subscribers at once', () => {
+  const src = new LateRouteSource(A);
+  let heard = 0;
+  const fn = (): void => { heard++; };
+  src.on('routesChanged', fn);
+  assert.equal(src.unicastNextHop(B), undefined, 'no mesh: no routes');
+  const mesh = new FakeRoutes(A);
+  mesh.hops.set(B, C);
+  src.bind(mesh);
+  assert.equal(heard, 1, 'routes may exist already when the mesh is bound');
+  assert.equal(src.unicastNextHop(B), C);
+  mesh.emit('routesChanged');
+  assert.equal(heard, 2);
+  src.off('routesChanged', fn);
+  mesh.emit('routesChanged');
+  assert.equal(heard, 2);
+});
+
+test('heartbeats leave through the packet engine (TUN lane, path keys) and say what the sender routes', async () => {
+  const lab = new Lab();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24']);
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24']);
+  try {
+    lab.syncPrefixes();
+    a.routes.hops.set(B, B);
+    b.routes.hops.set(A, A);
+    lab.net.capture = true;
+    lab.connect(a, b, sodium.randomBytes(32));
+    await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
+    lab.clock.advance(1000);
+    await lab.settle();
+    const h = new FrameHeader();
+    const beats = lab.net.captured.filter((d) => parseHeader(d.data, 0, d.data.length, h, true) && h.type === FrameType.Heartbeat).length;
+    assert.ok(beats >= 2, `heartbeats captured: ${beats}`);
+    for (const d of lab.net.captured) {
+      if (!parseHeader(d.data, 0, d.data.length, h, true) || h.type !== FrameType.Heartbeat) continue;
+      assert.equal(h.lane, LANE_TX, 'sealed by the engine that reads the TUN, on its lane');
+      assert.equal(d.data.length, HDR + HB_BODY + TAG);
+    }
+    assert.ok(a.sleeve.counters.heartbeatsSent >= 1 && b.sleeve.counters.heartbeatsSent >= 1);
+    assert.ok(COUNTER_NAMES.includes('dataStalls'));
+  } finally {
+    lab.close();
+  }
+});
+
+test('established but no route to the peer\'s prefixes: status says data does not flow, both ends; counted', async () => {
+  const log = new MemoryLogger();
+  const lab = new Lab();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24'], { log });
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24']);
+  try {
+    lab.syncPrefixes();
+    b.routes.hops.set(A, A);
+    // a has no next hop for b yet: the mesh's routes lag the connection (what a restart looked like)
+    const { ha, hb } = lab.connect(a, b, sodium.randomBytes(32));
+    await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
+    await lab.until(() => hb.status().stalled !== undefined, 'b hears that a does not route its prefixes');
+    assert.equal(ha.status().overlay, 'sleeve', 'the connection itself is up');
+    assert.equal(ha.status().stalled, 'no route to its prefixes');
+    assert.equal(hb.status().overlay, 'sleeve');
+    assert.equal(hb.status().stalled, 'the peer has no route to our prefixes');
+    // a packet from a's TUN is dropped for lack of a route while status says so
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('lost') }));
+    await lab.until(() => a.sleeve.counters.dropNoRoute === 1, 'no-route drop');
+    // lasting stalls are logged and counted once
+    await lab.until(() => a.sleeve.counters.dataStalls === 1, 'stall counted', 40, 500);
+    assert.ok(log.records.some((l) => l.msg === 'sleeve established but data not flowing' && l.reason === 'no route to its prefixes'));
+    // the route arrives: both ends see data flowing again (b without waiting for a's next heartbeat round)
+    a.routes.hops.set(B, B);
+    a.routes.emit('routesChanged');
+    await lab.settle();
+    assert.equal(ha.status().stalled, undefined);
+    assert.equal(hb.status().stalled, undefined);
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('through') }));
+    await lab.until(() => b.tun.written.length === 1, 'delivered');
+    lab.clock.advance(1000);
+    await lab.settle();
+    assert.ok(log.records.some((l) => l.msg === 'sleeve data flowing again'));
+    assert.equal(a.sleeve.counters.dataStalls, 1);
+  } finally {
+    lab.close();
+  }
+});
+
+test('a peer that lacks our announcement (or an older one) is shown as not carrying our data', async () => {
+  const lab = new Lab();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24']);
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24']);
+  try {
+    // b never heard a's announcement (lost gossip): a routes b's prefixes, b routes nothing of a's
+    a.prefixes.mergeUpdate(b.prefixes.full());
+    a.routes.hops.set(B, B);
+    b.routes.hops.set(A, A);
+    const { ha, hb } = lab.connect(a, b, null);
+    await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
+    await lab.until(() => ha.status().stalled !== undefined, 'a hears which announcement b routes');
+    assert.equal(ha.status().stalled, 'the peer has none of our prefixes');
+    assert.equal(hb.status().stalled, undefined, 'b routes everything it knows a announces (nothing)');
+    b.prefixes.mergeUpdate(a.prefixes.full());
+    await lab.settle();
+    assert.equal(ha.status().stalled, undefined);
+    // a announces more: until b has installed it, a says so
+    a.prefixes.setLocal(['10.32.1.0/24', '10.32.9.9/32']);
+    await lab.settle();
+    assert.equal(ha.status().stalled, 'the peer routes an older announcement of our prefixes');
+    b.prefixes.mergeUpdate(a.prefixes.full());
+    await lab.settle();
+    assert.equal(ha.status().stalled, undefined);
   } finally {
     lab.close();
   }
