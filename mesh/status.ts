@@ -1,6 +1,7 @@
 // The one status data model. The router produces it; `weave report` prints it as JSON and
 // `weave status ...` renders text views of the same object (api/views.ts). Add fields, never fork it.
 import type { PeerName } from './peer';
+import type { RotationStatus } from './rotation';
 
 export type ConnState = 'connecting' | 'retrying' | 'failed' | 'pending' | 'established';
 
@@ -27,6 +28,11 @@ export interface ConnectionStatus {
   mtu?: number;
   /** why a better overlay is not used (e.g. "peer has no fastdp", "kernel lacks ESP") */
   overlayReason?: string;
+  /**
+   * the generation of the password the connection is keyed with (password rotation): the lower of
+   * the two directions', so it shows the new generation only once both directions moved
+   */
+  passwordGeneration?: number;
 }
 
 export interface PeerConnectionStatus {
@@ -66,4 +72,6 @@ export interface MeshStatus {
   connections: ConnectionStatus[];
   targets: string[];
   routes: RouteStatus[];
+  /** password rotation: accepted generations, the window (absent without a password-capable transport) */
+  passwordRotation?: RotationStatus;
 }
