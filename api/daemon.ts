@@ -30,6 +30,7 @@ import { supportsEsp, XfrmManager, ESP_OVERHEAD } from '../ipsec/xfrm';
 import type { PeerName } from '../mesh/peer';
 import { formatCidr } from '../ipam/addr';
 import type { AttachRequest, DaemonContext, Subsystem } from './subsystem';
+import { registerPasswordRotation } from './password';
 
 const ROUTE_RESYNC_MS = 10_000;
 /** FDB/neighbour entries lost to a hand flush break fastdp until healed: check them more often. */
@@ -438,6 +439,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     setImmediate(() => void stop('stop requested through the API'));
     return { stopping: true };
   });
+  registerPasswordRotation({ api, passwords: transport.passwords, passwordFile: opts.flags?.passwordFile as string | undefined, log: componentLogger(root, 'password'), signals: opts.installSignalHandlers !== false, stopped });
 
   const announced = new Map<string, string[]>();
   const ctx: DaemonContext = {
