@@ -15,6 +15,7 @@ import { checkPeer } from './lib/validate';
 import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
 import { WeaveError, UsageError, errMsg } from './lib/errors';
 import { SUBSYSTEMS } from './api/subsystems';
+import { addPasswordCommands } from './api/password';
 
 function fail(msg: string, code = 1): never {
   process.stderr.write(`weave: ${msg}\n`);
@@ -295,6 +296,7 @@ export function buildProgram(): Command {
     });
 
   for (const m of SUBSYSTEMS) m.commands?.(program, client);
+  addPasswordCommands(program, client);
 
   program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down')
     .action(async () => {

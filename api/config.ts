@@ -24,6 +24,8 @@ export interface RouterConfig {
   port: number;
   httpAddr: { host: string; port: number };
   password: Buffer | null;
+  /** --password-file, re-read on SIGHUP or `weave password-rotate` (absent: WEAVE_PASSWORD or none) */
+  passwordFile?: string;
   connLimit: number;
   discovery: boolean;
   resume: boolean;
@@ -85,6 +87,7 @@ export function routerConfig(peers: string[], f: RouterFlags & Record<string, un
     port: parsePort(f.port, '--port'),
     httpAddr: httpAddrFrom(f.httpAddr, env),
     password: loadPassword(f.passwordFile, env),
+    passwordFile: f.passwordFile || undefined,
     connLimit: parseConnLimit(f.connLimit),
     discovery: f.discovery,
     resume: !!f.resume,

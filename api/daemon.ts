@@ -18,6 +18,7 @@ import { buildSleeve, hostState, startRouteSync } from './parts/sleeve';
 import { buildOverlays, wireForwarding } from './parts/fastdp';
 import { buildEndpoints, restoreEndpoints } from './parts/endpoints';
 import { buildReport, serveApi } from './parts/api';
+import { passwordRotation } from './password';
 
 export { VERSION } from './parts/api';
 export { pidFile, runningPid } from './parts/control';
@@ -46,7 +47,7 @@ const MODULES: readonly SubsystemModule<unknown, DaemonContext>[] = SUBSYSTEMS;
 /** Every step's builder, in one object so a test can replace them (start-up failure at each step). */
 export const STEPS = {
   openDataDir, hostState, buildWire, buildSleeve, buildOverlays, buildMesh, wireForwarding, buildEndpoints,
-  subsystems: MODULES, restoreEndpoints, startRouteSync, startMesh, serveApi, writePidFile,
+  subsystems: MODULES, restoreEndpoints, startRouteSync, startMesh, passwordRotation, serveApi, writePidFile,
 };
 
 export interface RunOptions {
@@ -85,6 +86,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   await build.add('restore endpoints', () => s.restoreEndpoints(eps, log));
   await build.add('route sync', () => s.startRouteSync(host));
   await build.add('mesh start', () => s.startMesh(mesh, subsystems, cfg));
+  await build.add('password rotation', () => s.passwordRotation({ passwords: wire.transport.passwords, passwordFile: cfg.passwordFile, log: componentLogger(root, 'password'), signals: opts.installSignalHandlers !== false }));
   const life = { stop, reset: async () => { await eps.removeAll(); await resetSubsystems(subsystems, log); } };
   await build.add('api', () => s.serveApi(cfg, build.parts, life, root));
   await build.add('pid file', () => s.writePidFile(cfg));

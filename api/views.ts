@@ -1,5 +1,6 @@
 // Text views of the one report model (weave status ...). `weave report` prints the same object as JSON.
 import type { MeshStatus, ConnectionStatus } from '../mesh/status';
+import { describeRotation } from './password';
 
 export interface RouterReport extends MeshStatus {
   port: number;
@@ -36,6 +37,7 @@ export function renderSummary(r: Report): string {
     '',
     label('Name', `${m.name}(${m.nickname})`),
     label('Encryption', m.encryption ? 'enabled' : 'disabled'),
+    ...(m.passwordRotation && m.passwordRotation.state === 'rotating' ? [label('Password', describeRotation(m.passwordRotation))] : []),
     label('PeerDiscovery', m.peerDiscovery ? 'enabled' : 'disabled'),
     label('Targets', m.targets.length),
     label('Connections', `${m.connections.length} (${est} established${stateCounts(m.connections)})`),

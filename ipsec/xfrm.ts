@@ -17,7 +17,7 @@ import { WeaveError, UsageError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { isAddrText } from '../lib/addr';
 import { VXLAN_PORT } from '../lib/ports';
-import { ESP_AEAD_ALG, ESP_ICV_BITS, EspKeys, keyHex, spiHex } from './keys';
+import { ESP_AEAD_ALG, ESP_ICV_BITS, EspKeys, EspSa, keyHex, spiHex } from './keys';
 import { randomBytes } from 'crypto';
 
 /** 'weav': the reqid that marks our states and policy templates. */
@@ -54,6 +54,11 @@ export interface PeerSas {
   /** the peer's underlay address (its FDB `dst`) */
   remote: string;
   keys: EspKeys;
+  /**
+   * more inbound SAs to hold next to keys.in: during a password rotation's re-key the old and the new
+   * receive key overlap (router/fastdp.ts), so the peer may seal under either
+   */
+  extraIn?: EspSa[];
 }
 
 /** One xfrm state as `ip xfrm state` prints it. keyHex is only filled for AEAD states. */
@@ -252,6 +257,7 @@ export class XfrmManager {
     const want = [
       { src: L, dst: R, spi: p.keys.out.spi, key: keyHex(p.keys.out) },
       { src: R, dst: L, spi: p.keys.in.spi, key: keyHex(p.keys.in) },
+      ...(p.extraIn ?? []).filter((sa) => sa.spi !== p.keys.in.spi).map((sa) => ({ src: R, dst: L, spi: sa.spi, key: keyHex(sa) })),
     ];
     const pairStates = states.filter((s) => (s.src === L && s.dst === R) || (s.src === R && s.dst === L));
     const first: string[] = []; // deletes that must precede an add of the same (dst, spi)

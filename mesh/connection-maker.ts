@@ -4,11 +4,40 @@
 // connection with, retries with jittered exponential backoff (1 s doubling to a 60 s cap, ±25%),
 // and keeps, per target, what happened last (code, reason, next retry) for `weave status targets`.
 // The mesh performs the dial and the post-authentication checks and reports back here.
+// A target nobody wants any more (forgotten or replaced, and not discovered) is dropped at once: its
+// dial in progress is cancelled and it is never retried. Targets are checked when given (UsageError
+// naming the bad entry) and when loaded from the store or learned from gossip (skipped with a log line).
+import { isIP } from 'net';
 import type { Clock, TimerHandle } from '../lib/clock';
+import { UsageError, WeaveError } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from './peer';
 import type { ConnectionStatus } from './status';
 import { normalizeAddress } from './codec';
+import { parseAddress } from './tcp-transport';
+
+const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/i;
+
+/** An IP address or an RFC 1123 host name whose last label is not all digits ("1.2.3.999" is no name). */
+export function validHost(host: string): boolean {
+  if (isIP(host) !== 0) return true;
+  const h = host.endsWith('.') ? host.slice(0, -1) : host;
+  if (h.length === 0 || h.length > 253) return false;
+  const labels = h.split('.');
+  return labels.every((l) => LABEL.test(l)) && !/^\d+$/.test(labels[labels.length - 1]);
+}
+
+/** Checks a connection target ("host", "host:port", "[v6]:port"; ports 1-65535) and returns its canonical form. */
+export function checkTarget(address: string, defaultPort: number): string {
+  let host: string;
+  try {
+    ({ host } = parseAddress(address, defaultPort));
+  } catch (e) {
+    throw new UsageError(e instanceof WeaveError ? e.message : `invalid peer address "${address}"`, { address });
+  }
+  if (!validHost(host)) throw new UsageError(`invalid peer address "${address}": "${host}" is neither an IP address nor a host name`, { address });
+  return normalizeAddress(address, defaultPort);
+}
 
 export interface Backoff {
   initialMs: number;
@@ -39,6 +68,8 @@ interface Target {
 export interface ConnectionMakerHooks {
   /** start dialling; the outcome comes back through attemptSucceeded / attemptFailed */
   dial(address: string): void;
+  /** abandon the dial in progress to address (its outcome is then ignored) */
+  cancel?(address: string): void;
   /** is there an authenticated (pending or established) connection to this peer? */
   connectedTo(peer: PeerName): boolean;
   /** may we dial a discovered (not user-given) address now? false at the connection limit */
@@ -80,7 +111,16 @@ export class ConnectionMaker {
       } catch (e) {
         this.o.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'could not load stored targets; starting without them');
       }
-      this.add(stored, false, false);
+      const good = stored.filter((a) => {
+        try {
+          checkTarget(a, this.o.defaultPort);
+          return true;
+        } catch (e) {
+          this.o.log.warn({ target: a, err: (e as Error).message }, 'dropping an invalid stored target');
+          return false;
+        }
+      });
+      this.add(good, false, good.length !== stored.length);
     }
     this.schedule(0);
   }
@@ -91,8 +131,9 @@ export class ConnectionMaker {
     this.timer = undefined;
   }
 
+  /** Adds (or with replace, sets) the user-given targets. UsageError naming the first bad entry; nothing changes then. */
   add(addresses: string[], replace: boolean, persist = true): void {
-    const wanted = new Set(addresses.map((a) => this.normalize(a)).filter((a) => a.length > 0));
+    const wanted = new Set(addresses.map((a) => checkTarget(a, this.o.defaultPort)));
     if (replace) {
       for (const t of this.targetsByAddr.values()) if (t.explicit && !wanted.has(t.address)) this.unsetExplicit(t);
     }
@@ -123,7 +164,16 @@ export class ConnectionMaker {
 
   private unsetExplicit(t: Target): void {
     t.explicit = false;
-    if (!t.discovered && t.state !== 'connecting') this.targetsByAddr.delete(t.address);
+    if (!t.discovered) this.drop(t);
+  }
+
+  /** Nobody wants this target any more: forget it, and abandon its dial in progress. */
+  private drop(t: Target): void {
+    this.targetsByAddr.delete(t.address);
+    if (t.state === 'connecting') {
+      this.o.log.debug({ address: t.address }, 'cancelling the dial to a target no longer wanted');
+      this.o.hooks.cancel?.(t.address);
+    }
   }
 
   private persist(): void {
@@ -146,9 +196,18 @@ export class ConnectionMaker {
     for (const t of this.targetsByAddr.values()) {
       if (!t.discovered || found.has(t.address)) continue;
       t.discovered = false;
+      // a dial in progress may finish (the peer may be back in the next round); it is not retried
       if (!t.explicit && t.state !== 'connecting') this.targetsByAddr.delete(t.address);
     }
     for (const [addr, peer] of found) {
+      if (!this.targetsByAddr.has(addr)) {
+        try {
+          checkTarget(addr, this.o.defaultPort);
+        } catch (e) {
+          this.o.log.debug({ address: addr, peer, err: (e as Error).message }, 'ignoring an invalid address learned from gossip');
+          continue;
+        }
+      }
       const t = this.targetsByAddr.get(addr);
       if (t) {
         t.discovered = true;
@@ -175,6 +234,11 @@ export class ConnectionMaker {
   attemptFailed(address: string, code: string, info: string, opts: { peer?: PeerName; slow?: boolean } = {}): void {
     const t = this.targetsByAddr.get(address);
     if (!t) return;
+    if (!t.explicit && !t.discovered) {
+      // forgotten, or no longer discovered, while the dial was in progress: do not retry
+      this.targetsByAddr.delete(address);
+      return;
+    }
     if (opts.peer) t.peer = opts.peer;
     t.state = 'failed';
     t.code = code;
@@ -233,6 +297,10 @@ export class ConnectionMaker {
     for (const t of this.targetsByAddr.values()) if (t.state === 'connecting' && t.peer) dialling.add(t.peer);
     for (const t of this.targetsByAddr.values()) {
       if (t.state === 'connecting') continue;
+      if (!t.explicit && !t.discovered) {
+        this.targetsByAddr.delete(t.address);
+        continue;
+      }
       if (t.peer && this.o.hooks.connectedTo(t.peer)) {
         if (t.state !== 'connected') {
           t.state = 'connected';

@@ -129,6 +129,8 @@ export class Mesh extends EventEmitter {
   private readonly conns = new Map<PeerName, Entry>();
   private readonly channels = new Map<string, GossipChannelImpl>();
   private inflightDials = 0;
+  /** dials in progress by target address, so forget/--replace can cancel them */
+  private readonly dialAborts = new Map<string, AbortController>();
   private started = false;
   private stopped = false;
   private recomputeTimer: TimerHandle | undefined;
@@ -176,6 +178,7 @@ export class Mesh extends EventEmitter {
       backoff: o.backoff,
       hooks: {
         dial: (a) => this.dial(a),
+        cancel: (a) => this.dialAborts.get(a)?.abort(),
         connectedTo: (p) => this.conns.has(p),
         // half: leave room for inbound connections from peers that name us as a target
         mayDialDiscovered: () => this.conns.size + this.inflightDials < Math.max(1, Math.floor(this.connLimit / 2)),
@@ -239,6 +242,7 @@ export class Mesh extends EventEmitter {
 
   // ---------------------------------------------------------------- public API
 
+  /** Adds connection targets; UsageError naming the first invalid entry (then nothing changes). */
   connect(addresses: string[], opts: { replace?: boolean } = {}): void {
     this.cm.add(addresses, opts.replace ?? false);
   }
@@ -327,10 +331,13 @@ export class Mesh extends EventEmitter {
       if (ov.mtu !== undefined) s.mtu = ov.mtu;
       if (ov.reason !== undefined) s.overlayReason = ov.reason;
       if (e.state === 'established' && ov.stalled) s.stalled = ov.stalled;
+      const g = e.conn.keyGeneration;
+      if (g) s.passwordGeneration = Math.min(g.tx, g.rx);
       connections.push(s);
     }
     connections.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
     const routes: RouteStatus[] = [...this.routes.table()].map(([dest, via]) => ({ dest, via })).sort((a, b) => (a.dest < b.dest ? -1 : a.dest > b.dest ? 1 : 0));
+    const rotation = this.o.transport.rotation?.();
     return {
       name: this.name,
       nickname: this.o.identity.nickname,
@@ -346,6 +353,7 @@ export class Mesh extends EventEmitter {
       connections: [...connections, ...this.cm.status(), ...this.inboundRefusalStatus()],
       targets: this.cm.targets(),
       routes,
+      ...(rotation ? { passwordRotation: rotation } : {}),
     };
   }
 
@@ -379,15 +387,21 @@ export class Mesh extends EventEmitter {
   private dial(address: string): void {
     if (this.stopped) return;
     this.inflightDials++;
+    const abort = new AbortController();
+    this.dialAborts.set(address, abort);
     let p: Promise<MeshConnection>;
     try {
-      p = this.o.transport.dial(address, this.features());
+      p = this.o.transport.dial(address, this.features(), { signal: abort.signal });
     } catch (e) {
       p = Promise.reject(e);
     }
+    const done = (): void => {
+      this.inflightDials--;
+      if (this.dialAborts.get(address) === abort) this.dialAborts.delete(address);
+    };
     p.then(
       (conn) => {
-        this.inflightDials--;
+        done();
         if (this.stopped) {
           conn.close('shutting down');
           return;
@@ -395,11 +409,12 @@ export class Mesh extends EventEmitter {
         this.onAuthenticated(conn, address);
       },
       (err: unknown) => {
-        this.inflightDials--;
+        done();
         if (this.stopped) return;
         const code = err instanceof WeaveError ? err.code : 'EDIAL';
         this.log.debug({ address, code, err: errMsg(err) }, 'dial failed');
-        this.cm.attemptFailed(address, code, errMsg(err));
+        // cancelled: the connection maker dropped the target (it may be a new one by now)
+        if (!abort.signal.aborted) this.cm.attemptFailed(address, code, errMsg(err));
       },
     );
   }

@@ -1,6 +1,7 @@
 // The one status data model. The router produces it; `weave report` prints it as JSON and
 // `weave status ...` renders text views of the same object (api/views.ts). Add fields, never fork it.
 import type { PeerName } from './peer';
+import type { RotationStatus } from './rotation';
 
 export type ConnState = 'connecting' | 'retrying' | 'failed' | 'pending' | 'established';
 
@@ -29,6 +30,11 @@ export interface ConnectionStatus {
   overlayReason?: string;
   /** established, but data does not flow over the overlay: why (e.g. "no route to its prefixes") */
   stalled?: string;
+  /**
+   * the generation of the password the connection is keyed with (password rotation): the lower of
+   * the two directions', so it shows the new generation only once both directions moved
+   */
+  passwordGeneration?: number;
 }
 
 export interface PeerConnectionStatus {
@@ -68,4 +74,6 @@ export interface MeshStatus {
   connections: ConnectionStatus[];
   targets: string[];
   routes: RouteStatus[];
+  /** password rotation: accepted generations, the window (absent without a password-capable transport) */
+  passwordRotation?: RotationStatus;
 }

@@ -1,7 +1,9 @@
 // TCP transport: listens and dials on port 6783, runs the wire handshake (mesh/wire.ts) on each
 // socket and hands out authenticated MeshConnections. Owns the per-connection timers (handshake
-// deadline, heartbeats, read timeout, all on the injected Clock), accept rate limiting, and the
-// counters the metrics endpoint reports. Everything protocol-shaped lives in wire.ts.
+// deadline, heartbeats, read timeout, all on the injected Clock), accept rate limiting (per source
+// address and overall), the password ring (mesh/rotation.ts: which passwords new and live
+// connections accept), and the counters the metrics endpoint reports. Everything protocol-shaped
+// lives in wire.ts.
 import * as net from 'net';
 import { type CryptoEngine } from './crypto';
 import { ProtocolError, RefusedError, WeaveError, errMsg } from '../lib/errors';
@@ -9,8 +11,9 @@ import { parseHostPort } from '../lib/addr';
 import { CONTROL_PORT } from '../lib/ports';
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { Logger } from '../lib/log';
-import { type ConnectFailure, type Features, type MeshConnection, Msg, type Transport } from './types';
-import { DEFAULT_MAX_FRAME, type Established, WireSession } from './wire';
+import { type ConnectFailure, type DataKeyWatcher, type Features, type MeshConnection, Msg, type Transport } from './types';
+import { DEFAULT_MAX_FRAME, type Established, type RekeyStep, type Secret, WireSession } from './wire';
+import { PasswordRing, type RotationStatus } from './rotation';
 
 export const DEFAULT_PORT = CONTROL_PORT;
 
@@ -19,8 +22,10 @@ export interface TcpTransportOptions {
   host: string;
   /** listen port; 0 picks a free one (see address()) */
   port: number;
-  /** shared secret; null or empty = unencrypted */
+  /** shared secret; null or empty = unencrypted (ignored when `passwords` is given) */
   password: Buffer | null;
+  /** the password ring (rotation); default: a ring holding `password` */
+  passwords?: PasswordRing;
   crypto: CryptoEngine;
   clock: Clock;
   log: Logger;
@@ -30,7 +35,15 @@ export interface TcpTransportOptions {
   heartbeatMs?: number;
   /** default 3 * heartbeatMs */
   readTimeoutMs?: number;
-  acceptRate?: { perSecond: number; burst: number };
+  /** all inbound connections together; default 20/s, burst 40 */
+  acceptRate?: AcceptRate;
+  /**
+   * per source (IPv4 address, IPv6 /64), checked first, so one flooding source spends its own tokens
+   * and never the shared ones; default 5/s, burst 10
+   */
+  acceptRatePerSource?: AcceptRate;
+  /** sources the per-source limit remembers at once (least recently seen go first); default 4096 */
+  maxAcceptSources?: number;
   maxFrame?: number;
   /** a connection whose unsent bytes exceed this is closed (the peer is not reading) */
   maxSendQueueBytes?: number;
@@ -46,7 +59,14 @@ export interface TransportCounters {
   accepted: number;
   established: { inbound: number; outbound: number };
   refused: Record<string, number>;
+  /** inbound connections closed by an accept limit (per source or overall) */
   rateLimited: number;
+  /** of those, by the per-source limit */
+  rateLimitedBySource: number;
+  /** live connections that moved to a newer password (password rotation) */
+  rekeyed: number;
+  /** connections closed because they still used a password no longer accepted (rotation finished) */
+  closedStalePassword: number;
   framesIn: number;
   framesOut: number;
   bytesIn: number;
@@ -70,6 +90,8 @@ function fmtAddr(ip: string | undefined, port: number | undefined): string {
   return h.includes(':') ? `[${h}]:${port}` : `${h}:${port}`;
 }
 
+export interface AcceptRate { perSecond: number; burst: number }
+
 /** Token bucket on the injected clock: perSecond refill, at most burst tokens. */
 class TokenBucket {
   private tokens: number;
@@ -78,13 +100,73 @@ class TokenBucket {
     this.tokens = burst;
     this.last = clock.now();
   }
-  take(): boolean {
-    const now = this.clock.now();
+  private refill(now: number): void {
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) * this.perSecond) / 1000);
     this.last = now;
+  }
+  take(): boolean {
+    this.refill(this.clock.now());
     if (this.tokens < 1) return false;
     this.tokens -= 1;
     return true;
+  }
+  /** Refilled to the brim: indistinguishable from a new bucket, so it can be forgotten. */
+  full(now: number): boolean {
+    return this.tokens + ((now - this.last) * this.perSecond) / 1000 >= this.burst;
+  }
+}
+
+/** The key a source is limited by: the IPv4 address, or the /64 of an IPv6 one (one host's usual share). */
+export function sourceKey(ip: string): string {
+  const a = ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
+  if (!a.includes(':')) return a;
+  const [head, tail = ''] = a.toLowerCase().split('::');
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = a.includes('::') ? [...h, ...Array(Math.max(0, 8 - h.length - t.length)).fill('0'), ...t] : h;
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
+}
+
+/**
+ * Accept limits: a bucket per source, then one for everybody. A source over its own limit is refused
+ * before it touches the shared bucket, so a flood from one address cannot lock others out. Memory is
+ * bounded: buckets live in least-recently-used order, a bucket that has refilled (the source went
+ * idle) is dropped, and beyond maxSources the least recently seen goes (it comes back with a fresh
+ * bucket, which only ever favours that source; the shared bucket still caps the total).
+ */
+export class AcceptLimiter {
+  private readonly overall: TokenBucket;
+  private readonly sources = new Map<string, TokenBucket>();
+  constructor(private readonly clock: Clock, overall: AcceptRate, private readonly perSource: AcceptRate, private readonly maxSources = 4096) {
+    for (const [what, r] of [['acceptRate', overall], ['acceptRatePerSource', perSource]] as const) {
+      if (!(r.perSecond > 0) || !(r.burst >= 1)) throw new WeaveError('EINVAL', `${what} must have perSecond > 0 and burst >= 1`, { ...r });
+    }
+    this.overall = new TokenBucket(clock, overall.perSecond, overall.burst);
+  }
+
+  get size(): number {
+    return this.sources.size;
+  }
+
+  /** 'ok', or which limit refused the connection. */
+  take(ip: string): 'ok' | 'source' | 'overall' {
+    const now = this.clock.now();
+    const key = sourceKey(ip);
+    let b = this.sources.get(key);
+    if (b) this.sources.delete(key); // re-inserted below: most recently seen last
+    this.expire(now);
+    b ??= new TokenBucket(this.clock, this.perSource.perSecond, this.perSource.burst);
+    this.sources.set(key, b);
+    if (!b.take()) return 'source';
+    return this.overall.take() ? 'ok' : 'overall';
+  }
+
+  private expire(now: number): void {
+    // oldest first: stop at the first source that is still busy (later ones were seen more recently)
+    for (const [k, b] of this.sources) {
+      if (this.sources.size < this.maxSources && !b.full(now)) break;
+      this.sources.delete(k);
+    }
   }
 }
 
@@ -102,6 +184,7 @@ class TcpConnection implements MeshConnection {
   sessionKey: Uint8Array | null = null;
   dataKey: Uint8Array | null = null;
   local: Features;
+  private readonly keyWatchers = new Set<DataKeyWatcher>();
   remote!: Features;
 
   private state: ConnState = 'handshake';
@@ -141,11 +224,12 @@ class TcpConnection implements MeshConnection {
     this.lastRead = t.clock.now();
     socket.setNoDelay(true);
     this.session = new WireSession(
-      { crypto: t.opts.crypto, password: t.password, outbound, local, minVersion: t.opts.minVersion, maxVersion: t.opts.maxVersion, maxFrame: t.maxFrame },
+      { crypto: t.opts.crypto, password: null, passwords: t.passwords.accepted(), outbound, local, minVersion: t.opts.minVersion, maxVersion: t.opts.maxVersion, maxFrame: t.maxFrame },
       {
         write: (b) => this.writeRaw(b),
         established: (e) => this.onEstablished(e),
         message: (type, payload) => this.onFrame(type, payload),
+        rekey: (step, key, gen) => this.onRekey(step, key, gen),
       },
     );
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -160,6 +244,28 @@ class TcpConnection implements MeshConnection {
   }
 
   // ---- MeshConnection
+
+  get keyGeneration(): { tx: number; rx: number } | undefined {
+    return this.encrypted ? { tx: this.session.txGeneration, rx: this.session.rxGeneration } : undefined;
+  }
+
+  watchDataKey(fn: DataKeyWatcher): () => void {
+    this.keyWatchers.add(fn);
+    return () => this.keyWatchers.delete(fn);
+  }
+
+  /**
+   * The router's accepted passwords changed (or the connection just opened): offer a newer one to
+   * the peer, or close the connection when it still uses one no longer accepted.
+   */
+  applyPasswords(list: Secret[]): void {
+    if (this.state === 'closed') return;
+    if (this.session.setPasswords(list) !== 'stale') return;
+    const gen = Math.min(this.session.txGeneration, this.session.rxGeneration);
+    this.t.stats.closedStalePassword++;
+    this.log.warn({ peer: this.remote?.name, nickname: this.remote?.nickname, generation: gen, accepting: list.map((p) => p.gen) }, `closing the connection: it still uses password generation ${gen}, which this router no longer accepts (the rotation finished before the peer got the new password)`);
+    this.close(`password generation ${gen} no longer accepted (rotation finished)`);
+  }
 
   get onMessage(): (type: number, payload: Uint8Array) => void {
     return this.msgHandler ?? (() => {});
@@ -259,6 +365,34 @@ class TcpConnection implements MeshConnection {
     this.scheduleHeartbeat();
     this.scheduleReadCheck(this.t.readTimeoutMs);
     this.settle(null, this);
+    // after the owner has attached (a dial's promise settles in a microtask queued before this one),
+    // so the overlays hear the 'accept' of an offer made right away
+    if (this.encrypted) queueMicrotask(() => this.applyPasswords(this.t.passwords.accepted()));
+  }
+
+  private onRekey(step: RekeyStep, key: Buffer | null, gen: number): void {
+    if (step === 'unknown') {
+      this.log.debug({ peer: this.remote?.name }, 'the peer offered a password this router does not hold (yet)');
+      return;
+    }
+    const k = key as Buffer;
+    if (step === 'use') {
+      this.sessionKey = k;
+      this.t.stats.rekeyed++;
+      this.log.info({ peer: this.remote?.name, nickname: this.remote?.nickname, generation: gen }, `connection now seals with password generation ${gen}`);
+    } else if (step === 'settled') {
+      this.log.info({ peer: this.remote?.name, nickname: this.remote?.nickname, generation: gen }, `the peer now seals with password generation ${gen}`);
+    }
+    if (this.dataKey === null) return; // trusted: the overlays carry this connection's data unencrypted
+    if (step === 'use') this.dataKey = k;
+    for (const fn of [...this.keyWatchers]) {
+      try {
+        fn(step, k);
+      } catch (e) {
+        this.t.stats.handlerErrors++;
+        this.log.error({ err: errMsg(e), step }, 'data key watcher threw');
+      }
+    }
   }
 
   private onFrame(type: number, payload: Buffer): void {
@@ -335,7 +469,7 @@ class TcpConnection implements MeshConnection {
     if (this.state !== 'handshake') return;
     this.state = 'closed';
     this.closeReason = err.message;
-    this.t.countRefused(err.code);
+    if (err.code !== 'ECANCELED') this.t.countRefused(err.code);
     // A refusal ends gracefully so the peer still reads our last handshake bytes and reaches the
     // same verdict; garbage, timeouts and socket errors are cut at once.
     this.teardown(err instanceof RefusedError);
@@ -369,6 +503,7 @@ class TcpConnection implements MeshConnection {
     this.t.clock.clearTimeout(this.rtTimer);
     this.hsTimer = this.hbTimer = this.rtTimer = undefined;
     this.queued = [];
+    this.keyWatchers.clear();
     if (this.socket.destroyed) return;
     if (!graceful) {
       this.socket.destroy();
@@ -379,6 +514,11 @@ class TcpConnection implements MeshConnection {
       this.lingerTimer = undefined;
       this.socket.destroy();
     }, LINGER_MS);
+  }
+
+  /** A dial nobody wants any more (the target was forgotten): ends the handshake at once. */
+  cancel(): void {
+    if (this.state === 'handshake') this.fail(new WeaveError('ECANCELED', `dial to ${this.remoteAddr} cancelled`));
   }
 
   /** Immediate close used when the whole transport shuts down. */
@@ -396,7 +536,7 @@ export class TcpTransport implements Transport {
   readonly opts: TcpTransportOptions;
   readonly log: Logger;
   readonly clock: Clock;
-  readonly password: Buffer | null;
+  readonly passwords: PasswordRing;
   readonly handshakeTimeoutMs: number;
   readonly heartbeatMs: number;
   readonly readTimeoutMs: number;
@@ -407,6 +547,9 @@ export class TcpTransport implements Transport {
     established: { inbound: 0, outbound: 0 },
     refused: {},
     rateLimited: 0,
+    rateLimitedBySource: 0,
+    rekeyed: 0,
+    closedStalePassword: 0,
     framesIn: 0,
     framesOut: 0,
     bytesIn: 0,
@@ -419,7 +562,9 @@ export class TcpTransport implements Transport {
   private server: net.Server | null = null;
   private localFeatures: Features | null = null;
   private readonly conns = new Set<TcpConnection>();
-  private readonly bucket: TokenBucket;
+  private readonly limiter: AcceptLimiter;
+  private readonly ownRing: boolean;
+  private readonly offRing: () => void;
   private rateLogAt = -Infinity;
   private rateSuppressed = 0;
   private closed = false;
@@ -428,14 +573,22 @@ export class TcpTransport implements Transport {
     this.opts = opts;
     this.log = opts.log.child({ component: 'tcp' });
     this.clock = opts.clock;
-    this.password = opts.password && opts.password.length > 0 ? opts.password : null;
+    this.ownRing = !opts.passwords;
+    this.passwords = opts.passwords ?? new PasswordRing({ password: opts.password, clock: opts.clock, log: opts.log });
+    this.offRing = this.passwords.onChange(() => {
+      const list = this.passwords.accepted();
+      for (const c of [...this.conns]) c.applyPasswords(list);
+    });
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 5000;
     this.heartbeatMs = opts.heartbeatMs ?? 5000;
     this.readTimeoutMs = opts.readTimeoutMs ?? 3 * this.heartbeatMs;
     this.maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME;
     this.maxSendQueueBytes = opts.maxSendQueueBytes ?? 64 * 1024 * 1024;
-    const rate = opts.acceptRate ?? { perSecond: 20, burst: 40 };
-    this.bucket = new TokenBucket(opts.clock, rate.perSecond, rate.burst);
+    this.limiter = new AcceptLimiter(opts.clock, opts.acceptRate ?? { perSecond: 20, burst: 40 }, opts.acceptRatePerSource ?? { perSecond: 5, burst: 10 }, opts.maxAcceptSources);
+  }
+
+  rotation(): RotationStatus {
+    return this.passwords.status();
   }
 
   setLocalFeatures(f: Features): void {
@@ -476,13 +629,15 @@ export class TcpTransport implements Transport {
       socket.destroy();
       return;
     }
-    if (!this.bucket.take()) {
+    const verdict = this.limiter.take(socket.remoteAddress ?? '?');
+    if (verdict !== 'ok') {
       socket.destroy();
       this.stats.rateLimited++;
+      if (verdict === 'source') this.stats.rateLimitedBySource++;
       // Under a flood, one line per second with the count, not one per connection.
       const now = this.clock.now();
       if (now - this.rateLogAt >= 1000) {
-        this.log.warn({ remote, suppressed: this.rateSuppressed, total: this.stats.rateLimited }, 'inbound connection rate limited');
+        this.log.warn({ remote, limit: verdict === 'source' ? 'per source' : 'overall', suppressed: this.rateSuppressed, total: this.stats.rateLimited, bySource: this.stats.rateLimitedBySource }, 'inbound connection rate limited');
         this.rateLogAt = now;
         this.rateSuppressed = 0;
       } else this.rateSuppressed++;
@@ -525,7 +680,7 @@ export class TcpTransport implements Transport {
     this.conns.add(conn);
   }
 
-  dial(address: string, local: Features): Promise<MeshConnection> {
+  dial(address: string, local: Features, opts: { signal?: AbortSignal } = {}): Promise<MeshConnection> {
     if (this.closed) return Promise.reject(new WeaveError('ECLOSED', 'transport is closed'));
     let target: { host: string; port: number };
     try {
@@ -534,14 +689,18 @@ export class TcpTransport implements Transport {
       return Promise.reject(e);
     }
     const label = target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+    const { signal } = opts;
+    if (signal?.aborted) return Promise.reject(new WeaveError('ECANCELED', `dial to ${label} cancelled`));
     return new Promise((resolve, reject) => {
       const socket = net.connect({ host: target.host, port: target.port, noDelay: true });
+      const onAbort = (): void => conn.cancel();
       const conn = new TcpConnection(
         this,
         socket,
         true,
         local,
         (err, c) => {
+          signal?.removeEventListener('abort', onAbort);
           if (err) {
             const lvl = err instanceof RefusedError || err instanceof ProtocolError ? 'warn' : 'info';
             this.log[lvl]({ remote: label, code: err.code, err: err.message }, 'dial failed');
@@ -551,11 +710,14 @@ export class TcpTransport implements Transport {
         label,
       );
       this.conns.add(conn);
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    this.offRing();
+    if (this.ownRing) this.passwords.stop();
     for (const c of [...this.conns]) c.destroy('transport closed');
     this.conns.clear();
     const s = this.server;

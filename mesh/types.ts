@@ -2,6 +2,7 @@
 // produces authenticated MeshConnections; the mesh core (topology, routes, gossip, connection maker)
 // works only through these interfaces, so simulations swap the transport and the clock.
 import type { PeerName } from './peer';
+import type { RotationStatus } from './rotation';
 
 /** What each side says about itself in the first (encrypted, when a password is set) message. */
 export interface Features {
@@ -25,6 +26,7 @@ export const Msg = {
   Heartbeat: 1,
   Topology: 2, // full or delta topology gossip
   Gossip: 3, // gossip channel message (channel name + kind + payload)
+  Rekey: 4, // password rotation: handled inside the wire session (mesh/wire.ts), never delivered
   Overlay: 32, // overlay control (name + payload), e.g. sleeve/fastdp parameters and status
 } as const;
 
@@ -43,6 +45,18 @@ export interface MeshConnection {
    * ends trust each other's network (--trusted-subnets; the control channel stays encrypted).
    */
   readonly dataKey: Uint8Array | null;
+  /**
+   * Password rotation (mesh/rotation.ts): the generation of the password each direction is keyed
+   * with (tx: what we seal with, rx: what the peer seals with); absent on transports without passwords.
+   */
+  readonly keyGeneration?: { tx: number; rx: number };
+  /**
+   * Password rotation: the data key moves on a live connection, per direction, make-before-break.
+   * 'accept': the peer may soon seal data under key (open with it too); 'use': seal under key from now
+   * on (dataKey is now key); 'settled': the peer seals under key (the old receive key may go after a
+   * grace period). Never called when dataKey is null (unencrypted or trusted). Returns an unsubscribe.
+   */
+  watchDataKey?(fn: DataKeyWatcher): () => void;
   readonly local: Features;
   readonly remote: Features;
   /** Sends one message; throws nothing — a failed send closes the connection. */
@@ -53,6 +67,8 @@ export interface MeshConnection {
   onClose: (reason: string) => void;
 }
 
+export type DataKeyWatcher = (step: 'accept' | 'use' | 'settled', key: Uint8Array) => void;
+
 /** Outcome of a failed dial or accept, with a code an operator can act on. */
 export interface ConnectFailure {
   code: string; // e.g. 'EPASSWORD', 'EENCRYPTION', 'EVERSION', 'ECONNREFUSED', 'ETIMEDOUT', 'EPROTO'
@@ -62,11 +78,16 @@ export interface ConnectFailure {
 export interface Transport {
   /** Starts accepting; each authenticated inbound connection is handed to onConnection. */
   listen(onConnection: (c: MeshConnection) => void, onRefused: (remoteAddr: string, f: ConnectFailure) => void): Promise<void>;
-  /** Connects to "host:port", runs the handshake; rejects with a WeaveError whose code is a ConnectFailure code. */
-  dial(address: string, local: Features): Promise<MeshConnection>;
+  /**
+   * Connects to "host:port", runs the handshake; rejects with a WeaveError whose code is a
+   * ConnectFailure code (ECANCELED when signal aborts first).
+   */
+  dial(address: string, local: Features, opts?: { signal?: AbortSignal }): Promise<MeshConnection>;
   /** Features this transport sends on inbound connections. */
   setLocalFeatures(f: Features): void;
   close(): Promise<void>;
+  /** Password rotation state, for status (transports with passwords). */
+  rotation?(): RotationStatus;
 }
 
 // ---- gossip channels (the API IPAM and DNS use; semantics follow Weave's mesh library) ----

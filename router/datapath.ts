@@ -123,7 +123,12 @@ export interface PathSpec {
   localIdx: number;
   remoteIdx: number;
   txKey: Uint8Array | null;
+  /** key phase txKey seals with (frame header byte 3); default 0 */
+  txPhase?: number;
+  /** opens frames of key phase 0 (null: the path is unencrypted, or no phase-0 key during a re-key) */
   rxKey: Uint8Array | null;
+  /** opens frames of key phase 1 (password rotation: the new or the old key during the overlap) */
+  rxKey1?: Uint8Array | null;
 }
 
 export interface ForwardingSpec {
@@ -152,15 +157,20 @@ class EnginePath {
   /** what the last heartbeat to the peer said (a change beats at once) */
   beatFwd = FWD_UNKNOWN;
   beatVer = -1;
+  /** encrypted: either phase has a key (a frame of a phase without one fails as a bad MAC) */
+  readonly sealed: boolean;
   constructor(
     readonly slot: number,
     readonly localIdx: number,
     readonly remoteIdx: number,
     readonly txKey: Buffer | null,
-    readonly rxKey: Buffer | null,
+    readonly txPhase: number,
+    readonly rxKey0: Buffer | null,
+    readonly rxKey1: Buffer | null,
     /** this thread's frame counter towards the peer (its lanes' nonces) */
     public counter: number,
   ) {
+    this.sealed = rxKey0 !== null || rxKey1 !== null;
     for (let l = 0; l < LANES; l++) this.replay.push(new ReplayWindow());
   }
 }
@@ -327,9 +337,10 @@ export class Datapath {
   setPath(p: PathSpec): void {
     const cur = this.paths[p.slot];
     const txKey = p.txKey ? Buffer.from(p.txKey) : null;
-    const rxKey = p.rxKey ? Buffer.from(p.rxKey) : null;
+    const rxKey0 = p.rxKey ? Buffer.from(p.rxKey) : null;
+    const rxKey1 = p.rxKey1 ? Buffer.from(p.rxKey1) : null;
     const same = cur !== null && cur.localIdx === p.localIdx;
-    const np = new EnginePath(p.slot, p.localIdx, p.remoteIdx, txKey, rxKey, same ? cur.counter : 0);
+    const np = new EnginePath(p.slot, p.localIdx, p.remoteIdx, txKey, p.txPhase ?? 0, rxKey0, rxKey1, same ? cur.counter : 0);
     if (same) for (let l = 0; l < LANES; l++) np.replay[l] = cur.replay[l];
     this.paths[p.slot] = np;
     if (p.slot > this.maxSlot) this.maxSlot = p.slot;
@@ -501,7 +512,7 @@ export class Datapath {
     const base = k * ring.stride;
     const counter = p.counter++;
     const len = plain.length;
-    writeHeader(ring.buf, base, type, lane, p.remoteIdx, counter);
+    writeHeader(ring.buf, base, type, lane, p.remoteIdx, counter, p.txPhase);
     if (p.txKey !== null) {
       ring.buf.set(plain, base + HDR + TAG);
       ring.toSeal.add(base + HDR, len + TAG, 0, type, lane, counter, p.txKey);
@@ -602,7 +613,7 @@ export class Datapath {
       c[C.dropUnknownConn]++;
       return;
     }
-    const sealed = p.rxKey !== null;
+    const sealed = p.sealed;
     if (sealed && len < HDR + TAG) {
       c[C.dropMalformed]++;
       return;
@@ -613,7 +624,12 @@ export class Datapath {
     }
     const plen = len - HDR - (sealed ? TAG : 0);
     if (sealed) {
-      this.rxOpenIdx[i] = this.toOpen.add(base + HDR, len - HDR, base, h.type, h.lane, h.counter, p.rxKey!);
+      const key = h.phase === 0 ? p.rxKey0 : p.rxKey1;
+      if (key === null) {
+        c[C.dropBadMac]++; // no key of that phase (yet, or any more): it cannot be authentic
+        return;
+      }
+      this.rxOpenIdx[i] = this.toOpen.add(base + HDR, len - HDR, base, h.type, h.lane, h.counter, key);
     } else {
       this.rxIn.copy(this.rxPlain, base, base + HDR, base + len);
       this.rxOpenIdx[i] = -1;

@@ -24,7 +24,7 @@ import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
 import type { VxlanPeer } from '../host/vxlan';
-import { deriveEspKeys, newEspNonce, ESP_NONCE_BYTES, type EspKeys } from '../ipsec/keys';
+import { deriveEspKeys, deriveSa, newEspNonce, ESP_NONCE_BYTES, type EspKeys, type EspSa } from '../ipsec/keys';
 import type { EspSupport, PeerSas } from '../ipsec/xfrm';
 import type { TunIo } from './native';
 import { EAGAIN, EMSGSIZE, NativeUdp } from './udp';
@@ -34,6 +34,8 @@ import { errno, errnoName } from '../lib/errno';
 import { FASTDP_HB_PORT, VXLAN_PORT } from '../lib/ports';
 
 export const FASTDP = 'fastdp';
+/** How long the old inbound SA stays after the peer moved to a new key (password rotation). */
+export const FASTDP_REKEY_GRACE_MS = 2000;
 /** UDP port of fastdp heartbeats (lib/ports.ts), bound on the VTEP address only. */
 export const DEFAULT_FASTDP_HB_PORT = FASTDP_HB_PORT;
 export const FASTDP_CTL_VERSION = 1;
@@ -151,6 +153,12 @@ class FdPath {
   unusable: string | null = null;
   reason = 'waiting for the peer\'s fastdp parameters';
   keys: EspKeys | null = null;
+  /** password rotation: inbound SAs held next to keys.in while the old and the new key overlap */
+  inExtra: EspSa[] = [];
+  /** xfrm installs of this path, one at a time and in order */
+  installs: Promise<unknown> = Promise.resolve();
+  offKey: (() => void) | undefined;
+  dropTimer: TimerHandle | undefined;
   constructor(
     readonly conn: MeshConnection,
     readonly peer: PeerName,
@@ -284,7 +292,10 @@ export class FastDp {
       this.markUnusable(p, 'no IPsec manager configured');
     } else {
       const hello: Record<string, unknown> = { t: 'hello', mac: this.o.mac, vtep: this.o.vtep, underlay: this.o.underlay, port: this.port, hb: this.hbPort, token: p.token };
-      if (p.nonce) hello.nonce = p.nonce;
+      if (p.nonce) {
+        hello.nonce = p.nonce;
+        p.offKey = conn.watchDataKey?.((step, key) => this.rekey(p, step, key));
+      }
       this.sendCtl(p, hello);
     }
     return {
@@ -373,7 +384,8 @@ export class FastDp {
         return;
       }
       // ESP first: the kernel must never send this peer plain VXLAN
-      this.o.xfrm!.install({ local: this.o.underlay, remote: m.underlay, keys: p.keys }).then(
+      // on the path's install chain: a re-key must not race the first install
+      p.installs = this.o.xfrm!.install({ local: this.o.underlay, remote: m.underlay, keys: p.keys }).then(
         () => this.program(p),
         (e) => {
           this.log.error({ peer: p.peer, err: errMsg(e) }, 'installing ESP failed; fastdp not used on this connection');
@@ -401,9 +413,56 @@ export class FastDp {
     this.sendHeartbeats(p);
   }
 
+  /**
+   * Password rotation re-keys the connection (mesh/rotation.ts), per direction and make-before-break:
+   * 'accept' adds the new inbound SA, 'use' moves the outbound SA to the new key, 'settled' makes the
+   * new inbound SA the current one and removes the old after REKEY_GRACE_MS.
+   */
+  private rekey(p: FdPath, step: 'accept' | 'use' | 'settled', key: Uint8Array): void {
+    if (p.closed || !p.keys || !p.nonce || !p.remote?.nonce) return; // not installed yet: the hello uses conn.dataKey
+    const local = p.nonce;
+    const remote = p.remote.nonce;
+    const keys = p.keys;
+    if (step === 'use') {
+      p.keys = { out: deriveSa(key, local, remote), in: keys.in };
+    } else {
+      const sa = deriveSa(key, remote, local);
+      const others = p.inExtra.filter((x) => x.spi !== sa.spi);
+      if (step === 'accept') {
+        if (keys.in.spi === sa.spi) return;
+        p.inExtra = [...others, sa];
+      } else {
+        if (keys.in.spi === sa.spi) return;
+        p.keys = { out: keys.out, in: sa };
+        p.inExtra = [keys.in, ...others];
+        this.clock.clearTimeout(p.dropTimer);
+        p.dropTimer = this.clock.setTimeout(() => {
+          p.dropTimer = undefined;
+          p.inExtra = [];
+          this.reinstall(p, 'old inbound SA removed');
+        }, FASTDP_REKEY_GRACE_MS);
+      }
+    }
+    this.reinstall(p, step);
+  }
+
+  private reinstall(p: FdPath, why: string): void {
+    p.installs = p.installs.then(async () => {
+      if (p.closed || !p.keys || !p.remote) return;
+      try {
+        await this.o.xfrm!.install({ local: this.o.underlay, remote: p.remote.underlay, keys: p.keys, extraIn: [...p.inExtra] });
+        this.log.info({ peer: p.peer, step: why }, 'fastdp ESP re-keyed');
+      } catch (e) {
+        this.log.error({ peer: p.peer, step: why, err: errMsg(e) }, 'ESP re-key failed; the sleeve carries the connection if fastdp stops');
+      }
+    });
+  }
+
   private detach(p: FdPath): void {
     if (p.closed) return;
     p.closed = true;
+    p.offKey?.();
+    this.clock.clearTimeout(p.dropTimer);
     this.paths.delete(p);
     this.byToken.delete(p.token.toString('hex'));
     if (this.byPeer.get(p.peer) === p) {

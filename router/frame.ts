@@ -2,7 +2,7 @@
 //
 //   0      1      2      3      4              8                        16
 //   +------+------+------+------+--------------+------------------------+--------------------------+
-//   | ver  | type | lane | 0    | receiver idx | counter (u64, BE)      | body, secretbox-sealed   |
+//   | ver  | type | lane | kp   | receiver idx | counter (u64, BE)      | body, secretbox-sealed   |
 //   +------+------+------+------+--------------+------------------------+--------------------------+
 //
 // - receiver idx: chosen by the receiving router for this connection and told to the sender over
@@ -13,6 +13,10 @@
 //   so flipping the type or lane, or replaying under another counter, breaks the MAC. Sent in the
 //   clear for the replay window.
 // - Keys per direction: SHA-256(sessionKey ‖ "weave-sleeve" ‖ 0|1), 0 = from the dialler.
+// - kp, the key phase (0 or 1; was a reserved zero): which of the sender's two keys sealed the frame.
+//   A password rotation moves a live connection to a new session key (mesh/rotation.ts); the sender
+//   flips its phase when it starts sealing under the new key, and the receiver holds a key per phase
+//   for the overlap, so datagrams in flight under the old key still open. The counters continue.
 // - Without a password the body is the plain payload (same header, no tag): the replay window still
 //   drops duplicates but nothing is authenticated.
 import type { CryptoEngine } from '../mesh/crypto';
@@ -79,11 +83,11 @@ export function deriveKeys(crypto: CryptoEngine, sessionKey: Uint8Array, outboun
   return outbound ? { tx: fromDialler, rx: fromListener } : { tx: fromListener, rx: fromDialler };
 }
 
-export function writeHeader(buf: Uint8Array, off: number, type: number, lane: number, idx: number, counter: number): void {
+export function writeHeader(buf: Uint8Array, off: number, type: number, lane: number, idx: number, counter: number, phase = 0): void {
   buf[off] = FRAME_VERSION;
   buf[off + 1] = type;
   buf[off + 2] = lane;
-  buf[off + 3] = 0;
+  buf[off + 3] = phase;
   writeU32(buf, off + 4, idx);
   writeU32(buf, off + 8, Math.floor(counter / 4294967296));
   writeU32(buf, off + 12, counter >>> 0);
@@ -106,18 +110,20 @@ export class FrameHeader {
   lane = 0;
   idx = 0;
   counter = 0;
+  phase = 0;
 }
 
-/** Parses a header; false (malformed) when too short, wrong version, unknown type or lane, nonzero reserved, counter beyond 2^53. */
+/** Parses a header; false (malformed) when too short, wrong version, unknown type or lane, key phase beyond 1, counter beyond 2^53. */
 export function parseHeader(buf: Uint8Array, off: number, len: number, out: FrameHeader, encrypted: boolean): boolean {
   if (len < HDR + (encrypted ? TAG : 0)) return false;
-  if (buf[off] !== FRAME_VERSION || buf[off + 2] >= LANES || buf[off + 3] !== 0) return false;
+  if (buf[off] !== FRAME_VERSION || buf[off + 2] >= LANES || buf[off + 3] > 1) return false;
   const type = buf[off + 1];
   if (type < 1 || type > MAX_FRAME_TYPE) return false;
   const hi = readU32(buf, off + 8);
   if (hi >= 0x200000) return false;
   out.type = type;
   out.lane = buf[off + 2];
+  out.phase = buf[off + 3];
   out.idx = readU32(buf, off + 4);
   out.counter = hi * 4294967296 + readU32(buf, off + 12);
   return true;
@@ -151,10 +157,10 @@ export class ViewCache {
  * Builds one frame (allocating; for heartbeats, probes and tests — the packet path writes the header
  * and seals into its preallocated ring instead).
  */
-export function encodeFrame(crypto: CryptoEngine | null, key: Uint8Array | null, type: number, lane: number, idx: number, counter: number, body: Uint8Array): Buffer {
+export function encodeFrame(crypto: CryptoEngine | null, key: Uint8Array | null, type: number, lane: number, idx: number, counter: number, body: Uint8Array, phase = 0): Buffer {
   const sealed = key !== null && crypto !== null;
   const frame = Buffer.alloc(HDR + body.length + (sealed ? TAG : 0));
-  writeHeader(frame, 0, type, lane, idx, counter);
+  writeHeader(frame, 0, type, lane, idx, counter, phase);
   if (!sealed) {
     frame.set(body, HDR);
     return frame;

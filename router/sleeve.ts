@@ -32,12 +32,16 @@
 // packet engine runs inline here.
 //
 // Per connection: keys per direction from the session key, a 64-bit counter per direction and lane
-// (nonce), a replay window per lane. Control over the mesh connection (Msg.Overlay, msgpack
-// {v:1, o:'sleeve', t, ...}): 'hello' tells the peer our receiver index and UDP port; 'hear' says
-// whether its UDP heartbeats reach us. The sleeve is established when heartbeats get through both
-// ways; it fails when they stop (the mesh then closes the connection and redials). Established with a
-// stall reason ("no route to its prefixes", "the peer has no route to our prefixes" ...) when either
-// end's engine cannot forward to the other's announced prefixes.
+// (nonce), a replay window per lane. A password rotation re-keys a live connection (the connection's
+// watchDataKey, mesh/rotation.ts): the new receive key goes into the other key phase first
+// ('accept'), we seal under the new key and flip our phase when told ('use'), and the old receive key
+// goes REKEY_GRACE_MS after the peer flipped ('settled'): datagrams in flight under either key open.
+// Control over the mesh connection (Msg.Overlay, msgpack {v:1, o:'sleeve', t, ...}): 'hello' tells
+// the peer our receiver index and UDP port; 'hear' says whether its UDP heartbeats reach us. The
+// sleeve is established when heartbeats get through both ways; it fails when they stop (the mesh
+// then closes the connection and redials). Established with a stall reason ("no route to its
+// prefixes", "the peer has no route to our prefixes" ...) when either end's engine cannot forward to
+// the other's announced prefixes.
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import type { Clock, TimerHandle } from '../lib/clock';
@@ -72,6 +76,8 @@ export const UNDERLAY_OVERHEAD = 28;
 export const SLEEVE_OVERHEAD = UNDERLAY_OVERHEAD + HDR + TAG;
 
 const CTL_VERSION = 1;
+/** How long the old receive key still opens datagrams after the peer moved to the new one (reordering). */
+export const REKEY_GRACE_MS = 2000;
 const PROBE_MTUS = [9000, 1500, 1492, 1480, 1460, 1440, 1420, 1400, 1380, 1350, 1300, 1280, 1200, 1100, 1000, 900, 800, 700, 576];
 
 // ---- inputs -------------------------------------------------------------------------------------
@@ -222,6 +228,14 @@ class PeerPath {
   /** since when the established path's data has not flowed (0: it flows), and whether that was reported */
   stalledSince = 0;
   stallReported = false;
+  /** key phase we seal with (flips on each re-key) */
+  txPhase = 0;
+  /** receive key per key phase; the peer seals with rxPhase, the other one is the old or next key */
+  readonly rxKeys: [Buffer | null, Buffer | null];
+  rxPhase = 0;
+  /** when the old receive key goes (after a re-key) */
+  dropRxAt = Infinity;
+  offKey: (() => void) | undefined;
 
   constructor(
     readonly slot: number,
@@ -229,10 +243,12 @@ class PeerPath {
     readonly conn: MeshConnection,
     readonly peer: PeerName,
     readonly cb: { established(): void; failed(reason: string): void },
-    readonly txKey: Buffer | null,
-    readonly rxKey: Buffer | null,
+    public txKey: Buffer | null,
+    rxKey: Buffer | null,
     readonly startedAt: number,
-  ) {}
+  ) {
+    this.rxKeys = [rxKey, null];
+  }
 }
 
 /** One connection's sleeve as status shows it. */
@@ -420,6 +436,7 @@ export class Sleeve {
     const prev = this.byPeer.get(peer);
     this.byPeer.set(peer, p);
     if (prev && prev !== p) this.log.info({ peer }, 'a newer connection to the peer replaces the old sleeve path');
+    if (txKey) p.offKey = conn.watchDataKey?.((step, key) => this.rekey(p, step, key));
     this.pushPath(p);
     this.sendCtl(p, { t: 'hello', idx, port: this.udp.port });
     p.nextProbe = this.clock.now();
@@ -557,8 +574,36 @@ export class Sleeve {
   }
 
   private pushPath(p: PeerPath): void {
-    const spec: PathSpec = { slot: p.slot, localIdx: p.localIdx, remoteIdx: p.remoteIdx, txKey: p.txKey, rxKey: p.rxKey };
+    const spec: PathSpec = { slot: p.slot, localIdx: p.localIdx, remoteIdx: p.remoteIdx, txKey: p.txKey, txPhase: p.txPhase, rxKey: p.rxKeys[0], rxKey1: p.rxKeys[1] };
     this.toEngines({ k: 'path', spec });
+  }
+
+  /** One step of a password rotation's re-key of this connection (see the header). */
+  private rekey(p: PeerPath, step: 'accept' | 'use' | 'settled', dataKey: Uint8Array): void {
+    if (p.closed || p.txKey === null) return;
+    const k = deriveKeys(this.crypto, dataKey, p.conn.outbound);
+    const has = (b: Buffer | null): boolean => b !== null && b.equals(k.rx);
+    if (step === 'accept') {
+      if (has(p.rxKeys[0]) || has(p.rxKeys[1])) return;
+      p.rxKeys[1 - p.rxPhase] = k.rx;
+      p.dropRxAt = Infinity;
+    } else if (step === 'use') {
+      if (p.txKey.equals(k.tx)) return;
+      p.txKey = k.tx;
+      p.txPhase = 1 - p.txPhase;
+    } else {
+      let ph = has(p.rxKeys[0]) ? 0 : has(p.rxKeys[1]) ? 1 : -1;
+      if (ph < 0) {
+        // the 'accept' was missed (e.g. the offer went out before we attached): take it now
+        ph = 1 - p.rxPhase;
+        p.rxKeys[ph] = k.rx;
+      }
+      if (ph === p.rxPhase) return;
+      p.rxPhase = ph;
+      p.dropRxAt = this.clock.now() + REKEY_GRACE_MS;
+    }
+    this.log.info({ peer: p.peer, step, txPhase: p.txPhase, rxPhase: p.rxPhase }, 'sleeve re-key');
+    this.pushPath(p);
   }
 
   // ---- control ----------------------------------------------------------------------------------
@@ -609,6 +654,7 @@ export class Sleeve {
       this.toEngines({ k: 'unpath', slot: p.slot });
     }
     if (this.byPeer.get(p.peer) === p) this.byPeer.delete(p.peer);
+    p.offKey?.();
     this.log.debug({ peer: p.peer }, 'sleeve path closed');
     this.recompute();
   }
@@ -716,6 +762,12 @@ export class Sleeve {
     let beat = false;
     for (const p of this.slots) {
       if (!p || p.closed) continue;
+      if (now >= p.dropRxAt) {
+        p.dropRxAt = Infinity;
+        p.rxKeys[1 - p.rxPhase] = null;
+        this.log.debug({ peer: p.peer }, 'sleeve re-key: the old receive key is gone');
+        this.pushPath(p);
+      }
       // any authentic frame (data too) proves the peer -> us direction
       const hear = now - this.shared.lastRx[p.slot] <= this.deadMs;
       if (hear !== p.weHear) {
@@ -744,7 +796,7 @@ export class Sleeve {
 
   /** Control frames (PMTU probes) from this thread: lane 0, allocating (a few per probe period). */
   private sendFrame(p: PeerPath, type: number, body: Uint8Array): number {
-    const frame = encodeFrame(p.txKey ? this.crypto : null, p.txKey, type, LANE_CONTROL, p.remoteIdx, p.ctlCounter++, body);
+    const frame = encodeFrame(p.txKey ? this.crypto : null, p.txKey, type, LANE_CONTROL, p.remoteIdx, p.ctlCounter++, body, p.txPhase);
     this.ctlIps[0] = this.shared.ip[p.slot];
     this.ctlPorts[0] = this.shared.port[p.slot];
     this.ctlOffs[0] = 0;

@@ -165,7 +165,12 @@ function meshMetrics(reg: Registry, mesh: Mesh, transport: TcpTransport): void {
     established(mesh).filter((c) => c.mtu !== undefined).map((c) => ({ labels: { peer: c.peerName! }, value: c.mtu! })), ['peer']);
   const tc = () => transport.counters();
   counterFrom(reg, 'weave_connections_accepted_total', 'Inbound TCP connections accepted on the control port.', () => tc().accepted);
-  counterFrom(reg, 'weave_connections_rate_limited_total', 'Inbound TCP connections closed at once by the accept rate limit.', () => tc().rateLimited);
+  counterFrom(reg, 'weave_connections_rate_limited_total', 'Inbound TCP connections closed at once by an accept rate limit, by limit: one source over its own share, or all sources together.', () => [
+    { labels: { limit: 'source' }, value: tc().rateLimitedBySource }, { labels: { limit: 'overall' }, value: tc().rateLimited - tc().rateLimitedBySource },
+  ], ['limit']);
+  counterFrom(reg, 'weave_connections_rekeyed_total', 'Live connections that moved to a newer password during a password rotation.', () => tc().rekeyed);
+  counterFrom(reg, 'weave_connections_closed_stale_password_total', 'Connections closed because they still used a password no longer accepted (rotation finished).', () => tc().closedStalePassword);
+  counterFrom(reg, 'weave_connection_protocol_errors_total', 'Established connections closed for a malformed or undecryptable frame.', () => tc().protocolErrors);
   counterFrom(reg, 'weave_connections_refused_total', 'Connections refused during the handshake, by reason (wrong password, encryption mismatch, name collision ...).', () =>
     Object.entries(tc().refused).map(([code, value]) => ({ labels: { code }, value })), ['code']);
   counterFrom(reg, 'weave_control_frames_total', 'Control-plane frames on the TCP connections, by direction.', () => [

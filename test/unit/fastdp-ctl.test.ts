@@ -178,6 +178,39 @@ test('password on a kernel with ESP: nonces exchanged, matching SAs installed be
   void B;
 });
 
+test('password rotation re-keys ESP make-before-break: new inbound SA first, outbound moved on use, old inbound removed after the grace', async () => {
+  const k1 = new Uint8Array(32).fill(3);
+  const k2 = new Uint8Array(32).fill(4);
+  const last = new Map<string, PeerSas>();
+  const xfrm: EspInstaller = { install: async (p) => { last.set(p.local, p); }, removePeer: async () => 0 };
+  const { clock, A, B } = setup({ key: k1, xfrm });
+  clock.advance(5);
+  await new Promise((r) => setImmediate(r));
+  const flush = async (): Promise<void> => { for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r)); };
+  const sa = (side: string) => last.get(side === 'A' ? '198.18.0.11' : '198.18.0.12')!;
+  const inSpis = (side: string) => [sa(side).keys.in, ...(sa(side).extraIn ?? [])].map((x) => x.spi);
+  /** whatever each side sends out, the other holds an inbound SA for: nothing is dropped */
+  const covered = (): void => {
+    assert.ok(inSpis('B').includes(sa('A').keys.out.spi), 'B can open what A sends');
+    assert.ok(inSpis('A').includes(sa('B').keys.out.spi), 'A can open what B sends');
+  };
+  covered();
+  const oldOutA = sa('A').keys.out.spi;
+  for (const [side, step] of [['B', 'accept'], ['A', 'accept'], ['A', 'use'], ['B', 'settled'], ['B', 'use'], ['A', 'settled']] as const) {
+    (side === 'A' ? A : B).conn.rekey(step, k2);
+    await flush();
+    covered();
+  }
+  assert.notEqual(sa('A').keys.out.spi, oldOutA, 'A sends under the new key');
+  assert.equal(sa('A').extraIn?.length, 1, 'the old inbound SA stays for the grace');
+  clock.advance(2500);
+  await flush();
+  assert.deepEqual(sa('A').extraIn, [], 'then it goes');
+  assert.deepEqual(sa('B').extraIn, []);
+  assert.equal(sa('A').keys.out.spi, sa('B').keys.in.spi);
+  assert.equal(sa('B').keys.out.spi, sa('A').keys.in.spi);
+});
+
 test('a hello with our own VTEP address is refused as a collision', () => {
   const clock = new FakeClock();
   const net = new FakeNet(clock);

@@ -1,7 +1,7 @@
 // Fakes for fastdp unit tests: a pair of mesh connections that deliver after 1 ms of FakeClock time,
 // and a heartbeat "network" between VTEP addresses with programmable loss (all, or above a size).
 import type { FakeClock } from '../../lib/clock';
-import type { Features, MeshConnection } from '../../mesh/types';
+import type { DataKeyWatcher, Features, MeshConnection } from '../../mesh/types';
 import type { HeartbeatIo } from '../../router/fastdp';
 
 export function features(name: string, overlays: string[], overlayParams: Record<string, unknown> = {}): Features {
@@ -12,14 +12,24 @@ export interface FakeConn extends MeshConnection {
   sent: Array<{ type: number; payload: Uint8Array }>;
   closedWith?: string;
   deliver: (type: number, payload: Uint8Array) => void;
+  /** plays one password-rotation data-key step to this end's overlays (watchDataKey) */
+  rekey(step: 'accept' | 'use' | 'settled', key: Uint8Array): void;
 }
 
 /** Two ends; attach handles, then set `deliver` on each end to the handle's onMessage. */
 export function connPair(clock: FakeClock, a: Features, b: Features, sessionKey: Uint8Array | null = null): [FakeConn, FakeConn] {
   const mk = (local: Features, remote: Features, outbound: boolean): FakeConn => {
+    const watchers = new Set<DataKeyWatcher>();
     const c: FakeConn = {
       id: 'c1', outbound, remoteAddr: '198.18.0.1:6783', localAddr: '198.18.0.2:1234', encrypted: sessionKey !== null, sessionKey, dataKey: sessionKey,
       local, remote, sent: [],
+      watchDataKey(fn) {
+        watchers.add(fn);
+        return () => watchers.delete(fn);
+      },
+      rekey(step, key) {
+        for (const fn of watchers) fn(step, key);
+      },
       send() { /* wired below */ },
       close(reason) { c.closedWith = reason; },
       onMessage: () => undefined,

@@ -13,13 +13,15 @@ test('sodium engine really is libsodium here (else the cross-check proves nothin
   assert.equal(sodium.name, 'sodium');
 });
 
-test('header round trip, including counters above 2^32', () => {
+test('header round trip, including counters above 2^32 and both key phases', () => {
   const b = Buffer.alloc(HDR);
   const h = new FrameHeader();
   for (const counter of [0, 1, 0xffffffff, 0x100000000, Number.MAX_SAFE_INTEGER]) {
-    writeHeader(b, 0, FrameType.Data, 2, 0xdeadbeef, counter);
-    assert.ok(parseHeader(b, 0, HDR, h, false));
-    assert.deepEqual({ ...h }, { type: FrameType.Data, lane: 2, idx: 0xdeadbeef, counter });
+    for (const phase of [0, 1]) {
+      writeHeader(b, 0, FrameType.Data, 2, 0xdeadbeef, counter, phase);
+      assert.ok(parseHeader(b, 0, HDR, h, false));
+      assert.deepEqual({ ...h }, { type: FrameType.Data, lane: 2, idx: 0xdeadbeef, counter, phase });
+    }
   }
 });
 
@@ -30,7 +32,11 @@ test('malformed headers are refused', () => {
   assert.ok(parseHeader(good, 0, good.length, h, true));
   assert.equal(parseHeader(good, 0, HDR - 1, h, false), false, 'truncated');
   assert.equal(parseHeader(good, 0, HDR, h, true), false, 'no room for the MAC');
-  for (const [i, v] of [[0, 2], [1, 0], [1, 5], [2, 3], [3, 1], [8, 0x20]] as const) {
+  const kp1 = Buffer.from(good);
+  kp1[3] = 1; // key phase 1 (password rotation)
+  assert.ok(parseHeader(kp1, 0, kp1.length, h, true));
+  assert.equal(h.phase, 1);
+  for (const [i, v] of [[0, 2], [1, 0], [1, 5], [2, 3], [3, 2], [8, 0x20]] as const) {
     const b = Buffer.from(good);
     b[i] = v;
     assert.equal(parseHeader(b, 0, b.length, h, true), false, `byte ${i} = ${v}`);

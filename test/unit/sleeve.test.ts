@@ -7,14 +7,14 @@ import { FakeClock } from '../../lib/clock';
 import { loadCrypto, tweetnaclEngine, type CryptoEngine } from '../../mesh/crypto';
 import { MemoryLogger, silentLogger } from '../../lib/log';
 import type { PeerName } from '../../mesh/peer';
-import { Msg, type Features, type MeshConnection } from '../../mesh/types';
+import { Msg, type DataKeyWatcher, type Features, type MeshConnection } from '../../mesh/types';
 import type { OverlayManager } from '../../mesh/mesh';
-import { FrameHeader, FrameType, HB_BODY, HDR, TAG, parseHeader } from '../../router/frame';
+import { FrameHeader, FrameType, HB_BODY, HDR, TAG, deriveKeys, encodeFrame, parseHeader } from '../../router/frame';
 import { ipChecksum } from '../../router/icmp';
 import { PrefixTable } from '../../router/prefixes';
 import type { BoxKind } from '../../router/boxes';
 import { loadTunIo } from '../../router/native';
-import { LateRouteSource, SLEEVE_OVERHEAD, Sleeve, type RouteSource, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
+import { LateRouteSource, REKEY_GRACE_MS, SLEEVE_OVERHEAD, Sleeve, type RouteSource, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
 import { COUNTER_NAMES, LANE_TX } from '../../router/datapath';
 import { ChannelTun, ipv4Packet } from '../fakes/channel-tun';
 import { ChannelNet, ipNum } from '../fakes/channel-udp';
@@ -74,12 +74,21 @@ class Lab {
     for (const a of this.nodes) for (const b of this.nodes) if (a !== b) b.prefixes.mergeUpdate(a.prefixes.full());
   }
 
-  /** A fake authenticated mesh connection between a (dialler) and b, attached on both ends. */
-  connect(a: Node, b: Node, sessionKey: Uint8Array | null): { ha: SleeveHandle; hb: SleeveHandle; ca: MeshConnection; cb: MeshConnection } {
+  /**
+   * A fake authenticated mesh connection between a (dialler) and b, attached on both ends. rekey(side,
+   * step, key) plays a password rotation's data-key steps to that end's overlays (watchDataKey).
+   */
+  connect(a: Node, b: Node, sessionKey: Uint8Array | null): { ha: SleeveHandle; hb: SleeveHandle; ca: MeshConnection; cb: MeshConnection; rekey: (side: 'a' | 'b', step: 'accept' | 'use' | 'settled', key: Uint8Array) => void } {
     const id = `${a.name}-${b.name}`;
     const ends: { ha?: SleeveHandle; hb?: SleeveHandle } = {};
+    const watchers = { a: new Set<DataKeyWatcher>(), b: new Set<DataKeyWatcher>() };
     const mk = (self: Node, other: Node, outbound: boolean, deliver: () => SleeveHandle | undefined): MeshConnection => ({
       id, outbound, remoteAddr: `${other.ip}:41000`, localAddr: `${self.ip}:6783`, encrypted: sessionKey !== null, sessionKey, dataKey: sessionKey,
+      watchDataKey: (fn: DataKeyWatcher) => {
+        const set = outbound ? watchers.a : watchers.b;
+        set.add(fn);
+        return () => set.delete(fn);
+      },
       local: features(self, id), remote: features(other, id),
       send: (type, payload) => {
         assert.equal(type, Msg.Overlay);
@@ -95,7 +104,10 @@ class Lab {
     ends.ha = a.sleeve.attach(ca, { established: () => a.events.push(`up:${b.name}`), failed: (r) => a.events.push(`fail:${b.name}:${r}`) });
     ends.hb = b.sleeve.attach(cb, { established: () => b.events.push(`up:${a.name}`), failed: (r) => b.events.push(`fail:${a.name}:${r}`) });
     this.handles.push(ends.ha, ends.hb);
-    return { ha: ends.ha, hb: ends.hb, ca, cb };
+    const rekey = (side: 'a' | 'b', step: 'accept' | 'use' | 'settled', key: Uint8Array): void => {
+      for (const fn of watchers[side]) fn(step, key);
+    };
+    return { ha: ends.ha, hb: ends.hb, ca, cb, rekey };
   }
 
   /** Lets queued I/O run (setImmediate deliveries), then advances the fake clock, until cond or steps run out. */
@@ -163,6 +175,60 @@ for (const [mode, boxes] of [['encrypted', 'native'], ['encrypted', 'engine'], [
       assert.equal(b.sleeve.counters.dropBadMac + b.sleeve.counters.dropReplay + b.sleeve.counters.dropMalformed, 0);
       // routes into the TUN for the other router's prefix
       assert.deepEqual(a.routesSet.at(-1), [{ dst: '10.32.2.0/24', dev: 'chan-tun' }]);
+      assert.deepEqual(lab.protocolErrors, []);
+    } finally {
+      lab.close();
+    }
+  });
+}
+
+for (const boxes of ['native', 'engine'] as const) {
+  test(`password rotation re-keys a live path make-before-break: no packet lost, old key gone after the grace (${boxes} boxes)`, async () => {
+    const k1 = sodium.randomBytes(32);
+    const k2 = sodium.randomBytes(32);
+    const { lab, a, b, rekey } = await twoNodes(k1, { boxes });
+    try {
+      lab.net.capture = true;
+      let sent = 0;
+      const both = async (): Promise<void> => {
+        // a few packets each way between every step, in flight while the next step happens
+        for (let i = 0; i < 3; i++, sent++) {
+          a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', id: sent, payload: marker(`ab${sent}`) }));
+          b.tun.inject(ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', id: sent, payload: marker(`ba${sent}`) }));
+        }
+        await lab.settle();
+      };
+      await both();
+      // the order the wire session produces when B rotates second (B offers, A switches first)
+      const steps: Array<['a' | 'b', 'accept' | 'use' | 'settled']> = [
+        ['b', 'accept'], // B sent Offer
+        ['a', 'accept'], ['a', 'use'], // A verified it, sent Switch: A seals under k2 (phase 1)
+        ['b', 'settled'], ['b', 'use'], // B got A's Switch, sent its own
+        ['a', 'settled'], // A got B's Switch
+      ];
+      for (const [side, step] of steps) {
+        rekey(side, step, k2);
+        await both();
+      }
+      await lab.until(() => b.tun.written.length === sent && a.tun.written.length === sent, `all ${sent} packets both ways`);
+      for (const n of [a, b]) assert.equal(n.sleeve.counters.dropBadMac + n.sleeve.counters.dropReplay, 0, `${n.name}: nothing dropped across the re-key`);
+      const phases = new Set(lab.net.captured.filter((d) => d.data[1] === FrameType.Data).map((d) => d.data[3]));
+      assert.deepEqual([...phases].sort(), [0, 1], 'data went out under both key phases');
+      // after the grace the old receive key is gone: a frame sealed under k1 (fresh counter) fails as a bad MAC
+      const last = lab.net.captured.filter((d) => d.toIp === ipNum(b.ip) && d.data[1] === FrameType.Data).at(-1)!;
+      const idx = last.data.readUInt32BE(4);
+      const forge = (): Buffer => encodeFrame(sodium, deriveKeys(sodium, k1, true).tx, FrameType.Data, 1, idx, 1e9 + sent++, ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('old') }), 0);
+      const inject = (data: Buffer): void => lab.net.deliver({ fromIp: ipNum(a.ip), fromPort: 6783, toIp: ipNum(b.ip), toPort: 6783, data });
+      inject(forge());
+      await lab.settle();
+      const before = b.tun.written.length;
+      assert.equal(b.sleeve.counters.dropBadMac, 0, 'within the grace the old key still opens');
+      lab.clock.advance(REKEY_GRACE_MS + 1500);
+      await lab.settle();
+      inject(forge());
+      await lab.settle();
+      assert.equal(b.sleeve.counters.dropBadMac, 1, 'the old key no longer opens');
+      assert.equal(b.tun.written.length, before);
       assert.deepEqual(lab.protocolErrors, []);
     } finally {
       lab.close();

@@ -4,12 +4,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'net';
 import { loadCrypto, type CryptoEngine } from '../../mesh/crypto';
-import { realClock } from '../../lib/clock';
+import { FakeClock, realClock } from '../../lib/clock';
+import * as v8 from 'v8';
+import * as vm from 'vm';
 import { MemoryLogger } from '../../lib/log';
 import { WeaveError } from '../../lib/errors';
 import type { ConnectFailure, Features, MeshConnection } from '../../mesh/types';
-import { TcpTransport, type TcpTransportOptions, parseAddress } from '../../mesh/tcp-transport';
-import { WireSession } from '../../mesh/wire';
+import { AcceptLimiter, TcpTransport, type TcpTransportOptions, parseAddress, sourceKey } from '../../mesh/tcp-transport';
+import { HELLO_BYTES, PREAUTH_MAX_FRAME, WireSession, encodeHello, encodeKeyExchange } from '../../mesh/wire';
 import { waitFor as labWaitFor } from '../lab/exec';
 
 const sodium = loadCrypto('sodium');
@@ -68,8 +70,8 @@ async function closeAll(...ns: Node[]): Promise<void> {
 }
 
 /** A hand-driven client: the real wire protocol over a raw socket, so a test can misbehave after the handshake. */
-async function rawClient(port: number, password: Buffer | null): Promise<{ sock: net.Socket; session: WireSession; closed: Promise<void> }> {
-  const sock = net.connect({ host: '127.0.0.1', port });
+async function rawClient(port: number, password: Buffer | null, localAddress?: string): Promise<{ sock: net.Socket; session: WireSession; closed: Promise<void> }> {
+  const sock = net.connect({ host: '127.0.0.1', port, localAddress });
   let resolveEst!: () => void;
   let rejectEst!: (e: unknown) => void;
   const est = new Promise<void>((res, rej) => {
@@ -88,7 +90,10 @@ async function rawClient(port: number, password: Buffer | null): Promise<{ sock:
     }
   });
   sock.on('error', (e) => rejectEst(e));
-  const closed = new Promise<void>((r) => sock.on('close', () => r()));
+  const closed = new Promise<void>((r) => sock.on('close', () => {
+    rejectEst(new Error('closed before the handshake completed'));
+    r();
+  }));
   session.start();
   await est;
   return { sock, session, closed };
@@ -497,4 +502,145 @@ test('trusted subnets parse and match (IPv4 only; bad input says what to fix)', 
   assert.throws(() => parseTrustedSubnets('10.0.0.1/8'), /--trusted-subnets.*host bits set/);
   assert.throws(() => parseTrustedSubnets('10.0.0.0/33'), /--trusted-subnets/);
   assert.throws(() => parseTrustedSubnets('everything'), /--trusted-subnets/);
+});
+
+// ---- the control plane under attack (reliability issue items 4 and 5; ../shared/reference/attacks)
+
+/** Connects from localAddress and resolves with what happened first: the listener's hello, or a close. */
+function probe(port: number, localAddress: string): Promise<{ sock: net.Socket; got: 'hello' | 'closed' }> {
+  const sock = net.connect({ host: '127.0.0.1', port, localAddress });
+  sock.on('error', () => {});
+  return new Promise((r) => {
+    sock.once('data', () => r({ sock, got: 'hello' }));
+    sock.once('close', () => r({ sock, got: 'closed' }));
+  });
+}
+
+test('accept limits per source: a connect flood from 127.0.0.2 does not keep a peer at 127.0.0.3 out', async () => {
+  // a FakeClock never refills the buckets: the flood spends everything it may, for the whole test
+  const b = await node({ clock: new FakeClock(), handshakeTimeoutMs: 3_600_000 });
+  const port = b.t.address().port;
+  const socks: net.Socket[] = [];
+  try {
+    // flood.py in miniature: 100 connects from one source, in waves of 20
+    let floodAccepted = 0;
+    for (let wave = 0; wave < 5; wave++) {
+      const res = await Promise.all(Array.from({ length: 20 }, () => probe(port, '127.0.0.2')));
+      for (const r of res) {
+        socks.push(r.sock);
+        if (r.got === 'hello') floodAccepted++;
+      }
+    }
+    const cn = b.t.counters();
+    assert.equal(cn.accepted + cn.rateLimited, 100);
+    assert.equal(floodAccepted, 10, 'the flooding source gets its own burst, no more');
+    assert.equal(cn.rateLimitedBySource, 90, 'the rest is refused by its own bucket, not the shared one');
+    // a real peer from another address completes the handshake during the flood
+    const ok = await rawClient(port, PW, '127.0.0.3');
+    socks.push(ok.sock);
+    await waitFor(() => b.accepted.length === 1, 'the other source authenticated');
+    assert.equal(b.accepted[0].remoteAddr.split(':')[0], '127.0.0.3');
+    assert.ok(b.log.find((r) => r.level === 'warn' && r.limit === 'per source'), 'the refusals are logged as per-source');
+  } finally {
+    for (const s of socks) s.destroy();
+    await closeAll(b);
+  }
+});
+
+test('AcceptLimiter: bounded per-source table, idle sources expire, IPv6 limited per /64', () => {
+  const clock = new FakeClock();
+  const l = new AcceptLimiter(clock, { perSecond: 1e6, burst: 1e6 }, { perSecond: 5, burst: 10 }, 100);
+  for (let i = 0; i < 5000; i++) assert.equal(l.take(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`), 'ok');
+  assert.ok(l.size <= 100, `table bounded: ${l.size}`);
+  for (let i = 0; i < 10; i++) l.take('192.0.2.1');
+  assert.equal(l.take('192.0.2.1'), 'source');
+  clock.advance(2000); // 10 tokens refilled: the busy source and all others are idle again
+  l.take('192.0.2.9');
+  assert.equal(l.size, 1, 'refilled (idle) sources are forgotten');
+  assert.equal(l.take('192.0.2.1'), 'ok');
+  assert.equal(sourceKey('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64');
+  assert.equal(sourceKey('2001:db8:1:2::ffff'), '2001:db8:1:2::/64');
+  assert.equal(sourceKey('::ffff:10.1.2.3'), '10.1.2.3');
+  assert.equal(sourceKey('::1'), '0:0:0:0::/64');
+  for (let i = 0; i < 10; i++) l.take(`2001:db8:1:2::${i + 1}`);
+  assert.equal(l.take('2001:db8:1:2::ff'), 'source', 'addresses of one /64 share a bucket');
+  assert.equal(l.take('2001:db8:1:3::1'), 'ok');
+});
+
+/** hello + key exchange (encrypt flag, random key) + the header of a frame of `len` bytes: streamatk2.py's prefix */
+function attackPrefix(len: number): Buffer {
+  const hdr = Buffer.alloc(4);
+  hdr.writeUInt32BE(len, 0);
+  const hello = encodeHello(1, 1);
+  assert.equal(hello.length, HELLO_BYTES);
+  return Buffer.concat([hello, encodeKeyExchange(true, sodium.randomBytes(32)), hdr]);
+}
+
+function gc(): void {
+  v8.setFlagsFromString('--expose-gc');
+  (vm.runInNewContext('gc') as () => void)();
+}
+
+test('pre-authentication frames are capped: a declared 16 MiB frame is refused at once, and 25 such clients leave memory flat', async (t) => {
+  const b = await node({ handshakeTimeoutMs: 3_600_000, acceptRatePerSource: { perSecond: 1000, burst: 1000 }, acceptRate: { perSecond: 1000, burst: 1000 } });
+  const port = b.t.address().port;
+  const body = Buffer.alloc(2 << 20, 0x41); // one buffer for every client: the clients cost no memory per socket
+  try {
+    const one = net.connect({ host: '127.0.0.1', port });
+    one.on('error', () => {});
+    one.resume(); // read what the listener sends, so its close is seen
+    const started = Date.now();
+    const closedOne = new Promise<number>((r) => one.on('close', () => r(Date.now() - started)));
+    one.write(attackPrefix(16 << 20));
+    const ms = await Promise.race([closedOne, new Promise<number>((r) => setTimeout(() => r(Infinity), 2000))]);
+    assert.ok(ms < 1000, `closed ${ms} ms after declaring the frame`);
+    await waitFor(() => (b.t.counters().refused.EPROTO ?? 0) === 1, 'refused as a protocol error');
+    assert.ok(b.log.find((r) => /exceeds the limit of 16384/.test(String(r.err))), 'the refusal names the limit');
+    assert.equal(PREAUTH_MAX_FRAME, 16384);
+
+    gc();
+    const before = process.memoryUsage();
+    const socks = Array.from({ length: 25 }, () => {
+      const s = net.connect({ host: '127.0.0.1', port });
+      s.on('error', () => {});
+      s.resume();
+      s.write(attackPrefix(16 << 20));
+      s.write(body);
+      return s;
+    });
+    const allClosed = Promise.all(socks.map((s) => new Promise<void>((r) => s.on('close', () => r()))));
+    const settled = await Promise.race([allClosed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 3000))]);
+    gc();
+    const after = process.memoryUsage();
+    for (const s of socks) s.destroy();
+    const mb = (n: number) => Math.round((n / (1 << 20)) * 10) / 10;
+    const grow = {
+      rss: mb(after.rss - before.rss),
+      heapUsed: mb(after.heapUsed - before.heapUsed),
+      external: mb(after.external + after.arrayBuffers - before.external - before.arrayBuffers),
+    };
+    t.diagnostic(`25 clients x (16 MiB declared, 2 MiB sent): growth rss ${grow.rss} MiB, heapUsed ${grow.heapUsed} MiB, external+arrayBuffers ${grow.external} MiB`);
+    assert.ok(settled, 'every attacking connection was closed by the listener');
+    assert.ok(grow.external < 8, `buffers retained: ${JSON.stringify(grow)}`);
+    assert.ok(grow.heapUsed < 8, `heap retained: ${JSON.stringify(grow)}`);
+    assert.equal(b.accepted.length, 0);
+  } finally {
+    await closeAll(b);
+  }
+});
+
+test('after the password is proven the normal frame limit applies (a 1 MiB message passes)', async () => {
+  const a = await node();
+  const b = await node();
+  try {
+    const c = await a.t.dial(b.addr, features());
+    await waitFor(() => b.accepted.length === 1, 'accepted');
+    const got: number[] = [];
+    b.accepted[0].onMessage = (_t, p) => got.push(p.length);
+    c.send(40, Buffer.alloc(1 << 20));
+    await waitFor(() => got.length === 1, '1 MiB message');
+    assert.equal(got[0], 1 << 20);
+  } finally {
+    await closeAll(a, b);
+  }
 });

@@ -17,6 +17,7 @@ import {
   encodeKeyExchange,
   frameNonce,
   negotiateVersion,
+  PREAUTH_MAX_FRAME,
 } from '../../mesh/wire';
 import type { Features } from '../../mesh/types';
 import { type Established, WireSession, type WireOptions } from '../../mesh/wire';
@@ -127,12 +128,15 @@ test('hello: bad magic and invalid ranges are ProtocolErrors', () => {
   assert.throws(() => decodeHello(h.subarray(0, 7)), ProtocolError);
 });
 
-test('key exchange: flags bit0 + 32-byte key; unknown flags refused', () => {
+test('key exchange: flags bit0 (encrypt), bit1 (two keys) + 32-byte key; unknown flags refused', () => {
   const pk = crypto.randomBytes(32);
   const kx = encodeKeyExchange(true, pk);
   assert.equal(kx.length, 33);
-  assert.deepEqual(decodeKeyExchange(kx), { encrypt: true, publicKey: pk });
+  assert.deepEqual(decodeKeyExchange(kx), { encrypt: true, twoKeys: false, publicKey: pk });
   assert.equal(decodeKeyExchange(encodeKeyExchange(false, pk)).encrypt, false);
+  assert.deepEqual(decodeKeyExchange(encodeKeyExchange(true, pk, true)), { encrypt: true, twoKeys: true, publicKey: pk });
+  kx[0] = 0x02; // two keys without encryption
+  assert.throws(() => decodeKeyExchange(kx), ProtocolError);
   kx[0] = 0x81;
   assert.throws(() => decodeKeyExchange(kx), ProtocolError);
 });
@@ -393,4 +397,43 @@ test('stop() makes the session ignore further input', () => {
   b.s.push(Buffer.from('garbage that would otherwise fail'));
   assert.equal(b.messages.length, 0);
   assert.equal(b.s.state, 'stopped');
+});
+
+test('the features frame at its real maximum fits the pre-authentication frame cap with a wide margin', (t) => {
+  // every field at its decoder's limit, strings in 3-byte UTF-8, and the overlay parameters routers send
+  const big: Features = {
+    name: '02:ff:ff:ff:ff:ff',
+    nickname: '€'.repeat(255),
+    uid: 'u'.repeat(64),
+    connId: 'c'.repeat(64),
+    overlays: Array.from({ length: 16 }, (_, i) => `overlay-${i}`.padEnd(32, 'x')),
+    overlayParams: { sleeve: { port: 65535 }, fastdp: { v: 1, mac: 'ff:ff:ff:ff:ff:ff', vtep: '255.255.255.255', port: 65535, hb: 65535 } },
+    trusted: true,
+    listenPort: 65535,
+  };
+  const sealed = encodeFeatures(big).length + 16;
+  t.diagnostic(`largest features frame: ${sealed} bytes sealed; cap ${PREAUTH_MAX_FRAME}`);
+  assert.deepEqual(decodeFeatures(encodeFeatures(big)), big);
+  assert.ok(sealed * 4 <= PREAUTH_MAX_FRAME, `${sealed} bytes: less than a quarter of the cap`);
+  // a session refuses to send a features frame over the cap instead of having the peer refuse it
+  const huge = { ...big, overlayParams: { blob: 'x'.repeat(PREAUTH_MAX_FRAME) } };
+  const a = side(crypto, { outbound: true, password: pw, local: huge });
+  const b = side(crypto, { outbound: false, password: pw, local: features('02:00:00:00:00:0b') });
+  a.s.start();
+  b.s.start();
+  pump(a, b);
+  assert.ok(a.error instanceof WeaveError && a.error.code === 'E2BIG', String(a.error));
+});
+
+test('before the password is proven a frame beyond PREAUTH_MAX_FRAME is a protocol error; after it the full limit applies', () => {
+  const s = side(crypto, { outbound: false, password: pw, local: features('02:00:00:00:00:0b') });
+  s.s.start();
+  const hdr = Buffer.alloc(4);
+  hdr.writeUInt32BE(PREAUTH_MAX_FRAME + 1, 0);
+  assert.throws(() => s.s.push(Buffer.concat([encodeHello(1, 1), encodeKeyExchange(true, crypto.randomBytes(32)), hdr])), (e: unknown) => e instanceof ProtocolError && /exceeds the limit of 16384/.test(e.message));
+  const { a, b } = pair(crypto, pw, pw);
+  a.out.push(a.s.encode(2, Buffer.alloc(PREAUTH_MAX_FRAME * 4)));
+  pump(a, b);
+  assert.equal(b.error, null);
+  assert.equal(b.messages[0][1].length, PREAUTH_MAX_FRAME * 4);
 });
