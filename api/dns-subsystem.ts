@@ -19,6 +19,7 @@ import {
   addressElsewhere, containerResolvConf, ensureContainerDnsRoute, removeNetnsResolvConf, syncDnsAddr, writeNetnsResolvConf,
 } from '../host/dns-addr';
 import type { HostCtx } from '../host/ip';
+import type { StateRecovery } from '../lib/state-file';
 import type { EndpointInfo } from '../router/endpoints';
 import type { AttachRequest, DaemonContext, Subsystem, SubsystemModule } from './subsystem';
 
@@ -116,6 +117,8 @@ export class DnsSubsystem implements Subsystem {
       clock: ctx.clock,
       log: this.log,
       persistence: new FileDnsPersistence(path.join(ctx.cfg.dataDir, DNS_RECORDS_FILE)),
+      // our records handed back by peers after our file was lost: drop those of containers gone meanwhile
+      onOwnRelearned: () => this.removeStale(),
     });
     this.glue = attachDnsToMesh(this.store, ctx.mesh);
     this.resolv = new ResolvConfWatcher({ path: '/etc/resolv.conf', clock: ctx.clock, log: this.log, exclude: [flags.listen.ip] });
@@ -171,6 +174,10 @@ export class DnsSubsystem implements Subsystem {
     for (const n of [...this.writtenResolv]) removeNetnsResolvConf(n);
     await this.server?.stop();
     await syncDnsAddr(this.ctx.hostCtx, null, BRIDGE_MTU);
+  }
+
+  recovery(): StateRecovery[] {
+    return this.store.recovery();
   }
 
   report(): DnsReport {
