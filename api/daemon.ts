@@ -11,6 +11,9 @@ import { UsageError, WeaveError, errMsg } from '../lib/errors';
 import { Logger, rootLogger, componentLogger } from '../lib/log';
 import { realClock } from '../lib/clock';
 import { loadIdentity } from '../mesh/peer';
+import { FileTargetStore } from '../mesh/targets';
+import { pidFileRecovery, removePidFile, runningPid, writePidFile } from '../lib/pid-file';
+import { stateSection } from '../lib/state-file';
 import { loadCrypto } from '../mesh/crypto';
 import { TcpTransport } from '../mesh/tcp-transport';
 import { Mesh } from '../mesh/mesh';
@@ -43,46 +46,7 @@ export const VERSION: string = (() => {
   }
 })();
 
-export function pidFile(dataDir: string): string {
-  return path.join(dataDir, 'router.pid');
-}
-
-/** The pid in dataDir/router.pid if that process is alive and is a weave router. */
-export function runningPid(dataDir: string): number | undefined {
-  let pid: number;
-  try {
-    pid = Number(fs.readFileSync(pidFile(dataDir), 'utf8').trim());
-  } catch {
-    return undefined;
-  }
-  if (!Number.isInteger(pid) || pid <= 0) return undefined;
-  try {
-    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    return cmd.includes('weave') && cmd.includes('router') ? pid : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Targets persist across restarts (`--resume`); written atomically. */
-export class FileTargetStore {
-  constructor(private readonly file: string, private readonly log: Logger) {}
-  load(): string[] {
-    try {
-      const v = JSON.parse(fs.readFileSync(this.file, 'utf8'));
-      if (Array.isArray(v?.targets) && v.targets.every((t: unknown) => typeof t === 'string')) return v.targets;
-      this.log.warn({ file: this.file }, 'target file malformed; starting with no stored targets');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ file: this.file, err: errMsg(e) }, 'cannot read stored targets');
-    }
-    return [];
-  }
-  save(targets: string[]): void {
-    const tmp = `${this.file}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify({ v: 1, targets }) + '\n');
-    fs.renameSync(tmp, this.file);
-  }
-}
+export { pidFile, runningPid } from '../lib/pid-file';
 
 function stringList(body: any, key: string): string[] {
   const v = body?.[key];
@@ -112,6 +76,8 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
   if (other && other !== process.pid) throw new WeaveError('ERUNNING', `a weave router is already running with data dir ${cfg.dataDir} (pid ${other}); use "weave stop" first`);
 
   const identity = loadIdentity(cfg.dataDir, { name: cfg.name, nickname: cfg.nickname });
+  const startRecovery = [...identity.recovery, ...pidFileRecovery(cfg.dataDir)];
+  for (const r of startRecovery) log.warn(r, `${r.file}: ${r.problem}; ${r.action}${r.from ? ` (from ${r.from})` : ''}`);
   const crypto = loadCrypto(cfg.crypto ?? 'sodium', componentLogger(root, 'crypto'));
   const clock = realClock;
   const transport = new TcpTransport({
@@ -200,7 +166,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     log: componentLogger(root, 'overlay'),
   });
 
-  const targetStore = new FileTargetStore(path.join(cfg.dataDir, 'targets.json'), log);
+  const targetStore = new FileTargetStore(path.join(cfg.dataDir, 'targets.json'), log, identity.name);
   if (!cfg.resume) targetStore.save(cfg.peers);
   const mesh = new Mesh({
     identity,
@@ -240,6 +206,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     log: componentLogger(root, 'endpoints'),
     clock,
     dataDir: cfg.dataDir,
+    owner: identity.name,
     routes,
     // one MTU for every overlay a connection may switch between, so a fallback never needs PMTU again
     mtu: () => Math.min(sleeve.tunMtu, fastdp && fastdpMtu ? fastdpMtu : sleeve.tunMtu),
@@ -279,6 +246,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       vxlan: vxlan?.stats(),
     },
     ...Object.fromEntries(subsystems.filter((x) => x.report).map((x) => [x.name, x.report!()])),
+    state: stateSection([...startRecovery, ...targetStore.recovery(), ...endpoints.recovery(), ...subsystems.flatMap((x) => x.recovery?.() ?? [])]),
   });
 
   const sleeveReport = () => {
@@ -352,8 +320,10 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
         await xfrm?.removeAll().catch((e) => log.warn({ err: errMsg(e) }, 'xfrm removal failed'));
         routes.stop();
         try {
-          if (runningPid(cfg.dataDir) === process.pid || fs.readFileSync(pidFile(cfg.dataDir), 'utf8').trim() === String(process.pid)) fs.rmSync(pidFile(cfg.dataDir), { force: true });
-        } catch { /* no pid file */ }
+          removePidFile(cfg.dataDir, process.pid);
+        } catch (e) {
+          log.warn({ err: errMsg(e) }, 'removing the pid file failed');
+        }
         log.info('router stopped');
         resolveStopped();
       })();
@@ -468,7 +438,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     await mesh.stop();
     throw new WeaveError('EAPI', `cannot listen for the HTTP API on ${cfg.httpAddr.host}:${cfg.httpAddr.port}: ${errMsg(e)}`);
   }
-  fs.writeFileSync(pidFile(cfg.dataDir), `${process.pid}\n`);
+  writePidFile(cfg.dataDir, process.pid, identity.name);
   log.info({ name: identity.name, nickname: identity.nickname, port: cfg.port, http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, encryption: cfg.password !== null, crypto: crypto.name }, 'router ready');
 
   if (opts.installSignalHandlers !== false) {

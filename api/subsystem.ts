@@ -9,6 +9,7 @@ import type { MetricsWriter } from './metrics';
 import type { RouterConfig } from './config';
 import type { Clock } from '../lib/clock';
 import type { Logger } from '../lib/log';
+import type { StateRecovery } from '../lib/state-file';
 import type { Identity } from '../mesh/peer';
 import type { Mesh } from '../mesh/mesh';
 import type { HostCtx } from '../host/ip';
@@ -44,6 +45,8 @@ export interface Subsystem {
   stop?(): Promise<void>;
   /** a section of `weave report`; a `summary` object inside it is also shown by `weave status` */
   report?(): unknown;
+  /** state files found damaged or missing and what was recovered (the report's `state` section) */
+  recovery?(): StateRecovery[];
   metrics?(m: MetricsWriter): void;
   /** `weave reset`: leave the mesh cleanly (hand over IPAM space, remove kernel state) before the router stops. */
   reset?(): Promise<void>;
