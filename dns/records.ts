@@ -686,8 +686,12 @@ export class DnsStore implements Gossiper {
       this.counters.relearned += relearned.length;
       this.relearnedFrom.add(src ?? 'a peer');
       this.log.info({ records: relearned.length, from: src }, 'own dns records re-learned from peers');
-      // handed back by a peer that held them since we left: the others dropped them too
-      if (opts.handedBack) this.publish(relearned);
+      // handed back by a peer that held them since we left: the others dropped them too. Right after
+      // we came back the broadcast routes may not include our neighbours yet: neighbour gossip too.
+      if (opts.handedBack) {
+        this.publish(relearned);
+        this.channel?.gossip(new DnsRecordSet(relearned));
+      }
       this.onOwnRelearned();
     }
     return delta;

@@ -16,6 +16,7 @@
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
+import { WeaveError } from './errors';
 
 export const STATE_MAGIC = 'weave-state';
 export const STATE_FORMAT = 1;
@@ -171,7 +172,11 @@ function stamp(now: number): string {
 export function moveAside(file: string, now = Date.now()): string {
   let to = `${file}${DAMAGED_SUFFIX}${stamp(now)}`;
   for (let i = 1; fs.existsSync(to); i++) to = `${file}${DAMAGED_SUFFIX}${stamp(now)}-${i}`;
-  fs.renameSync(file, to);
+  try {
+    fs.renameSync(file, to);
+  } catch (e) {
+    throw new WeaveError('ESTATE', `${file} is damaged and cannot be moved aside (${(e as Error).message}): move or remove it by hand, or run "weave reset"`, { file }, { cause: e });
+  }
   try {
     fsyncDir(path.dirname(file));
   } catch {

@@ -42,8 +42,15 @@ async function waitPeers(h: Host, n: number): Promise<void> {
   }, { timeoutMs: 30_000, intervalMs: 250 });
 }
 
-async function ping(c: Container, addr: string): Promise<void> {
-  await waitFor(`${c.name} to ping ${addr}`, async () => (await c.exec(['ping', '-c', '1', '-W', '1', addr], { allowFail: true })).code === 0, { timeoutMs: 20_000, intervalMs: 200 });
+async function ping(c: Container, addr: string, hosts: Host[] = []): Promise<void> {
+  try {
+    await waitFor(`${c.name} to ping ${addr}`, async () => (await c.exec(['ping', '-c', '1', '-W', '1', addr], { allowFail: true })).code === 0, { timeoutMs: 20_000, intervalMs: 200 });
+  } catch (e) {
+    // say where the packet got lost
+    const diag = [`${c.name}: ${(await c.exec(['ip', '-4', 'addr'], { allowFail: true })).stdout} ${(await c.exec(['ip', 'route'], { allowFail: true })).stdout}`];
+    for (const h of hosts) diag.push(`${h.name}: ${(await h.exec(['ip', 'route'], { allowFail: true })).stdout} prefixes ${JSON.stringify((await h.report()).sleeve.prefixes)}`);
+    throw new Error(`${(e as Error).message}\n${diag.join('\n')}`);
+  }
 }
 
 /** `weave ps` as netns -> addresses. */
@@ -61,6 +68,20 @@ async function statusLine(h: Host, file: string): Promise<string> {
 }
 
 const ipOf = (cidr: string): string => cidr.split('/')[0];
+
+/**
+ * Two routers agreeing on a 2-peer quorum, h1 dialling h2 only: when both dial each other, the
+ * duplicate-connection switch can lose the prefix announcements made just before it (seen on main too;
+ * peers then learn each other's prefixes only from periodic gossip), which is not what these tests test.
+ * h1, the one restarted, dials h2 again at once from its stored targets (--resume).
+ */
+async function twoHosts(lab: Lab): Promise<[Host, Host]> {
+  const [h1, h2] = [await lab.addHost('h1'), await lab.addHost('h2')];
+  await launch(h2, ['--ipalloc-init', 'consensus=2']);
+  await launch(h1, ['--ipalloc-init', 'consensus=2', h2.ip]);
+  await waitPeers(h1, 1);
+  return [h1, h2];
+}
 
 test('endpoints.json truncated, garbage or deleted: attached containers are recovered from the kernel, no address is handed out twice', async () => {
   await withLab(async (lab) => {
@@ -98,10 +119,7 @@ test('endpoints.json truncated, garbage or deleted: attached containers are reco
 
 test('dns.msgpack damaged on one host of two: its names come back from the peer mesh-wide and status says so', async () => {
   await withLab(async (lab) => {
-    const [h1, h2] = [await lab.addHost('h1'), await lab.addHost('h2')];
-    await launch(h1, [h2.ip]);
-    await launch(h2, [h1.ip]);
-    await waitPeers(h1, 1);
+    const [h1, h2] = await twoHosts(lab);
     const [c1, c2] = [await lab.addContainer('c1'), await lab.addContainer('c2')];
     const a1 = ipOf(await attach(h1, c1, ['10.32.9.1/12', '-h', 'web']));
     await attach(h2, c2, ['10.32.9.2/12', '-h', 'db']);
@@ -115,7 +133,7 @@ test('dns.msgpack damaged on one host of two: its names come back from the peer 
       // h2 drops the records of a peer that left
       await waitFor('h2 to drop web', async () => (await lookup(h2, 'web')).length === 0, { timeoutMs: 20_000 });
       damage(path.join(h1.dataDir, 'dns.msgpack'), how);
-      await launch(h1, ['--resume']);
+      await launch(h1, ['--ipalloc-init', 'consensus=2', '--resume']);
       await waitFor(`${how}: web resolves on h1 and h2 again`, async () => (await lookup(h1, 'web')).includes(a1) && (await lookup(h2, 'web')).includes(a1), { timeoutMs: 20_000 });
       // a real client in a container on the other host
       await waitFor('dig in c2 answers web', async () => (await c2.exec(['dig', '@169.254.53.53', '+short', '+tries=1', '+timeout=2', 'web.weave.local'], { allowFail: true })).stdout.trim() === a1, { timeoutMs: 10_000 });
@@ -128,16 +146,13 @@ test('dns.msgpack damaged on one host of two: its names come back from the peer 
 
 test('ipam/data.mdb truncated or garbage: no crash, live containers keep their addresses, no duplicate, the ring comes back from the peer', async () => {
   await withLab(async (lab) => {
-    const [h1, h2] = [await lab.addHost('h1'), await lab.addHost('h2')];
-    await launch(h1, [h2.ip]);
-    await launch(h2, [h1.ip]);
-    await waitPeers(h1, 1);
+    const [h1, h2] = await twoHosts(lab);
     const [c1, c2, c3] = [await lab.addContainer('c1'), await lab.addContainer('c2'), await lab.addContainer('c3')];
     const a1 = await attach(h1, c1);
     const a2 = await attach(h1, c2);
     const a3 = await attach(h2, c3);
     console.log(`# c1 ${a1}, c2 ${a2} on h1; c3 ${a3} on h2`);
-    await ping(c1, ipOf(a3));
+    await ping(c1, ipOf(a3), [h1, h2]);
     const owners = (await h1.report()).ipam.status.owners.map((o: any) => [o.peer, o.addresses]);
     const given = new Set([a1, a2, a3].map(ipOf));
     const db = path.join(h1.dataDir, 'ipam', 'data.mdb');
@@ -149,7 +164,7 @@ test('ipam/data.mdb truncated or garbage: no crash, live containers keep their a
     for (const [i, [what, restart, hurt]] of damages.entries()) {
       await stopRouter(h1, restart);
       hurt(db);
-      const r = await h1.weave(['launch', '--no-fastdp', '--nickname', 'h1', '--resume'], { allowFail: true });
+      const r = await h1.weave(['launch', '--no-fastdp', '--nickname', 'h1', '--ipalloc-init', 'consensus=2', '--resume'], { allowFail: true });
       assert.equal(r.code, 0, `${what}: launch must not fail: ${r.stderr}`);
       const log = fs.readFileSync(path.join(h1.dataDir, 'weave.log'), 'utf8');
       assert.match(log, /ipam\/data\.mdb/, 'the log names the file');
@@ -167,7 +182,7 @@ test('ipam/data.mdb truncated or garbage: no crash, live containers keep their a
       const an = ipOf(await attach(h1, cn));
       assert.ok(!given.has(an), `${what}: new attach got ${an}, already given: ${[...given].join(' ')}`);
       given.add(an);
-      await ping(cn, ipOf(a3));
+      await ping(cn, ipOf(a3), [h1, h2]);
       await ping(c1, ipOf(a2));
       await h1.weave(['detach', cn.ns]);
       given.delete(an); // freed: may come back later, but never while a live container has it
