@@ -13,7 +13,7 @@ import { Assembly } from './assembly';
 import type { RouterConfig } from './config';
 import type { Report } from './views';
 import { SUBSYSTEMS } from './subsystems';
-import { buildMesh, buildWire, openDataDir, writePidFile } from './parts/control';
+import { buildMesh, buildWire, openDataDir, pidFilePart } from './parts/control';
 import { buildSleeve, hostState, startRouteSync } from './parts/sleeve';
 import { buildOverlays, wireForwarding } from './parts/fastdp';
 import { buildEndpoints, restoreEndpoints } from './parts/endpoints';
@@ -21,7 +21,7 @@ import { buildReport, serveApi } from './parts/api';
 import { passwordRotation } from './password';
 
 export { VERSION } from './parts/api';
-export { pidFile, runningPid } from './parts/control';
+export { pidFile, runningPid } from '../lib/pid-file';
 
 export interface RouterHandle {
   report(): Report;
@@ -47,7 +47,7 @@ const MODULES: readonly SubsystemModule<unknown, DaemonContext>[] = SUBSYSTEMS;
 /** Every step's builder, in one object so a test can replace them (start-up failure at each step). */
 export const STEPS = {
   openDataDir, hostState, buildWire, buildSleeve, buildOverlays, buildMesh, wireForwarding, buildEndpoints,
-  subsystems: MODULES, restoreEndpoints, startRouteSync, startMesh, passwordRotation, serveApi, writePidFile,
+  subsystems: MODULES, restoreEndpoints, startRouteSync, startMesh, passwordRotation, serveApi, pidFilePart,
 };
 
 export interface RunOptions {
@@ -72,7 +72,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
     resolveStopped();
   };
 
-  const data = await build.add('data dir', () => s.openDataDir(cfg));
+  const data = await build.add('data dir', () => s.openDataDir(cfg, root));
   const host = await build.add('host state', () => s.hostState(root, clock));
   const wire = await build.add('wire', () => s.buildWire(cfg, data.identity, root, clock));
   const sleeve = await build.add('sleeve', () => s.buildSleeve(cfg, { name: data.identity.name, crypto: wire.crypto, routeEvents: wire.routeEvents }, host, root, clock));
@@ -80,7 +80,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   const { mesh } = await build.add('mesh', () => s.buildMesh(cfg, data.identity, wire, overlays.choice(), root, clock));
   await build.add('forwarding', () => s.wireForwarding({ identity: data.identity, mesh, sleeve, overlays, host }, root));
   const subsystems: Subsystem[] = [];
-  const eps = await build.add('endpoints', () => s.buildEndpoints(cfg, host, sleeve.prefixes, () => overlays.containerMtu(), subsystems, root, clock));
+  const eps = await build.add('endpoints', () => s.buildEndpoints(cfg, data.identity.name, host, sleeve.prefixes, () => overlays.containerMtu(), subsystems, root, clock));
   const ctx: DaemonContext = { cfg, root, clock, identity: data.identity, mesh, hostCtx: host.ctx, endpoints: eps.endpoints, announce: eps.announce };
   for (const mod of s.subsystems) subsystems.push(await build.add(mod.name, () => mod.create(ctx)));
   await build.add('restore endpoints', () => s.restoreEndpoints(eps, log));
@@ -89,7 +89,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   await build.add('password rotation', () => s.passwordRotation({ passwords: wire.transport.passwords, passwordFile: cfg.passwordFile, log: componentLogger(root, 'password'), signals: opts.installSignalHandlers !== false }));
   const life = { stop, reset: async () => { await eps.removeAll(); await resetSubsystems(subsystems, log); } };
   await build.add('api', () => s.serveApi(cfg, build.parts, life, root));
-  await build.add('pid file', () => s.writePidFile(cfg));
+  await build.add('pid file', () => s.pidFilePart(cfg));
   log.info({ name: data.identity.name, nickname: data.identity.nickname, port: cfg.port, http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, encryption: cfg.password !== null, crypto: wire.crypto.name }, 'router ready');
 
   if (opts.installSignalHandlers !== false) {

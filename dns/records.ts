@@ -20,7 +20,11 @@
 //      construction, so a router that restarts alone, or after its peers dropped its records because
 //      it was gone, re-announces them itself with versions that continue where it stopped;
 //   2. re-learning: an entry whose origin is ourselves, received from a peer, is accepted as long as
-//      we have not asserted that key ourselves in this run (covers a lost or absent data dir). The version counter for
+//      we have not asserted that key ourselves in this run (covers a lost, damaged or absent file), and
+//      broadcast again, so peers that dropped it have it back. Peers hold a departed origin's records
+//      (not resolvable, up to departedKeepMs) and hand them to that origin when the mesh shows it again,
+//      so a router that restarts without its records gets them back even when every peer had dropped
+//      them. recovery() says what was re-learned and from where. The version counter for
 // our own entries is a Lamport clock bumped past every own-origin version we see, so the next local
 // add/remove always beats what peers hold. If we did assert a key in this run (e.g. attach registered
 // the container again before gossip arrived) and a peer sends an older incarnation with a higher
@@ -28,11 +32,12 @@
 // it. Records of containers that died while the router was down are removed by the owner
 // (removeContainer) when it reconciles its containers; that is the caller's job.
 import * as fs from 'fs';
-import { pack } from 'msgpackr';
 import type { Clock, TimerHandle } from '../lib/clock';
+import * as path from 'path';
 import { ProtocolError, UsageError, WeaveError } from '../lib/errors';
 import { parseAddr, tryParseAddr } from '../lib/addr';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
+import { contentProblem, moveAside, readStateFile, writeStateFile, type StateRecovery } from '../lib/state-file';
 import type { Logger } from '../lib/log';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
@@ -45,6 +50,8 @@ const MAX_ENTRIES_PER_MESSAGE = 100_000;
 const MAX_CONTAINER_ID = 128;
 /** Bound on entries of departed origins held for their return. */
 const MAX_PARKED = 100_000;
+/** Bound on records of departed origins held to hand back to them. */
+const MAX_HELD = 100_000;
 
 export interface DnsEntry {
   /** lowercased FQDN with the trailing dot: "web.weave.local." */
@@ -184,27 +191,43 @@ export class DnsRecordSet implements GossipData {
 export interface DnsPersistence {
   /** the saved own entries, [] when there is nothing; throws when the saved data is unusable */
   load(): DnsEntry[];
-  save(entries: DnsEntry[]): void;
+  /** self: our peer name, recorded with the entries */
+  save(entries: DnsEntry[], self?: PeerName): void;
+  /** how status names it (a file name) */
+  readonly label?: string;
 }
 
-/** Own entries in one msgpack file ({v:1, e:[tuples]}, the gossip encoding), replaced atomically. */
+const DNS_STATE_KIND = 'dns-records';
+
+/**
+ * Own entries in one checked state file (lib/state-file.ts) holding {v:1, e:[tuples]}, the gossip
+ * encoding. A damaged file is moved aside and load() throws a WeaveError ESTATE saying what was wrong
+ * (context.movedTo): the store then starts without its records and re-learns them from peers.
+ */
 export class FileDnsPersistence implements DnsPersistence {
   constructor(readonly path: string) {}
-  load(): DnsEntry[] {
-    let buf: Buffer;
-    try {
-      buf = fs.readFileSync(this.path);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw e;
-    }
-    return decodeEntries(buf);
+  get label(): string {
+    return path.basename(this.path);
   }
-  save(entries: DnsEntry[]): void {
-    const tmp = `${this.path}.tmp`;
+  load(): DnsEntry[] {
+    const r = readStateFile(this.path, DNS_STATE_KIND, { legacy: true });
+    if (r.status === 'missing') return [];
+    let problem: string;
+    if (r.status === 'ok') {
+      try {
+        return decodeEntries(r.payload);
+      } catch (e) {
+        problem = contentProblem(r.legacy, e);
+      }
+    } else {
+      problem = r.problem;
+    }
+    const movedTo = moveAside(this.path);
+    throw new WeaveError('ESTATE', `${this.label} is damaged (${problem}); moved aside to ${path.basename(movedTo)}`, { file: this.path, problem, movedTo });
+  }
+  save(entries: DnsEntry[], self?: PeerName): void {
     const tuples = entries.map((e): WireEntry => [e.name, e.addr, e.origin, e.version, e.tombstone ? 1 : 0, e.containerId ?? '']);
-    fs.writeFileSync(tmp, pack({ v: RECORDS_WIRE_VERSION, e: tuples }));
-    fs.renameSync(tmp, this.path);
+    writeStateFile(this.path, DNS_STATE_KIND, Buffer.from(encodeMsg({ v: RECORDS_WIRE_VERSION, e: tuples })), { owner: self });
   }
 }
 
@@ -221,6 +244,13 @@ export interface DnsStoreOptions {
   unknownOriginGraceMs?: number;
   /** keeps our own entries across restarts (FileDnsPersistence in the data dir) */
   persistence?: DnsPersistence;
+  /** how long a departed origin's records are held to hand back when it returns (default 1 h) */
+  departedKeepMs?: number;
+  /**
+   * Called after own records were re-learned from peers (our file was lost): the owner drops those of
+   * containers that are gone (removeContainer), as it does at start.
+   */
+  onOwnRelearned?: () => void;
 }
 
 export interface DnsStoreCounters {
@@ -235,6 +265,10 @@ export interface DnsStoreCounters {
   loadedFromDisk: number;
   /** entries of a departed origin merged when it came back */
   unparked: number;
+  /** own entries accepted from peers (this run had not asserted them: our file was lost or damaged) */
+  relearned: number;
+  /** records handed back to a returning origin that had departed */
+  handedBack: number;
 }
 
 export class DnsStore implements Gossiper {
@@ -279,8 +313,18 @@ export class DnsStore implements Gossiper {
     persistErrors: 0,
     loadedFromDisk: 0,
     unparked: 0,
+    relearned: 0,
+    handedBack: 0,
   };
   private readonly persistence: DnsPersistence | null;
+  /** records of departed origins, held (not resolvable) to hand back when the origin returns */
+  private readonly held = new Map<string, StoredEntry & { until: number }>();
+  private readonly departedKeepMs: number;
+  private readonly onOwnRelearned: () => void;
+  /** why our saved records could not be loaded (damaged file), for recovery() */
+  private loadProblem: { problem: string; movedTo?: string; at: number } | null = null;
+  /** who sent us own records we had lost, and when the last came */
+  private relearnedFrom = new Set<string>();
 
   constructor(opts: DnsStoreOptions) {
     if (!isPeerName(opts.self)) throw new UsageError(`invalid peer name "${opts.self}"`);
@@ -291,6 +335,8 @@ export class DnsStore implements Gossiper {
     this.gcIntervalMs = opts.gcIntervalMs ?? 60_000;
     this.unknownGraceMs = opts.unknownOriginGraceMs ?? 60_000;
     this.persistence = opts.persistence ?? null;
+    this.departedKeepMs = opts.departedKeepMs ?? 60 * 60_000;
+    this.onOwnRelearned = opts.onOwnRelearned ?? (() => undefined);
     if (this.persistence) this.loadOwn(this.persistence);
   }
 
@@ -300,7 +346,10 @@ export class DnsStore implements Gossiper {
       saved = p.load();
     } catch (e) {
       this.counters.persistErrors++;
-      this.log.warn({ err: (e as Error).message }, 'saved dns records unusable: starting without them');
+      const ctx = e instanceof WeaveError ? e.context : {};
+      this.loadProblem = { problem: typeof ctx.problem === 'string' ? ctx.problem : (e as Error).message, at: this.clock.now() };
+      if (typeof ctx.movedTo === 'string') this.loadProblem.movedTo = ctx.movedTo;
+      this.log.error({ err: (e as Error).message }, 'saved dns records unusable: starting without them; peers hand them back');
       return;
     }
     const now = this.clock.now();
@@ -323,7 +372,7 @@ export class DnsStore implements Gossiper {
     const own: DnsEntry[] = [];
     for (const e of this.entries.values()) if (e.origin === this.self) own.push(copyEntry(e));
     try {
-      this.persistence.save(own);
+      this.persistence.save(own, this.self);
     } catch (e) {
       this.counters.persistErrors++;
       this.log.warn({ err: (e as Error).message }, 'cannot save dns records: a restart may lose them');
@@ -420,6 +469,31 @@ export class DnsStore implements Gossiper {
     }
     this.reconcilePeers();
     if (back.size && this.parked.size) this.unpark(back);
+    if (this.held.size) this.handBack(set);
+  }
+
+  /**
+   * Sends each live origin the records of it we held since it departed: if it lost them (a damaged or
+   * deleted file) it takes them back and re-announces them; if not, its own newer state wins there.
+   */
+  private handBack(live: Set<PeerName>): void {
+    if (!this.channel) return;
+    const by = new Map<PeerName, Array<[string, StoredEntry]>>();
+    for (const [k, e] of this.held) {
+      if (!live.has(e.origin) || e.origin === this.self) continue;
+      let l = by.get(e.origin);
+      if (!l) by.set(e.origin, (l = []));
+      l.push([k, e]);
+    }
+    for (const [origin, list] of by) {
+      const msgs = encodeEntries(list.map(([, e]) => e));
+      let ok = true;
+      for (const m of msgs) ok = this.channel.gossipUnicast(origin, m) && ok;
+      if (!ok) continue; // no route yet: the next topology change or GC tick tries again
+      for (const [k] of list) this.held.delete(k);
+      this.counters.handedBack += list.length;
+      this.log.info({ peer: origin, records: list.length }, 'handed a returning peer back the records it had when it left');
+    }
   }
 
   private unpark(origins: Set<PeerName>): void {
@@ -466,9 +540,11 @@ export class DnsStore implements Gossiper {
     this.departed.set(p, this.clock.now());
     for (const [k, e] of this.parked) if (e.origin === p) this.parked.delete(k);
     let n = 0;
+    const until = this.clock.now() + this.departedKeepMs;
     for (const [k, e] of this.entries) {
       if (e.origin === p) {
         this.entries.delete(k);
+        if (this.held.size < MAX_HELD || this.held.has(k)) this.held.set(k, { ...e, until });
         n++;
       }
     }
@@ -499,7 +575,9 @@ export class DnsStore implements Gossiper {
     this.counters.tombstonesCollected += n;
     for (const [p, at] of this.departed) if (now - at >= this.tombstoneTtlMs) this.departed.delete(p);
     for (const [k, e] of this.parked) if (now - e.changedAt >= this.unknownGraceMs) this.parked.delete(k);
+    for (const [k, e] of this.held) if (now >= e.until) this.held.delete(k);
     this.reconcilePeers();
+    if (this.held.size && this.live) this.handBack(this.live);
     return n;
   }
 
@@ -541,18 +619,20 @@ export class DnsStore implements Gossiper {
     return this.receive(update);
   }
 
-  onGossipBroadcast(_src: PeerName, update: Uint8Array): GossipData | null {
-    return this.receive(update);
+  onGossipBroadcast(src: PeerName, update: Uint8Array): GossipData | null {
+    return this.receive(update, src);
   }
 
-  onGossipUnicast(_src: PeerName, msg: Uint8Array): void {
-    this.receive(msg);
+  onGossipUnicast(src: PeerName, msg: Uint8Array): void {
+    // the only unicast on this channel: a peer handing back our records (handBack)
+    this.receive(msg, src, true);
   }
 
   /** Merges a decoded set (also used by tests and by in-process meshes). Returns the delta that was new. */
-  mergeEntries(incoming: Iterable<DnsEntry>): DnsRecordSet | null {
+  mergeEntries(incoming: Iterable<DnsEntry>, src?: PeerName, opts: { handedBack?: boolean } = {}): DnsRecordSet | null {
     const delta = new DnsRecordSet();
     const reasserted: StoredEntry[] = [];
+    const relearned: StoredEntry[] = [];
     const now = this.clock.now();
     let ownChanged = false;
     for (const e of incoming) {
@@ -583,7 +663,10 @@ export class DnsStore implements Gossiper {
       if (cur && !beats(e, cur)) continue;
       const s: StoredEntry = { ...copyEntry(e), changedAt: now };
       this.entries.set(k, s);
-      if (e.origin === this.self) ownChanged = true;
+      if (e.origin === this.self) {
+        ownChanged = true;
+        relearned.push(s);
+      }
       delta.add(s);
       this.counters.entriesAccepted++;
     }
@@ -591,10 +674,37 @@ export class DnsStore implements Gossiper {
     this.changed();
     if (ownChanged) this.saveOwn();
     if (reasserted.length) this.publish(reasserted);
+    if (relearned.length) {
+      this.counters.relearned += relearned.length;
+      this.relearnedFrom.add(src ?? 'a peer');
+      this.log.info({ records: relearned.length, from: src }, 'own dns records re-learned from peers');
+      // handed back by a peer that held them since we left: the others dropped them too. Right after
+      // we came back the broadcast routes may not include our neighbours yet: neighbour gossip too.
+      if (opts.handedBack) {
+        this.publish(relearned);
+        this.channel?.gossip(new DnsRecordSet(relearned));
+      }
+      this.onOwnRelearned();
+    }
     return delta;
   }
 
-  private receive(buf: Uint8Array): GossipData | null {
+  /** What was lost from our saved records and re-learned from peers (the router's state report). */
+  recovery(): StateRecovery[] {
+    const lost = this.loadProblem;
+    const none = this.counters.loadedFromDisk === 0 && this.counters.relearned > 0;
+    if (!lost && !none) return [];
+    const file = this.persistence?.label ?? 'dns records';
+    const from = this.relearnedFrom.size ? `peers' gossip (records with us as origin, from ${[...this.relearnedFrom].join(', ')})` : "peers' gossip (records with us as origin)";
+    const got = this.counters.relearned ? `${this.counters.relearned} own records re-learned and announced again` : 'waiting for peers to hand our records back';
+    const r: StateRecovery = lost
+      ? { file, problem: lost.problem, action: `${lost.movedTo ? `moved aside to ${path.basename(lost.movedTo)}; ` : ''}${got}`, from, at: lost.at }
+      : { file, problem: 'held none of our records (missing or lost)', action: got, from, at: this.clock.now() };
+    if (lost?.movedTo) r.movedTo = lost.movedTo;
+    return [r];
+  }
+
+  private receive(buf: Uint8Array, src?: PeerName, handedBack = false): GossipData | null {
     this.counters.gossipReceived++;
     let entries: DnsEntry[];
     try {
@@ -605,7 +715,7 @@ export class DnsStore implements Gossiper {
       this.log.warn({ err: (e as Error).message }, 'malformed dns gossip');
       throw e;
     }
-    return this.mergeEntries(entries);
+    return this.mergeEntries(entries, src, { handedBack });
   }
 
   private publish(entries: StoredEntry[]): void {

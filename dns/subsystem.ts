@@ -27,6 +27,7 @@ import {
 } from '../host/dns-addr';
 import type { HostCtx } from '../host/ip';
 import type { Clock } from '../lib/clock';
+import type { StateRecovery } from '../lib/state-file';
 
 export const DNS_RECORDS_FILE = 'dns.msgpack';
 /** The bridge is only a place for local addresses; its MTU matters to nothing but must be valid. */
@@ -82,6 +83,8 @@ export class DnsSubsystem implements Subsystem {
       clock: ctx.clock,
       log: this.log,
       persistence: new FileDnsPersistence(path.join(ctx.cfg.dataDir, DNS_RECORDS_FILE)),
+      // our records handed back by peers after our file was lost: drop those of containers gone meanwhile
+      onOwnRelearned: () => this.removeStale(),
     });
     this.glue = attachDnsToMesh(this.store, ctx.mesh);
     this.resolv = new ResolvConfWatcher({ path: '/etc/resolv.conf', clock: ctx.clock, log: this.log, exclude: [flags.listen.ip] });
@@ -145,6 +148,10 @@ export class DnsSubsystem implements Subsystem {
     for (const n of [...this.writtenResolv]) removeNetnsResolvConf(n);
     await this.server?.stop();
     await syncDnsAddr(this.ctx.hostCtx, null, BRIDGE_MTU);
+  }
+
+  recovery(): StateRecovery[] {
+    return this.store.recovery();
   }
 
   report(): DnsReport {

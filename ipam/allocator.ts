@@ -17,6 +17,13 @@
 // over once that container frees it). Until every reachable owner of a losing ring has published
 // a record against the winning ring, peers that know of the conflict neither allocate nor donate
 // (visible reason); space of unreachable such owners (as last seen) is avoided instead.
+//
+// Lost state (the store says its persisted data was damaged or deleted): we cannot know which ring we
+// belonged to nor what we voted, so we neither seed a ring (consensus or seed list) nor vote; the ring
+// comes from peers' gossip, which holds our entries. The router hands in the addresses its live
+// containers have (adoptLive, from the kernel); they are recorded the moment the ring exists, before any
+// waiting allocation is served, and those outside our space are published as held, so none is handed
+// out twice.
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { Logger } from '../lib/log';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
@@ -59,6 +66,20 @@ export interface AllocatorOptions {
    * seen here, so the router can re-announce the prefixes it owns. Must not call back into the allocator.
    */
   onRingChanged?: () => void;
+}
+
+/** What the allocator recovered after its state was lost or endpoints were found unrecorded. */
+export interface AllocatorRecovery {
+  lostState: string | null;
+  /** who sent the ring we took after lost state ('peers' gossip' when the sender is unknown) */
+  ringFrom: string | null;
+  ringAt: number | null;
+  /** live addresses recorded again (in our space) */
+  reclaimed: number;
+  /** live addresses outside our space, published as held */
+  held: number;
+  /** live addresses that another ident already held here: "ADDR: ..." */
+  conflicts: string[];
 }
 
 export const DEFAULT_RANGE = '10.32.0.0/12';
@@ -164,6 +185,12 @@ export class Allocator implements Gossiper {
   /** our acceptor state from before a restart (restored when the consensus starts) */
   private savedPaxos: PaxosNode | null = null;
   private paxosBroken: string | null = null;
+  /** why our persisted state is gone (store.lostState), until the ring comes back from peers */
+  private lostState: string | null = null;
+  /** live addresses (ident, addr) to record as soon as the ring exists */
+  private liveClaims: Array<{ ident: string; addr: Addr }> = [];
+  /** what was recovered after lost state or lost endpoints, for status */
+  private readonly recovered: AllocatorRecovery = { lostState: null, ringFrom: null, ringAt: null, reclaimed: 0, held: 0, conflicts: [] };
   /** Paxos.progressKey() when the retry timer was armed */
   private paxosSeen = '';
   private readonly counters: Record<string, number> = {
@@ -196,7 +223,7 @@ export class Allocator implements Gossiper {
     this.onRingChanged = o.onRingChanged ?? (() => undefined);
     this.ring = new Ring(this.range);
     this.loadPersisted();
-    if (this.ring.isEmpty() && o.init.mode === 'seed') {
+    if (this.ring.isEmpty() && o.init.mode === 'seed' && !this.lostState) {
       const peers = o.init.peers.map((p) => {
         if (!isPeerName(p)) throw new UsageError(`seed peer "${p}" is not a peer name`);
         return p;
@@ -219,6 +246,14 @@ export class Allocator implements Gossiper {
     const p = this.store.load();
     if (!p) {
       this.store.reset(this.range);
+      const lost = this.store.lostState?.() ?? null;
+      if (lost) {
+        this.lostState = lost;
+        this.recovered.lostState = lost;
+        // Our votes are gone too: voting again could seed a second ring.
+        this.paxosBroken = `our IPAM state was lost (${lost}); this peer seeds no ring and waits for the ring from other peers (if no peer has one, run weave reset on this host)`;
+        this.log.error({ lost }, `ipam: ${this.paxosBroken}`);
+      }
       return;
     }
     if (p.range.start !== this.range.start || p.range.end !== this.range.end) {
@@ -377,6 +412,62 @@ export class Allocator implements Gossiper {
 
   lookup(ident: string): string[] {
     return (this.byIdent.get(ident) ?? []).map(formatAddr);
+  }
+
+  /**
+   * Addresses live containers have (the truth from the kernel): recorded under their ident now, or
+   * as soon as the ring exists. Addresses outside the range are not ours to track. Returns how many
+   * were recorded now (0 while waiting for the ring).
+   */
+  adoptLive(live: Array<{ ident: string; addr: string }>): number {
+    for (const { ident, addr } of live) {
+      checkIdent(ident);
+      const a = parseAddr(addr.includes('/') ? addr.slice(0, addr.indexOf('/')) : addr);
+      if (a >= this.range.start && a < this.range.end) this.liveClaims.push({ ident, addr: a });
+    }
+    if (this.ring.isEmpty() || this.liveClaims.length === 0) return 0;
+    const before = this.recovered.reclaimed + this.recovered.held;
+    if (this.applyLiveClaims() && this.refreshRecord(true)) this.channel?.gossipBroadcast(this.snapshot());
+    return this.recovered.reclaimed + this.recovered.held - before;
+  }
+
+  /** What was recovered (see AllocatorRecovery). */
+  recovery(): AllocatorRecovery {
+    return { ...this.recovered, conflicts: this.recovered.conflicts.slice() };
+  }
+
+  /** Records pending live claims (ring must exist). Returns true when held records must be refreshed. */
+  private applyLiveClaims(): boolean {
+    if (this.ring.isEmpty() || this.liveClaims.length === 0) return false;
+    const claims = this.liveClaims;
+    this.liveClaims = [];
+    let outside = false;
+    const touched = new Set<string>();
+    for (const { ident, addr: a } of claims) {
+      if (this.byIdent.get(ident)?.includes(a)) continue;
+      const h = this.space.holder(a);
+      if (h !== undefined || this.space.isReserved(a)) {
+        const d = `${formatAddr(a)}: a live container (${ident}) has it, but it is ${h !== undefined ? `allocated here to ${h}` : "held by another peer's container"}`;
+        this.recovered.conflicts.push(d);
+        this.noteConflict('duplicate', d);
+        continue;
+      }
+      if (this.space.owns(a)) {
+        this.space.take(a, ident);
+        this.recovered.reclaimed++;
+      } else {
+        // outside our space: kept and published as held, so the owner never hands it out
+        this.space.restore(a, ident);
+        this.heldNoted.add(a); // published by refreshRecord, not reported as a newly lost allocation
+        this.recovered.held++;
+        outside = true;
+      }
+      this.byIdent.set(ident, [...(this.byIdent.get(ident) ?? []), a]);
+      touched.add(ident);
+    }
+    for (const ident of touched) this.persistIdent(ident);
+    if (touched.size) this.log.warn({ reclaimed: this.recovered.reclaimed, held: this.recovered.held }, 'ipam: recorded the addresses of live containers that were not allocated here (state lost or endpoints recovered)');
+    return outside;
   }
 
   /**
@@ -802,6 +893,12 @@ export class Allocator implements Gossiper {
     if (!res.changed) return false;
     this.counters.ringMerges++;
     if (wasEmpty) this.log.info({ seeds: this.ring.seeds, from: src }, 'ipam: received the ring');
+    if (wasEmpty && this.lostState) {
+      this.recovered.ringFrom = src ?? "peers' gossip";
+      this.recovered.ringAt = this.clock.now();
+      this.lostState = null;
+      this.log.warn({ from: this.recovered.ringFrom, owned: this.ring.ownedRanges(this.ourName).map(formatRange) }, 'ipam: our ring ownership recovered from the ring peers hold');
+    }
     this.ringChanged(false);
     return true;
   }
@@ -822,6 +919,7 @@ export class Allocator implements Gossiper {
     // everyone now, or other peers show the space as nameless until the next periodic gossip.
     if (!ours && this.ring.entries.some((e) => e.peer === this.ourName && e.nickname !== this.ourNickname)) ours = true;
     this.space.setOwned(this.ring.ownedRanges(this.ourName));
+    this.applyLiveClaims();
     const recordChanged = this.refreshRecord(adopting);
     if (ours) this.refreshFree();
     this.placeCursor();

@@ -23,6 +23,7 @@ import { checkRangeAgainstRoutes } from './host-routes';
 import { ipamRoutes } from './http';
 import { ipamSummary, renderIpam, type IpamReport } from './views';
 import { RefusedError, UsageError, WeaveError, errMsg } from '../lib/errors';
+import type { StateRecovery } from '../lib/state-file';
 import type { Clock, TimerHandle } from '../lib/clock';
 import { componentLogger, type Logger } from '../lib/log';
 import { counterFrom, gaugeFrom } from '../lib/metrics';
@@ -108,6 +109,8 @@ export class IpamSubsystem implements Subsystem {
   private readonly channel: GossipChannel;
   private alloc: Allocator | null = null;
   private allocWaiters: Array<() => void> = [];
+  /** live addresses to record once the allocator exists (seed nicknames still resolving at start) */
+  private pendingLive: Array<{ ident: string; addr: string }> | null = null;
   private readonly quorum: { value: number; from: string } | undefined;
   private announced: string[] = [];
   private announceTimer: TimerHandle | undefined;
@@ -132,7 +135,7 @@ export class IpamSubsystem implements Subsystem {
         : { value: defaultQuorum(ctx.cfg.peers.length), from: `${ctx.cfg.peers.length} peers on the command line + this one` };
     }
     if (!opts.store) fs.mkdirSync(path.join(ctx.cfg.dataDir, 'ipam'), { recursive: true });
-    this.store = opts.store ?? new LmdbStore(path.join(ctx.cfg.dataDir, 'ipam'));
+    this.store = opts.store ?? new LmdbStore(path.join(ctx.cfg.dataDir, 'ipam'), { owner: ctx.identity.name });
     // The mesh wants the gossiper now; with seed nicknames the allocator comes later, so the channel
     // talks to this forwarder (gossip before then is dropped: it is state-based and comes again).
     const self = this;
@@ -173,6 +176,8 @@ export class IpamSubsystem implements Subsystem {
     });
     this.alloc = a;
     this.seedProblem = '';
+    if (this.pendingLive) a.adoptLive(this.pendingLive);
+    this.pendingLive = null;
     this.scheduleAnnounce();
     const w = this.allocWaiters;
     this.allocWaiters = [];
@@ -384,10 +389,35 @@ export class IpamSubsystem implements Subsystem {
 
   async start(): Promise<void> {
     this.gcDeadNamespaces();
+    this.adoptLive();
   }
 
   apiRoutes(): ApiRoute[] {
     return ipamRoutes(this);
+  }
+
+  /** The live containers' and exposed addresses (endpoints come from the kernel when their file was lost) are ours. */
+  private adoptLive(): void {
+    if (this.f.init.mode === 'observer') return;
+    const live = this.ctx.endpoints.list().flatMap((e) => e.addrs.map((addr) => ({ ident: e.key, addr })));
+    for (const x of this.ctx.endpoints.exposedAddrs()) live.push({ ident: EXPOSE_IDENT, addr: x.cidr });
+    if (this.alloc) this.alloc.adoptLive(live);
+    else this.pendingLive = live;
+  }
+
+  /** What was found damaged and recovered (the router's `state` report section). */
+  recovery(): StateRecovery[] {
+    const out = this.store.recovery?.() ?? [];
+    const r = this.alloc?.recovery();
+    if (!r || !(r.lostState || r.reclaimed || r.held || r.conflicts.length)) return out;
+    const got: string[] = [];
+    if (r.ringFrom) got.push(`ring ownership from ${r.ringFrom}`);
+    else if (r.lostState) got.push('waiting for the ring from peers');
+    if (r.reclaimed || r.held) got.push(`${r.reclaimed + r.held} live container addresses claimed again${r.held ? ` (${r.held} outside our space, published as held)` : ''}`);
+    if (r.conflicts.length) got.push(`duplicates: ${r.conflicts.join('; ')}`);
+    const note = { action: got.join('; '), from: "peers' gossip (the ring with our entries) and the kernel (live containers' addresses)" };
+    if (out.length) return out.map((x) => ({ ...x, action: `${x.action}; ${note.action}`, from: note.from }));
+    return [{ file: 'ipam', problem: 'live containers had addresses IPAM did not record', ...note, at: this.clock.now() }];
   }
 
   async stop(): Promise<void> {

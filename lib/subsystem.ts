@@ -9,6 +9,7 @@
 import type { Command } from 'commander';
 import type { Registry } from 'prom-client';
 import type { Body } from './validate';
+import type { StateRecovery } from './state-file';
 
 export type HttpMethod = 'GET' | 'POST' | 'DELETE';
 
@@ -42,6 +43,8 @@ export interface Part {
   metrics?(registry: Registry): void;
   /** this part's API routes */
   apiRoutes?(): ApiRoute[];
+  /** state files found damaged or missing and what was recovered from where (the report's `state` section) */
+  recovery?(): StateRecovery[];
 }
 
 /** An endpoint as the attach/detach hooks see it (router/endpoints.ts EndpointInfo). */

@@ -5,10 +5,13 @@
 // overlay range and multicast on-link via ethwe, so they need no bridge and no gateway address, and the
 // host's routing table alone decides where a packet goes (a local veth, or an overlay device).
 //
-// What we made is recorded in DATA_DIR/endpoints.json (written temp+rename, so a crash leaves the old or
-// the new file, never half of one). A restarted router calls restore(): it drops records whose veth is
-// gone (the namespace died), re-programs the rest and hands the /32s to the route reconciler, so running
-// containers keep working across router restarts and a flushed route heals itself.
+// What we made is recorded in DATA_DIR/endpoints.json (a checked state file, lib/state-file.ts: written
+// atomically, truncation and garbage detected). A restarted router calls restore(): it drops records
+// whose veth is gone (the namespace died), adopts what the kernel has and the file does not (the file
+// was damaged, deleted, or a crash came between attach and commit: host veths vethwe*, their /32 routes,
+// the namespace at the other end and its addresses, host/containers.ts), re-programs the rest and hands
+// the /32s to the route reconciler, so running containers keep working across router restarts, keep
+// their addresses in IPAM, and a flushed route heals itself. recovery() says what was recovered.
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -16,6 +19,7 @@ import type { Clock } from '../lib/clock';
 import { UsageError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { Cidr4, canonicalPrefix, formatIp4, networkCidr, parseCidr4 } from '../host/cidr';
+import { cidrOf, contains } from '../lib/addr';
 import { EXPOSE_LINK, syncExposeLink, syncMasquerade } from '../host/expose';
 import { HostCtx, sysctl } from '../host/ip';
 import {
@@ -24,10 +28,17 @@ import {
 } from '../host/links';
 import { NetnsRef, findNamedNetns, netnsKeyOfStat, netnsPathOf, parseNetnsArg, resolveNetns } from '../host/netns';
 import type { DesiredRoute, RouteReconciler } from '../host/routes';
+import { exposeLinkAddrs } from '../host/expose';
+import { findContainers, listHostVeths, masqueradedNets, reachableNetns } from '../host/containers';
+import { contentProblem, moveAside, readStateFile, writeStateFile, type StateRecovery } from '../lib/state-file';
 
 export const ENDPOINTS_OWNER = 'endpoints';
 export const STATE_FILE = 'endpoints.json';
+/** state-file kind (lib/state-file.ts) */
+export const STATE_KIND = 'endpoints';
 const STATE_VERSION = 1;
+/** where recovered endpoints come from, as status says it */
+const KERNEL_SOURCE = "the kernel: host veths (vethwe*), their /32 routes (proto 180), the containers' namespaces and addresses";
 
 export interface EndpointInfo {
   /** the NETNS argument it was attached with */
@@ -86,6 +97,8 @@ export interface EndpointsOptions {
   mtu: () => number;
   /** CIDR routed into containers (default 10.32.0.0/12) */
   overlayRange?: string;
+  /** our peer name, recorded in the state file's header */
+  owner?: string;
 }
 
 const ipOf = (cidr: string): string => cidr.slice(0, cidr.indexOf('/'));
@@ -102,8 +115,12 @@ export class Endpoints extends EventEmitter {
   private exposed: ExposedAddr[] = [];
   private lock: Promise<unknown> = Promise.resolve();
   private hostKey?: string;
+  private readonly owner?: string;
+  /** what loading the state file found: restore() reports recovery against it */
+  private fileState: { status: 'ok' | 'missing' } | { status: 'damaged'; problem: string; movedTo: string } = { status: 'missing' };
+  private readonly recovered: StateRecovery[] = [];
   /** counters for status/metrics */
-  readonly counters = { attaches: 0, detaches: 0, errors: 0, staleDropped: 0 };
+  readonly counters = { attaches: 0, detaches: 0, errors: 0, staleDropped: 0, recovered: 0 };
 
   constructor(o: EndpointsOptions) {
     super();
@@ -113,6 +130,7 @@ export class Endpoints extends EventEmitter {
     this.dataDir = o.dataDir;
     this.routes = o.routes;
     this.mtu = o.mtu;
+    this.owner = o.owner;
     const range = parseCidr4(o.overlayRange ?? '10.32.0.0/12', 'overlay range');
     this.overlayRange = networkCidr(range);
     this.loadState();
@@ -385,12 +403,80 @@ export class Endpoints extends EventEmitter {
         kept.push(e);
       }
       this.endpoints = kept;
-      if (kept.length || this.exposed.length) await sysctl(this.ctx, 'net/ipv4/ip_forward', 1);
+      await this.adoptFromKernel(links);
+      if (this.endpoints.length || this.exposed.length) await sysctl(this.ctx, 'net/ipv4/ip_forward', 1);
       await this.programExpose();
       await this.commit();
-      this.log.info({ kept: kept.length, dropped, exposed: this.exposed.length }, 'endpoints restored');
+      this.log.info({ kept: kept.length, dropped, recovered: this.counters.recovered, exposed: this.exposed.length }, 'endpoints restored');
       return { kept: kept.length, dropped };
     });
+  }
+
+  /** What was found damaged or missing and recovered (status, report). */
+  recovery(): StateRecovery[] {
+    return this.recovered.map((r) => ({ ...r }));
+  }
+
+  /**
+   * Adopts container veths and exposed addresses the kernel has and no record names: the state file
+   * was damaged or deleted, or a crash came between making them and committing the record.
+   */
+  private async adoptFromKernel(links: Map<string, unknown>): Promise<void> {
+    const known = new Set(this.endpoints.map((e) => e.hostIfname));
+    const veths = (await listHostVeths(this.ctx)).filter((v) => !known.has(v.ifname) && links.has(v.ifname));
+    const found = veths.length ? await findContainers(veths, reachableNetns(this.getHostKey())) : new Map();
+    const adopted: EndpointInfo[] = [];
+    const notes: string[] = [];
+    const rangeLen = parseCidr4(this.overlayRange).len;
+    for (const v of veths) {
+      const c = found.get(v.ifname);
+      if (c && c.addrs.length) {
+        adopted.push({ netns: c.ns.name ?? c.ns.path, path: c.ns.path, key: c.ns.key, ifname: c.ifname, hostIfname: v.ifname, mac: c.mac, addrs: c.addrs });
+      } else if (!c && v.routes.length) {
+        // the namespace is alive (the veth is) but no path reaches it: keep what the routes say, so
+        // its addresses stay claimed; `weave detach <veth name>` removes it
+        const addrs = v.routes.map((r) => `${r.slice(0, r.indexOf('/'))}/${rangeLen}`);
+        adopted.push({ netns: v.ifname, path: '', key: `veth:${v.ifname}`, ifname: CONTAINER_IFNAME, hostIfname: v.ifname, mac: '', addrs });
+        notes.push(`${v.ifname}: namespace not reachable by any path; addresses ${addrs.join(', ')} from its routes (prefix length assumed)`);
+      } else {
+        // a veth whose container side has no address: an attach that crashed half-way; the next attach
+        // of that namespace replaces it
+        notes.push(`${v.ifname}: no addresses on the container side; left for the next attach of its namespace`);
+      }
+    }
+    const exposedAdopted = await this.adoptExposed();
+    for (const e of adopted) this.log.warn({ netns: e.netns, hostIf: e.hostIfname, addrs: e.addrs }, 'endpoint recovered from the kernel (not in the state file)');
+    for (const n of notes) this.log.warn({ note: n }, 'unrecorded container veth');
+    this.endpoints.push(...adopted);
+    this.counters.recovered += adopted.length + exposedAdopted.length;
+    const fs0 = this.fileState;
+    if (fs0.status === 'ok' && adopted.length === 0 && exposedAdopted.length === 0) return;
+    if (fs0.status === 'missing' && adopted.length === 0 && exposedAdopted.length === 0) return;
+    const got = `${adopted.length} endpoint${adopted.length === 1 ? '' : 's'} (${adopted.map((e) => e.netns).join(', ') || 'none'}) and ${exposedAdopted.length} exposed address${exposedAdopted.length === 1 ? '' : 'es'} recovered${notes.length ? `; ${notes.join('; ')}` : ''}`;
+    const problem = fs0.status === 'damaged' ? fs0.problem : fs0.status === 'missing' ? 'missing (deleted?) while the kernel has weave container links' : 'did not record what the kernel has (a crash between attach and its commit?)';
+    const action = fs0.status === 'damaged' ? `moved aside to ${path.basename(fs0.movedTo)}; ${got}` : got;
+    const rec: StateRecovery = { file: STATE_FILE, problem, action, from: KERNEL_SOURCE, at: this.clock.now() };
+    if (fs0.status === 'damaged') rec.movedTo = fs0.movedTo;
+    this.recovered.push(rec);
+    this.log.warn(rec, `${STATE_FILE}: ${problem}; ${action}`);
+  }
+
+  /** Exposed addresses on the expose link that no record names; masquerade and prefix from our nft chain. */
+  private async adoptExposed(): Promise<ExposedAddr[]> {
+    const own = (await exposeLinkAddrs(this.ctx)).own;
+    const have = new Set(this.exposed.map((x) => ipOf(x.cidr)));
+    const missing = own.map(ipOf).filter((ip) => !have.has(ip));
+    if (missing.length === 0) return [];
+    const nets = (await masqueradedNets(this.ctx)).map((n) => parseCidr4(n));
+    const range = parseCidr4(this.overlayRange);
+    const out: ExposedAddr[] = [];
+    for (const ip of missing) {
+      const n = parseCidr4(`${ip}/32`).n;
+      const net = nets.find((x) => contains(cidrOf(x.n, x.len), n));
+      out.push({ cidr: `${ip}/${net ? net.len : range.len}`, masquerade: !!net });
+    }
+    this.exposed.push(...out);
+    return out;
   }
 
   /** The namespace of a record by its path, or by an `ip netns` name with the same inode. */
@@ -482,36 +568,32 @@ export class Endpoints extends EventEmitter {
   private saveState(): void {
     const st: PersistedState = { version: STATE_VERSION, endpoints: this.endpoints, exposed: this.exposed };
     fs.mkdirSync(this.dataDir, { recursive: true });
-    const tmp = `${this.statePath()}.tmp`;
-    const fd = fs.openSync(tmp, 'w', 0o600);
-    try {
-      fs.writeSync(fd, JSON.stringify(st, null, 2) + '\n');
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, this.statePath());
+    writeStateFile(this.statePath(), STATE_KIND, JSON.stringify(st, null, 2) + '\n', { owner: this.owner });
   }
 
   private loadState(): void {
-    let text: string;
-    try {
-      text = fs.readFileSync(this.statePath(), 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw new WeaveError('ESTATE', `cannot read ${this.statePath()}: ${errMsg(e)}`, { path: this.statePath() });
+    const file = this.statePath();
+    const r = readStateFile(file, STATE_KIND, { legacy: true });
+    if (r.status === 'missing') return;
+    let problem: string;
+    if (r.status === 'ok') {
+      try {
+        const st = validateState(JSON.parse(r.payload.toString('utf8')));
+        this.endpoints = st.endpoints;
+        this.exposed = st.exposed;
+        this.fileState = { status: 'ok' };
+        return;
+      } catch (e) {
+        problem = contentProblem(r.legacy, e);
+      }
+    } else {
+      problem = r.problem;
     }
-    try {
-      const st = validateState(JSON.parse(text));
-      this.endpoints = st.endpoints;
-      this.exposed = st.exposed;
-    } catch (e) {
-      // keep the bad file for a human, start empty rather than refuse to run the router
-      const aside = `${this.statePath()}.corrupt-${this.clock.now()}`;
-      fs.renameSync(this.statePath(), aside);
-      this.counters.errors++;
-      this.log.error({ err: errMsg(e), movedTo: aside }, 'endpoint state unreadable; moved aside, starting empty');
-    }
+    // keep the bad file for a human; restore() recovers what the kernel has
+    const movedTo = moveAside(file, this.clock.now());
+    this.fileState = { status: 'damaged', problem, movedTo };
+    this.counters.errors++;
+    this.log.error({ file, problem, movedTo }, `${STATE_FILE} is damaged (${problem}): moved aside; endpoints are recovered from the kernel`);
   }
 }
 

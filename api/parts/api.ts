@@ -8,6 +8,7 @@ import { WeaveError } from '../../lib/errors';
 import { componentLogger, type Logger } from '../../lib/log';
 import { counterFrom } from '../../lib/metrics';
 import type { Part } from '../../lib/subsystem';
+import { stateSection } from '../../lib/state-file';
 import { ApiServer, apiSocketPath } from '../http';
 import type { RouterConfig } from '../config';
 import type { Report, RouterReport } from '../views';
@@ -31,6 +32,8 @@ export function buildReport(parts: readonly Part[]): Report {
     else sections[key] = p.report();
   }
   if (!router) throw new WeaveError('EINTERNAL', 'the router has no mesh part to report');
+  // what was found damaged in the data dir and recovered from where, by any part
+  sections.state = stateSection(parts.flatMap((p) => p.recovery?.() ?? []));
   return { version: VERSION, router, ...sections };
 }
 

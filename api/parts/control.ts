@@ -18,54 +18,27 @@ import { formatCidr } from '../../ipam/addr';
 import { LateRouteSource } from '../../router/sleeve';
 import { inSubnets, type RouterConfig } from '../config';
 import { FileTargetStore } from '../../mesh/targets';
+import { pidFileRecovery, removePidFile, runningPid, writePidFile } from '../../lib/pid-file';
 import { bool, peerList } from '../../lib/validate';
-
-export function pidFile(dataDir: string): string {
-  return path.join(dataDir, 'router.pid');
-}
-
-/** The pid in dataDir/router.pid if that process is alive and is a weave router. */
-export function runningPid(dataDir: string): number | undefined {
-  let pid: number;
-  try {
-    pid = Number(fs.readFileSync(pidFile(dataDir), 'utf8').trim());
-  } catch {
-    return undefined; // no pid file: no router recorded
-  }
-  if (!Number.isInteger(pid) || pid <= 0) return undefined;
-  try {
-    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    return cmd.includes('weave') && cmd.includes('router') ? pid : undefined;
-  } catch {
-    return undefined; // that process is gone
-  }
-}
 
 export interface DataDirPart extends Part { identity: Identity }
 
 /** The data dir exists and no other router uses it; the peer's name is loaded (or made) from it. */
-export function openDataDir(cfg: RouterConfig): DataDirPart {
+export function openDataDir(cfg: RouterConfig, root: Logger): DataDirPart {
   fs.mkdirSync(cfg.dataDir, { recursive: true });
   const other = runningPid(cfg.dataDir);
   if (other && other !== process.pid) throw new WeaveError('ERUNNING', `a weave router is already running with data dir ${cfg.dataDir} (pid ${other}); use "weave stop" first`);
-  const identity = loadIdentity(cfg.dataDir, { name: cfg.name, nickname: cfg.nickname });
-  return { name: 'data dir', identity, stop: () => {} };
+  const { recovery: idRecovery, ...identity } = loadIdentity(cfg.dataDir, { name: cfg.name, nickname: cfg.nickname });
+  const recovered = [...idRecovery, ...pidFileRecovery(cfg.dataDir)];
+  const log = componentLogger(root, 'router');
+  for (const r of recovered) log.warn(r, `${r.file}: ${r.problem}; ${r.action}${r.from ? ` (from ${r.from})` : ''}`);
+  return { name: 'data dir', identity, stop: () => {}, recovery: () => recovered };
 }
 
 /** router.pid, written last: `weave launch` and `weave stop` find the router by it. */
-export function writePidFile(cfg: RouterConfig): Part {
-  const file = pidFile(cfg.dataDir);
-  fs.writeFileSync(file, `${process.pid}\n`);
-  return {
-    name: 'pid file',
-    stop: () => {
-      try {
-        if (fs.readFileSync(file, 'utf8').trim() === String(process.pid)) fs.rmSync(file, { force: true });
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-      }
-    },
-  };
+export function pidFilePart(cfg: RouterConfig): Part {
+  writePidFile(cfg.dataDir, process.pid);
+  return { name: 'pid file', stop: () => removePidFile(cfg.dataDir, process.pid) };
 }
 
 /**
@@ -93,7 +66,7 @@ export interface OverlayChoice { manager: OverlayManager; advertised: string[]; 
 /** The mesh over the transport with the overlays it may use; started later, once everything is wired. */
 export function buildMesh(cfg: RouterConfig, identity: Identity, wire: WirePart, overlays: OverlayChoice, root: Logger, clock: Clock): MeshPart {
   const log = componentLogger(root, 'router');
-  const targetStore = new FileTargetStore(path.join(cfg.dataDir, 'targets.json'), log);
+  const targetStore = new FileTargetStore(path.join(cfg.dataDir, 'targets.json'), log, identity.name);
   if (!cfg.resume) targetStore.save(cfg.peers);
   const mesh = new Mesh({
     identity, transport: wire.transport, clock,
@@ -122,6 +95,7 @@ export function buildMesh(cfg: RouterConfig, identity: Identity, wire: WirePart,
       startedAt,
     }),
     metrics: (reg) => meshMetrics(reg, mesh, wire.transport),
+    recovery: () => targetStore.recovery(),
     apiRoutes: () => meshRoutes(mesh),
   };
 }

@@ -28,9 +28,9 @@ export interface EndpointsPart extends Part {
  * `hooks` is the list of subsystems, filled once they are built (they need the endpoints first);
  * attach and detach run through it.
  */
-export function buildEndpoints(cfg: RouterConfig, host: HostPart, prefixes: PrefixTable, containerMtu: () => number, hooks: readonly Subsystem[], root: Logger, clock: Clock): EndpointsPart {
+export function buildEndpoints(cfg: RouterConfig, owner: string, host: HostPart, prefixes: PrefixTable, containerMtu: () => number, hooks: readonly Subsystem[], root: Logger, clock: Clock): EndpointsPart {
   const log = componentLogger(root, 'endpoints');
-  const endpoints = new Endpoints({ ctx: host.ctx, log, clock, dataDir: cfg.dataDir, routes: host.routes, mtu: containerMtu });
+  const endpoints = new Endpoints({ ctx: host.ctx, log, clock, dataDir: cfg.dataDir, owner, routes: host.routes, mtu: containerMtu });
   const announced = new Map<string, string[]>();
   const served = (): string[] => [...new Set([...endpoints.servedPrefixes(), ...[...announced.values()].flat()])].sort();
   const onChanged = (): void => prefixes.setLocal(served());
@@ -63,6 +63,7 @@ export function buildEndpoints(cfg: RouterConfig, host: HostPart, prefixes: Pref
       routes: host.routes.stats(),
     }),
     metrics: (reg) => endpointMetrics(reg, endpoints),
+    recovery: () => endpoints.recovery(),
     apiRoutes: () => endpointRoutes(endpoints, hooks),
   };
 }

@@ -14,6 +14,7 @@ import { listMasquerade } from '../../host/expose';
 import { realClock } from '../../lib/clock';
 import { MemoryLogger } from '../../lib/log';
 import { UsageError } from '../../lib/errors';
+import { readStateFile } from '../../lib/state-file';
 
 function make(host: Host, dataDir = host.dataDir, log = new MemoryLogger()) {
   const routes = new RouteReconciler({ ctx: { netns: host.ns }, log, clock: realClock });
@@ -104,8 +105,9 @@ test('attach: two containers ping through the host; re-attach idempotent; detach
     assert.equal(await snapshot(c1.ns), before.c1);
     assert.equal(await snapshot(c2.ns), before.c2);
     assert.equal(await snapshot(h.ns), before.h);
-    const st = JSON.parse(fs.readFileSync(path.join(h.dataDir, 'endpoints.json'), 'utf8'));
-    assert.deepEqual(st.endpoints, []);
+    const file = readStateFile(path.join(h.dataDir, 'endpoints.json'), 'endpoints');
+    assert.equal(file.status, 'ok');
+    assert.deepEqual(JSON.parse(file.status === 'ok' ? file.payload.toString('utf8') : '{}').endpoints, []);
   } finally {
     await lab.cleanup();
   }
