@@ -71,4 +71,7 @@ export function writeDnsMetrics(w: MetricsSink, store: DnsStore, server: DnsServ
   w.counter('weave_dns_dropped_total', 'queries dropped because the send queue was full', c.dropped);
   w.counter('weave_dns_tcp_connections_total', 'TCP connections accepted', c.tcpConnections);
   w.counter('weave_dns_tcp_rejected_total', 'TCP connections refused over the limit', c.tcpRejected);
+  w.counter('weave_dns_tcp_rejected_per_source_total', 'TCP connections refused because their source held its share', c.tcpRejectedPerSource);
+  w.counter('weave_dns_tcp_deadline_closed_total', 'TCP connections closed at their overall or per-query deadline', c.tcpDeadlineClosed);
+  w.counter('weave_dns_refused_source_total', 'queries and connections refused: the source is neither this host nor one of its containers', c.refusedSource);
 }
