@@ -23,7 +23,7 @@ import { createSleeve, Sleeve, RouteSource } from '../router/sleeve';
 import { sysctl } from '../host/ip';
 import { detectUnderlayAddress } from '../host/underlay';
 import { VxlanReconciler, vtepMacFor, vtepIpFor, DEFAULT_VNI, DEFAULT_VXLAN_NAME, VXLAN_OVERHEAD } from '../host/vxlan';
-import { FastDp, NativeHeartbeatIo, DEFAULT_FASTDP_HB_PORT } from '../router/fastdp';
+import { FastDp, DeviceHeartbeatIo, NativeHeartbeatIo, DEFAULT_FASTDP_HB_PORT } from '../router/fastdp';
 import { OverlaySwitch, FastDpRoutes } from '../router/overlay-switch';
 import { loadTunIo } from '../router/native';
 import { supportsEsp, XfrmManager, ESP_OVERHEAD } from '../ipsec/xfrm';
@@ -171,15 +171,15 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
       const mtu = sleeve.underlayMtu - VXLAN_OVERHEAD - (esp.ok ? ESP_OVERHEAD : 0);
       fastdpMtu = mtu;
       vxlan = new VxlanReconciler({
-        ctx: hostCtx, log: fastdpLog, clock, routes,
+        ctx: hostCtx, log: fastdpLog, clock, routes, lazy: true,
         config: { name: DEFAULT_VXLAN_NAME, vni: DEFAULT_VNI, port: cfg.port + 1, local: underlay, mtu, mac: vtepMacFor(identity.name), address: vtep },
       });
-      await vxlan.reconcile(); // the VTEP address must exist before the heartbeat socket binds to it
+      await vxlan.reconcile(); // the VXLAN port's guard now; the device only while a connection uses fastdp
       vxlan.start(VXLAN_RESYNC_MS);
       if (esp.ok) xfrm = new XfrmManager({ ctx: hostCtx, log: fastdpLog, port: cfg.port + 1 });
       fastdp = new FastDp({
         name: identity.name, clock, log: fastdpLog, host: vxlan,
-        io: new NativeHeartbeatIo(io, vtep, DEFAULT_FASTDP_HB_PORT, sleeve.underlayMtu),
+        io: new DeviceHeartbeatIo(() => new NativeHeartbeatIo(io, vtep, DEFAULT_FASTDP_HB_PORT, sleeve.underlayMtu), vxlan, fastdpLog),
         underlay, mac: vtepMacFor(identity.name), vtep, port: cfg.port + 1, mtu, esp, xfrm,
       });
       fastdpLog.info({ underlay, vtep, mtu, esp: esp.ok ? 'yes' : esp.reason }, 'fast datapath ready');
@@ -332,6 +332,7 @@ export async function runRouter(cfg: RouterConfig, opts: { log?: Logger; install
     const sr = sleeveReport();
     for (const [reason, n] of Object.entries(sr.dropped)) m.counter('weave_sleeve_dropped_total', 'Sleeve datagrams and packets dropped, by reason.', n, { reason });
     for (const [k, v] of Object.entries(sr.counters)) if (!k.startsWith('drop')) m.counter(`weave_sleeve_${k.replace(/[A-Z]/g, (x) => `_${x.toLowerCase()}`)}_total`, `Sleeve counter ${k}.`, v);
+    if (vxlan) m.counter('weave_fastdp_vxlan_dropped_total', 'VXLAN datagrams the guard dropped: not from a fastdp peer, or not inside ESP when the peer uses it.', vxlan.stats().guard?.dropped ?? 0);
     for (const x of subsystems) x.metrics?.(m);
     return m.text();
   };
