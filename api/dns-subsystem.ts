@@ -16,7 +16,7 @@ import {
 } from '../dns';
 import type { DnsStatus } from '../dns';
 import {
-  addressElsewhere, containerResolvConf, ensureContainerDnsRoute, removeNetnsResolvConf, syncDnsAddr, writeNetnsResolvConf,
+  DnsAccess, addressElsewhere, containerResolvConf, ensureContainerDnsRoute, removeNetnsResolvConf, syncDnsAddr, writeNetnsResolvConf,
 } from '../host/dns-addr';
 import type { HostCtx } from '../host/ip';
 import type { EndpointInfo } from '../router/endpoints';
@@ -106,6 +106,8 @@ export class DnsSubsystem implements Subsystem {
   /** the address containers are pointed at; null when containers cannot use the server (off, wildcard, loopback) */
   private containerAddr: string | null = null;
   private readonly writtenResolv = new Set<string>();
+  /** only this host and its containers are answered (nft guard + the server's source check) */
+  readonly access: DnsAccess;
   readonly counters = { hookErrors: 0, resolvSkipped: 0, staleRemoved: 0 };
 
   constructor(private readonly ctx: DaemonContext, flags: DnsFlags) {
@@ -119,6 +121,7 @@ export class DnsSubsystem implements Subsystem {
     });
     this.glue = attachDnsToMesh(this.store, ctx.mesh);
     this.resolv = new ResolvConfWatcher({ path: '/etc/resolv.conf', clock: ctx.clock, log: this.log, exclude: [flags.listen.ip] });
+    this.access = new DnsAccess({ ctx: ctx.hostCtx, clock: ctx.clock, log: this.log, listen: flags.listen, endpoints: ctx.endpoints });
     this.server = flags.enabled
       ? new DnsServer({
         listenAddress: flags.listen.ip,
@@ -129,6 +132,7 @@ export class DnsSubsystem implements Subsystem {
         store: this.store,
         clock: ctx.clock,
         log: this.log,
+        allowSource: (a) => this.access.allows(a),
       })
       : null;
     this.registerApi();
@@ -153,6 +157,7 @@ export class DnsSubsystem implements Subsystem {
       if (other) this.log.info({ ip, dev: other }, 'DNS address already on another interface: using it there');
       this.containerAddr = ip;
     }
+    await this.access.start();
     await this.server.start();
     // endpoints restored before us: give running containers the route (a fresh host, or a changed address)
     for (const ep of this.ctx.endpoints.list()) await this.prepareContainer(ep).catch((e: unknown) => this.hookFailed('restore', ep, e));
@@ -162,6 +167,7 @@ export class DnsSubsystem implements Subsystem {
     this.glue.detach();
     this.store.stop();
     await this.server?.stop();
+    await this.access.stop();
   }
 
   async reset(): Promise<void> {
@@ -170,6 +176,7 @@ export class DnsSubsystem implements Subsystem {
     for (const e of own) this.store.remove({ name: e.name, addr: e.addr });
     for (const n of [...this.writtenResolv]) removeNetnsResolvConf(n);
     await this.server?.stop();
+    await this.access.stop();
     await syncDnsAddr(this.ctx.hostCtx, null, BRIDGE_MTU);
   }
 
@@ -186,13 +193,14 @@ export class DnsSubsystem implements Subsystem {
       Entries: live,
     };
     const out: DnsReport = { ...st, summary, ttl: this.flags.ttl, containers };
-    if (this.server) out.counters = { ...this.server.counters } as unknown as Record<string, number>;
+    if (this.server) out.counters = { ...this.server.counters, guardDropped: this.access.stats().guard?.dropped ?? 0 } as unknown as Record<string, number>;
     return out;
   }
 
   metrics(m: Parameters<NonNullable<Subsystem['metrics']>>[0]): void {
     writeDnsMetrics(m, this.store, this.server);
     m.counter('weave_dns_hook_errors_total', 'attach/detach DNS steps that failed (route, resolv.conf, records)', this.counters.hookErrors);
+    m.counter('weave_dns_guard_dropped_total', 'DNS packets the nft guard dropped: from neither this host nor its containers', this.access.stats().guard?.dropped ?? 0);
     m.counter('weave_dns_stale_records_removed_total', 'own records removed because their container is no longer attached', this.counters.staleRemoved);
   }
 
