@@ -173,6 +173,17 @@ export async function removeGuard(ctx: HostCtx, spec: GuardSpec): Promise<void> 
   await nftApply(ctx, lines.join('\n') + '\n');
 }
 
+/**
+ * Why the kernel cannot hold a guard at all (no nftables inet family: Debian's UML kernel has only the
+ * bridge family; or no nft), or null for any other failure (worth a retry).
+ */
+export function guardUnsupported(e: unknown): string | null {
+  if (!(e instanceof HostError)) return null;
+  if (/^cannot run nft/.test(e.message)) return `nft is not installed: ${e.message}`;
+  if (/Operation not supported\s*\n\s*add table inet/.test(e.stderr)) return 'the kernel lacks the nftables inet family (CONFIG_NF_TABLES_INET)';
+  return null;
+}
+
 /** One pass: read, plan, apply. Returns what the counter said and whether anything was applied. */
 export async function syncGuard(ctx: HostCtx, spec: GuardSpec, want: ReadonlyMap<string, readonly string[]>): Promise<{ dropped: number; applied: boolean; rebuilt: boolean }> {
   const actual = await readGuard(ctx, spec);
@@ -183,7 +194,15 @@ export async function syncGuard(ctx: HostCtx, spec: GuardSpec, want: ReadonlyMap
 
 // ---- a guard without sets, kept in place by its own loop (weaveDNS) ------------------------------
 
-export interface GuardStats { runs: number; errors: number; lastError?: string; repairs: number; dropped: number }
+export interface GuardStats {
+  runs: number;
+  errors: number;
+  lastError?: string;
+  repairs: number;
+  dropped: number;
+  /** set when this kernel cannot hold the guard (guardUnsupported): said once, not retried as an error */
+  unavailable?: string;
+}
 
 /** Keeps one static guard chain in place (healing a flush) and its drop counter readable without a call. */
 export class GuardReconciler extends LoopedReconciler<boolean, GuardStats> {
@@ -196,7 +215,17 @@ export class GuardReconciler extends LoopedReconciler<boolean, GuardStats> {
   }
 
   protected async runOnce(): Promise<boolean> {
-    const r = await syncGuard(this.ctx, this.spec, this.none);
+    let r: Awaited<ReturnType<typeof syncGuard>>;
+    try {
+      r = await syncGuard(this.ctx, this.spec, this.none);
+    } catch (e) {
+      const why = guardUnsupported(e);
+      if (why === null) throw e;
+      if (this.st.unavailable === undefined) this.log.warn({ reason: why }, 'nft guard unavailable on this host: the kernel layer of this check is missing');
+      this.st.unavailable = why;
+      return false;
+    }
+    this.st.unavailable = undefined;
     this.st.dropped = r.dropped;
     if (r.applied) {
       const first = this.st.repairs++ === 0;
@@ -209,6 +238,6 @@ export class GuardReconciler extends LoopedReconciler<boolean, GuardStats> {
   /** Stops the loop and removes the chain and its counter. */
   async remove(): Promise<void> {
     this.stop();
-    await removeGuard(this.ctx, this.spec);
+    if (this.st.unavailable === undefined) await removeGuard(this.ctx, this.spec);
   }
 }

@@ -26,7 +26,7 @@ import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { execHost, HostCtx, HostError, ipBatch, ipJson, nsPrefix } from './ip';
 import type { DesiredRoute } from './routes';
-import { syncGuard, removeGuard, vxlanGuardSpec, VXLAN_ESP_SET, VXLAN_PLAIN_SET, type GuardSpec } from './guard';
+import { guardUnsupported, syncGuard, removeGuard, vxlanGuardSpec, VXLAN_ESP_SET, VXLAN_PLAIN_SET, type GuardSpec } from './guard';
 
 export const DEFAULT_VXLAN_NAME = 'weave-vx';
 /** 'W': any fixed value works, both ends must agree; VNI is not negotiated. */
@@ -239,8 +239,11 @@ export interface VxlanStats {
   repairs: number;
   /** whether the device existed after the last pass */
   device: boolean;
-  /** the guard after the last pass: datagrams it dropped, and the underlay addresses it lets in */
-  guard?: { dropped: number; plain: string[]; esp: string[] };
+  /**
+   * the guard after the last pass: datagrams it dropped, the underlay addresses it lets in, and why
+   * there is none when the kernel cannot hold it (host/guard.ts guardUnsupported)
+   */
+  guard?: { dropped: number; plain: string[]; esp: string[]; unavailable?: string };
 }
 
 /** Where the /32 routes to peers' VTEPs go (host/routes.ts RouteReconciler). */
@@ -317,8 +320,17 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
   }
 
   private changed(): void {
-    this.routes?.setDesired(VTEP_ROUTE_OWNER, this.peerList().map((p) => ({ dst: `${p.vtep}/32`, dev: this.config.name, scope: 'link' as const })));
+    this.pushRoutes();
     this.schedule();
+  }
+
+  /**
+   * The /32 routes to the peers' VTEPs, once the device exists: a route pass that ran before it would
+   * fail and wait for the route resync (up to 10 s in the router) while heartbeats had no way out.
+   */
+  private pushRoutes(): void {
+    const list = this.st.device ? this.peerList().map((p) => ({ dst: `${p.vtep}/32`, dev: this.config.name, scope: 'link' as const })) : [];
+    this.routes?.setDesired(VTEP_ROUTE_OWNER, list);
   }
 
   async readActual(): Promise<VxlanActual> {
@@ -354,14 +366,34 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
     return new Map([[VXLAN_PLAIN_SET, [...plain].sort()], [VXLAN_ESP_SET, [...esp].sort()]]);
   }
 
+  /**
+   * Before the device. A failure fails the pass (no device is made unguarded), except on a kernel that
+   * cannot hold the guard at all: then fastdp runs as before it existed, said once and in the report.
+   */
+  private async reconcileGuard(): Promise<void> {
+    const g = this.guard!;
+    const sets = this.guardSets();
+    const view = { plain: sets.get(VXLAN_PLAIN_SET)!, esp: sets.get(VXLAN_ESP_SET)! };
+    let r: Awaited<ReturnType<typeof syncGuard>>;
+    try {
+      r = await syncGuard(this.ctx, g, sets);
+    } catch (e) {
+      const why = guardUnsupported(e);
+      if (why === null) throw e;
+      if (this.st.guard?.unavailable === undefined) this.log.warn({ reason: why, port: this.config.port }, 'VXLAN guard unavailable on this host: any underlay host can send to the VXLAN port (ESP peers stay protected by their xfrm policies)');
+      this.st.guard = { dropped: 0, ...view, unavailable: why };
+      return;
+    }
+    this.st.guard = { dropped: r.dropped, ...view };
+    if (r.rebuilt) {
+      if (this.st.runs > 1) this.log.warn({ port: this.config.port, chain: g.chain }, 'VXLAN guard was missing or changed: restored');
+      else this.log.info({ port: this.config.port, chain: g.chain }, 'VXLAN guard set up: the port takes fastdp peers only');
+    }
+  }
+
   protected async runOnce(): Promise<VxlanPlan['summary']> {
     const peers = this.peerList();
-    if (this.guard) {
-      const sets = this.guardSets();
-      const g = await syncGuard(this.ctx, this.guard, sets);
-      this.st.guard = { dropped: g.dropped, plain: sets.get(VXLAN_PLAIN_SET)!, esp: sets.get(VXLAN_ESP_SET)! };
-      if (g.rebuilt) this.log[this.st.runs > 1 ? 'warn' : 'info']({ port: this.config.port, chain: this.guard.chain }, this.st.runs > 1 ? 'VXLAN guard was missing or changed: restored' : 'VXLAN guard set up: the port takes fastdp peers only');
-    }
+    if (this.guard) await this.reconcileGuard();
     const present = !this.lazy || peers.length > 0;
     const actual = await this.readActual();
     if (!present && !actual.link && !this.probed) await this.probe();
@@ -376,7 +408,10 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
       if (plan.summary.link === 'delete') this.log.info({ dev: this.config.name }, 'VXLAN device removed: no connection uses fastdp');
       else if (plan.summary.link !== 'ok') this.log.info({ dev: this.config.name, vni: this.config.vni, port: this.config.port, local: this.config.local, vtep: this.config.address, mtu: this.config.mtu, action: plan.summary.link }, 'VXLAN device set up');
     }
+    const was = this.st.device;
     this.st.device = present;
+    // a device (re)made lost its routes with it: hand them over again so they come back at once
+    if (was !== present || plan.summary.link === 'create' || plan.summary.link === 'recreate') this.pushRoutes();
     this.notify(present);
     return plan.summary;
   }
@@ -409,7 +444,7 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
     if (links.some((l) => l.ifname === this.config.name)) await ipBatch(this.ctx, [`link del ${this.config.name}`]);
     this.st.device = false;
     this.notify(false);
-    if (this.guard) await removeGuard(this.ctx, this.guard);
+    if (this.guard && this.st.guard?.unavailable === undefined) await removeGuard(this.ctx, this.guard);
   }
 
 }

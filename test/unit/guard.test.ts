@@ -6,8 +6,9 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'events';
 import { FakeClock } from '../../lib/clock';
 import { MemoryLogger, silentLogger } from '../../lib/log';
+import { HostError } from '../../host/ip';
 import {
-  dnsGuardSpec, parseGuard, planGuard, ruleTag, vxlanGuardSpec, VXLAN_ESP_SET, VXLAN_PLAIN_SET, type GuardActual,
+  dnsGuardSpec, guardUnsupported, parseGuard, planGuard, ruleTag, vxlanGuardSpec, VXLAN_ESP_SET, VXLAN_PLAIN_SET, type GuardActual,
 } from '../../host/guard';
 import { planVxlan, type VxlanConfig } from '../../host/vxlan';
 import { DnsAccess } from '../../host/dns-addr';
@@ -90,6 +91,15 @@ test('parse: nft -j documents -> chain checked by the rule tags, set elements, c
   (otherHook[0].nftables[1] as any).chain.hook = 'forward';
   assert.equal(parseGuard(spec, otherHook).chainOk, false);
   assert.equal(parseGuard(spec, docs.slice(0, 3)).sets, null, 'a set missing: rebuild');
+});
+
+test('a kernel that cannot hold a guard is told apart from a failure worth a retry', () => {
+  // what Debian's UML 6.1 kernel (nftables bridge family only) answers
+  const uml = new HostError('nft -f -: ...', { command: 'nft -f -', stderr: '/dev/stdin:1:1-21: Error: Could not process rule: Operation not supported\nadd table inet weave\n^^^^^^^^^^^^^^^^^^^^^' });
+  assert.match(guardUnsupported(uml) ?? '', /lacks the nftables inet family/);
+  assert.match(guardUnsupported(new HostError('cannot run nft: spawn nft ENOENT', { command: 'nft -f -', stderr: '' })) ?? '', /not installed/);
+  assert.equal(guardUnsupported(new HostError('nft -f -: busy', { command: 'nft -f -', stderr: 'Error: Could not process rule: Device or resource busy\nadd rule inet weave vxlan-guard ...' })), null);
+  assert.equal(guardUnsupported(new Error('x')), null);
 });
 
 test('lazy VXLAN plan: no peers -> the device is deleted (or stays absent)', () => {
