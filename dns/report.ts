@@ -71,6 +71,9 @@ export function registerDnsMetrics(reg: Registry, store: DnsStore, server: DnsSe
     ['weave_dns_dropped_total', 'Queries dropped because the server\'s send queue was full.', () => c.dropped],
     ['weave_dns_tcp_connections_total', 'DNS-over-TCP connections accepted.', () => c.tcpConnections],
     ['weave_dns_tcp_rejected_total', 'DNS-over-TCP connections refused because too many were open.', () => c.tcpRejected],
+    ['weave_dns_tcp_rejected_per_source_total', 'DNS-over-TCP connections refused because their source already held its share.', () => c.tcpRejectedPerSource],
+    ['weave_dns_tcp_deadline_closed_total', 'DNS-over-TCP connections closed at their overall or per-query deadline (slow or stalling clients).', () => c.tcpDeadlineClosed],
+    ['weave_dns_refused_source_total', 'Queries and connections refused because the source is neither this host nor one of its containers.', () => c.refusedSource],
   ];
   for (const [name, help, read] of simple) counterFrom(reg, name, help, read);
 }

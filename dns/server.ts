@@ -12,6 +12,13 @@
 // Answers echo the question's bytes and point to them (0xC00C), so they keep the asker's case.
 // The UDP path allocates nothing per query of its own: one parser, a ring of response buffers
 // recycled through a shared send callback, and an index keyed by a hash of the wire name.
+//
+// Who is answered: with allowSource (the router's: this host's containers and its own addresses), a
+// query from anyone else gets REFUSED (UDP) or its connection closed (TCP), counted, and logged at
+// most once per REFUSED_LOG_MS; host/guard.ts drops such traffic in the kernel before it gets here.
+// TCP slots: each connection has an overall deadline (tcpMaxLifeMs) and each query one from its first
+// byte (tcpQueryMs), besides the idle timeout, and one source holds at most maxTcpPerSource of them:
+// a client trickling a byte at a time cannot keep slots, nor take them all.
 import * as dgram from 'dgram';
 import * as net from 'net';
 import { isIPv6 } from 'net';
@@ -58,8 +65,18 @@ export interface DnsServerOptions {
   store: DnsRecordSource;
   clock: Clock;
   log: Logger;
+  /** a TCP connection that sends nothing for this long is closed (default 10 s) */
   tcpIdleMs?: number;
+  /** a TCP connection is closed this long after it opened, however busy (default 30 s) */
+  tcpMaxLifeMs?: number;
+  /** a query over TCP must arrive whole within this from its first byte (default 5 s) */
+  tcpQueryMs?: number;
+  /** TCP connections in all (default 256) */
   maxTcpConnections?: number;
+  /** TCP connections from one source address (default 16) */
+  maxTcpPerSource?: number;
+  /** whether a source address may be answered; absent: every source */
+  allowSource?: (addr: string) => boolean;
   /** forwarded queries in flight; beyond it new ones get SERVFAIL at once */
   maxPending?: number;
 }
@@ -86,6 +103,12 @@ export interface DnsCounters {
   dropped: number;
   tcpConnections: number;
   tcpRejected: number;
+  /** TCP connections refused because their source already held maxTcpPerSource */
+  tcpRejectedPerSource: number;
+  /** TCP connections closed at their overall or per-query deadline */
+  tcpDeadlineClosed: number;
+  /** queries (UDP) and connections (TCP) refused because the source is not allowed */
+  refusedSource: number;
   socketErrors: number;
 }
 
@@ -95,6 +118,8 @@ const OUR_EDNS_SIZE = 1232; // what we advertise (DNS flag day 2020)
 const RING = 256;
 const TCP_OUT = 65535;
 const TCP_MAX_QUEUED = 1 << 20;
+/** at most one log line per this about refused sources (an attacker must not fill the log) */
+const REFUSED_LOG_MS = 10_000;
 
 interface Bucket {
   wire: Buffer;
@@ -111,8 +136,14 @@ interface Upstream {
 
 interface TcpClient {
   sock: net.Socket;
+  /** remote address (per-source accounting) */
+  src: string;
   acc: Buffer | null;
   lastActive: number;
+  openedAt: number;
+  /** when the first byte of the incomplete query in acc arrived; 0 when none is pending */
+  partialSince: number;
+  gone: boolean;
 }
 
 /** A forwarded query in flight. One object per forwarded query; forwarding is not the hot path. */
@@ -157,7 +188,7 @@ export class DnsServer {
   readonly counters: DnsCounters = {
     queriesUdp: 0, queriesTcp: 0, noerror: 0, formerr: 0, servfail: 0, nxdomain: 0, notimp: 0, refused: 0, otherRcode: 0,
     forwarded: 0, forwardedTcpRetry: 0, upstreamFailures: 0, upstreamTimeouts: 0, upstreamBadResponses: 0, upstreamTcpErrors: 0, malformed: 0,
-    truncated: 0, dropped: 0, tcpConnections: 0, tcpRejected: 0, socketErrors: 0,
+    truncated: 0, dropped: 0, tcpConnections: 0, tcpRejected: 0, tcpRejectedPerSource: 0, tcpDeadlineClosed: 0, refusedSource: 0, socketErrors: 0,
   };
   private readonly requestedPort: number;
   private boundPort = 0;
@@ -167,8 +198,15 @@ export class DnsServer {
   private readonly clock: Clock;
   private readonly log: Logger;
   private readonly tcpIdleMs: number;
+  private readonly tcpMaxLifeMs: number;
+  private readonly tcpQueryMs: number;
   private readonly maxTcp: number;
+  private readonly maxTcpPerSource: number;
   private readonly maxPending: number;
+  private readonly allowSource: ((addr: string) => boolean) | null;
+  private readonly tcpPerSource = new Map<string, number>();
+  private refusedLoggedAt = -Infinity;
+  private refusedUnlogged = 0;
 
   private readonly parser = new QueryParser();
   private readonly domainWire: Buffer;
@@ -211,7 +249,11 @@ export class DnsServer {
     this.clock = opts.clock;
     this.log = opts.log.child({ component: 'dns' });
     this.tcpIdleMs = opts.tcpIdleMs ?? 10_000;
+    this.tcpMaxLifeMs = opts.tcpMaxLifeMs ?? 30_000;
+    this.tcpQueryMs = opts.tcpQueryMs ?? 5_000;
     this.maxTcp = opts.maxTcpConnections ?? 256;
+    this.maxTcpPerSource = opts.maxTcpPerSource ?? 16;
+    this.allowSource = opts.allowSource ?? null;
     this.maxPending = opts.maxPending ?? 4096;
     this.domainWire = nameToWire(d);
     this.soa = buildSoaRR(this.domainWire, this.ttl, 1);
@@ -288,6 +330,7 @@ export class DnsServer {
     this.pending.clear();
     for (const c of this.tcpClients) c.sock.destroy();
     this.tcpClients.clear();
+    this.tcpPerSource.clear();
     const closes: Promise<void>[] = [];
     if (this.udp) { const u = this.udp; closes.push(new Promise((r) => u.close(() => r()))); }
     if (this.tcp) { const t = this.tcp; closes.push(new Promise((r) => t.close(() => r()))); }
@@ -307,7 +350,7 @@ export class DnsServer {
       return;
     }
     const out = this.ring[this.ringNext];
-    const n = this.answer(msg, msg.length, out, true);
+    const n = this.allowSource !== null && !this.allowSource(rinfo.address) ? this.refuse(msg, out, rinfo.address, 'udp') : this.answer(msg, msg.length, out, true);
     if (n > 0) {
       this.ringNext = (this.ringNext + 1) % RING;
       this.outstanding++;
@@ -320,36 +363,66 @@ export class DnsServer {
   // ---- TCP ----
 
   private onTcpConnection(sock: net.Socket): void {
+    const src = sock.remoteAddress ?? '';
     if (this.tcpClients.size >= this.maxTcp || this.stopped) {
       this.counters.tcpRejected++;
       sock.destroy();
       return;
     }
+    if (this.allowSource !== null && !this.allowSource(src)) {
+      this.noteRefused(src, 'tcp');
+      sock.destroy();
+      return;
+    }
+    const held = this.tcpPerSource.get(src) ?? 0;
+    if (held >= this.maxTcpPerSource) {
+      this.counters.tcpRejectedPerSource++;
+      this.log.debug({ source: src, held }, 'dns tcp connection refused: the source holds its share of connections');
+      sock.destroy();
+      return;
+    }
+    this.tcpPerSource.set(src, held + 1);
     this.counters.tcpConnections++;
-    const c: TcpClient = { sock, acc: null, lastActive: this.clock.now() };
+    const now = this.clock.now();
+    const c: TcpClient = { sock, src, acc: null, lastActive: now, openedAt: now, partialSince: 0, gone: false };
     this.tcpClients.add(c);
     sock.on('data', (d: Buffer) => this.onTcpData(c, d));
     sock.on('error', (e) => {
       this.counters.socketErrors++;
       this.log.debug({ err: e.message }, 'dns tcp client error');
     });
-    sock.on('close', () => this.tcpClients.delete(c));
+    sock.on('close', () => this.dropTcp(c));
+  }
+
+  /** Forgets a connection once (its slot and its source's share). */
+  private dropTcp(c: TcpClient): void {
+    if (c.gone) return;
+    c.gone = true;
+    this.tcpClients.delete(c);
+    const n = (this.tcpPerSource.get(c.src) ?? 1) - 1;
+    if (n > 0) this.tcpPerSource.set(c.src, n);
+    else this.tcpPerSource.delete(c.src);
   }
 
   private onTcpData(c: TcpClient, d: Buffer): void {
-    c.lastActive = this.clock.now();
+    const now = this.clock.now();
+    c.lastActive = now;
     let acc = c.acc ? Buffer.concat([c.acc, d]) : d;
+    let answered = false;
     while (acc.length >= 2) {
       const l = acc.readUInt16BE(0);
       if (acc.length < 2 + l) break;
       const frame = acc.subarray(2, 2 + l);
       acc = acc.subarray(2 + l);
+      answered = true;
       this.counters.queriesTcp++;
       const n = this.answer(frame, l, this.tcpOut, false);
       if (n > 0) this.tcpSend(c, this.tcpOut, n);
       else if (n === FORWARD) this.forward(frame, '', 0, c);
     }
     c.acc = acc.length ? acc : null;
+    // the per-query deadline runs from the first byte of the query still incomplete
+    c.partialSince = acc.length === 0 ? 0 : answered || c.partialSince === 0 ? now : c.partialSince;
   }
 
   private tcpSend(c: TcpClient, src: Buffer, n: number): void {
@@ -371,13 +444,39 @@ export class DnsServer {
     this.tcpSweep = this.clock.setTimeout(() => {
       const now = this.clock.now();
       for (const c of this.tcpClients) {
-        if (now - c.lastActive >= this.tcpIdleMs) {
+        const deadline = now - c.openedAt >= this.tcpMaxLifeMs || (c.partialSince !== 0 && now - c.partialSince >= this.tcpQueryMs);
+        if (deadline || now - c.lastActive >= this.tcpIdleMs) {
+          if (deadline) this.counters.tcpDeadlineClosed++;
           c.sock.destroy();
-          this.tcpClients.delete(c);
+          this.dropTcp(c);
         }
       }
       if (!this.stopped) this.scheduleTcpSweep();
-    }, Math.max(100, Math.floor(this.tcpIdleMs / 2)));
+    }, Math.max(25, Math.floor(Math.min(this.tcpIdleMs, this.tcpMaxLifeMs, this.tcpQueryMs) / 4)));
+  }
+
+  // ---- sources that are not ours ----
+
+  /** REFUSED with the question echoed (never larger than the query), or 0 for junk. */
+  private refuse(buf: Buffer, out: Buffer, src: string, proto: 'udp'): number {
+    this.noteRefused(src, proto);
+    const p = this.parser;
+    if (p.parse(buf, buf.length) === DROP) return 0;
+    const qlen = p.qEnd > 0 ? p.qEnd - HEADER_LEN : 0;
+    writeHeader(out, p.id, 0x80 | (p.opcode << 3) | p.rd, 0x80 | RCODE.REFUSED, qlen > 0 ? 1 : 0, 0, 0, 0);
+    if (qlen > 0) buf.copy(out, HEADER_LEN, HEADER_LEN, p.qEnd);
+    this.count(RCODE.REFUSED);
+    return HEADER_LEN + qlen;
+  }
+
+  private noteRefused(src: string, proto: 'udp' | 'tcp'): void {
+    this.counters.refusedSource++;
+    this.refusedUnlogged++;
+    const now = this.clock.now();
+    if (now - this.refusedLoggedAt < REFUSED_LOG_MS) return;
+    this.log.warn({ source: src, proto, refused: this.refusedUnlogged, everyMs: REFUSED_LOG_MS }, 'DNS from a source that is neither this host nor one of its containers: refused (one line per interval)');
+    this.refusedLoggedAt = now;
+    this.refusedUnlogged = 0;
   }
 
   // ---- answering ----

@@ -23,7 +23,7 @@ import { addDnsFlags, parseDnsFlags, type DnsConfig } from './flags';
 import { dnsRoutes } from './http';
 import { renderDnsStatus, type DnsReport } from './views';
 import {
-  addressElsewhere, containerResolvConf, ensureContainerDnsRoute, removeNetnsResolvConf, syncDnsAddr, writeNetnsResolvConf,
+  DnsAccess, addressElsewhere, containerResolvConf, ensureContainerDnsRoute, removeNetnsResolvConf, syncDnsAddr, writeNetnsResolvConf,
 } from '../host/dns-addr';
 import type { HostCtx } from '../host/ip';
 import type { Clock } from '../lib/clock';
@@ -41,7 +41,11 @@ export interface DnsContext {
   identity: { name: PeerName };
   mesh: DnsMeshLike & { off(event: 'peersChanged', fn: () => void): unknown };
   hostCtx: HostCtx;
-  endpoints: { list(): AttachedEndpoint[] };
+  endpoints: {
+    list(): AttachedEndpoint[];
+    on(event: 'changed', fn: () => void): unknown;
+    off(event: 'changed', fn: () => void): unknown;
+  };
 }
 
 /** `web` -> `web.weave.local.`; a name with a dot is taken as a FQDN. Throws UsageError when invalid. */
@@ -72,6 +76,8 @@ export class DnsSubsystem implements Subsystem {
   /** the address containers are pointed at; null when containers cannot use the server (off, wildcard, loopback) */
   private containerAddr: string | null = null;
   private readonly writtenResolv = new Set<string>();
+  /** only this host and its containers are answered (nft guard + the server's source check) */
+  readonly access: DnsAccess;
   readonly counters = { hookErrors: 0, resolvSkipped: 0, staleRemoved: 0 };
 
   constructor(private readonly ctx: DnsContext) {
@@ -88,6 +94,7 @@ export class DnsSubsystem implements Subsystem {
     });
     this.glue = attachDnsToMesh(this.store, ctx.mesh);
     this.resolv = new ResolvConfWatcher({ path: '/etc/resolv.conf', clock: ctx.clock, log: this.log, exclude: [flags.listen.ip] });
+    this.access = new DnsAccess({ ctx: ctx.hostCtx, clock: ctx.clock, log: this.log, listen: flags.listen, endpoints: ctx.endpoints });
     this.server = flags.enabled
       ? new DnsServer({
         listenAddress: flags.listen.ip,
@@ -98,6 +105,7 @@ export class DnsSubsystem implements Subsystem {
         store: this.store,
         clock: ctx.clock,
         log: this.log,
+        allowSource: (a) => this.access.allows(a),
       })
       : null;
   }
@@ -130,6 +138,7 @@ export class DnsSubsystem implements Subsystem {
       if (other) this.log.info({ ip, dev: other }, 'DNS address already on another interface: using it there');
       this.containerAddr = ip;
     }
+    await this.access.start();
     await this.server.start();
     // endpoints restored before us: give running containers the route (a fresh host, or a changed address)
     for (const ep of this.ctx.endpoints.list()) await this.prepareContainer(ep).catch((e: unknown) => this.hookFailed('restore', ep, e));
@@ -139,6 +148,7 @@ export class DnsSubsystem implements Subsystem {
     this.glue.detach();
     this.store.stop();
     await this.server?.stop();
+    await this.access.stop();
   }
 
   async reset(): Promise<void> {
@@ -147,6 +157,7 @@ export class DnsSubsystem implements Subsystem {
     for (const e of own) this.store.remove({ name: e.name, addr: e.addr });
     for (const n of [...this.writtenResolv]) removeNetnsResolvConf(n);
     await this.server?.stop();
+    await this.access.stop();
     await syncDnsAddr(this.ctx.hostCtx, null, BRIDGE_MTU);
   }
 
@@ -167,13 +178,14 @@ export class DnsSubsystem implements Subsystem {
       Entries: live,
     };
     const out: DnsReport = { ...st, summary, ttl: this.flags.ttl, containers };
-    if (this.server) out.counters = { ...this.server.counters } as unknown as Record<string, number>;
+    if (this.server) out.counters = { ...this.server.counters, guardDropped: this.access.stats().guard?.dropped ?? 0 } as unknown as Record<string, number>;
     return out;
   }
 
   metrics(reg: Registry): void {
     registerDnsMetrics(reg, this.store, this.server);
     counterFrom(reg, 'weave_dns_hook_errors_total', 'Container DNS set-up steps at attach or detach that failed (route to the DNS address, resolv.conf, records); see the log.', () => this.counters.hookErrors);
+    counterFrom(reg, 'weave_dns_guard_dropped_total', 'DNS packets the nftables guard dropped: from neither this host nor its containers.', () => this.access.stats().guard?.dropped ?? 0);
     counterFrom(reg, 'weave_dns_stale_records_removed_total', 'Records of this host removed because their container is no longer attached.', () => this.counters.staleRemoved);
   }
 

@@ -4,9 +4,17 @@
 // host carries it as a /32 on the expose bridge "weave", labelled "weave:dns" so expose/hide (which
 // manage exactly their own addresses there) leave it alone; a container routes it on-link via ethwe
 // and the host answers ARP for it (a local address, arp_ignore=0), as for the rest of the overlay.
+//
+// Only this host and its containers are answered (DnsAccess): the kernel drops DNS to the server from
+// any other interface (host/guard.ts dns-guard), and the server refuses sources that are neither one
+// of the host's own addresses nor a container's attached here.
 import * as fs from 'fs';
 import * as path from 'path';
+import type { Clock, TimerHandle } from '../lib/clock';
+import { errMsg } from '../lib/errors';
+import type { Logger } from '../lib/log';
 import { EXPOSE_LINK, ensureExposeLinkLines, exposeLinkAddrs } from './expose';
+import { GuardReconciler, dnsGuardSpec, type GuardStats } from './guard';
 import { HostCtx, HostError, ipBatch, ipJson } from './ip';
 
 export const DNS_ADDR_LABEL = `${EXPOSE_LINK}:dns`;
@@ -98,4 +106,122 @@ export function removeNetnsResolvConf(netnsName: string, etcDir = NETNS_ETC_DIR)
     if ((e as NodeJS.ErrnoException).code !== 'ENOTEMPTY' && (e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   }
   return true;
+}
+
+// ---- who weaveDNS answers ------------------------------------------------------------------------
+
+/** The containers attached here (router/endpoints.ts Endpoints fits). */
+export interface LocalEndpoints {
+  list(): ReadonlyArray<{ addrs: readonly string[] }>;
+  on(event: 'changed', fn: () => void): unknown;
+  off(event: 'changed', fn: () => void): unknown;
+}
+
+export interface DnsAccessOptions {
+  ctx: HostCtx;
+  clock: Clock;
+  log: Logger;
+  /** the server's address ('0.0.0.0': every address) and port */
+  listen: { ip: string; port: number };
+  endpoints: LocalEndpoints;
+  /** the host's addresses are re-read this often (default 30 s) */
+  refreshMs?: number;
+  /** and after a refused source at most this often (default 1 s): an address added since is seen soon */
+  missRefreshMs?: number;
+  /** the nft guard's repair interval (default 10 s) */
+  guardMs?: number;
+}
+
+export interface DnsAccessStats { hostAddrs: number; containerAddrs: number; refreshes: number; refreshErrors: number; guard?: GuardStats }
+
+/** Bare IPv4 address of "a.b.c.d/len" or "a.b.c.d". */
+const bare = (a: string): string => (a.includes('/') ? a.slice(0, a.indexOf('/')) : a);
+
+/**
+ * Decides which sources weaveDNS answers (allows(): synchronous, nothing allocated for an IPv4 source),
+ * and keeps the nft guard for the DNS address in place.
+ */
+export class DnsAccess {
+  private readonly o: DnsAccessOptions;
+  private readonly log: Logger;
+  readonly guard: GuardReconciler | null;
+  private hostAddrs = new Set<string>();
+  private containerAddrs: Set<string> | null = null;
+  private readonly onEndpoints = (): void => { this.containerAddrs = null; };
+  private timer: TimerHandle | undefined;
+  private lastRefresh = -Infinity;
+  private refreshing: Promise<void> | null = null;
+  private running = false;
+  private readonly st = { refreshes: 0, refreshErrors: 0 };
+
+  constructor(o: DnsAccessOptions) {
+    this.o = o;
+    this.log = o.log.child({ component: 'dns-access' });
+    const ip = o.listen.ip;
+    // a loopback server is reachable through lo only: nothing to guard
+    this.guard = ip.startsWith('127.') ? null : new GuardReconciler(o.ctx, dnsGuardSpec(ip === '0.0.0.0' ? null : ip, o.listen.port), o.clock, o.log);
+  }
+
+  allows(addr: string): boolean {
+    const a = addr.startsWith('::ffff:') ? addr.slice(7) : addr;
+    if (a.startsWith('127.') || a === '::1' || this.hostAddrs.has(a)) return true;
+    if (this.containerAddrs === null) this.containerAddrs = new Set(this.o.endpoints.list().flatMap((e) => e.addrs.map(bare)));
+    if (this.containerAddrs.has(a)) return true;
+    if (this.running && this.o.clock.now() - this.lastRefresh >= (this.o.missRefreshMs ?? 1000)) void this.refresh();
+    return false;
+  }
+
+  /** The guard first, then the host's addresses; call before the server listens. */
+  async start(): Promise<void> {
+    this.running = true;
+    this.o.endpoints.on('changed', this.onEndpoints);
+    if (this.guard) {
+      // a failure is logged and counted by the loop, which retries; the server's own check still holds
+      await this.guard.reconcile().catch(() => undefined);
+      this.guard.start(this.o.guardMs ?? 10_000);
+    }
+    await this.refresh();
+    this.schedule();
+  }
+
+  /** Stops the timers and removes the guard (nothing listens on the address once the server stopped). */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.o.clock.clearTimeout(this.timer);
+    this.o.endpoints.off('changed', this.onEndpoints);
+    await this.guard?.remove().catch((e: unknown) => this.log.warn({ err: errMsg(e) }, 'removing the DNS guard failed'));
+  }
+
+  /** Re-reads the host's own addresses (concurrent calls share one read). */
+  refresh(): Promise<void> {
+    if (this.refreshing) return this.refreshing;
+    this.lastRefresh = this.o.clock.now();
+    this.refreshing = (async () => {
+      try {
+        const rows = await ipJson<Array<{ addr_info?: Array<{ family?: string; local?: string }> }>>(this.o.ctx, ['-4', 'addr', 'show']);
+        const next = new Set<string>();
+        for (const r of rows) for (const a of r.addr_info ?? []) if (a.family === 'inet' && a.local) next.add(a.local);
+        this.hostAddrs = next;
+        this.st.refreshes++;
+      } catch (e) {
+        this.st.refreshErrors++;
+        this.log.warn({ err: errMsg(e) }, 'cannot read the host\'s addresses; keeping the last known');
+      } finally {
+        this.refreshing = null;
+      }
+    })();
+    return this.refreshing;
+  }
+
+  private schedule(): void {
+    if (!this.running) return;
+    this.timer = this.o.clock.setTimeout(() => { void this.refresh().finally(() => this.schedule()); }, this.o.refreshMs ?? 30_000);
+  }
+
+  stats(): DnsAccessStats {
+    const out: DnsAccessStats = { hostAddrs: this.hostAddrs.size, containerAddrs: this.containerAddrs?.size ?? 0, ...this.st };
+    if (this.guard) out.guard = this.guard.stats();
+    return out;
+  }
 }

@@ -7,9 +7,12 @@ import { HostCtx, HostError, ipBatch, ipJson, sysctl } from './ip';
 export const CONTAINER_IFNAME = 'ethwe';
 const IFNAMSIZ = 15;
 
+/** Every container veth's host end starts with this (host/guard.ts lets DNS in through them). */
+export const HOST_IF_PREFIX = 'vethwe';
+
 /** Host side of a container's veth: "vethwe" + 9 hex digits of sha256(key) = 15 chars (IFNAMSIZ-1). */
 export function hostIfName(nsKey: string): string {
-  const n = 'vethwe' + createHash('sha256').update(nsKey).digest('hex').slice(0, 9);
+  const n = HOST_IF_PREFIX + createHash('sha256').update(nsKey).digest('hex').slice(0, 9);
   if (n.length > IFNAMSIZ) throw new Error('unreachable: interface name too long');
   return n;
 }

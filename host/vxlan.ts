@@ -10,6 +10,13 @@
 // Each pass reads the kernel (`ip -d -json link`, `ip -json addr/neigh`, `bridge -json fdb`), diffs, and
 // applies the difference in one `ip -batch` (link, address, neighbours) plus one `bridge -batch` (FDB):
 // iproute2 has no single tool for both. A flushed FDB or neighbour entry comes back on the next pass.
+//
+// The VXLAN socket takes any datagram on its port, from anyone on the underlay: the kernel has no notion
+// of peers. So each pass first reconciles the guard (host/guard.ts vxlan-guard: the port only from
+// the peers' underlay addresses, and from encrypted peers only inside ESP), then the device, so the port
+// is never open without the filter. Lazy mode (the router's): the device exists only while some peer
+// is set (a connection uses fastdp or is establishing it); without peers it is deleted, and listeners
+// (the heartbeat socket bound to the VTEP address) hear that it came or went after each pass.
 import { LoopedReconciler } from './reconcile-loop';
 import { createHash } from 'crypto';
 import type { Clock } from '../lib/clock';
@@ -19,6 +26,7 @@ import type { PeerName } from '../mesh/peer';
 import { formatAddr, isAddrText, tryParseCidr } from '../lib/addr';
 import { execHost, HostCtx, HostError, ipBatch, ipJson, nsPrefix } from './ip';
 import type { DesiredRoute } from './routes';
+import { guardUnsupported, syncGuard, removeGuard, vxlanGuardSpec, VXLAN_ESP_SET, VXLAN_PLAIN_SET, type GuardSpec } from './guard';
 
 export const DEFAULT_VXLAN_NAME = 'weave-vx';
 /** 'W': any fixed value works, both ends must agree; VNI is not negotiated. */
@@ -80,6 +88,8 @@ export interface VxlanPeer {
   vtep: string;
   /** the peer's underlay address: outer destination */
   underlay: string;
+  /** its VXLAN must arrive inside ESP (the guard drops it otherwise); default false */
+  encrypted?: boolean;
 }
 
 // ---- actual state as iproute2 prints it ----------------------------------------------------------
@@ -108,7 +118,7 @@ export interface VxlanPlan {
   /** `bridge -batch` lines (FDB) */
   bridge: string[];
   /** what changed, for logs and tests */
-  summary: { link: 'ok' | 'create' | 'recreate' | 'update'; addr: number; neighAdd: number; neighDel: number; fdbAdd: number; fdbDel: number };
+  summary: { link: 'ok' | 'create' | 'recreate' | 'update' | 'delete' | 'absent'; addr: number; neighAdd: number; neighDel: number; fdbAdd: number; fdbDel: number };
 }
 
 function checkConfig(c: VxlanConfig): void {
@@ -127,13 +137,19 @@ function checkPeer(k: string, p: VxlanPeer): void {
   if (!isAddrText(p.underlay)) throw new WeaveError('EINVAL', `peer ${k}: underlay "${p.underlay}" is not an IPv4 address`);
 }
 
-/** Pure: the commands that turn `actual` into config + peers. */
-export function planVxlan(c: VxlanConfig, peers: VxlanPeer[], actual: VxlanActual): VxlanPlan {
+/** Pure: the commands that turn `actual` into config + peers (present false: into no device at all). */
+export function planVxlan(c: VxlanConfig, peers: VxlanPeer[], actual: VxlanActual, opts: { present?: boolean } = {}): VxlanPlan {
   const dev = c.name;
   const ipl: string[] = [];
   const br: string[] = [];
   const summary: VxlanPlan['summary'] = { link: 'ok', addr: 0, neighAdd: 0, neighDel: 0, fdbAdd: 0, fdbDel: 0 };
   const l = actual.link;
+  if (opts.present === false) {
+    // its FDB and neighbour entries go with it
+    if (l) ipl.push(`link del ${dev}`);
+    summary.link = l ? 'delete' : 'absent';
+    return { ip: ipl, bridge: br, summary };
+  }
   const d = l?.linkinfo?.info_data;
   const fresh = !l || l.linkinfo?.info_kind !== 'vxlan' || d?.id !== c.vni || d?.port !== c.port || d?.local !== c.local || d?.learning !== false;
   const add = `link add ${dev} type vxlan id ${c.vni} dstport ${c.port} local ${c.local} nolearning`;
@@ -206,7 +222,19 @@ export function planVxlan(c: VxlanConfig, peers: VxlanPeer[], actual: VxlanActua
 
 // ---- the reconciler ------------------------------------------------------------------------------
 
-export interface VxlanStats { runs: number; errors: number; lastError?: string; repairs: number }
+export interface VxlanStats {
+  runs: number;
+  errors: number;
+  lastError?: string;
+  repairs: number;
+  /** whether the device existed after the last pass */
+  device: boolean;
+  /**
+   * the guard after the last pass: datagrams it dropped, the underlay addresses it lets in, and why
+   * there is none when the kernel cannot hold it (host/guard.ts guardUnsupported)
+   */
+  guard?: { dropped: number; plain: string[]; esp: string[]; unavailable?: string };
+}
 
 /** Where the /32 routes to peers' VTEPs go (host/routes.ts RouteReconciler). */
 export interface RouteSink { setDesired(owner: string, routes: DesiredRoute[]): void }
@@ -220,6 +248,10 @@ export interface VxlanReconcilerOptions {
   routes?: RouteSink;
   /** default 20 ms */
   debounceMs?: number;
+  /** the device only while some peer is set (the router's mode); default false: always */
+  lazy?: boolean;
+  /** filter the VXLAN port to the peers (host/guard.ts); default true */
+  guard?: boolean;
 }
 
 export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], VxlanStats> {
@@ -228,22 +260,37 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
   private readonly log: Logger;
   private readonly routes?: RouteSink;
   private readonly peers = new Map<string, VxlanPeer>();
+  readonly lazy: boolean;
+  private readonly guard: GuardSpec | null;
+  private readonly deviceListeners = new Set<(up: boolean) => void>();
+  private probed = false;
 
   constructor(o: VxlanReconcilerOptions) {
     checkConfig(o.config);
     const log = o.log.child({ component: 'vxlan' });
-    super(o.clock, o.debounceMs ?? 20, { runs: 0, errors: 0, repairs: 0 }, { log, what: 'VXLAN' });
+    super(o.clock, o.debounceMs ?? 20, { runs: 0, errors: 0, repairs: 0, device: false }, { log, what: 'VXLAN' });
     this.config = { ...o.config, mac: o.config.mac.toLowerCase() };
     this.ctx = o.ctx;
     this.log = log;
     this.routes = o.routes;
+    this.lazy = o.lazy ?? false;
+    this.guard = o.guard === false ? null : vxlanGuardSpec(this.config.port);
   }
 
   /** Programs (or updates) one peer's FDB + neighbour entry (+ VTEP route). key: usually the peer name. */
   setPeer(key: string, p: VxlanPeer): void {
     checkPeer(key, p);
-    this.peers.set(key, { mac: p.mac.toLowerCase(), vtep: p.vtep, underlay: p.underlay });
+    this.peers.set(key, { mac: p.mac.toLowerCase(), vtep: p.vtep, underlay: p.underlay, encrypted: p.encrypted === true });
     this.changed();
+  }
+
+  /**
+   * fn(up) after every successful pass: whether the device with our VTEP address exists now. Returns
+   * the unsubscribe function.
+   */
+  onDevice(fn: (up: boolean) => void): () => void {
+    this.deviceListeners.add(fn);
+    return () => this.deviceListeners.delete(fn);
   }
 
   removePeer(key: string): void {
@@ -263,8 +310,17 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
   }
 
   private changed(): void {
-    this.routes?.setDesired(VTEP_ROUTE_OWNER, this.peerList().map((p) => ({ dst: `${p.vtep}/32`, dev: this.config.name, scope: 'link' as const })));
+    this.pushRoutes();
     this.schedule();
+  }
+
+  /**
+   * The /32 routes to the peers' VTEPs, once the device exists: a route pass that ran before it would
+   * fail and wait for the route resync (up to 10 s in the router) while heartbeats had no way out.
+   */
+  private pushRoutes(): void {
+    const list = this.st.device ? this.peerList().map((p) => ({ dst: `${p.vtep}/32`, dev: this.config.name, scope: 'link' as const })) : [];
+    this.routes?.setDesired(VTEP_ROUTE_OWNER, list);
   }
 
   async readActual(): Promise<VxlanActual> {
@@ -289,27 +345,96 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
     return { link, addrs, fdb, neigh };
   }
 
+  /**
+   * Underlay addresses the guard lets in: plain, and inside ESP only. Every key counts (two keys racing
+   * for one VTEP both stay in until the older goes).
+   */
+  private guardSets(): Map<string, string[]> {
+    const plain = new Set<string>();
+    const esp = new Set<string>();
+    for (const p of this.peers.values()) (p.encrypted ? esp : plain).add(p.underlay);
+    return new Map([[VXLAN_PLAIN_SET, [...plain].sort()], [VXLAN_ESP_SET, [...esp].sort()]]);
+  }
+
+  /**
+   * Before the device. A failure fails the pass (no device is made unguarded), except on a kernel that
+   * cannot hold the guard at all: then fastdp runs as before it existed, said once and in the report.
+   */
+  private async reconcileGuard(): Promise<void> {
+    const g = this.guard!;
+    const sets = this.guardSets();
+    const view = { plain: sets.get(VXLAN_PLAIN_SET)!, esp: sets.get(VXLAN_ESP_SET)! };
+    let r: Awaited<ReturnType<typeof syncGuard>>;
+    try {
+      r = await syncGuard(this.ctx, g, sets);
+    } catch (e) {
+      const why = guardUnsupported(e);
+      if (why === null) throw e;
+      if (this.st.guard?.unavailable === undefined) this.log.warn({ reason: why, port: this.config.port }, 'VXLAN guard unavailable on this host: any underlay host can send to the VXLAN port (ESP peers stay protected by their xfrm policies)');
+      this.st.guard = { dropped: 0, ...view, unavailable: why };
+      return;
+    }
+    this.st.guard = { dropped: r.dropped, ...view };
+    if (r.rebuilt) {
+      if (this.st.runs > 1) this.log.warn({ port: this.config.port, chain: g.chain }, 'VXLAN guard was missing or changed: restored');
+      else this.log.info({ port: this.config.port, chain: g.chain }, 'VXLAN guard set up: the port takes fastdp peers only');
+    }
+  }
+
   protected async runOnce(): Promise<VxlanPlan['summary']> {
+    const peers = this.peerList();
+    if (this.guard) await this.reconcileGuard();
+    const present = !this.lazy || peers.length > 0;
     const actual = await this.readActual();
-    const plan = planVxlan(this.config, this.peerList(), actual);
+    if (!present && !actual.link && !this.probed) await this.probe();
+    const plan = planVxlan(this.config, peers, actual, { present });
+    this.probed = true;
     if (plan.ip.length || plan.bridge.length) {
       this.st.repairs++;
       this.log.debug({ ...plan.summary, ip: plan.ip, bridge: plan.bridge }, 'applying VXLAN changes');
       // -force: one stale entry that vanished meanwhile must not block the rest
       if (plan.ip.length) await ipBatch(this.ctx, plan.ip, { force: true });
       if (plan.bridge.length) await execHost([...nsPrefix(this.ctx), 'bridge', '-force', '-batch', '-'], { input: plan.bridge.join('\n') + '\n' });
-      if (plan.summary.link !== 'ok') this.log.info({ dev: this.config.name, vni: this.config.vni, port: this.config.port, local: this.config.local, vtep: this.config.address, mtu: this.config.mtu, action: plan.summary.link }, 'VXLAN device set up');
+      if (plan.summary.link === 'delete') this.log.info({ dev: this.config.name }, 'VXLAN device removed: no connection uses fastdp');
+      else if (plan.summary.link !== 'ok') this.log.info({ dev: this.config.name, vni: this.config.vni, port: this.config.port, local: this.config.local, vtep: this.config.address, mtu: this.config.mtu, action: plan.summary.link }, 'VXLAN device set up');
     }
+    const was = this.st.device;
+    this.st.device = present;
+    // a device (re)made lost its routes with it: hand them over again so they come back at once
+    if (was !== present || plan.summary.link === 'create' || plan.summary.link === 'recreate') this.pushRoutes();
+    this.notify(present);
     return plan.summary;
   }
 
-  /** Stops and deletes the device (its FDB and neighbour entries go with it); VTEP routes withdrawn. */
+  /**
+   * Lazy mode's first pass, with nothing to create: proves the kernel can make the device (so fastdp is
+   * advertised only when it can work) without ever bringing it up, so no socket listens meanwhile.
+   */
+  private async probe(): Promise<void> {
+    const c = this.config;
+    await ipBatch(this.ctx, [`link add ${c.name} type vxlan id ${c.vni} dstport ${c.port} local ${c.local} nolearning`, `link del ${c.name}`]);
+  }
+
+  private notify(up: boolean): void {
+    for (const fn of this.deviceListeners) {
+      try {
+        fn(up);
+      } catch (e) {
+        this.log.error({ err: errMsg(e) }, 'VXLAN device listener threw');
+      }
+    }
+  }
+
+  /** Stops and deletes the device (its FDB and neighbour entries go with it), then the guard; VTEP routes withdrawn. */
   async destroy(): Promise<void> {
     this.stop();
     this.peers.clear();
     this.routes?.setDesired(VTEP_ROUTE_OWNER, []);
     const links = await ipJson<ActualLink[]>(this.ctx, ['link', 'show']);
     if (links.some((l) => l.ifname === this.config.name)) await ipBatch(this.ctx, [`link del ${this.config.name}`]);
+    this.st.device = false;
+    this.notify(false);
+    if (this.guard && this.st.guard?.unavailable === undefined) await removeGuard(this.ctx, this.guard);
   }
 
 }

@@ -17,6 +17,11 @@
 // DF: Node's dgram cannot set it, so the heartbeat socket is the sleeve's native addon UDP socket
 // (IP_PMTUDISC_DO on every datagram): a full-size heartbeat the kernel cannot send unfragmented fails
 // with EMSGSIZE locally, and one a smaller link drops on the way never arrives — both fail the path.
+//
+// Who may send us VXLAN: exactly the peers programmed here (host.setPeer, marked encrypted when the
+// path runs under ESP); host/vxlan.ts turns that list into the nft guard on the VXLAN port and, in lazy
+// mode, into the device's existence. The heartbeat socket binds to the VTEP address on that device, so
+// it follows the device (DeviceHeartbeatIo): opened when it comes up, closed when it goes.
 import { randomBytes } from 'crypto';
 import type { Clock, TimerHandle } from '../lib/clock';
 import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
@@ -71,6 +76,8 @@ export interface HeartbeatIo {
    */
   drain(): void;
   close(): void;
+  /** cb when the socket has (re)opened and heartbeats can go at once (DeviceHeartbeatIo) */
+  onOpen?(cb: () => void): void;
 }
 
 /** Kernel FDB/neighbour state per peer: host/vxlan.ts VxlanReconciler fits. */
@@ -261,6 +268,8 @@ export class FastDp {
     this.small.writeUInt32BE(HB_MAGIC, 0);
     this.small[4] = HB_SMALL;
     o.io.setReceiver((src, p) => this.onDatagram(src, p));
+    // the first heartbeats of a new path went nowhere while the device was being made
+    o.io.onOpen?.(() => { for (const p of this.paths) this.sendHeartbeats(p); });
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
   }
 
@@ -403,7 +412,8 @@ export class FastDp {
     this.byPeer.set(p.peer, p);
     if (prev && prev !== p) this.log.info({ peer: p.peer }, 'a newer connection to the peer replaces the old fastdp path');
     try {
-      this.o.host.setPeer(p.peer, { mac: p.remote.mac, vtep: p.remote.vtep, underlay: p.remote.underlay });
+      // encrypted: the VXLAN guard takes this peer's datagrams only after IPsec decrypted them
+      this.o.host.setPeer(p.peer, { mac: p.remote.mac, vtep: p.remote.vtep, underlay: p.remote.underlay, encrypted: p.keys !== null });
     } catch (e) {
       this.markUnusable(p, `cannot program the VXLAN device: ${errMsg(e)}`);
       return;
@@ -584,6 +594,84 @@ export class FastDp {
       }
     }
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
+  }
+}
+
+// ---- the heartbeat socket follows the VXLAN device -----------------------------------------------
+
+/** host/vxlan.ts VxlanReconciler fits: fn(up) after each pass. */
+export interface DeviceEvents { onDevice(fn: (up: boolean) => void): () => void }
+
+/**
+ * The heartbeat socket binds to our VTEP address, which exists only while the VXLAN device does (lazy
+ * mode): opened by `open` when the device is up, closed when it goes. Meanwhile send() answers EAGAIN
+ * (try later: fastdp neither counts nor reports it) and nothing is received.
+ */
+export class DeviceHeartbeatIo implements HeartbeatIo {
+  private io: HeartbeatIo | null = null;
+  private receiver: ((srcIp: string, payload: Uint8Array) => void) | null = null;
+  private openCb: (() => void) | null = null;
+  private readonly off: () => unknown;
+  private closed = false;
+  private lastErr = '';
+  /** times the socket was opened (tests and the log) */
+  opens = 0;
+
+  constructor(private readonly open: () => HeartbeatIo, device: DeviceEvents, private readonly log: Logger) {
+    this.off = device.onDevice((up) => this.onDevice(up));
+  }
+
+  get isOpen(): boolean { return this.io !== null; }
+
+  private onDevice(up: boolean): void {
+    if (this.closed || up === (this.io !== null)) return;
+    if (!up) {
+      const io = this.io!;
+      this.io = null;
+      io.setReceiver(null);
+      io.close();
+      this.log.debug('VXLAN device gone: heartbeat socket closed');
+      return;
+    }
+    try {
+      this.io = this.open();
+    } catch (e) {
+      // the address vanished between the pass and now: the next pass tries again
+      if (errMsg(e) !== this.lastErr) this.log.warn({ err: errMsg(e) }, 'cannot open the fastdp heartbeat socket; retrying after the next VXLAN pass');
+      this.lastErr = errMsg(e);
+      return;
+    }
+    this.lastErr = '';
+    this.opens++;
+    if (this.receiver) this.io.setReceiver(this.receiver);
+    this.log.debug('VXLAN device up: heartbeat socket open');
+    this.openCb?.();
+  }
+
+  send(dstIp: string, port: number, payload: Uint8Array): number {
+    return this.io ? this.io.send(dstIp, port, payload) : EAGAIN;
+  }
+
+  setReceiver(cb: ((srcIp: string, payload: Uint8Array) => void) | null): void {
+    this.receiver = cb;
+    this.io?.setReceiver(cb);
+  }
+
+  drain(): void {
+    this.io?.drain();
+  }
+
+  onOpen(cb: () => void): void {
+    this.openCb = cb;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.off();
+    this.io?.setReceiver(null);
+    this.io?.close();
+    this.io = null;
   }
 }
 

@@ -13,12 +13,13 @@ import type { Identity } from '../../mesh/peer';
 import type { Mesh } from '../../mesh/mesh';
 import { detectUnderlayAddress } from '../../host/underlay';
 import { VxlanReconciler, vtepMacFor, vtepIpFor, DEFAULT_VNI, DEFAULT_VXLAN_NAME, VXLAN_OVERHEAD } from '../../host/vxlan';
-import { FastDp, NativeHeartbeatIo, DEFAULT_FASTDP_HB_PORT } from '../../router/fastdp';
+import { FastDp, DeviceHeartbeatIo, NativeHeartbeatIo, DEFAULT_FASTDP_HB_PORT } from '../../router/fastdp';
 import { OverlaySwitch, FastDpRoutes } from '../../router/overlay-switch';
 import { loadTunIo } from '../../router/native';
 import { PREFIXES_CHANNEL } from '../../router/prefixes';
 import { supportsEsp, XfrmManager, ESP_OVERHEAD } from '../../ipsec/xfrm';
 import type { RouterConfig } from '../config';
+import { vxlanPortFor } from '../../lib/ports';
 import type { HostPart, SleevePart } from './sleeve';
 import type { OverlayChoice } from './control';
 
@@ -91,17 +92,18 @@ async function startFastDp(cfg: RouterConfig, identity: Identity, s: SleevePart,
   const vtep = vtepIpFor(identity.name);
   const mtu = s.sleeve.underlayMtu - VXLAN_OVERHEAD - (esp.ok ? ESP_OVERHEAD : 0);
   const vxlan = new VxlanReconciler({
-    ctx: host.ctx, log, clock, routes: host.routes,
-    config: { name: DEFAULT_VXLAN_NAME, vni: DEFAULT_VNI, port: cfg.port + 1, local: underlay, mtu, mac: vtepMacFor(identity.name), address: vtep },
+    ctx: host.ctx, log, clock, routes: host.routes, lazy: true,
+    config: { name: DEFAULT_VXLAN_NAME, vni: DEFAULT_VNI, port: vxlanPortFor(cfg.port), local: underlay, mtu, mac: vtepMacFor(identity.name), address: vtep },
   });
   try {
-    await vxlan.reconcile(); // the VTEP address must exist before the heartbeat socket binds to it
+    await vxlan.reconcile(); // the VXLAN port's guard now; the device only while a connection uses fastdp
     vxlan.start(VXLAN_RESYNC_MS);
-    const xfrm = esp.ok ? new XfrmManager({ ctx: host.ctx, log, port: cfg.port + 1 }) : undefined;
+    const xfrm = esp.ok ? new XfrmManager({ ctx: host.ctx, log, port: vxlanPortFor(cfg.port) }) : undefined;
     const fastdp = new FastDp({
       name: identity.name, clock, log, host: vxlan,
-      io: new NativeHeartbeatIo(io, vtep, DEFAULT_FASTDP_HB_PORT, s.sleeve.underlayMtu),
-      underlay, mac: vtepMacFor(identity.name), vtep, port: cfg.port + 1, mtu, esp, xfrm,
+      // the heartbeat socket binds to the VTEP address, so it opens and closes with the device
+      io: new DeviceHeartbeatIo(() => new NativeHeartbeatIo(io, vtep, DEFAULT_FASTDP_HB_PORT, s.sleeve.underlayMtu), vxlan, log),
+      underlay, mac: vtepMacFor(identity.name), vtep, port: vxlanPortFor(cfg.port), mtu, esp, xfrm,
     });
     log.info({ underlay, vtep, mtu, esp: esp.ok ? 'yes' : esp.reason }, 'fast datapath ready');
     return { fastdp, vxlan, xfrm, mtu };
@@ -123,6 +125,7 @@ function overlayMetrics(reg: Registry, sw: OverlaySwitch, fd: FastDpParts | unde
   counterFrom(reg, 'weave_overlay_switches_total', 'Times a connection\'s data moved to another overlay (fastdp, sleeve, or none), by the overlay it moved to.', () =>
     Object.entries(sw.switches).map(([overlay, value]) => ({ labels: { overlay }, value })), ['overlay']);
   if (!fd) return;
+  counterFrom(reg, 'weave_fastdp_vxlan_dropped_total', 'VXLAN datagrams the guard dropped: not from a fastdp peer, or not inside ESP when the peer uses it.', () => fd.vxlan.stats().guard?.dropped ?? 0);
   const c = fd.fastdp.counters;
   counterFrom(reg, 'weave_fastdp_heartbeats_total', 'Fastdp heartbeats through the VXLAN device, by direction.', () => [
     { labels: { direction: 'sent' }, value: c.hbSent }, { labels: { direction: 'received' }, value: c.hbReceived },

@@ -1,6 +1,7 @@
 // One side of a fastdp lab pair, run inside a host namespace (`ip netns exec NS node fastdp-harness.js
-// '<json config>'`). It builds exactly the pieces the daemon will: VxlanReconciler + RouteReconciler
-// (kernel state), NativeHeartbeatIo (DF UDP on the VTEP address), FastDp, an OverlaySwitch with FastDp
+// '<json config>'`). It builds exactly the pieces the daemon will: a lazy VxlanReconciler (the device and
+// its guard) + RouteReconciler (kernel state), NativeHeartbeatIo (DF UDP on the VTEP address) opened
+// through DeviceHeartbeatIo once the device exists, FastDp, an OverlaySwitch with FastDp
 // and a stand-in sleeve (always established: the real sleeve needs the TUN and is tested elsewhere), and
 // FastDpRoutes for one prefix behind each side. The mesh connection is a plain TCP socket carrying
 // length-prefixed frames (u32 length, u8 type, payload): first the features as JSON, then Msg.Overlay.
@@ -11,7 +12,7 @@ import { rootLogger } from '../../lib/log';
 import { Msg, type Features, type MeshConnection } from '../../mesh/types';
 import { RouteReconciler } from '../../host/routes';
 import { VxlanReconciler, vtepIpFor, vtepMacFor, DEFAULT_VNI, VXLAN_OVERHEAD } from '../../host/vxlan';
-import { FastDp, NativeHeartbeatIo } from '../../router/fastdp';
+import { DeviceHeartbeatIo, FastDp, NativeHeartbeatIo } from '../../router/fastdp';
 import { OverlaySwitch, FastDpRoutes, type SubManager } from '../../router/overlay-switch';
 import { loadTunIo } from '../../router/native';
 import { supportsEsp } from '../../ipsec/xfrm';
@@ -40,7 +41,7 @@ async function main(): Promise<void> {
   const routes = new RouteReconciler({ ctx, log, clock: realClock });
   const mtu = (cfg.underlayMtu ?? 1500) - VXLAN_OVERHEAD;
   const vtep = vtepIpFor(cfg.name);
-  const vx = new VxlanReconciler({ ctx, log, clock: realClock, routes, config: { name: 'weave-vx', vni: DEFAULT_VNI, port: 6784, local: cfg.underlay, mtu, mac: vtepMacFor(cfg.name), address: vtep } });
+  const vx = new VxlanReconciler({ ctx, log, clock: realClock, routes, lazy: true, config: { name: 'weave-vx', vni: DEFAULT_VNI, port: 6784, local: cfg.underlay, mtu, mac: vtepMacFor(cfg.name), address: vtep } });
   await vx.reconcile();
   vx.start(1000);
   routes.start(1000);
@@ -49,7 +50,7 @@ async function main(): Promise<void> {
   const esp = await supportsEsp(ctx, log);
   let fd: FastDp | null = null;
   if (!cfg.noFastdp) {
-    fd = new FastDp({ name: cfg.name, clock: realClock, log, host: vx, io: new NativeHeartbeatIo(io, vtep, 6785, 9000), underlay: cfg.underlay, mac: vtepMacFor(cfg.name), vtep, mtu, esp, heartbeatMs: 500, deadMs: 2000 });
+    fd = new FastDp({ name: cfg.name, clock: realClock, log, host: vx, io: new DeviceHeartbeatIo(() => new NativeHeartbeatIo(io, vtep, 6785, 9000), vx, log), underlay: cfg.underlay, mac: vtepMacFor(cfg.name), vtep, mtu, esp, heartbeatMs: 500, deadMs: 2000 });
   }
   const sleeve: SubManager = {
     attach(_c, cb) {

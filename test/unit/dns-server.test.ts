@@ -10,7 +10,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { randomInt } from 'crypto';
 import { FakeClock, realClock } from '../../lib/clock';
-import { silentLogger } from '../../lib/log';
+import { MemoryLogger, silentLogger } from '../../lib/log';
 import { DnsStore } from '../../dns/records';
 import { DnsServer, parseUpstream } from '../../dns/server';
 import { ResolvConfWatcher, parseResolvConf } from '../../dns/resolvconf';
@@ -319,6 +319,142 @@ test('resolv.conf: parsed, and upstreams re-read when the file is replaced', asy
     await u2.stop();
     fs.rmSync(dir, { recursive: true, force: true });
     h2 = '';
+  }
+});
+
+// ---- hostile TCP clients and sources that are not ours -------------------------------------------
+
+/** A wire query for name/A over TCP: 2-byte length, header, question. */
+function tcpQuery(name: string, id: number): Buffer {
+  const w = nameToWire(name);
+  const q = Buffer.alloc(2 + 12 + w.length + 4);
+  q.writeUInt16BE(q.length - 2, 0);
+  writeHeader(q.subarray(2), id, 0x01, 0, 1, 0, 0, 0);
+  w.copy(q, 14);
+  q.writeUInt16BE(QTYPE.A, 14 + w.length);
+  q.writeUInt16BE(1, 16 + w.length);
+  return q;
+}
+
+/** Opens a TCP connection from `from`; resolves once connected. Records when it closes. */
+function connectFrom(port: number, from: string): Promise<{ sock: net.Socket; closed: Promise<number> }> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: '127.0.0.1', port, localAddress: from });
+    const closed = new Promise<number>((r) => sock.on('close', () => r(Date.now())));
+    sock.on('error', () => undefined);
+    sock.once('connect', () => resolve({ sock, closed }));
+    sock.once('error', reject);
+  });
+}
+
+/** One query over a fresh connection from `from`: the rcode and A answer count, or 'closed'. */
+async function tcpAsk(port: number, from: string, name: string): Promise<{ rcode: number; an: number } | 'closed'> {
+  const { sock } = await connectFrom(port, from);
+  return new Promise((resolve) => {
+    let acc = Buffer.alloc(0);
+    sock.on('data', (d: Buffer) => {
+      acc = Buffer.concat([acc, d]);
+      if (acc.length >= 2 && acc.length >= 2 + acc.readUInt16BE(0)) {
+        sock.destroy();
+        resolve({ rcode: acc[5] & 0x0f, an: acc.readUInt16BE(8) });
+      }
+    });
+    sock.on('close', () => resolve('closed'));
+    sock.write(tcpQuery(name, 0x4242));
+  });
+}
+
+test('TCP trickle: connections sending a byte at a time close at the overall deadline; one source holds at most its share; another source is answered meanwhile', async () => {
+  const LIFE = 1000;
+  const s = new DnsServer({
+    listenAddress: '127.0.0.1', port: 0, upstream: () => [], store, clock: realClock, log: silentLogger(),
+    tcpIdleMs: 60_000, tcpQueryMs: 60_000, tcpMaxLifeMs: LIFE, maxTcpConnections: 8, maxTcpPerSource: 4,
+  });
+  await s.start();
+  const timers: NodeJS.Timeout[] = [];
+  try {
+    // as many trickling connections as the server has slots, all from 127.0.0.1
+    const t0 = Date.now();
+    const conns = await Promise.all(Array.from({ length: 8 }, () => connectFrom(s.port, '127.0.0.1')));
+    const query = tcpQuery('web.weave.local', 1);
+    for (const c of conns) {
+      let i = 0;
+      // one byte every 150 ms: each resets the idle timer, and the query never completes
+      timers.push(setInterval(() => { if (!c.sock.destroyed && i < query.length - 1) c.sock.write(query.subarray(i, ++i)); }, 150));
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(s.counters.tcpConnections, 4, 'four connections of the source are taken');
+    assert.equal(s.counters.tcpRejectedPerSource, 4, 'the other four are refused: the source holds its share');
+    // a client from another source gets its answer while the trickling ones hold their slots
+    const legit = await tcpAsk(s.port, '127.0.0.2', 'web.weave.local');
+    assert.notEqual(legit, 'closed', 'another source is answered');
+    assert.deepEqual(legit, { rcode: RCODE.NOERROR, an: WEB.length });
+    const ends = (await Promise.all(conns.map((c) => c.closed))).map((t) => t - t0).sort((a, b) => a - b);
+    const accepted = ends.slice(4);
+    assert.ok(accepted.every((ms) => ms >= LIFE - 50 && ms < LIFE + 1000), `trickling connections closed after ${accepted.join(', ')} ms (deadline ${LIFE} ms)`);
+    assert.equal(s.counters.tcpDeadlineClosed, 4);
+    // their slots are free again: the source can connect and is answered
+    assert.deepEqual(await tcpAsk(s.port, '127.0.0.1', 'one.weave.local'), { rcode: RCODE.NOERROR, an: 1 });
+  } finally {
+    for (const t of timers) clearInterval(t);
+    await s.stop();
+  }
+});
+
+test('TCP per-query deadline: a query trickled byte by byte is cut off; complete queries on a busy connection are not', async () => {
+  const Q = 400;
+  const s = new DnsServer({
+    listenAddress: '127.0.0.1', port: 0, upstream: () => [], store, clock: realClock, log: silentLogger(),
+    tcpIdleMs: 60_000, tcpQueryMs: Q, tcpMaxLifeMs: 60_000,
+  });
+  await s.start();
+  const timers: NodeJS.Timeout[] = [];
+  try {
+    const slow = await connectFrom(s.port, '127.0.0.1');
+    const busy = await connectFrom(s.port, '127.0.0.1');
+    let answers = 0;
+    busy.sock.on('data', () => { answers++; });
+    const t0 = Date.now();
+    const q = tcpQuery('one.weave.local', 7);
+    let i = 0;
+    timers.push(setInterval(() => { if (i < q.length - 1) slow.sock.write(q.subarray(i, ++i)); }, 50));
+    timers.push(setInterval(() => busy.sock.write(q), 50));
+    const ms = (await slow.closed) - t0;
+    assert.ok(ms >= Q - 50 && ms < Q + 600, `the trickled query's connection closed after ${ms} ms (deadline ${Q} ms)`);
+    await new Promise((r) => setTimeout(r, Q));
+    assert.equal(busy.sock.destroyed, false, 'a connection whose queries arrive whole stays');
+    assert.ok(answers >= 10, `busy connection answered ${answers} times`);
+    assert.equal(s.counters.tcpDeadlineClosed, 1);
+    busy.sock.destroy();
+  } finally {
+    for (const t of timers) clearInterval(t);
+    await s.stop();
+  }
+});
+
+test('allowSource: other sources get REFUSED over UDP and a closed connection over TCP, counted, logged once per interval', async () => {
+  const log = new MemoryLogger();
+  const s = new DnsServer({ listenAddress: '127.0.0.1', port: 0, upstream: () => [`127.0.0.1:${up.port}`], store, clock: realClock, log, allowSource: (a) => a === '127.0.0.2' });
+  await s.start();
+  try {
+    for (let i = 0; i < 5; i++) {
+      const r = await run('dig', ['@127.0.0.1', '-p', String(s.port), '-b', '127.0.0.1', '+tries=1', '+time=2', 'web.weave.local']);
+      assert.equal(status(r), 'REFUSED');
+      assert.equal(ancount(r), 0);
+    }
+    assert.equal(status(await run('dig', ['@127.0.0.1', '-p', String(s.port), '-b', '127.0.0.1', '+tries=1', '+time=2', 'example.test'])), 'REFUSED', 'nothing forwarded for it either');
+    assert.equal(up.udpQueries > 0, true);
+    const fwdBefore = s.counters.forwarded;
+    assert.equal(await tcpAsk(s.port, '127.0.0.1', 'web.weave.local'), 'closed');
+    const ok = await run('dig', ['@127.0.0.1', '-p', String(s.port), '-b', '127.0.0.2', '+tries=1', '+time=2', '+short', 'one.weave.local']);
+    assert.deepEqual(lines(ok), ['10.32.2.1']);
+    assert.deepEqual(await tcpAsk(s.port, '127.0.0.2', 'one.weave.local'), { rcode: RCODE.NOERROR, an: 1 });
+    assert.equal(s.counters.refusedSource, 7);
+    assert.equal(s.counters.refused, 6);
+    assert.equal(s.counters.forwarded, fwdBefore);
+    assert.equal(log.records.filter((r) => r.level === 'warn' && /refused/.test(String(r.msg))).length, 1, 'one log line for the burst');
+  } finally {
+    await s.stop();
   }
 });
 

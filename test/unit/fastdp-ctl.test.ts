@@ -72,8 +72,9 @@ test('control codec: round trip, foreign overlay ignored, malformed input is a P
 test('two peers: FDB programmed, established both ways, full-size DF heartbeats', () => {
   const { clock, net, A, B } = setup();
   clock.advance(5);
-  assert.deepEqual(A.vx.peers.get(N2), { mac: N2, vtep: V2, underlay: '198.18.0.12' });
-  assert.deepEqual(B.vx.peers.get(N1), { mac: N1, vtep: V1, underlay: '198.18.0.11' });
+  // no password: the VXLAN guard takes the peer's datagrams in the clear
+  assert.deepEqual(A.vx.peers.get(N2), { mac: N2, vtep: V2, underlay: '198.18.0.12', encrypted: false });
+  assert.deepEqual(B.vx.peers.get(N1), { mac: N1, vtep: V1, underlay: '198.18.0.11', encrypted: false });
   clock.advance(1000);
   assert.deepEqual(A.events, ['established']);
   assert.deepEqual(B.events, ['established']);
@@ -169,6 +170,7 @@ test('password on a kernel with ESP: nonces exchanged, matching SAs installed be
   assert.deepEqual(ia.keys.out.keyBlob, ib.keys.in.keyBlob);
   assert.notEqual(ia.keys.out.spi, ia.keys.in.spi);
   assert.deepEqual(order.filter((x) => x !== 'esp 198.18.0.12'), ['esp 198.18.0.11', 'fdb'], 'ESP first, then the FDB');
+  assert.equal(A.vx.peers.get(N2)?.encrypted, true, 'the VXLAN guard takes this peer only inside ESP');
   clock.advance(1100);
   assert.deepEqual(A.events, ['established']);
   assert.equal(A.handle.status().encrypted, true);

@@ -106,8 +106,8 @@ export class FakeHbIo implements HeartbeatIo {
 }
 
 export class FakeVx {
-  peers = new Map<string, { mac: string; vtep: string; underlay: string }>();
+  peers = new Map<string, { mac: string; vtep: string; underlay: string; encrypted?: boolean }>();
   log: string[] = [];
-  setPeer(k: string, p: { mac: string; vtep: string; underlay: string }): void { this.peers.set(k, p); this.log.push(`set ${k}`); }
+  setPeer(k: string, p: { mac: string; vtep: string; underlay: string; encrypted?: boolean }): void { this.peers.set(k, p); this.log.push(`set ${k}`); }
   removePeer(k: string): void { this.peers.delete(k); this.log.push(`remove ${k}`); }
 }

@@ -9,8 +9,10 @@ import { run, waitFor } from '../../lab/exec';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { CapturedPacket, ipv4Packets, pingable } from '../../lab/traffic';
+import { CapturedPacket, ipv4Packets, pingable, sendUdp } from '../../lab/traffic';
 import { parsePolicies, parseStates, DEFAULT_REQID, XfrmState, XfrmPolicy } from '../../../ipsec/xfrm';
+import { udpListener, vxlanFrame } from '../../lab/attack';
+import { vtepMacFor, DEFAULT_VNI } from '../../../host/vxlan';
 
 const PW = { WEAVE_PASSWORD: 'fastdp in the guest' };
 const VXLAN_PORT = 6784;
@@ -120,6 +122,21 @@ function spiOf(payload: Buffer): number {
   return payload.readUInt32BE(0);
 }
 
+/**
+ * Plain VXLAN to `to`:6784 from a namespace on the underlay that pretends to be `as` (its address on
+ * lo, never answering ARP for it, asking ARP with its own address): what a host on the path could
+ * forge against an encrypted peer.
+ */
+async function spoofVxlan(evil: Host, as: Host, to: Host, frame: Buffer, n: number): Promise<void> {
+  await run(['ip', '-n', evil.ns, 'addr', 'add', `${as.ip}/32`, 'dev', 'lo']);
+  for (const k of ['all', 'eth0']) {
+    await run(['ip', 'netns', 'exec', evil.ns, 'sysctl', '-q', '-w', `net.ipv4.conf.${k}.arp_ignore=1`, `net.ipv4.conf.${k}.arp_announce=2`]);
+  }
+  const script = `const s=require('dgram').createSocket('udp4');const b=Buffer.from('${frame.toString('hex')}','hex');let i=0;`
+    + `s.bind(0,'${as.ip}',()=>{const next=()=>{if(i++>=${n})return s.close();s.send(b,6784,'${to.ip}',next)};next()});`;
+  await evil.exec([process.execPath, '-e', script], { timeoutMs: 120_000 });
+}
+
 test('real router with a password in the guest: encrypted fastdp (ESP on the wire, our SAs, rekey on reconnect, gone after reset)', { timeout: 450_000 }, async () => {
   inGuest();
   await withLab(async (lab) => {
@@ -167,6 +184,25 @@ test('real router with a password in the guest: encrypted fastdp (ESP on the wir
     assert.deepEqual([...new Set(esp12.map((p) => spiOf(p.payload)))], [spi(x1, h1.ip)], 'h1>h2 carries the installed SPI');
     assert.deepEqual([...new Set(esp21.map((p) => spiOf(p.payload)))], [spi(x1, h2.ip)], 'h2>h1 carries the installed SPI');
     step('ESP on the wire');
+
+    // Debian's UML kernel has no nftables inet family (bridge only): the router says its VXLAN guard is
+    // unavailable and runs fastdp all the same; h2 is still taken only inside ESP, by the xfrm in-policy
+    const g1 = (await apiReport(h1))?.fastdp?.vxlan?.guard;
+    assert.match(g1?.unavailable ?? '', /lacks the nftables inet family/, `h1's VXLAN guard: ${JSON.stringify(g1)}`);
+    assert.deepEqual({ plain: g1?.plain, esp: g1?.esp }, { plain: [], esp: [h2.ip] });
+    const evil = await lab.addHost('evil');
+    const name1 = (await apiReport(h1)).router.name as string;
+    const heard = await udpListener(c1.ns, 9);
+    try {
+      const forged = vxlanFrame({ vni: DEFAULT_VNI, dstMac: vtepMacFor(name1), srcIp: '10.32.2.1', dstIp: '10.32.1.1', dport: 9, payload: Buffer.from('forged') });
+      await spoofVxlan(evil, h2, h1, forged, 5);
+      await sendUdp(c2.ns, '10.32.1.1', 9, [Buffer.from('real').toString('hex')]);
+      await waitFor('c2\'s datagram over encrypted fastdp in c1', () => heard.lines().includes('10.32.2.1 real'), { timeoutMs: 60_000, intervalMs: 200 });
+      assert.deepEqual(heard.lines().filter((l) => l.includes('forged')), [], 'plain VXLAN claiming to be h2 reached c1');
+    } finally {
+      await heard.stop();
+    }
+    step('plain VXLAN from h2\'s address dropped; ESP traffic flows');
 
     // reconnect: h2 stops (its SAs go with it) and comes back from its stored targets
     await h2.weave(['stop'], { timeoutMs: 300_000 });
