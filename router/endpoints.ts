@@ -24,6 +24,7 @@ import {
 } from '../host/links';
 import { NetnsRef, findNamedNetns, netnsKeyOfStat, netnsPathOf, parseNetnsArg, resolveNetns } from '../host/netns';
 import type { DesiredRoute, RouteReconciler } from '../host/routes';
+import { createPodLink, deletePodLink, ensurePodLink, podHostIfName, randomMac, type PodLinkSpec } from '../host/pod-link';
 
 export const ENDPOINTS_OWNER = 'endpoints';
 export const STATE_FILE = 'endpoints.json';
@@ -46,6 +47,40 @@ export interface EndpointInfo {
   addrs: string[];
   /** name for DNS (later) */
   name?: string;
+  /** a pod attached through CNI (cni/): its runtime keys and Kubernetes names */
+  pod?: PodInfo;
+  /** the IPAM ident its addresses are held under, when not the namespace key (pods) */
+  ident?: string;
+  /** MAC of the host-side veth, when chosen by weave (pods: the gateway's neighbour entry) */
+  hostMac?: string;
+}
+
+/** A pod attached through CNI: keyed by network, container ID and interface (the runtime's keys). */
+export interface PodInfo {
+  /** the CNI network's name */
+  network: string;
+  containerId: string;
+  /** K8S_POD_NAMESPACE and K8S_POD_NAME, when Kubernetes sent them (`weave ps` shows them) */
+  namespace?: string;
+  name?: string;
+  /** K8S_POD_INFRA_CONTAINER_ID */
+  infraContainerId?: string;
+}
+
+export interface PodAttachRequest {
+  /** CNI_NETNS */
+  netns: string;
+  /** CNI_IFNAME */
+  ifname: string;
+  /** the pod's address as ADDR/LEN (already allocated) */
+  cidr: string;
+  pod: PodInfo;
+  ident: string;
+}
+
+/** The key a pod's host veth name is derived from: a crashed ADD's leftover is found again by it. */
+function podKey(network: string, containerId: string, ifname: string): string {
+  return `${network}/${containerId}/${ifname}`;
 }
 
 export interface AttachResult extends EndpointInfo {
@@ -121,7 +156,13 @@ export class Endpoints extends EventEmitter {
   // ---- queries -------------------------------------------------------------------------------
 
   list(): EndpointInfo[] {
-    return this.endpoints.map((e) => ({ ...e, addrs: [...e.addrs] }));
+    return this.endpoints.map((e) => ({ ...e, addrs: [...e.addrs], ...(e.pod ? { pod: { ...e.pod } } : {}) }));
+  }
+
+  /** The pod attached for (network, container ID, interface), if any. */
+  findPod(network: string, containerId: string, ifname: string): EndpointInfo | undefined {
+    const e = this.endpoints.find((x) => x.pod?.network === network && x.pod.containerId === containerId && x.ifname === ifname);
+    return e && { ...e, addrs: [...e.addrs], pod: { ...e.pod! } };
   }
 
   exposedAddrs(): ExposedAddr[] { return this.exposed.map((x) => ({ ...x })); }
@@ -156,6 +197,7 @@ export class Endpoints extends EventEmitter {
     }
     const ns = this.resolve(arg);
     let rec = this.endpoints.find((e) => e.key === ns.key);
+    if (rec?.pod) throw new UsageError(`namespace ${arg} is pod ${rec.pod.containerId}'s, attached through CNI: its runtime manages its addresses`, { netns: arg });
     // addresses must be unique across containers and the host's exposed addresses
     for (const c of parsed) {
       const ip = c.addr;
@@ -272,6 +314,86 @@ export class Endpoints extends EventEmitter {
     return { netns: rec.netns, removed, linkRemoved, namespaceGone: gone };
   }
 
+  // ---- pods (CNI) ------------------------------------------------------------------------------
+
+  /**
+   * Attaches a pod (cni/handler.ts has allocated its address): the veth with the runtime's interface
+   * name and a default route (host/pod-link.ts), the record and the /32 route. All or nothing: a
+   * failure leaves no veth and no record (the caller frees the address).
+   */
+  attachPod(req: PodAttachRequest): Promise<EndpointInfo> {
+    return this.serial(async () => {
+      const ns = this.resolve(req.netns);
+      const other = this.endpoints.find((e) => e.key === ns.key);
+      if (other) {
+        const who = other.pod ? `pod ${other.pod.containerId} (interface ${other.ifname})` : `weave attach ${other.netns}`;
+        throw new WeaveError('ECONFLICT', `namespace ${req.netns} already has weave's interface ${other.ifname}, from ${who}`, { netns: req.netns });
+      }
+      const [c] = this.parseAddrs([req.cidr]);
+      const holder = this.endpoints.find((e) => e.addrs.some((a) => ipOf(a) === c.addr));
+      if (holder) throw new WeaveError('ECONFLICT', `address ${c.addr} is already attached to ${holder.netns}`, { addr: c.addr });
+      if (this.exposed.some((x) => ipOf(x.cidr) === c.addr)) throw new WeaveError('ECONFLICT', `address ${c.addr} is exposed on this host`, { addr: c.addr });
+      const hostIf = podHostIfName(podKey(req.pod.network, req.pod.containerId, req.ifname));
+      const spec: PodLinkSpec = {
+        hostIf, hostMac: randomMac(), podMac: randomMac(), netnsPath: ns.path, podCtx: ns.ctx,
+        ifname: req.ifname, mtu: this.containerMtu(), cidr: `${c.addr}/${c.len}`, overlayRange: this.overlayRange,
+      };
+      try {
+        await this.createPodLinkOnce(spec);
+      } catch (e) {
+        this.counters.errors++;
+        throw e;
+      }
+      const info: EndpointInfo = {
+        netns: req.netns, path: ns.path, key: ns.key, ifname: req.ifname, hostIfname: hostIf, mac: spec.podMac,
+        addrs: [spec.cidr], pod: { ...req.pod }, ident: req.ident, hostMac: spec.hostMac,
+      };
+      this.endpoints = [...this.endpoints, info];
+      try {
+        await this.commit();
+      } catch (e) {
+        this.counters.errors++;
+        this.endpoints = this.endpoints.filter((x) => x !== info);
+        await deletePodLink(this.ctx, hostIf).catch((e2: unknown) => this.log.error({ hostIf, err: errMsg(e2) }, 'cleanup after a failed pod attach failed'));
+        throw e;
+      }
+      this.counters.attaches++;
+      this.log.info({ pod: req.pod, netns: req.netns, ifname: req.ifname, hostIf, addr: spec.cidr }, 'pod attached');
+      return { ...info, addrs: [...info.addrs], pod: { ...info.pod! } };
+    });
+  }
+
+  /** createPodLink, once more after removing a leftover host veth of a crashed attach that no record knows. */
+  private async createPodLinkOnce(spec: PodLinkSpec): Promise<void> {
+    try {
+      await createPodLink(this.ctx, spec);
+    } catch (e) {
+      const leftover = e instanceof WeaveError && e.context.exists === true && !this.endpoints.some((x) => x.hostIfname === spec.hostIf)
+        && (await deletePodLink(this.ctx, spec.hostIf));
+      if (!leftover) throw e;
+      this.log.warn({ hostIf: spec.hostIf }, 'removed a leftover pod veth no record knows (a crashed attach); attaching again');
+      await createPodLink(this.ctx, spec);
+    }
+  }
+
+  /**
+   * Detaches a pod: deletes its veth (found by its record, or by its derived name when an attach
+   * crashed before recording it) and its record. Unknown pods are not an error (CNI DEL).
+   */
+  detachPod(network: string, containerId: string, ifname: string): Promise<{ removed?: EndpointInfo; linkRemoved: boolean }> {
+    return this.serial(async () => {
+      const rec = this.endpoints.find((x) => x.pod?.network === network && x.pod.containerId === containerId && x.ifname === ifname);
+      const linkRemoved = await deletePodLink(this.ctx, rec?.hostIfname ?? podHostIfName(podKey(network, containerId, ifname)));
+      if (rec) {
+        this.endpoints = this.endpoints.filter((x) => x !== rec);
+        this.counters.detaches++;
+        await this.commit();
+        this.log.info({ pod: rec.pod, ifname, linkRemoved }, 'pod detached');
+      }
+      return { removed: rec, linkRemoved };
+    });
+  }
+
   /** A record for a NETNS argument whose namespace no longer resolves. */
   private findGone(arg: string): EndpointInfo | undefined {
     let p: string | undefined;
@@ -370,6 +492,11 @@ export class Endpoints extends EventEmitter {
           continue;
         }
         try {
+          if (e.pod) {
+            await this.restorePod(e, mtu);
+            kept.push(e);
+            continue;
+          }
           await programHostSide(this.ctx, e.hostIfname, mtu);
           const ns = this.reachable(e);
           if (ns) {
@@ -390,6 +517,19 @@ export class Endpoints extends EventEmitter {
       await this.commit();
       this.log.info({ kept: kept.length, dropped, exposed: this.exposed.length }, 'endpoints restored');
       return { kept: kept.length, dropped };
+    });
+  }
+
+  /** A pod's link re-programmed after a restart (its default route and gateway neighbour included). */
+  private async restorePod(e: EndpointInfo, mtu: number): Promise<void> {
+    const ns = this.reachable(e);
+    if (!ns || !e.hostMac) {
+      this.log.warn({ pod: e.pod, netns: e.netns }, 'pod namespace not reachable (or no host MAC recorded); its link is left as it is');
+      return;
+    }
+    await ensurePodLink(this.ctx, {
+      hostIf: e.hostIfname, hostMac: e.hostMac, podMac: e.mac, netnsPath: ns.path, podCtx: ns.ctx,
+      ifname: e.ifname, mtu, cidr: e.addrs[0], overlayRange: this.overlayRange,
     });
   }
 
@@ -515,6 +655,19 @@ export class Endpoints extends EventEmitter {
   }
 }
 
+function validatePod(v: unknown): PodInfo {
+  const bad = (why: string): never => { throw new WeaveError('ESTATE', `endpoint state: pod ${why}`); };
+  const r = v as Record<string, unknown>;
+  if (!r || typeof r !== 'object' || typeof r.network !== 'string' || typeof r.containerId !== 'string') bad('needs network and containerId');
+  const pod: PodInfo = { network: r.network as string, containerId: r.containerId as string };
+  for (const k of ['namespace', 'name', 'infraContainerId'] as const) {
+    if (r[k] === undefined) continue;
+    if (typeof r[k] !== 'string') bad(`${k} must be a string`);
+    pod[k] = r[k] as string;
+  }
+  return pod;
+}
+
 /** Validates a parsed endpoints.json; throws WeaveError on anything unexpected. */
 export function validateState(v: unknown): PersistedState {
   const bad = (why: string): never => { throw new WeaveError('ESTATE', `endpoint state: ${why}`); };
@@ -533,6 +686,9 @@ export function validateState(v: unknown): PersistedState {
     if (r.name !== undefined && !isStr(r.name)) bad('endpoint.name must be a string');
     const info: EndpointInfo = { netns: r.netns as string, path: r.path as string, key: r.key as string, ifname: r.ifname as string, hostIfname: r.hostIfname as string, mac: r.mac as string, addrs: [...(r.addrs as string[])] };
     if (r.name !== undefined) info.name = r.name as string;
+    if (r.ident !== undefined) info.ident = isStr(r.ident) ? r.ident : bad('endpoint.ident must be a string');
+    if (r.hostMac !== undefined) info.hostMac = isStr(r.hostMac) ? r.hostMac : bad('endpoint.hostMac must be a string');
+    if (r.pod !== undefined) info.pod = validatePod(r.pod);
     endpoints.push(info);
   }
   const exposed: ExposedAddr[] = [];
