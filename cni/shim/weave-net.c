@@ -322,6 +322,7 @@ int main(void) {
   const char *cmd = getenv("CNI_COMMAND");
   if (cmd && strcmp(cmd, "VERSION") == 0) return print_version();
   int parsed = in.len > 0 && in.len <= MAX_IN && scan_conf(in.p, in.len, &c);
+  if (!parsed) memset(&c, 0, sizeof c); /* nothing from half an object: the defaults, the latest version */
 
   struct buf why = {0};
   int fd = connect_unix(c.socket[0] ? c.socket : DEFAULT_SOCKET, &why);
@@ -330,7 +331,7 @@ int main(void) {
     if (why.len >= 2) why.len -= 2, why.p[why.len] = 0;
     char details[2048];
     snprintf(details, sizeof details, "tried %s: is the weave router running on this host (weave status)? The network configuration names it with \"socket\" (a unix socket path) or \"api\" (HOST:PORT)", why.p);
-    if (!parsed) return cni_error(&c, 6, "failed to decode the network configuration on stdin (not a JSON object)", details);
+    if (!parsed) return cni_error(&c, 6, "failed to decode the network configuration on stdin (not a JSON object)", "stdin must hold the network configuration; the router, which would say more, was not reachable either");
     if (cmd && strcmp(cmd, "STATUS") == 0) return cni_error(&c, 50, "the weave router is not running", details);
     return cni_error(&c, 11, "the weave router is not reachable; try again later", details);
   }
