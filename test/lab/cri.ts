@@ -63,7 +63,7 @@ export interface PodConfig {
   portMappings?: Array<{ containerPort: number; hostPort: number; protocol?: 'TCP' | 'UDP' }>;
 }
 
-export interface PodStatus { id: string; state: string; ip: string; netns: string }
+export interface PodStatus { id: string; state: string; ip: string; netns: string; /** the sandbox's (pause) process */ pid: number }
 
 /** The calls kubelet makes for a pod's sandbox, over containerd's CRI socket. */
 export class CriClient {
@@ -110,7 +110,7 @@ export class CriClient {
     const entries: Array<{ key: string; value: string }> = Array.isArray(r.info) ? r.info : Object.entries(r.info ?? {}).map(([key, value]) => ({ key, value: value as string }));
     const info = JSON.parse(entries.find((e) => e.key === 'info')?.value || '{}');
     const netns = info.runtimeSpec?.linux?.namespaces?.find((n: { type: string }) => n.type === 'network')?.path ?? '';
-    return { id, state: r.status.state, ip: r.status.network?.ip ?? '', netns };
+    return { id, state: r.status.state, ip: r.status.network?.ip ?? '', netns, pid: Number(info.pid ?? 0) };
   }
 
   async list(): Promise<string[]> {
