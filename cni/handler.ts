@@ -198,6 +198,7 @@ export class CniHandler {
       switch (err.code) {
         case 'ENOSPACE': return new CniError(CNI_ERR.NO_ADDRESS, err.message, 'weave status ipam shows the range and its owners; free addresses or widen --ipalloc-range');
         case 'ETIMEDOUT':
+        case 'EBUSY':
         case 'ESHUTDOWN': return new CniError(CNI_ERR.TRY_AGAIN, `${err.message}; try again later`, 'weave status ipam says what IPAM waits for');
         case 'ECONFLICT': return new CniError(CNI_ERR.CONFLICT, err.message);
         case 'EHOST':

@@ -6,8 +6,9 @@
 // (proxy ARP answers only what the host itself routes; a host without a default route would not).
 //
 // Built for pod churn: two processes per pod (one `ip -batch` in the host namespace that creates the
-// pair with both MACs and the pod end already in the pod's namespace under its final name, one in the
-// pod's namespace for addresses, routes and the neighbour), where `weave attach` takes about ten.
+// pair with both MACs and the pod end already in the pod's namespace under its final name, and the
+// host's /32 route to the pod; one in the pod's namespace for its address, routes and the gateway's
+// neighbour), where `weave attach` takes about ten.
 // Creation is all or nothing: any failure deletes the host end, which takes the pod end with it.
 import { createHash, randomBytes } from 'crypto';
 import { canonicalPrefix, networkCidr, parseCidr4 } from './cidr';
@@ -22,6 +23,15 @@ const MULTICAST = '224.0.0.0/4';
 /** Host end of a pod's veth: "vethwepl" + 7 hex digits of sha256(key) = 15 characters (IFNAMSIZ-1). */
 export function podHostIfName(key: string): string {
   return POD_HOST_IF_PREFIX + createHash('sha256').update(key).digest('hex').slice(0, 7);
+}
+
+/**
+ * How commands enter a pod's namespace: by name (`ip -n NAME`, one process) when the runtime put it
+ * in `ip netns`'s directory, as containerd and podman do; else by path (nsenter, then ip).
+ */
+export function podNetnsCtx(path: string): HostCtx {
+  const m = /^\/(?:var\/)?run\/netns\/([A-Za-z0-9_.][A-Za-z0-9_.\-]*)$/.exec(path);
+  return m && m[1] !== '.' && m[1] !== '..' ? { netns: m[1] } : { netns: path };
 }
 
 /** A random locally administered unicast MAC (what the kernel would pick, chosen here so it is known before). */
@@ -46,6 +56,8 @@ export interface PodLinkSpec {
   cidr: string;
   /** the overlay range, routed on-link like an attached container's */
   overlayRange: string;
+  /** more lines for the host's batch once the veth is up (the endpoints' /32 route to the pod) */
+  hostLines?: string[];
 }
 
 /**
@@ -58,6 +70,7 @@ export function podLinkLines(s: PodLinkSpec, replace = false): { host: string[];
   const host = [
     `link add ${s.hostIf} address ${s.hostMac} mtu ${s.mtu} type veth peer name ${s.ifname} address ${s.podMac} mtu ${s.mtu} netns ${s.netnsPath}`,
     `link set ${s.hostIf} up`,
+    ...(s.hostLines ?? []),
   ];
   const pod = [`link set ${s.ifname} mtu ${s.mtu} up`, `addr ${op} ${s.cidr} dev ${s.ifname}`];
   // the address's own subnet route (the kernel's) already covers the overlay when they are equal
@@ -110,6 +123,7 @@ function explain(e: unknown, where: 'host' | 'pod', line: string, s: PodLinkSpec
   const exists = /File exists/.test(e.stderr);
   let hint = '';
   if (exists && where === 'host' && line.startsWith('link add')) hint = `: the pod's namespace already has an interface named ${s.ifname}, or ${s.hostIf} exists on the host`;
+  else if (exists && where === 'host') hint = ': the host already routes that address';
   else if (exists && line.includes('default')) hint = ': the pod already has a default route (another network\'s interface?)';
   else if (exists) hint = ': the pod already has it';
   return new HostError(`${where === 'host' ? 'host' : 'pod namespace'}: ${line || e.command}: ${e.stderr || e.message}${hint}`, { command: e.command, stderr: e.stderr, exists });

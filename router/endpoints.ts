@@ -23,8 +23,8 @@ import {
   programHostSide, removeContainerAddrs, tmpPeerName,
 } from '../host/links';
 import { NetnsRef, findNamedNetns, netnsKeyOfStat, netnsPathOf, parseNetnsArg, resolveNetns } from '../host/netns';
-import type { DesiredRoute, RouteReconciler } from '../host/routes';
-import { createPodLink, deletePodLink, ensurePodLink, podHostIfName, randomMac, type PodLinkSpec } from '../host/pod-link';
+import { routeBatchLines, type DesiredRoute, type RouteReconciler } from '../host/routes';
+import { createPodLink, deletePodLink, ensurePodLink, podHostIfName, podNetnsCtx, randomMac, type PodLinkSpec } from '../host/pod-link';
 
 export const ENDPOINTS_OWNER = 'endpoints';
 export const STATE_FILE = 'endpoints.json';
@@ -136,6 +136,8 @@ export class Endpoints extends EventEmitter {
   private endpoints: EndpointInfo[] = [];
   private exposed: ExposedAddr[] = [];
   private lock: Promise<unknown> = Promise.resolve();
+  /** pods whose kernel work runs outside the lock (attachPod): their namespace, address and identity are taken */
+  private readonly podsInFlight = new Map<string, { id: string; key: string; addr: string }>();
   private hostKey?: string;
   /** counters for status/metrics */
   readonly counters = { attaches: 0, detaches: 0, errors: 0, staleDropped: 0 };
@@ -197,7 +199,7 @@ export class Endpoints extends EventEmitter {
     }
     const ns = this.resolve(arg);
     let rec = this.endpoints.find((e) => e.key === ns.key);
-    if (rec?.pod) throw new UsageError(`namespace ${arg} is pod ${rec.pod.containerId}'s, attached through CNI: its runtime manages its addresses`, { netns: arg });
+    if (rec?.pod || [...this.podsInFlight.values()].some((f) => f.key === ns.key)) throw new UsageError(`namespace ${arg} is a pod's, attached through CNI: its runtime manages its addresses`, { netns: arg });
     // addresses must be unique across containers and the host's exposed addresses
     for (const c of parsed) {
       const ip = c.addr;
@@ -318,49 +320,70 @@ export class Endpoints extends EventEmitter {
 
   /**
    * Attaches a pod (cni/handler.ts has allocated its address): the veth with the runtime's interface
-   * name and a default route (host/pod-link.ts), the record and the /32 route. All or nothing: a
+   * name, a default route and its /32 route (host/pod-link.ts), then the record. All or nothing: a
    * failure leaves no veth and no record (the caller frees the address).
+   *
+   * Built for pod churn: the checks and a reservation (namespace, address, names) happen under the
+   * endpoints' lock, the kernel work outside it, so pods started together are wired side by side;
+   * the /32 route goes in with the veth, so the record's commit does not wait for a reconcile pass
+   * (the reconciler still owns the route: its next pass finds it as desired).
    */
-  attachPod(req: PodAttachRequest): Promise<EndpointInfo> {
+  async attachPod(req: PodAttachRequest): Promise<EndpointInfo> {
+    const plan = await this.serial(async () => this.planPod(req));
+    try {
+      await this.createPodLinkOnce(plan.spec);
+    } catch (e) {
+      this.podsInFlight.delete(plan.id);
+      this.counters.errors++;
+      throw e;
+    }
     return this.serial(async () => {
-      const ns = this.resolve(req.netns);
-      const other = this.endpoints.find((e) => e.key === ns.key);
-      if (other) {
-        const who = other.pod ? `pod ${other.pod.containerId} (interface ${other.ifname})` : `weave attach ${other.netns}`;
-        throw new WeaveError('ECONFLICT', `namespace ${req.netns} already has weave's interface ${other.ifname}, from ${who}`, { netns: req.netns });
-      }
-      const [c] = this.parseAddrs([req.cidr]);
-      const holder = this.endpoints.find((e) => e.addrs.some((a) => ipOf(a) === c.addr));
-      if (holder) throw new WeaveError('ECONFLICT', `address ${c.addr} is already attached to ${holder.netns}`, { addr: c.addr });
-      if (this.exposed.some((x) => ipOf(x.cidr) === c.addr)) throw new WeaveError('ECONFLICT', `address ${c.addr} is exposed on this host`, { addr: c.addr });
-      const hostIf = podHostIfName(podKey(req.pod.network, req.pod.containerId, req.ifname));
-      const spec: PodLinkSpec = {
-        hostIf, hostMac: randomMac(), podMac: randomMac(), netnsPath: ns.path, podCtx: ns.ctx,
-        ifname: req.ifname, mtu: this.containerMtu(), cidr: `${c.addr}/${c.len}`, overlayRange: this.overlayRange,
-      };
-      try {
-        await this.createPodLinkOnce(spec);
-      } catch (e) {
-        this.counters.errors++;
-        throw e;
-      }
+      this.podsInFlight.delete(plan.id);
       const info: EndpointInfo = {
-        netns: req.netns, path: ns.path, key: ns.key, ifname: req.ifname, hostIfname: hostIf, mac: spec.podMac,
-        addrs: [spec.cidr], pod: { ...req.pod }, ident: req.ident, hostMac: spec.hostMac,
+        netns: req.netns, path: plan.spec.netnsPath, key: plan.key, ifname: req.ifname, hostIfname: plan.spec.hostIf, mac: plan.spec.podMac,
+        addrs: [plan.spec.cidr], pod: { ...req.pod }, ident: req.ident, hostMac: plan.spec.hostMac,
       };
       this.endpoints = [...this.endpoints, info];
       try {
-        await this.commit();
+        await this.commit({ awaitRoutes: false, sync: false });
       } catch (e) {
         this.counters.errors++;
         this.endpoints = this.endpoints.filter((x) => x !== info);
-        await deletePodLink(this.ctx, hostIf).catch((e2: unknown) => this.log.error({ hostIf, err: errMsg(e2) }, 'cleanup after a failed pod attach failed'));
+        await deletePodLink(this.ctx, plan.spec.hostIf).catch((e2: unknown) => this.log.error({ hostIf: plan.spec.hostIf, err: errMsg(e2) }, 'cleanup after a failed pod attach failed'));
         throw e;
       }
       this.counters.attaches++;
-      this.log.info({ pod: req.pod, netns: req.netns, ifname: req.ifname, hostIf, addr: spec.cidr }, 'pod attached');
+      this.log.info({ pod: req.pod, netns: req.netns, ifname: req.ifname, hostIf: plan.spec.hostIf, addr: plan.spec.cidr }, 'pod attached');
       return { ...info, addrs: [...info.addrs], pod: { ...info.pod! } };
     });
+  }
+
+  /** Under the lock: the checks against records and attaches in flight, and this one's reservation. */
+  private planPod(req: PodAttachRequest): { id: string; key: string; spec: PodLinkSpec } {
+    const ns = this.resolve(req.netns);
+    const id = podKey(req.pod.network, req.pod.containerId, req.ifname);
+    const [c] = this.parseAddrs([req.cidr]);
+    const other = this.endpoints.find((e) => e.key === ns.key);
+    if (other) {
+      const who = other.pod ? `pod ${other.pod.containerId} (interface ${other.ifname})` : `weave attach ${other.netns}`;
+      throw new WeaveError('ECONFLICT', `namespace ${req.netns} already has weave's interface ${other.ifname}, from ${who}`, { netns: req.netns });
+    }
+    const holder = this.endpoints.find((e) => e.addrs.some((a) => ipOf(a) === c.addr));
+    if (holder) throw new WeaveError('ECONFLICT', `address ${c.addr} is already attached to ${holder.netns}`, { addr: c.addr });
+    if (this.exposed.some((x) => ipOf(x.cidr) === c.addr)) throw new WeaveError('ECONFLICT', `address ${c.addr} is exposed on this host`, { addr: c.addr });
+    for (const f of this.podsInFlight.values()) {
+      if (f.id === id || f.key === ns.key || f.addr === c.addr) throw new WeaveError('EBUSY', `another attach for ${f.id === id ? 'this pod' : f.key === ns.key ? `namespace ${req.netns}` : `address ${c.addr}`} is in progress`, { netns: req.netns });
+    }
+    const hostIf = podHostIfName(id);
+    const cidr = `${c.addr}/${c.len}`;
+    const route: DesiredRoute = this.routeTo(c.addr, hostIf);
+    const spec: PodLinkSpec = {
+      hostIf, hostMac: randomMac(), podMac: randomMac(), netnsPath: ns.path, podCtx: podNetnsCtx(ns.path),
+      ifname: req.ifname, mtu: this.containerMtu(), cidr, overlayRange: this.overlayRange,
+      hostLines: routeBatchLines({ add: [{ ...route, onlink: false, scope: 'link' }], change: [], remove: [] }, this.routes.protocol),
+    };
+    this.podsInFlight.set(id, { id, key: ns.key, addr: c.addr });
+    return { id, key: ns.key, spec };
   }
 
   /** createPodLink, once more after removing a leftover host veth of a crashed attach that no record knows. */
@@ -378,19 +401,35 @@ export class Endpoints extends EventEmitter {
 
   /**
    * Detaches a pod: deletes its veth (found by its record, or by its derived name when an attach
-   * crashed before recording it) and its record. Unknown pods are not an error (CNI DEL).
+   * crashed before recording it; the kernel takes its /32 route with it), then its record. Unknown
+   * pods are not an error (CNI DEL); one whose attach or detach is in flight is (try again). As in
+   * attachPod, the kernel work runs outside the endpoints' lock.
    */
-  detachPod(network: string, containerId: string, ifname: string): Promise<{ removed?: EndpointInfo; linkRemoved: boolean }> {
-    return this.serial(async () => {
+  async detachPod(network: string, containerId: string, ifname: string): Promise<{ removed?: EndpointInfo; linkRemoved: boolean }> {
+    const id = podKey(network, containerId, ifname);
+    const found = await this.serial(async () => {
+      if (this.podsInFlight.has(id)) throw new WeaveError('EBUSY', `an attach or detach of container ${containerId} interface ${ifname} is in progress`, { containerId, ifname });
       const rec = this.endpoints.find((x) => x.pod?.network === network && x.pod.containerId === containerId && x.ifname === ifname);
-      const linkRemoved = await deletePodLink(this.ctx, rec?.hostIfname ?? podHostIfName(podKey(network, containerId, ifname)));
-      if (rec) {
-        this.endpoints = this.endpoints.filter((x) => x !== rec);
+      this.podsInFlight.set(id, { id, key: rec?.key ?? '', addr: rec ? ipOf(rec.addrs[0]) : '' });
+      return rec;
+    });
+    let linkRemoved: boolean;
+    try {
+      linkRemoved = await deletePodLink(this.ctx, found?.hostIfname ?? podHostIfName(id));
+    } catch (e) {
+      this.podsInFlight.delete(id);
+      this.counters.errors++;
+      throw e;
+    }
+    return this.serial(async () => {
+      this.podsInFlight.delete(id);
+      if (found) {
+        this.endpoints = this.endpoints.filter((x) => x !== found);
         this.counters.detaches++;
-        await this.commit();
-        this.log.info({ pod: rec.pod, ifname, linkRemoved }, 'pod detached');
+        await this.commit({ awaitRoutes: false, sync: false });
+        this.log.info({ pod: found.pod, ifname, linkRemoved }, 'pod detached');
       }
-      return { removed: rec, linkRemoved };
+      return { removed: found, linkRemoved };
     });
   }
 
@@ -581,32 +620,39 @@ export class Endpoints extends EventEmitter {
   }
 
   private desiredRoutes(): DesiredRoute[] {
-    const src = this.hostSource();
     const out: DesiredRoute[] = [];
-    for (const e of this.endpoints) {
-      for (const c of e.addrs) {
-        const r: DesiredRoute = { dst: `${ipOf(c)}/32`, dev: e.hostIfname, scope: 'link' };
-        // without a src the host would pick its underlay address, which the container cannot answer
-        if (src) r.src = src;
-        out.push(r);
-      }
-    }
+    for (const e of this.endpoints) for (const c of e.addrs) out.push(this.routeTo(ipOf(c), e.hostIfname));
     return out;
+  }
+
+  /** The host's route to an endpoint's address. */
+  private routeTo(ip: string, dev: string): DesiredRoute {
+    const r: DesiredRoute = { dst: `${ip}/32`, dev, scope: 'link' };
+    // without a src the host would pick its underlay address, which the container cannot answer
+    const src = this.hostSource();
+    if (src) r.src = src;
+    return r;
   }
 
   /**
    * Persists, hands the routes over and waits for one reconcile, then tells listeners. A failed
    * reconcile (possibly another owner's route) does not fail the operation: the state is recorded, the
-   * reconciler logged and counted it and retries on its timer.
+   * reconciler logged and counted it and retries on its timer. Pods' routes are made with their veth
+   * (or go with it), so their commits leave the reconcile to the reconciler's debounced pass; and
+   * their records need no fsync: what a power loss could lose is a record of a namespace the same
+   * power loss destroyed (a pod's namespace does not outlive its host), and a router crash alone
+   * keeps the renamed file.
    */
-  private async commit(): Promise<void> {
-    this.saveState();
+  private async commit(opts: { awaitRoutes?: boolean; sync?: boolean } = {}): Promise<void> {
+    this.saveState(opts.sync !== false);
     this.routes.setDesired(ENDPOINTS_OWNER, this.desiredRoutes());
-    try {
-      await this.routes.reconcile();
-    } catch (e) {
-      this.counters.errors++;
-      this.log.warn({ err: errMsg(e) }, 'routes not fully applied yet; the reconciler retries');
+    if (opts.awaitRoutes !== false) {
+      try {
+        await this.routes.reconcile();
+      } catch (e) {
+        this.counters.errors++;
+        this.log.warn({ err: errMsg(e) }, 'routes not fully applied yet; the reconciler retries');
+      }
     }
     this.emit('changed', { served: this.servedPrefixes() });
   }
@@ -619,14 +665,15 @@ export class Endpoints extends EventEmitter {
 
   private statePath(): string { return path.join(this.dataDir, STATE_FILE); }
 
-  private saveState(): void {
+  /** `sync: false` skips the fsync: the rename still survives a crash of the router, not of the host. */
+  private saveState(sync = true): void {
     const st: PersistedState = { version: STATE_VERSION, endpoints: this.endpoints, exposed: this.exposed };
     fs.mkdirSync(this.dataDir, { recursive: true });
     const tmp = `${this.statePath()}.tmp`;
     const fd = fs.openSync(tmp, 'w', 0o600);
     try {
       fs.writeSync(fd, JSON.stringify(st, null, 2) + '\n');
-      fs.fsyncSync(fd);
+      if (sync) fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
     }

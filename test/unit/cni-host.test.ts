@@ -2,7 +2,7 @@
 // the two ip batches, the names, and the masquerade chain.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { POD_GATEWAY, podHostIfName, podLinkLines, randomMac } from '../../host/pod-link';
+import { POD_GATEWAY, podHostIfName, podLinkLines, podNetnsCtx, randomMac } from '../../host/pod-link';
 import { podMasqueradeScript } from '../../host/pod-masq';
 
 const SPEC = {
@@ -49,4 +49,10 @@ test('podMasqueradeScript: one chain in inet weave, pods\' veths only, the overl
     '',
   ].join('\n'));
   assert.match(podMasqueradeScript(['10.40.0.0/16', '10.32.0.0/12', '10.40.0.0/16']), /ip daddr != \{ 10\.32\.0\.0\/12, 10\.40\.0\.0\/16 \} masquerade/);
+});
+
+test('podNetnsCtx: a pod in ip netns\'s directory is entered by name (one process), elsewhere by path', () => {
+  assert.deepEqual(podNetnsCtx('/var/run/netns/cni-1234'), { netns: 'cni-1234' });
+  assert.deepEqual(podNetnsCtx('/run/netns/netns-ab'), { netns: 'netns-ab' });
+  for (const p of ['/proc/42/ns/net', '/var/run/netns/a/b', '/var/run/netns/..', '/tmp/x']) assert.deepEqual(podNetnsCtx(p), { netns: p });
 });
