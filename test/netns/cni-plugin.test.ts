@@ -2,7 +2,8 @@
 // every command and every error the issue lists. STATUS before the router runs (50), while IPAM has
 // no ring (50, and ADD code 11), and once the ring exists (0); ADD (idempotent; a default route and
 // masquerade so a pod reaches a node address outside the overlay), CHECK (passes; names a deleted
-// route), DEL (frees; unknown container; empty CNI_NETNS; twice), GC with cni.dev/valid-attachments,
+// route), DEL (frees; unknown container; empty CNI_NETNS; twice), GC with cni.dev/valid-attachments, a
+// router restart re-programming its pods,
 // bad input (malformed stdin, unknown cniVersion, missing variables, a missing namespace), a failed
 // ADD leaving no veth, route or allocation, an exhausted range (100), and the router gone (11).
 import { test } from 'node:test';
@@ -156,8 +157,10 @@ test('weave-net called directly: every command, every error, nothing left behind
       assert.doesNotMatch(ipam, /[1-9]\d* active/, ipam);
     });
 
+    let kept: any;
     await t.test('GC removes every attachment of the network not in cni.dev/valid-attachments', async () => {
-      for (const i of [1, 2]) assert.equal((await call(podEnv(i), conf())).code, 0);
+      assert.equal((await call(podEnv(1), conf())).code, 0);
+      kept = (await call(podEnv(2), conf())).json;
       const gc = await call({ CNI_COMMAND: 'GC' }, v11({ 'cni.dev/valid-attachments': [{ containerID: 'ctr2', ifname: 'eth0' }] }));
       assert.deepEqual([gc.code, gc.stdout], [0, ''], gc.stdout);
       const left = await leftovers(h1);
@@ -167,9 +170,25 @@ test('weave-net called directly: every command, every error, nothing left behind
       assert.equal(await pods[1].address('eth0'), undefined, 'the collected pod\'s interface is gone');
     });
 
+    const h1Args = ['--nickname', 'h1', '--ipalloc-init', 'consensus=2', '--ipalloc-timeout', '3', '--no-fastdp'];
+    const stopRouter = async (): Promise<void> => {
+      const r = h1.routers[h1.routers.length - 1];
+      r.child.kill('SIGTERM');
+      await r.exited;
+    };
+
+    await t.test('a restarted router re-programs its pods (a default route lost meanwhile comes back); CHECK passes', async () => {
+      await stopRouter();
+      await run(['ip', '-n', pods[2].ns, 'route', 'del', 'default']);
+      h1.startRouter(h1Args);
+      await h1.waitReady();
+      const chk = await call(podEnv(2, { CNI_COMMAND: 'CHECK' }), conf({ prevResult: kept }));
+      assert.deepEqual([chk.code, chk.stdout], [0, ''], chk.stdout);
+      assert.deepEqual((await leftovers(h1)).idents, ['cni:weave:ctr2:eth0'], 'the address is still held');
+    });
+
     await t.test('the router gone: ADD 11, STATUS 50', async () => {
-      h1.routers[0].child.kill('SIGTERM');
-      await h1.routers[0].exited;
+      await stopRouter();
       const a = await call(podEnv(3), conf());
       assert.equal(a.json.code, 11, a.stdout);
       assert.equal((await call({ CNI_COMMAND: 'STATUS' }, v11())).json.code, 50);
