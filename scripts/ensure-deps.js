@@ -24,14 +24,15 @@ const need = [
   // bench's baseline), libcni for the cni-drive test client built with Go from Debian's packages
   // (no module download), and a static busybox as the userland of the test containers' rootfs.
   ['gcc', 'gcc'],
-  ['/usr/lib/x86_64-linux-gnu/libc.a', 'libc6-dev'],
+  ['/usr/include/stdio.h', 'libc6-dev'],
   ['containerd', 'containerd'],
   ['runc', 'runc'],
   ['podman', 'podman'],
   ['/usr/lib/cni/portmap', 'containernetworking-plugins'],
   ['go', 'golang-go'],
   ['/usr/share/gocode/src/github.com/containernetworking/cni/libcni', 'golang-github-appc-cni-dev'],
-  ['/bin/busybox', 'busybox-static'],
+  // its doc dir, not /bin/busybox: the dynamic busybox package has that too, and cannot run in a bare rootfs
+  ['/usr/share/doc/busybox-static', 'busybox-static'],
 ];
 
 /** A command on the usual paths, or an absolute path that exists. */

@@ -71,7 +71,6 @@ export class CriClient {
   private readonly grpc: any;
 
   constructor(socket: string) {
-    /* eslint-disable @typescript-eslint/no-var-requires */
     this.grpc = require('@grpc/grpc-js');
     const loader = require('@grpc/proto-loader');
     const def = loader.loadFileDescriptorSetFromBuffer(fs.readFileSync(descriptorFile()), { keepCase: true, longs: String, defaults: true, enums: String });
