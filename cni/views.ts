@@ -16,9 +16,10 @@ export interface CniReport {
   requests: Record<string, number>;
 }
 
-/** "namespace/name" when Kubernetes named the pod, else the container ID's first 12 characters. */
+/** "namespace/name" as Kubernetes named the pod (podman sends only a name), else the container ID's first 12 characters. */
 export function podLabel(p: { containerId: string; namespace?: string; name?: string }): string {
-  return p.name ? `${p.namespace ?? 'default'}/${p.name}` : p.containerId.slice(0, 12);
+  if (!p.name) return p.containerId.slice(0, 12);
+  return p.namespace ? `${p.namespace}/${p.name}` : p.name;
 }
 
 export function renderCni(report: any): string {

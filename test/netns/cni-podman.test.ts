@@ -26,7 +26,7 @@ test('podman run --network weave: a mesh address, a container on another host re
     const m = /inet (10\.(?:3[2-9]|4[0-7])\.\d+\.\d+)\/12/.exec(ip);
     assert.ok(m, `podman's container has a mesh address: ${ip}`);
     const ps = (await h1.weave(['ps'])).stdout;
-    assert.match(ps, new RegExp(`${m[1].replace(/\./g, '\\.')}/12$`, 'm'), ps);
+    assert.match(ps, new RegExp(`^pm1 \\S+ \\S+ ${m[1].replace(/\./g, '\\.')}/12$`, 'm'), `weave ps names the container as podman did (K8S_POD_NAME): ${ps}`);
 
     await waitFor('the podman container to reach the container on h2', async () => (await podman!.exec('pm1', ['ping', '-c', '1', '-W', '1', remoteAddr], { allowFail: true })).code === 0, { timeoutMs: 30_000, intervalMs: 300 });
     const r = await podman.exec('pm1', ['ping', '-c', '3', '-i', '0.2', remoteAddr]);

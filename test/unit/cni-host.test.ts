@@ -1,9 +1,10 @@
 // The kernel programs a pod's attachment is made of, as text (host/pod-link.ts, host/pod-masq.ts):
-// the two ip batches, the names, and the masquerade chain.
+// the two ip batches, the names, and the masquerade chain; and how `weave ps` names a pod.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { POD_GATEWAY, podHostIfName, podLinkLines, podNetnsCtx, randomMac } from '../../host/pod-link';
 import { podMasqueradeScript } from '../../host/pod-masq';
+import { podLabel } from '../../cni/views';
 
 const SPEC = {
   hostIf: 'vethwepl1234567', hostMac: '02:aa:00:00:00:01', podMac: '02:bb:00:00:00:02', netnsPath: '/var/run/netns/cni-1',
@@ -55,4 +56,10 @@ test('podNetnsCtx: a pod in ip netns\'s directory is entered by name (one proces
   assert.deepEqual(podNetnsCtx('/var/run/netns/cni-1234'), { netns: 'cni-1234' });
   assert.deepEqual(podNetnsCtx('/run/netns/netns-ab'), { netns: 'netns-ab' });
   for (const p of ['/proc/42/ns/net', '/var/run/netns/a/b', '/var/run/netns/..', '/tmp/x']) assert.deepEqual(podNetnsCtx(p), { netns: p });
+});
+
+test('podLabel: namespace/name, a bare name (podman), or the short container ID', () => {
+  assert.equal(podLabel({ containerId: 'abc', namespace: 'team-a', name: 'web-1' }), 'team-a/web-1');
+  assert.equal(podLabel({ containerId: 'abc', name: 'pm1' }), 'pm1');
+  assert.equal(podLabel({ containerId: '0123456789abcdef' }), '0123456789ab');
 });
