@@ -79,7 +79,9 @@ export class CniHandler {
       return this.done(command, 'ok', out === undefined ? '' : JSON.stringify(out));
     } catch (err) {
       const ce = this.toCniError(err, command);
-      return { ...this.done(command, 'error', JSON.stringify(errorObject(version, ce.cniCode, ce.message, ce.details))), exit: 1 };
+      // an error without its own details says which call it was
+      const call = [command || 'a call without CNI_COMMAND', env.CNI_CONTAINERID && `container ${env.CNI_CONTAINERID}`, env.CNI_IFNAME && `interface ${env.CNI_IFNAME}`].filter(Boolean).join(', ');
+      return { ...this.done(command, 'error', JSON.stringify(errorObject(version, ce.cniCode, ce.message, ce.details || call))), exit: 1 };
     }
   }
 

@@ -302,11 +302,9 @@ export function formatResult(r: Result, version: CniVersion): Record<string, unk
   };
 }
 
-/** The spec's error object, in the version asked for (the latest when the input had none). */
-export function errorObject(version: CniVersion, code: number, msg: string, details = ''): Record<string, unknown> {
-  const o: Record<string, unknown> = { cniVersion: version, code, msg };
-  if (details) o.details = details;
-  return o;
+/** The spec's error object (code, msg, details), in the version asked for (the latest when the input had none). */
+export function errorObject(version: CniVersion, code: number, msg: string, details: string): Record<string, unknown> {
+  return { cniVersion: version, code, msg, details };
 }
 
 /** VERSION's answer (the shim gives the same from its compiled-in list). */

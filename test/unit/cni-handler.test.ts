@@ -175,6 +175,9 @@ test('bad input: spec error objects in the configuration\'s version (or the late
   assert.deepEqual([dec.cniVersion, dec.code, dec.msg], ['1.1.0', 6, 'failed to decode the network configuration on stdin']);
   assert.ok(dec.details, 'details say what the parser found');
   assert.equal(err(await s.h.handle(ENV(), CONF({ cniVersion: '0.2.0' }))).code, CNI_ERR.INCOMPATIBLE_VERSION);
+  const nodetails = err(await s.h.handle(ENV(), CONF({ type: '' })));
+  assert.equal(nodetails.code, CNI_ERR.INVALID_CONFIG);
+  assert.equal(nodetails.details, 'ADD, container pod1, interface eth0', 'an error without details names the call');
   const missing = err(await s.h.handle(ENV({ CNI_IFNAME: '' }), CONF({ cniVersion: '0.4.0' })));
   assert.equal(missing.code, CNI_ERR.INVALID_ENV);
   assert.equal(missing.cniVersion, '0.4.0');

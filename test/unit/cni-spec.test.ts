@@ -105,7 +105,7 @@ test('formatResult: the result in each supported version (0.x marks IPs with ver
 });
 
 test('errors, VERSION and the version an answer is written in', () => {
-  assert.deepEqual(errorObject('0.4.0', 11, 'try again'), { cniVersion: '0.4.0', code: 11, msg: 'try again' });
+  assert.deepEqual(errorObject('0.4.0', 11, 'try again', ''), { cniVersion: '0.4.0', code: 11, msg: 'try again', details: '' });
   assert.deepEqual(errorObject('1.0.0', 7, 'bad', 'why'), { cniVersion: '1.0.0', code: 7, msg: 'bad', details: 'why' });
   assert.deepEqual(versionInfo(), { cniVersion: '1.1.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
   assert.equal(LATEST_VERSION, '1.1.0');
