@@ -16,6 +16,7 @@ import { Report, renderConnections, renderPeers, renderSummary, renderTargets } 
 import { WeaveError, UsageError, errMsg } from './lib/errors';
 import { SUBSYSTEMS } from './api/subsystems';
 import { addPasswordCommands } from './api/password';
+import { podLabel } from './cni/views';
 
 function fail(msg: string, code = 1): never {
   process.stderr.write(`weave: ${msg}\n`);
@@ -275,8 +276,9 @@ export function buildProgram(): Command {
   program.command('ps').description('list attached namespaces and their addresses')
     .option('--http-addr <host:port>', 'HTTP API address')
     .action(async (o: { httpAddr?: string }) => {
-      const r = await client(o).request<{ endpoints: Array<{ netns: string; ifname?: string; mac?: string; addresses: string[] }> }>('GET', '/ps');
-      for (const e of r.endpoints) process.stdout.write(`${e.netns} ${e.mac ?? '-'} ${e.addresses.join(' ')}\n`);
+      const r = await client(o).request<{ endpoints: Array<{ netns: string; ifname?: string; mac?: string; addresses: string[]; pod?: { containerId: string; namespace?: string; name?: string } }> }>('GET', '/ps');
+      // a pod (CNI) by its Kubernetes namespace/name (or container ID), then its namespace file
+      for (const e of r.endpoints) process.stdout.write(`${e.pod ? `${podLabel(e.pod)} ` : ''}${e.netns} ${e.mac ?? '-'} ${e.addresses.join(' ')}\n`);
     });
 
   program.command('expose').description('give this host an address on the overlay')
@@ -298,8 +300,14 @@ export function buildProgram(): Command {
   for (const m of SUBSYSTEMS) m.commands?.(program, client);
   addPasswordCommands(program, client);
 
-  program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down')
-    .action(async () => {
+  program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down; "cni": pods through containerd\'s CRI on two hosts')
+    .argument('[which]', 'mesh (default) or cni')
+    .action(async (which: string | undefined) => {
+      if (which === 'cni') {
+        const { runCniDemo } = await import('./test/lab/demo-cni');
+        process.exit(await runCniDemo());
+      }
+      if (which !== undefined && which !== 'mesh') throw new UsageError(`unknown demo "${which}": mesh or cni`);
       const { runDemo } = await import('./test/lab/demo');
       process.exit(await runDemo());
     });

@@ -11,6 +11,7 @@ import { boxModeFromEnv, type BoxKind } from '../router/boxes';
 import { ioModeFromEnv, offloadFromEnv } from '../router/sleeve';
 import { addIpamFlags, parseIpamFlags, type IpamConfig } from '../ipam/flags';
 import { addDnsFlags, parseDnsFlags, type DnsConfig } from '../dns/flags';
+import { addCniFlags, parseCniFlags, type CniConfig } from '../cni/flags';
 
 export const DEFAULT_PORT = CONTROL_PORT;
 export const DEFAULT_HTTP_ADDR = `127.0.0.1:${HTTP_API_PORT}`;
@@ -39,6 +40,7 @@ export interface RouterConfig {
   sleeve: SleeveConfig;
   ipam: IpamConfig;
   dns: DnsConfig;
+  cni: CniConfig;
 }
 
 export interface SleeveConfig {
@@ -73,6 +75,7 @@ export function addRouterFlags(c: Command): Command {
     .addOption(new Option('--crypto <engine>', 'crypto engine').choices(['sodium', 'tweetnacl']).hideHelp());
   addIpamFlags(c);
   addDnsFlags(c);
+  addCniFlags(c);
   return c;
 }
 
@@ -99,6 +102,7 @@ export function routerConfig(peers: string[], f: RouterFlags & Record<string, un
     sleeve: sleeveConfigFrom(env),
     ipam: parseIpamFlags(f),
     dns: parseDnsFlags(f),
+    cni: parseCniFlags(f),
   };
 }
 

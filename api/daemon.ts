@@ -39,6 +39,8 @@ export interface DaemonContext {
   hostCtx: HostCtx;
   endpoints: Endpoints;
   announce(owner: string, prefixes: string[]): void;
+  /** the subsystems built so far, in start order (one finds another's capability, e.g. IPAM's addresses) */
+  subsystems: readonly Subsystem[];
 }
 
 /** Each subsystem module must accept the daemon's context: a mismatch fails to compile here. */
@@ -81,7 +83,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   await build.add('forwarding', () => s.wireForwarding({ identity: data.identity, mesh, sleeve, overlays, host }, root));
   const subsystems: Subsystem[] = [];
   const eps = await build.add('endpoints', () => s.buildEndpoints(cfg, data.identity.name, host, sleeve.prefixes, () => overlays.containerMtu(), subsystems, root, clock));
-  const ctx: DaemonContext = { cfg, root, clock, identity: data.identity, mesh, hostCtx: host.ctx, endpoints: eps.endpoints, announce: eps.announce };
+  const ctx: DaemonContext = { cfg, root, clock, identity: data.identity, mesh, hostCtx: host.ctx, endpoints: eps.endpoints, announce: eps.announce, subsystems };
   for (const mod of s.subsystems) subsystems.push(await build.add(mod.name, () => mod.create(ctx)));
   await build.add('restore endpoints', () => s.restoreEndpoints(eps, log));
   await build.add('route sync', () => s.startRouteSync(host));

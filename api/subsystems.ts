@@ -1,8 +1,10 @@
 // The subsystems this build of the router runs, in start order. One line each.
 import { ipamModule } from '../ipam/subsystem';
 import { dnsModule } from '../dns/subsystem';
+import { cniModule } from '../cni/subsystem';
 
 export const SUBSYSTEMS = [
   ipamModule,
   dnsModule,
+  cniModule,
 ] as const;

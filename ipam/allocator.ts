@@ -578,6 +578,11 @@ export class Allocator implements Gossiper {
     return this.ring.clone();
   }
 
+  /** Free addresses a container may get in subnet (CIDR) within this peer's own space. */
+  freeIn(subnet: string): number {
+    return this.space.freeIn(usableRange(parseCidr(subnet)));
+  }
+
   ownedRanges(): Range[] {
     return this.ring.ownedRanges(this.ourName);
   }

@@ -16,7 +16,7 @@ import * as path from 'path';
 import type { Registry } from 'prom-client';
 import { Allocator, type IpamInit } from './allocator';
 import { LmdbStore, type IpamStore } from './store';
-import { formatAddr, formatCidr, parseAddrInCidr, parseCidr, type Range } from './addr';
+import { formatAddr, formatCidr, intersect, parseAddr, parseAddrInCidr, parseCidr, type Cidr, type Range } from './addr';
 import { addIpamCommands } from './cli';
 import { addIpamFlags, defaultQuorum, parseIpamFlags, type IpamConfig } from './flags';
 import { checkRangeAgainstRoutes } from './host-routes';
@@ -27,7 +27,7 @@ import type { StateRecovery } from '../lib/state-file';
 import type { Clock, TimerHandle } from '../lib/clock';
 import { componentLogger, type Logger } from '../lib/log';
 import { counterFrom, gaugeFrom } from '../lib/metrics';
-import type { ApiRoute, AttachRequest, AttachedEndpoint, DetachOutcome, Subsystem, SubsystemModule } from '../lib/subsystem';
+import type { AddressBook, ApiRoute, AttachRequest, AttachedEndpoint, DetachOutcome, Subsystem, SubsystemModule } from '../lib/subsystem';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import type { PeerRecord } from '../mesh/topology';
 import type { GossipChannel, Gossiper, GossipData } from '../mesh/types';
@@ -301,6 +301,53 @@ export class IpamSubsystem implements Subsystem {
     }
   }
 
+  /**
+   * Addresses by ident for CNI (lib/subsystem.ts AddressBook). Unlike attach, an allocation fails at
+   * once when the subnet is exhausted here and no other peer owns any of it (nobody could donate),
+   * and asking for readiness starts the consensus on the ring (STATUS: ready only once it exists).
+   */
+  readonly addresses: AddressBook = {
+    allocate: async (ident, subnet) => {
+      if (this.f.init.mode === 'observer') throw new UsageError('this router is an IPAM observer (--ipalloc-init observer) and never allocates');
+      const a = await this.allocator(this.clock.now() + this.f.waitMs);
+      const sn = subnet ? parseCidr(subnet) : a.defaultSubnet;
+      const held = a.lookup(ident).some((x) => { const n = parseAddr(x); return n >= sn.start && n < sn.end; });
+      if (!held && this.exhausted(a, sn)) {
+        throw new WeaveError('ENOSPACE', `no free address in ${formatCidr(sn)}: every address is in use and no other peer owns space there`, { ident, subnet: formatCidr(sn) });
+      }
+      const addr = await this.allocate(ident, subnet ? formatCidr(sn) : undefined);
+      return `${addr}/${sn.prefixLen}`;
+    },
+    release: (ident) => this.free(ident),
+    lookup: (ident) => this.alloc?.lookup(ident) ?? [],
+    idents: (prefix) => (this.alloc ? this.alloc.status().allocations.filter((x) => x.ident.startsWith(prefix)).map((x) => x.ident) : []),
+    readiness: () => {
+      const a = this.alloc;
+      if (!a) return { ready: false, reason: this.state() };
+      if (this.f.init.mode === 'observer') return { ready: false, reason: 'this router is an IPAM observer (--ipalloc-init observer) and never allocates' };
+      if (a.ringView().isEmpty()) {
+        if (!this.primed) {
+          this.primed = true;
+          void a.prime(); // starts the consensus; resolves once the ring exists
+        }
+        return { ready: false, reason: this.state() };
+      }
+      return { ready: true, reason: this.state() };
+    },
+  };
+
+  private primed = false;
+
+  /** The ring exists, this peer has no free address in sn, and no other peer owns any of sn. */
+  private exhausted(a: Allocator, sn: Cidr): boolean {
+    const ring = a.ringView();
+    if (ring.isEmpty() || a.freeIn(formatCidr(sn)) > 0) return false;
+    for (let i = 0; i < ring.entries.length; i++) {
+      if (ring.entries[i].peer !== this.ctx.identity.name && intersect(ring.entryRange(i), sn)) return false;
+    }
+    return true;
+  }
+
   free(ident: string, addr?: string): number {
     return this.alloc ? this.alloc.free(ident, addr) : 0;
   }
@@ -342,7 +389,7 @@ export class IpamSubsystem implements Subsystem {
 
   async afterDetach(netns: string, result: DetachOutcome, before: AttachedEndpoint | undefined): Promise<void> {
     if (!this.alloc) return;
-    let ident = before?.key;
+    let ident = before?.ident ?? before?.key;
     if (!ident) {
       try {
         ident = resolveNetns(netns).key;

@@ -60,6 +60,8 @@ export interface AttachedEndpoint {
   /** CIDRs as attached */
   addrs: string[];
   name?: string;
+  /** the IPAM ident its addresses are held under, when not the namespace key (a CNI pod's) */
+  ident?: string;
 }
 
 export interface DetachOutcome {
@@ -78,8 +80,27 @@ export interface AttachRequest {
   name?: string;
 }
 
+/**
+ * Addresses by ident, for callers whose key is not a namespace (CNI: network, container ID and
+ * interface). IPAM provides it; another subsystem finds it among the daemon's subsystems.
+ */
+export interface AddressBook {
+  /** an address as ADDR/LEN for ident in subnet (default subnet); fails at once when no address can come */
+  allocate(ident: string, subnet?: string): Promise<string>;
+  /** frees every address ident holds; how many */
+  release(ident: string): number;
+  /** the addresses ident holds (bare) */
+  lookup(ident: string): string[];
+  /** the idents holding addresses whose name starts with prefix */
+  idents(prefix: string): string[];
+  /** whether an allocation can be served now (the ring exists, this peer allocates), else why not */
+  readiness(): { ready: boolean; reason: string };
+}
+
 /** A router subsystem once built: a part with optional attach/detach/reset hooks. */
 export interface Subsystem extends Part {
+  /** set by the subsystem that hands out addresses (IPAM) */
+  readonly addresses?: AddressBook;
   /** after every part is built and endpoints are restored, before the mesh connects */
   start?(): Promise<void>;
   /** `weave reset`: leave the mesh cleanly (hand over IPAM space, remove kernel state) before the router stops */

@@ -27,7 +27,8 @@ import {
   programHostSide, removeContainerAddrs, tmpPeerName,
 } from '../host/links';
 import { NetnsRef, findNamedNetns, netnsKeyOfStat, netnsPathOf, parseNetnsArg, resolveNetns } from '../host/netns';
-import type { DesiredRoute, RouteReconciler } from '../host/routes';
+import { routeBatchLines, type DesiredRoute, type RouteReconciler } from '../host/routes';
+import { createPodLink, deletePodLink, ensurePodLink, podHostIfName, podNetnsCtx, randomMac, type PodLinkSpec } from '../host/pod-link';
 import { exposeLinkAddrs } from '../host/expose';
 import { findContainers, listHostVeths, masqueradedNets, reachableNetns } from '../host/containers';
 import { contentProblem, moveAside, readStateFile, writeStateFile, type StateRecovery } from '../lib/state-file';
@@ -57,6 +58,40 @@ export interface EndpointInfo {
   addrs: string[];
   /** name for DNS (later) */
   name?: string;
+  /** a pod attached through CNI (cni/): its runtime keys and Kubernetes names */
+  pod?: PodInfo;
+  /** the IPAM ident its addresses are held under, when not the namespace key (pods) */
+  ident?: string;
+  /** MAC of the host-side veth, when chosen by weave (pods: the gateway's neighbour entry) */
+  hostMac?: string;
+}
+
+/** A pod attached through CNI: keyed by network, container ID and interface (the runtime's keys). */
+export interface PodInfo {
+  /** the CNI network's name */
+  network: string;
+  containerId: string;
+  /** K8S_POD_NAMESPACE and K8S_POD_NAME, when Kubernetes sent them (`weave ps` shows them) */
+  namespace?: string;
+  name?: string;
+  /** K8S_POD_INFRA_CONTAINER_ID */
+  infraContainerId?: string;
+}
+
+export interface PodAttachRequest {
+  /** CNI_NETNS */
+  netns: string;
+  /** CNI_IFNAME */
+  ifname: string;
+  /** the pod's address as ADDR/LEN (already allocated) */
+  cidr: string;
+  pod: PodInfo;
+  ident: string;
+}
+
+/** The key a pod's host veth name is derived from: a crashed ADD's leftover is found again by it. */
+function podKey(network: string, containerId: string, ifname: string): string {
+  return `${network}/${containerId}/${ifname}`;
 }
 
 export interface AttachResult extends EndpointInfo {
@@ -114,6 +149,8 @@ export class Endpoints extends EventEmitter {
   private endpoints: EndpointInfo[] = [];
   private exposed: ExposedAddr[] = [];
   private lock: Promise<unknown> = Promise.resolve();
+  /** pods whose kernel work runs outside the lock (attachPod): their namespace, address and identity are taken */
+  private readonly podsInFlight = new Map<string, { id: string; key: string; addr: string }>();
   private hostKey?: string;
   private readonly owner?: string;
   /** what loading the state file found: restore() reports recovery against it */
@@ -139,7 +176,13 @@ export class Endpoints extends EventEmitter {
   // ---- queries -------------------------------------------------------------------------------
 
   list(): EndpointInfo[] {
-    return this.endpoints.map((e) => ({ ...e, addrs: [...e.addrs] }));
+    return this.endpoints.map((e) => ({ ...e, addrs: [...e.addrs], ...(e.pod ? { pod: { ...e.pod } } : {}) }));
+  }
+
+  /** The pod attached for (network, container ID, interface), if any. */
+  findPod(network: string, containerId: string, ifname: string): EndpointInfo | undefined {
+    const e = this.endpoints.find((x) => x.pod?.network === network && x.pod.containerId === containerId && x.ifname === ifname);
+    return e && { ...e, addrs: [...e.addrs], pod: { ...e.pod! } };
   }
 
   exposedAddrs(): ExposedAddr[] { return this.exposed.map((x) => ({ ...x })); }
@@ -174,6 +217,7 @@ export class Endpoints extends EventEmitter {
     }
     const ns = this.resolve(arg);
     let rec = this.endpoints.find((e) => e.key === ns.key);
+    if (rec?.pod || [...this.podsInFlight.values()].some((f) => f.key === ns.key)) throw new UsageError(`namespace ${arg} is a pod's, attached through CNI: its runtime manages its addresses`, { netns: arg });
     // addresses must be unique across containers and the host's exposed addresses
     for (const c of parsed) {
       const ip = c.addr;
@@ -290,6 +334,123 @@ export class Endpoints extends EventEmitter {
     return { netns: rec.netns, removed, linkRemoved, namespaceGone: gone };
   }
 
+  // ---- pods (CNI) ------------------------------------------------------------------------------
+
+  /**
+   * Attaches a pod (cni/handler.ts has allocated its address): the veth with the runtime's interface
+   * name, a default route and its /32 route (host/pod-link.ts), then the record. All or nothing: a
+   * failure leaves no veth and no record (the caller frees the address).
+   *
+   * Built for pod churn: the checks and a reservation (namespace, address, names) happen under the
+   * endpoints' lock, the kernel work outside it, so pods started together are wired side by side;
+   * the /32 route goes in with the veth, so the record's commit does not wait for a reconcile pass
+   * (the reconciler still owns the route: its next pass finds it as desired).
+   */
+  async attachPod(req: PodAttachRequest): Promise<EndpointInfo> {
+    const plan = await this.serial(async () => this.planPod(req));
+    try {
+      await this.createPodLinkOnce(plan.spec);
+    } catch (e) {
+      this.podsInFlight.delete(plan.id);
+      this.counters.errors++;
+      throw e;
+    }
+    return this.serial(async () => {
+      this.podsInFlight.delete(plan.id);
+      const info: EndpointInfo = {
+        netns: req.netns, path: plan.spec.netnsPath, key: plan.key, ifname: req.ifname, hostIfname: plan.spec.hostIf, mac: plan.spec.podMac,
+        addrs: [plan.spec.cidr], pod: { ...req.pod }, ident: req.ident, hostMac: plan.spec.hostMac,
+      };
+      this.endpoints = [...this.endpoints, info];
+      try {
+        await this.commit({ awaitRoutes: false });
+      } catch (e) {
+        this.counters.errors++;
+        this.endpoints = this.endpoints.filter((x) => x !== info);
+        await deletePodLink(this.ctx, plan.spec.hostIf).catch((e2: unknown) => this.log.error({ hostIf: plan.spec.hostIf, err: errMsg(e2) }, 'cleanup after a failed pod attach failed'));
+        throw e;
+      }
+      this.counters.attaches++;
+      this.log.info({ pod: req.pod, netns: req.netns, ifname: req.ifname, hostIf: plan.spec.hostIf, addr: plan.spec.cidr }, 'pod attached');
+      return { ...info, addrs: [...info.addrs], pod: { ...info.pod! } };
+    });
+  }
+
+  /** Under the lock: the checks against records and attaches in flight, and this one's reservation. */
+  private planPod(req: PodAttachRequest): { id: string; key: string; spec: PodLinkSpec } {
+    const ns = this.resolve(req.netns);
+    const id = podKey(req.pod.network, req.pod.containerId, req.ifname);
+    const [c] = this.parseAddrs([req.cidr]);
+    const other = this.endpoints.find((e) => e.key === ns.key);
+    if (other) {
+      const who = other.pod ? `pod ${other.pod.containerId} (interface ${other.ifname})` : `weave attach ${other.netns}`;
+      throw new WeaveError('ECONFLICT', `namespace ${req.netns} already has weave's interface ${other.ifname}, from ${who}`, { netns: req.netns });
+    }
+    const holder = this.endpoints.find((e) => e.addrs.some((a) => ipOf(a) === c.addr));
+    if (holder) throw new WeaveError('ECONFLICT', `address ${c.addr} is already attached to ${holder.netns}`, { addr: c.addr });
+    if (this.exposed.some((x) => ipOf(x.cidr) === c.addr)) throw new WeaveError('ECONFLICT', `address ${c.addr} is exposed on this host`, { addr: c.addr });
+    for (const f of this.podsInFlight.values()) {
+      if (f.id === id || f.key === ns.key || f.addr === c.addr) throw new WeaveError('EBUSY', `another attach for ${f.id === id ? 'this pod' : f.key === ns.key ? `namespace ${req.netns}` : `address ${c.addr}`} is in progress`, { netns: req.netns });
+    }
+    const hostIf = podHostIfName(id);
+    const cidr = `${c.addr}/${c.len}`;
+    const route: DesiredRoute = this.routeTo(c.addr, hostIf);
+    const spec: PodLinkSpec = {
+      hostIf, hostMac: randomMac(), podMac: randomMac(), netnsPath: ns.path, podCtx: podNetnsCtx(ns.path),
+      ifname: req.ifname, mtu: this.containerMtu(), cidr, overlayRange: this.overlayRange,
+      hostLines: routeBatchLines({ add: [{ ...route, onlink: false, scope: 'link' }], change: [], remove: [] }, this.routes.protocol),
+    };
+    this.podsInFlight.set(id, { id, key: ns.key, addr: c.addr });
+    return { id, key: ns.key, spec };
+  }
+
+  /** createPodLink, once more after removing a leftover host veth of a crashed attach that no record knows. */
+  private async createPodLinkOnce(spec: PodLinkSpec): Promise<void> {
+    try {
+      await createPodLink(this.ctx, spec);
+    } catch (e) {
+      const leftover = e instanceof WeaveError && e.context.exists === true && !this.endpoints.some((x) => x.hostIfname === spec.hostIf)
+        && (await deletePodLink(this.ctx, spec.hostIf));
+      if (!leftover) throw e;
+      this.log.warn({ hostIf: spec.hostIf }, 'removed a leftover pod veth no record knows (a crashed attach); attaching again');
+      await createPodLink(this.ctx, spec);
+    }
+  }
+
+  /**
+   * Detaches a pod: deletes its veth (found by its record, or by its derived name when an attach
+   * crashed before recording it; the kernel takes its /32 route with it), then its record. Unknown
+   * pods are not an error (CNI DEL); one whose attach or detach is in flight is (try again). As in
+   * attachPod, the kernel work runs outside the endpoints' lock.
+   */
+  async detachPod(network: string, containerId: string, ifname: string): Promise<{ removed?: EndpointInfo; linkRemoved: boolean }> {
+    const id = podKey(network, containerId, ifname);
+    const found = await this.serial(async () => {
+      if (this.podsInFlight.has(id)) throw new WeaveError('EBUSY', `an attach or detach of container ${containerId} interface ${ifname} is in progress`, { containerId, ifname });
+      const rec = this.endpoints.find((x) => x.pod?.network === network && x.pod.containerId === containerId && x.ifname === ifname);
+      this.podsInFlight.set(id, { id, key: rec?.key ?? '', addr: rec ? ipOf(rec.addrs[0]) : '' });
+      return rec;
+    });
+    let linkRemoved: boolean;
+    try {
+      linkRemoved = await deletePodLink(this.ctx, found?.hostIfname ?? podHostIfName(id));
+    } catch (e) {
+      this.podsInFlight.delete(id);
+      this.counters.errors++;
+      throw e;
+    }
+    return this.serial(async () => {
+      this.podsInFlight.delete(id);
+      if (found) {
+        this.endpoints = this.endpoints.filter((x) => x !== found);
+        this.counters.detaches++;
+        await this.commit({ awaitRoutes: false });
+        this.log.info({ pod: found.pod, ifname, linkRemoved }, 'pod detached');
+      }
+      return { removed: found, linkRemoved };
+    });
+  }
+
   /** A record for a NETNS argument whose namespace no longer resolves. */
   private findGone(arg: string): EndpointInfo | undefined {
     let p: string | undefined;
@@ -388,6 +549,11 @@ export class Endpoints extends EventEmitter {
           continue;
         }
         try {
+          if (e.pod) {
+            await this.restorePod(e, mtu);
+            kept.push(e);
+            continue;
+          }
           await programHostSide(this.ctx, e.hostIfname, mtu);
           const ns = this.reachable(e);
           if (ns) {
@@ -479,6 +645,19 @@ export class Endpoints extends EventEmitter {
     return out;
   }
 
+  /** A pod's link re-programmed after a restart (its default route and gateway neighbour included). */
+  private async restorePod(e: EndpointInfo, mtu: number): Promise<void> {
+    const ns = this.reachable(e);
+    if (!ns || !e.hostMac) {
+      this.log.warn({ pod: e.pod, netns: e.netns }, 'pod namespace not reachable (or no host MAC recorded); its link is left as it is');
+      return;
+    }
+    await ensurePodLink(this.ctx, {
+      hostIf: e.hostIfname, hostMac: e.hostMac, podMac: e.mac, netnsPath: ns.path, podCtx: ns.ctx,
+      ifname: e.ifname, mtu, cidr: e.addrs[0], overlayRange: this.overlayRange,
+    });
+  }
+
   /** The namespace of a record by its path, or by an `ip netns` name with the same inode. */
   private reachable(e: EndpointInfo): NetnsRef | undefined {
     try {
@@ -527,32 +706,39 @@ export class Endpoints extends EventEmitter {
   }
 
   private desiredRoutes(): DesiredRoute[] {
-    const src = this.hostSource();
     const out: DesiredRoute[] = [];
-    for (const e of this.endpoints) {
-      for (const c of e.addrs) {
-        const r: DesiredRoute = { dst: `${ipOf(c)}/32`, dev: e.hostIfname, scope: 'link' };
-        // without a src the host would pick its underlay address, which the container cannot answer
-        if (src) r.src = src;
-        out.push(r);
-      }
-    }
+    for (const e of this.endpoints) for (const c of e.addrs) out.push(this.routeTo(ipOf(c), e.hostIfname));
     return out;
+  }
+
+  /** The host's route to an endpoint's address. */
+  private routeTo(ip: string, dev: string): DesiredRoute {
+    const r: DesiredRoute = { dst: `${ip}/32`, dev, scope: 'link' };
+    // without a src the host would pick its underlay address, which the container cannot answer
+    const src = this.hostSource();
+    if (src) r.src = src;
+    return r;
   }
 
   /**
    * Persists, hands the routes over and waits for one reconcile, then tells listeners. A failed
    * reconcile (possibly another owner's route) does not fail the operation: the state is recorded, the
-   * reconciler logged and counted it and retries on its timer.
+   * reconciler logged and counted it and retries on its timer. Pods' routes are made with their veth
+   * (or go with it), so their commits leave the reconcile to the reconciler's debounced pass; and
+   * their records need no fsync: what a power loss could lose is a record of a namespace the same
+   * power loss destroyed (a pod's namespace does not outlive its host), and a router crash alone
+   * keeps the renamed file.
    */
-  private async commit(): Promise<void> {
+  private async commit(opts: { awaitRoutes?: boolean } = {}): Promise<void> {
     this.saveState();
     this.routes.setDesired(ENDPOINTS_OWNER, this.desiredRoutes());
-    try {
-      await this.routes.reconcile();
-    } catch (e) {
-      this.counters.errors++;
-      this.log.warn({ err: errMsg(e) }, 'routes not fully applied yet; the reconciler retries');
+    if (opts.awaitRoutes !== false) {
+      try {
+        await this.routes.reconcile();
+      } catch (e) {
+        this.counters.errors++;
+        this.log.warn({ err: errMsg(e) }, 'routes not fully applied yet; the reconciler retries');
+      }
     }
     this.emit('changed', { served: this.servedPrefixes() });
   }
@@ -565,6 +751,7 @@ export class Endpoints extends EventEmitter {
 
   private statePath(): string { return path.join(this.dataDir, STATE_FILE); }
 
+  /** Durable before a change is reported done (lib/state-file.ts: write, fsync, rename, fsync the dir). */
   private saveState(): void {
     const st: PersistedState = { version: STATE_VERSION, endpoints: this.endpoints, exposed: this.exposed };
     fs.mkdirSync(this.dataDir, { recursive: true });
@@ -597,6 +784,19 @@ export class Endpoints extends EventEmitter {
   }
 }
 
+function validatePod(v: unknown): PodInfo {
+  const bad = (why: string): never => { throw new WeaveError('ESTATE', `endpoint state: pod ${why}`); };
+  const r = v as Record<string, unknown>;
+  if (!r || typeof r !== 'object' || typeof r.network !== 'string' || typeof r.containerId !== 'string') bad('needs network and containerId');
+  const pod: PodInfo = { network: r.network as string, containerId: r.containerId as string };
+  for (const k of ['namespace', 'name', 'infraContainerId'] as const) {
+    if (r[k] === undefined) continue;
+    if (typeof r[k] !== 'string') bad(`${k} must be a string`);
+    pod[k] = r[k] as string;
+  }
+  return pod;
+}
+
 /** Validates a parsed endpoints.json; throws WeaveError on anything unexpected. */
 export function validateState(v: unknown): PersistedState {
   const bad = (why: string): never => { throw new WeaveError('ESTATE', `endpoint state: ${why}`); };
@@ -615,6 +815,9 @@ export function validateState(v: unknown): PersistedState {
     if (r.name !== undefined && !isStr(r.name)) bad('endpoint.name must be a string');
     const info: EndpointInfo = { netns: r.netns as string, path: r.path as string, key: r.key as string, ifname: r.ifname as string, hostIfname: r.hostIfname as string, mac: r.mac as string, addrs: [...(r.addrs as string[])] };
     if (r.name !== undefined) info.name = r.name as string;
+    if (r.ident !== undefined) info.ident = isStr(r.ident) ? r.ident : bad('endpoint.ident must be a string');
+    if (r.hostMac !== undefined) info.hostMac = isStr(r.hostMac) ? r.hostMac : bad('endpoint.hostMac must be a string');
+    if (r.pod !== undefined) info.pod = validatePod(r.pod);
     endpoints.push(info);
   }
   const exposed: ExposedAddr[] = [];

@@ -18,9 +18,26 @@ const need = [
   ['pkill', 'procps'],
   // `promtool check metrics` lints /metrics in the tests (the package brings the Prometheus server too; nothing starts it)
   ['promtool', 'prometheus'],
+  // CNI (cni/): the plugin shim is C (static, so it needs libc.a); the tests drive it through real
+  // runtimes: containerd 1.6's CRI (runc as its runtime), podman 4.3 with the CNI backend (conmon
+  // comes with it), Debian's reference plugins (portmap is chained; bridge + host-local are the
+  // bench's baseline), libcni for the cni-drive test client built with Go from Debian's packages
+  // (no module download), and a static busybox as the userland of the test containers' rootfs.
+  ['gcc', 'gcc'],
+  ['/usr/include/stdio.h', 'libc6-dev'],
+  ['containerd', 'containerd'],
+  ['runc', 'runc'],
+  ['podman', 'podman'],
+  ['/usr/lib/cni/portmap', 'containernetworking-plugins'],
+  ['go', 'golang-go'],
+  ['/usr/share/gocode/src/github.com/containernetworking/cni/libcni', 'golang-github-appc-cni-dev'],
+  // its doc dir, not /bin/busybox: the dynamic busybox package has that too, and cannot run in a bare rootfs
+  ['/usr/share/doc/busybox-static', 'busybox-static'],
 ];
 
+/** A command on the usual paths, or an absolute path that exists. */
 function has(cmd) {
+  if (cmd.startsWith('/')) return fs.existsSync(cmd);
   return ['/usr/sbin', '/usr/bin', '/sbin', '/bin', '/usr/local/bin', '/usr/local/sbin'].some((d) => fs.existsSync(`${d}/${cmd}`));
 }
 
