@@ -78,6 +78,19 @@ export async function syncMasquerade(ctx: HostCtx, sourceNets: string[], overlay
   }
 }
 
+/**
+ * Deletes the shared `inet weave` table when no owner has anything left in it (every chain, set and
+ * counter gone): a router that stops after removing its guards, or whose start-up failed, leaves no
+ * empty table behind; a table still holding something (masquerade kept across a restart) stays.
+ */
+export async function dropTableIfEmpty(ctx: HostCtx): Promise<boolean> {
+  if (!(await nftExists(ctx, ['table', 'inet', NFT_TABLE]))) return false;
+  const j = await nftJson<{ nftables: Array<Record<string, unknown>> }>(ctx, ['list', 'table', 'inet', NFT_TABLE]);
+  if (j.nftables.some((o) => !('metainfo' in o) && !('table' in o))) return false;
+  await nftApply(ctx, `delete table inet ${NFT_TABLE}\n`);
+  return true;
+}
+
 /** The masquerade rules of our chain as nft -j shows them (for status and tests). */
 export async function listMasquerade(ctx: HostCtx): Promise<unknown[]> {
   if (!(await nftExists(ctx, ['chain', 'inet', NFT_TABLE, EXPOSE_NAT_CHAIN]))) return [];

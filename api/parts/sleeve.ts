@@ -10,6 +10,7 @@ import type { PeerName } from '../../mesh/peer';
 import type { CryptoEngine } from '../../mesh/crypto';
 import { RouteReconciler } from '../../host/routes';
 import { sysctl, type HostCtx } from '../../host/ip';
+import { dropTableIfEmpty } from '../../host/expose';
 import { PrefixTable } from '../../router/prefixes';
 import { createSleeve, type RouteSource, type Sleeve, type SleeveCounters } from '../../router/sleeve';
 import type { RouterConfig } from '../config';
@@ -24,9 +25,14 @@ export async function hostState(root: Logger, clock: Clock): Promise<HostPart> {
   const routes = new RouteReconciler({ ctx, log: componentLogger(root, 'routes'), clock });
   // Container traffic crosses this host's kernel (veth -> TUN and back), and relays forward it.
   await sysctl(ctx, 'net.ipv4.ip_forward', '1');
+  const log = componentLogger(root, 'host');
   return {
     name: 'host state', ctx, routes,
-    stop: () => routes.stop(),
+    stop: async () => {
+      routes.stop();
+      // the last part to stop: every owner has removed what it will not keep
+      await dropTableIfEmpty(ctx).catch((e: unknown) => log.warn({ err: errMsg(e) }, 'cannot check the inet weave table; it stays'));
+    },
   };
 }
 
