@@ -3,14 +3,14 @@
 // GETs 127.0.0.1:6784 in the current namespace (or --http-addr / WEAVE_HTTP_ADDR) when the socket
 // cannot be used. `router` runs the router in the foreground; `launch` starts it detached and waits
 // until the child reports that it is ready (or why it failed).
-import { Command, Option, CommanderError } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import { ApiClient } from './api/client';
 import { apiSocketPath } from './api/http';
-import { DEFAULT_PORT, addRouterFlags, dataDirFromEnv, httpAddrFrom, routerConfig, type RouterConfig, type RouterFlags } from './api/config';
+import { addRouterFlags, dataDirFromEnv, httpAddrFrom, routerConfig, type RouterConfig, type RouterFlags } from './api/config';
 import { checkPeer } from './lib/validate';
 import { Report, renderConnections, renderPeers, renderSummary, renderTargets } from './api/views';
 import { WeaveError, UsageError, errMsg } from './lib/errors';

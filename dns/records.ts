@@ -31,7 +31,6 @@
 // version, the owner wins: we re-issue our current state with a version above the peer's and broadcast
 // it. Records of containers that died while the router was down are removed by the owner
 // (removeContainer) when it reconciles its containers; that is the caller's job.
-import * as fs from 'fs';
 import type { Clock, TimerHandle } from '../lib/clock';
 import * as path from 'path';
 import { ProtocolError, UsageError, WeaveError } from '../lib/errors';

@@ -36,7 +36,7 @@
 // handler hears each step ('accept' before we may receive under a key, 'use' when we seal with it,
 // 'settled' when the peer does), so the overlays move their data keys make-before-break.
 import { createHmac, timingSafeEqual } from 'crypto';
-import { ProtocolError, RefusedError, WeaveError, errMsg } from '../lib/errors';
+import { ProtocolError, RefusedError, WeaveError } from '../lib/errors';
 import { decodeMsg, encodeMsg } from './codec';
 import { isPeerName } from './peer';
 import { Msg, type Features } from './types';

@@ -20,7 +20,7 @@ import { UsageError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { Cidr4, canonicalPrefix, formatIp4, networkCidr, parseCidr4 } from '../host/cidr';
 import { cidrOf, contains } from '../lib/addr';
-import { EXPOSE_LINK, syncExposeLink, syncMasquerade } from '../host/expose';
+import { syncExposeLink, syncMasquerade } from '../host/expose';
 import { HostCtx, sysctl } from '../host/ip';
 import {
   CONTAINER_IFNAME, createVeth, deleteLink, ensureContainerAddressing, hostIfName, linkByName, listLinks,

@@ -55,7 +55,6 @@ import { COUNTER, Datapath, FWD_NO_ROUTE, FWD_UNKNOWN, LANE_CONTROL, MAX_SLOTS, 
 import { FrameType, HB_ROUTES, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { formatAddr, parseCidr, tryParseAddr, tryParseHostPort } from '../lib/addr';
-import { errnoName } from '../lib/errno';
 import { CONTROL_PORT } from '../lib/ports';
 import type { PrefixTable } from './prefixes';
 import { loadTunIo, type TunIo } from './native';

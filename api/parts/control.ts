@@ -9,7 +9,7 @@ import { componentLogger, type Logger } from '../../lib/log';
 import type { Clock } from '../../lib/clock';
 import { counterFrom, gaugeFrom } from '../../lib/metrics';
 import type { ApiRoute, Part } from '../../lib/subsystem';
-import { loadIdentity, type Identity, type PeerName } from '../../mesh/peer';
+import { loadIdentity, type Identity } from '../../mesh/peer';
 import { loadCrypto, type CryptoEngine } from '../../mesh/crypto';
 import { TcpTransport } from '../../mesh/tcp-transport';
 import { Mesh, type OverlayManager } from '../../mesh/mesh';

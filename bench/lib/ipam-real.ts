@@ -8,7 +8,6 @@ import { ChildProcess, execFileSync, spawn } from 'child_process';
 import { Host, Lab } from '../../test/lab/lab';
 import { apiSocketPath } from '../../api/http';
 import { waitFor } from '../../test/lab/exec';
-import { HTTP_API_PORT } from '../../lib/ports';
 
 export interface RealIpamOptions {
   /** allocations per router */

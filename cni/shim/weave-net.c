@@ -12,9 +12,9 @@
 //   4. POST /cni {"env": {every CNI_* variable}, "stdin": "<the configuration>"}, HTTP/1.0;
 //   5. the reply is "<exit status>\n<what to print>": print it, exit with that status.
 // It answers by itself only when no router answers: STATUS gets code 50 (not available), every
-// other command code 11 (try again later), both naming what was tried; a configuration that is not
-// JSON gets code 6 then (the router would say so itself when it runs). It scans JSON only to find
-// its keys (scan_value below): the router validates the configuration fully.
+// other command code 11 (try again later), both naming what was tried; and a configuration that is
+// not one JSON object gets code 6 at once (half an object cannot even say which router to ask). It
+// scans JSON for its syntax and its keys only (scan_value below): the router validates the rest.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -322,7 +322,11 @@ int main(void) {
   const char *cmd = getenv("CNI_COMMAND");
   if (cmd && strcmp(cmd, "VERSION") == 0) return print_version();
   int parsed = in.len > 0 && in.len <= MAX_IN && scan_conf(in.p, in.len, &c);
-  if (!parsed) memset(&c, 0, sizeof c); /* nothing from half an object: the defaults, the latest version */
+  if (!parsed) {
+    /* not one JSON object: nothing can be trusted from half of it (not even which router to ask) */
+    memset(&c, 0, sizeof c);
+    return cni_error(&c, 6, "failed to decode the network configuration on stdin (not a JSON object)", in.len > MAX_IN ? "stdin is larger than 1 MiB" : "stdin must hold the network configuration as one JSON object");
+  }
 
   struct buf why = {0};
   int fd = connect_unix(c.socket[0] ? c.socket : DEFAULT_SOCKET, &why);
@@ -331,7 +335,6 @@ int main(void) {
     if (why.len >= 2) why.len -= 2, why.p[why.len] = 0;
     char details[2048];
     snprintf(details, sizeof details, "tried %s: is the weave router running on this host (weave status)? The network configuration names it with \"socket\" (a unix socket path) or \"api\" (HOST:PORT)", why.p);
-    if (!parsed) return cni_error(&c, 6, "failed to decode the network configuration on stdin (not a JSON object)", "stdin must hold the network configuration; the router, which would say more, was not reachable either");
     if (cmd && strcmp(cmd, "STATUS") == 0) return cni_error(&c, 50, "the weave router is not running", details);
     return cni_error(&c, 11, "the weave router is not reachable; try again later", details);
   }

@@ -3,7 +3,6 @@
 // exactly what attach made, idempotent re-attach, the three NETNS spellings, bad input, restart, expose.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'fs';
 import * as path from 'path';
 import { spawn } from 'child_process';
 import { Lab, Host } from '../lab/lab';

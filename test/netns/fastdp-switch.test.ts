@@ -52,7 +52,7 @@ async function ping(ns: string, src: string, dst: string): Promise<boolean> {
   return r.code === 0;
 }
 
-async function pair(lab: Lab, h1: Host, h2: Host, o: { noFastdp2?: boolean; sessionKey?: string } = {}) {
+async function pair(h1: Host, h2: Host, o: { noFastdp2?: boolean; sessionKey?: string } = {}) {
   const n1 = randomPeerName();
   const n2 = randomPeerName();
   const p1 = `10.32.${h1.index}.1/32`;
@@ -71,7 +71,7 @@ test('fastdp + switch across two lab hosts: carry, fall back, climb back, MTU bl
   try {
     const h1 = await lab.addHost('h1');
     const h2 = await lab.addHost('h2');
-    const { n1, n2, a, b, ip1, ip2 } = await pair(lab, h1, h2);
+    const { n1, n2, a, b, ip1, ip2 } = await pair(h1, h2);
     sides.push(a, b);
     const diag = () => `a: ${JSON.stringify(a.last)} ${a.err}\nb: ${JSON.stringify(b.last)} ${b.err}`;
     await waitFor('fastdp to carry both ways', () => a.last?.carrier === 'fastdp' && b.last?.carrier === 'fastdp', { timeoutMs: 10_000, intervalMs: 50 }).catch((e) => { throw new Error(`${e.message}\n${diag()}`); });
@@ -137,7 +137,7 @@ test('fastdp disabled on one side: sleeve carries, "peer has no fastdp" / "disab
   try {
     const h1 = await lab.addHost('h1');
     const h2 = await lab.addHost('h2');
-    const { a, b } = await pair(lab, h1, h2, { noFastdp2: true });
+    const { a, b } = await pair(h1, h2, { noFastdp2: true });
     sides.push(a, b);
     await waitFor('both sides on sleeve', () => a.last?.carrier === 'sleeve' && b.last?.carrier === 'sleeve' && a.last?.status?.reason, { timeoutMs: 10_000, intervalMs: 50 });
     assert.equal(a.last.status.reason, 'peer has no fastdp');
@@ -161,7 +161,7 @@ test('password on this kernel (no ESP): "kernel lacks ESP", sleeve carries, no V
     cap.stderr.on('data', (d) => { capErr += String(d); });
     try {
       await waitFor('tcpdump to listen', () => capErr.includes('listening'), { timeoutMs: 5000, intervalMs: 20 });
-      const { a, b } = await pair(lab, h1, h2, { sessionKey: '11'.repeat(32) });
+      const { a, b } = await pair(h1, h2, { sessionKey: '11'.repeat(32) });
       sides.push(a, b);
       await waitFor('both sides on sleeve with the reason', () => a.last?.carrier === 'sleeve' && b.last?.carrier === 'sleeve' && a.last?.status?.reason && b.last?.status?.reason, { timeoutMs: 10_000, intervalMs: 50 });
       assert.equal(a.last.status.reason, 'kernel lacks ESP');

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Container, Host, Lab, withLab } from '../lab/lab';
-import { run, waitFor } from '../lab/exec';
+import { waitFor } from '../lab/exec';
 import { capture, iperf, pingable, sendUdp, udpPayloads } from '../lab/traffic';
 import { silentLogger } from '../../lib/log';
 import { loadTunIo } from '../../router/native';

@@ -9,7 +9,7 @@ import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { Container, Host, Lab, withLab } from '../lab/lab';
-import { run, waitFor } from '../lab/exec';
+import { waitFor } from '../lab/exec';
 
 type Damage = 'truncate' | 'garbage' | 'delete';
 

@@ -152,7 +152,7 @@ function marker(s: string, n = 200): Buffer {
 for (const [mode, boxes] of [['encrypted', 'native'], ['encrypted', 'engine'], ['plain', 'native']] as const) {
   test(`two routers exchange packets both ways (${mode}, ${boxes} boxes)`, async () => {
     const key = mode === 'encrypted' ? sodium.randomBytes(32) : null;
-    const { lab, a, b, ha, hb } = await twoNodes(key, { boxes });
+    const { lab, a, b, ha } = await twoNodes(key, { boxes });
     try {
       assert.equal(a.sleeve.boxes, boxes);
       assert.deepEqual(ha.status(), { overlay: 'sleeve', encrypted: key !== null, mtu: 1500 - SLEEVE_OVERHEAD });

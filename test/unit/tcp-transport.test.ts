@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'net';
-import { loadCrypto, type CryptoEngine } from '../../mesh/crypto';
+import { loadCrypto } from '../../mesh/crypto';
 import { FakeClock, realClock } from '../../lib/clock';
 import * as v8 from 'v8';
 import * as vm from 'vm';
