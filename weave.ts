@@ -155,6 +155,17 @@ export function buildProgram(): Command {
     .allowExcessArguments(false) // inherited by every command added after this: `weave stop now` is a mistake, not a stop
     .exitOverride();
 
+  addRouterCommands(program);
+  addMeshCommands(program);
+  addContainerCommands(program);
+  for (const m of SUBSYSTEMS) m.commands?.(program, client);
+  addPasswordCommands(program, client);
+  addDemoCommand(program);
+  return program;
+}
+
+/** `weave router` (foreground), `launch` (detached, waits for the child's start-up report), `stop`, `reset`. */
+function addRouterCommands(program: Command): void {
   addRouterFlags(program.command('router').description('run the router in the foreground').argument('[peers...]', 'peers to connect to (host[:port])'))
     .action(async (peers: string[], f: RouterFlags) => {
       try {
@@ -222,7 +233,10 @@ export function buildProgram(): Command {
       if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f !== 'weave.log') fs.rmSync(path.join(dir, f), { recursive: true, force: true });
       if (!handled) await cleanupNamespace(o);
     });
+}
 
+/** Connection targets and the views of the report: `connect`, `forget`, `status`, `report`. */
+function addMeshCommands(program: Command): void {
   program.command('connect').description('add connection targets').option('--replace', 'replace the targets with these').argument('<peers...>').option('--http-addr <host:port>', 'HTTP API address')
     .action(async (peers: string[], o: { replace?: boolean; httpAddr?: string }) => {
       for (const p of peers) checkPeer(p);
@@ -249,7 +263,10 @@ export function buildProgram(): Command {
       const r = await client(o).request('GET', '/report');
       process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     });
+}
 
+/** Containers and the host's own overlay addresses: `attach`, `detach`, `ps`, `expose`, `hide`. */
+function addContainerCommands(program: Command): void {
   program.command('attach').description('connect a network namespace (a container) to the overlay')
     .helpOption('--help', 'display help for command')
     .argument('<args...>', '[ADDR/LEN...] NETNS — NETNS is an ip-netns name, a path such as /proc/PID/ns/net, or a PID')
@@ -296,10 +313,9 @@ export function buildProgram(): Command {
     .action(async (cidrs: string[], o: { httpAddr?: string }) => {
       await client(o).request('POST', '/hide', { cidrs });
     });
+}
 
-  for (const m of SUBSYSTEMS) m.commands?.(program, client);
-  addPasswordCommands(program, client);
-
+function addDemoCommand(program: Command): void {
   program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down; "cni": pods through containerd\'s CRI on two hosts')
     .argument('[which]', 'mesh (default) or cni')
     .action(async (which: string | undefined) => {
@@ -311,9 +327,8 @@ export function buildProgram(): Command {
       const { runDemo } = await import('./test/lab/demo');
       process.exit(await runDemo());
     });
-
-  return program;
 }
+
 
 /**
  * Asks the router of this data dir to stop (or reset); SIGTERM when its API does not answer but its

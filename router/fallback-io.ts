@@ -132,7 +132,7 @@ export function loadFallbackIo(log: Logger, load: () => unknown = () => require(
   const plog = log.child({ component: 'fallback-io' });
 
   // Scratch for one batch each way; calls are synchronous, so one set per direction is enough.
-  const mk = (): { msgs: Buffer; m32: Uint32Array; iov: Buffer; i32: Uint32Array; sin: Buffer; msgsA: number; iovA: number; sinA: number } => {
+  const mk = (): Scratch => {
     const msgs = Buffer.alloc(MMSG * ADDON_MAX_BATCH);
     const iov = Buffer.alloc(IOV * ADDON_MAX_BATCH);
     const sin = Buffer.alloc(SIN * ADDON_MAX_BATCH);
@@ -161,9 +161,19 @@ export function loadFallbackIo(log: Logger, load: () => unknown = () => require(
     return a;
   };
 
-  const io: TunIo & { readonly kind: IoKind } = {
-    kind: 'koffi',
+  return { kind: 'koffi', ...tunCalls(c, addrOf), ...udpCalls(c, { tx, rx, small, smallA }, addrOf), ...pollCalls(c, plog) };
+}
 
+/** Scratch memory of one direction's batch: mmsghdr, iovec and sockaddr_in arrays, and their addresses. */
+interface Scratch { msgs: Buffer; m32: Uint32Array; iov: Buffer; i32: Uint32Array; sin: Buffer; msgsA: number; iovA: number; sinA: number }
+
+type TunCalls = Pick<TunIo, 'openTun' | 'closeFd' | 'readBatch' | 'writeBatch'>;
+type UdpCalls = Pick<TunIo, 'udpOpen' | 'udpPort' | 'sendBatch' | 'recvBatch'>;
+type PollCalls = Pick<TunIo, 'poll' | 'unpoll'>;
+
+/** The TUN device: open with TUNSETIFF, read and write one packet per syscall. */
+function tunCalls(c: Libc, addrOf: (b: Uint8Array) => number): TunCalls {
+  return {
     openTun(name, multiQueue) {
       const nb = Buffer.from(name, 'utf8');
       if (nb.length === 0 || nb.length >= IFNAMSIZ) throw new WeaveError('EINVAL', 'openTun: interface name must be 1-15 bytes');
@@ -218,7 +228,13 @@ export function loadFallbackIo(log: Logger, load: () => unknown = () => require(
       }
       return ok;
     },
+  };
+}
 
+/** The UDP socket: bind with PMTU discovery, sendmmsg/recvmmsg batches through the scratch arrays. */
+function udpCalls(c: Libc, s: { tx: Scratch; rx: Scratch; small: Buffer; smallA: number }, addrOf: (b: Uint8Array) => number): UdpCalls {
+  const { tx, rx, small, smallA } = s;
+  return {
     udpOpen(ip, port, rcvbuf, sndbuf) {
       const fd = c.socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       if (fd < 0) throw errnoError('socket', c.errno());
@@ -320,7 +336,12 @@ export function loadFallbackIo(log: Logger, load: () => unknown = () => require(
       }
       return r;
     },
+  };
+}
 
+/** Readiness through poll(2) on koffi's worker thread, re-armed after each callback. */
+function pollCalls(c: Libc, plog: Logger): PollCalls {
+  return {
     poll(fd, cb) {
       const p: Poller = { stopped: false, fds: Buffer.alloc(8) };
       p.fds.writeInt32LE(fd, 0);
@@ -360,5 +381,5 @@ export function loadFallbackIo(log: Logger, load: () => unknown = () => require(
       if (p && typeof p === 'object') p.stopped = true;
     },
   };
-  return io;
 }
+
