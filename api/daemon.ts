@@ -63,7 +63,7 @@ export interface RunOptions {
 }
 
 export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promise<RouterHandle> {
-  const root = opts.log ?? rootLogger({ level: cfg.logLevel });
+  const root = opts.log ?? rootLogger({ level: cfg.logLevel, file: cfg.logFile });
   const clock = opts.clock ?? realClock;
   const log = componentLogger(root, 'router');
   const s = { ...STEPS, ...opts.steps };
