@@ -492,8 +492,12 @@ export class FastDp {
    * Each connection's fastdp heartbeats: the kernel's VXLAN device counts its traffic for all peers
    * together, so heartbeats are what fastdp can say per connection.
    */
-  pathCounters(): Array<{ peer: PeerName; established: boolean; hbSent: number; hbReceived: number }> {
-    return [...this.paths].filter((p) => !p.closed).map((p) => ({ peer: p.peer, established: p.established, hbSent: p.hbSent, hbReceived: p.hbReceived }));
+  pathCounters(): Array<{ peer: PeerName; established: boolean; hbSent: number; hbReceived: number; lastRxAgoMs: number | null }> {
+    const now = this.clock.now();
+    return [...this.paths].filter((p) => !p.closed).map((p) => {
+      const rx = Math.max(p.lastFullRx, p.lastSmallRx);
+      return { peer: p.peer, established: p.established, hbSent: p.hbSent, hbReceived: p.hbReceived, lastRxAgoMs: rx === -Infinity ? null : Math.max(0, Math.round(now - rx)) };
+    });
   }
 
   private pathStatus(p: FdPath): FastDpStatus {

@@ -381,14 +381,17 @@ export class Sleeve {
    * Each connection's traffic and drops on the sleeve since its path attached (the engines' per-slot
    * counters summed over the threads, minus what the slot held when the path took it).
    */
-  paths(): Array<{ peer: PeerName } & PathCounters> {
-    const out: Array<{ peer: PeerName } & PathCounters> = [];
+  paths(): Array<{ peer: PeerName; lastRxAgoMs: number | null } & PathCounters> {
+    const out: Array<{ peer: PeerName; lastRxAgoMs: number | null } & PathCounters> = [];
+    const t = this.clock.now();
     for (const p of this.slots) {
       if (!p || p.closed) continue;
       const now = sumPathCounters(this.enginePathCounters, p.slot);
       const c = {} as PathCounters;
       for (const k of Object.keys(now) as Array<keyof PathCounters>) c[k] = now[k] - p.countersBase[k];
-      out.push({ peer: p.peer, ...c });
+      // how long the peer has been silent (nothing authentic heard): a cut shows before the path is declared dead
+      const rx = this.shared.lastRx[p.slot];
+      out.push({ peer: p.peer, lastRxAgoMs: rx === -Infinity ? null : Math.max(0, Math.round(t - rx)), ...c });
     }
     return out;
   }

@@ -16,6 +16,9 @@ export interface TrafficSample { time: number; byPeer: Map<string, { txPackets: 
 
 type AnyRec = Record<string, any>;
 
+/** Heartbeats go every second on both overlays: this long without one is worth showing before the path is declared dead. */
+export const SILENT_MS = 2500;
+
 export function encryptionOf(c: Pick<ConnectionStatus, 'encrypted' | 'trusted'>): 'encrypted' | 'trusted' | 'none' {
   return c.encrypted ? 'encrypted' : c.trusted ? 'trusted' : 'none';
 }
@@ -77,6 +80,8 @@ export function edgesOf(r: Report, links: ReadonlyMap<string, LinksEntry>): UiEd
     else delete e.reason;
     e.info = c.info;
     if (c.stalled) e.stalled = c.stalled;
+    const path = ((r[c.overlay === 'fastdp' ? 'fastdp' : 'sleeve'] as AnyRec | undefined)?.paths as AnyRec[] | undefined)?.find((p) => p.peer === c.peerName);
+    if (typeof path?.lastRxAgoMs === 'number' && path.lastRxAgoMs > SILENT_MS) e.silentMs = path.lastRxAgoMs;
     edges.set(k, e);
   }
   return [...edges.values()].sort((x, y) => (x.a + x.b < y.a + y.b ? -1 : 1));

@@ -42,6 +42,8 @@ export interface UiEdge {
   /** this router's own connection: its info line and (when data does not flow) why */
   info?: string;
   stalled?: string;
+  /** this router's connection: nothing heard from the peer on its overlay for this long (ms; only past SILENT_MS) */
+  silentMs?: number;
 }
 
 /** A connection of this router that is not established: refused handshakes, failing dials. */

@@ -71,8 +71,10 @@ test('the view: every peer with its address and version, every connection with o
 test('traffic: counts from the report, rates over the sample interval; IPAM shares add up to the range; names not inodes', () => {
   const first = buildView(report(), links(), [], 10_000);
   assert.deepEqual(first.view.traffic.map((t) => [t.nickname, t.counts, t.txPackets, t.txPps]), [['h2', 'fastdp heartbeats', 20, null], ['h3', 'sleeve', 100, null]]);
-  const later = report({ sleevePaths: [{ peer: H3, txPackets: 300, txBytes: 30_000, rxPackets: 150, rxBytes: 15_000, dropReplay: 2, dropAuth: 1, dropNoRoute: 0, dropTooBig: 0 }], fastdpPaths: [{ peer: H2, hbSent: 24, hbReceived: 22 }] });
+  const later = report({ sleevePaths: [{ peer: H3, txPackets: 300, txBytes: 30_000, rxPackets: 150, rxBytes: 15_000, dropReplay: 2, dropAuth: 1, dropNoRoute: 0, dropTooBig: 0, lastRxAgoMs: 4000 }], fastdpPaths: [{ peer: H2, hbSent: 24, hbReceived: 22, lastRxAgoMs: 900 }] });
   const { view } = buildView(later, links(), [], 12_000, first.sample);
+  // a peer silent past SILENT_MS shows on its line before the path is declared dead
+  assert.deepEqual(view.edges.map((e) => e.silentMs), [undefined, 4000, undefined]);
   const h3 = view.traffic.find((t) => t.peer === H3)!;
   assert.deepEqual([h3.txPps, h3.rxPps, h3.txBps, h3.rxBps], [100, 50, 10_000, 5000]);
   assert.deepEqual(h3.drops, { replay: 2, auth: 1, noRoute: 0, tooBig: 0 });

@@ -62,7 +62,7 @@ function renderHeader(v: UiView): void {
 // ---- topology --------------------------------------------------------------------------------------
 
 function edgeClass(e: UiEdge): string {
-  if (e.state === 'stalled') return 'stalled';
+  if (e.state === 'stalled' || e.silentMs) return 'stalled';
   if (!e.established && e.source !== 'local') return 'down';
   return e.overlay === 'fastdp' || e.overlay === 'sleeve' ? e.overlay : 'unknown';
 }
@@ -89,7 +89,7 @@ function renderTopology(v: UiView): void {
   for (const e of v.edges) {
     const a = pos.get(e.a), b = pos.get(e.b);
     if (!a || !b) continue;
-    const grp = svg('g', { class: `edge ${edgeClass(e)}`, 'data-a': e.a, 'data-b': e.b, 'data-overlay': e.overlay ?? '', 'data-encryption': e.encryption, 'data-state': e.state, 'data-reason': e.reason ?? '', 'data-mtu': e.mtu ?? '' });
+    const grp = svg('g', { class: `edge ${edgeClass(e)}`, 'data-a': e.a, 'data-b': e.b, 'data-overlay': e.overlay ?? '', 'data-encryption': e.encryption, 'data-state': e.state, 'data-reason': e.reason ?? '', 'data-mtu': e.mtu ?? '', 'data-silent': e.silentMs ?? '' });
     grp.append(svg('line', { x1: a.x, y1: a.y, x2: b.x, y2: b.y }));
     const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2;
     // labels sit off the line, on the side away from the centre
@@ -99,6 +99,7 @@ function renderTopology(v: UiView): void {
     grp.append(svg('text', { x: lx, y: ly, 'text-anchor': anchor, class: 'label' }, edgeText(e)));
     if (e.reason) grp.append(svg('text', { x: lx, y: ly + 14, 'text-anchor': anchor, class: 'reason' }, `not fastdp: ${e.reason}`));
     if (e.stalled) grp.append(svg('text', { x: lx, y: ly + 28, 'text-anchor': anchor, class: 'reason' }, `stalled: ${e.stalled}`));
+    if (e.silentMs) grp.append(svg('text', { x: lx, y: ly + 42, 'text-anchor': anchor, class: 'reason' }, `nothing heard for ${Math.round(e.silentMs / 1000)} s`));
     const title = svg('title', {}, `${edgeText(e)}${e.reason ? `\nwhy not fastdp: ${e.reason}` : ''}${e.info ? `\n${e.info}` : ''}`);
     grp.append(title);
     kids.push(grp);
@@ -138,7 +139,7 @@ function renderPeers(v: UiView): void {
     td(`${label(nick.get(e.a), e.a)} – ${label(nick.get(e.b), e.b)}`),
     td(e.source === 'topology' ? (e.established ? 'established' : 'pending') : e.state, e.state === 'established' ? '' : 'bad'),
     el('td', {}, el('span', { class: `tag ${e.overlay ?? 'unknown'}` }, e.overlay ?? (e.source === 'topology' ? 'unknown' : 'none'))),
-    td(e.encryption), td(e.mtu ?? '', 'num'), td(e.reason ? `fastdp: ${e.reason}` : e.stalled ? `stalled: ${e.stalled}` : '', 'warn'))), 'no connections', 6);
+    td(e.encryption), td(e.mtu ?? '', 'num'), td([e.reason ? `fastdp: ${e.reason}` : '', e.stalled ? `stalled: ${e.stalled}` : '', e.silentMs ? `nothing heard for ${Math.round(e.silentMs / 1000)} s` : ''].filter(Boolean).join('; '), 'warn'))), 'no connections', 6);
   const f = $('failing');
   f.replaceChildren(...(v.failing.length ? [el('h2', { style: 'margin-top:14px' }, 'Failing and refused'), el('table', {}, el('tbody', {}, ...v.failing.map((x: UiFailing) => el('tr', { class: 'bad' }, td(`${x.outbound ? '→' : '←'} ${x.address}`, 'mono'), td(x.state), td(x.code ?? ''), td(x.info))))) ] : []));
 }
