@@ -228,9 +228,9 @@ export function buildProgram(): Command {
     .action(async (o: { httpAddr?: string }) => {
       requireRoot('reset removes network devices, routes and the data dir');
       const handled = await stopRouter(o, true, '/reset');
-      // everything the router persisted goes (identity, targets, endpoints, IPAM, DNS); the log stays for post-mortems
+      // everything the router persisted goes (identity, targets, endpoints, IPAM, DNS); the logs (and rotated ones) stay for post-mortems
       const dir = dataDirFromEnv();
-      if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f !== 'weave.log') fs.rmSync(path.join(dir, f), { recursive: true, force: true });
+      if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f !== LOG_FILE && !f.startsWith(`${LOG_FILE}.`)) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
       if (!handled) await cleanupNamespace(o);
     });
 

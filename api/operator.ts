@@ -134,14 +134,23 @@ function follow(file: string, json: boolean, from: number): Promise<never> {
 
 // ---- ui -------------------------------------------------------------------------------------------
 
-/** The name of the network namespace this process runs in, when it is not the host's (init's). */
+/**
+ * Whether this process runs in another network namespace than the host's, and its `ip netns` name:
+ * a namespace with a name is one; else it is compared with init's (when /proc/1 can be read).
+ */
 function namespaceHere(): { inOther: boolean; name?: string } {
+  let own: string;
   try {
-    const own = ownNetnsKey();
-    const init = netnsKeyOfStat(fs.statSync('/proc/1/ns/net'));
-    return own === init ? { inOther: false } : { inOther: true, name: findNamedNetns(own) };
+    own = ownNetnsKey();
   } catch {
-    return { inOther: false }; // cannot tell (no /proc/1 access): say nothing about namespaces
+    return { inOther: false };
+  }
+  const name = findNamedNetns(own);
+  if (name) return { inOther: true, name };
+  try {
+    return { inOther: own !== netnsKeyOfStat(fs.statSync('/proc/1/ns/net')) };
+  } catch {
+    return { inOther: false }; // cannot tell (no access to init's namespace): say nothing about namespaces
   }
 }
 

@@ -71,8 +71,11 @@ test('the /ui page in Chromium: 3 peers, 3 connections with overlays and reasons
     const out = path.join(ARTIFACTS, `ui-${lab.id}`);
     fs.mkdirSync(out, { recursive: true });
     process.stdout.write(`# /ui screenshots: ${out}\n`);
-    const url = (await h1.weave(['ui'])).stdout.split('\n')[0];
+    const uiOut = (await h1.weave(['ui'])).stdout;
+    const url = uiOut.split('\n')[0];
     assert.equal(url, 'http://127.0.0.1:6784/ui');
+    assert.match(uiOut, new RegExp(`inside the network namespace "${h1.ns}"`), 'weave ui says how to reach a router in a namespace');
+    assert.match(uiOut, /ssh -L 6784:127\.0\.0\.1:6784/);
 
     const ctx = await browserIn(h1, lab.tmp);
     try {
