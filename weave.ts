@@ -17,6 +17,10 @@ import { WeaveError, UsageError, errMsg } from './lib/errors';
 import { SUBSYSTEMS } from './api/subsystems';
 import { addPasswordCommands } from './api/password';
 import { podLabel } from './cni/views';
+import { LOG_FILE, DEFAULT_LOG_MAX_BYTES, currentRun, renderLine, rotateIfLarge, startMarker } from './lib/log-file';
+import { VERSION } from './api/parts/api';
+import { parseTemplate, renderTemplate } from './api/template';
+import { addOperatorCommands, psMatches, psName, statusViewHelp, type PsEndpoint } from './api/operator';
 
 function fail(msg: string, code = 1): never {
   process.stderr.write(`weave: ${msg}\n`);
@@ -131,9 +135,10 @@ async function otherRouter(a: { host: string; port: number }): Promise<Report['r
   return undefined;
 }
 
-function tail(file: string, lines = 20): string {
+/** The last lines of the current run (since the last start marker), rendered for people. */
+function tail(file: string, lines = 30): string {
   try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+    return currentRun(fs.readFileSync(file, 'utf8').trimEnd().split('\n')).slice(-lines).map(renderLine).join('\n');
   } catch {
     return '';
   }
@@ -160,6 +165,7 @@ export function buildProgram(): Command {
   addContainerCommands(program);
   for (const m of SUBSYSTEMS) m.commands?.(program, client);
   addPasswordCommands(program, client);
+  addOperatorCommands(program, client);
   addDemoCommand(program);
   return program;
 }
@@ -194,11 +200,17 @@ function addRouterCommands(program: Command): void {
       const pid = runningPid(cfg.dataDir);
       if (pid) fail(`a weave router is already running with data dir ${cfg.dataDir} (pid ${pid}); use "weave stop" first`);
       await checkNamespaceFree(cfg);
-      const logFile = path.join(cfg.dataDir, 'weave.log');
-      const out = fs.openSync(logFile, 'a');
+      const logFile = path.join(cfg.dataDir, LOG_FILE);
       const args = process.argv.slice(process.argv.indexOf('launch') + 1);
+      // a start marker before the run, so a failed launch shows its own lines only (lib/log-file.ts)
+      const maxBytes = cfg.logFile?.maxBytes ?? DEFAULT_LOG_MAX_BYTES;
+      rotateIfLarge(logFile, maxBytes);
+      const out = fs.openSync(logFile, 'a', 0o600);
+      fs.writeSync(out, startMarker({ pid: process.pid, args, version: VERSION }));
+      // the router appends its log there itself and rotates it; its stdout and stderr (a crash) go there too
+      const logArgs = cfg.logFile ? [] : ['--log-file', logFile];
       // the IPC channel carries the child's one start-up report; it disconnects once ready
-      const child = spawn(process.execPath, [...process.execArgv, __filename, 'router', ...args], { detached: true, stdio: ['ignore', out, out, 'ipc'], env: process.env });
+      const child = spawn(process.execPath, [...process.execArgv, __filename, 'router', ...args, ...logArgs], { detached: true, stdio: ['ignore', out, out, 'ipc'], env: process.env });
       const waitMs = cliTimeoutMs();
       const r = await waitForStart(child, waitMs);
       switch (r.t) {
@@ -228,9 +240,9 @@ function addRouterCommands(program: Command): void {
     .action(async (o: { httpAddr?: string }) => {
       requireRoot('reset removes network devices, routes and the data dir');
       const handled = await stopRouter(o, true, '/reset');
-      // everything the router persisted goes (identity, targets, endpoints, IPAM, DNS); the log stays for post-mortems
+      // everything the router persisted goes (identity, targets, endpoints, IPAM, DNS); the logs (and rotated ones) stay for post-mortems
       const dir = dataDirFromEnv();
-      if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f !== 'weave.log') fs.rmSync(path.join(dir, f), { recursive: true, force: true });
+      if (fs.existsSync(dir)) for (const f of fs.readdirSync(dir)) if (f !== LOG_FILE && !f.startsWith(`${LOG_FILE}.`)) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
       if (!handled) await cleanupNamespace(o);
     });
 }
@@ -249,18 +261,28 @@ function addMeshCommands(program: Command): void {
       await client(o).request('POST', '/forget', { peers });
     });
 
-  program.command('status').description('router status: summary, or peers | connections | targets').argument('[what]').option('--http-addr <host:port>', 'HTTP API address')
+  const views: Record<string, (r: Report) => string> = { peers: renderPeers, connections: renderConnections, targets: renderTargets };
+  for (const m of SUBSYSTEMS) Object.assign(views, m.views ?? {});
+  program.command('status').description(`router status: the summary, or one view: ${Object.keys(views).join(' | ')}`)
+    .argument('[view]', `one of: ${Object.keys(views).join(', ')} (none: the summary)`).option('--http-addr <host:port>', 'HTTP API address')
+    .addHelpText('after', `\nViews:\n${statusViewHelp(Object.keys(views))}`)
     .action(async (what: string | undefined, o: { httpAddr?: string }) => {
-      const views: Record<string, (r: Report) => string> = { peers: renderPeers, connections: renderConnections, targets: renderTargets };
-      for (const m of SUBSYSTEMS) Object.assign(views, m.views ?? {});
       if (what && !views[what]) throw new UsageError(`unknown status view "${what}": one of ${Object.keys(views).join(', ')}`);
       const r = await client(o).request<Report>('GET', '/report');
       process.stdout.write(what ? views[what](r) : renderSummary(r));
     });
 
-  program.command('report').description('full router state as JSON').option('--http-addr <host:port>', 'HTTP API address')
-    .action(async (o: { httpAddr?: string }) => {
+  program.command('report').description('full router state as JSON, or through a template (-f)')
+    .option('-f, --format <template>', 'a Go-template-like format over the report, e.g. \'{{.Router.Name}}\' or \'{{range .Router.Connections}}{{.PeerNickname}} {{.Overlay}}{{"\\n"}}{{end}}\' (names match the JSON keys in any case)')
+    .option('--http-addr <host:port>', 'HTTP API address')
+    .action(async (o: { httpAddr?: string; format?: string }) => {
+      if (o.format !== undefined) parseTemplate(o.format); // a template that cannot parse fails before the request
       const r = await client(o).request('GET', '/report');
+      if (o.format !== undefined) {
+        const text = renderTemplate(o.format, r);
+        process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+        return;
+      }
       process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     });
 }
@@ -290,12 +312,15 @@ function addContainerCommands(program: Command): void {
       if (r.removed?.length) process.stdout.write(`${r.removed.join(' ')}\n`);
     });
 
-  program.command('ps').description('list attached namespaces and their addresses')
+  program.command('ps').description('list attached namespaces (containers, pods) and their addresses; with CONTAINER only that one')
+    .argument('[container]', 'an ip-netns name, a PID or namespace path, a pod (namespace/name or container ID), an address or a DNS name')
     .option('--http-addr <host:port>', 'HTTP API address')
-    .action(async (o: { httpAddr?: string }) => {
-      const r = await client(o).request<{ endpoints: Array<{ netns: string; ifname?: string; mac?: string; addresses: string[]; pod?: { containerId: string; namespace?: string; name?: string } }> }>('GET', '/ps');
-      // a pod (CNI) by its Kubernetes namespace/name (or container ID), then its namespace file
-      for (const e of r.endpoints) process.stdout.write(`${e.pod ? `${podLabel(e.pod)} ` : ''}${e.netns} ${e.mac ?? '-'} ${e.addresses.join(' ')}\n`);
+    .action(async (container: string | undefined, o: { httpAddr?: string }) => {
+      const r = await client(o).request<{ endpoints: PsEndpoint[] }>('GET', '/ps');
+      const shown = container === undefined ? r.endpoints : r.endpoints.filter((e) => psMatches(e, container));
+      if (container !== undefined && shown.length === 0) throw new WeaveError('ENOTFOUND', `no attached container matches "${container}" (weave ps lists them all)`);
+      // a pod (CNI) by its Kubernetes namespace/name (or container ID), then its namespace by name where it has one
+      for (const e of shown) process.stdout.write(`${e.pod ? `${podLabel(e.pod)} ` : ''}${psName(e)} ${e.mac ?? '-'} ${e.addresses.join(' ')}\n`);
     });
 
   program.command('expose').description('give this host an address on the overlay')

@@ -4,6 +4,7 @@ import * as fs from 'fs';
 import { Option, type Command } from 'commander';
 import { UsageError } from '../lib/errors';
 import type { Level } from '../lib/log';
+import { DEFAULT_LOG_MAX_BYTES } from '../lib/log-file';
 import { contains, parseCidr, parseHostPort as parseHostPortAddr, parsePort as parsePortNumber, tryParseAddr, type Cidr } from '../lib/addr';
 import { CONTROL_PORT, HTTP_API_PORT } from '../lib/ports';
 import { checkPeer } from '../lib/validate';
@@ -32,6 +33,8 @@ export interface RouterConfig {
   resume: boolean;
   peers: string[];
   logLevel: Level;
+  /** --log-file: the log appended to this file and rotated there by size (`weave launch` sets it) */
+  logFile?: { path: string; maxBytes: number };
   fastdp: boolean;
   crypto?: 'sodium' | 'tweetnacl';
   /** --trusted-subnets: peers there get the data unencrypted when they trust us too (control stays encrypted) */
@@ -56,6 +59,7 @@ export interface SleeveConfig {
 export interface RouterFlags {
   name?: string; nickname?: string; port: string; host: string; passwordFile?: string; connLimit: string;
   discovery: boolean; resume?: boolean; httpAddr?: string; logLevel: string; fastdp: boolean; crypto?: string; trustedSubnets?: string;
+  logFile?: string; logMaxSize?: string;
 }
 
 export function addRouterFlags(c: Command): Command {
@@ -72,7 +76,10 @@ export function addRouterFlags(c: Command): Command {
     .option('--log-level <level>', 'trace, debug, info, warn, error', 'info')
     .option('--no-fastdp', 'do not use the kernel fast datapath')
     .option('--trusted-subnets <cidrs>', 'comma-separated CIDRs of networks where peers may exchange data unencrypted (both ends must trust each other; the control channel stays encrypted)')
-    .addOption(new Option('--crypto <engine>', 'crypto engine').choices(['sodium', 'tweetnacl']).hideHelp());
+    .addOption(new Option('--crypto <engine>', 'crypto engine').choices(['sodium', 'tweetnacl']).hideHelp())
+    // `weave launch` passes these to the router it starts (its log file in the data dir)
+    .addOption(new Option('--log-file <file>', 'append the log to this file, rotated by size').hideHelp())
+    .addOption(new Option('--log-max-size <bytes>', 'rotate the log file at this size (K, M suffixes); default 10M').hideHelp());
   addIpamFlags(c);
   addDnsFlags(c);
   addCniFlags(c);
@@ -96,6 +103,7 @@ export function routerConfig(peers: string[], f: RouterFlags & Record<string, un
     resume: !!f.resume,
     peers,
     logLevel: parseLevel(f.logLevel),
+    ...(f.logFile ? { logFile: { path: f.logFile, maxBytes: parseSize(f.logMaxSize, '--log-max-size', DEFAULT_LOG_MAX_BYTES) } } : {}),
     fastdp: f.fastdp,
     crypto: f.crypto as RouterConfig['crypto'],
     trustedSubnets: parseTrustedSubnets(f.trustedSubnets),
@@ -176,6 +184,15 @@ export function inSubnets(subnets: Cidr[], ip: string): boolean {
   const a = tryParseAddr(ip);
   if (a === undefined) return false; // not an IPv4 address: never trusted
   return subnets.some((c) => contains(c, a));
+}
+
+/** "10485760", "512K", "10M" -> bytes (at least 4 KiB); absent -> dflt. */
+export function parseSize(s: string | undefined, what: string, dflt: number): number {
+  if (s === undefined || s === '') return dflt;
+  const m = /^(\d+)([KkMmGg]?)$/.exec(s.trim());
+  const n = m ? Number(m[1]) * ({ '': 1, k: 1 << 10, m: 1 << 20, g: 1 << 30 } as Record<string, number>)[m[2].toLowerCase()] : NaN;
+  if (!Number.isSafeInteger(n) || n < 4096) throw new UsageError(`invalid ${what} "${s}": expected bytes >= 4096, with an optional K, M or G suffix`);
+  return n;
 }
 
 export function parseConnLimit(s: string): number {

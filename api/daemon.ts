@@ -17,8 +17,11 @@ import { buildMesh, buildWire, openDataDir, pidFilePart } from './parts/control'
 import { buildSleeve, hostState, startRouteSync } from './parts/sleeve';
 import { buildOverlays, wireForwarding } from './parts/fastdp';
 import { buildEndpoints, restoreEndpoints } from './parts/endpoints';
-import { buildReport, serveApi } from './parts/api';
+import { VERSION, buildReport, serveApi } from './parts/api';
+import { PROTOCOL_MAX_VERSION, PROTOCOL_MIN_VERSION } from '../mesh/wire';
 import { passwordRotation } from './password';
+import { buildEvents } from './parts/events';
+import { buildUi } from '../ui/part';
 
 export { VERSION } from './parts/api';
 export { pidFile, runningPid } from '../lib/pid-file';
@@ -49,7 +52,7 @@ const MODULES: readonly SubsystemModule<unknown, DaemonContext>[] = SUBSYSTEMS;
 /** Every step's builder, in one object so a test can replace them (start-up failure at each step). */
 export const STEPS = {
   openDataDir, hostState, buildWire, buildSleeve, buildOverlays, buildMesh, wireForwarding, buildEndpoints,
-  subsystems: MODULES, restoreEndpoints, startRouteSync, startMesh, passwordRotation, serveApi, pidFilePart,
+  subsystems: MODULES, buildEvents, buildUi, restoreEndpoints, startRouteSync, startMesh, passwordRotation, serveApi, pidFilePart,
 };
 
 export interface RunOptions {
@@ -60,7 +63,7 @@ export interface RunOptions {
 }
 
 export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promise<RouterHandle> {
-  const root = opts.log ?? rootLogger({ level: cfg.logLevel });
+  const root = opts.log ?? rootLogger({ level: cfg.logLevel, file: cfg.logFile });
   const clock = opts.clock ?? realClock;
   const log = componentLogger(root, 'router');
   const s = { ...STEPS, ...opts.steps };
@@ -85,6 +88,10 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   const eps = await build.add('endpoints', () => s.buildEndpoints(cfg, data.identity.name, host, sleeve.prefixes, () => overlays.containerMtu(), subsystems, root, clock));
   const ctx: DaemonContext = { cfg, root, clock, identity: data.identity, mesh, hostCtx: host.ctx, endpoints: eps.endpoints, announce: eps.announce, subsystems };
   for (const mod of s.subsystems) subsystems.push(await build.add(mod.name, () => mod.create(ctx)));
+  // the event log and the /ui page (its link gossip channel registers before the mesh starts)
+  const ipamPart = subsystems.find((x) => (x.section ?? x.name) === 'ipam');
+  const events = await build.add('events', () => s.buildEvents({ mesh, overlays: overlays.overlaySwitch, ipamOwners: ipamPart ? () => ipamOwnersOf(ipamPart.report?.()) : undefined }, root, clock));
+  await build.add('ui', () => s.buildUi({ self: data.identity.name, software: `${VERSION} ${PROTOCOL_MIN_VERSION}..${PROTOCOL_MAX_VERSION}`, mesh, overlays: overlays.overlaySwitch, report: () => buildReport(build.parts), events: events.ring }, root, clock));
   await build.add('restore endpoints', () => s.restoreEndpoints(eps, log));
   await build.add('route sync', () => s.startRouteSync(host));
   await build.add('mesh start', () => s.startMesh(mesh, subsystems, cfg));
@@ -98,6 +105,12 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => void stop(`signal ${sig}`));
   }
   return { report: () => buildReport(build.parts), stop, stopped };
+}
+
+/** The owners in IPAM's report section (ipam/subsystem.ts), when its ring exists. */
+function ipamOwnersOf(section: unknown): Array<{ peer: string; nickname?: string; addresses: number; reachable: boolean }> | undefined {
+  const owners = (section as { status?: { owners?: unknown } } | undefined)?.status?.owners;
+  return Array.isArray(owners) ? owners : undefined;
 }
 
 /** The mesh listens and dials once every gossip channel is registered and the subsystems run. */

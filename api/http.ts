@@ -82,8 +82,8 @@ export class ApiServer {
     this.requestTimeoutMs = opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
   }
 
-  add(method: Route['method'], path: string, handler: Handler, opts: { text?: boolean } = {}): void {
-    this.routes.set(`${method} ${path}`, { method, path, handler, text: opts.text });
+  add(method: Route['method'], path: string, handler: Handler, opts: { text?: boolean; contentType?: string; stream?: Route['stream'] } = {}): void {
+    this.routes.set(`${method} ${path}`, { method, path, handler, text: opts.text, contentType: opts.contentType, stream: opts.stream });
   }
 
   /** TCP: read-only routes; every other method is refused with 403. */
@@ -223,8 +223,12 @@ export class ApiServer {
     let body: Body;
     try {
       body = asBody(raw.length ? parseJson(raw) : undefined);
+      if (route!.stream) return this.openStream(req, res, route!.stream, { body, query: target.query, path: where });
       const out = await route!.handler({ body, query: target.query, path: where });
-      if (route!.text) {
+      if (route!.contentType) {
+        res.writeHead(200, { 'content-type': route!.contentType, 'cache-control': 'no-store' });
+        res.end(String(out));
+      } else if (route!.text) {
         res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
         res.end(String(out));
       } else {
@@ -237,6 +241,34 @@ export class ApiServer {
       else this.log.info({ path: where, status, code: (e as WeaveError).code, reason: errMsg(e) }, 'API request refused');
       this.reply(res, status, { error: errMsg(e), code: e instanceof WeaveError ? e.code : 'EINTERNAL' });
     }
+  }
+
+  /** A server-sent events reply: headers now, then whatever the route writes until either side ends. */
+  private openStream(req: http.IncomingMessage, res: http.ServerResponse, stream: NonNullable<Route['stream']>, r: { body: Body; query: URLSearchParams; path: string }): void {
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive' });
+    res.flushHeaders();
+    // the request's own deadline does not apply to the answer streaming out
+    req.socket.setTimeout(0);
+    const closers: Array<() => void> = [];
+    let closed = false;
+    const close = (): void => {
+      if (closed) return;
+      closed = true;
+      for (const fn of closers) {
+        try {
+          fn();
+        } catch (e) {
+          this.log.error({ err: e, path: r.path }, 'stream close handler threw');
+        }
+      }
+    };
+    res.once('close', close);
+    stream(r, {
+      write: (chunk) => !closed && res.write(chunk),
+      get buffered() { return res.writableLength; },
+      end: () => { res.end(); close(); },
+      onClose: (fn) => { if (closed) fn(); else closers.push(fn); },
+    });
   }
 
   private refuse(req: http.IncomingMessage, res: http.ServerResponse, status: number, error: string, code: string): void {

@@ -1,6 +1,8 @@
 // Structured logging: one pino root per process, a child per component ({component: 'mesh'} ...).
 // Components take a Logger in their options; tests hand in silentLogger() or a capturing logger.
+import * as fs from 'fs';
 import pino from 'pino';
+import { RotatingDestination } from './log-file';
 
 export type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 
@@ -40,9 +42,18 @@ class PinoLogger implements Logger {
   bindings(): Record<string, unknown> { return this.p.bindings(); }
 }
 
-export function rootLogger(opts: { level?: Level; destination?: string | number } = {}): Logger {
+/**
+ * The process's root logger: JSON lines to stdout (or destination), or appended to `file` and rotated
+ * there by size (lib/log-file.ts: `weave launch` runs the router with --log-file <dataDir>/weave.log).
+ */
+export function rootLogger(opts: { level?: Level; destination?: string | number; file?: { path: string; maxBytes?: number } } = {}): Logger {
+  const base = { level: opts.level ?? 'info', base: { pid: process.pid } };
+  if (opts.file) {
+    const fd = fs.openSync(opts.file.path, 'a', 0o600);
+    return new PinoLogger(pino(base, new RotatingDestination(fd, opts.file.path, opts.file.maxBytes)));
+  }
   const dest = opts.destination === undefined ? 1 : opts.destination;
-  return new PinoLogger(pino({ level: opts.level ?? 'info', base: { pid: process.pid } }, pino.destination({ dest, sync: true })));
+  return new PinoLogger(pino(base, pino.destination({ dest, sync: true })));
 }
 
 /** parent scoped to component (unless parent already names one: see withoutRebind). */

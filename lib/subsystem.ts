@@ -24,6 +24,24 @@ export interface ApiRoute {
   handler: ApiHandler;
   /** reply text/plain (the Prometheus exposition) instead of JSON */
   text?: boolean;
+  /** reply with this content type and the handler's string as the body (the /ui page and its script) */
+  contentType?: string;
+  /**
+   * A long-lived reply (server-sent events): called instead of handler once the request is read; it
+   * owns the sink until the client goes or it ends it. GET only.
+   */
+  stream?: (req: ApiRequest, sink: StreamSink) => void;
+}
+
+/** The reply of a streaming route: text/event-stream written as it comes. */
+export interface StreamSink {
+  /** writes a chunk; false when the client is slow (bytes wait in the buffer: see buffered) */
+  write(chunk: string): boolean;
+  /** bytes written but not yet taken by the client */
+  readonly buffered: number;
+  end(): void;
+  /** called once when the client goes or the stream ends */
+  onClose(fn: () => void): void;
 }
 
 /** What the CLI side of a subsystem needs from the API client. */

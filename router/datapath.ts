@@ -69,6 +69,39 @@ export function sumCounters(arrays: Float64Array[]): SleeveCounters {
   return out;
 }
 
+// ---- per-path counters: one Float64Array per thread (shared memory), PATH_COUNTERS per slot -----
+// Traffic and drops of one connection (weave report's sleeve.paths, the /ui page). Each thread adds
+// to its own array only (the tx worker seals TUN packets, the rx worker relays and acks, so both send
+// on a path); the control plane sums the threads' values for a slot and subtracts what the slot held
+// when its connection attached (slots are reused).
+
+export const PATH_COUNTER_NAMES = [
+  'txPackets', 'txBytes', 'rxPackets', 'rxBytes',
+  // drops on this path: replayed or duplicate frames, frames failing authentication (bad MAC or a key
+  // phase without a key), packets with no usable next hop (relayed packets that arrived here, or
+  // packets for this peer before its path knows the receiver index), too big for the path with DF
+  'dropReplay', 'dropAuth', 'dropNoRoute', 'dropTooBig',
+] as const;
+export type PathCounterName = (typeof PATH_COUNTER_NAMES)[number];
+export type PathCounters = Record<PathCounterName, number>;
+const PCN = PATH_COUNTER_NAMES.length;
+const PC = Object.fromEntries(PATH_COUNTER_NAMES.map((n, i) => [n, i])) as Record<PathCounterName, number>;
+
+export function newPathCounterArray(): Float64Array {
+  return new Float64Array(new SharedArrayBuffer(8 * PCN * MAX_SLOTS));
+}
+
+/** One slot's counters summed over the threads' arrays. */
+export function sumPathCounters(arrays: readonly Float64Array[], slot: number): PathCounters {
+  const out = {} as PathCounters;
+  PATH_COUNTER_NAMES.forEach((n, i) => {
+    let v = 0;
+    for (const a of arrays) v += a[slot * PCN + i];
+    out[n] = v;
+  });
+  return out;
+}
+
 // ---- per-path values shared between threads -----------------------------------------------------
 
 export interface PathSharedBuffers {
@@ -215,6 +248,8 @@ export interface DatapathOptions {
   udp: UdpBind;
   shared: PathShared;
   counters: Float64Array;
+  /** this thread's per-path counters (newPathCounterArray); default: a private array nobody reads */
+  pathCounters?: Float64Array;
   events: DatapathEvents;
   /** slot stride: fits the largest TUN packet sealed and the largest datagram accepted */
   stride: number;
@@ -236,6 +271,8 @@ export class Datapath {
   private readonly udp: UdpBind;
   private readonly sh: PathShared;
   private readonly c: Float64Array;
+  /** per-path counters: slot * PCN + PC.name */
+  private readonly pc: Float64Array;
   private readonly ev: DatapathEvents;
   private readonly S: number;
   private readonly B: number;
@@ -296,6 +333,7 @@ export class Datapath {
     this.udp = o.udp;
     this.sh = o.shared;
     this.c = o.counters;
+    this.pc = o.pathCounters ?? new Float64Array(PCN * MAX_SLOTS);
     this.ev = o.events;
     this.S = o.stride;
     this.B = o.batch;
@@ -476,6 +514,7 @@ export class Datapath {
     const p = this.pathTo(peer);
     if (p === null || p.remoteIdx < 0) {
       c[C.dropNoRoute]++;
+      if (p !== null) this.pc[p.slot * PCN + PC.dropNoRoute]++;
       this.icmpToTun(buf, off, len, UNREACH_HOST, 0);
       return;
     }
@@ -483,6 +522,7 @@ export class Datapath {
     if (len > mtu) {
       if (ipv4DontFragment(buf, off)) {
         c[C.dropTooBig]++;
+        this.pc[p.slot * PCN + PC.dropTooBig]++;
         this.icmpToTun(buf, off, len, UNREACH_FRAG_NEEDED, mtu);
         return;
       }
@@ -537,13 +577,19 @@ export class Datapath {
     }
     const sent = this.udp.sendBatch(ring.buf, ring.offs, ring.lens, ring.ips, ring.ports, ring.errs, n);
     const c = this.c;
+    const pc = this.pc;
     c[C.udpOutPackets] += sent;
     let tooBigSlot = -1;
     for (let k = 0; k < n; k++) {
       const e = ring.errs[k];
-      if (e === 0) c[C.udpOutBytes] += ring.lens[k];
-      else if (e === EMSGSIZE) {
+      const at = ring.slots[k] * PCN;
+      if (e === 0) {
+        c[C.udpOutBytes] += ring.lens[k];
+        pc[at + PC.txPackets]++;
+        pc[at + PC.txBytes] += ring.lens[k];
+      } else if (e === EMSGSIZE) {
         c[C.dropTooBig]++;
+        pc[at + PC.dropTooBig]++;
         tooBigSlot = ring.slots[k];
       } else c[C.dropSendError]++;
     }
@@ -620,6 +666,7 @@ export class Datapath {
     }
     if (p.replay[h.lane].check(h.counter) !== ReplayVerdict.Ok) {
       c[C.dropReplay]++;
+      this.pc[slot * PCN + PC.dropReplay]++;
       return;
     }
     const plen = len - HDR - (sealed ? TAG : 0);
@@ -627,6 +674,7 @@ export class Datapath {
       const key = h.phase === 0 ? p.rxKey0 : p.rxKey1;
       if (key === null) {
         c[C.dropBadMac]++; // no key of that phase (yet, or any more): it cannot be authentic
+        this.pc[slot * PCN + PC.dropAuth]++;
         return;
       }
       this.rxOpenIdx[i] = this.toOpen.add(base + HDR, len - HDR, base, h.type, h.lane, h.counter, key);
@@ -646,8 +694,10 @@ export class Datapath {
     const c = this.c;
     const slot = this.rxSlot[i];
     const j = this.rxOpenIdx[i];
+    const pc = this.pc;
     if (j >= 0 && this.toOpen.ok[j] === 0) {
       c[C.dropBadMac]++;
+      pc[slot * PCN + PC.dropAuth]++;
       return;
     }
     const p = this.paths[slot]!;
@@ -655,8 +705,11 @@ export class Datapath {
     // a duplicate inside one batch passes the check in admit and fails here
     if (p.replay[lane].update(this.rxCounter[i]) !== ReplayVerdict.Ok) {
       c[C.dropReplay]++;
+      pc[slot * PCN + PC.dropReplay]++;
       return;
     }
+    pc[slot * PCN + PC.rxPackets]++;
+    pc[slot * PCN + PC.rxBytes] += this.rxLens[i];
     // Authentic: the peer is alive at this address (roaming / NAT rebinding follows it).
     const sh = this.sh;
     sh.lastRx[slot] = now;
@@ -718,6 +771,7 @@ export class Datapath {
     const p = this.pathTo(peer);
     if (p === null || p.remoteIdx < 0) {
       c[C.dropNoRoute]++;
+      this.pc[this.rxSlot[i] * PCN + PC.dropNoRoute]++; // counted on the path it arrived on
       return;
     }
     if (!decrementTtl(buf, off)) {

@@ -156,6 +156,9 @@ class FdPath {
   lastSmallRx = -Infinity;
   failingSince = 0;
   lastSendErr = 0;
+  /** heartbeats of this connection sent and heard (the per-connection traffic fastdp can count) */
+  hbSent = 0;
+  hbReceived = 0;
   /** permanent: this connection never uses fastdp (peer lacks it, kernel lacks ESP ...) */
   unusable: string | null = null;
   reason = 'waiting for the peer\'s fastdp parameters';
@@ -485,6 +488,18 @@ export class FastDp {
     }
   }
 
+  /**
+   * Each connection's fastdp heartbeats: the kernel's VXLAN device counts its traffic for all peers
+   * together, so heartbeats are what fastdp can say per connection.
+   */
+  pathCounters(): Array<{ peer: PeerName; established: boolean; hbSent: number; hbReceived: number; lastRxAgoMs: number | null }> {
+    const now = this.clock.now();
+    return [...this.paths].filter((p) => !p.closed).map((p) => {
+      const rx = Math.max(p.lastFullRx, p.lastSmallRx);
+      return { peer: p.peer, established: p.established, hbSent: p.hbSent, hbReceived: p.hbReceived, lastRxAgoMs: rx === -Infinity ? null : Math.max(0, Math.round(now - rx)) };
+    });
+  }
+
   private pathStatus(p: FdPath): FastDpStatus {
     const s: FastDpStatus = { overlay: p.established ? FASTDP : null, encrypted: p.keys !== null, mtu: this.mtu };
     if (!p.established) s.reason = p.reason;
@@ -503,6 +518,7 @@ export class FastDp {
       return;
     }
     this.counters.hbReceived++;
+    p.hbReceived++;
     const now = this.clock.now();
     if (d[4] === HB_FULL) {
       if (d.length < this.full.length) {
@@ -528,6 +544,7 @@ export class FastDp {
     const e1 = this.o.io.send(p.remote.vtep, p.remote.hb, this.small);
     const e2 = this.o.io.send(p.remote.vtep, p.remote.hb, this.full);
     this.counters.hbSent += (e1 === 0 ? 1 : 0) + (e2 === 0 ? 1 : 0);
+    p.hbSent += (e1 === 0 ? 1 : 0) + (e2 === 0 ? 1 : 0);
     const err = e2 || e1;
     if (err !== 0 && err !== EAGAIN) {
       this.counters.hbSendErrors++;

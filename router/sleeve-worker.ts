@@ -26,6 +26,8 @@ export interface WorkerInit {
   udpFd: number;
   shared: PathSharedBuffers;
   counters: SharedArrayBuffer;
+  /** this worker's per-path counters (datapath.ts newPathCounterArray) */
+  pathCounters: SharedArrayBuffer;
   stride: number;
   batch: number;
   tunMtu: number;
@@ -89,6 +91,7 @@ function main(): void {
     udp,
     shared: new PathShared(init.shared),
     counters: new Float64Array(init.counters),
+    pathCounters: new Float64Array(init.pathCounters),
     events,
     stride: init.stride,
     batch: init.batch,

@@ -51,7 +51,7 @@ import { ProtocolError, UsageError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
-import { COUNTER, Datapath, FWD_NO_ROUTE, FWD_UNKNOWN, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray, sumCounters, type DatapathEvents, type ForwardingSpec, type PathSpec, type SleeveCounters } from './datapath';
+import { COUNTER, Datapath, FWD_NO_ROUTE, FWD_UNKNOWN, LANE_CONTROL, MAX_SLOTS, PathShared, newCounterArray, newPathCounterArray, sumCounters, sumPathCounters, type DatapathEvents, type ForwardingSpec, type PathCounters, type PathSpec, type SleeveCounters } from './datapath';
 import { FrameType, HB_ROUTES, HDR, TAG, deriveKeys, encodeFrame, writeU32 } from './frame';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { formatAddr, parseCidr, tryParseAddr, tryParseHostPort } from '../lib/addr';
@@ -235,6 +235,8 @@ class PeerPath {
   /** when the old receive key goes (after a re-key) */
   dropRxAt = Infinity;
   offKey: (() => void) | undefined;
+  /** the slot's per-path counters when this path took it (a reused slot keeps the old path's sums) */
+  countersBase = {} as PathCounters;
 
   constructor(
     readonly slot: number,
@@ -317,6 +319,8 @@ export class Sleeve {
   private readonly shared = new PathShared();
   private readonly ctlCounters = newCounterArray();
   private readonly engineCounters: Float64Array[] = [];
+  /** each engine's per-path counters (datapath.ts), summed per slot by paths() */
+  private readonly enginePathCounters: Float64Array[] = [];
   private inline: Datapath | null = null;
   private readonly workers: Worker[] = [];
   /** the worker that reads the TUN: it sends the heartbeats */
@@ -372,6 +376,25 @@ export class Sleeve {
     this.log.info({ port: this.udp.port, tun: this.tun.name, tunOffload: !!this.tun.offloadStats, udpGso: this.udp instanceof NativeUdp && this.udp.gso, udpGro: this.udp instanceof NativeUdp && this.udp.gro, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, boxes: this.boxes, mode: this.mode, io: this.io }, 'sleeve started');
   }
 
+  /**
+   * Each connection's traffic and drops on the sleeve since its path attached (the engines' per-slot
+   * counters summed over the threads, minus what the slot held when the path took it).
+   */
+  paths(): Array<{ peer: PeerName; lastRxAgoMs: number | null } & PathCounters> {
+    const out: Array<{ peer: PeerName; lastRxAgoMs: number | null } & PathCounters> = [];
+    const t = this.clock.now();
+    for (const p of this.slots) {
+      if (!p || p.closed) continue;
+      const now = sumPathCounters(this.enginePathCounters, p.slot);
+      const c = {} as PathCounters;
+      for (const k of Object.keys(now) as Array<keyof PathCounters>) c[k] = now[k] - p.countersBase[k];
+      // how long the peer has been silent (nothing authentic heard): a cut shows before the path is declared dead
+      const rx = this.shared.lastRx[p.slot];
+      out.push({ peer: p.peer, lastRxAgoMs: rx === -Infinity ? null : Math.max(0, Math.round(t - rx)), ...c });
+    }
+    return out;
+  }
+
   /** Packet and drop counters summed over the threads (for metrics: weave_sleeve_*). */
   get counters(): SleeveCounters {
     return sumCounters([this.ctlCounters, ...this.engineCounters]);
@@ -423,6 +446,7 @@ export class Sleeve {
     }
     const peer = conn.remote.name;
     const p = new PeerPath(slot, idx, conn, peer, cb, txKey, rxKey, this.clock.now());
+    p.countersBase = sumPathCounters(this.enginePathCounters, slot);
     const sh = this.shared;
     sh.ip[slot] = parseRemoteIp(conn.remoteAddr);
     sh.port[slot] = sleevePortOf(conn.remote.overlayParams) ?? DEFAULT_SLEEVE_PORT;
@@ -493,8 +517,10 @@ export class Sleeve {
   private startInline(): void {
     const counters = newCounterArray();
     this.engineCounters.push(counters);
+    const pathCounters = newPathCounterArray();
+    this.enginePathCounters.push(pathCounters);
     const dp = new Datapath({
-      boxes: makeBoxes(this.boxes, this.crypto, null, this.log), tun: this.tun, udp: this.udp, shared: this.shared, counters, events: this.engineEvents(),
+      boxes: makeBoxes(this.boxes, this.crypto, null, this.log), tun: this.tun, udp: this.udp, shared: this.shared, counters, pathCounters, events: this.engineEvents(),
       stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, now: () => this.clock.now(),
     });
     this.inline = dp;
@@ -521,8 +547,11 @@ export class Sleeve {
     for (const role of ['tx', 'rx'] as const) {
       const counters = newCounterArray();
       this.engineCounters.push(counters);
+      const pathCounters = newPathCounterArray();
+      this.enginePathCounters.push(pathCounters);
       const init: WorkerInit = {
         role, tunFd: tun.fd, tunName: tun.name, tunOffload: tun.offload, udpGso: udp.gso, udpGro: udp.gro, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
+        pathCounters: pathCounters.buffer as SharedArrayBuffer,
         stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name, boxes: this.boxes,
       };
       const w = new Worker(path.join(__dirname, 'sleeve-worker.js'), { workerData: init });

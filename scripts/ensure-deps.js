@@ -33,6 +33,8 @@ const need = [
   ['/usr/share/gocode/src/github.com/containernetworking/cni/libcni', 'golang-github-appc-cni-dev'],
   // its doc dir, not /bin/busybox: the dynamic busybox package has that too, and cannot run in a bare rootfs
   ['/usr/share/doc/busybox-static', 'busybox-static'],
+  // the /ui page's browser test: Debian's Chromium, driven by playwright-core (which never downloads a browser)
+  ['/usr/bin/chromium', 'chromium'],
 ];
 
 /** A command on the usual paths, or an absolute path that exists. */
@@ -49,10 +51,12 @@ if (process.getuid && process.getuid() !== 0) {
 }
 console.log(`weave.ts: installing Debian packages: ${missing.join(' ')}`);
 const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-let r = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { stdio: 'inherit', env });
+// another apt-get (a parallel install on this machine) holds the dpkg lock for a while: wait for it
+const install = ['-o', 'DPkg::Lock::Timeout=600', 'install', '-y', '-qq', '--no-install-recommends', ...missing];
+let r = spawnSync('apt-get', install, { stdio: 'inherit', env });
 if (r.status !== 0) {
-  spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-  r = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { stdio: 'inherit', env });
+  spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=600', 'update', '-qq'], { stdio: 'inherit', env });
+  r = spawnSync('apt-get', install, { stdio: 'inherit', env });
 }
 if (r.status !== 0) {
   console.error(`weave.ts: apt-get install ${missing.join(' ')} failed (exit ${r.status})`);

@@ -60,7 +60,7 @@ export async function serveApi(cfg: RouterConfig, parts: readonly Part[], life: 
   api.add('GET', '/status', () => buildReport(parts));
   api.add('GET', '/report', () => buildReport(parts));
   api.add('GET', '/metrics', () => registry.metrics(), { text: true });
-  for (const p of parts) for (const r of p.apiRoutes?.() ?? []) api.add(r.method, r.path, r.handler, { text: r.text });
+  for (const p of parts) for (const r of p.apiRoutes?.() ?? []) api.add(r.method, r.path, r.handler, { text: r.text, contentType: r.contentType, stream: r.stream });
   api.add('POST', '/stop', () => {
     setImmediate(() => void life.stop('stop requested through the API'));
     return { stopping: true };

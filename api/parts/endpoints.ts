@@ -122,7 +122,7 @@ function endpointRoutes(endpoints: Endpoints, hooks: readonly Subsystem[]): ApiR
     },
     {
       method: 'GET', path: '/ps', handler: () => ({
-        endpoints: endpoints.list().map((e) => ({ netns: e.netns, ifname: e.ifname, mac: e.mac, addresses: e.addrs, name: e.name, pod: e.pod })),
+        endpoints: endpoints.list().map((e) => ({ netns: e.netns, path: e.path, key: e.key, ifname: e.ifname, mac: e.mac, addresses: e.addrs, name: e.name, pod: e.pod })),
       }),
     },
     {

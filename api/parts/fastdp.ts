@@ -77,6 +77,7 @@ export async function buildOverlays(cfg: RouterConfig, identity: Identity, s: Sl
       enabled: !!fd,
       reason: disabled,
       counters: fd?.fastdp.counters,
+      paths: fd?.fastdp.pathCounters() ?? [],
       switches: overlaySwitch.switches,
       vxlan: fd?.vxlan.stats(),
     }),

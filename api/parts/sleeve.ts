@@ -84,6 +84,8 @@ function sleeveReport(sleeve: Sleeve, prefixes: PrefixTable) {
     crypto: sleeve.boxes,
     counters: c,
     dropped: dropped(c),
+    // per connection: datagrams and bytes on the wire each way, drops by reason (datapath.ts PATH_COUNTER_NAMES)
+    paths: sleeve.paths(),
     prefixes: Object.fromEntries(prefixes.all()),
   };
 }

@@ -114,7 +114,7 @@ test('extra arguments are refused by every command, invalid peers at launch and 
   await withLab(async (lab) => {
     const h = await lab.addHost('h1');
     const cases = [
-      ['stop', 'now'], ['reset', 'all'], ['report', 'x'], ['ps', 'x'], ['status', 'peers', 'extra'], ['prime', 'x'], ['rmpeer', 'a', 'b'], ['dns-lookup', 'a', 'b'],
+      ['stop', 'now'], ['reset', 'all'], ['report', 'x'], ['ps', 'x', 'y'], ['status', 'peers', 'extra'], ['prime', 'x'], ['rmpeer', 'a', 'b'], ['dns-lookup', 'a', 'b'],
       ['launch', '300.1.1.1'], ['launch', '--', '-1'], ['launch', 'h:-5'], ['launch', 'a:99999999'], ['router', '300.1.1.1'],
       ['connect', '300.1.1.1'], ['connect', '--', '-1'], ['connect', 'h:-5'], ['forget', 'h:-5'],
     ];

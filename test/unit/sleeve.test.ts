@@ -325,6 +325,38 @@ test('replayed datagrams are dropped and counted', async () => {
   }
 });
 
+test('per-connection counters: traffic each way, replayed and forged frames counted on the path they arrived on', async () => {
+  const { lab, a, b } = await twoNodes(sodium.randomBytes(32));
+  try {
+    lab.net.capture = true;
+    const pkt = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('counted', 500) });
+    for (let i = 0; i < 10; i++) a.tun.inject(pkt);
+    await lab.until(() => b.tun.written.length === 10, 'delivery');
+    const data = lab.net.captured.filter((d) => d.data[1] === FrameType.Data);
+    for (let i = 0; i < 3; i++) lab.net.deliver({ ...data[0] });
+    const forged = Buffer.from(data[0].data);
+    forged.writeUInt32BE(1000, 12);
+    forged[HDR + 3] ^= 0xff;
+    lab.net.deliver({ ...data[0], data: forged });
+    await lab.settle();
+    const [pa] = a.sleeve.paths();
+    const [pb] = b.sleeve.paths();
+    assert.equal(pa.peer, B);
+    assert.equal(pb.peer, A);
+    // data frames plus heartbeats and probes: at least the 10 packets of >500 bytes each way they went
+    assert.ok(pa.txPackets >= 10 && pa.txBytes >= 10 * 500, `a sent ${pa.txPackets} datagrams, ${pa.txBytes} bytes`);
+    assert.ok(pb.rxPackets >= 10 && pb.rxBytes >= 10 * 500, `b received ${pb.rxPackets} datagrams, ${pb.rxBytes} bytes`);
+    assert.equal(pb.dropReplay, 3);
+    assert.equal(pb.dropAuth, 1);
+    assert.equal(pa.dropReplay + pa.dropAuth, 0);
+    // the path's sums agree with the router's totals for what only it carried
+    assert.equal(pb.dropReplay, b.sleeve.counters.dropReplay);
+    assert.equal(pb.dropAuth, b.sleeve.counters.dropBadMac);
+  } finally {
+    lab.close();
+  }
+});
+
 test('random, truncated and forged datagrams are dropped and counted; the router stays up', async () => {
   const { lab, a, b } = await twoNodes(sodium.randomBytes(32));
   try {
