@@ -12,6 +12,7 @@ import { ioModeFromEnv, offloadFromEnv } from '../router/sleeve';
 import { addIpamFlags, parseIpamFlags, type IpamConfig } from '../ipam/flags';
 import { addDnsFlags, parseDnsFlags, type DnsConfig } from '../dns/flags';
 import { addCniFlags, parseCniFlags, type CniConfig } from '../cni/flags';
+import { addDockerFlags, parseDockerFlags, type DockerConfig } from '../docker/flags';
 
 export const DEFAULT_PORT = CONTROL_PORT;
 export const DEFAULT_HTTP_ADDR = `127.0.0.1:${HTTP_API_PORT}`;
@@ -41,6 +42,7 @@ export interface RouterConfig {
   ipam: IpamConfig;
   dns: DnsConfig;
   cni: CniConfig;
+  docker: DockerConfig;
 }
 
 export interface SleeveConfig {
@@ -76,6 +78,7 @@ export function addRouterFlags(c: Command): Command {
   addIpamFlags(c);
   addDnsFlags(c);
   addCniFlags(c);
+  addDockerFlags(c);
   return c;
 }
 
@@ -103,6 +106,7 @@ export function routerConfig(peers: string[], f: RouterFlags & Record<string, un
     ipam: parseIpamFlags(f),
     dns: parseDnsFlags(f),
     cni: parseCniFlags(f),
+    docker: parseDockerFlags(f, env),
   };
 }
 
