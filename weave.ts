@@ -17,6 +17,11 @@ import { WeaveError, UsageError, errMsg } from './lib/errors';
 import { SUBSYSTEMS } from './api/subsystems';
 import { addPasswordCommands } from './api/password';
 import { podLabel } from './cni/views';
+import type { CliHelpers, ContainerRef } from './lib/subsystem';
+import { DockerEngine } from './docker/engine';
+import { dockerSocketFrom } from './docker/flags';
+import { containersByNetnsKey, resolveTarget } from './docker/resolve';
+import { netnsKeyOfStat } from './host/netns';
 
 function fail(msg: string, code = 1): never {
   process.stderr.write(`weave: ${msg}\n`);
@@ -28,6 +33,34 @@ function client(opts: { httpAddr?: string }): ApiClient {
   const dataDir = dataDirFromEnv();
   return new ApiClient({ socketPath: apiSocketPath(dataDir), dataDir, host: a.host, port: a.port });
 }
+
+/** Docker's API as the docker CLI finds it: DOCKER_HOST (unix://), else /var/run/docker.sock. */
+function dockerEngine(): DockerEngine {
+  return new DockerEngine(dockerSocketFrom(undefined, process.env));
+}
+
+interface PsEntry {
+  netns: string; key?: string; ifname?: string; mac?: string; addresses: string[];
+  pod?: { containerId: string; namespace?: string; name?: string }; container?: ContainerRef;
+}
+
+/** Containers by name for the CLI's verbs (attach, detach, ps, dns-add): one resolver, docker/resolve.ts. */
+export const cliHelpers: CliHelpers = {
+  resolveContainer: (arg) => resolveTarget(arg, dockerEngine()),
+  async containerAddresses(arg, api) {
+    const t = await resolveTarget(arg, dockerEngine());
+    let key: string | undefined;
+    try {
+      key = netnsKeyOfStat(fs.statSync(t.netns.startsWith('/') ? t.netns : /^\d+$/.test(t.netns) ? `/proc/${t.netns}/ns/net` : `/var/run/netns/${t.netns}`));
+    } catch (e) {
+      throw new UsageError(`${arg}: ${errMsg(e)}`, {}, { cause: e });
+    }
+    const { endpoints } = await api.request<{ endpoints: PsEntry[] }>('GET', '/ps');
+    const ep = endpoints.find((e) => e.key === key || (t.container && e.container?.id === t.container.id));
+    if (!ep) throw new UsageError(`${arg} is not attached to weave (weave ps lists what is)`);
+    return { addrs: ep.addresses.map((a) => a.split('/')[0]), container: t.container ?? ep.container };
+  },
+};
 
 /**
  * How long the CLI waits for the router (launch until its API answers; stop/reset until it has done
@@ -252,33 +285,52 @@ export function buildProgram(): Command {
 
   program.command('attach').description('connect a network namespace (a container) to the overlay')
     .helpOption('--help', 'display help for command')
-    .argument('<args...>', '[ADDR/LEN...] NETNS — NETNS is an ip-netns name, a path such as /proc/PID/ns/net, or a PID')
+    .argument('<args...>', '[ADDR/LEN...] CONTAINER — a Docker container name or ID, an ip-netns name, a path such as /proc/PID/ns/net, or a PID')
     .option('-h, --hostname <fqdn>', 'register this name in weaveDNS (later)')
     .option('--http-addr <host:port>', 'HTTP API address')
     .action(async (args: string[], o: { hostname?: string; httpAddr?: string }) => {
-      const netns = args[args.length - 1];
+      const last = args[args.length - 1];
       const cidrs = args.slice(0, -1);
-      if (netns.includes('/') && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(netns)) throw new UsageError(`the last argument must be the namespace, got the address ${netns}`);
-      const r = await client(o).request<{ addresses: string[] }>('POST', '/attach', { netns, cidrs, name: o.hostname });
+      if (last.includes('/') && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(last)) throw new UsageError(`the last argument must be the container or namespace, got the address ${last}`);
+      const t = await cliHelpers.resolveContainer(last);
+      const r = await client(o).request<{ addresses: string[] }>('POST', '/attach', { netns: t.netns, cidrs, name: o.hostname, container: t.container });
       process.stdout.write(`${r.addresses.join(' ')}\n`);
     });
 
   program.command('detach').description('disconnect a namespace from the overlay (all its addresses, or those given)')
-    .argument('<args...>', '[ADDR...] NETNS')
+    .argument('<args...>', '[ADDR...] CONTAINER — a Docker container name or ID, an ip-netns name, a path or a PID')
     .option('--http-addr <host:port>', 'HTTP API address')
     .action(async (args: string[], o: { httpAddr?: string }) => {
-      const netns = args[args.length - 1];
       const addrs = args.slice(0, -1);
-      const r = await client(o).request<{ removed?: string[] }>('POST', '/detach', { netns, addrs });
+      const arg = args[args.length - 1];
+      let netns = arg;
+      let unresolved: UsageError | undefined;
+      try {
+        netns = (await cliHelpers.resolveContainer(arg)).netns;
+      } catch (e) {
+        // a namespace that is gone is still detached by the name it was attached under (the router cleans its record)
+        if (!(e instanceof UsageError)) throw e;
+        unresolved = e;
+      }
+      const r = await client(o).request<{ removed?: string[] }>('POST', '/detach', { netns, addrs }).catch((e: unknown) => {
+        throw unresolved && e instanceof UsageError ? new UsageError(`${e.message}; ${unresolved.message}`, {}, { cause: e }) : e;
+      });
       if (r.removed?.length) process.stdout.write(`${r.removed.join(' ')}\n`);
     });
 
   program.command('ps').description('list attached namespaces and their addresses')
     .option('--http-addr <host:port>', 'HTTP API address')
     .action(async (o: { httpAddr?: string }) => {
-      const r = await client(o).request<{ endpoints: Array<{ netns: string; ifname?: string; mac?: string; addresses: string[]; pod?: { containerId: string; namespace?: string; name?: string } }> }>('GET', '/ps');
-      // a pod (CNI) by its Kubernetes namespace/name (or container ID), then its namespace file
-      for (const e of r.endpoints) process.stdout.write(`${e.pod ? `${podLabel(e.pod)} ` : ''}${e.netns} ${e.mac ?? '-'} ${e.addresses.join(' ')}\n`);
+      const r = await client(o).request<{ endpoints: PsEntry[] }>('GET', '/ps');
+      // namespaces attached by PID or path are named when Docker runs a container there
+      const unnamed = r.endpoints.some((e) => !e.pod && !e.container && e.key && /^\d+:\d+$/.test(e.key));
+      const docker = unnamed ? await containersByNetnsKey(dockerEngine()) : new Map<string, ContainerRef>();
+      // a Docker container by its name, a pod (CNI) by its Kubernetes namespace/name (or container ID), then its namespace
+      for (const e of r.endpoints) {
+        const c = e.container ?? (e.key ? docker.get(e.key) : undefined);
+        const label = c ? `${c.name} ` : e.pod ? `${podLabel(e.pod)} ` : '';
+        process.stdout.write(`${label}${e.netns} ${e.mac || '-'} ${e.addresses.join(' ')}\n`);
+      }
     });
 
   program.command('expose').description('give this host an address on the overlay')
@@ -297,7 +349,7 @@ export function buildProgram(): Command {
       await client(o).request('POST', '/hide', { cidrs });
     });
 
-  for (const m of SUBSYSTEMS) m.commands?.(program, client);
+  for (const m of SUBSYSTEMS) m.commands?.(program, client, cliHelpers);
   addPasswordCommands(program, client);
 
   program.command('demo').description('bring up a small encrypted mesh of namespaced hosts on this machine, show it working, tear it down; "cni": pods through containerd\'s CRI on two hosts')
