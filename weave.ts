@@ -313,7 +313,8 @@ export function buildProgram(): Command {
         unresolved = e;
       }
       const r = await client(o).request<{ removed?: string[] }>('POST', '/detach', { netns, addrs }).catch((e: unknown) => {
-        throw unresolved && e instanceof UsageError ? new UsageError(`${e.message}; ${unresolved.message}`, {}, { cause: e }) : e;
+        // the router's refusal (a 400 comes back as code EUSAGE) with why the name was not a container
+        throw unresolved && e instanceof WeaveError && e.code === 'EUSAGE' ? new UsageError(`${e.message}; ${unresolved.message}`, {}, { cause: e }) : e;
       });
       if (r.removed?.length) process.stdout.write(`${r.removed.join(' ')}\n`);
     });
