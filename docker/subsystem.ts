@@ -102,7 +102,13 @@ export class DockerSubsystem implements Subsystem {
       this.status = 'off (--no-docker-plugin)';
       return;
     }
-    await this.serveWhenDocker();
+    // the router runs without the plugin rather than not at all (another router may serve this socket)
+    await this.serveWhenDocker().catch((e: unknown) => this.failed(e));
+  }
+
+  private failed(e: unknown): void {
+    this.status = `not served: ${errMsg(e)}`;
+    this.log.error({ err: errMsg(e), socket: this.cfg.pluginSocket }, 'docker: the network and IPAM driver cannot be served; the router runs without it');
   }
 
   private async serveWhenDocker(): Promise<void> {
@@ -111,10 +117,7 @@ export class DockerSubsystem implements Subsystem {
       this.status = `waiting for a Docker daemon's socket at ${this.cfg.socket}`;
       this.waitTimer = this.ctx.clock.setTimeout(() => {
         this.waitTimer = undefined;
-        this.serveWhenDocker().catch((e: unknown) => {
-          this.status = `failed: ${errMsg(e)}`;
-          this.log.error({ err: errMsg(e) }, 'docker: serving the plugin failed');
-        });
+        this.serveWhenDocker().catch((e: unknown) => this.failed(e));
       }, WAIT_FOR_DOCKER_MS);
       return;
     }

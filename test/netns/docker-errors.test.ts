@@ -108,7 +108,7 @@ test('docker and weave CLI bad input: each refused with what to fix, nothing hal
   }
 });
 
-test('a router with no Docker: the plugin is off until the socket exists, and --no-docker-plugin keeps it off', { timeout: 120_000 }, async () => {
+test('a router with no Docker: the plugin is off until the socket exists; a taken plugin socket and --no-docker-plugin leave the router running without it', { timeout: 120_000 }, async () => {
   const lab = await Lab.create();
   try {
     const h = await lab.addHost('h1');
@@ -126,6 +126,10 @@ test('a router with no Docker: the plugin is off until the socket exists, and --
       assert.equal(activate.stdout.trim(), '200 {"Implements":["NetworkDriver","IpamDriver"]}');
       const bad = await h.exec([process.execPath, '-e', `require('http').request({socketPath:${JSON.stringify(plugin)},path:'/IpamDriver.RequestPool',method:'POST'},r=>{let d='';r.on('data',c=>d+=c);r.on('end',()=>console.log(r.statusCode,d))}).end('[1')`]);
       assert.match(bad.stdout, /^400 \{"Err":"weave: IpamDriver.RequestPool: the request is not JSON/);
+      // a second router given the same plugin socket runs, without the plugin, and says why
+      const h3 = await lab.addHost('h3');
+      h3.startRouter(['--ipalloc-init', 'consensus=1', '--docker-socket', sock, '--docker-plugin-socket', plugin]);
+      assert.match((await h3.waitReady()).docker.plugin, /^not served: another process serves \S+weave\.sock \(another weave router\?\): stop it, or give this one --docker-plugin-socket$/);
     } finally {
       srv.close();
     }
