@@ -21,6 +21,11 @@ import { LOG_FILE, DEFAULT_LOG_MAX_BYTES, currentRun, renderLine, rotateIfLarge,
 import { VERSION } from './api/parts/api';
 import { parseTemplate, renderTemplate } from './api/template';
 import { addOperatorCommands, psMatches, psName, statusViewHelp, type PsEndpoint } from './api/operator';
+import type { CliHelpers, ContainerRef } from './lib/subsystem';
+import { DockerEngine } from './docker/engine';
+import { dockerSocketFrom } from './docker/flags';
+import { containersByNetnsKey, resolveTarget } from './docker/resolve';
+import { netnsKeyOfStat } from './host/netns';
 
 function fail(msg: string, code = 1): never {
   process.stderr.write(`weave: ${msg}\n`);
@@ -32,6 +37,32 @@ function client(opts: { httpAddr?: string }): ApiClient {
   const dataDir = dataDirFromEnv();
   return new ApiClient({ socketPath: apiSocketPath(dataDir), dataDir, host: a.host, port: a.port });
 }
+
+/** Docker's API as the docker CLI finds it: DOCKER_HOST (unix://), else /var/run/docker.sock. */
+function dockerEngine(): DockerEngine {
+  return new DockerEngine(dockerSocketFrom(undefined, process.env));
+}
+
+/** An entry of GET /ps as the CLI reads it: the operator's view's fields, and the Docker container. */
+interface PsEntry extends PsEndpoint { container?: ContainerRef }
+
+/** Containers by name for the CLI's verbs (attach, detach, ps, dns-add): one resolver, docker/resolve.ts. */
+export const cliHelpers: CliHelpers = {
+  resolveContainer: (arg) => resolveTarget(arg, dockerEngine()),
+  async containerAddresses(arg, api) {
+    const t = await resolveTarget(arg, dockerEngine());
+    let key: string | undefined;
+    try {
+      key = netnsKeyOfStat(fs.statSync(t.netns.startsWith('/') ? t.netns : /^\d+$/.test(t.netns) ? `/proc/${t.netns}/ns/net` : `/var/run/netns/${t.netns}`));
+    } catch (e) {
+      throw new UsageError(`${arg}: ${errMsg(e)}`, {}, { cause: e });
+    }
+    const { endpoints } = await api.request<{ endpoints: PsEntry[] }>('GET', '/ps');
+    const ep = endpoints.find((e) => e.key === key || (t.container && e.container?.id === t.container.id));
+    if (!ep) throw new UsageError(`${arg} is not attached to weave (weave ps lists what is)`);
+    return { addrs: ep.addresses.map((a) => a.split('/')[0]), container: t.container ?? ep.container };
+  },
+};
 
 /**
  * How long the CLI waits for the router (launch until its API answers; stop/reset until it has done
@@ -163,7 +194,7 @@ export function buildProgram(): Command {
   addRouterCommands(program);
   addMeshCommands(program);
   addContainerCommands(program);
-  for (const m of SUBSYSTEMS) m.commands?.(program, client);
+  for (const m of SUBSYSTEMS) m.commands?.(program, client, cliHelpers);
   addPasswordCommands(program, client);
   addOperatorCommands(program, client);
   addDemoCommand(program);
@@ -291,24 +322,37 @@ function addMeshCommands(program: Command): void {
 function addContainerCommands(program: Command): void {
   program.command('attach').description('connect a network namespace (a container) to the overlay')
     .helpOption('--help', 'display help for command')
-    .argument('<args...>', '[ADDR/LEN...] NETNS — NETNS is an ip-netns name, a path such as /proc/PID/ns/net, or a PID')
+    .argument('<args...>', '[ADDR/LEN...] CONTAINER — a Docker container name or ID, an ip-netns name, a path such as /proc/PID/ns/net, or a PID')
     .option('-h, --hostname <fqdn>', 'register this name in weaveDNS (later)')
     .option('--http-addr <host:port>', 'HTTP API address')
     .action(async (args: string[], o: { hostname?: string; httpAddr?: string }) => {
-      const netns = args[args.length - 1];
+      const last = args[args.length - 1];
       const cidrs = args.slice(0, -1);
-      if (netns.includes('/') && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(netns)) throw new UsageError(`the last argument must be the namespace, got the address ${netns}`);
-      const r = await client(o).request<{ addresses: string[] }>('POST', '/attach', { netns, cidrs, name: o.hostname });
+      if (last.includes('/') && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(last)) throw new UsageError(`the last argument must be the container or namespace, got the address ${last}`);
+      const t = await cliHelpers.resolveContainer(last);
+      const r = await client(o).request<{ addresses: string[] }>('POST', '/attach', { netns: t.netns, cidrs, name: o.hostname, container: t.container });
       process.stdout.write(`${r.addresses.join(' ')}\n`);
     });
 
   program.command('detach').description('disconnect a namespace from the overlay (all its addresses, or those given)')
-    .argument('<args...>', '[ADDR...] NETNS')
+    .argument('<args...>', '[ADDR...] CONTAINER — a Docker container name or ID, an ip-netns name, a path or a PID')
     .option('--http-addr <host:port>', 'HTTP API address')
     .action(async (args: string[], o: { httpAddr?: string }) => {
-      const netns = args[args.length - 1];
       const addrs = args.slice(0, -1);
-      const r = await client(o).request<{ removed?: string[] }>('POST', '/detach', { netns, addrs });
+      const arg = args[args.length - 1];
+      let netns = arg;
+      let unresolved: UsageError | undefined;
+      try {
+        netns = (await cliHelpers.resolveContainer(arg)).netns;
+      } catch (e) {
+        // a namespace that is gone is still detached by the name it was attached under (the router cleans its record)
+        if (!(e instanceof UsageError)) throw e;
+        unresolved = e;
+      }
+      const r = await client(o).request<{ removed?: string[] }>('POST', '/detach', { netns, addrs }).catch((e: unknown) => {
+        // the router's refusal (a 400 comes back as code EUSAGE) with why the name was not a container
+        throw unresolved && e instanceof WeaveError && e.code === 'EUSAGE' ? new UsageError(`${e.message}; ${unresolved.message}`, {}, { cause: e }) : e;
+      });
       if (r.removed?.length) process.stdout.write(`${r.removed.join(' ')}\n`);
     });
 
@@ -316,11 +360,18 @@ function addContainerCommands(program: Command): void {
     .argument('[container]', 'an ip-netns name, a PID or namespace path, a pod (namespace/name or container ID), an address or a DNS name')
     .option('--http-addr <host:port>', 'HTTP API address')
     .action(async (container: string | undefined, o: { httpAddr?: string }) => {
-      const r = await client(o).request<{ endpoints: PsEndpoint[] }>('GET', '/ps');
-      const shown = container === undefined ? r.endpoints : r.endpoints.filter((e) => psMatches(e, container));
+      const r = await client(o).request<{ endpoints: PsEntry[] }>('GET', '/ps');
+      // namespaces attached by PID or path are named when Docker runs a container there
+      const unnamed = r.endpoints.some((e) => !e.pod && !e.container && e.key && /^\d+:\d+$/.test(e.key));
+      const docker = unnamed ? await containersByNetnsKey(dockerEngine()) : new Map<string, ContainerRef>();
+      const all = r.endpoints.map((e) => ({ ...e, container: e.container ?? (e.key ? docker.get(e.key) : undefined) }));
+      const shown = container === undefined ? all : all.filter((e) => psMatches(e, container) || (e.container !== undefined && (e.container.name === container || (container.length >= 12 && e.container.id.startsWith(container)))));
       if (container !== undefined && shown.length === 0) throw new WeaveError('ENOTFOUND', `no attached container matches "${container}" (weave ps lists them all)`);
-      // a pod (CNI) by its Kubernetes namespace/name (or container ID), then its namespace by name where it has one
-      for (const e of shown) process.stdout.write(`${e.pod ? `${podLabel(e.pod)} ` : ''}${psName(e)} ${e.mac ?? '-'} ${e.addresses.join(' ')}\n`);
+      // a Docker container by its name, a pod (CNI) by its Kubernetes namespace/name (or container ID), then its namespace by name where it has one
+      for (const e of shown) {
+        const label = e.container ? `${e.container.name} ` : e.pod ? `${podLabel(e.pod)} ` : '';
+        process.stdout.write(`${label}${psName(e)} ${e.mac || '-'} ${e.addresses.join(' ')}\n`);
+      }
     });
 
   program.command('expose').description('give this host an address on the overlay')

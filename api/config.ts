@@ -13,6 +13,7 @@ import { ioModeFromEnv, offloadFromEnv } from '../router/sleeve';
 import { addIpamFlags, parseIpamFlags, type IpamConfig } from '../ipam/flags';
 import { addDnsFlags, parseDnsFlags, type DnsConfig } from '../dns/flags';
 import { addCniFlags, parseCniFlags, type CniConfig } from '../cni/flags';
+import { addDockerFlags, parseDockerFlags, type DockerConfig } from '../docker/flags';
 
 export const DEFAULT_PORT = CONTROL_PORT;
 export const DEFAULT_HTTP_ADDR = `127.0.0.1:${HTTP_API_PORT}`;
@@ -44,6 +45,7 @@ export interface RouterConfig {
   ipam: IpamConfig;
   dns: DnsConfig;
   cni: CniConfig;
+  docker: DockerConfig;
 }
 
 export interface SleeveConfig {
@@ -83,6 +85,7 @@ export function addRouterFlags(c: Command): Command {
   addIpamFlags(c);
   addDnsFlags(c);
   addCniFlags(c);
+  addDockerFlags(c);
   return c;
 }
 
@@ -111,6 +114,7 @@ export function routerConfig(peers: string[], f: RouterFlags & Record<string, un
     ipam: parseIpamFlags(f),
     dns: parseDnsFlags(f),
     cni: parseCniFlags(f),
+    docker: parseDockerFlags(f, env),
   };
 }
 

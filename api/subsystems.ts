@@ -2,9 +2,11 @@
 import { ipamModule } from '../ipam/subsystem';
 import { dnsModule } from '../dns/subsystem';
 import { cniModule } from '../cni/subsystem';
+import { dockerModule } from '../docker/subsystem';
 
 export const SUBSYSTEMS = [
   ipamModule,
   dnsModule,
   cniModule,
+  dockerModule,
 ] as const;

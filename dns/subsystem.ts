@@ -11,7 +11,7 @@ import type { Registry } from 'prom-client';
 import { UsageError, errMsg } from '../lib/errors';
 import { componentLogger, type Logger } from '../lib/log';
 import { counterFrom } from '../lib/metrics';
-import type { ApiRoute, AttachRequest, AttachedEndpoint, DetachOutcome, Subsystem, SubsystemModule } from '../lib/subsystem';
+import type { ApiRoute, AttachRequest, AttachedEndpoint, DetachOutcome, NameBook, Subsystem, SubsystemModule } from '../lib/subsystem';
 import type { PeerName } from '../mesh/peer';
 import { DnsStore, FileDnsPersistence, normalizeName } from './records';
 import { DnsServer } from './server';
@@ -109,6 +109,25 @@ export class DnsSubsystem implements Subsystem {
       })
       : null;
   }
+
+  /**
+   * Names for containers attached by another subsystem (the Docker driver), keyed like endpoints'
+   * records so removeStale() keeps them exactly while their endpoint exists.
+   */
+  readonly names: NameBook = {
+    register: (key, name, addrs) => {
+      const fqdn = qualify(name, this.flags.domain);
+      const want = new Set(addrs.map(ipOf));
+      for (const e of this.store.all()) {
+        if (e.origin !== this.store.self || e.tombstone || e.containerId !== key) continue;
+        if (e.name !== fqdn || !want.has(e.addr)) this.store.remove({ name: e.name, addr: e.addr, containerId: key });
+      }
+      for (const a of want) this.store.add(fqdn, a, key);
+      this.log.info({ key, name: fqdn, addrs: [...want] }, 'container registered in weaveDNS');
+      return fqdn;
+    },
+    unregister: (key) => this.store.removeContainer(key),
+  };
 
   /** the weaveDNS domain, lowercase with the trailing dot */
   get domain(): string {

@@ -318,6 +318,11 @@ export class IpamSubsystem implements Subsystem {
       const addr = await this.allocate(ident, subnet ? formatCidr(sn) : undefined);
       return `${addr}/${sn.prefixLen}`;
     },
+    claim: async (ident, addr) => {
+      if (this.f.init.mode === 'observer') throw new UsageError('this router is an IPAM observer (--ipalloc-init observer) and never allocates');
+      if (!this.inRange(addr)) throw new UsageError(`${addr} is outside the allocation range ${this.f.range}`);
+      await this.claim(ident, addr);
+    },
     release: (ident) => this.free(ident),
     lookup: (ident) => this.alloc?.lookup(ident) ?? [],
     idents: (prefix) => (this.alloc ? this.alloc.status().allocations.filter((x) => x.ident.startsWith(prefix)).map((x) => x.ident) : []),
@@ -446,7 +451,8 @@ export class IpamSubsystem implements Subsystem {
   /** The live containers' and exposed addresses (endpoints come from the kernel when their file was lost) are ours. */
   private adoptLive(): void {
     if (this.f.init.mode === 'observer') return;
-    const live = this.ctx.endpoints.list().flatMap((e) => e.addrs.map((addr) => ({ ident: e.key, addr })));
+    // a pod's or a Docker endpoint's addresses are held under its own ident, not its namespace's key
+    const live = this.ctx.endpoints.list().flatMap((e) => e.addrs.map((addr) => ({ ident: e.ident ?? e.key, addr })));
     for (const x of this.ctx.endpoints.exposedAddrs()) live.push({ ident: EXPOSE_IDENT, addr: x.cidr });
     if (this.alloc) this.alloc.adoptLive(live);
     else this.pendingLive = live;

@@ -44,6 +44,17 @@ export interface StreamSink {
   onClose(fn: () => void): void;
 }
 
+/** What the CLI offers subsystems' commands besides the API client. */
+export interface CliHelpers {
+  /**
+   * A container argument (a Docker container name or ID, an \`ip netns\` name, a namespace path or a
+   * PID) as a NETNS argument the router takes, with the Docker container when it was one.
+   */
+  resolveContainer(arg: string): Promise<{ netns: string; container?: ContainerRef }>;
+  /** The overlay addresses (bare) of an attached container argument as resolveContainer takes it, and its container. */
+  containerAddresses(arg: string, client: ApiClientLike): Promise<{ addrs: string[]; container?: ContainerRef }>;
+}
+
 /** What the CLI side of a subsystem needs from the API client. */
 export interface ApiClientLike {
   request<T = any>(method: string, path: string, body?: unknown, opts?: { timeoutMs?: number; text?: boolean }): Promise<T>;
@@ -80,7 +91,12 @@ export interface AttachedEndpoint {
   name?: string;
   /** the IPAM ident its addresses are held under, when not the namespace key (a CNI pod's) */
   ident?: string;
+  /** the Docker container in that namespace, when known (`weave ps` shows its name) */
+  container?: ContainerRef;
 }
+
+/** A Docker container as weave names it: its full ID and its name (without Docker's leading "/"). */
+export interface ContainerRef { id: string; name: string }
 
 export interface DetachOutcome {
   /** CIDRs no longer attached */
@@ -96,6 +112,8 @@ export interface AttachRequest {
   /** addresses as given; may be empty or contain IPAM forms such as "net:default" */
   cidrs: string[];
   name?: string;
+  /** the Docker container the CLI resolved the namespace from (`weave attach NAME`) */
+  container?: ContainerRef;
 }
 
 /**
@@ -105,6 +123,8 @@ export interface AttachRequest {
 export interface AddressBook {
   /** an address as ADDR/LEN for ident in subnet (default subnet); fails at once when no address can come */
   allocate(ident: string, subnet?: string): Promise<string>;
+  /** records addr (bare) for ident, asking its owner when it lies in another peer's space; fails when it is in use */
+  claim(ident: string, addr: string): Promise<void>;
   /** frees every address ident holds; how many */
   release(ident: string): number;
   /** the addresses ident holds (bare) */
@@ -115,10 +135,23 @@ export interface AddressBook {
   readiness(): { ready: boolean; reason: string };
 }
 
+/**
+ * Names of this host's containers in weaveDNS, for callers that attach containers themselves (the
+ * Docker driver). DNS provides it; records are keyed like the endpoints' records (their `key`).
+ */
+export interface NameBook {
+  /** Registers name (without a dot: in the weaveDNS domain) for addrs under key, replacing what key had; the FQDN. */
+  register(key: string, name: string, addrs: string[]): string;
+  /** Removes every record of key; how many. */
+  unregister(key: string): number;
+}
+
 /** A router subsystem once built: a part with optional attach/detach/reset hooks. */
 export interface Subsystem extends Part {
   /** set by the subsystem that hands out addresses (IPAM) */
   readonly addresses?: AddressBook;
+  /** set by the subsystem that names containers (weaveDNS) */
+  readonly names?: NameBook;
   /** after every part is built and endpoints are restored, before the mesh connects */
   start?(): Promise<void>;
   /** `weave reset`: leave the mesh cleanly (hand over IPAM space, remove kernel state) before the router stops */
@@ -141,7 +174,7 @@ export interface SubsystemModule<C, Ctx> {
     /** commander's options object -> the typed config (throws UsageError saying what to fix) */
     parse(opts: Record<string, unknown>): C;
   };
-  commands?(program: Command, client: (opts: { httpAddr?: string }) => ApiClientLike): void;
+  commands?(program: Command, client: (opts: { httpAddr?: string }) => ApiClientLike, cli?: CliHelpers): void;
   /** `weave status <view>` renderers over the report JSON */
   views?: Record<string, (report: any) => string>;
   /** a property, not a method, so the daemon's context is checked strictly against Ctx */

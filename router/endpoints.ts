@@ -29,6 +29,7 @@ import {
 import { NetnsRef, findNamedNetns, netnsKeyOfStat, netnsPathOf, parseNetnsArg, resolveNetns } from '../host/netns';
 import { routeBatchLines, type DesiredRoute, type RouteReconciler } from '../host/routes';
 import { createPodLink, deletePodLink, ensurePodLink, podHostIfName, podNetnsCtx, randomMac, type PodLinkSpec } from '../host/pod-link';
+import { createDockerLink, deleteDockerLink, dockerHostIfName, dockerPeerIfName } from '../host/docker-link';
 import { exposeLinkAddrs } from '../host/expose';
 import { findContainers, listHostVeths, masqueradedNets, reachableNetns } from '../host/containers';
 import { contentProblem, moveAside, readStateFile, writeStateFile, type StateRecovery } from '../lib/state-file';
@@ -64,6 +65,34 @@ export interface EndpointInfo {
   ident?: string;
   /** MAC of the host-side veth, when chosen by weave (pods: the gateway's neighbour entry) */
   hostMac?: string;
+  /** a Docker endpoint made by the network driver (docker/): its libnetwork IDs */
+  docker?: DockerEndpointInfo;
+  /** the Docker container in the namespace, when known (`weave ps` shows its name) */
+  container?: { id: string; name: string };
+}
+
+/** A Docker endpoint: libnetwork's network and endpoint IDs (the record's key is "docker:ENDPOINTID"). */
+export interface DockerEndpointInfo {
+  networkId: string;
+  endpointId: string;
+}
+
+export interface DockerJoinRequest {
+  networkId: string;
+  endpointId: string;
+  /** libnetwork's SandboxKey (a path in dockerd's mount namespace, recorded for `weave ps`) */
+  sandboxKey: string;
+  /** the endpoint's address as ADDR/LEN (from IPAM, as Docker gave it to CreateEndpoint) */
+  cidr: string;
+  /** the IPAM ident the address is held under */
+  ident: string;
+  /** the MAC Docker chose for the container end */
+  mac?: string;
+}
+
+/** The record key of a Docker endpoint. */
+export function dockerEndpointKey(endpointId: string): string {
+  return `docker:${endpointId}`;
 }
 
 /** A pod attached through CNI: keyed by network, container ID and interface (the runtime's keys). */
@@ -176,7 +205,10 @@ export class Endpoints extends EventEmitter {
   // ---- queries -------------------------------------------------------------------------------
 
   list(): EndpointInfo[] {
-    return this.endpoints.map((e) => ({ ...e, addrs: [...e.addrs], ...(e.pod ? { pod: { ...e.pod } } : {}) }));
+    return this.endpoints.map((e) => ({
+      ...e, addrs: [...e.addrs], ...(e.pod ? { pod: { ...e.pod } } : {}), ...(e.docker ? { docker: { ...e.docker } } : {}),
+      ...(e.container ? { container: { ...e.container } } : {}),
+    }));
   }
 
   /** The pod attached for (network, container ID, interface), if any. */
@@ -205,11 +237,11 @@ export class Endpoints extends EventEmitter {
 
   // ---- attach / detach -----------------------------------------------------------------------
 
-  attach(netns: string, cidrs: string[], opts: { name?: string } = {}): Promise<AttachResult> {
+  attach(netns: string, cidrs: string[], opts: { name?: string; container?: { id: string; name: string } } = {}): Promise<AttachResult> {
     return this.serial(() => this.doAttach(netns, cidrs, opts));
   }
 
-  private async doAttach(arg: string, cidrs: string[], opts: { name?: string }): Promise<AttachResult> {
+  private async doAttach(arg: string, cidrs: string[], opts: { name?: string; container?: { id: string; name: string } }): Promise<AttachResult> {
     if (!Array.isArray(cidrs) || cidrs.length === 0) throw new UsageError('attach needs at least one address like 10.32.0.5/12', { netns: arg });
     const parsed = this.parseAddrs(cidrs);
     if (opts.name !== undefined && (typeof opts.name !== 'string' || !/^[A-Za-z0-9_.\-]{1,253}$/.test(opts.name))) {
@@ -217,6 +249,7 @@ export class Endpoints extends EventEmitter {
     }
     const ns = this.resolve(arg);
     let rec = this.endpoints.find((e) => e.key === ns.key);
+    if (rec?.docker) throw new UsageError(`namespace ${arg} is attached through Docker's network driver: use docker network connect/disconnect`, { netns: arg });
     if (rec?.pod || [...this.podsInFlight.values()].some((f) => f.key === ns.key)) throw new UsageError(`namespace ${arg} is a pod's, attached through CNI: its runtime manages its addresses`, { netns: arg });
     // addresses must be unique across containers and the host's exposed addresses
     for (const c of parsed) {
@@ -267,6 +300,8 @@ export class Endpoints extends EventEmitter {
         name: opts.name ?? rec?.name,
       };
       if (info.name === undefined) delete info.name;
+      const container = opts.container ?? rec?.container;
+      if (container) info.container = { id: container.id, name: container.name };
       this.endpoints = [...this.endpoints.filter((e) => e.key !== ns.key), info];
       this.counters.attaches++;
       await this.commit();
@@ -451,6 +486,87 @@ export class Endpoints extends EventEmitter {
     });
   }
 
+  // ---- Docker endpoints (docker/) ---------------------------------------------------------------
+
+  /** The Docker endpoint recorded for endpointId, if joined. */
+  findDocker(endpointId: string): EndpointInfo | undefined {
+    const e = this.endpoints.find((x) => x.docker?.endpointId === endpointId);
+    return e && { ...e, addrs: [...e.addrs], docker: { ...e.docker! }, ...(e.container ? { container: { ...e.container } } : {}) };
+  }
+
+  /**
+   * libnetwork's Join: the veth (both ends in the host namespace; Docker moves the container end into
+   * the sandbox), proxy ARP and the /32 route on the host end, then the record. All or nothing: a
+   * failure leaves no veth and no record. The same endpoint joined again gets its existing record
+   * back when its veth is still there (a Join retried by Docker).
+   */
+  joinDocker(req: DockerJoinRequest): Promise<EndpointInfo & { peerIfname: string }> {
+    return this.serial(async () => {
+      const key = dockerEndpointKey(req.endpointId);
+      const [c] = this.parseAddrs([req.cidr]);
+      const hostIf = dockerHostIfName(req.endpointId);
+      const peerIf = dockerPeerIfName(req.endpointId);
+      const links = await listLinks(this.ctx);
+      const old = this.endpoints.find((e) => e.key === key);
+      if (old && links.has(old.hostIfname) && links.has(peerIf)) return { ...old, addrs: [...old.addrs], peerIfname: peerIf };
+      if (old) this.endpoints = this.endpoints.filter((e) => e !== old);
+      const holder = this.endpoints.find((e) => e.addrs.some((a) => ipOf(a) === c.addr));
+      if (holder) throw new WeaveError('ECONFLICT', `address ${c.addr} is already attached to ${holder.docker ? `Docker endpoint ${holder.docker.endpointId.slice(0, 12)}` : holder.netns}`, { addr: c.addr });
+      if (this.exposed.some((x) => ipOf(x.cidr) === c.addr)) throw new WeaveError('ECONFLICT', `address ${c.addr} is exposed on this host; hide it first`, { addr: c.addr });
+      if (links.has(hostIf)) {
+        this.log.warn({ hostIf, endpoint: req.endpointId }, 'removing a leftover Docker endpoint veth no record knows (a crashed Join)');
+        await deleteDockerLink(this.ctx, hostIf);
+      }
+      const route = this.routeTo(c.addr, hostIf);
+      await createDockerLink(this.ctx, {
+        hostIf, peerIf, mtu: this.containerMtu(),
+        hostLines: routeBatchLines({ add: [{ ...route, onlink: false, scope: 'link' }], change: [], remove: [] }, this.routes.protocol),
+      });
+      const info: EndpointInfo = {
+        netns: req.sandboxKey, path: req.sandboxKey, key, ifname: peerIf, hostIfname: hostIf, mac: req.mac ?? '',
+        addrs: [`${c.addr}/${c.len}`], ident: req.ident, docker: { networkId: req.networkId, endpointId: req.endpointId },
+      };
+      if (old?.container) info.container = { ...old.container };
+      this.endpoints = [...this.endpoints, info];
+      try {
+        await this.commit({ awaitRoutes: false });
+      } catch (e) {
+        this.counters.errors++;
+        this.endpoints = this.endpoints.filter((x) => x !== info);
+        await deleteDockerLink(this.ctx, hostIf).catch((e2: unknown) => this.log.error({ hostIf, err: errMsg(e2) }, 'cleanup after a failed Docker Join failed'));
+        throw e;
+      }
+      this.counters.attaches++;
+      this.log.info({ network: req.networkId.slice(0, 12), endpoint: req.endpointId.slice(0, 12), hostIf, addr: info.addrs[0] }, 'Docker endpoint joined');
+      return { ...info, addrs: [...info.addrs], peerIfname: peerIf };
+    });
+  }
+
+  /** libnetwork's Leave: the veth and the record go; an unknown endpoint is not an error. */
+  leaveDocker(endpointId: string): Promise<EndpointInfo | undefined> {
+    return this.serial(async () => {
+      const rec = this.endpoints.find((x) => x.docker?.endpointId === endpointId);
+      await deleteDockerLink(this.ctx, rec?.hostIfname ?? dockerHostIfName(endpointId));
+      if (!rec) return undefined;
+      this.endpoints = this.endpoints.filter((x) => x !== rec);
+      this.counters.detaches++;
+      await this.commit({ awaitRoutes: false });
+      this.log.info({ endpoint: endpointId.slice(0, 12), container: rec.container?.name }, 'Docker endpoint left');
+      return rec;
+    });
+  }
+
+  /** Records which container a Docker endpoint (or an attached namespace, by key) belongs to. */
+  setContainer(key: string, container: { id: string; name: string }): Promise<boolean> {
+    return this.serial(async () => {
+      const rec = this.endpoints.find((x) => x.key === key);
+      if (!rec || (rec.container?.id === container.id && rec.container.name === container.name)) return false;
+      this.endpoints = this.endpoints.map((x) => (x === rec ? { ...x, container: { id: container.id, name: container.name } } : x));
+      this.saveState();
+      return true;
+    });
+  }
+
   /** A record for a NETNS argument whose namespace no longer resolves. */
   private findGone(arg: string): EndpointInfo | undefined {
     let p: string | undefined;
@@ -551,6 +667,12 @@ export class Endpoints extends EventEmitter {
         try {
           if (e.pod) {
             await this.restorePod(e, mtu);
+            kept.push(e);
+            continue;
+          }
+          if (e.docker) {
+            // the container end is Docker's (in its sandbox): only the host end is ours to re-program
+            await programHostSide(this.ctx, e.hostIfname, mtu);
             kept.push(e);
             continue;
           }
@@ -818,6 +940,16 @@ export function validateState(v: unknown): PersistedState {
     if (r.ident !== undefined) info.ident = isStr(r.ident) ? r.ident : bad('endpoint.ident must be a string');
     if (r.hostMac !== undefined) info.hostMac = isStr(r.hostMac) ? r.hostMac : bad('endpoint.hostMac must be a string');
     if (r.pod !== undefined) info.pod = validatePod(r.pod);
+    if (r.docker !== undefined) {
+      const d = r.docker as Record<string, unknown>;
+      if (!d || typeof d !== 'object' || !isStr(d.networkId) || !isStr(d.endpointId)) bad('endpoint.docker needs networkId and endpointId');
+      info.docker = { networkId: d.networkId as string, endpointId: d.endpointId as string };
+    }
+    if (r.container !== undefined) {
+      const c = r.container as Record<string, unknown>;
+      if (!c || typeof c !== 'object' || !isStr(c.id) || !isStr(c.name)) bad('endpoint.container needs id and name');
+      info.container = { id: c.id as string, name: c.name as string };
+    }
     endpoints.push(info);
   }
   const exposed: ExposedAddr[] = [];

@@ -35,6 +35,10 @@ const need = [
   ['/usr/share/doc/busybox-static', 'busybox-static'],
   // the /ui page's browser test: Debian's Chromium, driven by playwright-core (which never downloads a browser)
   ['/usr/bin/chromium', 'chromium'],
+  // Docker (docker/): dockerd 20.10 and its client from Debian's docker.io (it brings containerd,
+  // runc and tini); by path, because another docker client may be installed elsewhere (/usr/local/bin)
+  // without a daemon. Its own dockerd must not start (the tests run theirs): see policy-rc.d below.
+  ['/usr/sbin/dockerd', 'docker.io'],
 ];
 
 /** A command on the usual paths, or an absolute path that exists. */
@@ -51,12 +55,23 @@ if (process.getuid && process.getuid() !== 0) {
 }
 console.log(`weave.ts: installing Debian packages: ${missing.join(' ')}`);
 const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-// another apt-get (a parallel install on this machine) holds the dpkg lock for a while: wait for it
+// Packages must not start their services (docker.io would start a dockerd on /var/run/docker.sock in
+// the machine's namespace): the standard policy-rc.d that refuses every start, only while we install
+// and only when the machine has none of its own. Another apt-get (a parallel install on this machine)
+// may hold the dpkg lock for a while: wait for it.
+const POLICY = '/usr/sbin/policy-rc.d';
+const ownPolicy = !fs.existsSync(POLICY);
+if (ownPolicy) fs.writeFileSync(POLICY, '#!/bin/sh\n# weave.ts ensure-deps: no service starts while packages install\nexit 101\n', { mode: 0o755 });
 const install = ['-o', 'DPkg::Lock::Timeout=600', 'install', '-y', '-qq', '--no-install-recommends', ...missing];
-let r = spawnSync('apt-get', install, { stdio: 'inherit', env });
-if (r.status !== 0) {
-  spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=600', 'update', '-qq'], { stdio: 'inherit', env });
+let r;
+try {
   r = spawnSync('apt-get', install, { stdio: 'inherit', env });
+  if (r.status !== 0) {
+    spawnSync('apt-get', ['-o', 'DPkg::Lock::Timeout=600', 'update', '-qq'], { stdio: 'inherit', env });
+    r = spawnSync('apt-get', install, { stdio: 'inherit', env });
+  }
+} finally {
+  if (ownPolicy) fs.rmSync(POLICY, { force: true });
 }
 if (r.status !== 0) {
   console.error(`weave.ts: apt-get install ${missing.join(' ')} failed (exit ${r.status})`);

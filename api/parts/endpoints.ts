@@ -6,7 +6,7 @@ import { UsageError, errMsg } from '../../lib/errors';
 import { componentLogger, type Logger } from '../../lib/log';
 import type { Clock } from '../../lib/clock';
 import { counterFrom, gaugeFrom } from '../../lib/metrics';
-import type { ApiRoute, AttachRequest, Part, Subsystem } from '../../lib/subsystem';
+import type { ApiRoute, AttachRequest, ContainerRef, Part, Subsystem } from '../../lib/subsystem';
 import { Endpoints, type EndpointInfo } from '../../router/endpoints';
 import type { PrefixTable } from '../../router/prefixes';
 import type { RouterConfig } from '../config';
@@ -36,7 +36,8 @@ export function buildEndpoints(cfg: RouterConfig, owner: string, host: HostPart,
   const onChanged = (): void => prefixes.setLocal(served());
   endpoints.on('changed', onChanged);
   const removeAll = async (): Promise<void> => {
-    for (const ep of endpoints.list()) {
+    // Docker endpoints are Docker's to remove (the docker subsystem's reset deletes their veths)
+    for (const ep of endpoints.list().filter((e) => !e.docker)) {
       try {
         const r = await endpoints.detach(ep.netns);
         for (const x of hooks) await x.afterDetach?.(ep.netns, r, ep);
@@ -86,6 +87,22 @@ export function checkNetns(s: string, key: string): string {
   return s;
 }
 
+/** The optional "container" field of /attach: {id, name} of the Docker container the CLI resolved. */
+function optContainer(body: Record<string, unknown>): ContainerRef | undefined {
+  const v = body.container;
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v)) throw new UsageError('"container" must be an object like {"id": "...", "name": "..."}');
+  const c = v as Record<string, unknown>;
+  const field = (k: 'id' | 'name'): string => {
+    try {
+      return str(c, k, { max: 255 });
+    } catch (e) {
+      throw new UsageError(`"container": ${(e as Error).message}`, {}, { cause: e });
+    }
+  };
+  return { id: field('id'), name: field('name') };
+}
+
 /** The first subsystem that resolves the addresses wins (IPAM); without one, addresses must be given. */
 async function resolveAddresses(hooks: readonly Subsystem[], req: AttachRequest, kind: 'attach' | 'expose'): Promise<string[]> {
   for (const x of hooks) {
@@ -104,8 +121,9 @@ function endpointRoutes(endpoints: Endpoints, hooks: readonly Subsystem[]): ApiR
           netns: checkNetns(str(body, 'netns'), 'netns'),
           cidrs: strList(body, 'cidrs', { item: checkAddrArg }),
           name: optStr(body, 'name', { max: 253 }),
+          container: optContainer(body),
         };
-        const r = await endpoints.attach(req.netns, await resolveAddresses(hooks, req, 'attach'), { name: req.name });
+        const r = await endpoints.attach(req.netns, await resolveAddresses(hooks, req, 'attach'), { name: req.name, container: req.container });
         for (const x of hooks) await x.afterAttach?.(req, r);
         return { ...r, addresses: r.addrs };
       },
@@ -122,7 +140,7 @@ function endpointRoutes(endpoints: Endpoints, hooks: readonly Subsystem[]): ApiR
     },
     {
       method: 'GET', path: '/ps', handler: () => ({
-        endpoints: endpoints.list().map((e) => ({ netns: e.netns, path: e.path, key: e.key, ifname: e.ifname, mac: e.mac, addresses: e.addrs, name: e.name, pod: e.pod })),
+        endpoints: endpoints.list().map((e) => ({ netns: e.netns, path: e.path, key: e.key, ifname: e.ifname, mac: e.mac, addresses: e.addrs, name: e.name, pod: e.pod, docker: e.docker, container: e.container })),
       }),
     },
     {

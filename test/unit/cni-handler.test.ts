@@ -23,6 +23,10 @@ class FakeBook implements AddressBook {
     if (!this.held.has(ident)) this.held.set(ident, `10.32.0.${this.next++}`);
     return Promise.resolve(`${this.held.get(ident)}/12`);
   }
+  claim(ident: string, addr: string): Promise<void> {
+    this.held.set(ident, addr);
+    return Promise.resolve();
+  }
   release(ident: string): number { return this.held.delete(ident) ? 1 : 0; }
   lookup(ident: string): string[] { return this.held.has(ident) ? [this.held.get(ident)!] : []; }
   idents(prefix: string): string[] { return [...this.held.keys()].filter((k) => k.startsWith(prefix)); }
