@@ -57,7 +57,8 @@ test('containerd CRI on two hosts: mesh addresses, encrypted pod-to-pod, hostPor
         assert.match(p.ip, /^10\.(3[2-9]|4[0-7])\./, `${p.ip} is in the mesh's range`);
       }
       assert.notEqual(p1.ip, p2.ip);
-      assert.match((await h1.weave(['ps'])).stdout, new RegExp(`^team-a/web-1 ${p1.netns} \\S+ ${p1.ip.replace(/\./g, '\\.')}/12$`, 'm'));
+      // the pod's namespace by its `ip netns` name (containerd makes one under /var/run/netns)
+      assert.match((await h1.weave(['ps'])).stdout, new RegExp(`^team-a/web-1 ${p1.netns.split('/').pop()} \\S+ ${p1.ip.replace(/\./g, '\\.')}/12$`, 'm'));
       assert.match((await h2.weave(['ps'])).stdout, /^team-b\/db-1 /m);
     });
 
