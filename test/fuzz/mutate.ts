@@ -125,7 +125,7 @@ function scalar(r: Rng): unknown {
     case 3: return null;
     case 4: return '';
     case 5: return pick(r, ['02:00:00:00:00:01', '10.32.0.1', '10.32.0.0/12', '1.2.3.4:6783', 'weave.local.', 'a.weave.local.', '-1', 'h:-5', 'a:99999999', '300.1.1.1', '[::1]:1', '//[', '..', '/', 'sleeve', 'fastdp', 'hello', 'hear', 'off', '0.4.0', '1.0.0', '1.1.0', 'weave-net']);
-    case 6: return 'x'.repeat(int(r, 3) === 0 ? 70_000 : int(r, 300));
+    case 6: return 'x'.repeat(int(r, 40) === 0 ? 70_000 : int(r, 300));
     case 7: return String.fromCharCode(...Array.from({ length: int(r, 12) }, () => int(r, 0x10000)));
     case 8: return randomBytes(r, int(r, 40));
     case 9: return { toString: int(r, 5), valueOf: 'x' };
@@ -140,7 +140,7 @@ function scalar(r: Rng): unknown {
 export function value(r: Rng, depth = 4): unknown {
   if (depth <= 0 || r() < 0.35) return scalar(r);
   if (r() < 0.5) {
-    const n = int(r, 4) === 0 ? int(r, 40) : int(r, 6);
+    const n = int(r, 8) === 0 ? int(r, 40) : int(r, 6);
     return Array.from({ length: n }, () => value(r, depth - 1));
   }
   const o: Record<string, unknown> = {};

@@ -12,7 +12,7 @@ import { parseAddr, parseCidr } from '../../lib/addr';
 import type { TunDevice } from '../../router/tun';
 import type { UdpBind } from '../../router/udp';
 import { DnsStore } from '../../dns/records';
-import { DnsServer } from '../../dns/server';
+import { DnsServer, TcpAssembler } from '../../dns/server';
 import { QTYPE, nameToWire, writeHeader } from '../../dns/wire';
 import { ipv4Packet } from '../fakes/channel-tun';
 import { chunks, int, pick, randomBytes } from './mutate';
@@ -23,9 +23,9 @@ const never = (): boolean => false;
 
 // ---- sleeve datagrams -----------------------------------------------------------------------------
 
-const KEYS = deriveKeys(sodium, Buffer.alloc(32, 9), true);
+export const KEYS = deriveKeys(sodium, Buffer.alloc(32, 9), true);
 const PLAIN_IDX = 0x10000;
-const SEALED_IDX = 0x10001;
+export const SEALED_IDX = 0x10001;
 const PKT = ipv4Packet({ src: '10.32.1.5', dst: '10.32.0.7', payload: Buffer.alloc(64, 1) });
 const RELAYED = ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: Buffer.alloc(64, 1) });
 
@@ -78,7 +78,7 @@ class OneShotUdp implements UdpBind {
   close(): void {}
 }
 
-function datapathRig() {
+export function datapathRig() {
   const tun = new SinkTun();
   const udp = new OneShotUdp();
   const counters = newCounterArray();
@@ -87,7 +87,8 @@ function datapathRig() {
   const shared = new PathShared();
   const dp = new Datapath({ boxes: engineBoxes(sodium), tun, udp, shared, counters, events: ev, stride: 1600, batch: 8, tunMtu: 1440, icmpSource: 0, now: () => 1, heartbeats: false });
   dp.setPath({ slot: 0, localIdx: PLAIN_IDX, remoteIdx: 0x20000, txKey: null, rxKey: null });
-  dp.setPath({ slot: 1, localIdx: SEALED_IDX, remoteIdx: 0x20001, txKey: KEYS.tx, rxKey: KEYS.rx, rxKey1: KEYS.rx });
+  // the peer seals with its tx key, which is our rx key: frames the fuzzer seals with KEYS.tx are authentic here
+  dp.setPath({ slot: 1, localIdx: SEALED_IDX, remoteIdx: 0x20001, txKey: KEYS.rx, rxKey: KEYS.tx, rxKey1: KEYS.tx });
   for (const s of [0, 1]) {
     shared.ip[s] = parseAddr('198.18.0.2');
     shared.port[s] = 6783;
@@ -246,7 +247,7 @@ const dnsTcp: Target = {
   run(b, r) {
     dns ??= dnsRig();
     const sock: FakeSock = { destroyed: false, writableLength: 0, written: 0, write() { this.written++; return true; }, destroy() { this.destroyed = true; } };
-    const c = { sock, src: '127.0.0.1', acc: null, lastActive: 0, openedAt: 0, partialSince: 0, gone: false };
+    const c = { sock, src: '127.0.0.1', acc: new TcpAssembler(), lastActive: 0, openedAt: 0, partialSince: 0, gone: false };
     for (const ch of chunks(r, b)) dns.onTcpData(c, Buffer.from(ch));
   },
   large(r) {
