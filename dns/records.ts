@@ -33,7 +33,7 @@
 // (removeContainer) when it reconciles its containers; that is the caller's job.
 import type { Clock, TimerHandle } from '../lib/clock';
 import * as path from 'path';
-import { ProtocolError, UsageError, WeaveError } from '../lib/errors';
+import { ProtocolError, UsageError, WeaveError, describeValue } from '../lib/errors';
 import { parseAddr, tryParseAddr } from '../lib/addr';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { contentProblem, moveAside, readStateFile, writeStateFile, type StateRecovery } from '../lib/state-file';
@@ -75,8 +75,8 @@ function entryKey(name: string, addr: string, origin: string): string {
 /** Lowercases, adds the trailing dot and checks the name is a valid DNS name (labels 1..63, total <= 253). */
 export function normalizeName(name: string, errorKind: 'usage' | 'protocol' = 'usage'): string {
   const fail = (why: string): never => {
-    if (errorKind === 'protocol') throw new ProtocolError(`dns record: invalid name: ${why}`, { name: String(name).slice(0, 300) });
-    throw new UsageError(`invalid DNS name "${String(name).slice(0, 300)}": ${why}`);
+    if (errorKind === 'protocol') throw new ProtocolError(`dns record: invalid name: ${why}`, { name: describeValue(name) });
+    throw new UsageError(`invalid DNS name ${typeof name === 'string' ? JSON.stringify(name.slice(0, 300)) : describeValue(name)}: ${why}`);
   };
   if (typeof name !== 'string' || name.length === 0) return fail('empty');
   let n = name.toLowerCase();
@@ -94,14 +94,14 @@ export function normalizeName(name: string, errorKind: 'usage' | 'protocol' = 'u
 /** The u32 of a record's address (validated when the record was added or decoded). */
 export function ipv4ToNumber(addr: string): number {
   const n = tryParseAddr(addr);
-  if (n === undefined) throw new WeaveError('EINVAL', `dns record address "${String(addr).slice(0, 64)}" is not IPv4`);
+  if (n === undefined) throw new WeaveError('EINVAL', `dns record address ${describeValue(addr)} is not IPv4`);
   return n;
 }
 
 function checkAddr(addr: string, errorKind: 'usage' | 'protocol'): string {
   // lib/addr accepts one spelling per address, so the string is a stable key.
   if (tryParseAddr(addr) === undefined) {
-    if (errorKind === 'protocol') throw new ProtocolError('dns record: invalid IPv4 address', { addr: String(addr).slice(0, 64) });
+    if (errorKind === 'protocol') throw new ProtocolError('dns record: invalid IPv4 address', { addr: describeValue(addr) });
     parseAddr(addr); // throws the UsageError that says what is wrong
   }
   return addr;
@@ -141,7 +141,7 @@ export function decodeEntries(buf: Uint8Array): DnsEntry[] {
 function entriesFromMessage(msg: unknown): DnsEntry[] {
   if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) throw new ProtocolError('dns gossip: not a map');
   const m = msg as Record<string, unknown>;
-  if (m.v !== RECORDS_WIRE_VERSION) throw new ProtocolError('dns gossip: unsupported version', { v: String(m.v) });
+  if (m.v !== RECORDS_WIRE_VERSION) throw new ProtocolError('dns gossip: unsupported version', { v: describeValue(m.v) });
   const list = m.e;
   if (!Array.isArray(list)) throw new ProtocolError('dns gossip: entries missing');
   if (list.length > MAX_ENTRIES_PER_MESSAGE) throw new ProtocolError('dns gossip: too many entries', { n: list.length });

@@ -134,11 +134,69 @@ interface Upstream {
   v6: boolean;
 }
 
+/**
+ * DNS over TCP reassembly (RFC 1035 4.2.2: a 2-byte length, then the message), linear in the bytes
+ * however the socket splits them: a partial message is appended into one growing buffer (doubling)
+ * rather than concatenated anew with every chunk (a client sending one byte at a time made that
+ * quadratic). Messages handed to the callback are views, valid until it returns.
+ */
+export class TcpAssembler {
+  private buf: Buffer | null = null;
+  private len = 0;
+
+  /** Bytes of the incomplete message held. */
+  get pending(): number { return this.len; }
+
+  /** Calls each() for every complete message in what was held plus d; returns how many. */
+  feed(d: Buffer, each: (msg: Buffer) => void): number {
+    let data = d;
+    let end = d.length;
+    if (this.len > 0) {
+      this.append(d);
+      data = this.buf as Buffer;
+      end = this.len;
+    }
+    let off = 0;
+    let n = 0;
+    while (end - off >= 2) {
+      const l = data.readUInt16BE(off);
+      if (end - off < 2 + l) break;
+      n++;
+      each(data.subarray(off + 2, off + 2 + l));
+      off += 2 + l;
+    }
+    const rest = end - off;
+    if (rest === 0) {
+      this.len = 0;
+      if (this.buf && this.buf.length > 4096) this.buf = null; // idle connections hold nothing big
+    } else if (data === this.buf) {
+      if (off > 0) data.copyWithin(0, off, end);
+      this.len = rest;
+    } else {
+      this.len = 0;
+      this.append(d.subarray(off, end));
+    }
+    return n;
+  }
+
+  private append(d: Buffer): void {
+    const need = this.len + d.length;
+    if (!this.buf || this.buf.length < need) {
+      const nb = Buffer.allocUnsafe(Math.max(need, (this.buf?.length ?? 0) * 2, 512));
+      if (this.buf) this.buf.copy(nb, 0, 0, this.len);
+      this.buf = nb;
+    }
+    d.copy(this.buf, this.len);
+    this.len += d.length;
+  }
+}
+
 interface TcpClient {
   sock: net.Socket;
   /** remote address (per-source accounting) */
   src: string;
-  acc: Buffer | null;
+  /** the incomplete query so far */
+  acc: TcpAssembler;
   lastActive: number;
   openedAt: number;
   /** when the first byte of the incomplete query in acc arrived; 0 when none is pending */
@@ -384,7 +442,7 @@ export class DnsServer {
     this.tcpPerSource.set(src, held + 1);
     this.counters.tcpConnections++;
     const now = this.clock.now();
-    const c: TcpClient = { sock, src, acc: null, lastActive: now, openedAt: now, partialSince: 0, gone: false };
+    const c: TcpClient = { sock, src, acc: new TcpAssembler(), lastActive: now, openedAt: now, partialSince: 0, gone: false };
     this.tcpClients.add(c);
     sock.on('data', (d: Buffer) => this.onTcpData(c, d));
     sock.on('error', (e) => {
@@ -407,22 +465,14 @@ export class DnsServer {
   private onTcpData(c: TcpClient, d: Buffer): void {
     const now = this.clock.now();
     c.lastActive = now;
-    let acc = c.acc ? Buffer.concat([c.acc, d]) : d;
-    let answered = false;
-    while (acc.length >= 2) {
-      const l = acc.readUInt16BE(0);
-      if (acc.length < 2 + l) break;
-      const frame = acc.subarray(2, 2 + l);
-      acc = acc.subarray(2 + l);
-      answered = true;
+    const answered = c.acc.feed(d, (frame) => {
       this.counters.queriesTcp++;
-      const n = this.answer(frame, l, this.tcpOut, false);
+      const n = this.answer(frame, frame.length, this.tcpOut, false);
       if (n > 0) this.tcpSend(c, this.tcpOut, n);
-      else if (n === FORWARD) this.forward(frame, '', 0, c);
-    }
-    c.acc = acc.length ? acc : null;
+      else if (n === FORWARD) this.forward(Buffer.from(frame), '', 0, c); // frame is a view into the assembler
+    });
     // the per-query deadline runs from the first byte of the query still incomplete
-    c.partialSince = acc.length === 0 ? 0 : answered || c.partialSince === 0 ? now : c.partialSince;
+    c.partialSince = c.acc.pending === 0 ? 0 : answered > 0 || c.partialSince === 0 ? now : c.partialSince;
   }
 
   private tcpSend(c: TcpClient, src: Buffer, n: number): void {
@@ -805,11 +855,24 @@ export class DnsServer {
     this.deliver(p, msg);
   }
 
+  /** The first message an upstream answered over TCP (a view: used before the data handler returns). */
+  private onUpstreamTcpAnswer(p: Pending, msg: Buffer): void {
+    if (this.pending.get(p.upId) !== p) return;
+    const l = msg.length;
+    if (l < HEADER_LEN || ((msg[0] << 8) | msg[1]) !== p.upId || !this.matchUpstream(p, msg, l)) {
+      this.counters.upstreamBadResponses++;
+      p.upTcp = null;
+      return;
+    }
+    this.deliver(p, msg);
+  }
+
   private retryTcp(p: Pending, u: Upstream): void {
     this.counters.forwardedTcpRetry++;
     const s = net.connect({ host: u.host, port: u.port });
     p.upTcp = s;
-    let acc: Buffer | null = null;
+    const acc = new TcpAssembler();
+    let done = false;
     s.setNoDelay(true);
     s.on('connect', () => {
       const l = Buffer.allocUnsafe(2);
@@ -817,19 +880,13 @@ export class DnsServer {
       s.write(Buffer.concat([l, p.query]));
     });
     s.on('data', (d: Buffer) => {
-      acc = acc ? Buffer.concat([acc, d]) : d;
-      if (acc.length < 2) return;
-      const l = acc.readUInt16BE(0);
-      if (acc.length < 2 + l) return;
-      const msg = acc.subarray(2, 2 + l);
-      s.destroy();
-      if (this.pending.get(p.upId) !== p) return;
-      if (l < HEADER_LEN || ((msg[0] << 8) | msg[1]) !== p.upId || !this.matchUpstream(p, msg, l)) {
-        this.counters.upstreamBadResponses++;
-        p.upTcp = null;
-        return;
-      }
-      this.deliver(p, msg);
+      if (done) return;
+      acc.feed(d, (msg) => {
+        if (done) return;
+        done = true;
+        s.destroy();
+        this.onUpstreamTcpAnswer(p, msg);
+      });
     });
     s.on('error', (e) => {
       this.counters.upstreamTcpErrors++;

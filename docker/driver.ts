@@ -23,6 +23,7 @@ import { randomBytes } from 'crypto';
 import { UsageError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { AddressBook, NameBook } from '../lib/subsystem';
+import { checkAddrInCidr } from '../lib/validate';
 import { containsRange, formatAddr, formatCidr, overlaps, parseAddr, parseCidr, type Cidr } from '../lib/addr';
 import type { DockerJoinRequest, EndpointInfo } from '../router/endpoints';
 import type { DockerState, PoolRecord } from './state';
@@ -60,6 +61,15 @@ export interface DriverDeps {
 }
 
 export type Body = Record<string, unknown>;
+
+const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
+
+/** The container's network namespace file, as Docker names it: an absolute path. */
+function sandboxKey(b: Body): string {
+  const p = s(b, 'SandboxKey', true);
+  if (!p.startsWith('/') || p.includes('\0')) throw new UsageError(`SandboxKey ${JSON.stringify(p.slice(0, 80))} is not an absolute path`);
+  return p;
+}
 
 function obj(b: Body, k: string): Body {
   const v = b[k];
@@ -125,7 +135,8 @@ export class DockerDriver {
 
   /** One call; the error (a message Docker prints) is thrown for the server to answer with {Err}. */
   async handle(method: string, body: Body): Promise<unknown> {
-    const h = this.handlers[method];
+    // own keys only: "constructor", "toString" or "__proto__" name the object's inherited members
+    const h = Object.hasOwn(this.handlers, method) ? this.handlers[method] : undefined;
     if (!h) {
       this.count(method, 'unsupported');
       throw new WeaveError('ENOTFOUND', `weave: ${method} is not supported`, { method });
@@ -334,9 +345,11 @@ export class DockerDriver {
     const opts = Object.keys(obj(b, 'Options')).filter((k) => !k.startsWith('com.docker.'));
     if (opts.length) throw new UsageError(`unknown driver option${opts.length > 1 ? 's' : ''} ${opts.join(', ')} for the endpoint: the weave driver takes none`);
     if (s(iface, 'AddressIPv6')) throw new UsageError('weave networks carry IPv4 only: the endpoint has an IPv6 address');
-    const cidr = s(iface, 'Address');
-    if (!cidr) throw new UsageError('the endpoint has no IPv4 address: weave networks need one from --ipam-driver weave');
+    const given = s(iface, 'Address');
+    if (!given) throw new UsageError('the endpoint has no IPv4 address: weave networks need one from --ipam-driver weave');
+    const cidr = checkAddrInCidr(given, 'Interface.Address');
     const mac = s(iface, 'MacAddress');
+    if (mac && !MAC_RE.test(mac)) throw new UsageError(`"Interface.MacAddress": ${JSON.stringify(mac.slice(0, 40))} is not a MAC address`);
     const bare = cidr.slice(0, cidr.indexOf('/'));
     const ident = this.d.addresses() ? this.holder(bare) : undefined;
     this.d.state.endpoints.set(id, { id, networkId, cidr, ...(mac ? { mac } : {}), ...(ident ? { ident } : {}) });
@@ -350,7 +363,7 @@ export class DockerDriver {
     const ep = this.d.state.endpoints.get(endpointId);
     if (!ep) throw new WeaveError('ENOTFOUND', `weave has no record of endpoint ${short(endpointId)} (created while this router was not running?): disconnect and connect the container again`);
     const rec = await this.d.endpoints.joinDocker({
-      networkId, endpointId, sandboxKey: s(b, 'SandboxKey'), cidr: ep.cidr, ident: ep.ident ?? `docker:unknown:${endpointId}`, ...(ep.mac ? { mac: ep.mac } : {}),
+      networkId, endpointId, sandboxKey: sandboxKey(b), cidr: ep.cidr, ident: ep.ident ?? `docker:unknown:${endpointId}`, ...(ep.mac ? { mac: ep.mac } : {}),
     });
     return { InterfaceName: { SrcName: rec.peerIfname, DstPrefix: DOCKER_IF_PREFIX }, StaticRoutes: this.routes(ep.cidr) };
   }

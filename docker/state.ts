@@ -4,7 +4,7 @@
 // records, with its veth). Addresses themselves live in IPAM (lmdb), under "docker:" idents.
 import * as fs from 'fs';
 import * as path from 'path';
-import { WeaveError } from '../lib/errors';
+import { WeaveError, describeValue } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { contentProblem, moveAside, readStateFile, writeStateFile, type StateRecovery } from '../lib/state-file';
 
@@ -96,7 +96,7 @@ function validate(v: unknown): Persisted {
   const bad = (why: string): never => { throw new WeaveError('ESTATE', `docker state: ${why}`); };
   const o = v as Record<string, unknown>;
   if (!o || typeof o !== 'object') bad('not an object');
-  if (o.version !== VERSION) bad(`unsupported version ${String(o.version)}`);
+  if (o.version !== VERSION) bad(`unsupported version ${describeValue(o.version)}`);
   const list = (k: string): Array<Record<string, unknown>> => {
     if (!Array.isArray(o[k])) bad(`${k} must be a list`);
     return (o[k] as unknown[]).map((x) => (x && typeof x === 'object' ? x as Record<string, unknown> : bad(`${k} entry is not an object`)));

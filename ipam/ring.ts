@@ -12,7 +12,7 @@
 //    each ran their own consensus) cannot be merged entry by entry: merge refuses and reports it,
 //    and the allocator repairs it: the ring whose seed list sorts lower (compareSeeds) wins, the
 //    peers of the other ring adopt it and get back the addresses they hold from the new owners.
-import { ProtocolError, WeaveError } from '../lib/errors';
+import { ProtocolError, describeValue, WeaveError } from '../lib/errors';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { contains, formatAddr, isAddr, type Addr, type Range } from '../lib/addr';
@@ -321,7 +321,7 @@ export interface RingWire {
 
 /** Names a decoded value for an error message without calling its (attacker-chosen) methods. */
 export function describe(x: unknown): string {
-  return typeof x === 'number' || typeof x === 'boolean' ? String(x) : typeof x === 'string' ? JSON.stringify(x.slice(0, 40)) : typeof x;
+  return describeValue(x);
 }
 
 export function isObj(x: unknown): x is Record<string, unknown> {

@@ -38,3 +38,18 @@ export class UsageError extends WeaveError {
 export function errMsg(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
+
+/**
+ * Names a decoded value (a peer's message, a state file, a request body) for an error message
+ * without calling any of its methods: a decoded map may carry "toString"/"valueOf" keys holding data,
+ * which String() and template literals would call (and throw on), and a string may be huge.
+ */
+export function describeValue(x: unknown): string {
+  if (typeof x === 'number' || typeof x === 'boolean' || typeof x === 'bigint') return String(x);
+  if (typeof x === 'string') return JSON.stringify(x.slice(0, 40)) + (x.length > 40 ? `...(${x.length} characters)` : '');
+  if (x === null) return 'null';
+  if (x === undefined) return 'nothing';
+  if (x instanceof Uint8Array) return `${x.length} bytes`;
+  if (Array.isArray(x)) return `a list of ${x.length}`;
+  return typeof x === 'object' ? 'a map' : typeof x;
+}

@@ -4,7 +4,7 @@
 // ProtocolError (fatal for that connection only) rather than a TypeError somewhere deep in the
 // topology or a gossiper.
 import { Packr } from 'msgpackr';
-import { ProtocolError, errMsg } from '../lib/errors';
+import { ProtocolError, describeValue, errMsg } from '../lib/errors';
 import { isPeerName, type PeerName } from './peer';
 import { formatHostPort, tryParseHostPort } from '../lib/addr';
 
@@ -70,7 +70,7 @@ export function wantPeerName(v: unknown, what: string): PeerName {
 
 /** Checks the explicit version field every mesh payload carries. */
 export function wantVersion(o: Record<string, unknown>, what: string, supported: number): void {
-  if (o.v !== supported) throw new ProtocolError(`${what}: unsupported version`, { got: typeof o.v === 'number' ? o.v : String(o.v), supported });
+  if (o.v !== supported) throw new ProtocolError(`${what}: unsupported version`, { got: describeValue(o.v), supported });
 }
 
 /**

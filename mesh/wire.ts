@@ -36,7 +36,7 @@
 // handler hears each step ('accept' before we may receive under a key, 'use' when we seal with it,
 // 'settled' when the peer does), so the overlays move their data keys make-before-break.
 import { createHmac, timingSafeEqual } from 'crypto';
-import { ProtocolError, RefusedError, WeaveError } from '../lib/errors';
+import { ProtocolError, RefusedError, WeaveError, describeValue } from '../lib/errors';
 import { decodeMsg, encodeMsg } from './codec';
 import { isPeerName } from './peer';
 import { Msg, type Features } from './types';
@@ -52,6 +52,9 @@ export const PROTOCOL_MIN_VERSION = 1;
 export const PROTOCOL_MAX_VERSION = 1;
 const FEATURES_VERSION = 1;
 const FRAME_HEADER_BYTES = 4;
+/** FrameReader: chunks smaller than this are gathered into blocks of BLOCK_BYTES. */
+const SMALL_CHUNK = 1024;
+const BLOCK_BYTES = 64 * 1024;
 export const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
 /**
  * Largest frame accepted before the peer proved the password: the features frame is the only one
@@ -188,11 +191,40 @@ function str(o: Record<string, unknown>, k: string, minLen: number, maxLen: numb
   return v;
 }
 
+const MAX_PARAM_FIELDS = 16;
+const MAX_PARAM_BYTES = 64;
+
+/**
+ * One overlay's parameters: a flat map of scalars (each overlay reads the fields it knows and
+ * validates their values, router/sleeve.ts sleevePortOf, router/fastdp.ts parseParams), so nothing
+ * nested, no methods' names, nothing large reaches them. The sleeve's port is checked here too: a
+ * peer that sends one sends a port.
+ */
+function overlayParamsEntry(overlay: string, v: unknown): Record<string, unknown> {
+  const bad = (why: string): never => { throw new ProtocolError(`features: overlayParams.${overlay.slice(0, 32)}: ${why}`); };
+  if (!isPlainObject(v)) return bad('must be a map');
+  const keys = Object.keys(v);
+  if (keys.length > MAX_PARAM_FIELDS) return bad(`more than ${MAX_PARAM_FIELDS} fields`);
+  const out: Record<string, unknown> = {};
+  for (const k of keys) {
+    if (k.length > 32 || k === '__proto__' || k === 'constructor' || k === 'prototype' || k === 'toString' || k === 'valueOf') return bad(`field ${JSON.stringify(k.slice(0, 32))} not allowed`);
+    const x = v[k];
+    const scalar = x === null || typeof x === 'boolean' || (typeof x === 'number' && Number.isFinite(x)) || (typeof x === 'string' && x.length <= MAX_STR) || (x instanceof Uint8Array && x.length <= MAX_PARAM_BYTES);
+    if (!scalar) return bad(`field ${k} must be a short scalar, not ${describeValue(x)}`);
+    out[k] = x;
+  }
+  if (overlay === 'sleeve' && out.port !== undefined) {
+    const p = out.port;
+    if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) return bad('port must be an integer 1..65535');
+  }
+  return out;
+}
+
 export function decodeFeatures(b: Uint8Array): Features {
   // The shared decoder keeps no record definitions between messages (mesh/codec.ts).
   const o = decodeMsg(b, 'features');
   if (!isPlainObject(o)) throw new ProtocolError('features: not a map');
-  if (o.v !== FEATURES_VERSION) throw new ProtocolError(`features: unsupported version ${String(o.v)}`, { version: o.v });
+  if (o.v !== FEATURES_VERSION) throw new ProtocolError(`features: unsupported version ${describeValue(o.v)}`, { version: describeValue(o.v) });
   const name = str(o, 'name', 17, 17);
   if (!isPeerName(name)) throw new ProtocolError(`features: invalid peer name ${JSON.stringify(name)}`);
   const nickname = str(o, 'nickname', 0, MAX_STR);
@@ -209,7 +241,7 @@ export function decodeFeatures(b: Uint8Array): Features {
   const overlayParams: Record<string, unknown> = {};
   for (const k of keys) {
     if (k === '__proto__' || k === 'constructor' || k === 'prototype') throw new ProtocolError(`features: overlayParams key ${k} not allowed`);
-    overlayParams[k] = pr[k];
+    overlayParams[k] = overlayParamsEntry(k, pr[k]);
   }
   if (typeof o.trusted !== 'boolean') throw new ProtocolError('features: trusted must be a boolean');
   const lp = o.listenPort;
@@ -222,12 +254,21 @@ export function decodeFeatures(b: Uint8Array): Features {
 /**
  * Reassembles the byte stream: fixed-size handshake pieces (take) and length-prefixed frames
  * (nextFrame). Keeps the socket's chunks in a list and copies only when a piece spans chunks, so a
- * 16 MiB frame arriving in 64 KiB chunks is copied once, not once per chunk.
+ * 16 MiB frame arriving in 64 KiB chunks is copied once, not once per chunk. Small chunks (a peer
+ * dribbling a frame a byte at a time) are gathered into shared 64 KiB blocks first, so the list holds
+ * a few hundred entries for a 16 MiB frame rather than millions, and consuming from it moves an index
+ * (Array.shift on a huge list copies it: byte-by-byte input was quadratic).
  */
 export class FrameReader {
   private chunks: Buffer[] = [];
+  /** first unconsumed entry of chunks */
+  private head = 0;
   private total = 0;
   private pendingLen = -1;
+  /** the block gathering small chunks: bytes [blockStart, blockLen) are not in chunks yet */
+  private block: Buffer | null = null;
+  private blockStart = 0;
+  private blockLen = 0;
   constructor(private maxFrame: number = DEFAULT_MAX_FRAME) {}
 
   get buffered(): number { return this.total; }
@@ -240,37 +281,74 @@ export class FrameReader {
   /** Drops everything buffered (the connection is done: nothing may keep the peer's bytes alive). */
   clear(): void {
     this.chunks = [];
+    this.head = 0;
     this.total = 0;
     this.pendingLen = -1;
+    this.block = null;
+    this.blockStart = 0;
+    this.blockLen = 0;
   }
 
   push(chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
-    this.chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length));
-    this.total += chunk.length;
+    const n = chunk.length;
+    if (n === 0) return;
+    this.total += n;
+    if (n < SMALL_CHUNK) {
+      if (this.block === null || this.blockLen + n > BLOCK_BYTES) {
+        this.flushBlock();
+        this.block = Buffer.allocUnsafe(BLOCK_BYTES);
+        this.blockStart = 0;
+        this.blockLen = 0;
+      }
+      this.block.set(chunk, this.blockLen);
+      this.blockLen += n;
+      return;
+    }
+    this.flushBlock();
+    this.chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, n));
+  }
+
+  /** Moves the gathered small chunks to the list (a view: the block is never written there again). */
+  private flushBlock(): void {
+    if (this.block === null || this.blockLen === this.blockStart) return;
+    this.chunks.push(this.block.subarray(this.blockStart, this.blockLen));
+    this.blockStart = this.blockLen;
+  }
+
+  /** Drops the first entry of the list (and compacts the list now and then). */
+  private shift(): void {
+    this.head++;
+    if (this.head === this.chunks.length) {
+      this.chunks = [];
+      this.head = 0;
+    } else if (this.head >= 1024 && this.head * 2 >= this.chunks.length) {
+      this.chunks = this.chunks.slice(this.head);
+      this.head = 0;
+    }
   }
 
   /** The next n bytes, or null when fewer are buffered. */
   take(n: number): Buffer | null {
     if (this.total < n) return null;
     if (n === 0) return Buffer.alloc(0);
-    const first = this.chunks[0];
+    this.flushBlock();
+    const first = this.chunks[this.head];
     if (first.length >= n) {
       const out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
+      if (first.length === n) this.shift();
+      else this.chunks[this.head] = first.subarray(n);
       this.total -= n;
       return out;
     }
     const out = Buffer.allocUnsafe(n);
     let off = 0;
     while (off < n) {
-      const c = this.chunks[0];
+      const c = this.chunks[this.head];
       const k = Math.min(c.length, n - off);
       c.copy(out, off, 0, k);
       off += k;
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
+      if (k === c.length) this.shift();
+      else this.chunks[this.head] = c.subarray(k);
     }
     this.total -= n;
     return out;

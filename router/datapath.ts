@@ -734,15 +734,21 @@ export class Datapath {
         return;
       }
       case FrameType.Probe:
-        if (plen >= 8) {
-          // ack with the size that got through (the datagram length); the round id comes back as is
-          for (let k = 0; k < 4; k++) this.ackBuf[k] = this.rxPlain[base + k];
-          writeU32(this.ackBuf, 4, this.rxLens[i]);
-          this.seal(p, FrameType.ProbeAck, LANE_RELAY, this.ackBuf, this.relayOut);
+        if (plen < 8) {
+          c[C.dropMalformed]++; // authentic but too short for a round id and size: counted, not answered
+          return;
         }
+        // ack with the size that got through (the datagram length); the round id comes back as is
+        for (let k = 0; k < 4; k++) this.ackBuf[k] = this.rxPlain[base + k];
+        writeU32(this.ackBuf, 4, this.rxLens[i]);
+        this.seal(p, FrameType.ProbeAck, LANE_RELAY, this.ackBuf, this.relayOut);
         return;
       case FrameType.ProbeAck:
-        if (plen >= 8) this.ev.probeAck(slot, readU32(this.rxPlain, base), readU32(this.rxPlain, base + 4));
+        if (plen < 8) {
+          c[C.dropMalformed]++;
+          return;
+        }
+        this.ev.probeAck(slot, readU32(this.rxPlain, base), readU32(this.rxPlain, base + 4));
         return;
     }
   }

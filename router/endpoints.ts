@@ -16,7 +16,7 @@ import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Clock } from '../lib/clock';
-import { UsageError, WeaveError, errMsg } from '../lib/errors';
+import { UsageError, WeaveError, describeValue, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { Cidr4, canonicalPrefix, formatIp4, networkCidr, parseCidr4 } from '../host/cidr';
 import { cidrOf, contains } from '../lib/addr';
@@ -924,7 +924,7 @@ export function validateState(v: unknown): PersistedState {
   const bad = (why: string): never => { throw new WeaveError('ESTATE', `endpoint state: ${why}`); };
   if (!v || typeof v !== 'object') bad('not an object');
   const o = v as Record<string, unknown>;
-  if (o.version !== STATE_VERSION) bad(`unsupported version ${String(o.version)}`);
+  if (o.version !== STATE_VERSION) bad(`unsupported version ${describeValue(o.version)}`);
   if (!Array.isArray(o.endpoints) || !Array.isArray(o.exposed)) bad('endpoints/exposed must be arrays');
   const isStr = (x: unknown): x is string => typeof x === 'string';
   const endpoints: EndpointInfo[] = [];

@@ -24,7 +24,7 @@
 // it follows the device (DeviceHeartbeatIo): opened when it comes up, closed when it goes.
 import { randomBytes } from 'crypto';
 import type { Clock, TimerHandle } from '../lib/clock';
-import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
+import { ProtocolError, WeaveError, describeValue, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
@@ -208,7 +208,7 @@ export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear |
   const c = m as Record<string, unknown>;
   if (typeof c.o !== 'string') throw new ProtocolError('fastdp control: no overlay name');
   if (c.o !== FASTDP) return null;
-  if (c.v !== FASTDP_CTL_VERSION) throw new ProtocolError('fastdp control: unsupported version', { v: c.v });
+  if (c.v !== FASTDP_CTL_VERSION) throw new ProtocolError('fastdp control: unsupported version', { v: describeValue(c.v) });
   if (c.t === 'hello') {
     if (typeof c.mac !== 'string' || !MAC_RE.test(c.mac)) throw new ProtocolError('fastdp hello: bad mac');
     if (!isAddrText(c.vtep)) throw new ProtocolError('fastdp hello: bad vtep');
@@ -227,7 +227,7 @@ export function decodeFastDpCtl(payload: Uint8Array): FastDpHello | FastDpHear |
     if (typeof c.why !== 'string' || c.why.length > 200) throw new ProtocolError('fastdp off: bad reason');
     return { t: 'off', why: c.why };
   }
-  throw new ProtocolError('fastdp control: unknown type', { t: String(c.t).slice(0, 20) });
+  throw new ProtocolError('fastdp control: unknown type', { t: describeValue(c.t) });
 }
 
 export function encodeFastDpCtl(body: Record<string, unknown>): Uint8Array {

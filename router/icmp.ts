@@ -143,6 +143,9 @@ export function fragment(pkt: Uint8Array, off: number, len: number, mtu: number,
   if (count > maxFrags) return 0;
   const origFlags = pkt[off + 6] & 0x20; // the original may itself be a non-last fragment
   const origOff = (((pkt[off + 6] & 0x1f) << 8) | pkt[off + 7]) * 8;
+  // the fragments' offsets (13 bits of 8-byte units) must still describe bytes of one IPv4 datagram:
+  // a (forged) fragment whose offset plus payload passes 65535 cannot be split, only dropped
+  if (origOff + payload > 65535) return 0;
   for (let k = 0; k < count; k++) {
     const o = outOff + k * fragStride;
     const start = k * chunk;

@@ -8,7 +8,7 @@
 // link, a connection replaced, a restart of a third router), the entry comes back at once unless a
 // newer one arrived meanwhile. Without that, a peer that dropped out for a moment stayed unrouted until
 // it happened to announce something new.
-import { ProtocolError, errMsg } from '../lib/errors';
+import { ProtocolError, describeValue, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { Clock } from '../lib/clock';
 import { isPeerName, type PeerName } from '../mesh/peer';
@@ -49,19 +49,19 @@ export function decodePrefixUpdate(buf: Uint8Array): PrefixUpdate {
   const m = decodeMsg(buf, 'prefixes gossip');
   if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new ProtocolError('prefixes gossip: expected a map');
   const o = m as Record<string, unknown>;
-  if (o.v !== WIRE_VERSION) throw new ProtocolError('prefixes gossip: unsupported version', { v: o.v });
+  if (o.v !== WIRE_VERSION) throw new ProtocolError('prefixes gossip: unsupported version', { v: describeValue(o.v) });
   if (!Array.isArray(o.entries) || o.entries.length > MAX_ORIGINS) throw new ProtocolError('prefixes gossip: entries must be an array');
   const out = new Map<PeerName, PrefixEntry>();
   for (const raw of o.entries) {
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ProtocolError('prefixes gossip: entry must be a map');
     const e = raw as Record<string, unknown>;
-    if (typeof e.o !== 'string' || !isPeerName(e.o)) throw new ProtocolError('prefixes gossip: bad origin', { origin: String(e.o).slice(0, 40) });
+    if (typeof e.o !== 'string' || !isPeerName(e.o)) throw new ProtocolError('prefixes gossip: bad origin', { origin: describeValue(e.o) });
     if (typeof e.ver !== 'number' || !Number.isSafeInteger(e.ver) || e.ver < 0) throw new ProtocolError('prefixes gossip: bad version', { origin: e.o });
     if (!Array.isArray(e.p) || e.p.length > MAX_PREFIXES) throw new ProtocolError('prefixes gossip: prefixes must be an array', { origin: e.o });
     const prefixes: string[] = [];
     for (const s of e.p) {
       const p = tryParseCidr(s, PREFIX_SPELLING);
-      if (!p) throw new ProtocolError('prefixes gossip: bad prefix', { origin: e.o, prefix: String(s).slice(0, 40) });
+      if (!p) throw new ProtocolError('prefixes gossip: bad prefix', { origin: e.o, prefix: describeValue(s) });
       prefixes.push(formatCidr(p));
     }
     const prev = out.get(e.o);

@@ -47,7 +47,7 @@ import { Worker } from 'worker_threads';
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { CryptoEngine } from '../mesh/crypto';
 import { makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
-import { ProtocolError, UsageError, WeaveError, errMsg } from '../lib/errors';
+import { ProtocolError, UsageError, WeaveError, describeValue, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import { Msg, type MeshConnection } from '../mesh/types';
@@ -648,7 +648,7 @@ export class Sleeve {
     const c = m as Record<string, unknown>;
     if (typeof c.o !== 'string') throw new ProtocolError('sleeve control: no overlay name');
     if (c.o !== 'sleeve') return; // another overlay's control message
-    if (c.v !== CTL_VERSION) throw new ProtocolError('sleeve control: unsupported version', { v: c.v });
+    if (c.v !== CTL_VERSION) throw new ProtocolError('sleeve control: unsupported version', { v: describeValue(c.v) });
     switch (c.t) {
       case 'hello': {
         const idx = c.idx;
@@ -670,7 +670,7 @@ export class Sleeve {
         return;
       }
       default:
-        throw new ProtocolError('sleeve control: unknown type', { t: String(c.t).slice(0, 20) });
+        throw new ProtocolError('sleeve control: unknown type', { t: describeValue(c.t) });
     }
   }
 

@@ -100,7 +100,7 @@ export function buildMesh(cfg: RouterConfig, identity: Identity, wire: WirePart,
   };
 }
 
-function meshRoutes(mesh: Mesh): ApiRoute[] {
+export function meshRoutes(mesh: Mesh): ApiRoute[] {
   return [
     {
       method: 'POST', path: '/connect', handler: ({ body }) => {

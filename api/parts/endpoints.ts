@@ -113,7 +113,7 @@ async function resolveAddresses(hooks: readonly Subsystem[], req: AttachRequest,
   return req.cidrs;
 }
 
-function endpointRoutes(endpoints: Endpoints, hooks: readonly Subsystem[]): ApiRoute[] {
+export function endpointRoutes(endpoints: Endpoints, hooks: readonly Subsystem[]): ApiRoute[] {
   return [
     {
       method: 'POST', path: '/attach', handler: async ({ body }) => {
