@@ -217,6 +217,13 @@ function ociLayout(root, layout, image) {
   return { manifest: manifest.digest, layerBytes: layerBuf.length };
 }
 
+/** Keeps the newest `keep` archives in the cache (each is ~140 MiB); a test using an older one has it open. */
+function prune(cacheDir, keep) {
+  const olds = fs.readdirSync(cacheDir).filter((f) => /^weave-ts-[0-9a-f]+\.oci\.tar$/.test(f))
+    .map((f) => ({ f, t: fs.statSync(path.join(cacheDir, f)).mtimeMs })).sort((a, b) => b.t - a.t).slice(keep);
+  for (const { f } of olds) for (const x of [f, `${f}.json`]) fs.rmSync(path.join(cacheDir, x), { force: true });
+}
+
 function main() {
   const o = parseArgs(process.argv.slice(2));
   const product = productFiles();
@@ -250,6 +257,7 @@ function main() {
       fs.renameSync(tmp, archive); // whole files only: a concurrent build of the same key writes the same bytes
       fs.renameSync(`${meta}.tmp-${process.pid}`, meta);
       info = { ...info, cached: false };
+      prune(cacheDir, 3);
     } finally {
       fs.rmSync(work, { recursive: true, force: true });
     }
