@@ -36,7 +36,16 @@ export const RESOURCES: Record<string, ResourceDef> = {
   namespaces: { group: '', version: 'v1', kind: 'Namespace', namespaced: false, short: ['ns'] },
   configmaps: { group: '', version: 'v1', kind: 'ConfigMap', namespaced: true, short: ['cm'] },
   networkpolicies: { group: 'networking.k8s.io', version: 'v1', kind: 'NetworkPolicy', namespaced: true, short: ['netpol'] },
+  // what k8s/weave-daemonset.yaml holds, so `kubectl apply -f` of it is served (stored, not acted on)
+  serviceaccounts: { group: '', version: 'v1', kind: 'ServiceAccount', namespaced: true, short: ['sa'] },
+  daemonsets: { group: 'apps', version: 'v1', kind: 'DaemonSet', namespaced: true, short: ['ds'] },
+  clusterroles: { group: 'rbac.authorization.k8s.io', version: 'v1', kind: 'ClusterRole', namespaced: false },
+  clusterrolebindings: { group: 'rbac.authorization.k8s.io', version: 'v1', kind: 'ClusterRoleBinding', namespaced: false },
+  roles: { group: 'rbac.authorization.k8s.io', version: 'v1', kind: 'Role', namespaced: true },
+  rolebindings: { group: 'rbac.authorization.k8s.io', version: 'v1', kind: 'RoleBinding', namespaced: true },
 };
+/** the API groups besides the core one, in RESOURCES' order */
+const GROUPS = [...new Set(Object.values(RESOURCES).map((r) => r.group).filter((g) => g))];
 const gv = (r: ResourceDef) => (r.group ? `${r.group}/${r.version}` : r.version);
 
 interface Event { rv: number; type: 'ADDED' | 'MODIFIED' | 'DELETED'; resource: string; obj: Obj }
@@ -339,11 +348,12 @@ export class FakeApiServer {
     if (p === '/apis') {
       return {
         kind: 'APIGroupList', apiVersion: 'v1',
-        groups: [{ name: 'networking.k8s.io', versions: [{ groupVersion: 'networking.k8s.io/v1', version: 'v1' }], preferredVersion: { groupVersion: 'networking.k8s.io/v1', version: 'v1' } }],
+        groups: GROUPS.map((name) => ({ name, versions: [{ groupVersion: `${name}/v1`, version: 'v1' }], preferredVersion: { groupVersion: `${name}/v1`, version: 'v1' } })),
       };
     }
     if (p === '/api/v1') return resourceList('');
-    if (p === '/apis/networking.k8s.io/v1') return resourceList('networking.k8s.io');
+    const g = /^\/apis\/([a-z0-9.-]+)\/v1$/.exec(p);
+    if (g && GROUPS.includes(g[1])) return resourceList(g[1]);
     return undefined;
   }
 
