@@ -22,7 +22,7 @@
 import * as path from 'path';
 import { Lab, type Host } from '../test/lab/lab';
 import { waitFor } from '../test/lab/exec';
-import { ClusterApi, startPoller, type LoggedRequest } from './lib/kube-cluster';
+import { ClusterApi, startPoller, type LoggedRequest } from '../test/lab/kube-api';
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(`--${name}`);

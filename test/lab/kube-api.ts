@@ -1,18 +1,21 @@
-// A Kubernetes cluster in the netns lab for bench/kube: the fixture API server (test/lab/apiserver.ts)
+// The API server of a lab cluster (bench/kube, the image test): the fixture (test/lab/apiserver.ts)
 // runs as its own process in the lab's underlay namespace, on an address of the underlay bridge every
 // lab host reaches (as nodes reach a real API server), with its control socket in the lab's tmp for
-// this process (Node objects, request counts). Routers run in lab hosts with `--kube`, NODE_NAME and a
-// kubeconfig; each host's readiness is watched by a small poller process started in its namespace
-// before the router, so the time from the router's start to ready excludes the poller's own start.
+// this process (Node objects, request counts, the request log). Plain HTTP with a kubeconfig, or
+// HTTPS with a bearer token and a service account directory (token, ca.crt, namespace) as a pod gets
+// it, for routers configured in-cluster. startPoller watches a router's readiness from a small
+// process started in the host's namespace before the router, so the time from the router's start to
+// ready excludes the poller's own start.
 import { spawn, type ChildProcess } from 'child_process';
+import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as http from 'http';
 import * as path from 'path';
-import { run, waitFor } from '../../test/lab/exec';
-import type { Host, Lab } from '../../test/lab/lab';
-import { kubeconfigFor, nodeObject, type Obj } from '../../test/lab/apiserver';
+import { run, waitFor } from './exec';
+import type { Host, Lab } from './lab';
+import { kubeconfigFor, nodeObject, type Obj } from './apiserver';
 
-const APISERVER_JS = path.join(__dirname, '..', '..', 'test', 'lab', 'apiserver.js');
+const APISERVER_JS = path.join(__dirname, 'apiserver.js');
 export const API_ADDR = '198.18.255.250';
 export const API_PORT = 6443;
 
@@ -28,19 +31,52 @@ export interface LoggedRequest { verb: string; method: string; path: string; res
 
 /** The fixture API server as a process in the lab's underlay namespace. */
 export class ClusterApi {
+  /** a kubeconfig for this server (with the token and CA when it speaks HTTPS) */
   readonly kubeconfig: string;
-  private constructor(readonly lab: Lab, readonly child: ChildProcess, readonly socket: string) {
+  /** HTTPS only: a directory laid out as a pod's /var/run/secrets/kubernetes.io/serviceaccount */
+  readonly serviceAccountDir?: string;
+  private constructor(readonly lab: Lab, readonly child: ChildProcess, readonly socket: string, private readonly tls?: { dir: string; token: string }) {
     this.kubeconfig = path.join(lab.tmp, 'kubeconfig');
-    fs.writeFileSync(this.kubeconfig, kubeconfigFor(`http://${API_ADDR}:${API_PORT}`));
+    if (tls) this.serviceAccountDir = path.join(lab.tmp, 'serviceaccount');
   }
 
-  static async start(lab: Lab, opts: { bookmarkMs?: number } = {}): Promise<ClusterApi> {
+  /** The kubeconfig and service account files, once the server made its certificate. */
+  private writeCredentials(): void {
+    if (!this.tls || !this.serviceAccountDir) {
+      fs.writeFileSync(this.kubeconfig, kubeconfigFor(`http://${API_ADDR}:${API_PORT}`));
+      return;
+    }
+    fs.mkdirSync(this.serviceAccountDir, { recursive: true });
+    const ca = path.join(this.serviceAccountDir, 'ca.crt');
+    fs.copyFileSync(path.join(this.tls.dir, 'apiserver.crt'), ca);
+    fs.writeFileSync(path.join(this.serviceAccountDir, 'token'), this.tls.token);
+    fs.writeFileSync(path.join(this.serviceAccountDir, 'namespace'), 'kube-system');
+    fs.writeFileSync(this.kubeconfig, kubeconfigFor(`https://${API_ADDR}:${API_PORT}`, this.tls.token, ca));
+  }
+
+  /** The environment a pod gets for its in-cluster configuration. */
+  get inClusterEnv(): Record<string, string> {
+    return { KUBERNETES_SERVICE_HOST: API_ADDR, KUBERNETES_SERVICE_PORT: String(API_PORT) };
+  }
+
+  static async start(lab: Lab, opts: { bookmarkMs?: number; tls?: boolean } = {}): Promise<ClusterApi> {
     await run(['ip', '-n', lab.underlay, 'addr', 'add', `${API_ADDR}/16`, 'dev', 'br0']);
     const socket = path.join(lab.tmp, 'apiserver.sock');
+    const tls = opts.tls ? { dir: path.join(lab.tmp, 'apiserver-tls'), token: randomBytes(16).toString('hex') } : undefined;
+    if (tls) fs.mkdirSync(tls.dir, { recursive: true });
     const child = spawn('ip', ['netns', 'exec', lab.underlay, process.execPath, APISERVER_JS, '--host', API_ADDR, '--port', String(API_PORT),
-      '--control-socket', socket, '--bookmark-ms', String(opts.bookmarkMs ?? 5000)], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const api = new ClusterApi(lab, child, socket);
-    await waitFor('the fixture API server', async () => fs.existsSync(socket) && (await api.counts().then(() => true, () => false)), { timeoutMs: 20_000, intervalMs: 100 });
+      '--control-socket', socket, '--bookmark-ms', String(opts.bookmarkMs ?? 5000), ...(tls ? ['--tls-dir', tls.dir, '--token', tls.token] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const api = new ClusterApi(lab, child, socket, tls);
+    try {
+      await waitFor('the fixture API server', async () => {
+        if (child.exitCode !== null) throw new Error(`the fixture API server exited ${child.exitCode}`);
+        return fs.existsSync(socket) && (await api.counts().then(() => true, () => false));
+      }, { timeoutMs: 20_000, intervalMs: 100 });
+      api.writeCredentials();
+    } catch (e) {
+      await api.stop();
+      throw e;
+    }
     return api;
   }
 
