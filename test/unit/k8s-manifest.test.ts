@@ -100,4 +100,5 @@ test('the router container: env from the downward API and an optional Secret, pr
   assert.equal(npc.securityContext.privileged, false);
   assert.deepEqual(npc.securityContext.capabilities, { add: ['NET_ADMIN'] });
   assert.deepEqual(npc.env.find((e: any) => e.name === 'NODE_NAME').valueFrom, env.NODE_NAME.valueFrom);
+  assert.equal(npc.volumeMounts, undefined, 'the policy controller mounts nothing of the host');
 });
