@@ -58,8 +58,10 @@ async function startRouters(c: Cluster, hosts: Host[], mode: Mode): Promise<numb
     h.startRouter(args, env);
   }
   try {
+    const exited = hosts.map((h) => h.routers.at(-1)!.exited.then((code) => { throw new Error(`the router in ${h.name} exited (${code}): ${h.routers.at(-1)!.output().slice(-1500)}`); }));
     const ready = await Promise.race([
       Promise.all(pollers.map((p) => p.ready)),
+      ...exited,
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${mode} routers not ready in 60 s: ${hosts.map((h) => h.routers.at(-1)?.output().slice(-600)).join('\n---\n')}`)), 60_000)),
     ]);
     return ready.map((t) => t - t0);

@@ -49,3 +49,38 @@ export function validateObject(o: KubeObject): void {
     throw new Error(`${o.kind} ${o.metadata?.name}: ${(e as Error).message}`, { cause: e });
   }
 }
+
+export interface ApiRequest { verb: string; method: string; path: string }
+
+/** The RBAC rules the manifest's ServiceAccount is bound to (ClusterRoles everywhere, Roles in their namespace). */
+function rulesOf(objs: KubeObject[], sa: { name: string; namespace: string }): Array<{ ns?: string; rule: any }> {
+  const out: Array<{ ns?: string; rule: any }> = [];
+  for (const b of objs.filter((o) => o.kind === 'ClusterRoleBinding' || o.kind === 'RoleBinding')) {
+    if (!b.subjects?.some((s: any) => s.kind === 'ServiceAccount' && s.name === sa.name && s.namespace === sa.namespace)) continue;
+    const role = objs.find((o) => o.kind === b.roleRef.kind && o.metadata.name === b.roleRef.name && (o.kind === 'ClusterRole' || o.metadata.namespace === b.metadata.namespace));
+    for (const rule of role?.rules ?? []) out.push({ ns: b.kind === 'RoleBinding' ? b.metadata.namespace : undefined, rule });
+  }
+  return out;
+}
+
+/**
+ * Whether the manifest's RBAC lets its ServiceAccount make this request (as the API server's
+ * authorizer decides: group, resource, namespace, verb, and resourceNames for requests that name an
+ * object, list and watch included when a fieldSelector names it). Discovery is every user's.
+ */
+export function rbacAllows(objs: KubeObject[], req: ApiRequest): boolean {
+  if (req.verb === 'discovery') return true;
+  const u = new URL(req.path, 'http://x');
+  const m = /^\/(?:api\/v1|apis\/([a-z0-9.-]+)\/v1)(?:\/namespaces\/([^/]+))?\/([a-z]+)(?:\/([^/]+))?(?:\/([a-z]+))?$/.exec(u.pathname);
+  if (!m) return false;
+  const [, group = '', ns, resource, nameInPath, sub] = m;
+  const name = nameInPath ?? /^metadata\.name=(.+)$/.exec(u.searchParams.get('fieldSelector') ?? '')?.[1];
+  const res = sub ? `${resource}/${sub}` : resource;
+  const sa = objs.find((o) => o.kind === 'ServiceAccount')!;
+  return rulesOf(objs, { name: sa.metadata.name, namespace: sa.metadata.namespace! }).some(({ ns: scope, rule }) =>
+    (scope === undefined || scope === ns)
+    && rule.apiGroups.includes(group)
+    && rule.resources.includes(res)
+    && rule.verbs.includes(req.verb)
+    && (!rule.resourceNames || (name !== undefined && rule.resourceNames.includes(name))));
+}

@@ -102,3 +102,24 @@ test('the router container: env from the downward API and an optional Secret, pr
   assert.deepEqual(npc.env.find((e: any) => e.name === 'NODE_NAME').valueFrom, env.NODE_NAME.valueFrom);
   assert.equal(npc.volumeMounts, undefined, 'the policy controller mounts nothing of the host');
 });
+
+test('rbacAllows decides as the authorizer would for the manifest\'s service account', async () => {
+  const { rbacAllows } = await import('../lab/manifest');
+  const ok = (verb: string, p: string) => rbacAllows(objs, { verb, method: 'GET', path: p });
+  assert.ok(ok('list', '/api/v1/nodes'));
+  assert.ok(ok('watch', '/api/v1/nodes?watch=true&resourceVersion=5'));
+  assert.ok(ok('get', '/api/v1/namespaces/team-a/pods/web'));
+  assert.ok(ok('watch', '/apis/networking.k8s.io/v1/networkpolicies?watch=1'));
+  assert.ok(ok('get', '/api/v1/namespaces/kube-system/configmaps/weave-net'));
+  assert.ok(ok('update', '/api/v1/namespaces/kube-system/configmaps/weave-net'));
+  assert.ok(ok('watch', '/api/v1/namespaces/kube-system/configmaps?watch=true&fieldSelector=metadata.name%3Dweave-net'));
+  assert.ok(!ok('create', '/api/v1/namespaces/kube-system/configmaps'), 'no create');
+  assert.ok(!ok('get', '/api/v1/namespaces/kube-system/configmaps/other'));
+  assert.ok(!ok('get', '/api/v1/namespaces/default/configmaps/weave-net'), 'only in kube-system');
+  assert.ok(!ok('list', '/api/v1/namespaces/kube-system/configmaps'), 'no list of every ConfigMap');
+  assert.ok(!ok('update', '/api/v1/nodes/n1'));
+  assert.ok(!ok('patch', '/api/v1/nodes/n1/status'));
+  assert.ok(!ok('get', '/api/v1/namespaces/kube-system/secrets/weave-passwd'));
+  assert.ok(!ok('list', '/apis/apps/v1/daemonsets'));
+  assert.ok(ok('discovery', '/api'));
+});
