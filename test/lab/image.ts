@@ -43,8 +43,10 @@ export interface PodValues {
   mountAt?: Record<string, string>;
   /** replaces the container's command (e.g. extra flags) */
   command?: string[];
-  /** added to the environment (e.g. KUBECONFIG) */
+  /** added to the environment (e.g. KUBERNETES_SERVICE_HOST) */
   env?: Record<string, string>;
+  /** more bind mounts, read-only: container path -> host path (e.g. the service account's files) */
+  readOnlyMounts?: Record<string, string>;
 }
 
 /** `ctr run` arguments for one container of the DaemonSet's pod template. */
@@ -77,6 +79,7 @@ export function ctrRunArgs(ds: KubeObject, containerName: string, v: PodValues, 
     if (m.mountPropagation === 'HostToContainer') opts.push('rslave');
     args.push('--mount', `type=bind,src=${src},dst=${v.mountAt?.[hp] ?? m.mountPath},options=${opts.join(':')}`);
   }
+  for (const [dst, src] of Object.entries(v.readOnlyMounts ?? {})) args.push('--mount', `type=bind,src=${src},dst=${dst},options=rbind:ro`);
   args.push(c.image, id, ...(v.command ?? c.command));
   return args;
 }
