@@ -5,7 +5,7 @@
 // routers started together as a DaemonSet's pods start. Time is from the router's spawn (node's own
 // start-up included) to ready, as a readiness poller in the host's namespace sees it:
 //   kube:     `weave router --kube` (peers from the Nodes, IPAM consensus over the node count, CNI
-//             installed into the host's dirs), ready = GET /status 200 (the readiness probe);
+//             installed into the host's dirs), ready = GET /ready 200 (the DaemonSet's readiness probe);
 //   baseline: `weave router --ipalloc-init consensus=N PEER...` with the other hosts' addresses on the
 //             command line, ready = POST /prime 200 (the ring exists): the same mesh and IPAM work
 //             without the API server. Rounds alternate kube and baseline; the ratio is of medians.
@@ -51,7 +51,7 @@ function routerArgs(c: Cluster, h: Host, mode: Mode): { args: string[]; env: Rec
 
 /** Starts the routers of `hosts` together; ms from spawn to ready for each. */
 async function startRouters(c: Cluster, hosts: Host[], mode: Mode): Promise<number[]> {
-  const pollers = await Promise.all(hosts.map((h) => startPoller(h, mode === 'kube' ? 'status' : 'prime')));
+  const pollers = await Promise.all(hosts.map((h) => startPoller(h, mode === 'kube' ? 'ready' : 'prime')));
   const t0 = Date.now();
   for (const h of hosts) {
     const { args, env } = routerArgs(c, h, mode);

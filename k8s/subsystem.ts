@@ -10,6 +10,7 @@
 //
 // The API server down or slow changes nothing on the data path: targets stay as they were, the
 // informer backs off and reconnects (a 410 relists), and each state change is logged once.
+import * as path from 'path';
 import type { Registry } from 'prom-client';
 import type { Clock, TimerHandle } from '../lib/clock';
 import { WeaveError, errMsg } from '../lib/errors';
@@ -20,6 +21,7 @@ import { formatHostPort } from '../lib/addr';
 import { CONTROL_PORT } from '../lib/ports';
 import type { PeerName } from '../mesh/peer';
 import { setupCni } from '../cni/setup';
+import { API_SOCKET_NAME } from '../cni/cli';
 import { KubeClient, type KubeObject } from './client';
 import { addKubeFlags, parseKubeFlags, type KubeConfig } from './config';
 import { Informer } from './informer';
@@ -173,7 +175,10 @@ export class KubeSubsystem implements Subsystem {
   async start(): Promise<void> {
     const k = this.ctx.cfg.kube;
     if (k.cni) {
-      const r = setupCni({ binDir: k.cni.binDir, confDir: k.cni.confDir, socket: undefined });
+      // the conflist names this router's socket (the data dir's), as `weave setup-cni` does beside a
+      // router with WEAVE_DATA_DIR: with any other data dir than the default the shim would fall back
+      // to 127.0.0.1:6784, which refuses POST /cni
+      const r = setupCni({ binDir: k.cni.binDir, confDir: k.cni.confDir, socket: path.join(this.ctx.cfg.dataDir, API_SOCKET_NAME) });
       this.cniInstalled = `${r.plugin.path} (${r.plugin.outcome}), ${r.conflist.path} (${r.conflist.outcome})`;
       this.log.info({ plugin: r.plugin, conflist: r.conflist }, 'kube: CNI plugin and conflist in place');
     }

@@ -119,7 +119,7 @@ export class ClusterApi {
   }
 }
 
-// Polls the router's readiness inside the host's namespace. `status`: GET /status on 127.0.0.1:6784
+// Polls the router's readiness inside the host's namespace. `ready`: GET /ready on 127.0.0.1:6784
 // until 200 (Kubernetes mode: ready when the mesh and IPAM are usable, 503 before). `prime`: POST
 // /prime on the router's socket until it answers 200 (the plain router: the ring exists).
 const POLLER = `
@@ -128,7 +128,7 @@ const [mode, sock] = process.argv.slice(1);
 const once = () => new Promise((resolve) => {
   const o = mode === 'prime'
     ? { socketPath: sock, method: 'POST', path: '/prime', timeout: 30000, headers: { 'content-type': 'application/json' } }
-    : { host: '127.0.0.1', port: 6784, method: 'GET', path: '/status', timeout: 2000 };
+    : { host: '127.0.0.1', port: 6784, method: 'GET', path: '/ready', timeout: 2000 };
   const q = http.request(o, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); });
   q.on('error', () => resolve(0));
   q.on('timeout', () => { q.destroy(); resolve(0); });
@@ -146,7 +146,7 @@ const once = () => new Promise((resolve) => {
 export interface Poller { ready: Promise<number>; kill(): void }
 
 /** Starts a readiness poller in the host's namespace; resolves once it runs. */
-export async function startPoller(h: Host, mode: 'status' | 'prime'): Promise<Poller> {
+export async function startPoller(h: Host, mode: 'ready' | 'prime'): Promise<Poller> {
   const child = spawn('ip', ['netns', 'exec', h.ns, process.execPath, '-e', POLLER, mode, path.join(h.dataDir, 'weave.sock')], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   const up = new Promise<void>((resolve, reject) => {

@@ -16,6 +16,7 @@ import * as path from 'path';
 import { FakeApiServer, kubeconfigFor, nodeObject } from '../lab/apiserver';
 import { run, waitFor } from '../lab/exec';
 import { MANIFEST, loadManifest } from '../lab/manifest';
+import { PEERS_ANNOTATION } from '../../k8s/reclaim';
 
 // tsc compiles import() to require() under CommonJS; client-node 1.x is ESM-only
 const importEsm = new Function('m', 'return import(m)') as (m: string) => Promise<any>;
@@ -128,12 +129,13 @@ test('the fixture API server with kubectl 1.32 and client-node 1.x', async (t) =
       const want = objs.find((o) => o.kind === 'DaemonSet')!;
       assert.deepEqual(ds.spec.template.spec.containers.map((c: any) => c.command), want.spec.template.spec.containers.map((c: any) => c.command));
       assert.equal(ds.metadata.annotations['kubectl.kubernetes.io/last-applied-configuration'] !== undefined, true);
-      // what a router writes (the peers that ever joined) through its own update
+      // what a router writes (the peers that ever joined: k8s/reclaim.ts) through its own update
       const cm = srv.get('configmaps', 'weave-net', 'kube-system')!;
-      srv.update('configmaps', 'weave-net', { ...cm, data: { peers: '["8a:3e:00:00:00:01"]' } }, 'kube-system');
+      const peers = JSON.stringify({ peers: [{ peerName: '8a:3e:00:00:00:01', nodeName: 'n1' }] });
+      srv.update('configmaps', 'weave-net', { ...cm, metadata: { ...cm.metadata, annotations: { ...cm.metadata.annotations, [PEERS_ANNOTATION]: peers } } }, 'kube-system');
       const again = (await kubectl(['apply', '--validate=false', '-f', MANIFEST])).stdout.trim().split('\n');
       for (const l of again) assert.match(l, / unchanged$/);
-      assert.deepEqual(srv.get('configmaps', 'weave-net', 'kube-system')?.data, { peers: '["8a:3e:00:00:00:01"]' }, 're-applying keeps the routers\' data');
+      assert.equal(srv.get('configmaps', 'weave-net', 'kube-system')?.metadata.annotations?.[PEERS_ANNOTATION], peers, 're-applying keeps the routers\' list');
       const del = (await kubectl(['delete', '-f', MANIFEST])).stdout.trim().split('\n');
       assert.equal(del.length, objs.length);
       for (const o of objs) {

@@ -93,7 +93,7 @@ test('the router container: env from the downward API and an optional Secret, pr
   assert.equal(mounts['/var/lib/weave'].readOnly, undefined);
   assert.equal(mounts['/run/netns'].mountPropagation, 'HostToContainer');
   for (const v of spec.volumes) assert.ok(v.hostPath, `${v.name} is a host path`);
-  assert.deepEqual(weave.readinessProbe.httpGet, { host: '127.0.0.1', port: 6784, path: '/status' });
+  assert.deepEqual(weave.readinessProbe.httpGet, { host: '127.0.0.1', port: 6784, path: '/ready' });
   assert.deepEqual(weave.livenessProbe.httpGet, { host: '127.0.0.1', port: 6784, path: '/healthz' });
   assert.ok(weave.livenessProbe.initialDelaySeconds >= 10 && weave.livenessProbe.failureThreshold >= 3, 'a slow start is not killed');
   const npc = spec.containers[1];
