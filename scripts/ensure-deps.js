@@ -39,6 +39,11 @@ const need = [
   // runc and tini); by path, because another docker client may be installed elsewhere (/usr/local/bin)
   // without a daemon. Its own dockerd must not start (the tests run theirs): see policy-rc.d below.
   ['/usr/sbin/dockerd', 'docker.io'],
+  // Kubernetes (k8s/): the fixture API server's HTTPS certificate; scripts/build-image.js lists the
+  // libraries of what goes into the image with ldd. (kubectl is preinstalled on the test machine:
+  // bookworm has no package for it.)
+  ['openssl', 'openssl'],
+  ['ldd', 'libc-bin'],
 ];
 
 /** A command on the usual paths, or an absolute path that exists. */
