@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'child_process';
 import * as path from 'path';
 import * as readline from 'readline';
 import type { Host, Lab, Container } from './lab';
-import { callPlugin, installCni, pluginConf } from './cni';
+import { callPlugin, installCni, pluginConf, type CniInstall } from './cni';
 import { waitFor } from './exec';
 import { conformanceCluster, expectAllowed, type TNamespace, type TPod, type TProto } from './netpol-truth';
 
@@ -48,6 +48,7 @@ export class Agent {
 
 export interface PolicyLab {
   hosts: Host[];
+  cnis: CniInstall[];
   namespaces: TNamespace[];
   pods: TPod[];
   containers: Map<string, Container>;
@@ -70,24 +71,30 @@ export async function buildPolicyLab(lab: Lab, protos: TProto[]): Promise<Policy
   const template = conformanceCluster(() => '', hosts.map((h) => h.name), protos);
   const containers = new Map<string, Container>();
   const ips = new Map<string, string>();
-  await Promise.all(template.pods.map(async (p, i) => {
-    const c = await lab.addContainer(`${p.ns}${p.name}`);
-    containers.set(podKey(p), c);
+  await Promise.all(template.pods.map(async (p) => {
     const h = hosts.findIndex((x) => x.name === p.node);
-    const r = await callPlugin(hosts[h], cnis[h], {
-      CNI_COMMAND: 'ADD', CNI_CONTAINERID: `ctr-${p.ns}-${p.name}`, CNI_NETNS: `/var/run/netns/${c.ns}`, CNI_IFNAME: 'eth0',
-      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${p.ns};K8S_POD_NAME=${p.name};K8S_POD_INFRA_CONTAINER_ID=ctr${i}`,
-    }, pluginConf(cnis[h]));
-    if (r.code !== 0) throw new Error(`CNI ADD for ${podKey(p)} on ${p.node}: ${r.stdout}${r.stderr}`);
-    ips.set(podKey(p), r.json.ips[0].address.split('/')[0]);
+    const { container, ip } = await addPod(lab, hosts[h], cnis[h], p.ns, p.name);
+    containers.set(podKey(p), container);
+    ips.set(podKey(p), ip);
   }));
   const pods = template.pods.map((p) => ({ ...p, ip: ips.get(podKey(p))! }));
   const agents = new Map<string, Agent>();
   await Promise.all(pods.map(async (p) => agents.set(podKey(p), await Agent.start(containers.get(podKey(p))!.ns, [80, 81]))));
   return {
-    hosts, namespaces: template.namespaces, pods, containers, agents,
+    hosts, cnis, namespaces: template.namespaces, pods, containers, agents,
     stop() { for (const a of agents.values()) a.stop(); },
   };
+}
+
+/** A pod's namespace wired by the CNI plugin on host, as the runtime does at sandbox creation. */
+export async function addPod(lab: Lab, host: Host, cni: CniInstall, ns: string, name: string): Promise<{ container: Container; ip: string }> {
+  const container = await lab.addContainer(`${ns}${name}`);
+  const r = await callPlugin(host, cni, {
+    CNI_COMMAND: 'ADD', CNI_CONTAINERID: `ctr-${ns}-${name}`, CNI_NETNS: `/var/run/netns/${container.ns}`, CNI_IFNAME: 'eth0',
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=${name};K8S_POD_INFRA_CONTAINER_ID=ctr-${ns}-${name}`,
+  }, pluginConf(cni));
+  if (r.code !== 0) throw new Error(`CNI ADD for ${ns}/${name} on ${host.name}: ${r.stdout}${r.stderr}`);
+  return { container, ip: r.json.ips[0].address.split('/')[0] };
 }
 
 export interface Cell { src: TPod; dst: TPod; proto: TProto; port: number; want: boolean }
