@@ -18,7 +18,7 @@
 import { createHash } from 'crypto';
 import { formatAddr, parseAddr } from '../lib/addr';
 import {
-  peerHasPod, selects, type Direction, type Namespace, type Peer, type Pod, type Policy, type Protocol, type Rule,
+  matches, selects, type Direction, type Namespace, type Peer, type Pod, type Policy, type Protocol, type Rule,
 } from './model';
 
 export interface ClusterState {
@@ -134,7 +134,22 @@ function blockRanges(start: number, end: number, except: Array<{ start: number; 
 class Builder {
   readonly sets = new Map<string, SetDef>();
   private readonly peerSetByKey = new Map<string, string>();
-  constructor(private readonly st: ClusterState, private readonly addressedPods: Array<Pod & { ip: string }>) {}
+  private readonly named = new Map<string, Set<string>>();
+  /** addressed pods by namespace, each with its address as a number (parsed once per compile) */
+  private readonly byNs = new Map<string, Array<{ pod: Pod & { ip: string }; addr: number }>>();
+  constructor(private readonly st: ClusterState, addressedPods: Array<Pod & { ip: string }>) {
+    for (const pod of addressedPods) {
+      let l = this.byNs.get(pod.namespace);
+      if (!l) this.byNs.set(pod.namespace, (l = []));
+      l.push({ pod, addr: parseAddr(pod.ip) });
+      for (const c of pod.ports) {
+        if (!c.name) continue;
+        let n = this.named.get(c.name);
+        if (!n) this.named.set(c.name, (n = new Set()));
+        n.add(`${pod.ip} . ${c.protocol.toLowerCase()} . ${c.port}`);
+      }
+    }
+  }
 
   /** The interval set of a rule's peers (shared by every rule with the same peers in the same namespace). */
   peerSet(policyNs: string, peers: Peer[]): string {
@@ -148,10 +163,13 @@ class Builder {
         ranges.push(...blockRanges(peer.block.cidr.start, peer.block.cidr.end, peer.block.except));
         continue;
       }
-      for (const pod of this.addressedPods) {
-        if (peerHasPod(peer, policyNs, pod, this.st.namespaces.get(pod.namespace)?.labels)) {
-          const a = parseAddr(pod.ip);
-          ranges.push([a, a + 1]);
+      // the namespaces first (few), then only their pods: peerHasPod's semantics, without visiting every pod
+      const nss = peer.namespaceSelector
+        ? [...this.st.namespaces.values()].filter((n) => matches(peer.namespaceSelector!, n.labels)).map((n) => n.name)
+        : [policyNs];
+      for (const ns of nss) {
+        for (const { pod, addr } of this.byNs.get(ns) ?? []) {
+          if (!peer.podSelector || matches(peer.podSelector, pod.labels)) ranges.push([addr, addr + 1]);
         }
       }
     }
@@ -163,12 +181,7 @@ class Builder {
   /** np-NAME: every addressed pod's container port called NAME, as ADDR . proto . PORT. */
   namedSet(portName: string): string {
     const name = `np-${portName}`;
-    if (this.sets.has(name)) return name;
-    const els = new Set<string>();
-    for (const pod of this.addressedPods) {
-      for (const c of pod.ports) if (c.name === portName) els.add(`${pod.ip} . ${c.protocol.toLowerCase()} . ${c.port}`);
-    }
-    this.sets.set(name, { name, kind: 'named', elements: [...els].sort() });
+    if (!this.sets.has(name)) this.sets.set(name, { name, kind: 'named', elements: [...(this.named.get(portName) ?? [])].sort() });
     return name;
   }
 
@@ -209,26 +222,44 @@ export function compile(st: ClusterState, node: string): Compiled {
   const b = new Builder(st, addressedPods);
   const policies = [...st.policies].sort((x, y) => x.id.localeCompare(y.id));
   const chains = new Map<string, PolicyChain>();
+  const chainName = new Map<string, string>();
   for (const pol of policies) {
     for (const d of ['ingress', 'egress'] as const) {
       if (!pol.types.has(d)) continue;
       const name = policyChainName(pol.id, d);
+      chainName.set(`${d}|${pol.id}`, name);
       const rules = d === 'ingress' ? pol.ingress : pol.egress;
       chains.set(name, { name, policy: pol.id, direction: d, matches: rules.flatMap((r) => b.ruleMatches(pol.namespace, r)) });
     }
   }
   const groups = new Map<string, Group>();
   const maps: Record<Direction, Map<string, string>> = { ingress: new Map(), egress: new Map() };
-  for (const pod of local) {
-    for (const d of ['ingress', 'egress'] as const) {
-      const sel = policies.filter((p) => p.types.has(d) && selects(p, pod)).map((p) => p.id);
-      if (sel.length === 0) continue;
-      const h = hash(groupKey(d, sel));
-      const chain = `g${d === 'ingress' ? 'i' : 'e'}-${h}`;
-      if (!groups.has(chain)) {
-        groups.set(chain, { chain, counter: `drop${d === 'ingress' ? 'i' : 'e'}-${h}`, direction: d, policies: sel, chains: sel.map((id) => policyChainName(id, d)) });
+  // which policies select each local pod, per direction: each policy looks only at its namespace's pods
+  const localByNs = new Map<string, Pod[]>();
+  for (const p of local) { const l = localByNs.get(p.namespace); if (l) l.push(p); else localByNs.set(p.namespace, [p]); }
+  const selected: Record<Direction, Map<Pod, string[]>> = { ingress: new Map(), egress: new Map() };
+  for (const pol of policies) {
+    for (const pod of localByNs.get(pol.namespace) ?? []) {
+      if (!selects(pol, pod)) continue;
+      for (const d of ['ingress', 'egress'] as const) {
+        if (!pol.types.has(d)) continue;
+        const l = selected[d].get(pod);
+        if (l) l.push(pol.id); else selected[d].set(pod, [pol.id]);
       }
-      maps[d].set(pod.ip, chain);
+    }
+  }
+  const chainOf = new Map<string, string>();
+  for (const d of ['ingress', 'egress'] as const) {
+    for (const [pod, sel] of selected[d]) {
+      const gk = groupKey(d, sel);
+      let chain = chainOf.get(gk);
+      if (!chain) {
+        const h = hash(gk);
+        chain = `g${d === 'ingress' ? 'i' : 'e'}-${h}`;
+        chainOf.set(gk, chain);
+        groups.set(chain, { chain, counter: `drop${d === 'ingress' ? 'i' : 'e'}-${h}`, direction: d, policies: sel, chains: sel.map((id) => chainName.get(`${d}|${id}`)!) });
+      }
+      maps[d].set(pod.ip!, chain);
     }
   }
   return { node, known: [...new Set(local.map((p) => p.ip))].sort(), sets: b.sets, chains, groups, maps };

@@ -149,7 +149,15 @@ export class PolicyController {
     if (this.stopped || !this.isSynced) return;
     if (this.running) { this.dirty = true; return; }
     if (this.timer) return;
-    this.timer = setTimeout(() => { this.timer = null; this.running = this.run().finally(() => { this.running = null; }); }, this.o.batchMs ?? 5);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.running = this.run().finally(() => {
+        this.running = null;
+        // a change that came in after the loop's last check
+        if (this.dirty) this.schedule();
+        else for (const w of this.waiters.splice(0)) w();
+      });
+    }, this.o.batchMs ?? 5);
   }
 
   private async run(): Promise<void> {
@@ -178,7 +186,6 @@ export class PolicyController {
         // a full build failed: try again in a second, not in a loop
         setTimeout(() => this.schedule(), 1000).unref();
       }
-      for (const w of this.waiters.splice(0)) w();
     } while (this.dirty && !this.stopped);
   }
 
