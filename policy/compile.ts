@@ -74,6 +74,8 @@ export interface Compiled {
   groups: Map<string, Group>;
   /** local pod address -> its group chain, per direction */
   maps: Record<Direction, Map<string, string>>;
+  /** peer and named-port sets by what they mean: reused by the next compile while no pod or namespace changed */
+  setsByKey: Map<string, SetDef>;
 }
 
 export function hash(s: string, n = 10): string {
@@ -133,12 +135,19 @@ function blockRanges(start: number, end: number, except: Array<{ start: number; 
 
 class Builder {
   readonly sets = new Map<string, SetDef>();
+  readonly setsByKey = new Map<string, SetDef>();
   private readonly peerSetByKey = new Map<string, string>();
   private readonly named = new Map<string, Set<string>>();
+  private indexed = false;
   /** addressed pods by namespace, each with its address as a number (parsed once per compile) */
   private readonly byNs = new Map<string, Array<{ pod: Pod & { ip: string }; addr: number }>>();
-  constructor(private readonly st: ClusterState, addressedPods: Array<Pod & { ip: string }>) {
-    for (const pod of addressedPods) {
+  constructor(private readonly st: ClusterState, private readonly addressedPods: Array<Pod & { ip: string }>, private readonly reuse?: Map<string, SetDef>) {}
+
+  /** pods by namespace and named ports, built on first need (a compile that reuses every set never does) */
+  private index(): void {
+    if (this.indexed) return;
+    this.indexed = true;
+    for (const pod of this.addressedPods) {
       let l = this.byNs.get(pod.namespace);
       if (!l) this.byNs.set(pod.namespace, (l = []));
       l.push({ pod, addr: parseAddr(pod.ip) });
@@ -156,6 +165,9 @@ class Builder {
     const key = `${policyNs}|${JSON.stringify(peers)}`;
     const have = this.peerSetByKey.get(key);
     if (have) return have;
+    const old = this.reuse?.get(key);
+    if (old) { this.keep(key, old); this.peerSetByKey.set(key, old.name); return old.name; }
+    this.index();
     const name = `peer-${hash(key)}`;
     const ranges: Array<[number, number]> = [];
     for (const peer of peers) {
@@ -173,15 +185,24 @@ class Builder {
         }
       }
     }
-    this.sets.set(name, { name, kind: 'interval', elements: intervalElements(ranges) });
+    this.keep(key, { name, kind: 'interval', elements: intervalElements(ranges) });
     this.peerSetByKey.set(key, name);
     return name;
+  }
+
+  private keep(key: string, s: SetDef): void {
+    this.sets.set(s.name, s);
+    this.setsByKey.set(key, s);
   }
 
   /** np-NAME: every addressed pod's container port called NAME, as ADDR . proto . PORT. */
   namedSet(portName: string): string {
     const name = `np-${portName}`;
-    if (!this.sets.has(name)) this.sets.set(name, { name, kind: 'named', elements: [...(this.named.get(portName) ?? [])].sort() });
+    if (this.sets.has(name)) return name;
+    const old = this.reuse?.get(name);
+    if (old) { this.keep(name, old); return name; }
+    this.index();
+    this.keep(name, { name, kind: 'named', elements: [...(this.named.get(portName) ?? [])].sort() });
     return name;
   }
 
@@ -215,11 +236,15 @@ function comparePorts(a: string, b: string): number {
   return parseInt(a, 10) - parseInt(b, 10) || a.localeCompare(b);
 }
 
-/** The whole model for one node. Deterministic: equal inputs give equal outputs, names included. */
-export function compile(st: ClusterState, node: string): Compiled {
+/**
+ * The whole model for one node. Deterministic: equal inputs give equal outputs, names included.
+ * `reuse` (the previous compile's setsByKey) may be given only when no Pod or Namespace changed since:
+ * a policy change then recomputes its rules, not the peers' addresses.
+ */
+export function compile(st: ClusterState, node: string, reuse?: Map<string, SetDef>): Compiled {
   const addressedPods = st.pods.filter(addressed);
   const local = addressedPods.filter((p) => p.nodeName === node);
-  const b = new Builder(st, addressedPods);
+  const b = new Builder(st, addressedPods, reuse);
   const policies = [...st.policies].sort((x, y) => x.id.localeCompare(y.id));
   const chains = new Map<string, PolicyChain>();
   const chainName = new Map<string, string>();
@@ -262,10 +287,10 @@ export function compile(st: ClusterState, node: string): Compiled {
       maps[d].set(pod.ip!, chain);
     }
   }
-  return { node, known: [...new Set(local.map((p) => p.ip))].sort(), sets: b.sets, chains, groups, maps };
+  return { node, known: [...new Set(local.map((p) => p.ip))].sort(), sets: b.sets, chains, groups, maps, setsByKey: b.setsByKey };
 }
 
 /** An empty model (nothing applied yet). */
 export function emptyCompiled(node: string): Compiled {
-  return { node, known: [], sets: new Map(), chains: new Map(), groups: new Map(), maps: { ingress: new Map(), egress: new Map() } };
+  return { node, known: [], sets: new Map(), chains: new Map(), groups: new Map(), maps: { ingress: new Map(), egress: new Map() }, setsByKey: new Map() };
 }

@@ -81,6 +81,8 @@ export class PolicyController {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private dirty = false;
+  /** a Pod or Namespace changed since the last compile: peer sets must be recomputed */
+  private podsChanged = true;
   private stopped = false;
   private counters = new Map<string, number>();
   /** counts of groups gone from the table, so totals never go down */
@@ -106,9 +108,11 @@ export class PolicyController {
       if (ev.kind === 'Namespace') {
         const n = parseNamespace(ev.object);
         if (ev.type === 'DELETED') this.namespaces.delete(n.name); else this.namespaces.set(n.name, n);
+        this.podsChanged = true;
       } else if (ev.kind === 'Pod') {
         const p = parsePod(ev.object);
         if (ev.type === 'DELETED') this.pods.delete(key(p)); else this.pods.set(key(p), p);
+        this.podsChanged = true;
       } else {
         const p = parsePolicy(ev.object);
         if (ev.type === 'DELETED') { this.policies.delete(p.id); } else {
@@ -164,7 +168,9 @@ export class PolicyController {
     do {
       this.dirty = false;
       const t0 = process.hrtime.bigint();
-      const next = compile(this.state(), this.o.node);
+      const reuse = !this.podsChanged && this.applied ? this.applied.setsByKey : undefined;
+      this.podsChanged = false;
+      const next = compile(this.state(), this.o.node, reuse);
       const full = this.applied === null;
       const script = full ? planFull(next, this.o.nft) : planChange(this.applied!, next, this.o.nft);
       try {
@@ -182,6 +188,7 @@ export class PolicyController {
         this.stats.lastError = errMsg(e);
         this.log.error({ err: errMsg(e), full }, 'applying network policies failed: rebuilding the table');
         this.applied = null;
+        this.podsChanged = true;
         if (!full) { this.dirty = true; continue; }
         // a full build failed: try again in a second, not in a loop
         setTimeout(() => this.schedule(), 1000).unref();
@@ -198,6 +205,7 @@ export class PolicyController {
   /** Forget what the table holds (it was removed or changed under us): the next apply rebuilds it. */
   invalidate(): void {
     this.applied = null;
+    this.podsChanged = true;
     this.schedule();
   }
 

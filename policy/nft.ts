@@ -15,7 +15,7 @@
 // from the model applied before (sets refilled, map and `known` elements added/removed, a changed
 // policy's chain flushed and refilled); planFull rebuilds the table in one transaction.
 import { NpcError } from './errors';
-import type { Compiled, Group, Match, PolicyChain, SetDef } from './compile';
+import { emptyCompiled, type Compiled, type Group, type Match, type PolicyChain, type SetDef } from './compile';
 import type { Direction } from './model';
 
 export const NPC_TABLE = 'weave-npc';
@@ -162,7 +162,7 @@ export function planChange(prev: Compiled, next: Compiled, o: NftOptions): strin
 /** The whole table from nothing, replacing whatever is there, in one transaction. */
 export function planFull(next: Compiled, o: NftOptions): string {
   checkNftOptions(o);
-  const empty: Compiled = { node: next.node, known: [], sets: new Map(), chains: new Map(), groups: new Map(), maps: { ingress: new Map(), egress: new Map() } };
+  const empty = emptyCompiled(next.node);
   // `add table` first so that `delete table` cannot fail on a fresh host
   return [`add table ${T}`, `delete table ${T}`, ...baseObjects(o)].join('\n') + '\n' + planChange(empty, next, o);
 }

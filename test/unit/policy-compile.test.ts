@@ -212,3 +212,19 @@ test('explain: each selecting policy says why it did not allow the packet', () =
   assert.match(why2[0].why, /rule 1: 80\/UDP is not in ports \[80\/TCP\]/);
   assert.equal(explainDrop([pols[0]], 'ingress', { ip: pod('x', 'b').ip!, pod: pod('x', 'b') }, { ip: dst.ip!, pod: dst }, 'TCP', 80, nsl).length, 0, 'an allowed packet has no reason');
 });
+
+test('reuse: after a policy-only change, compiling with the previous sets gives the same model as from nothing', () => {
+  let prev: Compiled | undefined;
+  for (const sc of SCENARIOS) {
+    for (const s of sc.states(base)) {
+      if (s.podLabels || s.nsLabels) { prev = undefined; continue; }
+      const st = state(base.pods, base.namespaces, s.policies);
+      for (const n of NODES) {
+        const fresh = compile(st, n);
+        const reused = compile(st, n, prev?.setsByKey);
+        assert.deepEqual({ ...reused, setsByKey: null }, { ...fresh, setsByKey: null }, sc.name);
+      }
+      prev = compile(st, 'n1');
+    }
+  }
+});
