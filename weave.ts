@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
+import * as http from 'http';
 import * as net from 'net';
 import * as path from 'path';
 import { ApiClient } from './api/client';
@@ -26,6 +27,11 @@ import { DockerEngine } from './docker/engine';
 import { dockerSocketFrom } from './docker/flags';
 import { containersByNetnsKey, resolveTarget } from './docker/resolve';
 import { netnsKeyOfStat } from './host/netns';
+import { addNpcFlags, parseNpcFlags } from './policy/config';
+import { runNpc } from './policy/npc';
+import { renderPolicyStatus } from './policy/views';
+import { NPC_STATUS_PORT } from './lib/ports';
+import { parseHostPort } from './lib/addr';
 
 function fail(msg: string, code = 1): never {
   process.stderr.write(`weave: ${msg}\n`);
@@ -198,6 +204,7 @@ export function buildProgram(): Command {
   addPasswordCommands(program, client);
   addOperatorCommands(program, client);
   addDemoCommand(program);
+  addNpcCommand(program);
   return program;
 }
 
@@ -294,11 +301,17 @@ function addMeshCommands(program: Command): void {
 
   const views: Record<string, (r: Report) => string> = { peers: renderPeers, connections: renderConnections, targets: renderTargets };
   for (const m of SUBSYSTEMS) Object.assign(views, m.views ?? {});
-  program.command('status').description(`router status: the summary, or one view: ${Object.keys(views).join(' | ')}`)
-    .argument('[view]', `one of: ${Object.keys(views).join(', ')} (none: the summary)`).option('--http-addr <host:port>', 'HTTP API address')
-    .addHelpText('after', `\nViews:\n${statusViewHelp(Object.keys(views))}`)
-    .action(async (what: string | undefined, o: { httpAddr?: string }) => {
-      if (what && !views[what]) throw new UsageError(`unknown status view "${what}": one of ${Object.keys(views).join(', ')}`);
+  const names = [...Object.keys(views), 'policy'];
+  program.command('status').description(`router status: the summary, or one view: ${names.join(' | ')}`)
+    .argument('[view]', `one of: ${names.join(', ')} (none: the summary)`).option('--http-addr <host:port>', 'HTTP API address')
+    .option('--npc-addr <host:port>', 'where `weave npc` serves its status (the policy view)', `127.0.0.1:${NPC_STATUS_PORT}`)
+    .addHelpText('after', `\nViews:\n${statusViewHelp(names)}`)
+    .action(async (what: string | undefined, o: { httpAddr?: string; npcAddr: string }) => {
+      if (what === 'policy') {
+        process.stdout.write(renderPolicyStatus(await npcStatus(o.npcAddr)));
+        return;
+      }
+      if (what && !views[what]) throw new UsageError(`unknown status view "${what}": one of ${names.join(', ')}`);
       const r = await client(o).request<Report>('GET', '/report');
       process.stdout.write(what ? views[what](r) : renderSummary(r));
     });
@@ -315,6 +328,30 @@ function addMeshCommands(program: Command): void {
         return;
       }
       process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+    });
+}
+
+/** `weave npc`'s status (the policy controller serves it itself: it is its own process). */
+async function npcStatus(addr: string): Promise<any> {
+  const { host, port } = parseHostPort(addr, NPC_STATUS_PORT, { what: '--npc-addr' });
+  const body = await new Promise<string>((resolve, reject) => {
+    const req = http.get({ host, port, path: '/status', timeout: 5000 }, (res) => {
+      let d = '';
+      res.setEncoding('utf8').on('data', (c: string) => { d += c; }).on('end', () => (res.statusCode === 200 ? resolve(d) : reject(new Error(`HTTP ${res.statusCode}: ${d.trim()}`))));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
+    req.on('error', reject);
+  }).catch((e) => {
+    throw new WeaveError('ENPC', `the network policy controller does not answer at ${host}:${port} (${errMsg(e)}): is \`weave npc\` running on this node?`, {}, { cause: e });
+  });
+  return JSON.parse(body);
+}
+
+/** The NetworkPolicy controller: `npc`. */
+function addNpcCommand(program: Command): void {
+  addNpcFlags(program.command('npc').description('run the NetworkPolicy controller of this node in the foreground (watches the API; enforces with nftables table inet weave-npc)'))
+    .action(async (o: Record<string, unknown>) => {
+      await runNpc(parseNpcFlags(o));
     });
 }
 

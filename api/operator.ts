@@ -22,6 +22,7 @@ const VIEW_HELP: Record<string, string> = {
   ipam: 'owners of the address range and their shares; unreachable owners with the rmpeer hint',
   dns: 'weaveDNS records: name, address, origin peer, container',
   cni: 'pods attached through the CNI plugin on this host',
+  policy: 'network policies in force on this node, unenforceable ones, drops (asks `weave npc`, not the router)',
 };
 
 export function statusViewHelp(names: string[]): string {

@@ -18,3 +18,6 @@ export const FASTDP_HB_PORT = 6785;
 export function vxlanPortFor(controlPort: number): number {
   return controlPort + 1;
 }
+
+/** TCP, 127.0.0.1 on the node: `weave npc`'s status and metrics (Weave Net's npc metrics port). */
+export const NPC_STATUS_PORT = 6781;
