@@ -81,8 +81,8 @@ export class PolicyController {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private dirty = false;
-  /** a Pod or Namespace changed since the last compile: peer sets must be recomputed */
-  private podsChanged = true;
+  /** namespaces whose pods changed since the last compile (the sets covering them are recomputed); null: all */
+  private dirtyNs: Set<string> | null = null;
   private stopped = false;
   private counters = new Map<string, number>();
   /** counts of groups gone from the table, so totals never go down */
@@ -108,11 +108,11 @@ export class PolicyController {
       if (ev.kind === 'Namespace') {
         const n = parseNamespace(ev.object);
         if (ev.type === 'DELETED') this.namespaces.delete(n.name); else this.namespaces.set(n.name, n);
-        this.podsChanged = true;
+        this.dirtyNs = null;
       } else if (ev.kind === 'Pod') {
         const p = parsePod(ev.object);
         if (ev.type === 'DELETED') this.pods.delete(key(p)); else this.pods.set(key(p), p);
-        this.podsChanged = true;
+        this.dirtyNs?.add(p.namespace);
       } else {
         const p = parsePolicy(ev.object);
         if (ev.type === 'DELETED') { this.policies.delete(p.id); } else {
@@ -135,6 +135,8 @@ export class PolicyController {
     const target = kind === 'Namespace' ? this.namespaces : kind === 'Pod' ? this.pods : this.policies;
     target.clear();
     for (const object of objects) this.handle({ kind, type: 'ADDED', object });
+    // a relist may have dropped objects without an event: recompute everything
+    this.dirtyNs = null;
     this.synced.add(kind);
     this.schedule();
   }
@@ -168,8 +170,8 @@ export class PolicyController {
     do {
       this.dirty = false;
       const t0 = process.hrtime.bigint();
-      const reuse = !this.podsChanged && this.applied ? this.applied.setsByKey : undefined;
-      this.podsChanged = false;
+      const reuse = this.dirtyNs && this.applied ? { sets: this.applied.setsByKey, dirtyNs: this.dirtyNs } : undefined;
+      this.dirtyNs = new Set();
       const next = compile(this.state(), this.o.node, reuse);
       const full = this.applied === null;
       const script = full ? planFull(next, this.o.nft) : planChange(this.applied!, next, this.o.nft);
@@ -188,7 +190,7 @@ export class PolicyController {
         this.stats.lastError = errMsg(e);
         this.log.error({ err: errMsg(e), full }, 'applying network policies failed: rebuilding the table');
         this.applied = null;
-        this.podsChanged = true;
+        this.dirtyNs = null;
         if (!full) { this.dirty = true; continue; }
         // a full build failed: try again in a second, not in a loop
         setTimeout(() => this.schedule(), 1000).unref();
@@ -205,7 +207,7 @@ export class PolicyController {
   /** Forget what the table holds (it was removed or changed under us): the next apply rebuilds it. */
   invalidate(): void {
     this.applied = null;
-    this.podsChanged = true;
+    this.dirtyNs = null;
     this.schedule();
   }
 
