@@ -48,6 +48,8 @@ export interface ApplyStats {
   lastError?: string;
   /** duration of the latest apply (compile + nft) in ms, its script size in lines */
   lastMs?: number;
+  /** this process's CPU time in the latest apply (compile and plan; nft's own CPU is not in it), ms */
+  lastCpuMs?: number;
   lastLines?: number;
   lastAt?: string;
 }
@@ -170,6 +172,7 @@ export class PolicyController {
     do {
       this.dirty = false;
       const t0 = process.hrtime.bigint();
+      const cpu0 = process.cpuUsage();
       const reuse = this.dirtyNs && this.applied ? { sets: this.applied.setsByKey, dirtyNs: this.dirtyNs } : undefined;
       this.dirtyNs = new Set();
       const next = compile(this.state(), this.o.node, reuse);
@@ -182,6 +185,8 @@ export class PolicyController {
         this.applied = next;
         this.stats.applies++;
         this.stats.lastMs = Number(process.hrtime.bigint() - t0) / 1e6;
+        const cpu = process.cpuUsage(cpu0);
+        this.stats.lastCpuMs = (cpu.user + cpu.system) / 1000;
         this.stats.lastLines = script ? script.split('\n').length - 1 : 0;
         this.stats.lastAt = new Date().toISOString();
         if (full) this.log.info({ table: `inet ${NPC_TABLE}`, ms: Math.round(this.stats.lastMs), lines: this.stats.lastLines, policies: this.policies.size, pods: this.pods.size }, 'network policies programmed');
