@@ -14,6 +14,7 @@ import { addIpamFlags, parseIpamFlags, type IpamConfig } from '../ipam/flags';
 import { addDnsFlags, parseDnsFlags, type DnsConfig } from '../dns/flags';
 import { addCniFlags, parseCniFlags, type CniConfig } from '../cni/flags';
 import { addDockerFlags, parseDockerFlags, type DockerConfig } from '../docker/flags';
+import { addKubeFlags, parseKubeFlags, type KubeConfig } from '../k8s/config';
 
 export const DEFAULT_PORT = CONTROL_PORT;
 export const DEFAULT_HTTP_ADDR = `127.0.0.1:${HTTP_API_PORT}`;
@@ -46,6 +47,7 @@ export interface RouterConfig {
   dns: DnsConfig;
   cni: CniConfig;
   docker: DockerConfig;
+  kube: KubeConfig;
 }
 
 export interface SleeveConfig {
@@ -86,6 +88,7 @@ export function addRouterFlags(c: Command): Command {
   addDnsFlags(c);
   addCniFlags(c);
   addDockerFlags(c);
+  addKubeFlags(c);
   return c;
 }
 
@@ -115,6 +118,7 @@ export function routerConfig(peers: string[], f: RouterFlags & Record<string, un
     dns: parseDnsFlags(f),
     cni: parseCniFlags(f),
     docker: parseDockerFlags(f, env),
+    kube: parseKubeFlags(f, env),
   };
 }
 

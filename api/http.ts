@@ -58,7 +58,7 @@ export function statusOf(e: unknown): number {
   if (!(e instanceof WeaveError)) return 500;
   if (e.code === 'ENOTFOUND') return 404;
   if (e.code === 'ECONFLICT' || e instanceof RefusedError) return 409;
-  if (e.code === 'ETIMEDOUT' || e.code === 'ESHUTDOWN') return 503;
+  if (e.code === 'ETIMEDOUT' || e.code === 'ESHUTDOWN' || e.code === 'ENOTREADY') return 503;
   return 500;
 }
 

@@ -27,7 +27,7 @@ import type { StateRecovery } from '../lib/state-file';
 import type { Clock, TimerHandle } from '../lib/clock';
 import { componentLogger, type Logger } from '../lib/log';
 import { counterFrom, gaugeFrom } from '../lib/metrics';
-import type { AddressBook, ApiRoute, AttachRequest, AttachedEndpoint, DetachOutcome, Subsystem, SubsystemModule } from '../lib/subsystem';
+import type { AddressBook, ApiRoute, AttachRequest, AttachedEndpoint, DetachOutcome, PeerSpace, Subsystem, SubsystemModule } from '../lib/subsystem';
 import { isPeerName, type PeerName } from '../mesh/peer';
 import type { PeerRecord } from '../mesh/topology';
 import type { GossipChannel, Gossiper, GossipData } from '../mesh/types';
@@ -56,6 +56,8 @@ export interface IpamContext {
   };
   /** Sets the prefixes (CIDRs) this router serves on behalf of `owner`, announced to all peers. */
   announce(owner: string, prefixes: string[]): void;
+  /** the subsystems built before IPAM (one may know the cluster's size: Kubernetes) */
+  subsystems?: readonly Subsystem[];
 }
 
 /** The ident of the host's own (exposed) addresses. */
@@ -130,9 +132,12 @@ export class IpamSubsystem implements Subsystem {
     this.log = componentLogger(ctx.root, 'ipam-router');
     this.clock = ctx.clock;
     if (f.init.mode === 'consensus') {
+      const cluster = ctx.subsystems?.find((s) => s.clusterSize)?.clusterSize;
       this.quorum = f.init.quorum !== undefined
         ? { value: f.init.quorum, from: '--ipalloc-init consensus=N' }
-        : { value: defaultQuorum(ctx.cfg.peers.length), from: `${ctx.cfg.peers.length} peers on the command line + this one` };
+        : cluster
+          ? { value: defaultQuorum(cluster.size - 1), from: `a majority of ${cluster.size} ${cluster.from}` }
+          : { value: defaultQuorum(ctx.cfg.peers.length), from: `${ctx.cfg.peers.length} peers on the command line + this one` };
     }
     if (!opts.store) fs.mkdirSync(path.join(ctx.cfg.dataDir, 'ipam'), { recursive: true });
     this.store = opts.store ?? new LmdbStore(path.join(ctx.cfg.dataDir, 'ipam'), { owner: ctx.identity.name });
@@ -342,6 +347,12 @@ export class IpamSubsystem implements Subsystem {
   };
 
   private primed = false;
+
+  /** rmpeer for Kubernetes' reclaim (k8s/reclaim.ts), and who owns space. */
+  readonly peerSpace: PeerSpace = {
+    transferFrom: (peer) => this.transferFrom(peer),
+    owners: () => this.alloc?.status().owners ?? [],
+  };
 
   /** The ring exists, this peer has no free address in sn, and no other peer owns any of sn. */
   private exhausted(a: Allocator, sn: Cidr): boolean {

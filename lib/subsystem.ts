@@ -146,12 +146,27 @@ export interface NameBook {
   unregister(key: string): number;
 }
 
+/** Space held by peers in the ring (IPAM). */
+export interface PeerSpace {
+  /** takes over every range of a peer that is gone for good (refused while it is reachable); addresses taken */
+  transferFrom(peer: string): Promise<number>;
+  /** owners of space: whether each is reachable now */
+  owners(): Array<{ peer: string; nickname?: string; addresses: number; reachable: boolean }>;
+}
+
 /** A router subsystem once built: a part with optional attach/detach/reset hooks. */
 export interface Subsystem extends Part {
   /** set by the subsystem that hands out addresses (IPAM) */
   readonly addresses?: AddressBook;
   /** set by the subsystem that names containers (weaveDNS) */
   readonly names?: NameBook;
+  /** set by the subsystem that owns address space (IPAM): `weave rmpeer`, Kubernetes' reclaim */
+  readonly peerSpace?: PeerSpace;
+  /**
+   * set by a subsystem that knows how big the cluster is at start (Kubernetes: its Nodes), built
+   * before IPAM: a plain `--ipalloc-init consensus` then needs a majority of it to seed the ring
+   */
+  readonly clusterSize?: { size: number; from: string };
   /** after every part is built and endpoints are restored, before the mesh connects */
   start?(): Promise<void>;
   /** `weave reset`: leave the mesh cleanly (hand over IPAM space, remove kernel state) before the router stops */
