@@ -133,6 +133,13 @@ function blockRanges(start: number, end: number, except: Array<{ start: number; 
 
 // ---- compilation ------------------------------------------------------------------------------
 
+export interface Reuse {
+  /** the previous compile's setsByKey */
+  sets: Map<string, SetDef>;
+  /** namespaces in which a Pod was added, changed or deleted since */
+  dirtyNs: ReadonlySet<string>;
+}
+
 class Builder {
   readonly sets = new Map<string, SetDef>();
   readonly setsByKey = new Map<string, SetDef>();
@@ -141,7 +148,7 @@ class Builder {
   private indexed = false;
   /** addressed pods by namespace, each with its address as a number (parsed once per compile) */
   private readonly byNs = new Map<string, Array<{ pod: Pod & { ip: string }; addr: number }>>();
-  constructor(private readonly st: ClusterState, private readonly addressedPods: Array<Pod & { ip: string }>, private readonly reuse?: Map<string, SetDef>) {}
+  constructor(private readonly st: ClusterState, private readonly addressedPods: Array<Pod & { ip: string }>, private readonly reuse?: Reuse) {}
 
   /** pods by namespace and named ports, built on first need (a compile that reuses every set never does) */
   private index(): void {
@@ -165,26 +172,30 @@ class Builder {
     const key = `${policyNs}|${JSON.stringify(peers)}`;
     const have = this.peerSetByKey.get(key);
     if (have) return have;
-    const old = this.reuse?.get(key);
-    if (old) { this.keep(key, old); this.peerSetByKey.set(key, old.name); return old.name; }
+    const scopes = peers.map((peer) => (peer.kind === 'ipBlock' ? [] : peer.namespaceSelector
+      ? [...this.st.namespaces.values()].filter((n) => matches(peer.namespaceSelector!, n.labels)).map((n) => n.name)
+      : [policyNs]));
+    const old = this.reuse?.sets.get(key);
+    if (old && !scopes.some((nss) => nss.some((ns) => this.reuse!.dirtyNs.has(ns)))) {
+      this.keep(key, old);
+      this.peerSetByKey.set(key, old.name);
+      return old.name;
+    }
     this.index();
     const name = `peer-${hash(key)}`;
     const ranges: Array<[number, number]> = [];
-    for (const peer of peers) {
+    peers.forEach((peer, i) => {
       if (peer.kind === 'ipBlock') {
         ranges.push(...blockRanges(peer.block.cidr.start, peer.block.cidr.end, peer.block.except));
-        continue;
+        return;
       }
       // the namespaces first (few), then only their pods: peerHasPod's semantics, without visiting every pod
-      const nss = peer.namespaceSelector
-        ? [...this.st.namespaces.values()].filter((n) => matches(peer.namespaceSelector!, n.labels)).map((n) => n.name)
-        : [policyNs];
-      for (const ns of nss) {
+      for (const ns of scopes[i]) {
         for (const { pod, addr } of this.byNs.get(ns) ?? []) {
           if (!peer.podSelector || matches(peer.podSelector, pod.labels)) ranges.push([addr, addr + 1]);
         }
       }
-    }
+    });
     this.keep(key, { name, kind: 'interval', elements: intervalElements(ranges) });
     this.peerSetByKey.set(key, name);
     return name;
@@ -199,8 +210,8 @@ class Builder {
   namedSet(portName: string): string {
     const name = `np-${portName}`;
     if (this.sets.has(name)) return name;
-    const old = this.reuse?.get(name);
-    if (old) { this.keep(name, old); return name; }
+    const old = this.reuse?.sets.get(name);
+    if (old && this.reuse!.dirtyNs.size === 0) { this.keep(name, old); return name; }
     this.index();
     this.keep(name, { name, kind: 'named', elements: [...(this.named.get(portName) ?? [])].sort() });
     return name;
@@ -238,10 +249,11 @@ function comparePorts(a: string, b: string): number {
 
 /**
  * The whole model for one node. Deterministic: equal inputs give equal outputs, names included.
- * `reuse` (the previous compile's setsByKey) may be given only when no Pod or Namespace changed since:
- * a policy change then recomputes its rules, not the peers' addresses.
+ * `reuse`: the previous compile's sets and the namespaces whose pods changed since (no Namespace may
+ * have changed): a policy change then recomputes its rules, not the peers' addresses, and a pod change
+ * only the sets that cover its namespace.
  */
-export function compile(st: ClusterState, node: string, reuse?: Map<string, SetDef>): Compiled {
+export function compile(st: ClusterState, node: string, reuse?: Reuse): Compiled {
   const addressedPods = st.pods.filter(addressed);
   const local = addressedPods.filter((p) => p.nodeName === node);
   const b = new Builder(st, addressedPods, reuse);

@@ -48,6 +48,8 @@ export interface ApplyStats {
   lastError?: string;
   /** duration of the latest apply (compile + nft) in ms, its script size in lines */
   lastMs?: number;
+  /** this process's CPU time in the latest apply (compile and plan; nft's own CPU is not in it), ms */
+  lastCpuMs?: number;
   lastLines?: number;
   lastAt?: string;
 }
@@ -81,8 +83,8 @@ export class PolicyController {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private dirty = false;
-  /** a Pod or Namespace changed since the last compile: peer sets must be recomputed */
-  private podsChanged = true;
+  /** namespaces whose pods changed since the last compile (the sets covering them are recomputed); null: all */
+  private dirtyNs: Set<string> | null = null;
   private stopped = false;
   private counters = new Map<string, number>();
   /** counts of groups gone from the table, so totals never go down */
@@ -108,11 +110,11 @@ export class PolicyController {
       if (ev.kind === 'Namespace') {
         const n = parseNamespace(ev.object);
         if (ev.type === 'DELETED') this.namespaces.delete(n.name); else this.namespaces.set(n.name, n);
-        this.podsChanged = true;
+        this.dirtyNs = null;
       } else if (ev.kind === 'Pod') {
         const p = parsePod(ev.object);
         if (ev.type === 'DELETED') this.pods.delete(key(p)); else this.pods.set(key(p), p);
-        this.podsChanged = true;
+        this.dirtyNs?.add(p.namespace);
       } else {
         const p = parsePolicy(ev.object);
         if (ev.type === 'DELETED') { this.policies.delete(p.id); } else {
@@ -135,6 +137,8 @@ export class PolicyController {
     const target = kind === 'Namespace' ? this.namespaces : kind === 'Pod' ? this.pods : this.policies;
     target.clear();
     for (const object of objects) this.handle({ kind, type: 'ADDED', object });
+    // a relist may have dropped objects without an event: recompute everything
+    this.dirtyNs = null;
     this.synced.add(kind);
     this.schedule();
   }
@@ -168,8 +172,9 @@ export class PolicyController {
     do {
       this.dirty = false;
       const t0 = process.hrtime.bigint();
-      const reuse = !this.podsChanged && this.applied ? this.applied.setsByKey : undefined;
-      this.podsChanged = false;
+      const cpu0 = process.cpuUsage();
+      const reuse = this.dirtyNs && this.applied ? { sets: this.applied.setsByKey, dirtyNs: this.dirtyNs } : undefined;
+      this.dirtyNs = new Set();
       const next = compile(this.state(), this.o.node, reuse);
       const full = this.applied === null;
       const script = full ? planFull(next, this.o.nft) : planChange(this.applied!, next, this.o.nft);
@@ -180,6 +185,8 @@ export class PolicyController {
         this.applied = next;
         this.stats.applies++;
         this.stats.lastMs = Number(process.hrtime.bigint() - t0) / 1e6;
+        const cpu = process.cpuUsage(cpu0);
+        this.stats.lastCpuMs = (cpu.user + cpu.system) / 1000;
         this.stats.lastLines = script ? script.split('\n').length - 1 : 0;
         this.stats.lastAt = new Date().toISOString();
         if (full) this.log.info({ table: `inet ${NPC_TABLE}`, ms: Math.round(this.stats.lastMs), lines: this.stats.lastLines, policies: this.policies.size, pods: this.pods.size }, 'network policies programmed');
@@ -188,7 +195,7 @@ export class PolicyController {
         this.stats.lastError = errMsg(e);
         this.log.error({ err: errMsg(e), full }, 'applying network policies failed: rebuilding the table');
         this.applied = null;
-        this.podsChanged = true;
+        this.dirtyNs = null;
         if (!full) { this.dirty = true; continue; }
         // a full build failed: try again in a second, not in a loop
         setTimeout(() => this.schedule(), 1000).unref();
@@ -205,7 +212,7 @@ export class PolicyController {
   /** Forget what the table holds (it was removed or changed under us): the next apply rebuilds it. */
   invalidate(): void {
     this.applied = null;
-    this.podsChanged = true;
+    this.dirtyNs = null;
     this.schedule();
   }
 

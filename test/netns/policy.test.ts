@@ -141,6 +141,8 @@ test('NetworkPolicy with weave npc on three nodes: conformance scenarios, change
       assert.match(text, /x\/deny-ingress \[ingress\] selects x\/a/);
       assert.match(text, /ingress y\/b -> x\/a 80\/UDP {2}policies: x\/deny-ingress/);
       const metrics = (await h1.exec([process.execPath, '-e', `require('http').get('http://127.0.0.1:6781/metrics',r=>{r.pipe(process.stdout)})`])).stdout;
+      const lint = await h1.exec(['promtool', 'check', 'metrics'], { input: metrics, allowFail: true });
+      assert.equal(lint.code, 0, lint.stdout + lint.stderr);
       const m = /weave_npc_dropped_packets_total\{direction="ingress",namespace="x",policies="x\/deny-ingress"\} (\d+)/.exec(metrics);
       assert.ok(m, metrics);
       assert.equal(Number(m[1]), statusBefore + 8);
