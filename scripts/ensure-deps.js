@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// Installs the Debian packages the tests, demo and benchmarks use, once: a package is only
+// Installs the Debian packages the tests, demo and benchmarks use (--peers: also bench/peers'), once: a package is only
 // installed when its command is missing, so a second run does nothing and needs no network.
 const { spawnSync } = require('child_process');
 const fs = require('fs');
@@ -39,7 +39,14 @@ const need = [
   // runc and tini); by path, because another docker client may be installed elsewhere (/usr/local/bin)
   // without a daemon. Its own dockerd must not start (the tests run theirs): see policy-rc.d below.
   ['/usr/sbin/dockerd', 'docker.io'],
+  // bench/sleeve and bench/peers: request/response latency (sockperf ping-pong)
+  ['sockperf', 'sockperf'],
 ];
+// `ensure-deps.js --peers`: bench/peers' contenders (Debian's nebula, wireguard-go with wg, tinc 1.0);
+// only that bench asks for them, npm test does not install them
+if (process.argv.includes('--peers')) {
+  need.push(['nebula', 'nebula'], ['nebula-cert', 'nebula'], ['wireguard-go', 'wireguard-go'], ['wg', 'wireguard-tools'], ['tincd', 'tinc']);
+}
 
 /** A command on the usual paths, or an absolute path that exists. */
 function has(cmd) {
