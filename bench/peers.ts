@@ -24,7 +24,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Lab, type Host } from '../test/lab/lab';
 import { run as exec, waitFor } from '../test/lab/exec';
-import { CLK_TCK, arg, iperf, nsx, rssMb, run, sampleMax, sockperf } from './sleeve';
+import { CLK_TCK, arg, iperf, launch, nsx, rssMb, run, sampleMax, sockperf } from './sleeve';
 
 /** what every encrypted contender's underlay capture must not contain */
 const MARKER = 'deadbeefcafebabe';
@@ -49,8 +49,8 @@ function weave(name: string, opts: { password?: string; fastdp?: boolean }): Con
     async setup(x) {
       const env: Record<string, string> = opts.password ? { WEAVE_PASSWORD: opts.password } : {};
       const flags = opts.fastdp ? [] : ['--no-fastdp'];
-      await x.h1.weave(['launch', '--nickname', 'h1', ...flags], { env });
-      await x.h2.weave(['launch', '--nickname', 'h2', ...flags, x.h1.ip], { env });
+      await launch(x.h1, ['--nickname', 'h1', ...flags], env);
+      await launch(x.h2, ['--nickname', 'h2', ...flags, x.h1.ip], env);
       const c1 = await x.lab.addContainer('c1');
       const c2 = await x.lab.addContainer('c2');
       await x.h1.weave(['attach', '10.32.1.1/12', c1.ns]);

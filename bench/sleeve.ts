@@ -18,7 +18,7 @@
 // Usage: node dist/bench/sleeve.js [--seconds 5] [--only a,b,c,d,n,e,o,m]
 import { spawn } from 'child_process';
 import * as fs from 'fs';
-import { Container, Host, Lab } from '../test/lab/lab';
+import { Container, Host, Lab, WEAVE_JS } from '../test/lab/lab';
 import { waitFor } from '../test/lab/exec';
 
 export function arg(name: string, def: string): string {
@@ -161,6 +161,14 @@ export async function cpuTicks(lab: Lab, hosts: Host[]): Promise<number> {
 }
 export const CLK_TCK = 100;
 
+/**
+ * `weave launch ARGS` in h as users run it: without the lab's --enable-source-maps (which parses every
+ * module's source map into the router's heap and the workers', and would skew the RSS measured here).
+ */
+export async function launch(h: Host, args: string[], env: Record<string, string>): Promise<void> {
+  await h.exec([process.execPath, WEAVE_JS, 'launch', ...args], { env: h.env(env), timeoutMs: 60_000 });
+}
+
 let caseNo = 0;
 
 /** Real routers in h1 and h2, one fresh container on each, measured container to container. */
@@ -171,8 +179,8 @@ async function sleeveRun(lab: Lab, h1: Host, h2: Host, env: Record<string, strin
   const a1 = `10.32.1.${n}`;
   const a2 = `10.32.2.${n}`;
   try {
-    await h1.weave(['launch', '--nickname', 'h1', '--no-fastdp'], { env });
-    await h2.weave(['launch', '--nickname', 'h2', '--no-fastdp', h1.ip], { env });
+    await launch(h1, ['--nickname', 'h1', '--no-fastdp'], env);
+    await launch(h2, ['--nickname', 'h2', '--no-fastdp', h1.ip], env);
     await h1.weave(['attach', `${a1}/12`, c1.ns]);
     await h2.weave(['attach', `${a2}/12`, c2.ns]);
     await waitFor('sleeve established', async () => {
@@ -204,9 +212,9 @@ async function meshRss(lab: Lab, h1: Host, h2: Host, env: Record<string, string>
   const h3 = lab.hosts[2] ?? await lab.addHost('h3');
   const hosts = [h1, h2, h3];
   try {
-    await h1.weave(['launch', '--nickname', 'h1', '--no-fastdp'], { env });
-    await h2.weave(['launch', '--nickname', 'h2', '--no-fastdp', h1.ip], { env });
-    await h3.weave(['launch', '--nickname', 'h3', '--no-fastdp', h1.ip, h2.ip], { env });
+    await launch(h1, ['--nickname', 'h1', '--no-fastdp'], env);
+    await launch(h2, ['--nickname', 'h2', '--no-fastdp', h1.ip], env);
+    await launch(h3, ['--nickname', 'h3', '--no-fastdp', h1.ip, h2.ip], env);
     for (const [i, h] of hosts.entries()) {
       const c = await lab.addContainer(`m${i}`);
       await h.weave(['attach', `10.32.${i + 5}.1/12`, c.ns]);

@@ -14,7 +14,7 @@ import { parentPort, workerData } from 'worker_threads';
 import { loadCrypto } from '../mesh/crypto';
 import { makeBoxes, type BoxBatch, type BoxKind } from './boxes';
 import { errMsg } from '../lib/errors';
-import { silentLogger, type Logger } from '../lib/log';
+import type { Logger } from '../lib/log';
 import { Datapath, LANE_RELAY, PathShared, type DatapathEvents, type ForwardingSpec, type PathSharedBuffers, type PathSpec } from './datapath';
 import { loadTunIo } from './native';
 import { NativeTun } from './tun';
@@ -71,7 +71,13 @@ function main(): void {
   const init = workerData as WorkerInit;
   const post = (m: FromWorker): void => port.postMessage(m);
   // Log lines from here would interleave with the main thread's pino stream; report through messages.
-  const log: Logger = { ...silentLogger(), warn: (o: object | string, m?: string) => post({ k: 'err', role: init.role, msg: typeof o === 'string' ? o : `${m ?? ''} ${JSON.stringify(o)}` }) } as Logger;
+  // A logger of our own (not lib/log's): importing that would load pino into every worker's heap.
+  const nop = (): void => undefined;
+  const log = {
+    trace: nop, debug: nop, info: nop, error: nop,
+    warn: (o: object | string, m?: string) => post({ k: 'err', role: init.role, msg: typeof o === 'string' ? o : `${m ?? ''} ${JSON.stringify(o)}` }),
+    child: () => log,
+  } as unknown as Logger;
   const io = loadTunIo(log);
   if (!io) {
     post({ k: 'err', role: init.role, msg: 'native addon did not load in the worker' });
@@ -92,7 +98,8 @@ function main(): void {
   };
   let boxes: BoxBatch;
   try {
-    boxes = makeBoxes(init.boxes, loadCrypto(init.crypto, log), io, log);
+    // the crypto engine only when it seals (native boxes never touch it: its module stays unloaded)
+    boxes = makeBoxes(init.boxes, init.boxes === 'engine' ? loadCrypto(init.crypto, log) : null, io, log);
   } catch (e) {
     post({ k: 'err', role: init.role, msg: errMsg(e), fatal: true });
     return;
