@@ -3,7 +3,7 @@
 // load on this machine). The sleeve data path seals and opens every packet through this interface,
 // so seal/open write into caller-owned buffers and the sodium engine allocates nothing per call.
 import * as nodeCrypto from 'crypto';
-import nacl from 'tweetnacl';
+import type * as Nacl from 'tweetnacl';
 import { ProtocolError, WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 
@@ -124,17 +124,19 @@ class SodiumEngine implements CryptoEngine {
 
 class TweetnaclEngine implements CryptoEngine {
   readonly name = 'tweetnacl' as const;
+  // loaded with the first engine (not with this module: the sleeve's workers import it for constants)
+  private readonly nacl: typeof Nacl = require('tweetnacl');
   randomBytes(n: number): Buffer {
     return nodeCrypto.randomBytes(n);
   }
   x25519Keypair(): { publicKey: Buffer; secretKey: Buffer } {
     const secretKey = this.randomBytes(X25519_BYTES);
-    const publicKey = Buffer.from(nacl.scalarMult.base(secretKey));
+    const publicKey = Buffer.from(this.nacl.scalarMult.base(secretKey));
     return { publicKey, secretKey };
   }
   x25519(secretKey: Uint8Array, peerPublic: Uint8Array): Buffer {
     checkX25519Args(secretKey, peerPublic);
-    const out = Buffer.from(nacl.scalarMult(secretKey, peerPublic));
+    const out = Buffer.from(this.nacl.scalarMult(secretKey, peerPublic));
     if (isAllZero(out)) throw lowOrder();
     return out;
   }
@@ -146,12 +148,12 @@ class TweetnaclEngine implements CryptoEngine {
   }
   secretboxSeal(out: Uint8Array, msg: Uint8Array, nonce: Uint8Array, key: Uint8Array): void {
     checkSealArgs(out, msg, nonce, key);
-    out.set(nacl.secretbox(msg, nonce, key));
+    out.set(this.nacl.secretbox(msg, nonce, key));
   }
   secretboxOpen(out: Uint8Array, box: Uint8Array, nonce: Uint8Array, key: Uint8Array): boolean {
     checkOpenArgs(out, box, nonce, key);
     if (box.length < SECRETBOX_OVERHEAD) return false;
-    const r = nacl.secretbox.open(box, nonce, key);
+    const r = this.nacl.secretbox.open(box, nonce, key);
     if (!r) return false;
     out.set(r);
     return true;

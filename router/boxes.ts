@@ -174,8 +174,11 @@ export function resolveBoxKind(mode: 'auto' | BoxKind, crypto: CryptoEngine, io:
 }
 
 /** The BoxBatch of a kind resolveBoxKind chose (the worker threads build their own from it). */
-export function makeBoxes(kind: BoxKind, crypto: CryptoEngine, io: TunIo | null, log: Logger): BoxBatch {
-  if (kind === 'engine') return engineBoxes(crypto);
+export function makeBoxes(kind: BoxKind, crypto: CryptoEngine | null, io: TunIo | null, log: Logger): BoxBatch {
+  if (kind === 'engine') {
+    if (!crypto) throw new WeaveError('EINVAL', 'engine boxes need a crypto engine');
+    return engineBoxes(crypto);
+  }
   const b = nativeBoxes(io ?? loadTunIo(log));
   if (!b) throw new WeaveError('ENOADDON', 'the native secretbox batches are not in this addon build');
   return b;

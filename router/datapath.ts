@@ -291,6 +291,8 @@ export class Datapath {
   /** highest slot that ever held a path (the beat loop's bound) */
   private maxSlot = -1;
   private readonly hbBody = Buffer.alloc(HB_BODY);
+  /** the lane drainTun seals on (the calling thread's: lanes keep threads' counters apart) */
+  private tunLane = LANE_TX;
 
   // outbound
   private readonly txIn: Buffer;
@@ -463,8 +465,13 @@ export class Datapath {
 
   // ---- outbound: TUN -> peers --------------------------------------------------------------------
 
-  drainTun(): void {
+  /**
+   * Reads the TUN until it is empty, sealing on lane (LANE_TX in the engine that owns the TUN; the rx
+   * worker drains it too right after delivering, on its own lane LANE_RELAY: see sleeve-worker.ts).
+   */
+  drainTun(lane = LANE_TX): void {
     const c = this.c;
+    this.tunLane = lane;
     for (;;) {
       const n = this.tun.readBatch(this.txIn, this.S, this.B, this.txInLens);
       if (n <= 0) break;
@@ -526,10 +533,10 @@ export class Datapath {
         this.icmpToTun(buf, off, len, UNREACH_FRAG_NEEDED, mtu);
         return;
       }
-      this.sendFragments(p, buf, off, len, mtu, this.txOut, LANE_TX);
+      this.sendFragments(p, buf, off, len, mtu, this.txOut, this.tunLane);
       return;
     }
-    this.seal(p, FrameType.Data, LANE_TX, this.txInView.get(i, len), this.txOut);
+    this.seal(p, FrameType.Data, this.tunLane, this.txInView.get(i, len), this.txOut);
   }
 
   private sendFragments(p: EnginePath, buf: Buffer, off: number, len: number, mtu: number, ring: SendRing, lane: number): void {
@@ -621,8 +628,10 @@ export class Datapath {
 
   // ---- inbound: peers -> TUN or relay -------------------------------------------------------------
 
-  drainUdp(): void {
+  /** Receives until the socket is empty; returns how many packets went into the TUN. */
+  drainUdp(): number {
     const c = this.c;
+    const before = c[C.tunOutPackets];
     for (;;) {
       const n = this.udp.recvBatch(this.rxIn, this.S, this.B, this.rxLens, this.rxIps, this.rxPorts);
       if (n <= 0) break;
@@ -640,6 +649,7 @@ export class Datapath {
       this.flushIcmp();
       if (n < this.B) break;
     }
+    return c[C.tunOutPackets] - before;
   }
 
   /** Pass 1: header, connection, replay check; a sealed frame joins the open batch, a plain one is copied out. */

@@ -1,14 +1,21 @@
 // Worker thread running one direction of the sleeve data path (see datapath.ts): 'tx' drains the
 // TUN and seals towards peers (and sends the heartbeats, so they leave through the same path state),
-// 'rx' drains the UDP socket, opens, delivers or relays. The fds are
+// 'rx' drains the UDP socket, opens, delivers or relays.
+// Latency: a packet the rx worker writes into the TUN is often answered before the write returns
+// (the kernel runs the receiver's softirq in the writer's context: ICMP echo replies, TCP ACKs), so
+// the rx worker then drains the TUN itself (on its own lane) instead of waking the tx worker for it:
+// one thread wake-up less per request/response. The TUN lock (tunLock) keeps reading and sending the
+// TUN's packets to one thread at a time, so they leave in the order the TUN gave them: the rx worker
+// only tries it (the tx worker is draining otherwise), the tx worker waits for it (Atomics.wait, no
+// spin). The fds are
 // the main thread's (fds are process-wide); this thread only polls and does I/O on them. State comes
 // from the main thread as messages; per-path hot values and counters live in shared memory.
 import { parentPort, workerData } from 'worker_threads';
 import { loadCrypto } from '../mesh/crypto';
 import { makeBoxes, type BoxBatch, type BoxKind } from './boxes';
 import { errMsg } from '../lib/errors';
-import { silentLogger, type Logger } from '../lib/log';
-import { Datapath, PathShared, type DatapathEvents, type ForwardingSpec, type PathSharedBuffers, type PathSpec } from './datapath';
+import type { Logger } from '../lib/log';
+import { Datapath, LANE_RELAY, PathShared, type DatapathEvents, type ForwardingSpec, type PathSharedBuffers, type PathSpec } from './datapath';
 import { loadTunIo } from './native';
 import { NativeTun } from './tun';
 import { NativeUdp } from './udp';
@@ -35,7 +42,12 @@ export interface WorkerInit {
   crypto: 'sodium' | 'tweetnacl';
   /** how to seal and open (the main thread resolved it: router/boxes.ts) */
   boxes: BoxKind;
+  /** one Int32: 1 while a thread reads the TUN and sends what it read (TUN_FREE / TUN_HELD) */
+  tunLock: SharedArrayBuffer;
 }
+
+const TUN_FREE = 0;
+const TUN_HELD = 1;
 
 export type ToWorker =
   | { k: 'path'; spec: PathSpec }
@@ -59,7 +71,13 @@ function main(): void {
   const init = workerData as WorkerInit;
   const post = (m: FromWorker): void => port.postMessage(m);
   // Log lines from here would interleave with the main thread's pino stream; report through messages.
-  const log: Logger = { ...silentLogger(), warn: (o: object | string, m?: string) => post({ k: 'err', role: init.role, msg: typeof o === 'string' ? o : `${m ?? ''} ${JSON.stringify(o)}` }) } as Logger;
+  // A logger of our own (not lib/log's): importing that would load pino into every worker's heap.
+  const nop = (): void => undefined;
+  const log = {
+    trace: nop, debug: nop, info: nop, error: nop,
+    warn: (o: object | string, m?: string) => post({ k: 'err', role: init.role, msg: typeof o === 'string' ? o : `${m ?? ''} ${JSON.stringify(o)}` }),
+    child: () => log,
+  } as unknown as Logger;
   const io = loadTunIo(log);
   if (!io) {
     post({ k: 'err', role: init.role, msg: 'native addon did not load in the worker' });
@@ -80,7 +98,8 @@ function main(): void {
   };
   let boxes: BoxBatch;
   try {
-    boxes = makeBoxes(init.boxes, loadCrypto(init.crypto, log), io, log);
+    // the crypto engine only when it seals (native boxes never touch it: its module stays unloaded)
+    boxes = makeBoxes(init.boxes, init.boxes === 'engine' ? loadCrypto(init.crypto, log) : null, io, log);
   } catch (e) {
     post({ k: 'err', role: init.role, msg: errMsg(e), fatal: true });
     return;
@@ -100,7 +119,28 @@ function main(): void {
     now: Date.now,
     heartbeats: init.role === 'tx',
   });
-  const drain = init.role === 'tx' ? () => dp.drainTun() : () => dp.drainUdp();
+  const lock = new Int32Array(init.tunLock);
+  const release = (): void => {
+    Atomics.store(lock, 0, TUN_FREE);
+    Atomics.notify(lock, 0);
+  };
+  const drainTx = (): void => {
+    while (Atomics.compareExchange(lock, 0, TUN_FREE, TUN_HELD) !== TUN_FREE) Atomics.wait(lock, 0, TUN_HELD, 10);
+    try {
+      dp.drainTun();
+    } finally {
+      release();
+    }
+  };
+  const drainRx = (): void => {
+    if (dp.drainUdp() === 0 || Atomics.compareExchange(lock, 0, TUN_FREE, TUN_HELD) !== TUN_FREE) return;
+    try {
+      dp.drainTun(LANE_RELAY);
+    } finally {
+      release();
+    }
+  };
+  const drain = init.role === 'tx' ? drainTx : drainRx;
   // An I/O error (device gone, socket broken) would fire on every poll: report once and stop polling;
   // the main thread marks the data path down.
   const guarded = (): void => {

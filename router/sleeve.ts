@@ -544,6 +544,7 @@ export class Sleeve {
     const tun = this.tun as NativeTun;
     const udp = this.udp as NativeUdp;
     const events = this.engineEvents();
+    const tunLock = new SharedArrayBuffer(4);
     for (const role of ['tx', 'rx'] as const) {
       const counters = newCounterArray();
       this.engineCounters.push(counters);
@@ -552,7 +553,7 @@ export class Sleeve {
       const init: WorkerInit = {
         role, tunFd: tun.fd, tunName: tun.name, tunOffload: tun.offload, udpGso: udp.gso, udpGro: udp.gro, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
         pathCounters: pathCounters.buffer as SharedArrayBuffer,
-        stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name, boxes: this.boxes,
+        stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name, boxes: this.boxes, tunLock,
       };
       const w = new Worker(path.join(__dirname, 'sleeve-worker.js'), { workerData: init });
       w.unref();

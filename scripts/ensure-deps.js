@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// Installs the Debian packages the tests, demo and benchmarks use, once: a package is only
+// Installs the Debian packages the tests, demo and benchmarks use (--peers: also bench/peers'), once: a package is only
 // installed when its command is missing, so a second run does nothing and needs no network.
 const { spawnSync } = require('child_process');
 const fs = require('fs');
@@ -44,7 +44,14 @@ const need = [
   // bookworm has no package for it.)
   ['openssl', 'openssl'],
   ['ldd', 'libc-bin'],
+  // bench/sleeve and bench/peers: request/response latency (sockperf ping-pong)
+  ['sockperf', 'sockperf'],
 ];
+// `ensure-deps.js --peers`: bench/peers' contenders (Debian's nebula, wireguard-go with wg, tinc 1.0);
+// only that bench asks for them, npm test does not install them
+if (process.argv.includes('--peers')) {
+  need.push(['nebula', 'nebula'], ['nebula-cert', 'nebula'], ['wireguard-go', 'wireguard-go'], ['wg', 'wireguard-tools'], ['tincd', 'tinc']);
+}
 
 /** A command on the usual paths, or an absolute path that exists. */
 function has(cmd) {
