@@ -17,9 +17,11 @@ import { componentLogger, type Logger } from '../lib/log';
 import { counterFrom, gaugeFrom } from '../lib/metrics';
 import type { ApiRoute, Subsystem, SubsystemModule } from '../lib/subsystem';
 import { formatHostPort } from '../lib/addr';
-import { CONTROL_PORT } from '../lib/ports';
+import { CONTROL_PORT, DEFAULT_DATA_DIR } from '../lib/ports';
 import type { PeerName } from '../mesh/peer';
+import * as path from 'path';
 import { setupCni } from '../cni/setup';
+import { API_SOCKET_NAME } from '../cni/cli';
 import { KubeClient, type KubeObject } from './client';
 import { addKubeFlags, parseKubeFlags, type KubeConfig } from './config';
 import { Informer } from './informer';
@@ -173,7 +175,9 @@ export class KubeSubsystem implements Subsystem {
   async start(): Promise<void> {
     const k = this.ctx.cfg.kube;
     if (k.cni) {
-      const r = setupCni({ binDir: k.cni.binDir, confDir: k.cni.confDir, socket: undefined });
+      // the plugin finds this router's socket: named in the conflist only when not the default data dir's
+      const socket = this.ctx.cfg.dataDir === DEFAULT_DATA_DIR ? undefined : path.join(this.ctx.cfg.dataDir, API_SOCKET_NAME);
+      const r = setupCni({ binDir: k.cni.binDir, confDir: k.cni.confDir, socket });
       this.cniInstalled = `${r.plugin.path} (${r.plugin.outcome}), ${r.conflist.path} (${r.conflist.outcome})`;
       this.log.info({ plugin: r.plugin, conflist: r.conflist }, 'kube: CNI plugin and conflist in place');
     }
