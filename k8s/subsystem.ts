@@ -48,7 +48,7 @@ export function nodeAddress(n: NodeObject): string | undefined {
   return v4('InternalIP') ?? v4('ExternalIP');
 }
 
-const RECLAIM_RETRY_MS = 2000;
+const RECLAIM_RETRY_MS = 1000;
 
 export class KubeSubsystem implements Subsystem {
   readonly name = 'kube';

@@ -85,7 +85,7 @@ export class KubeCluster {
   }
 
   /** Until GET /ready answers 200 on the node's router. */
-  async waitReady(n: KubeNode, timeoutMs = 60_000): Promise<void> {
+  async waitReady(n: KubeNode, timeoutMs = 120_000): Promise<void> {
     await waitFor(`${n.name} ready`, async () => {
       if (n.router && n.router.child.exitCode !== null) throw new Error(`router on ${n.name} exited: ${n.router.output().slice(-3000)}`);
       return n.host.httpGet('/ready').then(() => true, () => false);
