@@ -21,3 +21,6 @@ export function vxlanPortFor(controlPort: number): number {
 
 /** TCP, 127.0.0.1 on the node: `weave npc`'s status and metrics (Weave Net's npc metrics port). */
 export const NPC_STATUS_PORT = 6781;
+
+/** Not a port, but a well-known place: the router's data dir unless WEAVE_DATA_DIR says otherwise. */
+export const DEFAULT_DATA_DIR = '/var/lib/weave';
