@@ -20,7 +20,6 @@ import type { ApiRoute, Subsystem, SubsystemModule } from '../lib/subsystem';
 import { formatHostPort } from '../lib/addr';
 import { CONTROL_PORT, DEFAULT_DATA_DIR } from '../lib/ports';
 import type { PeerName } from '../mesh/peer';
-import * as path from 'path';
 import { setupCni } from '../cni/setup';
 import { API_SOCKET_NAME } from '../cni/cli';
 import { KubeClient, type KubeObject } from './client';
