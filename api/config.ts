@@ -6,7 +6,7 @@ import { UsageError } from '../lib/errors';
 import type { Level } from '../lib/log';
 import { DEFAULT_LOG_MAX_BYTES } from '../lib/log-file';
 import { contains, parseCidr, parseHostPort as parseHostPortAddr, parsePort as parsePortNumber, tryParseAddr, type Cidr } from '../lib/addr';
-import { CONTROL_PORT, HTTP_API_PORT } from '../lib/ports';
+import { CONTROL_PORT, DEFAULT_DATA_DIR as DATA_DIR, HTTP_API_PORT } from '../lib/ports';
 import { checkPeer } from '../lib/validate';
 import { boxModeFromEnv, type BoxKind } from '../router/boxes';
 import { ioModeFromEnv, offloadFromEnv } from '../router/sleeve';
@@ -18,7 +18,7 @@ import { addKubeFlags, parseKubeFlags, type KubeConfig } from '../k8s/config';
 
 export const DEFAULT_PORT = CONTROL_PORT;
 export const DEFAULT_HTTP_ADDR = `127.0.0.1:${HTTP_API_PORT}`;
-export const DEFAULT_DATA_DIR = '/var/lib/weave';
+export const DEFAULT_DATA_DIR = DATA_DIR;
 
 export interface RouterConfig {
   dataDir: string;
@@ -48,7 +48,16 @@ export interface RouterConfig {
   cni: CniConfig;
   docker: DockerConfig;
   kube: KubeConfig;
+  /**
+   * Kubernetes mode: the kernel's data path (VXLAN device, FDB, routes, xfrm) outlives a stop, and
+   * entries leaving it (a restarting peer's, or a previous run's) are held holdMs, so a rolling
+   * restart has no gap. Off: everything follows the desired state at once and goes at stop.
+   */
+  keepDataPath: { onStop: boolean; holdMs: number };
 }
+
+/** How long a kept data path holds entries nobody wants (longer than a router's restart). */
+export const KEEP_HOLD_MS = 30_000;
 
 export interface SleeveConfig {
   /** 'auto': the native addon, else the koffi fallback; 'native': the addon or fail; 'fallback': koffi */
@@ -95,6 +104,7 @@ export function addRouterFlags(c: Command): Command {
 /** Every router flag and environment variable, checked once, into the typed config. */
 export function routerConfig(peers: string[], f: RouterFlags & Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): RouterConfig {
   for (const p of peers) checkPeer(p);
+  const kube = parseKubeFlags(f, env);
   return {
     dataDir: dataDirFromEnv(env),
     name: f.name,
@@ -118,7 +128,8 @@ export function routerConfig(peers: string[], f: RouterFlags & Record<string, un
     dns: parseDnsFlags(f),
     cni: parseCniFlags(f),
     docker: parseDockerFlags(f, env),
-    kube: parseKubeFlags(f, env),
+    kube,
+    keepDataPath: kube.enabled && kube.keepOnStop ? { onStop: true, holdMs: KEEP_HOLD_MS } : { onStop: false, holdMs: 0 },
   };
 }
 

@@ -78,12 +78,12 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   };
 
   const data = await build.add('data dir', () => s.openDataDir(cfg, root));
-  const host = await build.add('host state', () => s.hostState(root, clock));
+  const host = await build.add('host state', () => s.hostState(root, clock, cfg.keepDataPath));
   const wire = await build.add('wire', () => s.buildWire(cfg, data.identity, root, clock));
   const sleeve = await build.add('sleeve', () => s.buildSleeve(cfg, { name: data.identity.name, crypto: wire.crypto, routeEvents: wire.routeEvents }, host, root, clock));
   const overlays = await build.add('overlays', () => s.buildOverlays(cfg, data.identity, sleeve, host, root, clock));
   const { mesh } = await build.add('mesh', () => s.buildMesh(cfg, data.identity, wire, overlays.choice(), root, clock));
-  await build.add('forwarding', () => s.wireForwarding({ identity: data.identity, mesh, sleeve, overlays, host }, root));
+  await build.add('forwarding', () => s.wireForwarding({ identity: data.identity, mesh, sleeve, overlays, host, clock }, root));
   const subsystems: Subsystem[] = [];
   const eps = await build.add('endpoints', () => s.buildEndpoints(cfg, data.identity.name, host, sleeve.prefixes, () => overlays.containerMtu(), subsystems, root, clock));
   const ctx: DaemonContext = { cfg, root, clock, identity: data.identity, mesh, hostCtx: host.ctx, endpoints: eps.endpoints, announce: eps.announce, subsystems };
@@ -96,7 +96,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   await build.add('route sync', () => s.startRouteSync(host));
   await build.add('mesh start', () => s.startMesh(mesh, subsystems, cfg));
   await build.add('password rotation', () => s.passwordRotation({ passwords: wire.transport.passwords, passwordFile: cfg.passwordFile, log: componentLogger(root, 'password'), signals: opts.installSignalHandlers !== false }));
-  const life = { stop, reset: async () => { await eps.removeAll(); await resetSubsystems(subsystems, log); } };
+  const life = { stop, reset: async () => { host.keep.onStop = false; await eps.removeAll(); await resetSubsystems(subsystems, log); } };
   await build.add('api', () => s.serveApi(cfg, build.parts, life, root));
   await build.add('pid file', () => s.pidFilePart(cfg));
   log.info({ name: data.identity.name, nickname: data.identity.nickname, port: cfg.port, http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, encryption: cfg.password !== null, crypto: wire.crypto.name }, 'router ready');

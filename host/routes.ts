@@ -4,7 +4,7 @@
 // deleted by hand or flushed by some tool comes back on its own. Routes with any other protocol number
 // are not ours and are never read, changed or deleted (`ip route del ... proto N` only matches ours).
 import { LoopedReconciler } from './reconcile-loop';
-import type { Clock } from '../lib/clock';
+import type { Clock, TimerHandle } from '../lib/clock';
 import { WeaveError } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { canonicalPrefix } from './cidr';
@@ -151,12 +151,26 @@ export class RouteReconciler extends LoopedReconciler<ReconcileResult, RouteReco
   private readonly ctx: HostCtx;
   private readonly log: Logger;
   private readonly owners = new Map<string, DesiredRoute[]>();
+  private readonly clock: Clock;
+  /**
+   * Kept data path (Kubernetes mode): a route nobody wants any more stays holdMs before it goes, and
+   * the first pass keeps what the kernel already has for as long, unless replaced meanwhile. So a
+   * router restarting (or a peer's connection while it restarts) leaves the kernel's routes working
+   * until the mesh has them again. 0: routes follow the desired state at once.
+   */
+  private readonly holdMs: number;
+  private readonly held = new Map<string, { route: DesiredRoute; until: number }>();
+  private lastWanted = new Map<string, DesiredRoute>();
+  private adopted = false;
+  private holdTimer: TimerHandle | undefined;
 
-  constructor(o: { ctx: HostCtx; log: Logger; clock: Clock; protocol?: number; debounceMs?: number }) {
+  constructor(o: { ctx: HostCtx; log: Logger; clock: Clock; protocol?: number; debounceMs?: number; holdMs?: number }) {
     const log = o.log.child({ component: 'routes' });
     super(o.clock, o.debounceMs ?? 20, { runs: 0, errors: 0, added: 0, removed: 0, changed: 0, conflicts: 0 }, { log, what: 'route' });
     this.ctx = o.ctx;
     this.log = log;
+    this.clock = o.clock;
+    this.holdMs = o.holdMs ?? 0;
     this.protocol = o.protocol ?? WEAVE_RT_PROTO;
     if (!Number.isInteger(this.protocol) || this.protocol < 5 || this.protocol > 255) {
       // 0-4 are the kernel's own (unspec, redirect, kernel, boot, static): never claim those
@@ -194,9 +208,51 @@ export class RouteReconciler extends LoopedReconciler<ReconcileResult, RouteReco
     return out;
   }
 
+  /** Routes held after their owner dropped them (kept data path), by prefix. */
+  heldRoutes(): string[] {
+    return [...this.held.keys()].sort();
+  }
+
+  override stop(): void {
+    super.stop();
+    this.clock.clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
+  }
+
+  /** want plus the held routes (see holdMs); schedules the pass that lets the next one go. */
+  private withHeld(want: DesiredRoute[], actual: ActualRoute[]): DesiredRoute[] {
+    const now = this.clock.now();
+    const wanted = new Map(want.map((r) => [canonicalPrefix(r.dst)!, r]));
+    if (!this.adopted) {
+      this.adopted = true;
+      for (const raw of actual) {
+        const a = normActual(raw);
+        if (a && a.metric === 0 && a.dev && !wanted.has(a.dst)) {
+          const { metric: _m, ...route } = a;
+          this.held.set(a.dst, { route, until: now + this.holdMs });
+        }
+      }
+      if (this.held.size) this.log.info({ routes: this.held.size, holdMs: this.holdMs }, 'keeping the routes a previous run left until the mesh has them again');
+    }
+    for (const [dst, r] of this.lastWanted) if (!wanted.has(dst) && !this.held.has(dst)) this.held.set(dst, { route: r, until: now + this.holdMs });
+    for (const dst of wanted.keys()) this.held.delete(dst);
+    this.lastWanted = wanted;
+    const out = [...want];
+    let next = Infinity;
+    for (const [dst, h] of this.held) {
+      if (h.until <= now) { this.held.delete(dst); continue; }
+      out.push(h.route);
+      next = Math.min(next, h.until);
+    }
+    this.clock.clearTimeout(this.holdTimer);
+    this.holdTimer = next < Infinity ? this.clock.setTimeout(() => { this.holdTimer = undefined; this.schedule(); }, next - now + 1) : undefined;
+    return out;
+  }
+
   protected async runOnce(): Promise<ReconcileResult> {
     const actual = await ipJson<ActualRoute[]>(this.ctx, ['route', 'show', 'table', 'main', 'proto', String(this.protocol)]);
-    const diff = diffRoutes(this.desired(), actual);
+    const desired = this.holdMs > 0 ? this.withHeld(this.desired(), actual) : this.desired();
+    const diff = diffRoutes(desired, actual);
     const lines = routeBatchLines(diff, this.protocol);
     const res = { added: diff.add.length, removed: diff.remove.length, changed: diff.change.length };
     if (lines.length) {

@@ -19,7 +19,7 @@
 // (the heartbeat socket bound to the VTEP address) hear that it came or went after each pass.
 import { LoopedReconciler } from './reconcile-loop';
 import { createHash } from 'crypto';
-import type { Clock } from '../lib/clock';
+import type { Clock, TimerHandle } from '../lib/clock';
 import { WeaveError, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
@@ -36,6 +36,8 @@ export const VXLAN_OVERHEAD = 50;
 export const DEFAULT_VTEP_CIDR = '169.254.0.0/16';
 /** Route owner (host/routes.ts) for the /32 routes to peers' VTEP addresses. */
 export const VTEP_ROUTE_OWNER = 'fastdp-vtep';
+/** keys of peers adopted from a previous run's device (kept data path) */
+const KEPT_PREFIX = 'kept:';
 
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
@@ -252,6 +254,11 @@ export interface VxlanReconcilerOptions {
   lazy?: boolean;
   /** filter the VXLAN port to the peers (host/guard.ts); default true */
   guard?: boolean;
+  /**
+   * Kept data path (Kubernetes mode): a removed peer's entries (FDB, neighbour, guard) stay this long,
+   * and the first pass keeps the peers a previous run left in the device as long; 0: at once.
+   */
+  holdMs?: number;
 }
 
 export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], VxlanStats> {
@@ -264,12 +271,18 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
   private readonly guard: GuardSpec | null;
   private readonly deviceListeners = new Set<(up: boolean) => void>();
   private probed = false;
+  private readonly clock: Clock;
+  private readonly holdMs: number;
+  private readonly holds = new Map<string, TimerHandle>();
+  private adopted = false;
 
   constructor(o: VxlanReconcilerOptions) {
     checkConfig(o.config);
     const log = o.log.child({ component: 'vxlan' });
     super(o.clock, o.debounceMs ?? 20, { runs: 0, errors: 0, repairs: 0, device: false }, { log, what: 'VXLAN' });
     this.config = { ...o.config, mac: o.config.mac.toLowerCase() };
+    this.clock = o.clock;
+    this.holdMs = o.holdMs ?? 0;
     this.ctx = o.ctx;
     this.log = log;
     this.routes = o.routes;
@@ -280,6 +293,10 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
   /** Programs (or updates) one peer's FDB + neighbour entry (+ VTEP route). key: usually the peer name. */
   setPeer(key: string, p: VxlanPeer): void {
     checkPeer(key, p);
+    this.clock.clearTimeout(this.holds.get(key));
+    this.holds.delete(key);
+    // the peer is back under its own key: what a previous run left for its MAC is no longer needed
+    for (const k of [...this.peers.keys()]) if (k.startsWith(KEPT_PREFIX) && this.peers.get(k)!.mac === p.mac.toLowerCase()) this.dropKept(k);
     this.peers.set(key, { mac: p.mac.toLowerCase(), vtep: p.vtep, underlay: p.underlay, encrypted: p.encrypted === true });
     this.changed();
   }
@@ -294,7 +311,38 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
   }
 
   removePeer(key: string): void {
+    if (!this.peers.has(key)) return;
+    if (this.holdMs > 0) {
+      if (!this.holds.has(key)) this.holds.set(key, this.clock.setTimeout(() => this.dropKept(key), this.holdMs));
+      return;
+    }
     if (this.peers.delete(key)) this.changed();
+  }
+
+  private dropKept(key: string): void {
+    this.clock.clearTimeout(this.holds.get(key));
+    this.holds.delete(key);
+    if (this.peers.delete(key)) this.changed();
+  }
+
+  /** The first pass of a kept data path: the peers a previous run left in the device stay for holdMs. */
+  private adopt(actual: VxlanActual): void {
+    const macs = new Set([...this.peers.values()].map((p) => p.mac));
+    let n = 0;
+    for (const f of actual.fdb) {
+      const mac = f.mac?.toLowerCase();
+      if (!mac || !f.dst || mac === '00:00:00:00:00:00' || macs.has(mac)) continue;
+      const ne = actual.neigh.find((x) => x.lladdr?.toLowerCase() === mac);
+      if (!ne) continue;
+      const key = `${KEPT_PREFIX}${mac}`;
+      this.peers.set(key, { mac, vtep: ne.dst, underlay: f.dst, encrypted: false });
+      this.holds.set(key, this.clock.setTimeout(() => this.dropKept(key), this.holdMs));
+      n++;
+    }
+    if (n) {
+      this.log.info({ peers: n, holdMs: this.holdMs }, 'keeping the VXLAN peers a previous run left until their connections are back');
+      this.pushRoutes();
+    }
   }
 
   peerList(): VxlanPeer[] {
@@ -381,7 +429,17 @@ export class VxlanReconciler extends LoopedReconciler<VxlanPlan['summary'], Vxla
     }
   }
 
+  override stop(): void {
+    super.stop();
+    for (const t of this.holds.values()) this.clock.clearTimeout(t);
+    this.holds.clear();
+  }
+
   protected async runOnce(): Promise<VxlanPlan['summary']> {
+    if (this.holdMs > 0 && !this.adopted) {
+      this.adopted = true;
+      this.adopt(await this.readActual());
+    }
     const peers = this.peerList();
     if (this.guard) await this.reconcileGuard();
     const present = !this.lazy || peers.length > 0;

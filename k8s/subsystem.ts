@@ -10,7 +10,6 @@
 //
 // The API server down or slow changes nothing on the data path: targets stay as they were, the
 // informer backs off and reconnects (a 410 relists), and each state change is logged once.
-import * as path from 'path';
 import type { Registry } from 'prom-client';
 import type { Clock, TimerHandle } from '../lib/clock';
 import { WeaveError, errMsg } from '../lib/errors';
@@ -18,8 +17,9 @@ import { componentLogger, type Logger } from '../lib/log';
 import { counterFrom, gaugeFrom } from '../lib/metrics';
 import type { ApiRoute, Subsystem, SubsystemModule } from '../lib/subsystem';
 import { formatHostPort } from '../lib/addr';
-import { CONTROL_PORT } from '../lib/ports';
+import { CONTROL_PORT, DEFAULT_DATA_DIR } from '../lib/ports';
 import type { PeerName } from '../mesh/peer';
+import * as path from 'path';
 import { setupCni } from '../cni/setup';
 import { API_SOCKET_NAME } from '../cni/cli';
 import { KubeClient, type KubeObject } from './client';
@@ -48,7 +48,7 @@ export function nodeAddress(n: NodeObject): string | undefined {
   return v4('InternalIP') ?? v4('ExternalIP');
 }
 
-const RECLAIM_RETRY_MS = 2000;
+const RECLAIM_RETRY_MS = 1000;
 
 export class KubeSubsystem implements Subsystem {
   readonly name = 'kube';
@@ -176,10 +176,9 @@ export class KubeSubsystem implements Subsystem {
   async start(): Promise<void> {
     const k = this.ctx.cfg.kube;
     if (k.cni) {
-      // the conflist names this router's socket (the data dir's), as `weave setup-cni` does beside a
-      // router with WEAVE_DATA_DIR: with any other data dir than the default the shim would fall back
-      // to 127.0.0.1:6784, which refuses POST /cni
-      const r = setupCni({ binDir: k.cni.binDir, confDir: k.cni.confDir, socket: path.join(this.ctx.cfg.dataDir, API_SOCKET_NAME) });
+      // the plugin finds this router's socket: named in the conflist only when not the default data dir's
+      const socket = this.ctx.cfg.dataDir === DEFAULT_DATA_DIR ? undefined : path.join(this.ctx.cfg.dataDir, API_SOCKET_NAME);
+      const r = setupCni({ binDir: k.cni.binDir, confDir: k.cni.confDir, socket });
       this.cniInstalled = `${r.plugin.path} (${r.plugin.outcome}), ${r.conflist.path} (${r.conflist.outcome})`;
       this.log.info({ plugin: r.plugin, conflist: r.conflist }, 'kube: CNI plugin and conflist in place');
     }

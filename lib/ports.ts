@@ -18,3 +18,6 @@ export const FASTDP_HB_PORT = 6785;
 export function vxlanPortFor(controlPort: number): number {
   return controlPort + 1;
 }
+
+/** Not a port, but a well-known place: the router's data dir unless WEAVE_DATA_DIR says otherwise. */
+export const DEFAULT_DATA_DIR = '/var/lib/weave';

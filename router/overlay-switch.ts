@@ -286,6 +286,14 @@ export interface FastDpRoutesOptions {
   dev?: string;
   /** route MTU for fastdp prefixes (the VXLAN device's); absent: the device's */
   mtu?: number;
+  /**
+   * Kept data path (Kubernetes mode): a peer whose direct fastdp connection was lost keeps its route
+   * `via <its own VTEP>` this long (the kernels on both ends still carry the traffic while its router
+   * restarts), instead of following the mesh to another hop, which during the restart is a path the
+   * others do not have either (each would route through the other). 0: follow the mesh at once.
+   */
+  holdMs?: number;
+  clock?: Clock;
 }
 
 export const FASTDP_ROUTE_OWNER = 'fastdp';
@@ -300,6 +308,9 @@ export class FastDpRoutes {
   private readonly onRoutes = (): void => this.recompute();
   private lastKey = '';
   private closed = false;
+  /** origins last reached directly over fastdp: their VTEP, and since when they are not (holdMs) */
+  private readonly direct = new Map<PeerName, { vtep: string; lostAt?: number }>();
+  private holdTimer: TimerHandle | undefined;
 
   constructor(o: FastDpRoutesOptions) {
     this.o = o;
@@ -318,8 +329,31 @@ export class FastDpRoutes {
   private nextHopVtep(origin: PeerName): string | undefined {
     if (origin === this.o.name) return undefined;
     const hop = this.o.routes.unicastNextHop(origin);
-    if (hop === undefined || this.o.carrier.carrier(hop) !== 'fastdp') return undefined;
-    return this.o.vtepOf(hop);
+    const carrier = hop === undefined ? null : this.o.carrier.carrier(hop);
+    const live = hop !== undefined && carrier === 'fastdp' ? this.o.vtepOf(hop) : undefined;
+    const holdMs = this.o.holdMs ?? 0;
+    if (holdMs <= 0 || !this.o.clock) return live;
+    if (live !== undefined && hop === origin) {
+      this.direct.set(origin, { vtep: live });
+      return live;
+    }
+    const d = this.direct.get(origin);
+    if (!d) return live;
+    // still connected directly, but fastdp failed: the sleeve's at once (the held path is dead)
+    if (hop === origin && carrier !== null && d.lostAt === undefined) {
+      this.direct.delete(origin);
+      return live;
+    }
+    const now = this.o.clock.now();
+    d.lostAt ??= now;
+    if (now - d.lostAt >= holdMs) {
+      this.direct.delete(origin);
+      return live;
+    }
+    if (!this.holdTimer) {
+      this.holdTimer = this.o.clock.setTimeout(() => { this.holdTimer = undefined; this.recompute(); }, d.lostAt + holdMs - now + 1);
+    }
+    return d.vtep;
   }
 
   desired(): DesiredRoute[] {
@@ -359,6 +393,7 @@ export class FastDpRoutes {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.o.clock?.clearTimeout(this.holdTimer);
     for (const off of this.offs) off();
     this.o.sink.setDesired(FASTDP_ROUTE_OWNER, []);
   }

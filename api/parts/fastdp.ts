@@ -70,7 +70,7 @@ export async function buildOverlays(cfg: RouterConfig, identity: Identity, s: Sl
     }),
     stop: async () => {
       overlaySwitch.close();
-      if (fd) await stopFastDp(fd, log);
+      if (fd) await stopFastDp(fd, log, host.keep.onStop);
     },
     report: () => ({
       summary: fd ? { Status: 'on', Encryption: fd.xfrm ? 'kernel ESP' : 'none (kernel lacks ESP or no password)' } : { Status: disabled ?? 'off' },
@@ -93,7 +93,7 @@ async function startFastDp(cfg: RouterConfig, identity: Identity, s: SleevePart,
   const vtep = vtepIpFor(identity.name);
   const mtu = s.sleeve.underlayMtu - VXLAN_OVERHEAD - (esp.ok ? ESP_OVERHEAD : 0);
   const vxlan = new VxlanReconciler({
-    ctx: host.ctx, log, clock, routes: host.routes, lazy: true,
+    ctx: host.ctx, log, clock, routes: host.routes, lazy: true, holdMs: host.keep.holdMs,
     config: { name: DEFAULT_VXLAN_NAME, vni: DEFAULT_VNI, port: vxlanPortFor(cfg.port), local: underlay, mtu, mac: vtepMacFor(identity.name), address: vtep },
   });
   try {
@@ -115,9 +115,15 @@ async function startFastDp(cfg: RouterConfig, identity: Identity, s: SleevePart,
   }
 }
 
-async function stopFastDp(fd: FastDpParts, log: Logger): Promise<void> {
+async function stopFastDp(fd: FastDpParts, log: Logger, keep: boolean): Promise<void> {
   fd.fastdp.close();
   fd.vxlan.stop();
+  if (keep) {
+    // Kubernetes mode: the device, its FDB and the xfrm states carry the pods' traffic while the
+    // router restarts; the next run adopts them (host/vxlan.ts holdMs)
+    log.info({ dev: fd.vxlan.config.name }, 'keeping the VXLAN device and its peers for the next start');
+    return;
+  }
   await fd.vxlan.destroy().catch((e: unknown) => log.warn({ err: errMsg(e) }, 'vxlan removal failed'));
   await fd.xfrm?.removeAll().catch((e: unknown) => log.warn({ err: errMsg(e) }, 'xfrm removal failed'));
 }
@@ -136,7 +142,7 @@ function overlayMetrics(reg: Registry, sw: OverlaySwitch, fd: FastDpParts | unde
   ], ['kind']);
 }
 
-export interface ForwardingInputs { identity: Identity; mesh: Mesh; sleeve: SleevePart; overlays: OverlaysPart; host: HostPart }
+export interface ForwardingInputs { identity: Identity; mesh: Mesh; sleeve: SleevePart; overlays: OverlaysPart; host: HostPart; clock?: Clock }
 
 /**
  * Announced prefixes travel on their gossip channel; fastdp routes its peers' prefixes through the
@@ -148,7 +154,10 @@ export function wireForwarding(i: ForwardingInputs, root: Logger): Part {
   const prefixes = i.sleeve.prefixes;
   const fd = overlays.fastdp;
   const fastdpRoutes = fd
-    ? new FastDpRoutes({ name: i.identity.name, log: componentLogger(root, 'fastdp'), routes: mesh, prefixes, carrier: overlays.overlaySwitch, vtepOf: (p) => fd.fastdp.remoteVtep(p), sink: i.host.routes })
+    ? new FastDpRoutes({
+      name: i.identity.name, log: componentLogger(root, 'fastdp'), routes: mesh, prefixes, carrier: overlays.overlaySwitch, vtepOf: (p) => fd.fastdp.remoteVtep(p), sink: i.host.routes,
+      holdMs: i.host.keep.holdMs, clock: i.clock,
+    })
     : undefined;
   if (fastdpRoutes) {
     i.sleeve.sleeve.setRouteFilter({ skip: (origin) => fastdpRoutes.sleeveSkips(origin), onChange: (fn) => overlays.overlaySwitch.onChange(() => fn()) });

@@ -17,17 +17,23 @@ import type { RouterConfig } from '../config';
 
 const ROUTE_RESYNC_MS = 10_000;
 
-export interface HostPart extends Part { ctx: HostCtx; routes: RouteReconciler }
+export interface HostPart extends Part {
+  ctx: HostCtx;
+  routes: RouteReconciler;
+  /** the kept data path (RouterConfig.keepDataPath); `weave reset` turns onStop off */
+  keep: { onStop: boolean; holdMs: number };
+}
 
 /** The route reconciler (started once endpoints are restored) and IP forwarding. */
-export async function hostState(root: Logger, clock: Clock): Promise<HostPart> {
+export async function hostState(root: Logger, clock: Clock, keepDataPath: { onStop: boolean; holdMs: number } = { onStop: false, holdMs: 0 }): Promise<HostPart> {
   const ctx: HostCtx = {};
-  const routes = new RouteReconciler({ ctx, log: componentLogger(root, 'routes'), clock });
+  const keep = { ...keepDataPath };
+  const routes = new RouteReconciler({ ctx, log: componentLogger(root, 'routes'), clock, holdMs: keep.holdMs });
   // Container traffic crosses this host's kernel (veth -> TUN and back), and relays forward it.
   await sysctl(ctx, 'net.ipv4.ip_forward', '1');
   const log = componentLogger(root, 'host');
   return {
-    name: 'host state', ctx, routes,
+    name: 'host state', ctx, routes, keep,
     stop: async () => {
       routes.stop();
       // the last part to stop: every owner has removed what it will not keep

@@ -220,3 +220,47 @@ test('switch + real FastDp over a fake network: UDP cut -> sleeve within 6.5 s (
   A.fd.close();
   B.fd.close();
 });
+
+test('FastDpRoutes with holdMs (kept data path): a lost direct peer keeps its own VTEP for holdMs, not another hop; a fastdp failure while connected does not wait', () => {
+  const clock = new FakeClock();
+  const ME = '02:00:00:00:00:01';
+  const P2 = '02:00:00:00:00:02';
+  const P3 = '02:00:00:00:00:03';
+  const table = new Map<string, { prefixes: string[] }>([[P2, { prefixes: ['10.32.1.0/24'] }], [P3, { prefixes: ['10.32.2.0/24'] }]]);
+  const routes = new EventEmitter() as EventEmitter & { unicastNextHop(d: string): string | undefined };
+  const hops = new Map([[P2, P2], [P3, P3]]);
+  routes.unicastNextHop = (d) => hops.get(d);
+  const carriers = new Map<string, string | null>([[P2, 'fastdp'], [P3, 'fastdp']]);
+  const vteps = new Map([[P2, '169.254.7.7'], [P3, '169.254.8.8']]);
+  const got: DesiredRoute[][] = [];
+  const fr = new FastDpRoutes({
+    name: ME, log: silentLogger(), routes, holdMs: 30_000, clock,
+    prefixes: { all: () => table, local: () => [], onChange: () => () => undefined },
+    carrier: { carrier: (p) => carriers.get(p) ?? null, onChange: () => () => undefined },
+    vtepOf: (p) => (carriers.get(p) === 'fastdp' ? vteps.get(p) : undefined),
+    sink: { setDesired: (_o, r) => { got.push(r); } },
+  });
+  const via = (v: string) => ({ dev: 'weave-vx', via: v, onlink: true });
+  assert.deepEqual(got.at(-1), [{ dst: '10.32.1.0/24', ...via('169.254.7.7') }, { dst: '10.32.2.0/24', ...via('169.254.8.8') }]);
+  // P2's router restarts: the mesh now says P2 is behind P3 (a path P3 is losing too)
+  carriers.set(P2, null);
+  hops.set(P2, P3);
+  routes.emit('routesChanged');
+  assert.deepEqual(got.at(-1), [{ dst: '10.32.1.0/24', ...via('169.254.7.7') }, { dst: '10.32.2.0/24', ...via('169.254.8.8') }], 'held on its own VTEP');
+  assert.equal(fr.sleeveSkips(P2), true);
+  clock.advance(29_000);
+  routes.emit('routesChanged');
+  assert.equal(got.at(-1)![0].via, '169.254.7.7');
+  clock.advance(1_100);
+  assert.deepEqual(got.at(-1), [{ dst: '10.32.1.0/24', ...via('169.254.8.8') }, { dst: '10.32.2.0/24', ...via('169.254.8.8') }], 'after the hold, the mesh\'s path');
+  // back directly: its own VTEP again
+  carriers.set(P2, 'fastdp');
+  hops.set(P2, P2);
+  routes.emit('routesChanged');
+  assert.equal(got.at(-1)![0].via, '169.254.7.7');
+  // fastdp to P3 fails while the connection stays: the sleeve's at once
+  carriers.set(P3, 'sleeve');
+  routes.emit('routesChanged');
+  assert.deepEqual(got.at(-1), [{ dst: '10.32.1.0/24', ...via('169.254.7.7') }]);
+  fr.close();
+});
