@@ -87,10 +87,14 @@ function productFiles() {
 }
 
 /** Native modules' prebuilt binaries for other platforms (sodium-native, koffi, lmdb ship them all):
- *  left out, the image is linux x64 with glibc. */
+ *  left out, the image is this machine's architecture on Linux with glibc. */
 function otherPlatform(rel) {
-  return /\/prebuilds\/(?!linux-x64\/)[^/]+\//.test(rel) || /\/koffi\/build\/koffi\/(?!linux_x64\/)[^/]+\//.test(rel) || /\.musl\.node$/.test(rel);
+  const arch = process.arch;
+  return new RegExp(`/prebuilds/(?!linux-${arch}/)[^/]+/`).test(rel) || new RegExp(`/koffi/build/koffi/(?!linux_${arch}/)[^/]+/`).test(rel) || /\.musl\.node$/.test(rel);
 }
+
+/** The OCI name of this machine's architecture. */
+const OCI_ARCH = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' }[process.arch] || process.arch;
 
 function walk(dir, visit) {
   for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
@@ -187,7 +191,7 @@ function ociLayout(root, layout, image) {
   const layer = writeBlob(layout, layerBuf);
   fs.rmSync(layerTar);
   const config = writeBlob(layout, Buffer.from(JSON.stringify({
-    architecture: 'amd64',
+    architecture: OCI_ARCH,
     os: 'linux',
     created: '1970-01-01T00:00:00Z',
     config: {

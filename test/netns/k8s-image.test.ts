@@ -80,15 +80,18 @@ test('the image runs the DaemonSet\'s router in a node through containerd, confi
     });
 
     await t.test('weave status in the container; the CNI plugin installed into the node\'s dirs; the peer list joined', async () => {
+      for (const p of ['loopback', 'portmap']) fs.copyFileSync(`/usr/lib/cni/${p}`, path.join(dirs['cni-bin'], p));
       const st = await ctr(c, ['task', 'exec', '--exec-id', 'status', id, 'weave', 'status']);
       assert.match(st.stdout, new RegExp(h.name), st.stdout);
       assert.ok(fs.existsSync(path.join(dirs['cni-bin'], 'weave-net')), 'the shim in the node\'s CNI bin dir');
       const conf = JSON.parse(fs.readFileSync(path.join(dirs['cni-conf'], '10-weave.conflist'), 'utf8'));
       assert.equal(conf.plugins[0].type, 'weave-net');
-      const cm = await cluster.request<any>('GET', '/api/v1/namespaces/kube-system/configmaps/weave-net');
       const rep = await h.report();
-      assert.ok(String(cm.metadata.annotations?.[PEERS_ANNOTATION]).includes(rep.router.name), 'this peer is in the shipped ConfigMap\'s list');
-      for (const p of ['loopback', 'portmap']) fs.copyFileSync(`/usr/lib/cni/${p}`, path.join(dirs['cni-bin'], p));
+      // the router joins the list in the background (the data path does not wait for the API)
+      await waitFor('this peer in the shipped ConfigMap\'s list', async () => {
+        const cm = await cluster.request<any>('GET', '/api/v1/namespaces/kube-system/configmaps/weave-net');
+        return String(cm.metadata.annotations?.[PEERS_ANNOTATION]).includes(rep.router.name);
+      }, { timeoutMs: 30_000, intervalMs: 300 });
     });
 
     await t.test('a pod made through the CRI gets an address from the router in the image', async () => {
