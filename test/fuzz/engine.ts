@@ -20,6 +20,8 @@ export interface Target {
   run(input: Uint8Array, r: Rng): void | Promise<void>;
   /** the decoder's documented refusal (anything else thrown is a crash) */
   expected(e: unknown): boolean;
+  /** releases what run() opened (a listening socket) */
+  close?(): Promise<void>;
 }
 
 export interface Finding { kind: 'crash' | 'hang'; index: number; error: string; input: string; ms: number }
