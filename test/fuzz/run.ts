@@ -5,7 +5,8 @@
 // Each target runs in its own process, so a native crash (a signal) is a finding too, not the end of
 // the run; in that process a watchdog thread sees a case that never returns (an endless loop: the
 // JS thread cannot report it itself), prints it and kills the process; the runner then goes on from
-// the next case. A case slower than --budget (default 1000 ms) that does return is a hang as well.
+// the next case (60 s of wall time: generous, as a niced run on a busy machine waits for the CPU).
+// A case that returns after more than --budget ms of CPU time (default 1000) is a hang as well.
 // At the end: one line per target (cases, crashes, hangs, seconds) and every finding with the
 // command that replays it alone. Exit status 1 when anything was found.
 import { fork } from 'child_process';
@@ -72,7 +73,7 @@ async function child(a: Args): Promise<void> {
   const send = (m: ChildMsg): void => { fs.writeSync(1, JSON.stringify(m) + '\n'); };
   const sab = new SharedArrayBuffer(16);
   const view = new Float64Array(sab);
-  const wd = new Worker(WATCHDOG, { eval: true, workerData: { sab, stuckMs: Math.max(10_000, a.budget * 10) } });
+  const wd = new Worker(WATCHDOG, { eval: true, workerData: { sab, stuckMs: Math.max(60_000, a.budget * 30) } });
   wd.unref();
   let cases = 0;
   let crashes = 0;
@@ -143,6 +144,8 @@ function runTarget(a: Args, name: string, progress: (r: Row) => void): Promise<R
           } else if (m.t === 'finding') {
             if (m.f.kind === 'crash') row.crashes++;
             else row.hangs++;
+            // at once too: a long campaign stopped early still shows what it found
+            console.log(`  ! ${m.f.kind} in ${name} at case ${m.f.index}: ${m.f.error.split('\n')[0].slice(0, 200)}`);
             if (row.findings.length < 20) row.findings.push(m.f);
           } else if (m.t === 'stuck') {
             stuck = m;
