@@ -197,6 +197,9 @@ test('docker plugin: methods named after Object members are unknown; endpoint ad
     await assert.rejects(d.handle('NetworkDriver.Join', { NetworkID: 'n1', EndpointID: 'e1' }), UsageError);
     await assert.rejects(d.handle('NetworkDriver.Join', { NetworkID: 'n1', EndpointID: 'e1', SandboxKey: 'relative/x' }), UsageError);
     assert.equal(joins, 0);
+    // the MAC an address request carries becomes part of an IPAM ident: checked, not any string
+    await assert.rejects(d.handle('IpamDriver.RequestAddress', { PoolID: 'weave:10.32.0.0/12', Options: { 'com.docker.network.endpoint.macaddress': 'x'.repeat(2000) } }), (e: unknown) => e instanceof UsageError && /is not a MAC address/.test(e.message));
+    await assert.rejects(d.handle('IpamDriver.RequestAddress', { PoolID: 'weave:10.32.0.0/12', Options: { 'com.docker.network.endpoint.macaddress': 7 } }), /is not a MAC address/);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
