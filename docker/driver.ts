@@ -64,6 +64,13 @@ export type Body = Record<string, unknown>;
 
 const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 
+/** The MAC Docker passes with an address request (it becomes part of the IPAM ident): a MAC or nothing. */
+function macOption(v: unknown): string | undefined {
+  if (v === undefined || v === null || v === '') return undefined;
+  if (typeof v !== 'string' || !MAC_RE.test(v)) throw new UsageError(`option ${MAC_OPTION} ${typeof v === 'string' ? JSON.stringify(v.slice(0, 40)) : 'of another type'} is not a MAC address`);
+  return v.toLowerCase();
+}
+
 /** The container's network namespace file, as Docker names it: an absolute path. */
 function sandboxKey(b: Body): string {
   const p = s(b, 'SandboxKey', true);
@@ -257,7 +264,7 @@ export class DockerDriver {
     const pool = this.pool(s(b, 'PoolID', true));
     const opts = obj(b, 'Options');
     const gateway = opts.RequestAddressType === GATEWAY_TYPE;
-    const mac = typeof opts[MAC_OPTION] === 'string' ? (opts[MAC_OPTION] as string).toLowerCase() : undefined;
+    const mac = macOption(opts[MAC_OPTION]);
     const subnet = parseCidr(pool.subnet);
     const book = this.book();
     const want = s(b, 'Address');

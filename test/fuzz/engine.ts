@@ -4,7 +4,9 @@
 // alone (`npm run fuzz -- --target T --seed S --from I --cases 1`).
 //   crash: the decoder threw something other than its documented typed error (target.expected), or
 //          broke an invariant the target checks on what it decoded;
-//   hang:  one case took longer than the budget (quadratic work on a large input shows up here).
+//   hang:  one case took more CPU time than the budget (quadratic work on a large input shows up
+//          here). CPU time, not wall time: on a loaded machine a niced fuzzer waits for the CPU far
+//          longer than it computes, and that is not the decoder's doing.
 import { caseRng, int, mutate, randomBytes, type Rng } from './mutate';
 import { errMsg } from '../../lib/errors';
 
@@ -20,6 +22,8 @@ export interface Target {
   run(input: Uint8Array, r: Rng): void | Promise<void>;
   /** the decoder's documented refusal (anything else thrown is a crash) */
   expected(e: unknown): boolean;
+  /** releases what run() opened (a listening socket) */
+  close?(): Promise<void>;
 }
 
 export interface Finding { kind: 'crash' | 'hang'; index: number; error: string; input: string; ms: number }
@@ -30,7 +34,7 @@ export interface RunOptions {
   seed: number;
   from?: number;
   cases: number;
-  /** one case longer than this is a hang */
+  /** one case using more CPU time than this (ms) is a hang */
   budgetMs?: number;
   /** one case in `largeEvery` is large */
   largeEvery?: number;
@@ -96,6 +100,7 @@ export async function runCases(t: Target, o: RunOptions): Promise<RunStats> {
     o.onCase?.(i);
     const { input, r } = makeInput(t, o.seed, i, o.largeEvery);
     const c0 = performance.now();
+    const cpu0 = process.cpuUsage();
     let err: unknown;
     let threw = false;
     try {
@@ -105,14 +110,16 @@ export async function runCases(t: Target, o: RunOptions): Promise<RunStats> {
       threw = true;
       err = e;
     }
-    const ms = performance.now() - c0;
+    const wall = performance.now() - c0;
+    const cpu = process.cpuUsage(cpu0);
+    const ms = (cpu.user + cpu.system) / 1000;
     st.cases++;
     if (threw && !safeExpected(t, err)) {
       st.crashes++;
       note(st, o, keep, { kind: 'crash', index: i, error: describeError(err), input: hexOf(input), ms });
     } else if (ms > budget) {
       st.hangs++;
-      note(st, o, keep, { kind: 'hang', index: i, error: `took ${ms.toFixed(0)} ms (budget ${budget} ms) on ${input.length} bytes${threw ? `, then threw ${errMsg(err).slice(0, 100)}` : ''}`, input: hexOf(input), ms });
+      note(st, o, keep, { kind: 'hang', index: i, error: `took ${ms.toFixed(0)} ms of CPU (${wall.toFixed(0)} ms wall, budget ${budget} ms) on ${input.length} bytes${threw ? `, then threw ${errMsg(err).slice(0, 100)}` : ''}`, input: hexOf(input), ms });
     }
     // let timers and I/O of the targets that use them run now and then
     if (performance.now() - lastYield > 200) {

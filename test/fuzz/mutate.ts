@@ -178,20 +178,19 @@ export function jsonText(v: unknown): string {
   return JSON.stringify(v, (_k, x) => (x instanceof Uint8Array ? Array.from(x.subarray(0, 16)) : typeof x === 'number' && !Number.isFinite(x) ? 1e308 : x)) ?? 'null';
 }
 
-/** Splits buf into chunks: whole, byte by byte, or random sizes (stream decoders must not care). */
-export function chunks(r: Rng, buf: Uint8Array): Uint8Array[] {
+/**
+ * Splits buf into chunks: whole, byte by byte, or random sizes (stream decoders must not care). A
+ * generator: the pieces are made as the decoder takes them, so a case's time is the decoder's.
+ */
+export function* chunks(r: Rng, buf: Uint8Array): Generator<Uint8Array> {
   const mode = int(r, 4);
-  if (mode === 0 || buf.length === 0) return [buf];
-  if (mode === 1) {
-    const out: Uint8Array[] = new Array(buf.length);
-    for (let i = 0; i < buf.length; i++) out[i] = buf.subarray(i, i + 1);
-    return out;
+  if (mode === 0 || buf.length === 0) {
+    yield buf;
+    return;
   }
-  const out: Uint8Array[] = [];
   for (let i = 0; i < buf.length;) {
-    const n = 1 + int(r, mode === 2 ? 8 : 512);
-    out.push(buf.subarray(i, i + n));
+    const n = mode === 1 ? 1 : 1 + int(r, mode === 2 ? 8 : 512);
+    yield buf.subarray(i, i + n);
     i += n;
   }
-  return out;
 }

@@ -1,11 +1,16 @@
 // `npm run fuzz`: drives every decoder of hostile input (test/fuzz/targets.ts) to N cases each.
 //
-//   npm run fuzz -- [--cases N] [--target a,b] [--seed S] [--from I] [--jobs J] [--budget MS] [--list]
+//   npm run fuzz -- [--cases N] [--target a,b] [--seed S] [--from I] [--jobs J] [--budget MS] [--slice K] [--list]
+//
+// --slice K runs the targets round-robin, K cases of each per round (cases [from, from+K), then the
+// next K ...): a campaign stopped early has given every target a similar share, not finished some and
+// left the rest untouched.
 //
 // Each target runs in its own process, so a native crash (a signal) is a finding too, not the end of
 // the run; in that process a watchdog thread sees a case that never returns (an endless loop: the
 // JS thread cannot report it itself), prints it and kills the process; the runner then goes on from
-// the next case. A case slower than --budget (default 1000 ms) that does return is a hang as well.
+// the next case (60 s of wall time: generous, as a niced run on a busy machine waits for the CPU).
+// A case that returns after more than --budget ms of CPU time (default 1000) is a hang as well.
 // At the end: one line per target (cases, crashes, hangs, seconds) and every finding with the
 // command that replays it alone. Exit status 1 when anything was found.
 import { fork } from 'child_process';
@@ -14,10 +19,10 @@ import { Worker } from 'worker_threads';
 import { runCases, type Finding } from './engine';
 import { TARGETS, targetNamed } from './targets';
 
-interface Args { cases: number; targets: string[]; seed: number; from: number; jobs: number; budget: number; child: boolean; list: boolean }
+interface Args { cases: number; targets: string[]; seed: number; from: number; jobs: number; budget: number; slice: number; child: boolean; list: boolean }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { cases: 1_000_000, targets: [], seed: Math.floor(Math.random() * 0x7fffffff), from: 0, jobs: 1, budget: 1000, child: false, list: false };
+  const a: Args = { cases: 1_000_000, targets: [], seed: Math.floor(Math.random() * 0x7fffffff), from: 0, jobs: 1, budget: 1000, slice: 0, child: false, list: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = (): string => {
@@ -37,6 +42,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--from') a.from = n('--from', 0);
     else if (k === '--jobs') a.jobs = n('--jobs', 1);
     else if (k === '--budget') a.budget = n('--budget', 1);
+    else if (k === '--slice') a.slice = n('--slice', 1);
     else if (k === '--child') a.child = true;
     else if (k === '--list') a.list = true;
     else throw new Error(`unknown argument ${k} (see the top of test/fuzz/run.ts)`);
@@ -72,7 +78,7 @@ async function child(a: Args): Promise<void> {
   const send = (m: ChildMsg): void => { fs.writeSync(1, JSON.stringify(m) + '\n'); };
   const sab = new SharedArrayBuffer(16);
   const view = new Float64Array(sab);
-  const wd = new Worker(WATCHDOG, { eval: true, workerData: { sab, stuckMs: Math.max(10_000, a.budget * 10) } });
+  const wd = new Worker(WATCHDOG, { eval: true, workerData: { sab, stuckMs: Math.max(60_000, a.budget * 30) } });
   wd.unref();
   let cases = 0;
   let crashes = 0;
@@ -105,7 +111,8 @@ async function child(a: Args): Promise<void> {
 
 interface Row { target: string; cases: number; crashes: number; hangs: number; seconds: number; findings: Finding[]; notes: string[] }
 
-function runTarget(a: Args, name: string, progress: (r: Row) => void): Promise<Row> {
+function runTarget(a0: Args, name: string, progress: (r: Row) => void): Promise<Row> {
+  const a = a0; // from/cases of this run (a slice of the campaign when --slice)
   const row: Row = { target: name, cases: 0, crashes: 0, hangs: 0, seconds: 0, findings: [], notes: [] };
   const t0 = Date.now();
   return new Promise((resolve) => {
@@ -143,6 +150,8 @@ function runTarget(a: Args, name: string, progress: (r: Row) => void): Promise<R
           } else if (m.t === 'finding') {
             if (m.f.kind === 'crash') row.crashes++;
             else row.hangs++;
+            // at once too: a long campaign stopped early still shows what it found
+            console.log(`  ! ${m.f.kind} in ${name} at case ${m.f.index}: ${m.f.error.split('\n')[0].slice(0, 200)}`);
             if (row.findings.length < 20) row.findings.push(m.f);
           } else if (m.t === 'stuck') {
             stuck = m;
@@ -175,7 +184,7 @@ function runTarget(a: Args, name: string, progress: (r: Row) => void): Promise<R
 
 async function parent(a: Args): Promise<void> {
   console.log(`fuzz: ${a.targets.length} targets x ${a.cases} cases, seed ${a.seed}, budget ${a.budget} ms per case, ${a.jobs} at a time`);
-  const queue = [...a.targets];
+  const queue: string[] = [];
   const rows = new Map<string, Row>();
   let lastPrint = 0;
   const progress = (r: Row): void => {
@@ -183,14 +192,30 @@ async function parent(a: Args): Promise<void> {
     lastPrint = Date.now();
     console.log(`  ... ${r.target}: ${r.cases} cases, ${r.crashes} crashes, ${r.hangs} hangs`);
   };
-  const worker = async (): Promise<void> => {
-    for (let name = queue.shift(); name; name = queue.shift()) {
-      const r = await runTarget(a, name, progress);
-      rows.set(name, r);
-      console.log(`${pad(name, 26)} ${pad(String(r.cases), 9)} cases  ${pad(String(r.crashes), 4)} crashes  ${pad(String(r.hangs), 4)} hangs  ${r.seconds.toFixed(1)} s`);
-    }
+  const slice = a.slice > 0 ? a.slice : a.cases;
+  const merge = (name: string, r: Row): Row => {
+    const t = rows.get(name);
+    if (!t) return r;
+    t.cases += r.cases;
+    t.crashes += r.crashes;
+    t.hangs += r.hangs;
+    t.seconds += r.seconds;
+    t.findings.push(...r.findings.slice(0, Math.max(0, 20 - t.findings.length)));
+    t.notes.push(...r.notes);
+    return t;
   };
-  await Promise.all(Array.from({ length: Math.min(a.jobs, queue.length) }, worker));
+  for (let from = a.from; from < a.from + a.cases; from += slice) {
+    const part: Args = { ...a, from, cases: Math.min(slice, a.from + a.cases - from) };
+    queue.push(...a.targets);
+    const worker = async (): Promise<void> => {
+      for (let name = queue.shift(); name; name = queue.shift()) {
+        const r = merge(name, await runTarget(part, name, progress));
+        rows.set(name, r);
+        console.log(`${pad(name, 26)} ${pad(String(r.cases), 9)} cases  ${pad(String(r.crashes), 4)} crashes  ${pad(String(r.hangs), 4)} hangs  ${r.seconds.toFixed(1)} s`);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(a.jobs, queue.length) }, worker));
+  }
   console.log('\ntarget                     cases      crashes  hangs  seconds');
   let bad = 0;
   for (const name of a.targets) {

@@ -3,6 +3,8 @@
 // environment and stdin) and the Docker plugin's request bodies. The parts behind the routes are
 // fakes that check what reaches them: a route that lets an unvalidated value through (or throws an
 // untyped error, answered 500) is a crash.
+import * as net from 'net';
+import * as path from 'path';
 import { Readable } from 'stream';
 import { ApiServer } from '../../api/http';
 import { silentLogger } from '../../lib/log';
@@ -341,4 +343,62 @@ const dockerPlugin: Target = {
   expected: (e) => e instanceof WeaveError,
 };
 
-export const API_TARGETS: Target[] = [httpApi, cniStdin, dockerPlugin];
+// ---- the HTTP API on its socket -----------------------------------------------------------------
+
+let wire: { api: ApiServer; file: string } | undefined;
+
+async function wireRig(): Promise<{ api: ApiServer; file: string }> {
+  const api = apiRig();
+  const file = path.join(tmpDir('api'), 'weave.sock');
+  await api.listenUnix(file);
+  return { api, file };
+}
+
+/** Writes raw bytes to the API socket, half-closes, and collects what comes back until the close. */
+function exchange(file: string, bytes: Uint8Array): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(file);
+    const got: Buffer[] = [];
+    const timer = setTimeout(() => { s.destroy(); reject(new Error('no answer and no close within 5 s')); }, 5000);
+    s.on('data', (d: Buffer) => got.push(d));
+    s.on('error', () => {}); // a reset after the answer (the server closes a connection it refused) is fine
+    s.on('close', () => { clearTimeout(timer); resolve(Buffer.concat(got).toString('latin1')); });
+    s.end(bytes);
+  });
+}
+
+const RAW_SEEDS = (): Buffer[] => [
+  ...HTTP_SEEDS.slice(0, 8).map(([m, u, b]) => {
+    const body = b === undefined ? '' : JSON.stringify(b);
+    return Buffer.from(`${m} ${u} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  }),
+  Buffer.from('GET //[ HTTP/1.1\r\nHost: x\r\n\r\n'),
+  Buffer.from('POST /expose HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nnull'),
+  Buffer.from('POST /dns/add HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n'),
+  Buffer.from('GET /status HTTP/1.1\r\nHost: x\r\n\r\nGET /ipam HTTP/1.1\r\nHost: x\r\n\r\n'),
+];
+
+const httpWire: Target = {
+  name: 'http-wire',
+  seeds: RAW_SEEDS,
+  async run(input) {
+    wire ??= await wireRig();
+    const text = await exchange(wire.file, input);
+    // every answer on the connection: 5xx only for what is not the client's fault (none here)
+    for (const m of text.matchAll(/HTTP\/1\.1 (\d{3})/g)) {
+      if (m[1].startsWith('5')) throw new Error(`answered ${m[1]}: ${text.slice(0, 300)}`);
+    }
+  },
+  large(r) {
+    const body = Buffer.alloc(200_000 + int(r, 2_000_000), 0x61);
+    return Buffer.concat([Buffer.from(`POST /ipam/claim HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n`), body]);
+  },
+  expected: () => false,
+  async close() {
+    const w = wire;
+    wire = undefined;
+    await w?.api.close();
+  },
+};
+
+export const API_TARGETS: Target[] = [httpApi, httpWire, cniStdin, dockerPlugin];

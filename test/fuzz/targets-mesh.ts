@@ -3,7 +3,14 @@
 import { loadCrypto } from '../../mesh/crypto';
 import { ProtocolError, RefusedError } from '../../lib/errors';
 import { encodeMsg } from '../../mesh/codec';
-import { Msg, type Features } from '../../mesh/types';
+import { EventEmitter } from 'events';
+import { FakeClock } from '../../lib/clock';
+import { silentLogger } from '../../lib/log';
+import { Sleeve, type SleeveHandle } from '../../router/sleeve';
+import { PrefixTable as SleevePrefixes } from '../../router/prefixes';
+import { ChannelTun } from '../fakes/channel-tun';
+import { ChannelNet } from '../fakes/channel-udp';
+import { Msg, type Features, type MeshConnection } from '../../mesh/types';
 import { FrameReader, FrameSealer, WireSession, decodeFeatures, decodeHello, decodeKeyExchange, encodeFeatures, encodeHello, encodeKeyExchange } from '../../mesh/wire';
 import { decodeTopology, encodeTopology, TopoKind } from '../../mesh/topology';
 import { decodeGossip as decodeMeshGossip, encodeGossip as encodeMeshGossip, GossipKind } from '../../mesh/gossip';
@@ -212,4 +219,45 @@ const fastdpCtl = decoderTarget('overlay-fastdp-control', () => [
   encodeFastDpCtl({ t: 'off', why: 'kernel lacks ESP' }),
 ], () => [{ v: 1, o: 'fastdp', t: 'hello', mac: '02:00:00:00:00:aa', vtep: '10.0.0.1', underlay: '192.168.1.2', port: 6784, hb: 6785, token: Buffer.alloc(8, 1) }, { v: 1, o: 'fastdp', t: 'hear', on: true }], decodeFastDpCtl);
 
-export const MESH_TARGETS: Target[] = [hello, keyx, featuresTarget, frames, handshake, topology, meshGossip, ipamRing, ipamGossip, ipamUnicast, ipamRecords, ipamPaxos, dnsGossip, prefixes, links, fastdpCtl];
+// ---- the sleeve's control messages (over the mesh connection) ---------------------------------
+
+let sleeveRig: { sleeve: Sleeve; handle: SleeveHandle } | undefined;
+
+function newSleeveRig(): { sleeve: Sleeve; handle: SleeveHandle } {
+  const clock = new FakeClock();
+  const log = silentLogger();
+  const pt = new SleevePrefixes(P1, clock, log);
+  pt.setLocal(['10.32.1.0/24']);
+  const routes = Object.assign(new EventEmitter(), { name: P1, unicastNextHop: () => undefined });
+  const sleeve = new Sleeve({
+    name: P1, clock, log, crypto, routes, prefixes: pt, tun: new ChannelTun(), udp: new ChannelNet().bind('198.18.0.1', 6783),
+    host: { tunUp: async () => {}, setRoutes: () => {} }, boxes: 'engine',
+  });
+  const f = (name: string): Features => ({ ...features(name), overlays: ['sleeve'], overlayParams: { sleeve: { port: 6783 } } });
+  const conn: MeshConnection = {
+    id: 'fuzz', outbound: true, remoteAddr: '198.18.0.2:41000', localAddr: '198.18.0.1:6783', encrypted: true, sessionKey: Buffer.alloc(32, 5), dataKey: Buffer.alloc(32, 5),
+    watchDataKey: () => () => {}, local: f(P1), remote: f(P2), send: () => {}, close: () => {}, onMessage: () => {}, onClose: () => {},
+  };
+  return { sleeve, handle: sleeve.attach(conn, { established: () => {}, failed: () => {} }) };
+}
+
+const SLEEVE_CTL = (): unknown[] => [
+  { v: 1, o: 'sleeve', t: 'hello', idx: 0x10002, port: 6783 }, { v: 1, o: 'sleeve', t: 'hear', on: true }, { v: 1, o: 'fastdp', t: 'hear', on: false },
+];
+const sleeveCtl: Target = {
+  name: 'overlay-sleeve-control',
+  seeds: () => SLEEVE_CTL().map((o) => encodeMsg(o)),
+  structured: msgpackStructured(SLEEVE_CTL),
+  run(b) {
+    sleeveRig ??= newSleeveRig();
+    sleeveRig.handle.onMessage(b);
+  },
+  expected: isProto,
+  async close() {
+    const r = sleeveRig;
+    sleeveRig = undefined;
+    await r?.sleeve.close();
+  },
+};
+
+export const MESH_TARGETS: Target[] = [hello, keyx, featuresTarget, frames, handshake, topology, meshGossip, ipamRing, ipamGossip, ipamUnicast, ipamRecords, ipamPaxos, dnsGossip, prefixes, links, fastdpCtl, sleeveCtl];

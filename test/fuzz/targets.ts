@@ -6,8 +6,9 @@ import { MESH_TARGETS } from './targets-mesh';
 import { DATA_TARGETS } from './targets-data';
 import { API_TARGETS } from './targets-api';
 import { STATE_TARGETS } from './targets-state';
+import { GOSSIPER_TARGETS } from './targets-gossipers';
 
-export const TARGETS: Target[] = [...MESH_TARGETS, ...DATA_TARGETS, ...API_TARGETS, ...STATE_TARGETS];
+export const TARGETS: Target[] = [...MESH_TARGETS, ...GOSSIPER_TARGETS, ...DATA_TARGETS, ...API_TARGETS, ...STATE_TARGETS];
 
 export function targetNamed(name: string): Target {
   const t = TARGETS.find((x) => x.name === name);

@@ -24,6 +24,7 @@ import { FrameType, encodeFrame } from '../../router/frame';
 import { ipv4Packet } from '../fakes/channel-tun';
 import { loadCrypto } from '../../mesh/crypto';
 import { datapathRig, KEYS, SEALED_IDX } from '../fuzz/targets-data';
+import { targetNamed } from '../fuzz/targets';
 import { DockerDriver } from '../../docker/driver';
 import { DockerState } from '../../docker/state';
 import { silentLogger } from '../../lib/log';
@@ -196,7 +197,20 @@ test('docker plugin: methods named after Object members are unknown; endpoint ad
     await assert.rejects(d.handle('NetworkDriver.Join', { NetworkID: 'n1', EndpointID: 'e1' }), UsageError);
     await assert.rejects(d.handle('NetworkDriver.Join', { NetworkID: 'n1', EndpointID: 'e1', SandboxKey: 'relative/x' }), UsageError);
     assert.equal(joins, 0);
+    // the MAC an address request carries becomes part of an IPAM ident: checked, not any string
+    await assert.rejects(d.handle('IpamDriver.RequestAddress', { PoolID: 'weave:10.32.0.0/12', Options: { 'com.docker.network.endpoint.macaddress': 'x'.repeat(2000) } }), (e: unknown) => e instanceof UsageError && /is not a MAC address/.test(e.message));
+    await assert.rejects(d.handle('IpamDriver.RequestAddress', { PoolID: 'weave:10.32.0.0/12', Options: { 'com.docker.network.endpoint.macaddress': 7 } }), /is not a MAC address/);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('sleeve control: a hostile type is a ProtocolError naming it safely', async () => {
+  const t = targetNamed('overlay-sleeve-control');
+  try {
+    assert.throws(() => t.run(encodeMsg({ v: 1, o: 'sleeve', t: HOSTILE() }), () => 0), (e: unknown) => e instanceof ProtocolError && (e.context as { t: string }).t === 'a map');
+    assert.throws(() => t.run(encodeMsg({ v: [HOSTILE()], o: 'sleeve', t: 'hear', on: true }), () => 0), ProtocolError);
+  } finally {
+    await t.close?.();
   }
 });

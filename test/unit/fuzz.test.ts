@@ -18,7 +18,12 @@ console.log(`fuzz seed ${SEED} (replay: WEAVE_FUZZ_SEED=${SEED})`);
 
 for (const t of TARGETS) {
   test(`fuzz ${t.name}: ${CASES} cases, no crash, no hang (seed ${SEED})`, async () => {
-    const st = await runCases(t, { seed: SEED, cases: CASES, budgetMs: BUDGET_MS, keep: 3 });
+    let st;
+    try {
+      st = await runCases(t, { seed: SEED, cases: CASES, budgetMs: BUDGET_MS, keep: 3 });
+    } finally {
+      await t.close?.();
+    }
     const found = st.findings.map((f) => `${f.kind} at case ${f.index}: ${f.error}\n  input: ${f.input.slice(0, 400)}\n  replay: npm run fuzz -- --target ${t.name} --seed ${SEED} --from ${f.index} --cases 1`).join('\n');
     assert.equal(st.cases, CASES);
     assert.equal(st.crashes + st.hangs, 0, `${st.crashes} crashes, ${st.hangs} hangs in ${t.name}:\n${found}`);
