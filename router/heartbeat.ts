@@ -7,8 +7,8 @@
 //   - until the path is established both ways, every fastMs (1 s): establishing and recovering are quick;
 //   - once established, every idleMs (10 s, Weave Net's slow heartbeat) — and not at all while data
 //     flows, since the data proves the path.
-// The receiving side declares the peer silent after deadMs while establishing, idleDeadMs once
-// established (more than two idle beats lost). A path that loses its "hear" goes back to fast beats at
+// The receiving side stops hearing the peer after idleDeadMs of silence (more than two idle beats
+// lost; the peer may count as established before we do, so this holds from the first beat heard). A path that loses its "hear" goes back to fast beats at
 // both ends (the 'hear' message tells the peer), so recovery is as quick as a first establishment.
 // Full-size PMTU probes are not heartbeats: they run while establishing, when the kernel refuses a
 // datagram as too big, and as a re-check every recheckMs (the current size and the largest only).
@@ -52,7 +52,12 @@ export function beatSent(st: BeatState, now: number): void {
   st.lastTx = now;
 }
 
-/** How long a path may stay silent before we stop hearing the peer. */
-export function silenceLimit(pol: BeatPolicy, established: boolean): number {
-  return established ? pol.idleDeadMs : pol.deadMs;
+/**
+ * How long a path may stay silent before we stop hearing the peer. Once we hear it, the long limit:
+ * the peer may already be established and beating every idleMs while our side still waits for its
+ * 'hear' (a loaded router: seen as "the peer does not receive our sleeve heartbeats" flaps at 100
+ * routers). Not yet heard: deadMs (a first beat counts only when it is recent).
+ */
+export function silenceLimit(pol: BeatPolicy, hearing: boolean): number {
+  return hearing ? pol.idleDeadMs : pol.deadMs;
 }

@@ -20,7 +20,8 @@
 //             hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
 //   liveness  every heartbeatMs the control plane asks the engine that reads the TUN for a heartbeat
 //             round of the paths router/heartbeat.ts says are due (every 1 s while establishing, 10 s
-//             once established, none while anything else went to the peer: data proves the path);
+//             once established, none while anything else went to the peer: data proves the path;
+//             a peer heard is lost after 25 s of silence);
 //             each path's heartbeat is sealed and sent like a packet (that engine's path state,
 //             keys, counter, TUN lane), and says whether the engine forwards to the peer's prefixes and
 //             which of its announcements it routes. So a peer hears us only when our packets' state
@@ -80,6 +81,8 @@ export const SLEEVE_OVERHEAD = UNDERLAY_OVERHEAD + HDR + TAG;
 const CTL_VERSION = 1;
 /** How long the old receive key still opens datagrams after the peer moved to the new one (reordering). */
 export const REKEY_GRACE_MS = 2000;
+/** PMTU sweeps while a path establishes: one every this many heartbeat periods */
+const ESTABLISH_PROBE_BEATS = 5;
 const PROBE_MTUS = [9000, 1500, 1492, 1480, 1460, 1440, 1420, 1400, 1380, 1350, 1300, 1280, 1200, 1100, 1000, 900, 800, 700, 576];
 
 // ---- inputs -------------------------------------------------------------------------------------
@@ -182,17 +185,18 @@ export interface SleeveOptions {
   heartbeatMs?: number;
   /** an established path whose data does not flow this long is logged and counted (dataStalls); default 3000 ms */
   stallReportMs?: number;
-  /** a sleeve not yet established stops hearing the peer when nothing arrived for this long; default 8000 ms */
+  /** a beat older than this does not make us hear a peer we did not hear; default 8000 ms */
   deadMs?: number;
   /** heartbeat cadence once established, when nothing else went to the peer; default 10000 ms */
   idleBeatMs?: number;
-  /** an established sleeve fails when nothing arrived for this long (> 2 idle beats); default 25000 ms */
+  /** a peer we hear is lost (the sleeve fails) when nothing arrived for this long (> 2 idle beats); default 25000 ms */
   idleDeadMs?: number;
   /** a new sleeve fails when not established within this; default 15000 ms */
   establishTimeoutMs?: number;
   /**
    * PMTU re-check period once established, while data goes to the peer (the current size and the
-   * largest, not the whole sweep); idle paths are not probed (every heartbeat before); default 10000 ms
+   * largest, not the whole sweep); idle paths are not probed (a sweep every 5 heartbeats before);
+   * default 10000 ms
    */
   probeMs?: number;
   /** packets per read/send batch; default 64 */
@@ -821,7 +825,7 @@ export class Sleeve {
         this.pushPath(p);
       }
       // any authentic frame (data too) proves the peer -> us direction
-      const hear = now - this.shared.lastRx[p.slot] <= silenceLimit(this.beatPolicy, p.established);
+      const hear = now - this.shared.lastRx[p.slot] <= silenceLimit(this.beatPolicy, p.weHear);
       if (hear !== p.weHear) {
         p.weHear = hear;
         this.sendCtl(p, { t: 'hear', on: hear });
@@ -910,7 +914,9 @@ export class Sleeve {
       writeU32(body, 4, size);
       this.sendFrame(p, FrameType.Probe, body);
     }
-    p.nextProbe = now + (p.established && !p.urgent ? this.probeMs : this.heartbeatMs);
+    // a sweep is up to 19 full-size datagrams: while establishing one every ESTABLISH_PROBE_BEATS beats
+    // (a start of N routers sweeps N-1 paths each at once), every beat only after EMSGSIZE
+    p.nextProbe = now + (p.urgent ? this.heartbeatMs : p.established ? this.probeMs : ESTABLISH_PROBE_BEATS * this.heartbeatMs);
   }
 
   private onProbeAck(slot: number, round: number, size: number): void {
