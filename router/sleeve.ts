@@ -81,6 +81,8 @@ export const SLEEVE_OVERHEAD = UNDERLAY_OVERHEAD + HDR + TAG;
 const CTL_VERSION = 1;
 /** How long the old receive key still opens datagrams after the peer moved to the new one (reordering). */
 export const REKEY_GRACE_MS = 2000;
+/** Frames up to this size are control (heartbeat HDR+12+TAG, probe ack HDR+8+TAG), not data */
+const SMALL_FRAME = 64;
 /** PMTU sweeps while a path establishes: one every this many heartbeat periods */
 const ESTABLISH_PROBE_BEATS = 5;
 const PROBE_MTUS = [9000, 1500, 1492, 1480, 1460, 1440, 1420, 1400, 1380, 1350, 1300, 1280, 1200, 1100, 1000, 900, 800, 700, 576];
@@ -238,9 +240,8 @@ class PeerPath {
   /** the last round only re-checked the current size and the largest */
   recheck = false;
   readonly beats = new BeatState();
-  /** heartbeats asked of the engine, and the path's sent datagrams net of them (data), to tell data apart */
-  beatsAsked = 0;
-  dataSeen = 0;
+  /** sent bytes beyond SMALL_FRAME per datagram at the last look: only data raises it (see noteData) */
+  excessSeen = 0;
   tooBigSeen = 0;
   /** when data last went (or was refused as too big) to this peer: PMTU re-checks only then */
   lastData = -Infinity;
@@ -473,7 +474,8 @@ export class Sleeve {
     const p = new PeerPath(slot, idx, conn, peer, cb, txKey, rxKey, this.clock.now());
     p.countersBase = sumPathCounters(this.enginePathCounters, slot);
     // the slot's earlier paths' sends are not this path's data
-    p.beats.txSeen = p.dataSeen = p.countersBase.txPackets;
+    p.beats.txSeen = p.countersBase.txPackets;
+    p.excessSeen = p.countersBase.txBytes - SMALL_FRAME * p.countersBase.txPackets;
     p.tooBigSeen = p.countersBase.dropTooBig;
     const sh = this.shared;
     sh.ip[slot] = parseRemoteIp(conn.remoteAddr);
@@ -834,11 +836,10 @@ export class Sleeve {
       }
       if (p.remoteIdx >= 0) {
         const pc = sumPathCounters(this.enginePathCounters, p.slot);
-        this.noteData(p, pc.txPackets, pc.dropTooBig, now);
+        this.noteData(p, pc.txPackets, pc.txBytes, pc.dropTooBig, now);
         if (beatDue(p.beats, this.beatPolicy, p.established, now, pc.txPackets)) {
           due.push(p.slot);
           beatSent(p.beats, now);
-          p.beatsAsked++;
         }
         if (now >= p.nextProbe && (!p.established || p.urgent || now - p.lastData <= this.probeMs)) this.probe(p, now);
       }
@@ -871,12 +872,15 @@ export class Sleeve {
     return sent === 1 ? 0 : this.ctlErrs[0];
   }
 
-  /** Data went to the peer since the last look (sent datagrams beyond the heartbeats we asked for). */
-  private noteData(p: PeerPath, txPackets: number, tooBig: number, now: number): void {
-    const data = txPackets - p.beatsAsked;
-    // a heartbeat the engine counts late makes `data` dip for a tick: only a new high is data
-    if (data > p.dataSeen || tooBig !== p.tooBigSeen) p.lastData = now;
-    if (data > p.dataSeen) p.dataSeen = data;
+  /**
+   * Data went to the peer since the last look. Heartbeats (44 bytes) and probe acks (40) are below
+   * SMALL_FRAME, so they lower the excess and only larger frames (packets) raise it: counting datagrams
+   * instead, each end's acks of the other's re-check looked like data and kept both re-checking.
+   */
+  private noteData(p: PeerPath, txPackets: number, txBytes: number, tooBig: number, now: number): void {
+    const excess = txBytes - SMALL_FRAME * txPackets;
+    if (excess > p.excessSeen || tooBig !== p.tooBigSeen) p.lastData = now;
+    p.excessSeen = excess;
     p.tooBigSeen = tooBig;
   }
 
