@@ -94,8 +94,8 @@ export function cliTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
 }
 
 /** What a launched router tells `weave launch` over the IPC channel once it is up or has failed. */
-type StartReport = { t: 'ready'; name: string } | { t: 'failed'; message: string; usage: boolean };
-type StartOutcome = StartReport | { t: 'exited'; code: number | null; signal: string | null } | { t: 'timeout' };
+type StartReport = { t: 'ready'; name: string } | { t: 'failed'; message: string; usage: boolean } | { t: 'step'; step: string };
+type StartOutcome = { t: 'ready'; name: string } | { t: 'failed'; message: string; usage: boolean } | { t: 'exited'; code: number | null; signal: string | null } | { t: 'timeout'; step: string };
 
 /** Tells the parent (`weave launch`) how start-up went, when there is one listening. */
 function reportStart(m: StartReport): Promise<void> {
@@ -105,21 +105,45 @@ function reportStart(m: StartReport): Promise<void> {
   });
 }
 
-/** Waits for the launched router's report, its exit, or the deadline. */
+/**
+ * Waits for the launched router's report, its exit, or the deadline: `ms` without a step begun (a
+ * loaded machine starts slowly, but each step comes), at most 10 * ms in all. A start that takes more
+ * than a few seconds shows which step it is at on stderr.
+ */
 function waitForStart(child: ChildProcess, ms: number): Promise<StartOutcome> {
   return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve({ t: 'timeout' }), ms);
-    child.on('message', (m: StartReport) => {
-      if (m?.t !== 'ready' && m?.t !== 'failed') return;
+    const t0 = Date.now();
+    let step = 'process start';
+    let shown = '';
+    let timer = setTimeout(() => resolve({ t: 'timeout', step }), ms);
+    const overall = setTimeout(() => { clearTimeout(timer); resolve({ t: 'timeout', step }); }, 10 * ms);
+    const progress = setInterval(() => {
+      if (step === shown) return;
+      shown = step;
+      process.stderr.write(`router pid ${child.pid} still starting after ${Math.round((Date.now() - t0) / 1000)}s: ${step}\n`);
+    }, 5000);
+    const done = (o: StartOutcome): void => {
       clearTimeout(timer);
-      resolve(m);
+      clearTimeout(overall);
+      clearInterval(progress);
+      resolve(o);
+    };
+    child.on('message', (m: StartReport) => {
+      if (m?.t === 'step') {
+        step = m.step;
+        clearTimeout(timer);
+        timer = setTimeout(() => done({ t: 'timeout', step }), ms);
+        return;
+      }
+      if (m?.t !== 'ready' && m?.t !== 'failed') return;
+      done(m);
     });
     child.on('exit', (code, signal) => {
       // its last message may still be in the channel: it ends ('disconnect') after the last one is read
-      const done = (): void => { clearTimeout(timer); resolve({ t: 'exited', code, signal }); };
-      if (!child.connected) return done();
-      child.once('disconnect', done);
-      setTimeout(done, 500).unref();
+      const exited = (): void => done({ t: 'exited', code, signal });
+      if (!child.connected) return exited();
+      child.once('disconnect', exited);
+      setTimeout(exited, 500).unref();
     });
   });
 }
@@ -228,7 +252,8 @@ function addRouterCommands(program: Command): void {
         prepareDataDir(cfg.dataDir);
         await checkNamespaceFree(cfg);
         const { runRouter } = await import('./api/daemon');
-        const h = await runRouter(cfg);
+        // each start-up step as it begins: `weave launch` waits as long as the start makes progress
+        const h = await runRouter(cfg, { onStep: (step) => void reportStart({ t: 'step', step }) });
         await reportStart({ t: 'ready', name: h.report().router.name });
         if (process.connected) process.disconnect();
         await h.stopped;
@@ -275,7 +300,7 @@ function addRouterCommands(program: Command): void {
           fail(`the router exited during start-up (${r.signal ? `signal ${r.signal}` : `exit ${r.code}`}); log ${logFile}:\n${tail(logFile)}`);
           break;
         case 'timeout':
-          fail(`the router (pid ${child.pid}) did not report ready within ${waitMs / 1000}s; it may still be starting; log ${logFile}:\n${tail(logFile)}`);
+          fail(`the router (pid ${child.pid}) did not report ready: no progress for ${waitMs / 1000}s (or ${10 * waitMs / 1000}s in all) at step "${r.step}"; it may still be starting; log ${logFile}:\n${tail(logFile)}`);
       }
     });
 
@@ -466,21 +491,37 @@ async function stopRouter(o: { httpAddr?: string }, quietIfNotRunning = false, e
   try {
     await client(o).request('POST', endpoint, {}, { timeoutMs: cliTimeoutMs() });
   } catch (e) {
-    if (!(e instanceof WeaveError && e.code === 'ENOTRUNNING')) throw e;
+    // a loaded router may answer late: with its pid known, SIGTERM does the same stop
+    const late = e instanceof WeaveError && e.code === 'ETIMEDOUT' && pid !== null && pid !== undefined;
+    if (!(e instanceof WeaveError && e.code === 'ENOTRUNNING') && !late) throw e;
     if (!pid) {
       if (quietIfNotRunning) return false;
       throw e;
     }
-    handled = false;
+    if (late) process.stderr.write(`router pid ${pid} did not answer ${endpoint} within ${cliTimeoutMs() / 1000}s; sending SIGTERM\n`);
+    else handled = false;
     process.kill(pid, 'SIGTERM');
   }
-  if (pid) {
-    const waitMs = cliTimeoutMs() / 3;
-    const end = Date.now() + waitMs;
-    while (pidAlive(pid) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
-    if (pidAlive(pid)) throw new WeaveError('ETIMEDOUT', `router pid ${pid} did not stop within ${waitMs / 1000}s`);
-  }
+  if (pid) await waitForExit(pid, dataDir);
   return handled;
+}
+
+/**
+ * Waits for the router process to be gone: 4 * WEAVE_CLI_TIMEOUT (2 min by default; stopping tears
+ * down devices, routes and connections, slow on a loaded machine), saying on stderr what it waits for.
+ */
+async function waitForExit(pid: number, dataDir: string): Promise<void> {
+  const waitMs = 4 * cliTimeoutMs();
+  const t0 = Date.now();
+  let told = t0;
+  while (pidAlive(pid) && Date.now() - t0 < waitMs) {
+    await new Promise((r) => setTimeout(r, 50));
+    if (Date.now() - told >= 5000) {
+      told = Date.now();
+      process.stderr.write(`waiting for router pid ${pid} (data dir ${dataDir}) to exit: ${Math.round((told - t0) / 1000)}s of at most ${waitMs / 1000}s\n`);
+    }
+  }
+  if (pidAlive(pid)) throw new WeaveError('ETIMEDOUT', `router pid ${pid} (data dir ${dataDir}) did not exit within ${waitMs / 1000}s of being told to stop`);
 }
 
 /**

@@ -10,7 +10,8 @@ export class Assembly {
   private readonly built: Part[] = [];
   private stopping: Promise<void> | undefined;
 
-  constructor(private readonly log: Logger) {}
+  /** onStep: told each step's name as it begins (`weave launch` shows the progress of a slow start) */
+  constructor(private readonly log: Logger, private readonly onStep?: (step: string) => void) {}
 
   /** The parts built so far, in start order. */
   get parts(): readonly Part[] {
@@ -25,6 +26,7 @@ export class Assembly {
     if (this.stopping) throw new WeaveError('ESHUTDOWN', `cannot start "${step}": the router is stopping`);
     let part: T;
     try {
+      this.onStep?.(step);
       part = await build();
     } catch (e) {
       this.log.error({ step, err: errMsg(e) }, 'start-up step failed; stopping what was built');

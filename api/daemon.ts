@@ -60,6 +60,8 @@ export interface RunOptions {
   clock?: Clock;
   installSignalHandlers?: boolean;
   steps?: Partial<typeof STEPS>;
+  /** told each start-up step's name as it begins */
+  onStep?: (step: string) => void;
 }
 
 export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promise<RouterHandle> {
@@ -67,7 +69,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   const clock = opts.clock ?? realClock;
   const log = componentLogger(root, 'router');
   const s = { ...STEPS, ...opts.steps };
-  const build = new Assembly(log);
+  const build = new Assembly(log, opts.onStep);
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((r) => { resolveStopped = r; });
   const stop = async (reason: string): Promise<void> => {

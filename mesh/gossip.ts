@@ -4,6 +4,12 @@
 // this router has a Gossiper for the channel; gossip goes to neighbours only, and what a neighbour
 // found new is passed on by it. Outgoing gossip is coalesced (GossipData.merge) and flushed through
 // the Clock, so a burst of updates becomes one message per neighbour.
+// Periodic repair (mesh.ts periodic): a channel whose Gossiper has digest() sends only its digest to a
+// few neighbours (kind 3, ask); a neighbour whose digest differs answers with its full state and its
+// digest (kind 4, tell), and the asker, still different after merging, sends its full state back. In a
+// steady state that is a few dozen bytes per channel and round instead of the whole table; channels
+// without digest() still send their full state each round.
+import { createHash } from 'crypto';
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { Logger } from '../lib/log';
 import type { PeerName } from './peer';
@@ -12,7 +18,7 @@ import { ProtocolError, errMsg } from '../lib/errors';
 import { decodeMsg, encodeMsg, wantBytes, wantInt, wantObject, wantPeerName, wantString, wantVersion } from './codec';
 
 export const GOSSIP_WIRE_VERSION = 1;
-export const GossipKind = { Unicast: 0, Broadcast: 1, Gossip: 2 } as const;
+export const GossipKind = { Unicast: 0, Broadcast: 1, Gossip: 2, DigestAsk: 3, DigestTell: 4 } as const;
 export type GossipKindValue = (typeof GossipKind)[keyof typeof GossipKind];
 const MAX_PAYLOAD = 16 * 1024 * 1024;
 const CHANNEL_RE = /^[A-Za-z0-9_.\-]{1,64}$/;
@@ -36,12 +42,22 @@ export function decodeGossip(buf: Uint8Array): GossipWire {
   wantVersion(o, 'gossip', GOSSIP_WIRE_VERSION);
   const channel = wantString(o.channel, 'gossip channel', 64);
   if (!CHANNEL_RE.test(channel)) throw new ProtocolError('gossip: invalid channel name');
-  const kind = wantInt(o.kind, 'gossip kind', 0, 2) as GossipKindValue;
+  const kind = wantInt(o.kind, 'gossip kind', 0, 4) as GossipKindValue;
   const src = wantPeerName(o.src, 'gossip src');
   const payload = wantBytes(o.payload, 'gossip payload', MAX_PAYLOAD);
   if (kind === GossipKind.Unicast) return { channel, kind, src, dst: wantPeerName(o.dst, 'gossip dst'), payload };
   if (o.dst !== undefined) throw new ProtocolError('gossip: dst on a non-unicast message');
   return { channel, kind, src, payload };
+}
+
+/** A state digest of per-origin versions, the same whatever order the entries are in. */
+export function versionDigest(entries: Iterable<readonly [string, number]>): Uint8Array {
+  const list = [...entries].map(([o, v]) => `${o}=${v}`).sort();
+  return createHash('sha256').update(list.join(',')).digest().subarray(0, 16);
+}
+
+export function sameDigest(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0;
 }
 
 export function validChannelName(name: string): boolean {
@@ -110,6 +126,17 @@ export class GossipChannelImpl implements GossipChannel {
       return [];
     }
     return g ? g.encode() : [];
+  }
+
+  /** The gossiper's state digest (periodic repair by digest), or null when it has none. */
+  digest(): Uint8Array | null {
+    if (!this.gossiper.digest) return null;
+    try {
+      return this.gossiper.digest();
+    } catch (e) {
+      this.host.gossiperError(this.name, 'digest', e);
+      return null;
+    }
   }
 
   deliverUnicast(src: PeerName, payload: Uint8Array): void {

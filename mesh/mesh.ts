@@ -25,7 +25,7 @@ import { ProtocolError, UsageError, WeaveError, errMsg } from '../lib/errors';
 import { ConnectionMaker, type Backoff } from './connection-maker';
 import { Topology, TopoKind, decodeTopology, encodeTopology, type ConnInfo, type PeerRecord, type TopologyMsg } from './topology';
 import { Routes } from './routes';
-import { GossipChannelImpl, GossipKind, decodeGossip, encodeGossip, validChannelName, type GossipHost, type GossipWire } from './gossip';
+import { GossipChannelImpl, GossipKind, decodeGossip, encodeGossip, sameDigest, validChannelName, type GossipHost, type GossipWire } from './gossip';
 import { hostOf } from './codec';
 
 export interface OverlayCallbacks { established(): void; failed(reason: string): void }
@@ -732,6 +732,12 @@ export class Mesh extends EventEmitter {
     const hash = this.topology.hash();
     for (const e of this.randomNeighbours(this.fanout())) this.sendTopology(e, { kind: TopoKind.Hash, hash });
     for (const ch of this.channels.values()) {
+      const digest = ch.digest();
+      if (digest) {
+        const bytes = encodeGossip({ channel: ch.name, kind: GossipKind.DigestAsk, src: this.name, payload: digest });
+        for (const e of this.randomNeighbours(this.fanout())) this.sendGossipMsg(e, bytes);
+        continue;
+      }
       const payloads = ch.fullState();
       if (!payloads.length) continue;
       const targets = this.randomNeighbours(this.fanout());
@@ -805,6 +811,19 @@ export class Mesh extends EventEmitter {
         if (ch) ch.deliverGossip(e.peer, m.payload);
         else this.stats.noGossiper++;
         return;
+      case GossipKind.DigestAsk:
+      case GossipKind.DigestTell: {
+        const mine = ch?.digest();
+        if (!ch || !mine) {
+          this.stats.noGossiper++;
+          return;
+        }
+        if (sameDigest(mine, m.payload)) return;
+        // differ: our full state to the neighbour; an ask also gets our digest, so it can send back what we lack
+        for (const p of ch.fullState()) this.sendGossipMsg(e, encodeGossip({ channel: m.channel, kind: GossipKind.Gossip, src: this.name, payload: p }));
+        if (m.kind === GossipKind.DigestAsk) this.sendGossipMsg(e, encodeGossip({ channel: m.channel, kind: GossipKind.DigestTell, src: this.name, payload: mine }));
+        return;
+      }
     }
   }
 

@@ -32,6 +32,7 @@ export interface TcpTransportOptions {
   minVersion?: number;
   maxVersion?: number;
   handshakeTimeoutMs?: number;
+  /** default 10000 ms */
   heartbeatMs?: number;
   /** default 3 * heartbeatMs */
   readTimeoutMs?: number;
@@ -579,8 +580,12 @@ export class TcpTransport implements Transport {
       const list = this.passwords.accepted();
       for (const c of [...this.conns]) c.applyPasswords(list);
     });
-    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 5000;
-    this.heartbeatMs = opts.heartbeatMs ?? 5000;
+    // 100 routers starting on 2 cores took longer than 5 s for a handshake: each timeout was a redial
+    // and another handshake, feeding the load that caused it
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 20_000;
+    // Weave Net's 10 s / 30 s: an idle mesh of N peers costs N-1 tiny frames per 10 s (a dead peer whose
+    // host vanished is noticed within 30 s; a closed one at once, and the sleeve's heartbeats too)
+    this.heartbeatMs = opts.heartbeatMs ?? 10_000;
     this.readTimeoutMs = opts.readTimeoutMs ?? 3 * this.heartbeatMs;
     this.maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME;
     this.maxSendQueueBytes = opts.maxSendQueueBytes ?? 64 * 1024 * 1024;

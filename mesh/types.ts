@@ -108,6 +108,11 @@ export interface Gossiper {
   gossip(): GossipData | null;
   /** Gossip from a neighbour; merge it and return the delta that was new (to pass on), or null. */
   onGossip(update: Uint8Array): GossipData | null;
+  /**
+   * Optional: a digest of the state, equal on two peers when their states are (e.g. versionDigest of
+   * origin -> version). With it, the periodic round sends the digest and full state only on a mismatch.
+   */
+  digest?(): Uint8Array;
 }
 
 export interface GossipChannel {

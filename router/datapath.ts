@@ -409,18 +409,28 @@ export class Datapath {
   // ---- liveness: heartbeats through the data path ------------------------------------------------
 
   /**
-   * One heartbeat to every path that knows the peer's receiver index (the control plane calls this at
-   * its cadence). Sealed like packets (this engine's path state, keys, counters, TUN lane), so a peer
+   * One heartbeat to every path that knows the peer's receiver index, or to the given slots' paths (the
+   * control plane calls this at its cadence). Sealed like packets (this engine's path state, keys, counters, TUN lane), so a peer
    * hears us only when the state our packets use works; the body says whether we forward to the peer's
    * prefixes and which of its announcements we route (frame.ts writeHeartbeat).
    */
-  beat(): void {
+  beat(slots?: readonly number[]): void {
     if (!this.heartbeats) return;
-    for (let s = 0; s <= this.maxSlot; s++) {
-      const p = this.paths[s];
-      if (p === null) continue;
-      this.judge(p);
-      this.beatOne(p);
+    if (slots) {
+      // the control plane's choice (router/heartbeat.ts): only paths nothing else proved lately
+      for (const s of slots) {
+        const p = s <= this.maxSlot ? this.paths[s] : null;
+        if (p === null) continue;
+        this.judge(p);
+        this.beatOne(p);
+      }
+    } else {
+      for (let s = 0; s <= this.maxSlot; s++) {
+        const p = this.paths[s];
+        if (p === null) continue;
+        this.judge(p);
+        this.beatOne(p);
+      }
     }
     this.flushSend(this.txOut);
   }

@@ -15,6 +15,7 @@ import { isPeerName, type PeerName } from '../mesh/peer';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 import { decodeMsg, encodeMsg } from '../mesh/codec';
 import { formatCidr, parseCidr, tryParseCidr } from '../lib/addr';
+import { versionDigest } from '../mesh/gossip';
 
 export const PREFIXES_CHANNEL = 'prefixes';
 const WIRE_VERSION = 1;
@@ -214,6 +215,10 @@ export class PrefixTable implements Gossiper {
   onGossipBroadcast(src: PeerName, update: Uint8Array): GossipData | null {
     const u = this.decode(update, src);
     return u ? this.mergeUpdate(u) : null;
+  }
+  /** Periodic repair by digest (mesh/gossip.ts): origins and their versions. */
+  digest(): Uint8Array {
+    return versionDigest([...this.entries].map(([o, e]) => [o, e.version] as const));
   }
   gossip(): GossipData | null {
     return this.full();

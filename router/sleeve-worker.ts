@@ -54,7 +54,7 @@ export type ToWorker =
   | { k: 'unpath'; slot: number }
   | { k: 'fwd'; spec: ForwardingSpec }
   /** one heartbeat round (the tx worker sends the heartbeats; the control plane keeps the cadence) */
-  | { k: 'beat' }
+  | { k: 'beat'; slots?: number[] }
   | { k: 'stop' };
 
 export type FromWorker =
@@ -159,7 +159,7 @@ function main(): void {
       case 'path': dp.setPath(m.spec); break;
       case 'unpath': dp.removePath(m.slot); break;
       case 'fwd': dp.setForwarding(m.spec); break;
-      case 'beat': dp.beat(); break;
+      case 'beat': dp.beat(m.slots); break;
       case 'stop':
         tun.setReadable(null);
         udp.setReadable(null);

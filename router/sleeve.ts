@@ -19,7 +19,10 @@
 //             one flow into one GSO write, GRO-like); another peer's: TTL-1, re-seal for the next
 //             hop (relay). Heartbeat / Probe / ProbeAck: liveness and path MTU.
 //   liveness  every heartbeatMs the control plane asks the engine that reads the TUN for a heartbeat
-//             round: each path's heartbeat is sealed and sent like a packet (that engine's path state,
+//             round of the paths router/heartbeat.ts says are due (every 1 s while establishing, 10 s
+//             once established, none while anything else went to the peer: data proves the path;
+//             a peer heard is lost after 25 s of silence);
+//             each path's heartbeat is sealed and sent like a packet (that engine's path state,
 //             keys, counter, TUN lane), and says whether the engine forwards to the peer's prefixes and
 //             which of its announcements it routes. So a peer hears us only when our packets' state
 //             works, and status shows an established path whose data cannot flow as such (stalled).
@@ -58,6 +61,7 @@ import { formatAddr, parseCidr, tryParseAddr, tryParseHostPort } from '../lib/ad
 import { CONTROL_PORT } from '../lib/ports';
 import type { PrefixTable } from './prefixes';
 import { loadTunIo, type TunIo } from './native';
+import { BeatState, SLEEVE_BEATS, beatDue, beatSent, silenceLimit, type BeatPolicy } from './heartbeat';
 import { loadFallbackIo, type IoKind } from './fallback-io';
 import { ip as hostIp, ipJson as hostIpJson, sysctl as hostSysctl, type HostCtx } from '../host/ip';
 import { NativeTun, type TunDevice } from './tun';
@@ -77,6 +81,10 @@ export const SLEEVE_OVERHEAD = UNDERLAY_OVERHEAD + HDR + TAG;
 const CTL_VERSION = 1;
 /** How long the old receive key still opens datagrams after the peer moved to the new one (reordering). */
 export const REKEY_GRACE_MS = 2000;
+/** Frames up to this size are control (heartbeat HDR+12+TAG, probe ack HDR+8+TAG), not data */
+const SMALL_FRAME = 64;
+/** PMTU sweeps while a path establishes: one every this many heartbeat periods */
+const ESTABLISH_PROBE_BEATS = 5;
 const PROBE_MTUS = [9000, 1500, 1492, 1480, 1460, 1440, 1420, 1400, 1380, 1350, 1300, 1280, 1200, 1100, 1000, 900, 800, 700, 576];
 
 // ---- inputs -------------------------------------------------------------------------------------
@@ -179,11 +187,19 @@ export interface SleeveOptions {
   heartbeatMs?: number;
   /** an established path whose data does not flow this long is logged and counted (dataStalls); default 3000 ms */
   stallReportMs?: number;
-  /** an established sleeve fails when nothing arrived for this long; default 8000 ms */
+  /** a beat older than this does not make us hear a peer we did not hear; default 8000 ms */
   deadMs?: number;
+  /** heartbeat cadence once established, when nothing else went to the peer; default 10000 ms */
+  idleBeatMs?: number;
+  /** a peer we hear is lost (the sleeve fails) when nothing arrived for this long (> 2 idle beats); default 25000 ms */
+  idleDeadMs?: number;
   /** a new sleeve fails when not established within this; default 15000 ms */
   establishTimeoutMs?: number;
-  /** PMTU probe period once established (every heartbeat before); default 10000 ms */
+  /**
+   * PMTU re-check period once established, while data goes to the peer (the current size and the
+   * largest, not the whole sweep); idle paths are not probed (a sweep every 5 heartbeats before);
+   * default 10000 ms
+   */
   probeMs?: number;
   /** packets per read/send batch; default 64 */
   batch?: number;
@@ -221,6 +237,14 @@ class PeerPath {
   nextProbe = 0;
   /** the kernel refused a datagram as too big: probe every heartbeat until a round settles the MTU */
   urgent = false;
+  /** the last round only re-checked the current size and the largest */
+  recheck = false;
+  readonly beats = new BeatState();
+  /** sent bytes beyond SMALL_FRAME per datagram at the last look: only data raises it (see noteData) */
+  excessSeen = 0;
+  tooBigSeen = 0;
+  /** when data last went (or was refused as too big) to this peer: PMTU re-checks only then */
+  lastData = -Infinity;
   urgentSince = 0;
   probeStartedAt = 0;
   reason = 'waiting for the peer\'s sleeve parameters';
@@ -311,6 +335,7 @@ export class Sleeve {
   private readonly deadMs: number;
   private readonly establishTimeoutMs: number;
   private readonly probeMs: number;
+  private readonly beatPolicy: BeatPolicy;
 
   private readonly slots: Array<PeerPath | null> = [];
   private readonly byPeer = new Map<PeerName, PeerPath>();
@@ -355,6 +380,7 @@ export class Sleeve {
     this.deadMs = o.deadMs ?? 8000;
     this.establishTimeoutMs = o.establishTimeoutMs ?? 15000;
     this.probeMs = o.probeMs ?? 10000;
+    this.beatPolicy = { fastMs: this.heartbeatMs, deadMs: this.deadMs, idleMs: o.idleBeatMs ?? SLEEVE_BEATS.idleMs, idleDeadMs: o.idleDeadMs ?? SLEEVE_BEATS.idleDeadMs };
     this.B = Math.min(256, Math.max(1, o.batch ?? 64));
     // one stride fits the largest TUN packet sealed, and the largest datagram we accept
     this.S = (Math.max(this.tunMtu + HDR + TAG, this.underlayMtu - UNDERLAY_OVERHEAD) + 63) & ~63;
@@ -447,6 +473,10 @@ export class Sleeve {
     const peer = conn.remote.name;
     const p = new PeerPath(slot, idx, conn, peer, cb, txKey, rxKey, this.clock.now());
     p.countersBase = sumPathCounters(this.enginePathCounters, slot);
+    // the slot's earlier paths' sends are not this path's data
+    p.beats.txSeen = p.countersBase.txPackets;
+    p.excessSeen = p.countersBase.txBytes - SMALL_FRAME * p.countersBase.txPackets;
+    p.tooBigSeen = p.countersBase.dropTooBig;
     const sh = this.shared;
     sh.ip[slot] = parseRemoteIp(conn.remoteAddr);
     sh.port[slot] = sleevePortOf(conn.remote.overlayParams) ?? DEFAULT_SLEEVE_PORT;
@@ -596,10 +626,10 @@ export class Sleeve {
     for (const w of this.workers) w.postMessage(m);
   }
 
-  /** One heartbeat round through the engine that reads the TUN. */
-  private beat(): void {
-    if (this.inline) this.inline.beat();
-    else this.txWorker?.postMessage({ k: 'beat' } satisfies ToWorker);
+  /** One heartbeat round of these slots through the engine that reads the TUN. */
+  private beat(slots: number[]): void {
+    if (this.inline) this.inline.beat(slots);
+    else this.txWorker?.postMessage({ k: 'beat', slots } satisfies ToWorker);
   }
 
   private pushPath(p: PeerPath): void {
@@ -788,7 +818,7 @@ export class Sleeve {
   private tick(): void {
     if (this.closed) return;
     const now = this.clock.now();
-    let beat = false;
+    const due: number[] = [];
     for (const p of this.slots) {
       if (!p || p.closed) continue;
       if (now >= p.dropRxAt) {
@@ -798,7 +828,7 @@ export class Sleeve {
         this.pushPath(p);
       }
       // any authentic frame (data too) proves the peer -> us direction
-      const hear = now - this.shared.lastRx[p.slot] <= this.deadMs;
+      const hear = now - this.shared.lastRx[p.slot] <= silenceLimit(this.beatPolicy, p.weHear);
       if (hear !== p.weHear) {
         p.weHear = hear;
         this.sendCtl(p, { t: 'hear', on: hear });
@@ -806,8 +836,13 @@ export class Sleeve {
         if (p.closed) continue;
       }
       if (p.remoteIdx >= 0) {
-        beat = true;
-        if (now >= p.nextProbe) this.probe(p, now);
+        const pc = sumPathCounters(this.enginePathCounters, p.slot);
+        this.noteData(p, pc.txPackets, pc.txBytes, pc.dropTooBig, now);
+        if (beatDue(p.beats, this.beatPolicy, p.established, now, pc.txPackets)) {
+          due.push(p.slot);
+          beatSent(p.beats, now);
+        }
+        if (now >= p.nextProbe && (!p.established || p.urgent || now - p.lastData <= this.probeMs)) this.probe(p, now);
       }
       this.watchFlow(p, now);
       if (!p.established && !p.failReported && now - p.startedAt >= this.establishTimeoutMs) {
@@ -819,7 +854,7 @@ export class Sleeve {
         p.cb.failed(reason);
       }
     }
-    if (beat) this.beat();
+    if (due.length) this.beat(due);
     this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
   }
 
@@ -838,8 +873,29 @@ export class Sleeve {
     return sent === 1 ? 0 : this.ctlErrs[0];
   }
 
-  /** One PMTU round: a DF probe of each candidate size; acks of the previous round settle the MTU. */
+  /**
+   * Data went to the peer since the last look. Heartbeats (44 bytes) and probe acks (40) are below
+   * SMALL_FRAME, so they lower the excess and only larger frames (packets) raise it: counting datagrams
+   * instead, each end's acks of the other's re-check looked like data and kept both re-checking.
+   */
+  private noteData(p: PeerPath, txPackets: number, txBytes: number, tooBig: number, now: number): void {
+    const excess = txBytes - SMALL_FRAME * txPackets;
+    if (excess > p.excessSeen || tooBig !== p.tooBigSeen) p.lastData = now;
+    p.excessSeen = excess;
+    p.tooBigSeen = tooBig;
+  }
+
+  /**
+   * One PMTU round: a DF probe of each candidate size (a sweep), or only of the current size and the
+   * largest (a re-check, established and settled); acks of the previous round settle the MTU. A re-check
+   * whose current size went unanswered starts sweeping again.
+   */
   private probe(p: PeerPath, now: number): void {
+    if (p.recheck && p.probeBest < p.pathPayload && !p.urgent) {
+      this.log.info({ peer: p.peer, mtu: this.innerMtu(p) }, 'sleeve PMTU re-check unanswered at the current size; probing all sizes');
+      p.urgent = true;
+      p.urgentSince = now;
+    }
     if (p.probeRound > 0 && p.probeBest > 0) {
       if (p.probeBest !== p.pathPayload) {
         this.log.info({ peer: p.peer, from: p.pathPayload, to: p.probeBest, mtu: p.probeBest - HDR - (p.txKey ? TAG : 0) }, 'sleeve path MTU changed');
@@ -853,14 +909,19 @@ export class Sleeve {
     p.probeBest = 0;
     const max = this.underlayMtu - UNDERLAY_OVERHEAD;
     const tag = p.txKey ? TAG : 0;
-    const sizes = [max, ...PROBE_MTUS.map((m) => m - UNDERLAY_OVERHEAD).filter((s) => s < max)];
+    p.recheck = p.established && !p.urgent && p.pathPayload > 0;
+    const sizes = p.recheck
+      ? (p.pathPayload < max ? [max, p.pathPayload] : [max])
+      : [max, ...PROBE_MTUS.map((m) => m - UNDERLAY_OVERHEAD).filter((s) => s < max)];
     for (const size of sizes) {
       const body = Buffer.alloc(size - HDR - tag);
       writeU32(body, 0, p.probeRound);
       writeU32(body, 4, size);
       this.sendFrame(p, FrameType.Probe, body);
     }
-    p.nextProbe = now + (p.established && !p.urgent ? this.probeMs : this.heartbeatMs);
+    // a sweep is up to 19 full-size datagrams: while establishing one every ESTABLISH_PROBE_BEATS beats
+    // (a start of N routers sweeps N-1 paths each at once), every beat only after EMSGSIZE
+    p.nextProbe = now + (p.urgent ? this.heartbeatMs : p.established ? this.probeMs : ESTABLISH_PROBE_BEATS * this.heartbeatMs);
   }
 
   private onProbeAck(slot: number, round: number, size: number): void {

@@ -14,6 +14,7 @@ import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
 import type { GossipChannel, GossipData, Gossiper } from '../mesh/types';
 import { decodeMsg, encodeMsg, wantArray, wantInt, wantObject, wantPeerName, wantString, wantVersion } from '../mesh/codec';
+import { versionDigest } from '../mesh/gossip';
 
 export const LINKS_CHANNEL = 'links';
 const WIRE_VERSION = 1;
@@ -176,6 +177,10 @@ export class LinksTable implements Gossiper {
   }
   onGossipBroadcast(src: PeerName, update: Uint8Array): GossipData | null {
     return this.mergeUpdate(this.decode(update, src));
+  }
+  /** Periodic repair by digest (mesh/gossip.ts): origins and their versions. */
+  digest(): Uint8Array {
+    return versionDigest([...this.entries].map(([o, e]) => [o, e.version] as const));
   }
   gossip(): GossipData | null {
     return new LinksUpdate(new Map(this.entries));

@@ -18,6 +18,7 @@ import { WeaveError } from '../../lib/errors';
 import { Mesh, type MeshOptions } from '../../mesh/mesh';
 import { silentLogger, type Logger } from '../../lib/log';
 import type { PeerName } from '../../mesh/peer';
+import { SimSleeve } from './sim-sleeve';
 
 export interface LinkOptions {
   /** probability that a message kills the connection instead of arriving */
@@ -132,6 +133,7 @@ export class FakeUnderlay {
   private readonly transports = new Map<string, FakeTransport>();
   private readonly links = new Map<string, LinkOptions>();
   private readonly dead = new Set<string>();
+  private readonly mute = new Set<string>();
   private groups: Array<Set<string>> = [];
   private ephemeral = 40000;
   private connSeq = 0;
@@ -143,6 +145,7 @@ export class FakeUnderlay {
   private readonly encrypted: boolean;
   /** bytes carried, by message type */
   readonly bytesByType = new Map<number, number>();
+  readonly messagesByType = new Map<number, number>();
   bytes = 0;
   messages = 0;
   /** connections killed by a dropped message */
@@ -197,6 +200,27 @@ export class FakeUnderlay {
 
   revive(ip: string): void {
     this.dead.delete(ip);
+    this.mute.delete(ip);
+  }
+
+  /**
+   * The host (ip) dies without a word: what it sends and what is sent to it vanishes, dials to it are
+   * refused, but its connections stay open until each other end gives up on it (the caller closes
+   * them, e.g. at the times each end's read timeout would fire).
+   */
+  silence(ip: string): void {
+    this.dead.add(ip);
+    this.mute.add(ip);
+  }
+
+  /** Open connections of other hosts to ip (each seen from the other end). */
+  connectionsTo(ip: string): FakeConnection[] {
+    const out: FakeConnection[] = [];
+    for (const t of this.transports.values()) {
+      if (ipOf(t.address) === ip) continue;
+      for (const c of t.conns) if (!c.closed && ipOf(c.remoteAddr) === ip) out.push(c);
+    }
+    return out;
   }
 
   /** Hosts (ips) in groupA and groupB can no longer reach each other; crossing connections are cut. */
@@ -229,7 +253,7 @@ export class FakeUnderlay {
     return new Promise((resolve, reject) => {
       const srcIp = ipOf(from.address);
       const dstIp = ipOf(address);
-      if (this.cut(srcIp, dstIp)) {
+      if (this.cut(srcIp, dstIp) || this.mute.has(srcIp)) {
         this.clock.setTimeout(() => reject(new WeaveError('ETIMEDOUT', `dial ${address}: timed out`, { address })), this.dialTimeoutMs);
         return;
       }
@@ -270,6 +294,7 @@ export class FakeUnderlay {
   transmit(from: FakeConnection, type: number, payload: Uint8Array): void {
     const srcIp = ipOf(from.localAddr);
     const dstIp = ipOf(from.remoteAddr);
+    if (this.mute.has(srcIp) || this.mute.has(dstIp)) return;
     const l = this.link(srcIp, dstIp);
     if (l?.drop && this.random() < l.drop) {
       this.drops++;
@@ -280,6 +305,7 @@ export class FakeUnderlay {
     this.bytes += size;
     this.messages++;
     this.bytesByType.set(type, (this.bytesByType.get(type) ?? 0) + size);
+    this.messagesByType.set(type, (this.messagesByType.get(type) ?? 0) + 1);
     this.enqueue(from.peer, { at: 0, type, payload: Uint8Array.prototype.slice.call(payload) }, l?.delayMs ?? this.delayMs);
   }
 
@@ -463,6 +489,8 @@ export interface MeshSimOptions {
   targets?: (i: number, random: () => number) => number[];
   log?: Logger;
   extra?: Partial<MeshOptions>;
+  /** every peer runs the sleeve's liveness (test/fakes/sim-sleeve.ts) as its overlay */
+  sleeve?: boolean;
 }
 
 /** N meshes on one FakeUnderlay driven by one FakeClock-like clock. */
@@ -488,9 +516,19 @@ export class MeshSim {
     return [...t];
   }
 
+  /** per peer index, its SimSleeve (with o.sleeve) */
+  readonly sleeves: Array<SimSleeve | null> = [];
+
   makeMesh(i: number): Mesh {
     const uid = `u${(this.uidSeq++).toString(16).padStart(6, '0')}`;
+    let overlay: SimSleeve | undefined;
+    if (this.o.sleeve) {
+      this.sleeves[i]?.stop();
+      overlay = new SimSleeve(this.clock, this.random);
+      this.sleeves[i] = overlay;
+    }
     return new Mesh({
+      ...(overlay ? { overlay, overlays: ['sleeve'] } : {}),
       identity: { name: simPeerName(i), nickname: `p${i}`, uid },
       transport: this.underlay.transport(simAddress(i)),
       clock: this.clock,
@@ -518,6 +556,8 @@ export class MeshSim {
   async stopPeer(i: number): Promise<void> {
     const m = this.meshes[i];
     this.meshes[i] = null;
+    this.sleeves[i]?.stop();
+    this.sleeves[i] = null;
     if (m) await m.stop();
   }
 

@@ -10,6 +10,7 @@ import { unicastTable } from '../../mesh/routes';
 import type { GossipData, Gossiper, MeshConnection } from '../../mesh/types';
 import type { PeerName } from '../../mesh/peer';
 import { decodeMsg, encodeMsg } from '../../mesh/codec';
+import { versionDigest } from '../../mesh/gossip';
 import { HeapClock, MeshSim, simAddress, simPeerName } from '../fakes/underlay';
 
 // ---- a set-union gossiper that records what it sees ----
@@ -46,6 +47,18 @@ class SetGossiper implements Gossiper {
       fresh.add(i);
     }
     return fresh.size ? new SetData(fresh) : null;
+  }
+}
+
+/** The same set, with a digest: periodic rounds send it instead of the full set. */
+class DigestSetGossiper extends SetGossiper {
+  fullStates = 0;
+  digest(): Uint8Array {
+    return versionDigest([...this.items].map((i) => [i, 1] as const));
+  }
+  override gossip(): GossipData | null {
+    this.fullStates++;
+    return super.gossip();
   }
 }
 
@@ -219,6 +232,28 @@ test('line topology without discovery: topology and gossip reach the far end; pe
   channels.get(peers[5])!.gossip(new SetData(new Set(['g'])));
   await sim.run(5000, 20);
   for (let i = 0; i < 10; i++) assert.ok(gossipers.get(peers[i])!.items.has('g'));
+  for (const m of peers) await m.stop();
+});
+
+test('periodic repair by digest: in a steady state only digests travel; a state missed by the flood is repaired both ways', async () => {
+  const n = 8;
+  const sim = new MeshSim(new FakeClock(), { n, seed: 5, discovery: true, gossipIntervalMs: 2000 });
+  await sim.start();
+  assert.ok((await sim.runUntil(() => sim.converged(), 20_000, 50)) >= 0);
+  const peers = live(sim);
+  const gs = peers.map(() => new DigestSetGossiper());
+  peers.forEach((m, i) => m.newGossip('d', gs[i]));
+  // divergent states no flood carried (set behind the channel's back): 0 and 7 each hold an item
+  gs[0].items.add('only-0');
+  gs[7].items.add('only-7');
+  const t = await sim.runUntil(() => gs.every((g) => g.items.has('only-0') && g.items.has('only-7')), 30_000, 50);
+  assert.ok(t >= 0, 'periodic digest rounds repaired every peer');
+  // steady: digests match, so no full state is sent any more (gossip messages carry digests only)
+  const full0 = gs.reduce((a, g) => a + g.fullStates, 0);
+  const msgs0 = peers.reduce((a, m) => a + m.stats.gossipMessagesOut, 0);
+  await sim.run(20_000, 50);
+  assert.equal(gs.reduce((a, g) => a + g.fullStates, 0), full0, 'no full state once the digests agree');
+  assert.ok(peers.reduce((a, m) => a + m.stats.gossipMessagesOut, 0) > msgs0, 'digests still go out each round');
   for (const m of peers) await m.stop();
 });
 
@@ -421,5 +456,59 @@ test('a restarted peer (same name, new uid) replaces its old record everywhere',
   assert.equal(s.routes.length, 9);
   assert.equal(s.peerDiscovery, true);
   assert.equal(s.connLimit, 200);
+  for (const m of sim.alive()) await m.stop();
+});
+
+test('5 of 50 killed, each survivor noticing at its own time: every view drops each dead peer once (no return through stale gossip) and settles', async () => {
+  const sim = new MeshSim(new HeapClock(), { n: 50, seed: 23, discovery: true });
+  await sim.start();
+  assert.ok((await sim.runUntil(() => sim.converged(), 60_000, 100)) >= 0, 'full mesh of 50');
+  const dead = [7, 13, 21, 34, 45];
+  const deadNames = new Set(dead.map(simPeerName));
+  // hard kills: the hosts go silent; each survivor notices its connection to a dead host at its own
+  // time within 30 s (a TCP read timeout), so for a while some records still list the dead as connected
+  for (const i of dead) {
+    const ip = simAddress(i).split(':')[0];
+    sim.underlay.silence(ip);
+    for (const c of sim.underlay.connectionsTo(ip)) {
+      sim.clock.setTimeout(() => sim.underlay.closePair(c, 'read timeout', 'read timeout'), Math.floor(sim.random() * 30_000));
+    }
+  }
+  for (const i of dead) sim.meshes[i] = null; // frozen: no longer a live peer (its timers talk into the void)
+  // per survivor and dead peer: how many times the peer left its view, and came back after leaving
+  const left = new Map<string, number>();
+  const returned = new Map<string, number>();
+  const wasIn = new Map<string, boolean>();
+  const sample = (): void => {
+    for (const m of sim.alive()) {
+      // its view: the peers it routes to (reachable over symmetric established connections)
+      const names = new Set(m.peerNames());
+      for (const d of deadNames) {
+        const k = `${m.name} ${d}`;
+        const inView = names.has(d);
+        const before = wasIn.get(k) ?? true;
+        if (before && !inView) left.set(k, (left.get(k) ?? 0) + 1);
+        if (!before && inView) returned.set(k, (returned.get(k) ?? 0) + 1);
+        wasIn.set(k, inView);
+      }
+    }
+  };
+  const settled = await sim.runUntil(() => {
+    sample();
+    return sim.converged();
+  }, 90_000, 100);
+  assert.ok(settled >= 0, 'survivors converge on the 45 live peers');
+  // keep watching well past settling (periodic gossip rounds, reconnection attempts to the dead)
+  for (let t = 0; t < 60_000; t += 500) {
+    await sim.run(500, 50);
+    sample();
+  }
+  assert.deepEqual([...returned.entries()].filter(([, n]) => n > 0), [], 'a dead peer came back into a view');
+  for (const m of sim.alive()) {
+    for (const d of deadNames) assert.equal(left.get(`${m.name} ${d}`), 1, `${d} left ${m.name}'s view exactly once`);
+    assert.equal(m.peerNames().length, 45);
+  }
+  assert.ok(sim.converged());
+  console.log(`# 5 of 50 killed: views settled ${(settled / 1000).toFixed(1)} s (simulated) after the kill, no returns`);
   for (const m of sim.alive()) await m.stop();
 });

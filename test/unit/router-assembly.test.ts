@@ -69,3 +69,18 @@ test('a part that fails to stop does not keep the others running', async () => {
   assert.ok(log.find((r) => r.part === 'two' && r.msg === 'part failed to stop; continuing'));
   await assert.rejects(a.add('late', () => ({ name: 'late', stop() {} })), /stopping/);
 });
+
+test('onStep hears each start-up step as it begins (weave launch shows a slow start\'s progress)', async () => {
+  const order: string[] = [];
+  const steps: string[] = [];
+  const h = await runRouter(cfg, { log: new MemoryLogger(), steps: fakeSteps(undefined, order), installSignalHandlers: false, onStep: (s) => steps.push(s) });
+  await h.stop('test');
+  assert.equal(steps.length, order.filter((e) => e.startsWith('build ')).length);
+  assert.equal(steps[0], 'data dir');
+  assert.ok(steps.includes('mesh start') && steps.includes('api'), steps.join(', '));
+  assert.equal(steps[steps.length - 1], 'pid file');
+  // a failing step is heard too: the launch names where it stuck
+  const heard: string[] = [];
+  await assert.rejects(runRouter(cfg, { log: new MemoryLogger(), steps: fakeSteps('buildMesh', []), installSignalHandlers: false, onStep: (s) => heard.push(s) }));
+  assert.equal(heard[heard.length - 1], 'mesh');
+});
