@@ -10,6 +10,7 @@
 //
 // The API server down or slow changes nothing on the data path: targets stay as they were, the
 // informer backs off and reconnects (a 410 relists), and each state change is logged once.
+import * as path from 'path';
 import type { Registry } from 'prom-client';
 import type { Clock, TimerHandle } from '../lib/clock';
 import { WeaveError, errMsg } from '../lib/errors';
