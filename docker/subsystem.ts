@@ -17,6 +17,8 @@ import type { StateRecovery } from '../lib/state-file';
 import type { Subsystem, SubsystemModule } from '../lib/subsystem';
 import type { DnsConfig } from '../dns/flags';
 import type { DockerJoinRequest, EndpointInfo } from '../router/endpoints';
+import type { HostCtx } from '../host/ip';
+import { acceptOverlayForwarding, removeOverlayForwarding } from '../host/docker-forward';
 import { DockerDriver } from './driver';
 import { DockerEngine } from './engine';
 import { addDockerFlags, driverName, parseDockerFlags, type DockerConfig } from './flags';
@@ -34,6 +36,8 @@ export interface DockerContext {
   root: Logger;
   clock: Clock;
   identity: { name: string };
+  /** the router's namespace (iptables FORWARD rules: host/docker-forward.ts) */
+  hostCtx: HostCtx;
   endpoints: {
     readonly overlayRange: string;
     list(): EndpointInfo[];
@@ -121,6 +125,13 @@ export class DockerSubsystem implements Subsystem {
       }, WAIT_FOR_DOCKER_MS);
       return;
     }
+    // Docker's FORWARD policy DROP would drop what weave forwards: accept the overlay's interfaces
+    // first (a failure is logged, not fatal: a host without iptables has no such policy either)
+    const added = await acceptOverlayForwarding(this.ctx.hostCtx).catch((e: unknown) => {
+      this.log.warn({ err: errMsg(e) }, 'docker: cannot add the overlay\'s ACCEPT rules to iptables FORWARD; with Docker\'s policy DROP containers reach nobody across the mesh');
+      return 0;
+    });
+    if (added > 0) this.log.info({ rules: added }, 'docker: iptables FORWARD accepts the overlay\'s interfaces (Docker\'s policy may be DROP)');
     await this.server.start();
     this.serving = true;
     this.containerNames.start();
@@ -141,6 +152,7 @@ export class DockerSubsystem implements Subsystem {
       if (!e.docker) continue;
       await this.ctx.endpoints.leaveDocker(e.docker.endpointId).catch((err: unknown) => this.log.warn({ endpoint: e.docker!.endpointId, err: errMsg(err) }, 'reset: removing a Docker endpoint failed; continuing'));
     }
+    if (this.serving) await removeOverlayForwarding(this.ctx.hostCtx).catch((err: unknown) => this.log.warn({ err: errMsg(err) }, 'reset: removing the overlay\'s iptables FORWARD rules failed; continuing'));
   }
 
   recovery(): StateRecovery[] {

@@ -145,6 +145,16 @@ test('docker network create -d weave on two hosts: containers reach each other b
     assert.deepEqual(await allocated(h1), [], 'and every address of it (the gateway too)');
     assert.equal(after.docker.endpoints.length, 0);
     await weave(h1, d1, ['status', 'docker']);
+
+    // dockerd turned forwarding on itself in these hosts, so its FORWARD policy is DROP: the router's
+    // ACCEPT rules for the overlay's interfaces are what let c1 and c2 talk; reset removes them
+    const forward = async (): Promise<string> => (await h2.exec(['iptables', '-w', '5', '-S', 'FORWARD'])).stdout;
+    const before = await forward();
+    say(`h2$ iptables -S FORWARD\n${before.trim()}`);
+    assert.match(before, /^-P FORWARD DROP$/m, 'Docker\'s policy (the case the rules are for)');
+    assert.match(before, /-i weave-tun .*weave: overlay forwarding.* -j ACCEPT/);
+    await h2.weave(['reset']);
+    assert.doesNotMatch(await forward(), /weave: overlay forwarding/, 'weave reset removed them');
   } finally {
     if (process.env.WEAVE_TEST_DEBUG) for (const h of lab.hosts) for (const r of h.routers) process.stdout.write(r.output().split('\n').filter((l) => l.includes('"docker"')).map((l) => `# ${h.name} ${l}\n`).join(''));
     for (const d of daemons) await d.stop();
