@@ -24,7 +24,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Lab, type Host } from '../test/lab/lab';
 import { run as exec, waitFor } from '../test/lab/exec';
-import { CLK_TCK, arg, iperf, launch, nsx, rssMb, run, sampleMax, sockperf } from './sleeve';
+import { CLK_TCK, arg, iperf, procTicks, launch, nsx, rssMb, run, sampleMax, sockperf } from './sleeve';
 
 /** what every encrypted contender's underlay capture must not contain */
 const MARKER = 'deadbeefcafebabe';
@@ -206,20 +206,6 @@ async function daemons(x: Ctx, c: Contender): Promise<number[][]> {
   return out;
 }
 
-function ticks(pids: number[]): number {
-  let t = 0;
-  for (const pid of pids) {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      t += Number(f[11]) + Number(f[12]);
-    } catch {
-      // exited: no part in the measurement
-    }
-  }
-  return t;
-}
-
 /** the larger of the two hosts' daemon RSS (MB): one router's memory */
 const routerRss = (ds: number[][]): number => Math.max(...ds.map((ps) => ps.reduce((s, p) => s + rssMb(p), 0)));
 
@@ -283,7 +269,7 @@ async function trial(c: Contender, round: number, seconds: number, dir: string):
     if ((!c.encrypted && t.marked === 0) || t.captured! < 20) throw new Error(`${c.name}: the capture saw ${t.captured} packets, ${t.marked} with the marker: the check is blind`);
     await iperf(e.dstNs, e.srcNs, e.dstIp, 2, 1); // warm-up: path MTU, handshakes, caches
     const all = ds.flat();
-    const before = ticks(all);
+    const before = procTicks(all);
     const bytes = { n: 0 };
     t.p1 = await iperf(e.dstNs, e.srcNs, e.dstIp, seconds, 1);
     bytes.n += t.p1 * 1e9 / 8 * seconds;
@@ -291,7 +277,7 @@ async function trial(c: Contender, round: number, seconds: number, dir: string):
     t.p4 = s4.value;
     bytes.n += t.p4 * 1e9 / 8 * seconds;
     if (c.daemon) {
-      t.cpuPerGb = (ticks(all) - before) / CLK_TCK / (bytes.n / 1e9);
+      t.cpuPerGb = (procTicks(all) - before) / CLK_TCK / (bytes.n / 1e9);
       t.rssLoadedMb = s4.max;
     }
     const pg = await run(nsx(e.srcNs, ['ping', '-c', '50', '-i', '0.01', '-q', e.dstIp]));

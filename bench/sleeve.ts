@@ -142,21 +142,26 @@ export async function hostsRssMb(lab: Lab, hosts: Host[]): Promise<number> {
   return max;
 }
 
+/** utime + stime (clock ticks) of these processes; one that exited had no part in the measurement. */
+export function procTicks(pids: readonly number[]): number {
+  let t = 0;
+  for (const pid of pids) {
+    try {
+      // the comm field may hold spaces: fields are counted after its closing parenthesis
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      t += Number(f[11]) + Number(f[12]);
+    } catch {
+      // the process exited between listing and reading
+    }
+  }
+  return t;
+}
+
 /** utime + stime (clock ticks) of every process in the hosts' namespaces: the routers there. */
 export async function cpuTicks(lab: Lab, hosts: Host[]): Promise<number> {
   let t = 0;
-  for (const h of hosts) {
-    for (const pid of await lab.pidsIn(h.ns)) {
-      try {
-        // the comm field may hold spaces: fields are counted after its closing parenthesis
-        const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-        t += Number(f[11]) + Number(f[12]);
-      } catch {
-        // the process exited between listing and reading: it had no part in the measurement
-      }
-    }
-  }
+  for (const h of hosts) t += procTicks(await lab.pidsIn(h.ns));
   return t;
 }
 export const CLK_TCK = 100;
