@@ -10,10 +10,19 @@
 //    never back to the neighbour the news came from; receivers pass on what was new to them;
 //  - every gossipIntervalMs: a hash of our digest to fanout neighbours; a neighbour whose view
 //    differs answers with its digest (repairs whatever the random flood missed, at ~zero cost in a
-//    steady state).
+//    steady state);
+//  - SETTLE_CHECK_MS after news we sent (at most SETTLE_CHECK_MAX_MS after the first of a burst): the
+//    same hash round once, so a peer the random flood missed is repaired within seconds of a change
+//    (peers dying: it would route to them until the next periodic round) while an idle mesh sends
+//    nothing more.
 // GC: a record that was reachable at the last recompute and is not now is dropped at once; a
 // record that was never reachable since we learned it gets gcGraceMs, because records of one
 // change arrive in any order (C's record can come before B's record that makes C reachable).
+// A dropped record is remembered for DROPPED_MEMORY_MS, and copies of it that neighbours still
+// offer are refused (topology.ts), so a dead peer leaves our view once instead of coming back with
+// every digest exchange until the last neighbour has dropped it too. The memory is lifted when a
+// reachable peer lists the dropped one as connected and the dropped record lists that peer back (a
+// healed partition whose far side kept its records unchanged): we ask for the record again.
 import { EventEmitter } from 'events';
 import type { Clock, TimerHandle } from '../lib/clock';
 import type { Logger } from '../lib/log';
@@ -99,12 +108,19 @@ export interface MeshStats {
   topologyMessagesIn: number;
   topologyMessagesOut: number;
   recomputes: number;
+  /** records refused as copies of ones we dropped as unreachable (stale gossip about dead peers) */
+  droppedRecordsRefused: number;
   gossipMessagesIn: number;
   gossipMessagesOut: number;
 }
 
 const SELF_COLLISION_WINDOW_MS = 60_000;
 const PULL_INTERVAL_MS = 1000;
+// longer than any neighbour keeps a dead peer's record: until its own read timeout (30 s) and the
+// news of it have gone round, with room for the periodic digest rounds that carry stale copies
+const DROPPED_MEMORY_MS = 10 * 60_000;
+const SETTLE_CHECK_MS = 2000;
+const SETTLE_CHECK_MAX_MS = 10_000;
 const SELF_COLLISION_MAX_BUMPS = 3;
 
 /** How many refused inbound peers status remembers, and for how long. */
@@ -137,6 +153,8 @@ export class Mesh extends EventEmitter {
   private gcTimer: TimerHandle | undefined;
   private newsTimer: TimerHandle | undefined;
   private periodicTimer: TimerHandle | undefined;
+  private settleTimer: TimerHandle | undefined;
+  private settleFirst = 0;
   /** news to pass on: name -> neighbours known to hold the version we will send */
   private readonly pendingNews = new Map<PeerName, Set<PeerName>>();
   private readonly linkChanged = new Set<PeerName>();
@@ -148,7 +166,7 @@ export class Mesh extends EventEmitter {
   private readonly selfCollisions = new Map<string, { first: number; bumps: number; loggedAt: number }>();
   readonly stats: MeshStats = {
     protocolErrors: 0, refused: {}, unroutable: 0, noGossiper: 0, gossiperErrors: 0, handlerErrors: 0, unknownMessages: 0,
-    topologyMessagesIn: 0, topologyMessagesOut: 0, recomputes: 0, gossipMessagesIn: 0, gossipMessagesOut: 0,
+    topologyMessagesIn: 0, topologyMessagesOut: 0, recomputes: 0, droppedRecordsRefused: 0, gossipMessagesIn: 0, gossipMessagesOut: 0,
   };
 
   constructor(o: MeshOptions) {
@@ -209,7 +227,7 @@ export class Mesh extends EventEmitter {
     if (this.stopped) return;
     this.stopped = true;
     this.cm.stop();
-    for (const t of [this.recomputeTimer, this.gcTimer, this.newsTimer, this.periodicTimer]) this.clock.clearTimeout(t);
+    for (const t of [this.recomputeTimer, this.gcTimer, this.newsTimer, this.periodicTimer, this.settleTimer]) this.clock.clearTimeout(t);
     for (const ch of this.channels.values()) ch.stop();
     for (const e of [...this.conns.values()]) {
       e.closed = true;
@@ -614,6 +632,7 @@ export class Mesh extends EventEmitter {
       case TopoKind.Records: {
         const res = this.topology.merge(m.peers);
         if (res.selfConflict) this.onSelfConflict(res.selfConflict);
+        this.stats.droppedRecordsRefused += res.dropped.length;
         for (const n of res.changed) this.news(n, e.peer);
         // the sender already holds these: don't send them back with the pending news
         for (const n of res.same) this.pendingNews.get(n)?.add(e.peer);
@@ -717,6 +736,21 @@ export class Mesh extends EventEmitter {
       const recs = items.filter(([, holders]) => !holders.has(e.peer)).map(([r]) => r);
       if (recs.length) this.sendTopology(e, { kind: TopoKind.Records, peers: recs, want: [] });
     }
+    this.scheduleSettleCheck();
+  }
+
+  /** One hash round SETTLE_CHECK_MS after the last news (bounded by SETTLE_CHECK_MAX_MS under churn). */
+  private scheduleSettleCheck(): void {
+    const now = this.clock.now();
+    if (this.settleTimer) this.clock.clearTimeout(this.settleTimer);
+    else this.settleFirst = now;
+    const at = Math.min(now + SETTLE_CHECK_MS, this.settleFirst + SETTLE_CHECK_MAX_MS);
+    this.settleTimer = this.clock.setTimeout(() => {
+      this.settleTimer = undefined;
+      if (this.stopped) return;
+      const hash = this.topology.hash();
+      for (const e of this.randomNeighbours(this.fanout())) this.sendTopology(e, { kind: TopoKind.Hash, hash });
+    }, Math.max(0, at - now));
   }
 
   private schedulePeriodic(ms: number): void {
@@ -729,6 +763,7 @@ export class Mesh extends EventEmitter {
   }
 
   private periodic(): void {
+    this.topology.expireDropped(this.clock.now() - DROPPED_MEMORY_MS);
     const hash = this.topology.hash();
     for (const e of this.randomNeighbours(this.fanout())) this.sendTopology(e, { kind: TopoKind.Hash, hash });
     for (const ch of this.channels.values()) {
@@ -860,7 +895,7 @@ export class Mesh extends EventEmitter {
       else nextGc = Math.min(nextGc, since + this.gcGraceMs);
     }
     if (drop.length) {
-      this.topology.remove(drop);
+      this.topology.drop(drop, now);
       for (const n of drop) {
         this.unreachableSince.delete(n);
         this.pendingNews.delete(n);
@@ -876,7 +911,7 @@ export class Mesh extends EventEmitter {
     }
     if (routesChanged) this.emit('routesChanged');
     if (this.discovery) this.cm.setDiscovered(this.discovered());
-    this.pullMissing(now);
+    this.pullMissing(now, reach);
     this.clock.clearTimeout(this.gcTimer);
     this.gcTimer = undefined;
     if (nextGc < Infinity) {
@@ -892,11 +927,12 @@ export class Mesh extends EventEmitter {
    * transient, or their news missed us): ask a few neighbours for them rather than wait for the
    * periodic round.
    */
-  private pullMissing(now: number): void {
+  private pullMissing(now: number, reach: Set<PeerName>): void {
     let missing: PeerName[] | undefined;
     for (const r of this.topology.records()) {
       for (const c of r.connections) {
         if (!c.established || c.name === this.name || this.topology.get(c.name)) continue;
+        if (!this.mayBeAlive(c.name, r.name, reach)) continue;
         const last = this.pulledAt.get(c.name);
         if (last !== undefined && now - last < PULL_INTERVAL_MS) continue;
         this.pulledAt.set(c.name, now);
@@ -908,6 +944,20 @@ export class Mesh extends EventEmitter {
       for (const [n, t] of this.pulledAt) if (now - t >= PULL_INTERVAL_MS) this.pulledAt.delete(n);
     }
     for (const e of this.randomNeighbours(2)) this.sendTopology(e, { kind: TopoKind.Records, peers: [], want: missing });
+  }
+
+  /**
+   * A peer we dropped as unreachable, listed as connected by `by`: alive again only when `by` is
+   * reachable and the dropped record lists `by` back, so that record would be reachable as it is
+   * (a healed partition). Then its memory is lifted. A peer we did not drop may always be alive.
+   */
+  private mayBeAlive(name: PeerName, by: PeerName, reach: Set<PeerName>): boolean {
+    const d = this.topology.droppedRecord(name);
+    if (!d) return true;
+    if (!reach.has(by) || !d.record.connections.some((c) => c.name === by && c.established)) return false;
+    this.log.debug({ peer: name, listedBy: by }, 'a peer dropped as unreachable is connected again; asking for its record');
+    this.topology.forgetDropped(name);
+    return true;
   }
 
   /** Addresses other peers report for peers we have no connection with. */

@@ -10,6 +10,13 @@
 // Reachability: an edge A-B counts only when A lists B as established AND B lists A as established;
 // only those edges carry routes, and records of peers not reachable from us over them are dropped
 // (GC) after each recompute, so dead peers and the far side of a partition leave our view.
+//
+// Dropped records are remembered (drop()): neighbours that have not dropped a dead peer yet still
+// hold its last record and offer it in every digest exchange, and taking it back would show the dead
+// peer again and pass it on as news, so views flapped for half a minute after peers died. A record of
+// the same incarnation no newer than the dropped one is refused; a newer version or another uid (a
+// restart) is a live peer and is taken. When the far side of a healed partition comes back with an
+// unchanged record, the caller lifts the memory (forgetDropped) once a reachable peer lists it again.
 import { createHash } from 'crypto';
 import { ProtocolError } from '../lib/errors';
 import type { PeerName } from './peer';
@@ -68,13 +75,19 @@ export interface MergeResult {
   same: PeerName[];
   /** names the sender holds an older record of than ours */
   older: PeerName[];
+  /** names whose record was refused: the same incarnation we dropped as unreachable, no newer */
+  dropped: PeerName[];
   /** highest version seen of a record about our own name with a uid other than ours */
   selfConflict?: { uid: string; version: number; nickname: string };
 }
 
+/** A record dropped as unreachable, and when. */
+export interface DroppedRecord { record: PeerRecord; at: number }
+
 export class Topology {
   readonly self: PeerName;
   private readonly peers = new Map<PeerName, PeerRecord>();
+  private readonly droppedRecords = new Map<PeerName, DroppedRecord>();
   private hashCache: string | null = null;
   private digestCache: DigestEntry[] | null = null;
   /** bumped on every change; lets callers detect "something changed since" cheaply */
@@ -133,6 +146,7 @@ export class Topology {
     const changed: PeerName[] = [];
     const same: PeerName[] = [];
     const older: PeerName[] = [];
+    const dropped: PeerName[] = [];
     let selfConflict: MergeResult['selfConflict'];
     for (const r of records) {
       if (r.name === this.self) {
@@ -147,11 +161,49 @@ export class Topology {
         else older.push(r.name);
         continue;
       }
+      if (this.isDropped(r)) {
+        dropped.push(r.name);
+        continue;
+      }
+      // a newer version of the dropped incarnation is alive after all; a restart's record leaves the
+      // memory in place, so copies of the previous incarnation stay out
+      if (this.droppedRecords.get(r.name)?.record.uid === r.uid) this.droppedRecords.delete(r.name);
       this.peers.set(r.name, r);
       changed.push(r.name);
     }
     if (changed.length) this.touched();
-    return selfConflict ? { changed, same, older, selfConflict } : { changed, same, older };
+    return selfConflict ? { changed, same, older, dropped, selfConflict } : { changed, same, older, dropped };
+  }
+
+  /** Is r (or the record a digest entry names) the incarnation we dropped, at no newer a version? */
+  private isDropped(r: { name: PeerName; uid: string; version: number }): boolean {
+    const d = this.droppedRecords.get(r.name)?.record;
+    return d !== undefined && d.uid === r.uid && !newerThan(r, d);
+  }
+
+  /** Removes records as unreachable (never our own), remembering each so stale copies stay out. */
+  drop(names: PeerName[], now: number): void {
+    for (const n of names) {
+      const r = this.peers.get(n);
+      if (r && n !== this.self) this.droppedRecords.set(n, { record: r, at: now });
+    }
+    this.remove(names);
+  }
+
+  /** The dropped record of name, if we remember one. */
+  droppedRecord(name: PeerName): DroppedRecord | undefined {
+    return this.droppedRecords.get(name);
+  }
+
+  /** Takes name's dropped record back as possibly live: its copies are accepted again. */
+  forgetDropped(name: PeerName): void {
+    this.droppedRecords.delete(name);
+  }
+
+  /** Forgets records dropped before `before` (by then no neighbour holds them); returns how many remain. */
+  expireDropped(before: number): number {
+    for (const [n, d] of this.droppedRecords) if (d.at < before) this.droppedRecords.delete(n);
+    return this.droppedRecords.size;
   }
 
   // Records are immutable once stored (a change replaces the object), so the set is cached per object.
@@ -254,7 +306,7 @@ export class Topology {
         continue;
       }
       const r = this.peers.get(n);
-      if (!r || newerThan({ uid: u, version: v }, r)) want.push(n);
+      if ((!r || newerThan({ uid: u, version: v }, r)) && !this.isDropped({ name: n, uid: u, version: v })) want.push(n);
     }
     return selfConflict ? { send, want, selfConflict } : { send, want };
   }

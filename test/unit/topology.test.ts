@@ -143,3 +143,32 @@ test('wire: malformed messages are ProtocolErrors', () => {
   assert.throws(() => decodeTopology(new Uint8Array([0xc1])), ProtocolError);
   assert.throws(() => decodeTopology(new Uint8Array([])), ProtocolError);
 });
+
+test('drop: copies of a dropped record are refused and not asked for; a newer version or a restart is taken', () => {
+  const t = new Topology({ name: A, nickname: 'a', uid: 'ua' });
+  t.merge([rec(B, 4, [conn(C)]), rec(C, 2, [conn(B)])]);
+  t.drop([B, C], 1000);
+  assert.deepEqual(t.names(), [A]);
+  // a neighbour that has not dropped B yet offers its last record: stale, refused
+  const stale = t.merge([rec(B, 4, [conn(C)]), rec(B, 3, [])]);
+  assert.deepEqual(stale.changed, []);
+  assert.deepEqual(stale.dropped, [B, B]);
+  assert.deepEqual(t.reconcile([[B, 'uid-0b', 4], [C, 'uid-0c', 2]]).want, []);
+  // a newer version of the same incarnation is alive: taken, its memory gone
+  assert.deepEqual(t.reconcile([[B, 'uid-0b', 5]]).want, [B]);
+  assert.deepEqual(t.merge([rec(B, 5, [])]).changed, [B]);
+  assert.equal(t.droppedRecord(B), undefined);
+  // a restart (another uid, version 1) is taken; copies of the old incarnation stay out
+  assert.deepEqual(t.merge([rec(C, 1, [], 'uid-new')]).changed, [C]);
+  assert.deepEqual(t.merge([rec(C, 2, [conn(B)])]).dropped, [C]);
+  assert.equal(t.get(C)!.uid, 'uid-new');
+  // lifted (a healed partition): the same record is taken again
+  t.drop([B], 2000);
+  t.forgetDropped(B);
+  assert.deepEqual(t.merge([rec(B, 5, [])]).changed, [B]);
+  // memories expire
+  t.drop([B], 3000);
+  assert.equal(t.expireDropped(2500), 1); // C's old incarnation (dropped at 1000) is forgotten, B's kept
+  assert.equal(t.droppedRecord(C), undefined);
+  assert.equal(t.droppedRecord(B)!.at, 3000);
+});
