@@ -101,6 +101,12 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   const life = { stop, reset: async () => { host.keep.onStop = false; await eps.removeAll(); await resetSubsystems(subsystems, log); } };
   await build.add('api', () => s.serveApi(cfg, build.parts, life, root));
   await build.add('pid file', () => s.pidFilePart(cfg));
+  const reads = host.ctx.reads;
+  if (reads) {
+    // from here on the reconcile loops must see the kernel as others change it
+    host.ctx.reads = undefined;
+    log.debug({ shared: reads.hits, run: reads.misses }, 'start-up reads of kernel state');
+  }
   log.info({ name: data.identity.name, nickname: data.identity.nickname, port: cfg.port, http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, encryption: cfg.password !== null, crypto: wire.crypto.name }, 'router ready');
 
   if (opts.installSignalHandlers !== false) {

@@ -8,7 +8,7 @@
 // One `ip -batch` makes the pair, brings the host end up and adds the /32 route; any failure after
 // the pair exists deletes the host end, which takes the container end with it.
 import { createHash } from 'crypto';
-import { HostCtx, HostError, ipBatch, sysctl } from './ip';
+import { batchFailures, HostCtx, HostError, ipBatch, sysctl } from './ip';
 
 /** Host ends of Docker endpoints' veths: "vethwedk" + 7 hex digits ('k' keeps them apart from attach's vethwe + 9 hex). */
 export const DOCKER_HOST_IF_PREFIX = 'vethwedk';
@@ -53,7 +53,7 @@ export async function createDockerLink(ctx: HostCtx, s: DockerLinkSpec): Promise
     await ipBatch(ctx, lines);
   } catch (e) {
     const exists = e instanceof HostError && /File exists/.test(e.stderr);
-    const first = e instanceof HostError && /Command failed -:1\b/.test(e.stderr);
+    const first = e instanceof HostError && batchFailures(e.stderr, lines)[0]?.line === 1;
     if (!first) await deleteDockerLink(ctx, s.hostIf);
     if (e instanceof HostError) {
       throw new HostError(`making the veth ${s.hostIf} for a Docker endpoint: ${e.stderr || e.message}${exists && first ? ' (a leftover of an earlier Join?)' : ''}`, { command: e.command, stderr: e.stderr, exists });

@@ -21,7 +21,7 @@ import { WeaveError } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { EXPOSE_LINK, NFT_TABLE } from './expose';
 import { HOST_IF_PREFIX } from './links';
-import { execHost, HostCtx, HostError, nftApply, nsPrefix } from './ip';
+import { HostCtx, HostError, nftApply, nsPrefix, readHost } from './ip';
 import { LoopedReconciler } from './reconcile-loop';
 
 export interface GuardSpec {
@@ -151,7 +151,7 @@ export function parseGuard(spec: GuardSpec, docs: Array<{ nftables?: Array<Recor
  */
 export async function readGuard(ctx: HostCtx, spec: GuardSpec): Promise<GuardActual> {
   const argv = [...nsPrefix(ctx), 'nft', '-j', 'list', 'table', 'inet', NFT_TABLE];
-  const r = await execHost(argv, { allowFail: true });
+  const r = await readHost(ctx, argv, { allowFail: true });
   if (r.code !== 0) {
     if (/No such file or directory/.test(r.stderr)) return { chainOk: false, sets: null, dropped: 0 };
     throw new HostError(`${argv.join(' ')}: ${r.stderr.trim() || `exit ${r.code}`}`, { command: argv.join(' '), stderr: r.stderr.trim(), code: r.code });

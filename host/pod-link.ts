@@ -12,7 +12,7 @@
 // Creation is all or nothing: any failure deletes the host end, which takes the pod end with it.
 import { createHash, randomBytes } from 'crypto';
 import { canonicalPrefix, networkCidr, parseCidr4 } from './cidr';
-import { execHost, HostCtx, HostError, ipBatch, nsPrefix, sysctl } from './ip';
+import { batchFailures, execHost, HostCtx, HostError, ipBatch, nsPrefix, sysctl } from './ip';
 
 /** The pods' gateway: answered by the host end of each pod's veth (a permanent neighbour in the pod). */
 export const POD_GATEWAY = '169.254.1.1';
@@ -85,8 +85,7 @@ export function podLinkLines(s: PodLinkSpec, replace = false): { host: string[];
 
 /** The failing line of an `ip -batch` ("Command failed -:N"), to say what the kernel refused. */
 function failedLine(e: unknown, lines: string[]): string {
-  const m = e instanceof HostError ? /Command failed -:(\d+)/.exec(e.stderr) : null;
-  return m ? lines[Number(m[1]) - 1] ?? '' : '';
+  return e instanceof HostError ? batchFailures(e.stderr, lines)[0]?.text ?? '' : '';
 }
 
 /** Host-side sysctls of a pod's veth: proxy ARP for the overlay on-link route, answered at once. */

@@ -63,7 +63,7 @@ import type { PrefixTable } from './prefixes';
 import { loadTunIo, type TunIo } from './native';
 import { BeatState, SLEEVE_BEATS, beatDue, beatSent, silenceLimit, type BeatPolicy } from './heartbeat';
 import { loadFallbackIo, type IoKind } from './fallback-io';
-import { ip as hostIp, ipJson as hostIpJson, sysctl as hostSysctl, type HostCtx } from '../host/ip';
+import { ip as hostIp, ipJson as hostIpJson, kernelChanged, sysctl as hostSysctl, type HostCtx } from '../host/ip';
 import { NativeTun, type TunDevice } from './tun';
 import { NativeUdp, type UdpBind } from './udp';
 import type { FromWorker, ToWorker, WorkerInit } from './sleeve-worker';
@@ -1104,6 +1104,7 @@ export async function createSleeve(o: CreateSleeveOptions): Promise<Sleeve> {
   if (bind === undefined) throw new WeaveError('EINVAL', `bad sleeve bind address ${o.bindIp}`);
   const offload = ioKind === 'native' && !!io.readBatchVnet && (o.tunOffload ?? true);
   const tun = new NativeTun(io, o.tunName ?? DEFAULT_TUN_NAME, undefined, offload);
+  kernelChanged();
   let udp: NativeUdp | undefined;
   try {
     udp = new NativeUdp(io, bind, o.port ?? DEFAULT_SLEEVE_PORT);

@@ -9,7 +9,7 @@ import type { Part } from '../../lib/subsystem';
 import type { PeerName } from '../../mesh/peer';
 import type { CryptoEngine } from '../../mesh/crypto';
 import { RouteReconciler } from '../../host/routes';
-import { sysctl, type HostCtx } from '../../host/ip';
+import { ReadCache, sysctl, type HostCtx } from '../../host/ip';
 import { dropTableIfEmpty } from '../../host/expose';
 import { PrefixTable } from '../../router/prefixes';
 import { createSleeve, type RouteSource, type Sleeve, type SleeveCounters } from '../../router/sleeve';
@@ -28,7 +28,8 @@ export interface HostPart extends Part {
 
 /** The route reconciler (started once endpoints are restored) and IP forwarding. */
 export async function hostState(root: Logger, clock: Clock, keepDataPath: { onStop: boolean; holdMs: number } = { onStop: false, holdMs: 0 }): Promise<HostPart> {
-  const ctx: HostCtx = {};
+  // shared reads until the router is ready (host/ip.ts ReadCache; runRouter drops it)
+  const ctx: HostCtx = { reads: new ReadCache() };
   const keep = { ...keepDataPath };
   const routes = new RouteReconciler({ ctx, log: componentLogger(root, 'routes'), clock, holdMs: keep.holdMs });
   // Container traffic crosses this host's kernel (veth -> TUN and back), and relays forward it.

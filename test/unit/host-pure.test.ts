@@ -10,6 +10,7 @@ import { hostIfName, tmpPeerName } from '../../host/links';
 import { masqueradeScript } from '../../host/expose';
 import { validateState } from '../../router/endpoints';
 import { UsageError, WeaveError } from '../../lib/errors';
+import { ReadCache, batchFailures, kernelChanged, type ExecResult } from '../../host/ip';
 
 test('diffRoutes: identical desired and actual need nothing', () => {
   const desired: DesiredRoute[] = [
@@ -154,4 +155,32 @@ test('validateState accepts what we write and rejects malformed files', () => {
     { ...good, exposed: [{ cidr: '10.32.0.1/12' }] },
   ];
   for (const b of broken) assert.throws(() => validateState(b), WeaveError, JSON.stringify(b));
+});
+
+test('batchFailures: each failed line of an ip -batch with what the kernel said', () => {
+  const lines = ['link set lo up', 'link set nosuch up', 'route add 10.0.0.0/8 dev nosuch'];
+  const stderr = 'Cannot find device "nosuch"\nCommand failed -:2\nCannot find device "nosuch"\nCommand failed -:3\n';
+  assert.deepEqual(batchFailures(stderr, lines), [
+    { line: 2, text: 'link set nosuch up', error: 'Cannot find device "nosuch"' },
+    { line: 3, text: 'route add 10.0.0.0/8 dev nosuch', error: 'Cannot find device "nosuch"' },
+  ]);
+  assert.deepEqual(batchFailures('Error: something else\n', lines), []);
+});
+
+test('ReadCache: a read is shared until any write; a failed read is not kept', async () => {
+  const c = new ReadCache();
+  let runs = 0;
+  const ok = (): Promise<ExecResult> => { runs++; return Promise.resolve({ code: 0, stdout: `r${runs}`, stderr: '' }); };
+  const a = await c.read(['ip', '-json', 'link', 'show'], ok);
+  const b = await c.read(['ip', '-json', 'link', 'show'], ok);
+  assert.equal(a.stdout, 'r1');
+  assert.equal(b.stdout, 'r1');
+  assert.equal((await c.read(['ip', '-json', 'route', 'show'], ok)).stdout, 'r2');
+  kernelChanged();
+  assert.equal((await c.read(['ip', '-json', 'link', 'show'], ok)).stdout, 'r3');
+  assert.deepEqual([c.hits, c.misses], [1, 3]);
+  const fail = (): Promise<ExecResult> => { runs++; return Promise.reject(new Error('boom')); };
+  await assert.rejects(c.read(['nft', 'list'], fail));
+  await new Promise((r) => setImmediate(r));
+  assert.equal((await c.read(['nft', 'list'], ok)).stdout, 'r5');
 });
