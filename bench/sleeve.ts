@@ -19,7 +19,7 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import { Container, Host, Lab, WEAVE_JS } from '../test/lab/lab';
-import { waitFor } from '../test/lab/exec';
+import { RunResult, waitFor } from '../test/lab/exec';
 
 export function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -170,8 +170,8 @@ export const CLK_TCK = 100;
  * `weave launch ARGS` in h as users run it: without the lab's --enable-source-maps (which parses every
  * module's source map into the router's heap and the workers', and would skew the RSS measured here).
  */
-export async function launch(h: Host, args: string[], env: Record<string, string>): Promise<void> {
-  await h.exec([process.execPath, WEAVE_JS, 'launch', ...args], { env: h.env(env), timeoutMs: 60_000 });
+export async function launch(h: Host, args: string[], env: Record<string, string>, opts: { timeoutMs?: number; allowFail?: boolean } = {}): Promise<RunResult> {
+  return h.exec([process.execPath, WEAVE_JS, 'launch', ...args], { env: h.env(env), timeoutMs: opts.timeoutMs ?? 60_000, allowFail: opts.allowFail });
 }
 
 let caseNo = 0;
