@@ -12,7 +12,7 @@
 // bench then prints issue 19's goals, each met or not with its figure.
 // 100 hosts on one bridge overflow the kernel's default neighbour table (gc_thresh1/2/3 128/512/1024
 // entries across namespaces): the bench raises net.ipv4.neigh.default.gc_thresh* and restores them.
-// Run: node dist/bench/convergence-netns.js [--hosts 25,50,100] [--window 30] [--fastdp]
+// Run: node dist/bench/convergence-netns.js [--hosts 25,50,100] [--window 30] [--settle 45] [--fastdp]
 import * as fs from 'fs';
 import { Lab, Host } from '../test/lab/lab';
 import { run, waitFor } from '../test/lab/exec';
@@ -79,6 +79,9 @@ const median = (xs: number[]): number => {
   return s.length ? s[Math.floor(s.length / 2)] : NaN;
 };
 
+/** the lab being measured, for an interrupted run's cleanup */
+let current: Lab | null = null;
+
 interface Row {
   n: number; launchS: number; meshS: number | null; idleBps: number; tcpBps: number;
   /** the busiest router's sends per second on the mesh's UDP and TCP ports */
@@ -87,8 +90,9 @@ interface Row {
 }
 const CLK_TCK = 100; // USER_HZ
 
-async function one(n: number, windowS: number, fastdp: boolean): Promise<Row> {
+async function one(n: number, windowS: number, settleS: number, fastdp: boolean): Promise<Row> {
   const lab = await Lab.create();
+  current = lab;
   try {
     const hosts: Host[] = [];
     for (let i = 0; i < n; i++) hosts.push(await lab.addHost(`h${i + 1}`));
@@ -128,8 +132,9 @@ async function one(n: number, windowS: number, fastdp: boolean): Promise<Row> {
     } catch (e) {
       process.stderr.write(`# ${(e as Error).message}: ${done.size}/${n} routers fully meshed\n`);
     }
-    // idle: let the start-up settle, then count over the window
-    await new Promise((r) => setTimeout(r, 10_000));
+    // idle: let the start-up settle (V8's memory reducer compacts each router's heap a few times in the
+    // half minute after the start-up's allocation stops: a one-off, not what an idle mesh costs), then count
+    await new Promise((r) => setTimeout(r, settleS * 1000));
     await Promise.all(hosts.map((h) => run(['ip', 'netns', 'exec', h.ns, 'nft', '-f', '-'], { input: NFT })));
     const pids = (await Promise.all(hosts.map((h) => lab.pidsIn(h.ns)))).flat();
     const b0 = await Promise.all(hosts.map(hostBytes));
@@ -157,19 +162,27 @@ async function main(): Promise<void> {
   const sizes = arg('hosts', '25,50,100').split(',').map(Number);
   if (sizes.some((s) => !(s >= 2 && s <= 200))) throw new Error('--hosts takes sizes 2..200, comma-separated');
   const windowS = Number(arg('window', '30'));
+  const settleS = Number(arg('settle', '45'));
   const fastdp = process.argv.includes('--fastdp');
   const restore = raiseNeighbourTable();
+  // an interrupted run (100 routers: minutes) removes its lab and gives the neighbour table back too
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`# ${sig}: removing the lab\n`);
+      void (current?.cleanup() ?? Promise.resolve()).finally(() => { restore(); process.exit(130); });
+    });
+  }
   const rows: Row[] = [];
   try {
     for (const n of sizes) {
-      rows.push(await one(n, windowS, fastdp));
+      rows.push(await one(n, windowS, settleS, fastdp));
       const r = rows[rows.length - 1];
       process.stderr.write(`# ${JSON.stringify(r)}\n`);
     }
   } finally {
     restore();
   }
-  console.log(`encrypted, DNS off, ${fastdp ? 'fastdp on' : 'sleeve only (--no-fastdp)'}, idle window ${windowS} s`);
+  console.log(`encrypted, DNS off, ${fastdp ? 'fastdp on' : 'sleeve only (--no-fastdp)'}, idle window ${windowS} s after ${settleS} s of settling`);
   console.log('| routers | launch (batches of 10) | full mesh after last launch | idle bytes on the wire per router (in+out) | of which TCP 6783 | CPU of all routers idle | RSS per router (median / max) | sent by the busiest router: UDP / TCP |');
   console.log('|---|---|---|---|---|---|---|---|');
   for (const r of rows) {

@@ -142,7 +142,7 @@ export async function hostsRssMb(lab: Lab, hosts: Host[]): Promise<number> {
   return max;
 }
 
-/** utime + stime (clock ticks) of these processes; one that exited had no part in the measurement. */
+/** utime + stime (clock ticks) of these processes and their reaped children; one that exited had no part in the measurement. */
 export function procTicks(pids: readonly number[]): number {
   let t = 0;
   for (const pid of pids) {
@@ -150,7 +150,8 @@ export function procTicks(pids: readonly number[]): number {
       // the comm field may hold spaces: fields are counted after its closing parenthesis
       const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      t += Number(f[11]) + Number(f[12]);
+      // utime, stime, and the reaped children's (the `ip`/`nft` processes a router runs are its cost too)
+      t += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
     } catch {
       // the process exited between listing and reading
     }
