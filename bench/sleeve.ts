@@ -19,7 +19,7 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import { Container, Host, Lab, WEAVE_JS } from '../test/lab/lab';
-import { waitFor } from '../test/lab/exec';
+import { RunResult, waitFor } from '../test/lab/exec';
 
 export function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -142,7 +142,7 @@ export async function hostsRssMb(lab: Lab, hosts: Host[]): Promise<number> {
   return max;
 }
 
-/** utime + stime (clock ticks) of these processes; one that exited had no part in the measurement. */
+/** utime + stime (clock ticks) of these processes and their reaped children; one that exited had no part in the measurement. */
 export function procTicks(pids: readonly number[]): number {
   let t = 0;
   for (const pid of pids) {
@@ -150,7 +150,8 @@ export function procTicks(pids: readonly number[]): number {
       // the comm field may hold spaces: fields are counted after its closing parenthesis
       const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      t += Number(f[11]) + Number(f[12]);
+      // utime, stime, and the reaped children's (the `ip`/`nft` processes a router runs are its cost too)
+      t += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
     } catch {
       // the process exited between listing and reading
     }
@@ -170,8 +171,8 @@ export const CLK_TCK = 100;
  * `weave launch ARGS` in h as users run it: without the lab's --enable-source-maps (which parses every
  * module's source map into the router's heap and the workers', and would skew the RSS measured here).
  */
-export async function launch(h: Host, args: string[], env: Record<string, string>): Promise<void> {
-  await h.exec([process.execPath, WEAVE_JS, 'launch', ...args], { env: h.env(env), timeoutMs: 60_000 });
+export async function launch(h: Host, args: string[], env: Record<string, string>, opts: { timeoutMs?: number; allowFail?: boolean } = {}): Promise<RunResult> {
+  return h.exec([process.execPath, WEAVE_JS, 'launch', ...args], { env: h.env(env), timeoutMs: opts.timeoutMs ?? 60_000, allowFail: opts.allowFail });
 }
 
 let caseNo = 0;

@@ -21,6 +21,16 @@ export const realClock: Clock = {
   },
 };
 
+/**
+ * Milliseconds from now to the next multiple of period on the clock (period when exactly on one).
+ * Periodic work aligned this way fires together: a router's per-connection beats in one wake-up, and
+ * on hosts with synchronised clocks its peers' beats arrive together too.
+ */
+export function untilAligned(now: number, period: number): number {
+  const r = period - (now % period);
+  return r > 0 ? r : period;
+}
+
 interface FakeTimer { at: number; seq: number; fn: () => void; cancelled: boolean }
 
 /** Deterministic clock: timers fire only from advance()/runUntil(), in (time, creation) order. */

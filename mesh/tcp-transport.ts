@@ -9,7 +9,7 @@ import { type CryptoEngine } from './crypto';
 import { ProtocolError, RefusedError, WeaveError, errMsg } from '../lib/errors';
 import { parseHostPort } from '../lib/addr';
 import { CONTROL_PORT } from '../lib/ports';
-import type { Clock, TimerHandle } from '../lib/clock';
+import { untilAligned, type Clock, type TimerHandle } from '../lib/clock';
 import type { Logger } from '../lib/log';
 import { type ConnectFailure, type DataKeyWatcher, type Features, type MeshConnection, Msg, type Transport } from './types';
 import { DEFAULT_MAX_FRAME, type Established, type RekeyStep, type Secret, WireSession } from './wire';
@@ -444,25 +444,32 @@ class TcpConnection implements MeshConnection {
     }
   }
 
+  // Heartbeats leave on the clock's heartbeatMs boundaries (untilAligned): every connection's timer
+  // of a router expires at the same instant and is served in one wake-up, and peers with synchronised
+  // clocks send theirs together, so a router reads its peers' beats in a burst rather than one by one.
   private scheduleHeartbeat(): void {
-    this.hbTimer = this.t.clock.setTimeout(() => {
+    const t = this.t;
+    this.hbTimer = t.clock.setTimeout(() => {
       if (this.state !== 'open') return;
       this.send(Msg.Heartbeat, EMPTY);
       if (this.state === 'open') this.scheduleHeartbeat();
-    }, this.t.heartbeatMs);
+    }, untilAligned(t.clock.now(), t.heartbeatMs));
   }
 
   // One timer per read-timeout period instead of one reset per packet: on expiry check how long
-  // the line has really been silent and re-arm for the remainder.
+  // the line has really been silent and re-arm for the remainder (rounded up to the heartbeat
+  // boundary, so the check shares the heartbeats' wake-up; a dead line is found within one more beat).
   private scheduleReadCheck(ms: number): void {
-    this.rtTimer = this.t.clock.setTimeout(() => {
+    const t = this.t;
+    const now = t.clock.now();
+    this.rtTimer = t.clock.setTimeout(() => {
       if (this.state !== 'open') return;
-      const idle = this.t.clock.now() - this.lastRead;
-      if (idle >= this.t.readTimeoutMs) {
+      const idle = t.clock.now() - this.lastRead;
+      if (idle >= t.readTimeoutMs) {
         this.log.warn({ idleMs: idle }, 'nothing received within the read timeout');
         this.close('read timeout');
-      } else this.scheduleReadCheck(this.t.readTimeoutMs - idle);
-    }, ms);
+      } else this.scheduleReadCheck(t.readTimeoutMs - idle);
+    }, ms + untilAligned(now + ms, t.heartbeatMs) % t.heartbeatMs);
   }
 
   /** Handshake failure: log, count, report, close. */

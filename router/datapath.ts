@@ -106,7 +106,7 @@ export function sumPathCounters(arrays: readonly Float64Array[], slot: number): 
 
 export interface PathSharedBuffers {
   lastRx: SharedArrayBuffer; ip: SharedArrayBuffer; port: SharedArrayBuffer; mtu: SharedArrayBuffer;
-  fwd: SharedArrayBuffer; peerHb: SharedArrayBuffer; peerVer: SharedArrayBuffer;
+  fwd: SharedArrayBuffer; peerHb: SharedArrayBuffer; peerVer: SharedArrayBuffer; heard: SharedArrayBuffer;
 }
 
 /** sh.fwd values: the beating engine's verdict on forwarding to a path's peer's prefixes. */
@@ -130,6 +130,12 @@ export class PathShared {
   readonly peerHb: Int32Array;
   /** the version of our announcement that the peer's engines route, from its last heartbeat (rx side) */
   readonly peerVer: Float64Array;
+  /**
+   * 1 while the control plane hears the peer (written by it). The rx side tells the control plane of a
+   * heartbeat only while this is 0: once heard, the control plane's own tick reads lastRx, so an idle
+   * established path's beats wake no other thread.
+   */
+  readonly heard: Int32Array;
   constructor(readonly buffers: PathSharedBuffers = {
     lastRx: new SharedArrayBuffer(8 * MAX_SLOTS),
     ip: new SharedArrayBuffer(4 * MAX_SLOTS),
@@ -138,6 +144,7 @@ export class PathShared {
     fwd: new SharedArrayBuffer(4 * MAX_SLOTS),
     peerHb: new SharedArrayBuffer(4 * MAX_SLOTS),
     peerVer: new SharedArrayBuffer(8 * MAX_SLOTS),
+    heard: new SharedArrayBuffer(4 * MAX_SLOTS),
   }) {
     this.lastRx = new Float64Array(buffers.lastRx);
     this.ip = new Uint32Array(buffers.ip);
@@ -146,6 +153,7 @@ export class PathShared {
     this.fwd = new Int32Array(buffers.fwd);
     this.peerHb = new Int32Array(buffers.peerHb);
     this.peerVer = new Float64Array(buffers.peerVer);
+    this.heard = new Int32Array(buffers.heard);
   }
 }
 
@@ -750,7 +758,7 @@ export class Datapath {
         const f = heartbeatFlags(this.rxPlain, base, plen);
         sh.peerHb[slot] = f;
         if (f !== 0) sh.peerVer[slot] = heartbeatVersion(this.rxPlain, base);
-        this.ev.heartbeat(slot);
+        if (sh.heard[slot] === 0) this.ev.heartbeat(slot);
         return;
       }
       case FrameType.Probe:

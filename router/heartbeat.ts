@@ -5,7 +5,8 @@
 // A heartbeat exists to tell the peer "this direction works". Anything authentic we send on the path
 // says that too, so a beat is due only when nothing went out for the interval:
 //   - until the path is established both ways, every fastMs (1 s): establishing and recovering are quick;
-//   - once established, every idleMs (10 s, Weave Net's slow heartbeat) — and not at all while data
+//   - once established, once per idleMs window of the clock (10 s, Weave Net's slow heartbeat; windows
+//     shared by every path and, with synchronised clocks, every router) — and not at all while data
 //     flows, since the data proves the path.
 // The receiving side stops hearing the peer after idleDeadMs of silence (more than two idle beats
 // lost; the peer may count as established before we do, so this holds from the first beat heard). A path that loses its "hear" goes back to fast beats at
@@ -42,9 +43,13 @@ export function beatDue(st: BeatState, pol: BeatPolicy, established: boolean, no
     st.txSeen = txPackets;
     st.lastTx = now;
   }
-  const every = established ? pol.idleMs : pol.fastMs;
   // a tick may run a little early: within 10 % of the interval counts as due
-  return now - st.lastTx >= every * 0.9;
+  if (!established) return now - st.lastTx >= pol.fastMs * 0.9;
+  // Established and idle: a beat is due in each idleMs window of the clock in which nothing was sent
+  // yet, so all of a router's idle paths beat at the same tick (one batch, one wake-up of the engine)
+  // and, with synchronised clocks, its peers' beats arrive together (one wake-up of the receiver)
+  // instead of one per path spread over the interval. The longest gap stays one window.
+  return Math.floor(now / pol.idleMs) !== Math.floor(st.lastTx / pol.idleMs);
 }
 
 /** Call when a beat was sent (the counter may catch up later: it then counts as this same send). */

@@ -47,7 +47,7 @@
 // the other's announced prefixes.
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import type { Clock, TimerHandle } from '../lib/clock';
+import { untilAligned, type Clock, type TimerHandle } from '../lib/clock';
 import type { CryptoEngine } from '../mesh/crypto';
 import { makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
 import { ProtocolError, UsageError, WeaveError, describeValue, errMsg } from '../lib/errors';
@@ -398,7 +398,8 @@ export class Sleeve {
     this.offPrefixes = o.prefixes.onChange(() => this.recompute());
     o.routes.on('routesChanged', this.onRoutesChanged);
     this.recompute();
-    this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
+    // ticks on the clock's heartbeatMs boundaries: see heartbeat.ts (idle beats ride a shared cadence)
+    this.timer = this.clock.setTimeout(() => this.tick(), untilAligned(this.clock.now(), this.heartbeatMs));
     this.log.info({ port: this.udp.port, tun: this.tun.name, tunOffload: !!this.tun.offloadStats, udpGso: this.udp instanceof NativeUdp && this.udp.gso, udpGro: this.udp instanceof NativeUdp && this.udp.gro, tunMtu: this.tunMtu, underlayMtu: this.underlayMtu, engine: this.crypto.name, boxes: this.boxes, mode: this.mode, io: this.io }, 'sleeve started');
   }
 
@@ -485,6 +486,7 @@ export class Sleeve {
     sh.fwd[slot] = FWD_UNKNOWN;
     sh.peerHb[slot] = 0;
     sh.peerVer[slot] = 0;
+    sh.heard[slot] = 0;
     this.slots[slot] = p;
     const prev = this.byPeer.get(peer);
     this.byPeer.set(peer, p);
@@ -785,6 +787,7 @@ export class Sleeve {
     const p = this.slots[slot];
     if (!p || p.closed || p.weHear) return;
     p.weHear = true;
+    this.shared.heard[slot] = 1;
     this.sendCtl(p, { t: 'hear', on: true });
     this.evaluate(p);
   }
@@ -831,6 +834,7 @@ export class Sleeve {
       const hear = now - this.shared.lastRx[p.slot] <= silenceLimit(this.beatPolicy, p.weHear);
       if (hear !== p.weHear) {
         p.weHear = hear;
+        this.shared.heard[p.slot] = hear ? 1 : 0;
         this.sendCtl(p, { t: 'hear', on: hear });
         this.evaluate(p);
         if (p.closed) continue;
@@ -855,7 +859,7 @@ export class Sleeve {
       }
     }
     if (due.length) this.beat(due);
-    this.timer = this.clock.setTimeout(() => this.tick(), this.heartbeatMs);
+    this.timer = this.clock.setTimeout(() => this.tick(), untilAligned(this.clock.now(), this.heartbeatMs));
   }
 
   /** Control frames (PMTU probes) from this thread: lane 0, allocating (a few per probe period). */

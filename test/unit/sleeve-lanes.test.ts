@@ -69,9 +69,9 @@ class QueueUdp implements UdpBind {
   close(): void {}
 }
 
-function engine(tun: TunDevice, udp: UdpBind, shared: PathShared, heartbeats: boolean): { dp: Datapath; counters: Float64Array } {
+function engine(tun: TunDevice, udp: UdpBind, shared: PathShared, heartbeats: boolean, events: DatapathEvents = noEvents): { dp: Datapath; counters: Float64Array } {
   const counters = newCounterArray();
-  const dp = new Datapath({ boxes: boxes!, tun, udp, shared, counters, events: noEvents, stride: 1536, batch: 64, tunMtu: 1440, icmpSource: 0, now: () => 1, heartbeats });
+  const dp = new Datapath({ boxes: boxes!, tun, udp, shared, counters, events, stride: 1536, batch: 64, tunMtu: 1440, icmpSource: 0, now: () => 1, heartbeats });
   return { dp, counters };
 }
 
@@ -123,4 +123,41 @@ test('the rx engine drains the TUN on its own lane: both threads\' frames open a
   assert.deepEqual(tunB.written.map((p) => p[p.length - 1]), [1, 2, 3, 4, 5, 6, 7, 8], 'in the order the TUN gave them');
   // nothing more to deliver: 0 (the rx worker then leaves the TUN to the tx worker)
   assert.equal(recv.dp.drainUdp(), 0);
+});
+
+test('a heartbeat wakes the control plane only while it does not hear the peer (shared heard flag); lastRx moves either way', () => {
+  assert.ok(boxes, 'the native addon must load (npm ci builds it)');
+  const sk = sodium.randomBytes(32);
+  const a = deriveKeys(sodium, sk, true);
+  const b = deriveKeys(sodium, sk, false);
+  const udpA = new QueueUdp();
+  const shA = new PathShared();
+  const tx = engine(new QueueTun(), udpA, shA, true);
+  tx.dp.setPath({ slot: 0, localIdx: 0x10000, remoteIdx: 0x20004, txKey: a.tx, rxKey: a.rx });
+  shA.ip[0] = parseAddr('198.18.0.2');
+  shA.port[0] = 6783;
+  shA.mtu[0] = 1440;
+  const udpB = new QueueUdp();
+  const shB = new PathShared();
+  const told: number[] = [];
+  const rx = engine(new QueueTun(), udpB, shB, false, { ...noEvents, heartbeat: (slot) => told.push(slot) });
+  rx.dp.setPath({ slot: 4, localIdx: 0x20004, remoteIdx: 0x10000, txKey: b.tx, rxKey: b.rx });
+  const beatAndReceive = (): void => {
+    udpA.sent.length = 0;
+    tx.dp.beat([0]);
+    assert.equal(udpA.sent.length, 1, 'one heartbeat sent');
+    udpB.inbox.push(...udpA.sent);
+    rx.dp.drainUdp();
+  };
+  beatAndReceive();
+  assert.deepEqual(told, [4], 'not heard yet: the control plane is told');
+  shB.heard[4] = 1; // the control plane hears the peer now (router/sleeve.ts onHeartbeat and tick)
+  shB.lastRx[4] = -Infinity;
+  beatAndReceive();
+  beatAndReceive();
+  assert.deepEqual(told, [4], 'heard: further beats only move lastRx');
+  assert.ok(shB.lastRx[4] > -Infinity, 'lastRx still records the beat (the tick reads it)');
+  shB.heard[4] = 0; // silence: the tick stopped hearing it
+  beatAndReceive();
+  assert.deepEqual(told, [4, 4], 'not heard again: told again');
 });
