@@ -41,7 +41,9 @@ test('the image runs the DaemonSet\'s router in a node through containerd, confi
     await cluster.addNode(h.name, h.ip);
     const applied = await h.exec(['kubectl', '--kubeconfig', cluster.kubeconfig, 'apply', '--validate=false', '-f', MANIFEST]);
     assert.equal(applied.stdout.trim().split('\n').length, objs.length, applied.stdout);
-    const dirs = Object.fromEntries(['cni-bin', 'cni-conf'].map((d) => [d, path.join(lab.tmp, `${h.name}-${d}`)]));
+    // the node's /lib/modules is a lab directory: machines whose kernel has no loadable modules (this
+    // test machine's) have none, and runc refuses to bind a missing source
+    const dirs = Object.fromEntries(['cni-bin', 'cni-conf', 'lib-modules'].map((d) => [d, path.join(lab.tmp, `${h.name}-${d}`)]));
     for (const d of Object.values(dirs)) fs.mkdirSync(d, { recursive: true });
     ctrd = await Containerd.start(h, { binDir: dirs['cni-bin'], confDir: dirs['cni-conf'], conflist: path.join(dirs['cni-conf'], '10-weave.conflist'), list: { cniVersion: '1.0.0', name: 'weave', plugins: [] } });
     const c = ctrd;
@@ -59,7 +61,7 @@ test('the image runs the DaemonSet\'s router in a node through containerd, confi
     await t.test('the router container starts with the manifest\'s command and passes its probes', async () => {
       const args = ctrRunArgs(ds, 'weave', {
         fields: { 'spec.nodeName': h.name },
-        hostPaths: { '/var/lib/weave': h.dataDir, '/opt/cni/bin': dirs['cni-bin'], '/etc/cni/net.d': dirs['cni-conf'], '/run/netns': '/run/netns', '/lib/modules': '/lib/modules' },
+        hostPaths: { '/var/lib/weave': h.dataDir, '/opt/cni/bin': dirs['cni-bin'], '/etc/cni/net.d': dirs['cni-conf'], '/run/netns': '/run/netns', '/lib/modules': dirs['lib-modules'] },
         mountAt: { '/var/lib/weave': h.dataDir },
         env: { WEAVE_DATA_DIR: h.dataDir, ...cluster.inClusterEnv },
         readOnlyMounts: { [SA_PATH]: cluster.serviceAccountDir! },
