@@ -28,7 +28,6 @@ import { dockerSocketFrom } from './docker/flags';
 import { containersByNetnsKey, resolveTarget } from './docker/resolve';
 import { netnsKeyOfStat } from './host/netns';
 import { addNpcFlags, parseNpcFlags } from './policy/config';
-import { runNpc } from './policy/npc';
 import { renderPolicyStatus } from './policy/views';
 import { NPC_STATUS_PORT } from './lib/ports';
 import { parseHostPort } from './lib/addr';
@@ -378,6 +377,8 @@ async function npcStatus(addr: string): Promise<any> {
 function addNpcCommand(program: Command): void {
   addNpcFlags(program.command('npc').description('run the NetworkPolicy controller of this node in the foreground (watches the API; enforces with nftables table inet weave-npc)'))
     .action(async (o: Record<string, unknown>) => {
+      // loaded here: the controller (its Kubernetes client, informers, nflog reader) is no part of the router's heap
+      const { runNpc } = await import('./policy/npc');
       await runNpc(parseNpcFlags(o));
     });
 }
