@@ -12,10 +12,18 @@ export const ROUTER_NODE_FLAGS: readonly string[] = [
   // 1 MB semi-spaces instead of growing to 16 MB: the router allocates nothing per packet and
   // little per second, so scavenges stay rare, and the default lets V8 keep ~12 MB it never needs
   '--max-semi-space-size=1',
+  // one V8 background thread instead of four, shared by the main isolate and the sleeve workers:
+  // there is little to compile or mark concurrently once started, and each thread costs a stack, a
+  // malloc arena and its share of V8's per-thread allocation buffers
+  '--v8-pool-size=1',
 ];
 
-/** Environment of the router process (read by glibc at its first malloc: it cannot be set later). */
-export const ROUTER_ENV: Readonly<Record<string, string>> = {};
+/** Environment of the router process (read when the process starts its thread pools: it cannot be set later). */
+export const ROUTER_ENV: Readonly<Record<string, string>> = {
+  // libuv's pool runs the router's few async fs and DNS calls, never packets (the sleeve workers
+  // poll their fds themselves): two threads instead of four
+  UV_THREADPOOL_SIZE: '2',
+};
 
 /** the flag's name: `--max-semi-space-size=1` -> `--max-semi-space-size` */
 const flagName = (f: string): string => f.split('=')[0];
