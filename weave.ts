@@ -28,21 +28,12 @@ import { dockerSocketFrom } from './docker/flags';
 import { containersByNetnsKey, resolveTarget } from './docker/resolve';
 import { netnsKeyOfStat } from './host/netns';
 import { addNpcFlags, parseNpcFlags } from './policy/config';
-import { runNpc } from './policy/npc';
 import { renderPolicyStatus } from './policy/views';
 import { NPC_STATUS_PORT } from './lib/ports';
 import { parseHostPort } from './lib/addr';
+import { routerEnv, routerNodeFlags } from './lib/runtime';
 
 
-/**
- * Node flags for a launched router: a small young generation (1 MB semi-spaces instead of growing to
- * 16 MB). The router allocates nothing per packet and little per second, so scavenges stay rare; the
- * default lets V8 keep ~12 MB it never needs (router RSS idle is in bench/sleeve). A flag the caller
- * gave node wins.
- */
-function routerNodeFlags(execArgv: string[]): string[] {
-  return execArgv.some((a) => a.startsWith('--max-semi-space-size')) || (process.env.NODE_OPTIONS ?? '').includes('--max-semi-space-size') ? [] : ['--max-semi-space-size=1'];
-}
 function fail(msg: string, code = 1): never {
   process.stderr.write(`weave: ${msg}\n`);
   process.exit(code);
@@ -283,7 +274,7 @@ function addRouterCommands(program: Command): void {
       // the router appends its log there itself and rotates it; its stdout and stderr (a crash) go there too
       const logArgs = cfg.logFile ? [] : ['--log-file', logFile];
       // the IPC channel carries the child's one start-up report; it disconnects once ready
-      const child = spawn(process.execPath, [...process.execArgv, ...routerNodeFlags(process.execArgv), __filename, 'router', ...args, ...logArgs], { detached: true, stdio: ['ignore', out, out, 'ipc'], env: process.env });
+      const child = spawn(process.execPath, [...process.execArgv, ...routerNodeFlags(process.execArgv, process.env.NODE_OPTIONS), __filename, 'router', ...args, ...logArgs], { detached: true, stdio: ['ignore', out, out, 'ipc'], env: routerEnv(process.env) });
       const waitMs = cliTimeoutMs();
       const r = await waitForStart(child, waitMs);
       switch (r.t) {
@@ -386,6 +377,8 @@ async function npcStatus(addr: string): Promise<any> {
 function addNpcCommand(program: Command): void {
   addNpcFlags(program.command('npc').description('run the NetworkPolicy controller of this node in the foreground (watches the API; enforces with nftables table inet weave-npc)'))
     .action(async (o: Record<string, unknown>) => {
+      // loaded here: the controller (its Kubernetes client, informers, nflog reader) is no part of the router's heap
+      const { runNpc } = await import('./policy/npc');
       await runNpc(parseNpcFlags(o));
     });
 }

@@ -6,7 +6,6 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import type { Command } from 'commander';
-import { parse as parseYaml } from 'yaml';
 import { UsageError, errMsg } from '../lib/errors';
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
@@ -104,6 +103,8 @@ export function fromKubeconfig(file: string): KubeConnection {
   const text = readOr(file, 'the kubeconfig').toString('utf8');
   let doc: any;
   try {
+    // loaded here, not at start: only a router or npc given a kubeconfig needs it (~0.8 MB of heap)
+    const { parse: parseYaml } = require('yaml') as typeof import('yaml');
     doc = parseYaml(text);
   } catch (e) {
     throw new UsageError(`kubeconfig ${file} is not YAML: ${errMsg(e)}`, { file }, { cause: e });

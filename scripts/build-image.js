@@ -195,7 +195,8 @@ function ociLayout(root, layout, image) {
     os: 'linux',
     created: '1970-01-01T00:00:00Z',
     config: {
-      Env: [`PATH=${ENV_PATH}`, 'WEAVE_DATA_DIR=/var/lib/weave'],
+      // the router's node flags and environment (lib/runtime.ts): `weave router` in the DaemonSet gets what `weave launch` gives
+      Env: [`PATH=${ENV_PATH}`, 'WEAVE_DATA_DIR=/var/lib/weave', ...Object.entries(require(path.join(ROOT, 'dist', 'lib', 'runtime.js')).routerImageEnv()).map(([k, v]) => `${k}=${v}`)],
       Cmd: ['weave', 'router'],
       WorkingDir: '/',
       Labels: { 'org.opencontainers.image.title': 'weave.ts', 'org.opencontainers.image.version': PKG.version },
