@@ -16,7 +16,7 @@ import { makeBoxes, type BoxBatch, type BoxKind } from './boxes';
 import { errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { Datapath, LANE_RELAY, PathShared, type DatapathEvents, type ForwardingSpec, type PathSharedBuffers, type PathSpec } from './datapath';
-import { loadTunIo } from './native';
+import { loadTunIo, type TunIo } from './native';
 import { NativeTun } from './tun';
 import { NativeUdp } from './udp';
 
@@ -42,6 +42,11 @@ export interface WorkerInit {
   crypto: 'sodium' | 'tweetnacl';
   /** how to seal and open (the main thread resolved it: router/boxes.ts) */
   boxes: BoxKind;
+  /**
+   * µs a worker polls its fd without sleeping after a wait that found packets (the native waiter);
+   * -1: wake through uv_poll callbacks instead (the addon without a waiter does that anyway)
+   */
+  spinUs: number;
   /** one Int32: 1 while a thread reads the TUN and sends what it read (TUN_FREE / TUN_HELD) */
   tunLock: SharedArrayBuffer;
 }
@@ -143,17 +148,21 @@ function main(): void {
   const drain = init.role === 'tx' ? drainTx : drainRx;
   // An I/O error (device gone, socket broken) would fire on every poll: report once and stop polling;
   // the main thread marks the data path down.
+  let stopWaiting: (() => void) | null = null;
   const guarded = (): void => {
     try {
       drain();
     } catch (e) {
+      stopWaiting?.();
       tun.setReadable(null);
       udp.setReadable(null);
       post({ k: 'err', role: init.role, msg: errMsg(e), fatal: true });
     }
   };
-  if (init.role === 'tx') tun.setReadable(guarded);
-  else udp.setReadable(guarded);
+  const fd = init.role === 'tx' ? tun.fd : udp.fd;
+  stopWaiting = io.waiterOpen && io.ioWait && io.waiterClose && init.spinUs >= 0 ? waitLoop(io, fd, init.spinUs, guarded) : null;
+  if (!stopWaiting && init.role === 'tx') tun.setReadable(guarded);
+  else if (!stopWaiting) udp.setReadable(guarded);
   port.on('message', (m: ToWorker) => {
     switch (m.k) {
       case 'path': dp.setPath(m.spec); break;
@@ -161,6 +170,7 @@ function main(): void {
       case 'fwd': dp.setForwarding(m.spec); break;
       case 'beat': dp.beat(m.slots); break;
       case 'stop':
+        stopWaiting?.();
         tun.setReadable(null);
         udp.setReadable(null);
         port.close();
@@ -168,6 +178,38 @@ function main(): void {
     }
   });
   post({ k: 'ready', role: init.role });
+}
+
+/** how long a waiting worker sleeps before it lets its event loop turn anyway (its loop has no timers) */
+const WAIT_MS = 1000;
+/** ioWait's bit for "the thread's own event loop has work" (native/tunio.c WAIT_LOOP) */
+const WAIT_LOOP = 1 << 8;
+
+/**
+ * Runs the worker's drain from a native wait (native/tunio.c waiter) instead of a uv_poll callback:
+ * the thread blocks in epoll on fd and on its own event loop, drains when fd is ready, spins up to
+ * spinUs after activity, and returns to the event loop only when the loop has work (the main
+ * thread's messages, termination). Returns the function that stops waiting (idempotent; drain may
+ * call it).
+ */
+function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void): () => void {
+  const waiter = io.waiterOpen!(Int32Array.of(fd));
+  let stopped = false;
+  const turn = (): void => {
+    while (!stopped) {
+      const r = io.ioWait!(waiter, WAIT_MS, spinUs);
+      if ((r & 1) !== 0) drain();
+      if ((r & WAIT_LOOP) !== 0 || r === 0) {
+        setImmediate(turn);
+        return;
+      }
+    }
+  };
+  setImmediate(turn);
+  return () => {
+    stopped = true;
+    io.waiterClose!(waiter);
+  };
 }
 
 main();
