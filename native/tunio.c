@@ -895,8 +895,12 @@ static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
     return throw_arg(env, "recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry): bad arguments, buffers too small or carry not 4-aligned");
   uint32_t *cs = (uint32_t *)carry;
   int n = 0;
+  // a recvmmsg that came back short found the socket empty: asking again would be a syscall for
+  // EAGAIN on every lone packet (the waiter reports anything that arrives later)
+  bool empty = false;
   while (n < maxp) {
     if (cs[1] >= cs[0]) {
+      if (empty) break;
       struct mmsghdr msgs[GRO_MSGS];
       struct iovec iov[GRO_MSGS];
       struct sockaddr_in sas[GRO_MSGS];
@@ -925,6 +929,7 @@ static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
         break;
       }
       if (r == 0) break;
+      empty = r < GRO_MSGS;
       for (int m = 0; m < r; m++) {
         uint32_t *md = cs + 4 + 4 * m;
         uint32_t len = msgs[m].msg_len;
@@ -1278,6 +1283,28 @@ static napi_value IoWait(napi_env env, napi_callback_info info) {
   return mkint(env, bits);
 }
 
+// waiterFd(handle) -> the waiter's epoll fd (another thread arms and disarms its fds: waiterArm)
+static napi_value WaiterFd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  waiter_t *w = NULL;
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&w) != napi_ok || !w) return throw_arg(env, "waiterFd(handle)");
+  return mkint(env, w->ep);
+}
+
+// waiterArm(epfd, fd, bit, on) -> false when epfd no longer watches fd (its waiter closed). Off, the
+// waiter's thread is not woken when fd becomes readable; on again, it is woken at once if it is.
+static napi_value WaiterArm(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t ep, fd, bit;
+  bool on = false;
+  if (argc < 4 || !get_i32(env, argv[0], &ep) || !get_i32(env, argv[1], &fd) || !get_i32(env, argv[2], &bit) || napi_get_value_bool(env, argv[3], &on) != napi_ok)
+    return throw_arg(env, "waiterArm(epfd, fd, bit, on)");
+  struct epoll_event ev = {.events = on ? EPOLLIN : 0, .data.u32 = (uint32_t)bit};
+  napi_value r;
+  napi_get_boolean(env, epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev) == 0, &r);
+  return r;
+}
+
 // waiterClose(handle): idempotent (the finalizer closes it otherwise)
 static napi_value WaiterClose(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -1309,6 +1336,8 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"waiterOpen", 0, WaiterOpen, 0, 0, 0, napi_default, 0},
       {"ioWait", 0, IoWait, 0, 0, 0, napi_default, 0},
       {"waiterClose", 0, WaiterClose, 0, 0, 0, napi_default, 0},
+      {"waiterFd", 0, WaiterFd, 0, 0, 0, napi_default, 0},
+      {"waiterArm", 0, WaiterArm, 0, 0, 0, napi_default, 0},
       {"boxSeal", 0, BoxSeal, 0, 0, 0, napi_default, 0},
       {"boxOpen", 0, BoxOpen, 0, 0, 0, napi_default, 0},
       {"boxImpl", 0, BoxImpl, 0, 0, 0, napi_default, 0},

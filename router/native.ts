@@ -56,6 +56,10 @@ export interface TunIo {
   waiterOpen?(fds: Int32Array): unknown;
   ioWait?(waiter: unknown, timeoutMs: number, spinUs: number): number;
   waiterClose?(waiter: unknown): void;
+  /** the waiter's epoll fd, for waiterArm from another thread */
+  waiterFd?(waiter: unknown): number;
+  /** stops (on false) or resumes waking epfd's waiter for fd (reported as bit); false once epfd lost fd */
+  waiterArm?(epfd: number, fd: number, bit: number, on: boolean): boolean;
 }
 
 /** Size of readBatchVnet's carry buffer, and its u32 counters (native/tunio.c CARRY_*). */

@@ -47,12 +47,17 @@ export interface WorkerInit {
    * -1: wake through uv_poll callbacks instead (the addon without a waiter does that anyway)
    */
   spinUs: number;
-  /** one Int32: 1 while a thread reads the TUN and sends what it read (TUN_FREE / TUN_HELD) */
+  /**
+   * two Int32: [0] 1 while a thread reads the TUN and sends what it read (TUN_FREE / TUN_HELD),
+   * [1] the tx worker's waiter epoll fd or -1 (TX_EPFD)
+   */
   tunLock: SharedArrayBuffer;
 }
 
 const TUN_FREE = 0;
 const TUN_HELD = 1;
+/** tunLock's second Int32: the tx worker's waiter epoll fd (-1: none), for the rx worker's waiterArm */
+const TX_EPFD = 1;
 
 export type ToWorker =
   | { k: 'path'; spec: PathSpec }
@@ -137,12 +142,25 @@ function main(): void {
       release();
     }
   };
+  // The rx worker's TUN writes would wake the tx worker for the answers it drains itself (a wake-up
+  // and, on a busy CPU, a preemption on the reply's path): while it delivers and drains, the tx
+  // worker's waiter does not watch the TUN; re-armed, it wakes at once if packets wait.
+  const txWaiter = init.role === 'rx' && io.waiterArm ? io.waiterArm.bind(io) : null;
+  const disarmTx = (on: boolean): void => {
+    const ep = Atomics.load(lock, TX_EPFD);
+    if (ep >= 0 && txWaiter && !txWaiter(ep, init.tunFd, 1, on)) Atomics.compareExchange(lock, TX_EPFD, ep, -1);
+  };
   const drainRx = (): void => {
-    if (dp.drainUdp() === 0 || Atomics.compareExchange(lock, 0, TUN_FREE, TUN_HELD) !== TUN_FREE) return;
+    disarmTx(false);
     try {
-      dp.drainTun(LANE_RELAY);
+      if (dp.drainUdp() === 0 || Atomics.compareExchange(lock, 0, TUN_FREE, TUN_HELD) !== TUN_FREE) return;
+      try {
+        dp.drainTun(LANE_RELAY);
+      } finally {
+        release();
+      }
     } finally {
-      release();
+      disarmTx(true);
     }
   };
   const drain = init.role === 'tx' ? drainTx : drainRx;
@@ -160,7 +178,7 @@ function main(): void {
     }
   };
   const fd = init.role === 'tx' ? tun.fd : udp.fd;
-  stopWaiting = io.waiterOpen && io.ioWait && io.waiterClose && init.spinUs >= 0 ? waitLoop(io, fd, init.spinUs, guarded) : null;
+  stopWaiting = io.waiterOpen && io.ioWait && io.waiterClose && init.spinUs >= 0 ? waitLoop(io, fd, init.spinUs, guarded, init.role === 'tx' ? lock : null) : null;
   if (!stopWaiting && init.role === 'tx') tun.setReadable(guarded);
   else if (!stopWaiting) udp.setReadable(guarded);
   port.on('message', (m: ToWorker) => {
@@ -190,10 +208,11 @@ const WAIT_LOOP = 1 << 8;
  * the thread blocks in epoll on fd and on its own event loop, drains when fd is ready, spins up to
  * spinUs after activity, and returns to the event loop only when the loop has work (the main
  * thread's messages, termination). Returns the function that stops waiting (idempotent; drain may
- * call it).
+ * call it). publish: where the waiter's epoll fd goes for the other worker (TX_EPFD), or null.
  */
-function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void): () => void {
+function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void, publish: Int32Array | null): () => void {
   const waiter = io.waiterOpen!(Int32Array.of(fd));
+  if (publish && io.waiterFd) Atomics.store(publish, TX_EPFD, io.waiterFd(waiter));
   let stopped = false;
   const turn = (): void => {
     while (!stopped) {
@@ -208,6 +227,7 @@ function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void): () 
   setImmediate(turn);
   return () => {
     stopped = true;
+    if (publish) Atomics.store(publish, TX_EPFD, -1);
     io.waiterClose!(waiter);
   };
 }

@@ -74,7 +74,7 @@ export type { SleeveCounters } from './datapath';
 export const DEFAULT_SLEEVE_PORT = CONTROL_PORT;
 export const DEFAULT_TUN_NAME = 'weave-tun';
 /** µs a sleeve worker polls after packets before it sleeps (SleeveOptions.spinUs) */
-export const DEFAULT_SPIN_US = 50;
+export const DEFAULT_SPIN_US = 0;
 /** IPv4 + UDP headers around every frame on the underlay. */
 export const UNDERLAY_OVERHEAD = 28;
 /** Bytes a sealed frame adds to a packet on the underlay: IPv4 + UDP + frame header + MAC. */
@@ -583,7 +583,8 @@ export class Sleeve {
     const tun = this.tun as NativeTun;
     const udp = this.udp as NativeUdp;
     const events = this.engineEvents();
-    const tunLock = new SharedArrayBuffer(4);
+    const tunLock = new SharedArrayBuffer(8);
+    new Int32Array(tunLock)[1] = -1; // sleeve-worker.ts TX_EPFD: no tx waiter yet
     for (const role of ['tx', 'rx'] as const) {
       const counters = newCounterArray();
       this.engineCounters.push(counters);
