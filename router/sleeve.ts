@@ -73,8 +73,12 @@ export type { SleeveCounters } from './datapath';
 /** the sleeve's UDP port has the TCP control port's number */
 export const DEFAULT_SLEEVE_PORT = CONTROL_PORT;
 export const DEFAULT_TUN_NAME = 'weave-tun';
-/** µs a sleeve worker polls after packets before it sleeps (SleeveOptions.spinUs) */
-export const DEFAULT_SPIN_US = 0;
+/**
+ * SleeveOptions.spinUs: -1, the workers wake through uv_poll. The native waiter (0: no spin, up to
+ * 1000 µs of spin after packets) measured no better on the shared 2-core test machine (README,
+ * "Sleeve latency"); it stays behind WEAVE_SLEEVE_SPIN_US for machines with cores to spare.
+ */
+export const DEFAULT_SPIN_US = -1;
 /** IPv4 + UDP headers around every frame on the underlay. */
 export const UNDERLAY_OVERHEAD = 28;
 /** Bytes a sealed frame adds to a packet on the underlay: IPv4 + UDP + frame header + MAC. */
@@ -223,7 +227,7 @@ export interface SleeveOptions {
   /**
    * Worker threads: µs a worker polls its fd without sleeping after a wait that found packets (a
    * reply or the next burst then costs no wake-up); 0 never spins; -1 wakes through uv_poll
-   * callbacks instead of the addon's waiter. Default DEFAULT_SPIN_US (the router passes
+   * callbacks instead of the addon's waiter. Default DEFAULT_SPIN_US, -1 (the router passes
    * WEAVE_SLEEVE_SPIN_US).
    */
   spinUs?: number;
