@@ -9,7 +9,7 @@ import { contains, parseCidr, parseHostPort as parseHostPortAddr, parsePort as p
 import { CONTROL_PORT, DEFAULT_DATA_DIR as DATA_DIR, HTTP_API_PORT } from '../lib/ports';
 import { checkPeer } from '../lib/validate';
 import { boxModeFromEnv, type BoxKind } from '../router/boxes';
-import { ioModeFromEnv, offloadFromEnv } from '../router/sleeve';
+import { ioModeFromEnv, offloadFromEnv, spinFromEnv } from '../router/sleeve';
 import { addIpamFlags, parseIpamFlags, type IpamConfig } from '../ipam/flags';
 import { addDnsFlags, parseDnsFlags, type DnsConfig } from '../dns/flags';
 import { addCniFlags, parseCniFlags, type CniConfig } from '../cni/flags';
@@ -41,7 +41,7 @@ export interface RouterConfig {
   crypto?: 'sodium' | 'tweetnacl';
   /** --trusted-subnets: peers there get the data unencrypted when they trust us too (control stays encrypted) */
   trustedSubnets: Cidr[];
-  /** the sleeve's I/O, offloads and crypto (WEAVE_SLEEVE_IO, WEAVE_SLEEVE_OFFLOAD, WEAVE_SLEEVE_CRYPTO) */
+  /** the sleeve's I/O, offloads, crypto and wake-ups (WEAVE_SLEEVE_IO, _OFFLOAD, _CRYPTO, _SPIN_US) */
   sleeve: SleeveConfig;
   ipam: IpamConfig;
   dns: DnsConfig;
@@ -66,6 +66,8 @@ export interface SleeveConfig {
   offload: boolean;
   /** how datagrams are sealed: 'auto' (the addon's SIMD batches when it helps), 'native', 'engine' */
   boxes: 'auto' | BoxKind;
+  /** µs a sleeve worker polls without sleeping after packets, -1: uv_poll wake-ups (WEAVE_SLEEVE_SPIN_US) */
+  spinUs: number;
 }
 
 /** The router's own flags, shared by `weave router` and `weave launch`, with the subsystems' flags. */
@@ -138,6 +140,7 @@ export function sleeveConfigFrom(env: NodeJS.ProcessEnv): SleeveConfig {
     io: ioModeFromEnv(env.WEAVE_SLEEVE_IO),
     offload: offloadFromEnv(env.WEAVE_SLEEVE_OFFLOAD),
     boxes: boxModeFromEnv(env.WEAVE_SLEEVE_CRYPTO),
+    spinUs: spinFromEnv(env.WEAVE_SLEEVE_SPIN_US),
   };
 }
 

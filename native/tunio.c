@@ -6,7 +6,8 @@
 // - UDP GSO: runs of equal-size datagrams to one address go out as one UDP_SEGMENT message.
 // - UDP: a non-blocking socket with IP_PMTUDISC_DO (DF on every datagram: PMTU probes and EMSGSIZE
 //   tell us the path MTU), batched sendmmsg/recvmmsg with per-datagram IPv4 addresses.
-// - Readiness: uv_poll on the fd calls a JS function; JS drains the fd in batches.
+// - Readiness: uv_poll on the fd calls a JS function; JS drains the fd in batches. Or (the sleeve's
+//   workers) a waiter: the worker thread blocks in epoll_wait on its fds and its own libuv loop.
 // Every entry point validates its buffers against the lengths it is asked to touch, so a JS bug
 // becomes an exception, never memory corruption. Addresses cross the boundary as host-order u32.
 #define _GNU_SOURCE
@@ -17,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -892,8 +895,12 @@ static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
     return throw_arg(env, "recvBatchGro(fd, buf, stride, max, lens, ips, ports, carry): bad arguments, buffers too small or carry not 4-aligned");
   uint32_t *cs = (uint32_t *)carry;
   int n = 0;
+  // a recvmmsg that came back short found the socket empty: asking again would be a syscall for
+  // EAGAIN on every lone packet (the waiter reports anything that arrives later)
+  bool empty = false;
   while (n < maxp) {
     if (cs[1] >= cs[0]) {
+      if (empty) break;
       struct mmsghdr msgs[GRO_MSGS];
       struct iovec iov[GRO_MSGS];
       struct sockaddr_in sas[GRO_MSGS];
@@ -922,6 +929,7 @@ static napi_value RecvBatchGro(napi_env env, napi_callback_info info) {
         break;
       }
       if (r == 0) break;
+      empty = r < GRO_MSGS;
       for (int m = 0; m < r; m++) {
         uint32_t *md = cs + 4 + 4 * m;
         uint32_t len = msgs[m].msg_len;
@@ -1168,6 +1176,144 @@ static napi_value Unpoll(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// ---- waiter: a worker thread blocks in epoll on its data fds and on its own libuv loop ----------
+// uv_poll wakes a thread through a whole event-loop turn and a JS callback per wake. A worker whose
+// only job is its fds blocks here instead: one epoll set holds the data fds and the thread's libuv
+// backend fd (readable when the loop has work of its own: a message from the main thread, a
+// terminate), so a packet costs the kernel's wake-up and a return into the JS that called, and JS
+// yields to the loop only when the loop has work. After a wait that found data, the next wait polls
+// without sleeping for up to spin µs first: a packet that follows within that window (the reply to
+// what was just sent, the next burst) is taken without a wake-up, while packets flow. A wait that
+// found nothing sleeps in the kernel until an fd or the loop is ready: an idle worker costs nothing.
+#define WAIT_MAX_FDS 4
+#define WAIT_LOOP (1u << 8)
+
+typedef struct waiter {
+  int ep;
+  int nfds;
+  int hot; // the last wait returned data: spin before sleeping
+} waiter_t;
+
+static void waiter_close(waiter_t *w) {
+  if (w->ep >= 0) close(w->ep);
+  w->ep = -1;
+}
+
+static void waiter_finalize(napi_env env, void *data, void *hint) {
+  waiter_close((waiter_t *)data);
+  free(data);
+}
+
+// waiterOpen(fds: Int32Array) -> handle. ioWait reports fds[i] ready as bit i, the loop as WAIT_LOOP.
+static napi_value WaiterOpen(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  uint32_t *fds;
+  bool is = false;
+  napi_typedarray_type t;
+  size_t n = 0, off;
+  napi_value ab;
+  void *d;
+  if (argc < 1 || napi_is_typedarray(env, argv[0], &is) != napi_ok || !is || napi_get_typedarray_info(env, argv[0], &t, &n, &d, &ab, &off) != napi_ok ||
+      t != napi_int32_array || n == 0 || n > WAIT_MAX_FDS)
+    return throw_arg(env, "waiterOpen(fds): an Int32Array of 1-4 fds");
+  fds = d;
+  uv_loop_t *loop;
+  NAPI_OK(napi_get_uv_event_loop(env, &loop));
+  waiter_t *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, "calloc", ENOMEM);
+  w->ep = epoll_create1(EPOLL_CLOEXEC);
+  w->nfds = (int)n;
+  if (w->ep < 0) {
+    free(w);
+    return throw_errno(env, "epoll_create1", errno);
+  }
+  for (size_t i = 0; i <= n; i++) {
+    int fd = i < n ? (int)fds[i] : uv_backend_fd(loop);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i < n ? 1u << i : WAIT_LOOP};
+    if (epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      int e = errno;
+      waiter_close(w);
+      free(w);
+      return throw_errno(env, "epoll_ctl", e);
+    }
+  }
+  napi_value ext;
+  if (napi_create_external(env, w, waiter_finalize, NULL, &ext) != napi_ok) {
+    waiter_close(w);
+    free(w);
+    napi_throw_error(env, "ENAPI", "tunio: napi_create_external failed");
+    return NULL;
+  }
+  return ext;
+}
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+// one epoll_wait; EINTR counts as nothing ready (the caller waits again)
+static int waiter_poll(waiter_t *w, struct epoll_event *ev, int timeout_ms) {
+  int r = epoll_wait(w->ep, ev, w->nfds + 1, timeout_ms);
+  return r < 0 && errno == EINTR ? 0 : r;
+}
+
+// ioWait(handle, timeoutMs, spinUs) -> ready bits (0: the timeout passed). See the section head.
+static napi_value IoWait(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  waiter_t *w = NULL;
+  int32_t timeout_ms, spin_us;
+  if (argc < 3 || napi_get_value_external(env, argv[0], (void **)&w) != napi_ok || !w || !get_i32(env, argv[1], &timeout_ms) ||
+      !get_i32(env, argv[2], &spin_us))
+    return throw_arg(env, "ioWait(handle, timeoutMs, spinUs)");
+  if (w->ep < 0) return throw_arg(env, "ioWait: waiter closed");
+  struct epoll_event ev[WAIT_MAX_FDS + 1];
+  int r = 0;
+  if (w->hot && spin_us > 0) {
+    uint64_t end = mono_ns() + (uint64_t)spin_us * 1000u;
+    while ((r = waiter_poll(w, ev, 0)) == 0 && mono_ns() < end) {
+    }
+  }
+  if (r == 0) r = waiter_poll(w, ev, timeout_ms);
+  if (r < 0) return throw_errno(env, "epoll_wait", errno);
+  uint32_t bits = 0;
+  for (int i = 0; i < r; i++) bits |= ev[i].data.u32;
+  w->hot = (bits & ~WAIT_LOOP) != 0;
+  return mkint(env, bits);
+}
+
+// waiterFd(handle) -> the waiter's epoll fd (another thread arms and disarms its fds: waiterArm)
+static napi_value WaiterFd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  waiter_t *w = NULL;
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&w) != napi_ok || !w) return throw_arg(env, "waiterFd(handle)");
+  return mkint(env, w->ep);
+}
+
+// waiterArm(epfd, fd, bit, on) -> false when epfd no longer watches fd (its waiter closed). Off, the
+// waiter's thread is not woken when fd becomes readable; on again, it is woken at once if it is.
+static napi_value WaiterArm(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t ep, fd, bit;
+  bool on = false;
+  if (argc < 4 || !get_i32(env, argv[0], &ep) || !get_i32(env, argv[1], &fd) || !get_i32(env, argv[2], &bit) || napi_get_value_bool(env, argv[3], &on) != napi_ok)
+    return throw_arg(env, "waiterArm(epfd, fd, bit, on)");
+  struct epoll_event ev = {.events = on ? EPOLLIN : 0, .data.u32 = (uint32_t)bit};
+  napi_value r;
+  napi_get_boolean(env, epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev) == 0, &r);
+  return r;
+}
+
+// waiterClose(handle): idempotent (the finalizer closes it otherwise)
+static napi_value WaiterClose(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  waiter_t *w = NULL;
+  if (argc < 1 || napi_get_value_external(env, argv[0], (void **)&w) != napi_ok || !w) return throw_arg(env, "waiterClose(handle)");
+  waiter_close(w);
+  return NULL;
+}
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor d[] = {
       {"openTun", 0, OpenTun, 0, 0, 0, napi_default, 0},
@@ -1187,6 +1333,11 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"recvBatchGro", 0, RecvBatchGro, 0, 0, 0, napi_default, 0},
       {"poll", 0, Poll, 0, 0, 0, napi_default, 0},
       {"unpoll", 0, Unpoll, 0, 0, 0, napi_default, 0},
+      {"waiterOpen", 0, WaiterOpen, 0, 0, 0, napi_default, 0},
+      {"ioWait", 0, IoWait, 0, 0, 0, napi_default, 0},
+      {"waiterClose", 0, WaiterClose, 0, 0, 0, napi_default, 0},
+      {"waiterFd", 0, WaiterFd, 0, 0, 0, napi_default, 0},
+      {"waiterArm", 0, WaiterArm, 0, 0, 0, napi_default, 0},
       {"boxSeal", 0, BoxSeal, 0, 0, 0, napi_default, 0},
       {"boxOpen", 0, BoxOpen, 0, 0, 0, napi_default, 0},
       {"boxImpl", 0, BoxImpl, 0, 0, 0, napi_default, 0},

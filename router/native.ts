@@ -48,6 +48,18 @@ export interface TunIo {
   boxPoly1305?(tag: Uint8Array, msg: Uint8Array, key: Uint8Array): void;
   poll(fd: number, cb: (status: number) => void): unknown;
   unpoll(handle: unknown): void;
+  /**
+   * A worker thread's blocking wait (tunio.c "waiter"): one epoll set over fds and the thread's own
+   * libuv loop. ioWait blocks up to timeoutMs (after spinning up to spinUs when the last wait found
+   * data) and returns bit i for fds[i] ready, WAIT_LOOP (1 << 8) when the loop has work, 0 on timeout.
+   */
+  waiterOpen?(fds: Int32Array): unknown;
+  ioWait?(waiter: unknown, timeoutMs: number, spinUs: number): number;
+  waiterClose?(waiter: unknown): void;
+  /** the waiter's epoll fd, for waiterArm from another thread */
+  waiterFd?(waiter: unknown): number;
+  /** stops (on false) or resumes waking epfd's waiter for fd (reported as bit); false once epfd lost fd */
+  waiterArm?(epfd: number, fd: number, bit: number, on: boolean): boolean;
 }
 
 /** Size of readBatchVnet's carry buffer, and its u32 counters (native/tunio.c CARRY_*). */

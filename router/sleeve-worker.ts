@@ -16,7 +16,7 @@ import { makeBoxes, type BoxBatch, type BoxKind } from './boxes';
 import { errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import { Datapath, LANE_RELAY, PathShared, type DatapathEvents, type ForwardingSpec, type PathSharedBuffers, type PathSpec } from './datapath';
-import { loadTunIo } from './native';
+import { loadTunIo, type TunIo } from './native';
 import { NativeTun } from './tun';
 import { NativeUdp } from './udp';
 
@@ -42,12 +42,22 @@ export interface WorkerInit {
   crypto: 'sodium' | 'tweetnacl';
   /** how to seal and open (the main thread resolved it: router/boxes.ts) */
   boxes: BoxKind;
-  /** one Int32: 1 while a thread reads the TUN and sends what it read (TUN_FREE / TUN_HELD) */
+  /**
+   * µs a worker polls its fd without sleeping after a wait that found packets (the native waiter);
+   * -1: wake through uv_poll callbacks instead (the addon without a waiter does that anyway)
+   */
+  spinUs: number;
+  /**
+   * two Int32: [0] 1 while a thread reads the TUN and sends what it read (TUN_FREE / TUN_HELD),
+   * [1] the tx worker's waiter epoll fd or -1 (TX_EPFD)
+   */
   tunLock: SharedArrayBuffer;
 }
 
 const TUN_FREE = 0;
 const TUN_HELD = 1;
+/** tunLock's second Int32: the tx worker's waiter epoll fd (-1: none), for the rx worker's waiterArm */
+const TX_EPFD = 1;
 
 export type ToWorker =
   | { k: 'path'; spec: PathSpec }
@@ -132,28 +142,45 @@ function main(): void {
       release();
     }
   };
+  // The rx worker's TUN writes would wake the tx worker for the answers it drains itself (a wake-up
+  // and, on a busy CPU, a preemption on the reply's path): while it delivers and drains, the tx
+  // worker's waiter does not watch the TUN; re-armed, it wakes at once if packets wait.
+  const txWaiter = init.role === 'rx' && io.waiterArm ? io.waiterArm.bind(io) : null;
+  const disarmTx = (on: boolean): void => {
+    const ep = Atomics.load(lock, TX_EPFD);
+    if (ep >= 0 && txWaiter && !txWaiter(ep, init.tunFd, 1, on)) Atomics.compareExchange(lock, TX_EPFD, ep, -1);
+  };
   const drainRx = (): void => {
-    if (dp.drainUdp() === 0 || Atomics.compareExchange(lock, 0, TUN_FREE, TUN_HELD) !== TUN_FREE) return;
+    disarmTx(false);
     try {
-      dp.drainTun(LANE_RELAY);
+      if (dp.drainUdp() === 0 || Atomics.compareExchange(lock, 0, TUN_FREE, TUN_HELD) !== TUN_FREE) return;
+      try {
+        dp.drainTun(LANE_RELAY);
+      } finally {
+        release();
+      }
     } finally {
-      release();
+      disarmTx(true);
     }
   };
   const drain = init.role === 'tx' ? drainTx : drainRx;
   // An I/O error (device gone, socket broken) would fire on every poll: report once and stop polling;
   // the main thread marks the data path down.
+  let stopWaiting: (() => void) | null = null;
   const guarded = (): void => {
     try {
       drain();
     } catch (e) {
+      stopWaiting?.();
       tun.setReadable(null);
       udp.setReadable(null);
       post({ k: 'err', role: init.role, msg: errMsg(e), fatal: true });
     }
   };
-  if (init.role === 'tx') tun.setReadable(guarded);
-  else udp.setReadable(guarded);
+  const fd = init.role === 'tx' ? tun.fd : udp.fd;
+  stopWaiting = io.waiterOpen && io.ioWait && io.waiterClose && init.spinUs >= 0 ? waitLoop(io, fd, init.spinUs, guarded, init.role === 'tx' ? lock : null) : null;
+  if (!stopWaiting && init.role === 'tx') tun.setReadable(guarded);
+  else if (!stopWaiting) udp.setReadable(guarded);
   port.on('message', (m: ToWorker) => {
     switch (m.k) {
       case 'path': dp.setPath(m.spec); break;
@@ -161,6 +188,7 @@ function main(): void {
       case 'fwd': dp.setForwarding(m.spec); break;
       case 'beat': dp.beat(m.slots); break;
       case 'stop':
+        stopWaiting?.();
         tun.setReadable(null);
         udp.setReadable(null);
         port.close();
@@ -168,6 +196,40 @@ function main(): void {
     }
   });
   post({ k: 'ready', role: init.role });
+}
+
+/** how long a waiting worker sleeps before it lets its event loop turn anyway (its loop has no timers) */
+const WAIT_MS = 1000;
+/** ioWait's bit for "the thread's own event loop has work" (native/tunio.c WAIT_LOOP) */
+const WAIT_LOOP = 1 << 8;
+
+/**
+ * Runs the worker's drain from a native wait (native/tunio.c waiter) instead of a uv_poll callback:
+ * the thread blocks in epoll on fd and on its own event loop, drains when fd is ready, spins up to
+ * spinUs after activity, and returns to the event loop only when the loop has work (the main
+ * thread's messages, termination). Returns the function that stops waiting (idempotent; drain may
+ * call it). publish: where the waiter's epoll fd goes for the other worker (TX_EPFD), or null.
+ */
+function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void, publish: Int32Array | null): () => void {
+  const waiter = io.waiterOpen!(Int32Array.of(fd));
+  if (publish && io.waiterFd) Atomics.store(publish, TX_EPFD, io.waiterFd(waiter));
+  let stopped = false;
+  const turn = (): void => {
+    while (!stopped) {
+      const r = io.ioWait!(waiter, WAIT_MS, spinUs);
+      if ((r & 1) !== 0) drain();
+      if ((r & WAIT_LOOP) !== 0 || r === 0) {
+        setImmediate(turn);
+        return;
+      }
+    }
+  };
+  setImmediate(turn);
+  return () => {
+    stopped = true;
+    if (publish) Atomics.store(publish, TX_EPFD, -1);
+    io.waiterClose!(waiter);
+  };
 }
 
 main();

@@ -73,6 +73,12 @@ export type { SleeveCounters } from './datapath';
 /** the sleeve's UDP port has the TCP control port's number */
 export const DEFAULT_SLEEVE_PORT = CONTROL_PORT;
 export const DEFAULT_TUN_NAME = 'weave-tun';
+/**
+ * SleeveOptions.spinUs: -1, the workers wake through uv_poll. The native waiter (0: no spin, up to
+ * 1000 µs of spin after packets) measured no better on the shared 2-core test machine (README,
+ * "Sleeve latency"); it stays behind WEAVE_SLEEVE_SPIN_US for machines with cores to spare.
+ */
+export const DEFAULT_SPIN_US = -1;
 /** IPv4 + UDP headers around every frame on the underlay. */
 export const UNDERLAY_OVERHEAD = 28;
 /** Bytes a sealed frame adds to a packet on the underlay: IPv4 + UDP + frame header + MAC. */
@@ -218,6 +224,13 @@ export interface SleeveOptions {
    * router passes WEAVE_SLEEVE_CRYPTO from its config.
    */
   boxes?: 'auto' | BoxKind;
+  /**
+   * Worker threads: µs a worker polls its fd without sleeping after a wait that found packets (a
+   * reply or the next burst then costs no wake-up); 0 never spins; -1 wakes through uv_poll
+   * callbacks instead of the addon's waiter. Default DEFAULT_SPIN_US, -1 (the router passes
+   * WEAVE_SLEEVE_SPIN_US).
+   */
+  spinUs?: number;
 }
 
 // ---- per connection (control plane) -------------------------------------------------------------
@@ -576,7 +589,8 @@ export class Sleeve {
     const tun = this.tun as NativeTun;
     const udp = this.udp as NativeUdp;
     const events = this.engineEvents();
-    const tunLock = new SharedArrayBuffer(4);
+    const tunLock = new SharedArrayBuffer(8);
+    new Int32Array(tunLock)[1] = -1; // sleeve-worker.ts TX_EPFD: no tx waiter yet
     for (const role of ['tx', 'rx'] as const) {
       const counters = newCounterArray();
       this.engineCounters.push(counters);
@@ -586,6 +600,7 @@ export class Sleeve {
         role, tunFd: tun.fd, tunName: tun.name, tunOffload: tun.offload, udpGso: udp.gso, udpGro: udp.gro, udpFd: udp.fd, shared: this.shared.buffers, counters: counters.buffer as SharedArrayBuffer,
         pathCounters: pathCounters.buffer as SharedArrayBuffer,
         stride: this.S, batch: this.B, tunMtu: this.tunMtu, icmpSource: this.o.icmpSource ?? 0, crypto: this.crypto.name, boxes: this.boxes, tunLock,
+        spinUs: this.o.spinUs ?? DEFAULT_SPIN_US,
       };
       const w = new Worker(path.join(__dirname, 'sleeve-worker.js'), { workerData: init });
       w.unref();
@@ -1083,6 +1098,14 @@ export function ioModeFromEnv(v: string | undefined): 'auto' | 'native' | 'fallb
   if (v === undefined || v === '' || v === 'auto') return 'auto';
   if (v === 'native' || v === 'fallback') return v;
   throw new UsageError(`WEAVE_SLEEVE_IO must be auto, native or fallback, not ${JSON.stringify(v)}`);
+}
+
+/** WEAVE_SLEEVE_SPIN_US (read once, in api/config.ts): -1 or 0-1000; default DEFAULT_SPIN_US */
+export function spinFromEnv(v: string | undefined): number {
+  if (v === undefined || v === '') return DEFAULT_SPIN_US;
+  const n = Number(v);
+  if (Number.isInteger(n) && n >= -1 && n <= 1000) return n;
+  throw new UsageError(`WEAVE_SLEEVE_SPIN_US must be an integer from -1 to 1000, not ${JSON.stringify(v)}`);
 }
 
 /** WEAVE_SLEEVE_OFFLOAD (read once, in api/config.ts) */

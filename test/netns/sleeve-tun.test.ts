@@ -150,6 +150,42 @@ for (const gro of [false, true]) test(`batched UDP: a run of equal-size datagram
   }
 });
 
+test('waiter: ioWait reports a readable fd, its own event loop having work, and 0 on timeout; an idle wait sleeps', async () => {
+  const tio = io as TunIo;
+  const lo = parseAddr('127.0.0.1');
+  const a = new NativeUdp(tio, lo, 0);
+  const b = new NativeUdp(tio, lo, 0);
+  const w = tio.waiterOpen!(Int32Array.of(b.fd));
+  try {
+    const t0 = process.hrtime.bigint();
+    assert.equal(tio.ioWait!(w, 20, 50), 0);
+    // an idle waiter (nothing found last time) sleeps the whole timeout in the kernel: no spin, little CPU
+    const cpu0 = process.cpuUsage();
+    assert.equal(tio.ioWait!(w, 50, 1000), 0);
+    const cpu = process.cpuUsage(cpu0);
+    assert.ok(Number(process.hrtime.bigint() - t0) / 1e6 >= 65, 'both timeouts passed');
+    assert.ok(cpu.user + cpu.system < 20_000, `idle wait used ${cpu.user + cpu.system} µs CPU`);
+    const buf = Buffer.from('x');
+    a.sendBatch(buf, Int32Array.of(0), Int32Array.of(1), Uint32Array.of(lo), Int32Array.of(b.port), new Int32Array(1), 1);
+    assert.equal(tio.ioWait!(w, 1000, 50) & 1, 1);
+    const rl = new Int32Array(4);
+    assert.equal(b.recvBatch(Buffer.alloc(4 * 64), 64, 4, rl, new Uint32Array(4), new Int32Array(4)), 1);
+    // a message to this thread wakes the loop's own epoll fd: the wait returns WAIT_LOOP (1 << 8)
+    const { port1, port2 } = new MessageChannel();
+    const got = new Promise((r) => port2.once('message', r));
+    port1.postMessage('hi');
+    assert.equal(tio.ioWait!(w, 1000, 0), 1 << 8);
+    assert.equal(await got, 'hi');
+    port1.close();
+  } finally {
+    tio.waiterClose!(w);
+    tio.waiterClose!(w);
+    a.close();
+    b.close();
+  }
+  assert.throws(() => tio.ioWait!(w, 0, 0), /waiter closed/);
+});
+
 test('UDP GSO and the path MTU: a run larger than the MTU fails per datagram with EMSGSIZE, a smaller run goes out', { timeout: 30_000 }, async () => {
   const id = randomBytes(3).toString('hex');
   const ns = `wsg-${id}`;
@@ -350,7 +386,7 @@ test('createSleeve in a namespace: detects the underlay MTU, opens and raises th
   }
 });
 
-test('three sleeves in a line over real TUNs (worker threads): h1 reaches h3 through h2\'s relay', { timeout: 60_000 }, async () => {
+test('three sleeves in a line over real TUNs (worker threads; h2\'s in the native waiter): h1 reaches h3 through h2\'s relay', { timeout: 60_000 }, async () => {
   const tio = io as TunIo;
   const id = randomBytes(3).toString('hex');
   const crypto = loadCrypto('sodium', silentLogger());
@@ -379,6 +415,8 @@ test('three sleeves in a line over real TUNs (worker threads): h1 reaches h3 thr
       const s = new Sleeve({
         name: names[i], clock: realClock, log: silentLogger(), crypto, routes, prefixes,
         tun: new NativeTun(tio, tunName), udp: new NativeUdp(tio, lo, 0), underlayMtu: 1500,
+        // the middle sleeve's workers wait in the addon's waiter (spinning after packets), the others through uv_poll
+        spinUs: i === 1 ? 50 : undefined,
         host: {
           tunUp: async (dev, mtu) => {
             await run(['ip', 'link', 'set', 'dev', dev, 'netns', nss[i]]);
