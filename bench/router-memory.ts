@@ -15,9 +15,9 @@
 //        [--node-flags '--a --b'] [--load SECONDS]
 import * as fs from 'fs';
 import * as path from 'path';
-import { Container, Host, Lab, WEAVE_JS } from '../test/lab/lab';
+import { Container, Host, Lab } from '../test/lab/lab';
 import { waitFor } from '../test/lab/exec';
-import { arg, iperf, rssMb } from './sleeve';
+import { arg, iperf, rssMb, threeHostMesh } from './sleeve';
 
 interface Mapping { start: number; end: number; perms: string; file: string; rss: number; pss: number; anon: number }
 
@@ -60,12 +60,6 @@ export function attribute(maps: Mapping[]): Record<string, number> {
   return kinds;
 }
 
-/** `weave launch` as bench/sleeve runs it, with these node flags (the launched router inherits them) */
-async function launch(h: Host, args: string[], env: Record<string, string>): Promise<void> {
-  const flags = arg('node-flags', '').split(' ').filter(Boolean);
-  await h.exec([process.execPath, ...flags, WEAVE_JS, 'launch', ...args], { env: h.env(env), timeoutMs: 60_000 });
-}
-
 function parseEnv(s: string): Record<string, string> {
   const env: Record<string, string> = {};
   for (const kv of s.split(',').filter(Boolean)) {
@@ -86,22 +80,8 @@ async function diagReport(pid: number, dir: string): Promise<any> {
 /** three routers as bench/sleeve's (m) starts them, a container on each; resolves once every connection is on the sleeve */
 async function mesh(lab: Lab, env: Record<string, string>): Promise<{ hosts: Host[]; cs: Container[] }> {
   const hosts = [await lab.addHost('h1'), await lab.addHost('h2'), await lab.addHost('h3')];
-  await launch(hosts[0], ['--nickname', 'h1', '--no-fastdp'], env);
-  await launch(hosts[1], ['--nickname', 'h2', '--no-fastdp', hosts[0].ip], env);
-  await launch(hosts[2], ['--nickname', 'h3', '--no-fastdp', hosts[0].ip, hosts[1].ip], env);
-  const cs: Container[] = [];
-  for (const [i, h] of hosts.entries()) {
-    const c = await lab.addContainer(`m${i}`);
-    await h.weave(['attach', `10.32.${i + 5}.1/12`, c.ns]);
-    cs.push(c);
-  }
-  await waitFor('3-host mesh established', async () => {
-    for (const h of hosts) {
-      const rep = await h.report();
-      if (rep.router.connections.filter((c: any) => c.state === 'established' && c.overlay === 'sleeve').length < 2) return false;
-    }
-    return true;
-  }, { timeoutMs: 45_000, intervalMs: 500 });
+  // these node flags go to `weave launch`; the launched router inherits them
+  const cs = await threeHostMesh(lab, hosts, env, arg('node-flags', '').split(' ').filter(Boolean));
   return { hosts, cs };
 }
 

@@ -171,8 +171,30 @@ export const CLK_TCK = 100;
  * `weave launch ARGS` in h as users run it: without the lab's --enable-source-maps (which parses every
  * module's source map into the router's heap and the workers', and would skew the RSS measured here).
  */
-export async function launch(h: Host, args: string[], env: Record<string, string>, opts: { timeoutMs?: number; allowFail?: boolean } = {}): Promise<RunResult> {
-  return h.exec([process.execPath, WEAVE_JS, 'launch', ...args], { env: h.env(env), timeoutMs: opts.timeoutMs ?? 60_000, allowFail: opts.allowFail });
+export async function launch(h: Host, args: string[], env: Record<string, string>, opts: { timeoutMs?: number; allowFail?: boolean; nodeFlags?: string[] } = {}): Promise<RunResult> {
+  return h.exec([process.execPath, ...(opts.nodeFlags ?? []), WEAVE_JS, 'launch', ...args], { env: h.env(env), timeoutMs: opts.timeoutMs ?? 60_000, allowFail: opts.allowFail });
+}
+
+/**
+ * Three routers (h1, then h2 and h3 each given the earlier ones), sleeve only, a container on each
+ * (m0..m2 at 10.32.5.1, .6.1, .7.1); resolves once every connection is established on the sleeve.
+ */
+export async function threeHostMesh(lab: Lab, hosts: Host[], env: Record<string, string>, nodeFlags?: string[]): Promise<Container[]> {
+  for (const [i, h] of hosts.entries()) await launch(h, ['--nickname', h.name, '--no-fastdp', ...hosts.slice(0, i).map((x) => x.ip)], env, { nodeFlags });
+  const cs: Container[] = [];
+  for (const [i, h] of hosts.entries()) {
+    const c = await lab.addContainer(`m${i}`);
+    await h.weave(['attach', `10.32.${i + 5}.1/12`, c.ns]);
+    cs.push(c);
+  }
+  await waitFor('3-host mesh established', async () => {
+    for (const h of hosts) {
+      const rep = await h.report();
+      if (rep.router.connections.filter((c: any) => c.state === 'established' && c.overlay === 'sleeve').length < hosts.length - 1) return false;
+    }
+    return true;
+  }, { timeoutMs: 45_000, intervalMs: 500 });
+  return cs;
 }
 
 let caseNo = 0;
@@ -218,20 +240,7 @@ async function meshRss(lab: Lab, h1: Host, h2: Host, env: Record<string, string>
   const h3 = lab.hosts[2] ?? await lab.addHost('h3');
   const hosts = [h1, h2, h3];
   try {
-    await launch(h1, ['--nickname', 'h1', '--no-fastdp'], env);
-    await launch(h2, ['--nickname', 'h2', '--no-fastdp', h1.ip], env);
-    await launch(h3, ['--nickname', 'h3', '--no-fastdp', h1.ip, h2.ip], env);
-    for (const [i, h] of hosts.entries()) {
-      const c = await lab.addContainer(`m${i}`);
-      await h.weave(['attach', `10.32.${i + 5}.1/12`, c.ns]);
-    }
-    await waitFor('3-host mesh established', async () => {
-      for (const h of hosts) {
-        const rep = await h.report();
-        if (rep.router.connections.filter((c: any) => c.state === 'established' && c.overlay === 'sleeve').length < 2) return false;
-      }
-      return true;
-    }, { timeoutMs: 45_000, intervalMs: 500 });
+    await threeHostMesh(lab, hosts, env);
     await new Promise((r) => setTimeout(r, 10_000));
     const out: number[] = [];
     for (const h of hosts) {
