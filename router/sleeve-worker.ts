@@ -178,7 +178,18 @@ function main(): void {
     }
   };
   const fd = init.role === 'tx' ? tun.fd : udp.fd;
-  stopWaiting = io.waiterOpen && io.ioWait && io.waiterClose && init.spinUs >= 0 ? waitLoop(io, fd, init.spinUs, guarded, init.role === 'tx' ? lock : null) : null;
+  if (io.waiterOpen && io.ioWait && io.waiterClose && init.spinUs >= 0) {
+    try {
+      stopWaiting = waitLoop(io, fd, init.spinUs, guarded, init.role === 'tx' ? lock : null, (e) => {
+        // epoll_wait failed: the fd cannot be waited on any more; the main thread marks the data path down
+        stopWaiting?.();
+        post({ k: 'err', role: init.role, msg: `ioWait: ${errMsg(e)}`, fatal: true });
+      });
+    } catch (e) {
+      // no waiter (epoll_create1 or epoll_ctl refused): the uv_poll path below serves, and the main thread logs why
+      post({ k: 'err', role: init.role, msg: `native waiter unavailable, waking through uv_poll: ${errMsg(e)}` });
+    }
+  }
   if (!stopWaiting && init.role === 'tx') tun.setReadable(guarded);
   else if (!stopWaiting) udp.setReadable(guarded);
   port.on('message', (m: ToWorker) => {
@@ -208,15 +219,22 @@ const WAIT_LOOP = 1 << 8;
  * the thread blocks in epoll on fd and on its own event loop, drains when fd is ready, spins up to
  * spinUs after activity, and returns to the event loop only when the loop has work (the main
  * thread's messages, termination). Returns the function that stops waiting (idempotent; drain may
- * call it). publish: where the waiter's epoll fd goes for the other worker (TX_EPFD), or null.
+ * call it). publish: where the waiter's epoll fd goes for the other worker (TX_EPFD), or null;
+ * failed: told once if a wait throws (the loop has stopped). Throws when no waiter can be opened.
  */
-function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void, publish: Int32Array | null): () => void {
+function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void, publish: Int32Array | null, failed: (e: unknown) => void): () => void {
   const waiter = io.waiterOpen!(Int32Array.of(fd));
   if (publish && io.waiterFd) Atomics.store(publish, TX_EPFD, io.waiterFd(waiter));
   let stopped = false;
   const turn = (): void => {
     while (!stopped) {
-      const r = io.ioWait!(waiter, WAIT_MS, spinUs);
+      let r: number;
+      try {
+        r = io.ioWait!(waiter, WAIT_MS, spinUs);
+      } catch (e) {
+        failed(e);
+        return;
+      }
       if ((r & 1) !== 0) drain();
       if ((r & WAIT_LOOP) !== 0 || r === 0) {
         setImmediate(turn);

@@ -150,6 +150,7 @@ function meshMetrics(reg: Registry, mesh: Mesh, transport: TcpTransport): void {
   counterFrom(reg, 'weave_control_frames_total', 'Control-plane frames on the TCP connections, by direction.', () => [
     { labels: { direction: 'in' }, value: tc().framesIn }, { labels: { direction: 'out' }, value: tc().framesOut },
   ], ['direction']);
+  counterFrom(reg, 'weave_topology_stale_records_refused_total', 'Topology records refused as stale copies of peers this router dropped as unreachable (gossip about dead peers that neighbours still held).', () => mesh.stats.droppedRecordsRefused);
   counterFrom(reg, 'weave_control_bytes_total', 'Control-plane bytes on the TCP connections, by direction.', () => [
     { labels: { direction: 'in' }, value: tc().bytesIn }, { labels: { direction: 'out' }, value: tc().bytesOut },
   ], ['direction']);
