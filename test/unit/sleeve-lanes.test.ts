@@ -75,11 +75,22 @@ function engine(tun: TunDevice, udp: UdpBind, shared: PathShared, heartbeats: bo
   return { dp, counters };
 }
 
+/** both ends' keys of one session (a: the dialling side) */
+function sessionKeys(): { a: ReturnType<typeof deriveKeys>; b: ReturnType<typeof deriveKeys> } {
+  const sk = sodium.randomBytes(32);
+  return { a: deriveKeys(sodium, sk, true), b: deriveKeys(sodium, sk, false) };
+}
+
+/** the peer of slot 0 at 198.18.0.2:6783, path MTU 1440 */
+function peerAt(sh: PathShared): void {
+  sh.ip[0] = parseAddr('198.18.0.2');
+  sh.port[0] = 6783;
+  sh.mtu[0] = 1440;
+}
+
 test('the rx engine drains the TUN on its own lane: both threads\' frames open at the peer, none counted as a replay', () => {
   assert.ok(boxes, 'the native addon must load (npm ci builds it)');
-  const sk = sodium.randomBytes(32);
-  const a = deriveKeys(sodium, sk, true);
-  const b = deriveKeys(sodium, sk, false);
+  const { a, b } = sessionKeys();
   // host A: a tx and an rx engine sharing one TUN, one UDP socket and the path's shared values
   const tunA = new QueueTun();
   const udpA = new QueueUdp();
@@ -91,9 +102,7 @@ test('the rx engine drains the TUN on its own lane: both threads\' frames open a
     e.dp.setPath({ slot: 0, localIdx: 0x10000, remoteIdx: 0x20000, txKey: a.tx, rxKey: a.rx });
     e.dp.setForwarding(fwdA);
   }
-  shA.ip[0] = parseAddr('198.18.0.2');
-  shA.port[0] = 6783;
-  shA.mtu[0] = 1440;
+  peerAt(shA);
   // host B: one receiving engine
   const tunB = new QueueTun();
   const udpB = new QueueUdp();
@@ -127,16 +136,12 @@ test('the rx engine drains the TUN on its own lane: both threads\' frames open a
 
 test('a heartbeat wakes the control plane only while it does not hear the peer (shared heard flag); lastRx moves either way', () => {
   assert.ok(boxes, 'the native addon must load (npm ci builds it)');
-  const sk = sodium.randomBytes(32);
-  const a = deriveKeys(sodium, sk, true);
-  const b = deriveKeys(sodium, sk, false);
+  const { a, b } = sessionKeys();
   const udpA = new QueueUdp();
   const shA = new PathShared();
   const tx = engine(new QueueTun(), udpA, shA, true);
   tx.dp.setPath({ slot: 0, localIdx: 0x10000, remoteIdx: 0x20004, txKey: a.tx, rxKey: a.rx });
-  shA.ip[0] = parseAddr('198.18.0.2');
-  shA.port[0] = 6783;
-  shA.mtu[0] = 1440;
+  peerAt(shA);
   const udpB = new QueueUdp();
   const shB = new PathShared();
   const told: number[] = [];
