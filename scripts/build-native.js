@@ -16,6 +16,16 @@ function findNodeGyp() {
   return candidates.find((p) => fs.existsSync(p));
 }
 
+// `npm run build` calls this too, so a changed addon source is never run against an old binary; the
+// rebuild (about 4 s) happens only when a source is newer than the built module.
+function upToDate() {
+  const built = path.join(dir, 'build', 'Release', 'weave_tunio.node');
+  if (!fs.existsSync(built)) return false;
+  const t = fs.statSync(built).mtimeMs;
+  return fs.readdirSync(dir).filter((f) => /\.(c|h|gyp)$/.test(f)).every((f) => fs.statSync(path.join(dir, f)).mtimeMs <= t);
+}
+if (process.argv.includes('--if-changed') && upToDate()) process.exit(0);
+
 const gyp = findNodeGyp();
 if (!gyp) {
   console.warn('weave.ts: node-gyp not found; the native datapath addon is not built (the router will use the slower fallback)');
