@@ -239,9 +239,10 @@ const READY_UDP = 2;
  * Runs the worker's drain from a native wait (native/tunio.c waiter) instead of a uv_poll callback:
  * the thread blocks in epoll on fds and on its own event loop, drains when one is ready (told which:
  * bit i for fds[i]), spins up to spinUs after activity, and returns to the event loop only when the
- * loop has work (the main thread's messages, termination). Returns the function that stops waiting (idempotent; drain may
- * call it). publish: where the waiter's epoll fd goes for the other worker (TX_EPFD), or null;
- * failed: told once if a wait throws (the loop has stopped). Throws when no waiter can be opened.
+ * loop has work (the main thread's messages, termination). Returns the function that stops waiting
+ * (idempotent; drain may call it). publish: where the waiter's epoll fd goes for the other worker
+ * (TX_EPFD), or null; failed: told once if a wait throws (the loop has stopped). Throws when no
+ * waiter can be opened.
  */
 function waitLoop(io: TunIo, fds: Int32Array, spinUs: number, drain: (ready: number) => void, publish: Int32Array | null, failed: (e: unknown) => void): () => void {
   const waiter = io.waiterOpen!(fds);
