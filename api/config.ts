@@ -9,7 +9,7 @@ import { contains, parseCidr, parseHostPort as parseHostPortAddr, parsePort as p
 import { CONTROL_PORT, DEFAULT_DATA_DIR as DATA_DIR, HTTP_API_PORT } from '../lib/ports';
 import { checkPeer } from '../lib/validate';
 import { boxModeFromEnv, type BoxKind } from '../router/boxes';
-import { ioModeFromEnv, offloadFromEnv, spinFromEnv } from '../router/sleeve';
+import { ioModeFromEnv, offloadFromEnv, spinFromEnv, threadsFromEnv } from '../router/sleeve';
 import { addIpamFlags, parseIpamFlags, type IpamConfig } from '../ipam/flags';
 import { addDnsFlags, parseDnsFlags, type DnsConfig } from '../dns/flags';
 import { addCniFlags, parseCniFlags, type CniConfig } from '../cni/flags';
@@ -41,7 +41,7 @@ export interface RouterConfig {
   crypto?: 'sodium' | 'tweetnacl';
   /** --trusted-subnets: peers there get the data unencrypted when they trust us too (control stays encrypted) */
   trustedSubnets: Cidr[];
-  /** the sleeve's I/O, offloads, crypto and wake-ups (WEAVE_SLEEVE_IO, _OFFLOAD, _CRYPTO, _SPIN_US) */
+  /** the sleeve's I/O, offloads, crypto and wake-ups (WEAVE_SLEEVE_IO, _OFFLOAD, _CRYPTO, _SPIN_US, _THREADS) */
   sleeve: SleeveConfig;
   ipam: IpamConfig;
   dns: DnsConfig;
@@ -68,6 +68,8 @@ export interface SleeveConfig {
   boxes: 'auto' | BoxKind;
   /** µs a sleeve worker polls without sleeping after packets, -1: uv_poll wake-ups (WEAVE_SLEEVE_SPIN_US) */
   spinUs: number;
+  /** packet worker threads: 1 for both directions, 2 one per direction (WEAVE_SLEEVE_THREADS) */
+  threads: 1 | 2;
 }
 
 /** The router's own flags, shared by `weave router` and `weave launch`, with the subsystems' flags. */
@@ -141,6 +143,7 @@ export function sleeveConfigFrom(env: NodeJS.ProcessEnv): SleeveConfig {
     offload: offloadFromEnv(env.WEAVE_SLEEVE_OFFLOAD),
     boxes: boxModeFromEnv(env.WEAVE_SLEEVE_CRYPTO),
     spinUs: spinFromEnv(env.WEAVE_SLEEVE_SPIN_US),
+    threads: threadsFromEnv(env.WEAVE_SLEEVE_THREADS),
   };
 }
 

@@ -15,6 +15,7 @@ import type { Report } from './views';
 import { SUBSYSTEMS } from './subsystems';
 import { buildMesh, buildWire, openDataDir, pidFilePart } from './parts/control';
 import { buildSleeve, hostState, startRouteSync } from './parts/sleeve';
+import { trimMalloc } from './parts/memory';
 import { buildOverlays, wireForwarding } from './parts/fastdp';
 import { buildEndpoints, restoreEndpoints } from './parts/endpoints';
 import { VERSION, buildReport, serveApi } from './parts/api';
@@ -52,7 +53,7 @@ const MODULES: readonly SubsystemModule<unknown, DaemonContext>[] = SUBSYSTEMS;
 /** Every step's builder, in one object so a test can replace them (start-up failure at each step). */
 export const STEPS = {
   openDataDir, hostState, buildWire, buildSleeve, buildOverlays, buildMesh, wireForwarding, buildEndpoints,
-  subsystems: MODULES, buildEvents, buildUi, restoreEndpoints, startRouteSync, startMesh, passwordRotation, serveApi, pidFilePart,
+  subsystems: MODULES, buildEvents, buildUi, restoreEndpoints, startRouteSync, trimMalloc, startMesh, passwordRotation, serveApi, pidFilePart,
 };
 
 export interface RunOptions {
@@ -96,6 +97,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   await build.add('ui', () => s.buildUi({ self: data.identity.name, software: `${VERSION} ${PROTOCOL_MIN_VERSION}..${PROTOCOL_MAX_VERSION}`, mesh, overlays: overlays.overlaySwitch, report: () => buildReport(build.parts), events: events.ring }, root, clock));
   await build.add('restore endpoints', () => s.restoreEndpoints(eps, log));
   await build.add('route sync', () => s.startRouteSync(host));
+  await build.add('malloc trim', () => s.trimMalloc(root, clock));
   await build.add('mesh start', () => s.startMesh(mesh, subsystems, cfg));
   await build.add('password rotation', () => s.passwordRotation({ passwords: wire.transport.passwords, passwordFile: cfg.passwordFile, log: componentLogger(root, 'password'), signals: opts.installSignalHandlers !== false }));
   const life = { stop, reset: async () => { host.keep.onStop = false; await eps.removeAll(); await resetSubsystems(subsystems, log); } };

@@ -11,13 +11,16 @@
 // and with --report the V8 heap of each isolate from node's diagnostic report (SIGUSR2 with
 // --report-on-signal in NODE_OPTIONS: the router is started with it, nothing else changes).
 // With --load S, the RSS of h1's and h2's routers every 5 s through an S-second 4-stream iperf3.
+// With --hosts N, an N-host mesh instead (what grows per peer): every router's VmRSS, then per kind
+// the median, min and max over the routers (--all: each router's line; --report: h1's and the last
+// router's heaps).
 // Usage: node dist/bench/router-memory.js [--report] [--maps] [--idle 10] [--env K=V,K=V]
-//        [--node-flags '--a --b'] [--load SECONDS]
+//        [--node-flags '--a --b'] [--load SECONDS] [--hosts 3] [--all]
 import * as fs from 'fs';
 import * as path from 'path';
 import { Container, Host, Lab } from '../test/lab/lab';
 import { waitFor } from '../test/lab/exec';
-import { arg, iperf, rssMb, threeHostMesh } from './sleeve';
+import { arg, hostMesh, iperf, rssMb } from './sleeve';
 
 interface Mapping { start: number; end: number; perms: string; file: string; rss: number; pss: number; anon: number }
 
@@ -77,12 +80,25 @@ async function diagReport(pid: number, dir: string): Promise<any> {
   return JSON.parse(fs.readFileSync(path.join(dir, file as string), 'utf8'));
 }
 
-/** three routers as bench/sleeve's (m) starts them, a container on each; resolves once every connection is on the sleeve */
-async function mesh(lab: Lab, env: Record<string, string>): Promise<{ hosts: Host[]; cs: Container[] }> {
-  const hosts = [await lab.addHost('h1'), await lab.addHost('h2'), await lab.addHost('h3')];
+/** n routers as bench/sleeve's (m) starts three, a container on each; resolves once every connection is on the sleeve */
+async function mesh(lab: Lab, env: Record<string, string>, n: number): Promise<{ hosts: Host[]; cs: Container[] }> {
+  const hosts: Host[] = [];
+  for (let i = 1; i <= n; i++) hosts.push(await lab.addHost(`h${i}`));
   // these node flags go to `weave launch`; the launched router inherits them
-  const cs = await threeHostMesh(lab, hosts, env, arg('node-flags', '').split(' ').filter(Boolean));
+  const cs = await hostMesh(lab, hosts, env, arg('node-flags', '').split(' ').filter(Boolean));
   return { hosts, cs };
+}
+
+/** the --hosts summary: every router's VmRSS, and per kind of mapping the median, min and max (MB) */
+function printSummary(pids: number[]): void {
+  const rows = pids.map((pid) => ({ rss: rssMb(pid), kinds: attribute(mappings(pid)) }));
+  const stat = (xs: number[]): string => {
+    const s = [...xs].sort((a, b) => a - b);
+    return `${s[s.length >> 1].toFixed(1)} (${s[0].toFixed(1)}-${s[s.length - 1].toFixed(1)})`;
+  };
+  console.log(`${pids.length} routers, VmRSS MB: ${rows.map((r) => r.rss.toFixed(1)).join(' ')}`);
+  console.log(`  median (min-max) MB: VmRSS ${stat(rows.map((r) => r.rss))}`);
+  for (const k of Object.keys(rows[0].kinds)) console.log(`  ${k.padEnd(14)} ${stat(rows.map((r) => r.kinds[k] / 1024))}`);
 }
 
 /** one line per router: VmRSS, Pss, anonymous, threads and the attribution; with --maps every mapping over 256 kB */
@@ -126,15 +142,23 @@ async function main(): Promise<void> {
   const repDir = path.join(lab.tmp, 'reports');
   fs.mkdirSync(repDir);
   if (report) env.NODE_OPTIONS = `${env.NODE_OPTIONS ?? ''} --report-on-signal --report-directory=${repDir}`.trim();
+  const n = Number(arg('hosts', '3'));
+  const each = n <= 3 || process.argv.includes('--all');
   try {
-    const { hosts, cs } = await mesh(lab, env);
+    const { hosts, cs } = await mesh(lab, env, n);
     await new Promise((r) => setTimeout(r, Number(arg('idle', '10')) * 1000));
-    for (const h of hosts) {
+    const all: number[] = [];
+    for (const [i, h] of hosts.entries()) {
       for (const pid of await lab.pidsIn(h.ns)) {
-        printRouter(h.name, pid);
-        if (report) await printHeaps(pid, repDir);
+        all.push(pid);
+        if (each) printRouter(h.name, pid);
+        if (report && (each || i === 0 || i === n - 1)) {
+          if (!each) printRouter(h.name, pid);
+          await printHeaps(pid, repDir);
+        }
       }
     }
+    if (n > 3) printSummary(all);
     const loadS = Number(arg('load', '0'));
     if (loadS > 0) await underLoad([...await lab.pidsIn(hosts[0].ns), ...await lab.pidsIn(hosts[1].ns)], cs[0], cs[1], '10.32.6.1', loadS);
   } finally {

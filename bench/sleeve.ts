@@ -180,20 +180,28 @@ export async function launch(h: Host, args: string[], env: Record<string, string
  * (m0..m2 at 10.32.5.1, .6.1, .7.1); resolves once every connection is established on the sleeve.
  */
 export async function threeHostMesh(lab: Lab, hosts: Host[], env: Record<string, string>, nodeFlags?: string[]): Promise<Container[]> {
-  for (const [i, h] of hosts.entries()) await launch(h, ['--nickname', h.name, '--no-fastdp', ...hosts.slice(0, i).map((x) => x.ip)], env, { nodeFlags });
+  return hostMesh(lab, hosts, env, nodeFlags);
+}
+
+/**
+ * threeHostMesh for any number of hosts (bench/router-memory --hosts N): host i is given at most the
+ * three hosts before it (the mesh finds the rest); container i at 10.32.(i+5).1.
+ */
+export async function hostMesh(lab: Lab, hosts: Host[], env: Record<string, string>, nodeFlags?: string[]): Promise<Container[]> {
+  for (const [i, h] of hosts.entries()) await launch(h, ['--nickname', h.name, '--no-fastdp', ...hosts.slice(Math.max(0, i - 3), i).map((x) => x.ip)], env, { nodeFlags });
   const cs: Container[] = [];
   for (const [i, h] of hosts.entries()) {
     const c = await lab.addContainer(`m${i}`);
     await h.weave(['attach', `10.32.${i + 5}.1/12`, c.ns]);
     cs.push(c);
   }
-  await waitFor('3-host mesh established', async () => {
+  await waitFor(`${hosts.length}-host mesh established`, async () => {
     for (const h of hosts) {
       const rep = await h.report();
       if (rep.router.connections.filter((c: any) => c.state === 'established' && c.overlay === 'sleeve').length < hosts.length - 1) return false;
     }
     return true;
-  }, { timeoutMs: 45_000, intervalMs: 500 });
+  }, { timeoutMs: 45_000 + hosts.length * 5000, intervalMs: 500 });
   return cs;
 }
 

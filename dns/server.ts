@@ -10,8 +10,9 @@
 //     retry on TC, next resolver after timeout/n, SERVFAIL at the deadline; the answer is relayed
 //     with the client's ID (trimmed to header+question with TC when over the client's UDP budget).
 // Answers echo the question's bytes and point to them (0xC00C), so they keep the asker's case.
-// The UDP path allocates nothing per query of its own: one parser, a ring of response buffers
-// recycled through a shared send callback, and an index keyed by a hash of the wire name.
+// The UDP path allocates nothing per query of its own: one parser, a ring of response buffers (views
+// of one slab, used from the first while few are in flight) recycled through a shared send
+// callback, and an index keyed by a hash of the wire name.
 //
 // Who is answered: with allowSource (the router's: this host's containers and its own addresses), a
 // query from anyone else gets REFUSED (UDP) or its connection closed (TCP), counted, and logged at
@@ -316,7 +317,10 @@ export class DnsServer {
     this.domainWire = nameToWire(d);
     this.soa = buildSoaRR(this.domainWire, this.ttl, 1);
     this.ttlBytes.writeUInt32BE(this.ttl >>> 0, 0);
-    for (let i = 0; i < RING; i++) this.ring.push(Buffer.allocUnsafe(UDP_MAX));
+    // views into one slab: its pages cost RSS only once answers are written there (256 separate
+    // 4 KB buffers each had a malloc header in its own page: 1 MB resident from the start)
+    const slab = Buffer.allocUnsafe(RING * UDP_MAX);
+    for (let i = 0; i < RING; i++) this.ring.push(slab.subarray(i * UDP_MAX, (i + 1) * UDP_MAX));
     this.sweepMs = Math.max(10, Math.min(50, Math.floor(this.upstreamTimeoutMs / 10)));
     this.onSent = (err) => {
       this.outstanding--;
@@ -407,6 +411,9 @@ export class DnsServer {
       this.counters.dropped++;
       return;
     }
+    // nothing in flight: start again at the first buffer, so the slab's pages that become resident
+    // are as many as answers ever queued at once, not the whole ring after 256 queries
+    if (this.outstanding === 0) this.ringNext = 0;
     const out = this.ring[this.ringNext];
     const n = this.allowSource !== null && !this.allowSource(rinfo.address) ? this.refuse(msg, out, rinfo.address, 'udp') : this.answer(msg, msg.length, out, true);
     if (n > 0) {

@@ -21,7 +21,10 @@ export interface CryptoEngine {
   /** X25519 agreement. Throws ProtocolError when the result is all zero (peer sent a low-order point). */
   x25519(secretKey: Uint8Array, peerPublic: Uint8Array): Buffer;
   sha256(...parts: Uint8Array[]): Buffer;
-  /** XSalsa20-Poly1305 (MAC first, like crypto_secretbox_easy). out.length must be msg.length + 16. */
+  /**
+   * XSalsa20-Poly1305 (MAC first, like crypto_secretbox_easy). out.length must be msg.length + 16;
+   * msg may be out's own bytes from 16 on (sealed in place).
+   */
   secretboxSeal(out: Uint8Array, msg: Uint8Array, nonce: Uint8Array, key: Uint8Array): void;
   /** Opens box into out (out.length must be box.length - 16). False when forged, corrupt or too short. */
   secretboxOpen(out: Uint8Array, box: Uint8Array, nonce: Uint8Array, key: Uint8Array): boolean;

@@ -52,9 +52,13 @@ export const PROTOCOL_MIN_VERSION = 1;
 export const PROTOCOL_MAX_VERSION = 1;
 const FEATURES_VERSION = 1;
 const FRAME_HEADER_BYTES = 4;
-/** FrameReader: chunks smaller than this are gathered into blocks of BLOCK_BYTES. */
+/**
+ * FrameReader: chunks smaller than this are gathered into blocks of BLOCK_BYTES. Every connection
+ * keeps its current block while idle and its pages fill with the small messages it receives: 16 KiB
+ * (64 before) bounds that per peer, and a 16 MiB frame dribbled a byte at a time is still ~1000 entries.
+ */
 const SMALL_CHUNK = 1024;
-const BLOCK_BYTES = 64 * 1024;
+const BLOCK_BYTES = 16 * 1024;
 export const DEFAULT_MAX_FRAME = 16 * 1024 * 1024;
 /**
  * Largest frame accepted before the peer proved the password: the features frame is the only one
@@ -255,8 +259,8 @@ export function decodeFeatures(b: Uint8Array): Features {
  * Reassembles the byte stream: fixed-size handshake pieces (take) and length-prefixed frames
  * (nextFrame). Keeps the socket's chunks in a list and copies only when a piece spans chunks, so a
  * 16 MiB frame arriving in 64 KiB chunks is copied once, not once per chunk. Small chunks (a peer
- * dribbling a frame a byte at a time) are gathered into shared 64 KiB blocks first, so the list holds
- * a few hundred entries for a 16 MiB frame rather than millions, and consuming from it moves an index
+ * dribbling a frame a byte at a time) are gathered into shared 16 KiB blocks first, so the list holds
+ * about a thousand entries for a 16 MiB frame rather than millions, and consuming from it moves an index
  * (Array.shift on a huge list copies it: byte-by-byte input was quadratic).
  */
 export class FrameReader {
@@ -384,13 +388,15 @@ export function frameNonce(direction: number, counter: number): Buffer {
 }
 
 /**
- * Encodes outgoing frames for one direction. The plaintext scratch buffer is reused across
- * messages; each frame gets its own output buffer because the socket holds it until flushed.
+ * Encodes outgoing frames for one direction. Each frame gets its own output buffer because the
+ * socket holds it until flushed; the plaintext is written into it where the ciphertext goes and
+ * sealed in place (libsodium's secretbox allows the message where the ciphertext goes: m == c + MAC;
+ * tweetnacl copies it first). A scratch buffer per sealer, as before, grew to the largest message
+ * the connection ever sent (the full topology: O(N²) bytes on each of N connections) and kept it.
  */
 export class FrameSealer {
   private counter: number;
   private readonly nonce = Buffer.alloc(NONCE_BYTES);
-  private scratch = Buffer.allocUnsafe(256);
   constructor(
     private readonly crypto: CryptoEngine,
     private key: Uint8Array | null,
@@ -427,18 +433,13 @@ export class FrameSealer {
     if (bodyLen > this.maxFrame) throw new WeaveError('E2BIG', `message of ${bodyLen} bytes exceeds the frame limit of ${this.maxFrame}`, { bodyLen });
     const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + bodyLen);
     out.writeUInt32BE(bodyLen, 0);
-    if (!this.key) {
-      let off = FRAME_HEADER_BYTES;
-      if (type >= 0) out[off++] = type;
-      out.set(payload, off);
-      return out;
-    }
-    if (this.scratch.length < plainLen) this.scratch = Buffer.allocUnsafe(Math.max(plainLen, this.scratch.length * 2));
-    let off = 0;
-    if (type >= 0) this.scratch[off++] = type;
-    this.scratch.set(payload, off);
+    const plainAt = FRAME_HEADER_BYTES + (this.key ? SECRETBOX_OVERHEAD : 0);
+    let off = plainAt;
+    if (type >= 0) out[off++] = type;
+    out.set(payload, off);
+    if (!this.key) return out;
     setCounter(this.nonce, this.counter);
-    this.crypto.secretboxSeal(out.subarray(FRAME_HEADER_BYTES), this.scratch.subarray(0, plainLen), this.nonce, this.key);
+    this.crypto.secretboxSeal(out.subarray(FRAME_HEADER_BYTES), out.subarray(plainAt, plainAt + plainLen), this.nonce, this.key);
     this.counter++;
     return out;
   }

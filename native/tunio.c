@@ -29,6 +29,9 @@
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include "secretbox.h"
 
 #define MAXB 256
@@ -1314,6 +1317,21 @@ static napi_value WaiterClose(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// mallocTrim() -> true when glibc gave memory back. malloc_trim(0) returns the free pages of every
+// arena to the kernel, not only the main heap's top (the only part free() ever returns): a router's
+// arena keeps the holes its start-up and gossip bursts left (api/parts/memory.ts). false without glibc.
+static napi_value MallocTrim(napi_env env, napi_callback_info info) {
+  (void)info;
+#ifdef __GLIBC__
+  int r = malloc_trim(0);
+#else
+  int r = 0;
+#endif
+  napi_value out;
+  napi_get_boolean(env, r != 0, &out);
+  return out;
+}
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor d[] = {
       {"openTun", 0, OpenTun, 0, 0, 0, napi_default, 0},
@@ -1342,6 +1360,7 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"boxOpen", 0, BoxOpen, 0, 0, 0, napi_default, 0},
       {"boxImpl", 0, BoxImpl, 0, 0, 0, napi_default, 0},
       {"boxPoly1305", 0, BoxPoly1305, 0, 0, 0, napi_default, 0},
+      {"mallocTrim", 0, MallocTrim, 0, 0, 0, napi_default, 0},
   };
   sb_init();
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);

@@ -1,7 +1,8 @@
 // The sleeve's packet engine: the per-packet half of router/sleeve.ts (read the flow there). One
-// class serves three placements: inline in the main thread (tests with channel fakes, or when worker
-// threads are off), or inside a worker per direction (router/sleeve-worker.ts): the 'tx' worker
-// drains the TUN and seals, the 'rx' worker drains the UDP socket, opens and delivers or relays.
+// class serves these placements: inline in the main thread (tests with channel fakes, or when worker
+// threads are off), in one worker thread that runs both directions (router/sleeve-worker.ts, the
+// default), or in a worker per direction (WEAVE_SLEEVE_THREADS=2): the 'tx' worker drains the TUN
+// and seals, the 'rx' worker drains the UDP socket, opens and delivers or relays.
 //
 // Each sender owns a counter lane per connection (0 control frames from the main thread, 1 the TUN
 // path and the heartbeats, 2 relays and probe acks), carried in the header and the nonce, so the

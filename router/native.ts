@@ -60,6 +60,8 @@ export interface TunIo {
   waiterFd?(waiter: unknown): number;
   /** stops (on false) or resumes waking epfd's waiter for fd (reported as bit); false once epfd lost fd */
   waiterArm?(epfd: number, fd: number, bit: number, on: boolean): boolean;
+  /** glibc malloc_trim(0): free pages of every malloc arena back to the kernel; true when some went (api/parts/memory.ts) */
+  mallocTrim?(): boolean;
 }
 
 /** Size of readBatchVnet's carry buffer, and its u32 counters (native/tunio.c CARRY_*). */

@@ -1,6 +1,11 @@
-// Worker thread running one direction of the sleeve data path (see datapath.ts): 'tx' drains the
-// TUN and seals towards peers (and sends the heartbeats, so they leave through the same path state),
-// 'rx' drains the UDP socket, opens, delivers or relays.
+// Worker thread running the sleeve data path (see datapath.ts). By default one worker, role 'both',
+// runs both directions: it waits on the TUN and the UDP socket at once (the addon's waiter over both
+// fds), drains the UDP socket (open, deliver or relay) and the TUN (seal towards peers; it also sends
+// the heartbeats, so they leave through the same path state). One thread instead of two saves an
+// isolate (~11 MB of RSS per router: heap, malloc arena, stack, the node pages it touches) and, for
+// a request/response, the hand-off between threads; WEAVE_SLEEVE_THREADS=2 runs one worker per
+// direction instead ('tx' drains the TUN, 'rx' the UDP socket), as before. The rest of this header is
+// about the two-worker mode.
 // Latency: a packet the rx worker writes into the TUN is often answered before the write returns
 // (the kernel runs the receiver's softirq in the writer's context: ICMP echo replies, TCP ACKs), so
 // the rx worker then drains the TUN itself (on its own lane) instead of waking the tx worker for it:
@@ -21,7 +26,8 @@ import { NativeTun } from './tun';
 import { NativeUdp } from './udp';
 
 export interface WorkerInit {
-  role: 'tx' | 'rx';
+  /** 'both': one worker runs both directions; 'tx' and 'rx': one per direction (see the header) */
+  role: 'tx' | 'rx' | 'both';
   tunFd: number;
   tunName: string;
   /** the TUN fd was opened with offloads (virtio headers on every read and write) */
@@ -127,7 +133,7 @@ function main(): void {
     tunMtu: init.tunMtu,
     icmpSource: init.icmpSource,
     now: Date.now,
-    heartbeats: init.role === 'tx',
+    heartbeats: init.role !== 'rx',
   });
   const lock = new Int32Array(init.tunLock);
   const release = (): void => {
@@ -163,13 +169,20 @@ function main(): void {
       disarmTx(true);
     }
   };
-  const drain = init.role === 'tx' ? drainTx : drainRx;
+  // One worker for both directions: no other thread reads the TUN, so no lock. UDP first: what it
+  // delivers is often answered before the TUN write returns (see above), and the TUN drain right
+  // after sends the answers in the same turn, without another wait.
+  const drainBoth = (bits: number): void => {
+    const delivered = (bits & READY_UDP) !== 0 ? dp.drainUdp() : 0;
+    if ((bits & READY_TUN) !== 0 || delivered > 0) dp.drainTun();
+  };
+  const drain: (bits: number) => void = init.role === 'both' ? drainBoth : init.role === 'tx' ? drainTx : drainRx;
   // An I/O error (device gone, socket broken) would fire on every poll: report once and stop polling;
   // the main thread marks the data path down.
   let stopWaiting: (() => void) | null = null;
-  const guarded = (): void => {
+  const guarded = (bits: number): void => {
     try {
-      drain();
+      drain(bits);
     } catch (e) {
       stopWaiting?.();
       tun.setReadable(null);
@@ -177,10 +190,12 @@ function main(): void {
       post({ k: 'err', role: init.role, msg: errMsg(e), fatal: true });
     }
   };
-  const fd = init.role === 'tx' ? tun.fd : udp.fd;
+  // the waiter's fds: bit 0 (READY_TUN) the first, bit 1 (READY_UDP) the second (tunio.c waiterOpen)
+  const fds = init.role === 'both' ? Int32Array.of(tun.fd, udp.fd) : Int32Array.of(init.role === 'tx' ? tun.fd : udp.fd);
+  const bitsFor = init.role === 'rx' ? (r: number): number => ((r & 1) !== 0 ? READY_UDP : 0) : (r: number): number => r & (READY_TUN | READY_UDP);
   if (io.waiterOpen && io.ioWait && io.waiterClose && init.spinUs >= 0) {
     try {
-      stopWaiting = waitLoop(io, fd, init.spinUs, guarded, init.role === 'tx' ? lock : null, (e) => {
+      stopWaiting = waitLoop(io, fds, init.spinUs, (r) => guarded(bitsFor(r)), init.role === 'tx' ? lock : null, (e) => {
         // epoll_wait failed: the fd cannot be waited on any more; the main thread marks the data path down
         stopWaiting?.();
         post({ k: 'err', role: init.role, msg: `ioWait: ${errMsg(e)}`, fatal: true });
@@ -190,8 +205,11 @@ function main(): void {
       post({ k: 'err', role: init.role, msg: `native waiter unavailable, waking through uv_poll: ${errMsg(e)}` });
     }
   }
-  if (!stopWaiting && init.role === 'tx') tun.setReadable(guarded);
-  else if (!stopWaiting) udp.setReadable(guarded);
+  if (!stopWaiting) {
+    // uv_poll wake-ups (closures made once, not per packet)
+    if (init.role !== 'rx') tun.setReadable(() => guarded(READY_TUN));
+    if (init.role !== 'tx') udp.setReadable(() => guarded(READY_UDP));
+  }
   port.on('message', (m: ToWorker) => {
     switch (m.k) {
       case 'path': dp.setPath(m.spec); break;
@@ -213,17 +231,21 @@ function main(): void {
 const WAIT_MS = 1000;
 /** ioWait's bit for "the thread's own event loop has work" (native/tunio.c WAIT_LOOP) */
 const WAIT_LOOP = 1 << 8;
+/** what drain is told is ready: the TUN, the UDP socket */
+const READY_TUN = 1;
+const READY_UDP = 2;
 
 /**
  * Runs the worker's drain from a native wait (native/tunio.c waiter) instead of a uv_poll callback:
- * the thread blocks in epoll on fd and on its own event loop, drains when fd is ready, spins up to
- * spinUs after activity, and returns to the event loop only when the loop has work (the main
- * thread's messages, termination). Returns the function that stops waiting (idempotent; drain may
- * call it). publish: where the waiter's epoll fd goes for the other worker (TX_EPFD), or null;
- * failed: told once if a wait throws (the loop has stopped). Throws when no waiter can be opened.
+ * the thread blocks in epoll on fds and on its own event loop, drains when one is ready (told which:
+ * bit i for fds[i]), spins up to spinUs after activity, and returns to the event loop only when the
+ * loop has work (the main thread's messages, termination). Returns the function that stops waiting
+ * (idempotent; drain may call it). publish: where the waiter's epoll fd goes for the other worker
+ * (TX_EPFD), or null; failed: told once if a wait throws (the loop has stopped). Throws when no
+ * waiter can be opened.
  */
-function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void, publish: Int32Array | null, failed: (e: unknown) => void): () => void {
-  const waiter = io.waiterOpen!(Int32Array.of(fd));
+function waitLoop(io: TunIo, fds: Int32Array, spinUs: number, drain: (ready: number) => void, publish: Int32Array | null, failed: (e: unknown) => void): () => void {
+  const waiter = io.waiterOpen!(fds);
   if (publish && io.waiterFd) Atomics.store(publish, TX_EPFD, io.waiterFd(waiter));
   let stopped = false;
   const turn = (): void => {
@@ -235,7 +257,7 @@ function waitLoop(io: TunIo, fd: number, spinUs: number, drain: () => void, publ
         failed(e);
         return;
       }
-      if ((r & 1) !== 0) drain();
+      if ((r & ~WAIT_LOOP) !== 0) drain(r & ~WAIT_LOOP);
       if ((r & WAIT_LOOP) !== 0 || r === 0) {
         setImmediate(turn);
         return;

@@ -29,8 +29,8 @@
 //   Offloads (native addon only; off on the koffi fallback and with WEAVE_SLEEVE_OFFLOAD=0) change
 //   the number of syscalls and kernel trips, not the packets the engine handles nor the wire format.
 //
-// Threads: with the native addon, one worker per direction runs the packet loops (sleeve-worker.ts);
-// this file is the control plane in the main thread: paths per mesh connection, control messages,
+// Threads: with the native addon, one worker thread runs the packet loops of both directions
+// (sleeve-worker.ts; WEAVE_SLEEVE_THREADS=2: one per direction, as before it saved an isolate); this file is the control plane in the main thread: paths per mesh connection, control messages,
 // heartbeats, PMTU probes, forwarding state. With in-memory devices (tests) or workers off, the same
 // packet engine runs inline here.
 //
@@ -212,10 +212,16 @@ export interface SleeveOptions {
   /** source address of the ICMP errors we write into the TUN (host-order u32); default: the packet's destination */
   icmpSource?: number;
   /**
-   * Run the packet loops in two worker threads (one per direction). Default: on when tun and udp are
-   * the native devices (NativeTun/NativeUdp); the in-memory fakes always run inline.
+   * Run the packet loops in worker threads. Default: on when tun and udp are the native devices
+   * (NativeTun/NativeUdp); the in-memory fakes always run inline.
    */
   workers?: boolean;
+  /**
+   * Worker threads for the packet loops: 1 (default) runs both directions in one, 2 one per
+   * direction (the router passes WEAVE_SLEEVE_THREADS). One saves an isolate (~11 MB RSS; README
+   * "Router memory") at no cost in throughput or latency measured (bench/sleeve).
+   */
+  threads?: 1 | 2;
   /** which I/O implementation tun/udp use, for reports; default 'native' for NativeTun, else 'memory' */
   ioKind?: IoKind | 'memory';
   /**
@@ -591,7 +597,8 @@ export class Sleeve {
     const events = this.engineEvents();
     const tunLock = new SharedArrayBuffer(8);
     new Int32Array(tunLock)[1] = -1; // sleeve-worker.ts TX_EPFD: no tx waiter yet
-    for (const role of ['tx', 'rx'] as const) {
+    const roles = (this.o.threads ?? 1) === 2 ? (['tx', 'rx'] as const) : (['both'] as const);
+    for (const role of roles) {
       const counters = newCounterArray();
       this.engineCounters.push(counters);
       const pathCounters = newPathCounterArray();
@@ -629,7 +636,7 @@ export class Sleeve {
         }
       });
       this.workers.push(w);
-      if (role === 'tx') this.txWorker = w;
+      if (role !== 'rx') this.txWorker = w;
     }
   }
 
@@ -1106,6 +1113,13 @@ export function spinFromEnv(v: string | undefined): number {
   const n = Number(v);
   if (Number.isInteger(n) && n >= -1 && n <= 1000) return n;
   throw new UsageError(`WEAVE_SLEEVE_SPIN_US must be an integer from -1 to 1000, not ${JSON.stringify(v)}`);
+}
+
+/** WEAVE_SLEEVE_THREADS (read once, in api/config.ts): the sleeve's packet worker threads, 1 or 2 */
+export function threadsFromEnv(v: string | undefined): 1 | 2 {
+  if (v === undefined || v === '' || v === '1') return 1;
+  if (v === '2') return 2;
+  throw new UsageError(`WEAVE_SLEEVE_THREADS must be 1 or 2, not ${JSON.stringify(v)}`);
 }
 
 /** WEAVE_SLEEVE_OFFLOAD (read once, in api/config.ts) */

@@ -63,7 +63,7 @@ export async function buildSleeve(cfg: RouterConfig, inputs: SleeveInputs, host:
     name: inputs.name, clock, log, crypto: inputs.crypto, routes: inputs.routeEvents, prefixes,
     reconciler: host.routes, ctx: host.ctx, port: cfg.port, bindIp: cfg.host || undefined,
     ioMode: cfg.sleeve.io, tunOffload: cfg.sleeve.offload, boxes: cfg.sleeve.boxes,
-    spinUs: cfg.sleeve.spinUs,
+    spinUs: cfg.sleeve.spinUs, threads: cfg.sleeve.threads,
   });
   return {
     name: 'sleeve', sleeve, prefixes,

@@ -386,7 +386,7 @@ test('createSleeve in a namespace: detects the underlay MTU, opens and raises th
   }
 });
 
-test('three sleeves in a line over real TUNs (worker threads; h2\'s in the native waiter): h1 reaches h3 through h2\'s relay', { timeout: 60_000 }, async () => {
+test('three sleeves in a line over real TUNs (worker threads: one or two, in the native waiter or uv_poll): h1 reaches h3 through h2\'s relay', { timeout: 60_000 }, async () => {
   const tio = io as TunIo;
   const id = randomBytes(3).toString('hex');
   const crypto = loadCrypto('sodium', silentLogger());
@@ -415,8 +415,10 @@ test('three sleeves in a line over real TUNs (worker threads; h2\'s in the nativ
       const s = new Sleeve({
         name: names[i], clock: realClock, log: silentLogger(), crypto, routes, prefixes,
         tun: new NativeTun(tio, tunName), udp: new NativeUdp(tio, lo, 0), underlayMtu: 1500,
-        // the middle sleeve's workers wait in the addon's waiter (spinning after packets), the others through uv_poll
-        spinUs: i === 1 ? 50 : undefined,
+        // h1 and h2 wait in the addon's waiter (spinning after packets), h3 through uv_poll; h1 runs a
+        // worker per direction (WEAVE_SLEEVE_THREADS=2), h2 and h3 one worker for both (the default)
+        spinUs: i < 2 ? 50 : undefined,
+        threads: i === 0 ? 2 : undefined,
         host: {
           tunUp: async (dev, mtu) => {
             await run(['ip', 'link', 'set', 'dev', dev, 'netns', nss[i]]);

@@ -50,6 +50,13 @@ test('both engines produce identical secretbox ciphertext and open each other', 
     assert.ok(a.equals(b), `identical ciphertext at size ${size}`);
     assert.ok(open(tweet, a, nonce, key)?.equals(msg), `tweetnacl opens sodium at ${size}`);
     assert.ok(open(sodium, b, nonce, key)?.equals(msg), `sodium opens tweetnacl at ${size}`);
+    // in place, the message where the ciphertext goes (mesh/wire.ts FrameSealer seals frames so)
+    for (const e of engines) {
+      const inPlace = Buffer.alloc(size + 16);
+      msg.copy(inPlace, 16);
+      e.secretboxSeal(inPlace, inPlace.subarray(16), nonce, key);
+      assert.ok(inPlace.equals(a), `${e.name} seals in place at ${size}`);
+    }
   }
 });
 

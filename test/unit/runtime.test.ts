@@ -1,11 +1,15 @@
 // The router's node flags and environment (lib/runtime.ts) reach every way it starts: `weave launch`
 // adds what the caller did not choose, and the image (image/Dockerfile's ENV, scripts/build-image.js)
-// carries the same for `weave router` in the DaemonSet.
+// carries the same for `weave router` in the DaemonSet; and the part that trims the C heap (api/parts/memory.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'fs';
 import * as path from 'path';
 import { ROUTER_ENV, ROUTER_NODE_FLAGS, routerEnv, routerImageEnv, routerNodeFlags } from '../../lib/runtime';
+import { FakeClock } from '../../lib/clock';
+import { silentLogger } from '../../lib/log';
+import { loadTunIo } from '../../router/native';
+import { MALLOC_TRIM_FIRST_MS, MALLOC_TRIM_MS, mallocTrimPart } from '../../api/parts/memory';
 
 const ROOT = path.join(__dirname, '..', '..', '..');
 
@@ -38,4 +42,23 @@ test('the image carries the router flags and environment (Dockerfile and build-i
   for (const [k, v] of Object.entries(routerImageEnv())) assert.equal(env[k], v, `image/Dockerfile ENV ${k}`);
   const script = fs.readFileSync(path.join(ROOT, 'scripts', 'build-image.js'), 'utf8');
   assert.match(script, /routerImageEnv\(\)/, 'build-image.js writes routerImageEnv() into the image config');
+});
+
+test('malloc trim: first once start-up is over, then every MALLOC_TRIM_MS, none after stop; a no-op part without the addon', () => {
+  const clock = new FakeClock();
+  let calls = 0;
+  const part = mallocTrimPart({ mallocTrim: () => { calls++; return true; } }, clock, silentLogger());
+  clock.advance(MALLOC_TRIM_FIRST_MS - 1);
+  assert.equal(calls, 0);
+  clock.advance(1);
+  assert.equal(calls, 1);
+  clock.advance(MALLOC_TRIM_MS * 3);
+  assert.equal(calls, 4);
+  void part.stop();
+  clock.advance(MALLOC_TRIM_MS * 3);
+  assert.equal(calls, 4);
+  void mallocTrimPart(null, clock, silentLogger()).stop();
+  // the real addon's call, when it loads here
+  const io = loadTunIo(silentLogger());
+  if (io?.mallocTrim) assert.equal(typeof io.mallocTrim(), 'boolean');
 });
