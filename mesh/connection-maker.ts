@@ -46,6 +46,8 @@ export interface Backoff {
   jitter: number;
 }
 export const DEFAULT_BACKOFF: Backoff = { initialMs: 1000, maxMs: 60_000, jitter: 0.25 };
+/** How long the lower-named end of a newly discovered pair waits for the other end to dial. */
+const DISCOVERED_DEFER_MS = 5000;
 /** A connection that lived less than this counts as a failed attempt for the backoff. */
 const STABLE_MS = 10_000;
 
@@ -214,7 +216,12 @@ export class ConnectionMaker {
         if (!t.peer) t.peer = peer;
         continue;
       }
-      this.targetsByAddr.set(addr, { address: addr, explicit: false, discovered: true, state: 'idle', attempts: 0, peer, info: '', nextRetry: this.o.clock.now() });
+      // Both ends of a new pair discover each other from the same gossip and would dial at once: one
+      // of the two connections is then thrown away after two handshakes (a 50-router start had a
+      // thousand). The peer with the higher name dials now, the other only if no connection came.
+      const first = peer > this.o.self;
+      const at = this.o.clock.now() + (first ? 0 : this.jittered(DISCOVERED_DEFER_MS));
+      this.targetsByAddr.set(addr, { address: addr, explicit: false, discovered: true, state: 'idle', attempts: 0, peer, info: '', nextRetry: at });
       added = true;
     }
     if (added) this.schedule(0);
@@ -272,7 +279,10 @@ export class ConnectionMaker {
   }
 
   private delay(attempts: number): number {
-    const base = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.max(0, attempts - 1));
+    return this.jittered(Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.max(0, attempts - 1)));
+  }
+
+  private jittered(base: number): number {
     return Math.max(1, Math.round(base * (1 - this.backoff.jitter + 2 * this.backoff.jitter * this.o.random())));
   }
 

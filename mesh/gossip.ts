@@ -128,6 +128,19 @@ export class GossipChannelImpl implements GossipChannel {
     return g ? g.encode() : [];
   }
 
+  /** What a new neighbour is sent: the gossiper's connectState() where it has one, else its full state. */
+  connectState(): Uint8Array[] {
+    if (!this.gossiper.connectState) return this.fullState();
+    let g: GossipData | null;
+    try {
+      g = this.gossiper.connectState();
+    } catch (e) {
+      this.host.gossiperError(this.name, 'connectState', e);
+      return [];
+    }
+    return g ? g.encode() : [];
+  }
+
   /** The gossiper's state digest (periodic repair by digest), or null when it has none. */
   digest(): Uint8Array | null {
     if (!this.gossiper.digest) return null;

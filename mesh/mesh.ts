@@ -5,9 +5,14 @@
 // Topology gossip (Msg.Topology, see topology.ts for the record format and merge rule):
 //  - a new connection: both ends send a digest; each answers with the records the other lacks plus
 //    the names it wants, so two neighbours are in sync after 1.5 round trips;
-//  - news (our record changed, or a merge replaced records): coalesced for newsDelayMs, then sent to
-//    fanout = max(3, ceil(log2 N)) random neighbours (plus neighbours whose link with us changed),
-//    never back to the neighbour the news came from; receivers pass on what was new to them;
+//  - news (our record changed, or a merge replaced records): coalesced for newsDelayMs (and at most
+//    one flush per NEWS_MIN_INTERVAL_MS, so a router forming 99 connections does not send 99 versions
+//    of its record), then sent: our own record to every neighbour; a record we pass on to
+//    fanout = max(3, ceil(log2 N)) random neighbours (plus neighbours whose link with us changed and
+//    those with few connections), skipping neighbours its owner lists as connections (the owner told
+//    them itself) and the neighbour the news came from. In a full mesh each version of a record so
+//    reaches every peer once, from its owner, instead of fanout times through the flood (N^2 record
+//    deliveries per round of changes instead of fanout x N^2: what collapsed a forming 50-router mesh);
 //  - every gossipIntervalMs: a hash of our digest to fanout neighbours; a neighbour whose view
 //    differs answers with its digest (repairs whatever the random flood missed, at ~zero cost in a
 //    steady state);
@@ -120,6 +125,7 @@ const PULL_INTERVAL_MS = 1000;
 // news of it have gone round, with room for the periodic digest rounds that carry stale copies
 const DROPPED_MEMORY_MS = 10 * 60_000;
 const SETTLE_CHECK_MS = 2000;
+const NEWS_MIN_INTERVAL_MS = 250;
 const SETTLE_CHECK_MAX_MS = 10_000;
 const SELF_COLLISION_MAX_BUMPS = 3;
 
@@ -155,6 +161,7 @@ export class Mesh extends EventEmitter {
   private periodicTimer: TimerHandle | undefined;
   private settleTimer: TimerHandle | undefined;
   private settleFirst = 0;
+  private lastNewsFlush = -Infinity;
   /** news to pass on: name -> neighbours known to hold the version we will send */
   private readonly pendingNews = new Map<PeerName, Set<PeerName>>();
   private readonly linkChanged = new Set<PeerName>();
@@ -320,16 +327,19 @@ export class Mesh extends EventEmitter {
     this.recompute();
   }
 
-  status(): MeshStatus {
+  /**
+   * Every peer we hold a record of, without its connections: what the listeners of peersChanged
+   * need, O(peers) where status() is O(peers x connections) (a 100-router mesh changes often while it forms).
+   */
+  peerSummaries(): Array<{ name: PeerName; nickname: string; reachable: boolean }> {
     const reachable = new Set(this.routes.reachable());
-    const peers: PeerStatus[] = [];
-    for (const r of this.topology.records()) {
-      peers.push({
-        name: r.name, nickname: r.nickname, uid: r.uid, version: r.version, reachable: reachable.has(r.name),
-        connections: r.connections.map((c) => ({ name: c.name, nickname: this.topology.get(c.name)?.nickname ?? '', address: c.address, outbound: c.outbound, established: c.established })),
-      });
-    }
-    peers.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const out: Array<{ name: PeerName; nickname: string; reachable: boolean }> = [];
+    for (const r of this.topology.records()) out.push({ name: r.name, nickname: r.nickname, reachable: reachable.has(r.name) });
+    return out;
+  }
+
+  /** Our connections as status shows them (authenticated ones only: no targets, no refusals). */
+  connectionStatuses(): ConnectionStatus[] {
     const connections: ConnectionStatus[] = [];
     for (const e of this.conns.values()) {
       const ov = e.handle ? safeOverlayStatus(e.handle, this.log) : { overlay: null, encrypted: e.conn.encrypted };
@@ -353,6 +363,20 @@ export class Mesh extends EventEmitter {
       if (g) s.passwordGeneration = Math.min(g.tx, g.rx);
       connections.push(s);
     }
+    return connections;
+  }
+
+  status(): MeshStatus {
+    const reachable = new Set(this.routes.reachable());
+    const peers: PeerStatus[] = [];
+    for (const r of this.topology.records()) {
+      peers.push({
+        name: r.name, nickname: r.nickname, uid: r.uid, version: r.version, reachable: reachable.has(r.name),
+        connections: r.connections.map((c) => ({ name: c.name, nickname: this.topology.get(c.name)?.nickname ?? '', address: c.address, outbound: c.outbound, established: c.established })),
+      });
+    }
+    peers.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const connections = this.connectionStatuses();
     connections.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
     const routes: RouteStatus[] = [...this.routes.table()].map(([dest, via]) => ({ dest, via })).sort((a, b) => (a.dest < b.dest ? -1 : a.dest > b.dest ? 1 : 0));
     const rotation = this.o.transport.rotation?.();
@@ -496,11 +520,36 @@ export class Mesh extends EventEmitter {
       if (existing.target && existing.target !== target) this.cm.attemptSucceeded(existing.target, r.name);
       this.register(conn, target, existing.heard);
       return;
-    } else if (this.conns.size >= this.connLimit) {
+    } else if (this.conns.size >= this.connLimit && !this.makeRoomFor(r.name)) {
       this.refuse(conn, 'ECONNLIMIT', `connection limit ${this.connLimit} reached`, target);
       return;
     }
     this.register(conn, target);
+  }
+
+  /**
+   * At the connection limit, a peer with no other established connection (we hold no record of it: it
+   * is new, or we dropped it as unreachable; or its record lists none) would stay cut off for as long as every peer it knows is full (its only target
+   * filled up with connections discovery made): close our connection to the neighbour with the most
+   * other established connections (at least 3, so it stays well connected) and take the newcomer.
+   */
+  private makeRoomFor(peer: PeerName): boolean {
+    if (this.topology.get(peer)?.connections.some((c) => c.established && c.name !== this.name)) return false;
+    let victim: Entry | undefined;
+    let most = 2;
+    for (const e of this.conns.values()) {
+      const n = this.topology.get(e.peer)?.connections.filter((c) => c.established && c.name !== this.name).length ?? 0;
+      if (n > most) {
+        most = n;
+        victim = e;
+      }
+    }
+    if (!victim) return false;
+    this.log.info({ peer: victim.peer, newcomer: peer, connLimit: this.connLimit }, 'at the connection limit: closing a well-connected neighbour for a peer with no other connection');
+    const reason = `making room for ${peer}, which has no other connection (connection limit ${this.connLimit})`;
+    this.onClose(victim, reason);
+    victim.conn.close(reason);
+    return true;
   }
 
   private register(conn: MeshConnection, target: string | undefined, heard = false): void {
@@ -515,7 +564,7 @@ export class Mesh extends EventEmitter {
     this.linkChanged.add(peer);
     this.updateLocalConnections();
     this.sendTopology(e, { kind: TopoKind.Digest, digest: this.topology.digest() });
-    for (const ch of this.channels.values()) for (const p of ch.fullState()) this.sendGossipMsg(e, encodeGossip({ channel: ch.name, kind: GossipKind.Gossip, src: this.name, payload: p }));
+    for (const ch of this.channels.values()) for (const p of ch.connectState()) this.sendGossipMsg(e, encodeGossip({ channel: ch.name, kind: GossipKind.Gossip, src: this.name, payload: p }));
     if (this.o.overlay) {
       try {
         e.handle = this.o.overlay.attach(conn, {
@@ -688,7 +737,10 @@ export class Mesh extends EventEmitter {
     // a new version: only its source is known to hold it
     this.pendingNews.set(name, from === null ? new Set() : new Set([from]));
     this.scheduleRecompute();
-    if (!this.newsTimer && !this.stopped) this.newsTimer = this.clock.setTimeout(() => this.flushNews(), this.newsDelayMs);
+    if (!this.newsTimer && !this.stopped) {
+      const wait = Math.max(this.newsDelayMs, this.lastNewsFlush + NEWS_MIN_INTERVAL_MS - this.clock.now());
+      this.newsTimer = this.clock.setTimeout(() => this.flushNews(), wait);
+    }
   }
 
   private fanout(): number {
@@ -713,16 +765,17 @@ export class Mesh extends EventEmitter {
   private flushNews(): void {
     this.newsTimer = undefined;
     if (this.stopped) return;
+    this.lastNewsFlush = this.clock.now();
     const items: Array<[PeerRecord, Set<PeerName>]> = [];
     for (const [n, holders] of this.pendingNews) {
       const r = this.topology.get(n);
       if (r) items.push([r, holders]);
     }
     this.pendingNews.clear();
-    const targets = new Set(this.randomNeighbours(this.fanout()));
+    const relayTo = new Set(this.randomNeighbours(this.fanout()));
     for (const p of this.linkChanged) {
       const e = this.conns.get(p);
-      if (e) targets.add(e);
+      if (e) relayTo.add(e);
     }
     this.linkChanged.clear();
     if (!items.length) return;
@@ -730,11 +783,30 @@ export class Mesh extends EventEmitter {
     // its random pick: always include those, so the flood covers tree-like parts of the graph.
     for (const e of this.conns.values()) {
       const r = this.topology.get(e.peer);
-      if (!r || r.connections.length < 3) targets.add(e);
+      if (!r || r.connections.length < 3) relayTo.add(e);
     }
-    for (const e of targets) {
-      const recs = items.filter(([, holders]) => !holders.has(e.peer)).map(([r]) => r);
-      if (recs.length) this.sendTopology(e, { kind: TopoKind.Records, peers: recs, want: [] });
+    // the owner of a record sends each version to its neighbours itself
+    const ownerTold = items.map(([r]) => (r.name === this.name ? null : new Set(r.connections.map((c) => c.name))));
+    const encoded = new Map<string, Uint8Array>();
+    for (const e of this.conns.values()) {
+      const recs: PeerRecord[] = [];
+      let key = '';
+      for (let i = 0; i < items.length; i++) {
+        const [r, holders] = items[i];
+        const told = ownerTold[i];
+        if (holders.has(e.peer) || (told && (!relayTo.has(e) || told.has(e.peer)))) continue;
+        recs.push(r);
+        key += `${i},`;
+      }
+      if (!recs.length) continue;
+      // most neighbours get the same records: encode each distinct set once
+      let bytes = encoded.get(key);
+      if (!bytes) {
+        bytes = encodeTopology({ kind: TopoKind.Records, peers: recs, want: [] });
+        encoded.set(key, bytes);
+      }
+      this.stats.topologyMessagesOut++;
+      e.conn.send(Msg.Topology, bytes);
     }
     this.scheduleSettleCheck();
   }

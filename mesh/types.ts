@@ -113,6 +113,12 @@ export interface Gossiper {
    * origin -> version). With it, the periodic round sends the digest and full state only on a mismatch.
    */
   digest?(): Uint8Array;
+  /**
+   * Optional: what a new neighbour is sent when the connection opens, instead of gossip()'s full state
+   * (a state of N peers x N entries sent on each of N connections is N^3 while a large mesh forms; the
+   * periodic rounds and broadcasts bring the rest).
+   */
+  connectState?(): GossipData | null;
 }
 
 export interface GossipChannel {

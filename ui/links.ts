@@ -118,9 +118,10 @@ export class LinksTable implements Gossiper {
     if (sameEntry(mine, { software, links: sorted })) return;
     const next: LinksEntry = { version: mine.version + 1, software, links: sorted };
     this.entries.set(this.self, next);
-    const u = new LinksUpdate(new Map([[this.self, next]]));
-    this.channel?.gossipBroadcast(u);
-    this.channel?.gossip(u);
+    // the broadcast tree reaches every peer once; the periodic rounds repair what a changing tree
+    // missed (a random flood besides cost each peer fanout copies of every change: a forming
+    // 100-router mesh changes each router's links ~300 times)
+    this.channel?.gossipBroadcast(new LinksUpdate(new Map([[this.self, next]])));
   }
 
   get(origin: PeerName): LinksEntry | undefined {
@@ -184,6 +185,10 @@ export class LinksTable implements Gossiper {
   }
   gossip(): GossipData | null {
     return new LinksUpdate(new Map(this.entries));
+  }
+  /** A new neighbour gets our own entry; the others' come with their broadcasts and the periodic repair. */
+  connectState(): GossipData | null {
+    return new LinksUpdate(new Map([[this.self, this.entries.get(this.self)!]]));
   }
   onGossip(update: Uint8Array): GossipData | null {
     return this.mergeUpdate(this.decode(update, 'gossip'));

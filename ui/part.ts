@@ -32,6 +32,8 @@ export const MAX_STREAMS = 32;
 const PING_MS = 15_000;
 /** how often the link gossip entry is compared with the connections (besides on every change) */
 const LINKS_REFRESH_MS = 5000;
+/** how long a connection change waits for the next ones before the link gossip entry is updated */
+const LINKS_COALESCE_MS = 500;
 
 type Listener = (...args: any[]) => void;
 
@@ -42,7 +44,8 @@ export interface UiInputs {
   mesh: {
     on(event: string, fn: Listener): unknown;
     off(event: string, fn: Listener): unknown;
-    status(): { peers: Array<{ name: string }>; connections: Array<{ peerName?: string; state: string; stalled?: string; overlay: string | null; encrypted: boolean; trusted?: boolean; mtu?: number; overlayReason?: string }> };
+    peerSummaries(): Array<{ name: string }>;
+    connectionStatuses(): Array<{ peerName?: string; state: string; stalled?: string; overlay: string | null; encrypted: boolean; trusted?: boolean; mtu?: number; overlayReason?: string }>;
     newGossip(channel: string, g: Gossiper): GossipChannel;
   };
   overlays?: { onChange(fn: (peer: string, overlay: string | null) => void): () => void };
@@ -170,7 +173,7 @@ export interface UiPart extends Part {
 }
 
 /** What this router tells the others about its connections (link gossip). */
-export function localLinks(conns: ReturnType<UiInputs['mesh']['status']>['connections']): LinkInfo[] {
+export function localLinks(conns: ReturnType<UiInputs['mesh']['connectionStatuses']>): LinkInfo[] {
   const out: LinkInfo[] = [];
   for (const c of conns) {
     if (!c.peerName || (c.state !== 'established' && c.state !== 'pending')) continue;
@@ -204,7 +207,7 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
   let stopped = false;
   const refreshLinks = (): void => {
     try {
-      links.setLocal(i.software, localLinks(i.mesh.status().connections));
+      links.setLocal(i.software, localLinks(i.mesh.connectionStatuses()));
     } catch (e) {
       log.warn({ err: errMsg(e) }, 'publishing link gossip failed');
     }
@@ -215,9 +218,16 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
     refreshLinks();
     refreshTimer = clock.setTimeout(periodic, LINKS_REFRESH_MS);
   };
-  // a change shows in the connection's status a moment after the event: publish on the next turn
-  const soon = (): void => { clock.setTimeout(() => { if (!stopped) refreshLinks(); }, 50); };
-  const onPeers = (): void => links.retain(new Set(i.mesh.status().peers.map((p) => p.name)));
+  // a change shows in the connection's status a moment after the event: publish a little later, once
+  // for a burst of changes (a router joining a large mesh gets dozens of connections within seconds)
+  let soonTimer: TimerHandle | undefined;
+  const soon = (): void => {
+    soonTimer ??= clock.setTimeout(() => {
+      soonTimer = undefined;
+      if (!stopped) refreshLinks();
+    }, LINKS_COALESCE_MS);
+  };
+  const onPeers = (): void => links.retain(new Set(i.mesh.peerSummaries().map((p) => p.name)));
   i.mesh.on('connectionEstablished', soon);
   i.mesh.on('connectionLost', soon);
   i.mesh.on('peersChanged', onPeers);
@@ -240,6 +250,7 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
     stop: () => {
       stopped = true;
       clock.clearTimeout(refreshTimer);
+      clock.clearTimeout(soonTimer);
       offEvents();
       offOverlay?.();
       i.mesh.off('connectionEstablished', soon);

@@ -120,7 +120,7 @@ export function meshRoutes(mesh: Mesh): ApiRoute[] {
 const CONNECTION_STATES = ['connecting', 'retrying', 'failed', 'pending', 'established'];
 
 function meshMetrics(reg: Registry, mesh: Mesh, transport: TcpTransport): void {
-  gaugeFrom(reg, 'weave_peers', 'Peers in the topology this router knows, itself included.', () => mesh.status().peers.length);
+  gaugeFrom(reg, 'weave_peers', 'Peers in the topology this router knows, itself included.', () => mesh.peerSummaries().length);
   gaugeFrom(reg, 'weave_connections', 'Connections of this router to its peers, by state (established, pending, connecting, retrying, failed).', () => {
     const by = new Map<string, number>();
     for (const c of mesh.status().connections) by.set(c.state, (by.get(c.state) ?? 0) + 1);

@@ -86,7 +86,7 @@ export interface EventSources {
   mesh: {
     on(event: string, fn: Listener): unknown;
     off(event: string, fn: Listener): unknown;
-    status(): { peers: Array<{ name: string; nickname: string; reachable: boolean }> };
+    peerSummaries(): Array<{ name: string; nickname: string; reachable: boolean }>;
   };
   overlays?: {
     onChange(fn: (peer: string, overlay: string | null) => void): () => void;
@@ -120,13 +120,13 @@ export function buildEvents(src: EventSources, root: Logger, clock: Clock, capac
   };
 
   let reachable = new Set<string>();
-  for (const p of src.mesh.status().peers) {
+  for (const p of src.mesh.peerSummaries()) {
     nick.set(p.name, p.nickname);
     if (p.reachable) reachable.add(p.name);
   }
   const onPeers = (): void => {
     const now = new Set<string>();
-    for (const p of src.mesh.status().peers) {
+    for (const p of src.mesh.peerSummaries()) {
       if (p.nickname) nick.set(p.name, p.nickname);
       if (p.reachable) now.add(p.name);
     }

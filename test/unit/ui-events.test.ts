@@ -23,7 +23,7 @@ test('the ring keeps the newest N, oldest first, counts what fell off, resumes a
 
 class FakeMesh extends EventEmitter {
   peers: Array<{ name: string; nickname: string; reachable: boolean }> = [{ name: 'aa:00:00:00:00:01', nickname: 'h1', reachable: true }];
-  status() { return { peers: this.peers }; }
+  peerSummaries() { return this.peers; }
 }
 
 test('connections, peers, overlay switches (with the reason) and IPAM changes become events with times', () => {
