@@ -116,26 +116,24 @@ export class GossipChannelImpl implements GossipChannel {
     for (const payload of data.encode()) this.host.sendToNeighbours({ channel: this.name, kind: GossipKind.Gossip, src: this.host.self, payload }, {});
   }
 
-  /** Full state for the periodic round or a new connection; null when the gossiper has nothing. */
+  /** Full state for the periodic round; empty when the gossiper has nothing. */
   fullState(): Uint8Array[] {
-    let g: GossipData | null;
-    try {
-      g = this.gossiper.gossip();
-    } catch (e) {
-      this.host.gossiperError(this.name, 'gossip', e);
-      return [];
-    }
-    return g ? g.encode() : [];
+    return this.encoded('gossip', () => this.gossiper.gossip());
   }
 
   /** What a new neighbour is sent: the gossiper's connectState() where it has one, else its full state. */
   connectState(): Uint8Array[] {
-    if (!this.gossiper.connectState) return this.fullState();
+    const g = this.gossiper;
+    return g.connectState ? this.encoded('connectState', () => g.connectState!()) : this.fullState();
+  }
+
+  /** The payloads of what one of the gossiper's calls returns; a call that throws is reported and sends nothing. */
+  private encoded(op: string, call: () => GossipData | null): Uint8Array[] {
     let g: GossipData | null;
     try {
-      g = this.gossiper.connectState();
+      g = call();
     } catch (e) {
-      this.host.gossiperError(this.name, 'connectState', e);
+      this.host.gossiperError(this.name, op, e);
       return [];
     }
     return g ? g.encode() : [];
