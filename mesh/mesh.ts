@@ -125,7 +125,15 @@ const PULL_INTERVAL_MS = 1000;
 // news of it have gone round, with room for the periodic digest rounds that carry stale copies
 const DROPPED_MEMORY_MS = 10 * 60_000;
 const SETTLE_CHECK_MS = 2000;
+// Every news flush and every recompute costs O(peers) on every router, and a forming mesh changes
+// something on each of them every few milliseconds: the floor between two of them grows with the
+// mesh so a router's work per second stays about flat, not O(N) (N^2 for the whole mesh). A failure
+// still reaches the routes within a second at 100 peers.
 const NEWS_MIN_INTERVAL_MS = 250;
+const NEWS_INTERVAL_PER_PEER_MS = 8;
+const NEWS_MAX_INTERVAL_MS = 2000;
+const RECOMPUTE_INTERVAL_PER_PEER_MS = 1;
+const RECOMPUTE_MAX_INTERVAL_MS = 500;
 const SETTLE_CHECK_MAX_MS = 10_000;
 const SELF_COLLISION_MAX_BUMPS = 3;
 
@@ -162,6 +170,7 @@ export class Mesh extends EventEmitter {
   private settleTimer: TimerHandle | undefined;
   private settleFirst = 0;
   private lastNewsFlush = -Infinity;
+  private lastRecompute = -Infinity;
   /** news to pass on: name -> neighbours known to hold the version we will send */
   private readonly pendingNews = new Map<PeerName, Set<PeerName>>();
   private readonly linkChanged = new Set<PeerName>();
@@ -738,7 +747,8 @@ export class Mesh extends EventEmitter {
     this.pendingNews.set(name, from === null ? new Set() : new Set([from]));
     this.scheduleRecompute();
     if (!this.newsTimer && !this.stopped) {
-      const wait = Math.max(this.newsDelayMs, this.lastNewsFlush + NEWS_MIN_INTERVAL_MS - this.clock.now());
+      const floor = Math.min(NEWS_MAX_INTERVAL_MS, NEWS_MIN_INTERVAL_MS + NEWS_INTERVAL_PER_PEER_MS * this.conns.size);
+      const wait = Math.max(this.newsDelayMs, this.lastNewsFlush + floor - this.clock.now());
       this.newsTimer = this.clock.setTimeout(() => this.flushNews(), wait);
     }
   }
@@ -938,15 +948,18 @@ export class Mesh extends EventEmitter {
 
   private scheduleRecompute(): void {
     if (this.recomputeTimer || this.stopped) return;
+    const floor = Math.min(RECOMPUTE_MAX_INTERVAL_MS, RECOMPUTE_INTERVAL_PER_PEER_MS * this.topology.size());
+    const wait = Math.max(this.recomputeDelayMs, this.lastRecompute + floor - this.clock.now());
     this.recomputeTimer = this.clock.setTimeout(() => {
       this.recomputeTimer = undefined;
       this.recompute();
-    }, this.recomputeDelayMs);
+    }, wait);
   }
 
   private recompute(): void {
     if (this.stopped) return;
     this.stats.recomputes++;
+    this.lastRecompute = this.clock.now();
     const adj = this.topology.adjacency();
     const reach = this.topology.reachable(adj);
     const now = this.clock.now();

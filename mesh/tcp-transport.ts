@@ -174,6 +174,7 @@ export class AcceptLimiter {
 const MAX_QUEUED_BEFORE_HANDLER = 10_000;
 // After we end() a socket, give the peer this long to read our last bytes and close its side.
 const LINGER_MS = 2000;
+const CORK_MAX_BYTES = 64 * 1024;
 
 type ConnState = 'handshake' | 'open' | 'closed';
 
@@ -200,6 +201,7 @@ class TcpConnection implements MeshConnection {
   private closeHandler: ((reason: string) => void) | null = null;
   private queued: Array<[number, Uint8Array]> = [];
   private flushScheduled = false;
+  private corked = false;
   private closeNotified = false;
   private readonly log: Logger;
 
@@ -322,11 +324,29 @@ class TcpConnection implements MeshConnection {
 
   // ---- internals
 
+  // Frames written in one turn of the event loop (a topology flush, the gossip of a new neighbour,
+  // a heartbeat) leave in one writev: while a mesh forms, one write syscall per frame was the
+  // router's largest single cost. end() flushes a corked socket; destroy() drops it, as before. Past
+  // CORK_MAX_BYTES the batch goes at once: big bursts gain nothing from waiting, and the send-queue
+  // limit is about bytes the peer has not taken, not bytes we held back.
   private writeRaw(b: Buffer): void {
     if (this.socket.destroyed || this.socket.writableEnded) return;
     this.t.stats.bytesOut += b.length;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
     this.socket.write(b);
+    if (this.socket.writableLength >= CORK_MAX_BYTES) this.uncork();
   }
+
+  // the nextTick after an early flush finds the socket uncorked: uncork() is then a no-op
+  private readonly uncork = (): void => {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   private onData(chunk: Buffer): void {
     if (this.state === 'closed') return;

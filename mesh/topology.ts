@@ -20,7 +20,7 @@
 import { createHash } from 'crypto';
 import { ProtocolError } from '../lib/errors';
 import type { PeerName } from './peer';
-import { decodeMsg, encodeMsg, wantArray, wantBool, wantInt, wantObject, wantPeerName, wantString, wantVersion } from './codec';
+import { decodeMsg, encodeMsg, encodeMsgWithPacked, wantArray, wantBool, wantInt, wantObject, wantPeerName, wantString, wantVersion } from './codec';
 
 export interface ConnInfo {
   name: PeerName;
@@ -333,10 +333,23 @@ function recordToWire(r: PeerRecord): unknown[] {
   return [r.name, r.nickname, r.uid, r.version, r.connections.map((c) => [c.name, c.address, c.outbound ? 1 : 0, c.established ? 1 : 0])];
 }
 
+// Records are immutable (a change replaces the record), so each version is packed once per router
+// however many messages carry it.
+const packedRecords = new WeakMap<PeerRecord, Uint8Array>();
+
+function packedRecord(r: PeerRecord): Uint8Array {
+  let b = packedRecords.get(r);
+  if (!b) {
+    b = encodeMsg(recordToWire(r));
+    packedRecords.set(r, b);
+  }
+  return b;
+}
+
 export function encodeTopology(m: TopologyMsg): Uint8Array {
   switch (m.kind) {
     case TopoKind.Records:
-      return encodeMsg(m.want.length ? { v: TOPOLOGY_WIRE_VERSION, k: 0, p: m.peers.map(recordToWire), w: m.want } : { v: TOPOLOGY_WIRE_VERSION, k: 0, p: m.peers.map(recordToWire) });
+      return encodeMsgWithPacked(m.want.length ? { v: TOPOLOGY_WIRE_VERSION, k: 0, w: m.want } : { v: TOPOLOGY_WIRE_VERSION, k: 0 }, 'p', m.peers.map(packedRecord));
     case TopoKind.Digest:
       return encodeMsg({ v: TOPOLOGY_WIRE_VERSION, k: 1, d: m.digest });
     case TopoKind.Hash:

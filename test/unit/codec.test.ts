@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
-import { decodeMsg, encodeMsg } from '../../mesh/codec';
+import { decodeMsg, encodeMsg, encodeMsgWithPacked } from '../../mesh/codec';
 import { ProtocolError } from '../../lib/errors';
 import { decodeFeatures } from '../../mesh/wire';
 import { Ring } from '../../ipam/ring';
@@ -21,6 +21,18 @@ test('a record definition one message sends does not outlive that message', () =
   // 0x40 names record slot 0 only while a definition is in force; in a fresh message it is the integer 64
   assert.equal(decodeMsg(Uint8Array.of(0x40), 'test'), 64);
   assert.deepEqual(decodeMsg(encodeMsg({ a: [1, 'x'], b: true }), 'test'), { a: [1, 'x'], b: true });
+});
+
+test('encodeMsgWithPacked is byte for byte encodeMsg of the whole, at every array header size', () => {
+  for (const n of [0, 1, 15, 16, 300, 65535, 65536]) {
+    const items = Array.from({ length: n }, (_, i) => (i % 3 === 0 ? [i, 'x'.repeat(i % 40)] : i % 3 === 1 ? { a: i } : 'y'));
+    const packed = items.map((v) => encodeMsg(v));
+    const got = encodeMsgWithPacked({ v: 1, k: 0, w: ['a'] }, 'p', packed);
+    const whole = encodeMsg({ v: 1, k: 0, w: ['a'], p: items });
+    assert.deepEqual(Buffer.from(got), Buffer.from(whole), `n=${n}`);
+    assert.deepEqual(decodeMsg(got, 'test'), { v: 1, k: 0, w: ['a'], p: items });
+  }
+  assert.throws(() => encodeMsgWithPacked({ p: 1 }, 'p', []), /given twice/);
 });
 
 /** An array header announcing two elements, then one: the decoder runs out of bytes. */
