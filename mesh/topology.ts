@@ -229,7 +229,8 @@ export class Topology {
         if (!other) continue;
         if (this.establishedSet(other).has(r.name)) out.push(c.name);
       }
-      out.sort();
+      // records list connections sorted (setLocalConnections): checking is O(k), sorting is what cost
+      if (!sortedNames(out)) out.sort();
       adj.set(r.name, out);
     }
     return adj;
@@ -310,6 +311,11 @@ export class Topology {
     }
     return selfConflict ? { send, want, selfConflict } : { send, want };
   }
+}
+
+function sortedNames(a: PeerName[]): boolean {
+  for (let i = 1; i < a.length; i++) if (a[i - 1] > a[i]) return false;
+  return true;
 }
 
 function sameConns(a: ConnInfo[], b: ConnInfo[]): boolean {
