@@ -48,6 +48,13 @@ export interface Backoff {
 export const DEFAULT_BACKOFF: Backoff = { initialMs: 1000, maxMs: 60_000, jitter: 0.25 };
 /** How long the lower-named end of a newly discovered pair waits for the other end to dial. */
 const DISCOVERED_DEFER_MS = 5000;
+/**
+ * Discovered addresses dialled at once, at most. A router joining a mesh of N discovers N-1 peers in
+ * one topology message; dialling them all at once on a loaded host made every handshake slower than
+ * its timeout, and each failed one was retried: a 100-router start collapsed into handshake timeouts
+ * and late accepts (EPIPE). User-given targets are not held back.
+ */
+const MAX_DISCOVERED_DIALS = 8;
 /** A connection that lived less than this counts as a failed attempt for the backoff. */
 const STABLE_MS = 10_000;
 
@@ -175,6 +182,7 @@ export class ConnectionMaker {
     if (t.state === 'connecting') {
       this.o.log.debug({ address: t.address }, 'cancelling the dial to a target no longer wanted');
       this.o.hooks.cancel?.(t.address);
+      this.schedule(0);
     }
   }
 
@@ -235,12 +243,15 @@ export class ConnectionMaker {
     t.code = undefined;
     t.info = '';
     t.connectedAt = this.o.clock.now();
+    // a dial slot is free: the next discovered target may go
+    if (!t.explicit) this.schedule(0);
   }
 
   /** `slow`: retry only at the backoff cap (e.g. the address turned out to be ourselves). */
   attemptFailed(address: string, code: string, info: string, opts: { peer?: PeerName; slow?: boolean } = {}): void {
     const t = this.targetsByAddr.get(address);
     if (!t) return;
+    if (t.state === 'connecting' && !t.explicit) this.schedule(0); // its dial slot is free
     if (!t.explicit && !t.discovered) {
       // forgotten, or no longer discovered, while the dial was in progress: do not retry
       this.targetsByAddr.delete(address);
@@ -304,7 +315,12 @@ export class ConnectionMaker {
     const now = this.o.clock.now();
     let next = Infinity;
     const dialling = new Set<PeerName>();
-    for (const t of this.targetsByAddr.values()) if (t.state === 'connecting' && t.peer) dialling.add(t.peer);
+    let discoveredDials = 0;
+    for (const t of this.targetsByAddr.values()) {
+      if (t.state !== 'connecting') continue;
+      if (t.peer) dialling.add(t.peer);
+      if (!t.explicit) discoveredDials++;
+    }
     for (const t of this.targetsByAddr.values()) {
       if (t.state === 'connecting') continue;
       if (!t.explicit && !t.discovered) {
@@ -330,7 +346,8 @@ export class ConnectionMaker {
         continue;
       }
       if (t.peer && dialling.has(t.peer)) continue; // another address of the same peer is being tried
-      if (!t.explicit && !this.o.hooks.mayDialDiscovered()) continue;
+      if (!t.explicit && (discoveredDials >= MAX_DISCOVERED_DIALS || !this.o.hooks.mayDialDiscovered())) continue;
+      if (!t.explicit) discoveredDials++;
       if (t.peer) dialling.add(t.peer);
       t.state = 'connecting';
       t.attempts++;

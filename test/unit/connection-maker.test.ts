@@ -7,7 +7,7 @@ import { FakeClock } from '../../lib/clock';
 import { MemoryLogger } from '../../lib/log';
 import { UsageError, WeaveError } from '../../lib/errors';
 import { Mesh } from '../../mesh/mesh';
-import { checkTarget, validHost } from '../../mesh/connection-maker';
+import { ConnectionMaker, checkTarget, validHost } from '../../mesh/connection-maker';
 import type { ConnectFailure, Features, MeshConnection, Transport } from '../../mesh/types';
 
 const DAY = 24 * 3600_000;
@@ -131,4 +131,32 @@ test('connect --replace cancels the dials of the replaced targets and dials the 
   } finally {
     await m.stop();
   }
+});
+
+test('discovered targets: at most 8 dials at once; each outcome frees a slot for the next, user-given targets are never held back', () => {
+  const clock = new FakeClock();
+  const dials: string[] = [];
+  const self = '02:00:00:00:00:01';
+  const cm = new ConnectionMaker({
+    clock, log: new MemoryLogger(), random: () => 0.5, defaultPort: 6783, self,
+    hooks: { dial: (a) => dials.push(a), connectedTo: () => false, mayDialDiscovered: () => true },
+  });
+  cm.start();
+  const found = new Map<string, string>();
+  // higher names than ours: each is ours to dial at once (no defer)
+  for (let i = 0; i < 20; i++) found.set(`198.18.1.${i + 1}:6783`, `02:00:00:00:01:${(i + 16).toString(16)}`);
+  cm.setDiscovered(found);
+  clock.advance(1);
+  assert.equal(dials.length, 8, 'eight dials in flight, the rest wait');
+  cm.add(['198.18.9.9'], false, false);
+  clock.advance(1);
+  assert.equal(dials.length, 9, 'a user-given target is dialled although eight discovered ones are in flight');
+  cm.attemptFailed(dials[0], 'ETIMEDOUT', 'timed out');
+  clock.advance(1);
+  assert.equal(dials.length, 10, 'a failure frees a slot');
+  cm.attemptSucceeded(dials[1], found.get(dials[1])!);
+  clock.advance(1);
+  assert.equal(dials.length, 11, 'a success frees a slot');
+  assert.equal(new Set(dials).size, dials.length, 'no address dialled twice while in flight');
+  cm.stop();
 });
