@@ -6,9 +6,9 @@
 // exactly once.
 //
 // Cost: a forming mesh of N routers recomputes up to every 20 ms and each router relays broadcasts
-// from N sources, so a BFS per source per update was O(N^3) per router. Where self sits one or two
-// levels below src (always, in a mesh close to full) its children follow from the neighbour lists of
-// src, self and its neighbours alone; the BFS runs only for deeper positions, and an update whose
+// from N sources, so a BFS per source per update was O(N^3) per router. Where self is src or one of
+// its neighbours (every peer, in a full mesh) its children follow from the neighbour lists of src,
+// self and self's neighbours alone; the BFS runs only for peers further from src, and an update whose
 // adjacency is unchanged keeps the trees already computed.
 import type { PeerName } from './peer';
 
