@@ -4,6 +4,12 @@
 // unicast next hops strictly shortens the BFS distance at each hop, so there are no loops; a
 // broadcast from src follows the BFS tree rooted at src, so in a stable topology each peer gets it
 // exactly once.
+//
+// Cost: a forming mesh of N routers recomputes up to every 20 ms and each router relays broadcasts
+// from N sources, so a BFS per source per update was O(N^3) per router. Where self is src or one of
+// its neighbours (every peer, in a full mesh) its children follow from the neighbour lists of src,
+// self and self's neighbours alone; the BFS runs only for peers further from src, and an update whose
+// adjacency is unchanged keeps the trees already computed.
 import type { PeerName } from './peer';
 
 export type Adjacency = Map<PeerName, PeerName[]>;
@@ -45,10 +51,38 @@ export function unicastTable(adj: Adjacency, self: PeerName): Map<PeerName, Peer
 
 /** Children of `self` in the broadcast tree rooted at src: where self forwards src's broadcasts. */
 export function broadcastChildren(adj: Adjacency, src: PeerName, self: PeerName): PeerName[] {
+  const mine = adj.get(self);
+  if (!mine || !adj.has(src)) return [];
+  if (self === src) return [...mine];
+  const top = adj.get(src)!;
+  // BFS order of level 1 is src's list order: a level-2 node's parent is its earliest level-1 neighbour
+  const order = new Map<PeerName, number>();
+  for (let i = 0; i < top.length; i++) order.set(top[i], i);
+  const at = order.get(self);
+  if (at === undefined) return bfsChildren(adj, src, self, mine);
+  const out: PeerName[] = [];
+  for (const m of mine) {
+    if (m === src || order.has(m)) continue;
+    // the adjacency is symmetric (topology.ts keeps a connection only when both ends list it), so
+    // m's own list names every level-1 peer that discovers it
+    let earlier = false;
+    for (const x of adj.get(m) ?? []) {
+      const i = order.get(x);
+      if (i !== undefined && i < at) {
+        earlier = true;
+        break;
+      }
+    }
+    if (!earlier) out.push(m);
+  }
+  return out;
+}
+
+function bfsChildren(adj: Adjacency, src: PeerName, self: PeerName, mine: PeerName[]): PeerName[] {
   const parent = bfsParents(adj, src);
   if (!parent.has(self)) return [];
   const out: PeerName[] = [];
-  for (const m of adj.get(self) ?? []) if (m !== src && parent.get(m) === self) out.push(m);
+  for (const m of mine) if (m !== src && parent.get(m) === self) out.push(m);
   return out;
 }
 
@@ -62,6 +96,11 @@ export class Routes {
 
   /** Installs a new adjacency; returns whether the unicast table changed. */
   update(adj: Adjacency): boolean {
+    // the mesh recomputes on every topology gossip, most of which leaves the graph as it was
+    if (sameAdjacency(adj, this.adj)) {
+      this.adj = adj;
+      return false;
+    }
     this.adj = adj;
     this.broadcastCache.clear();
     const next = unicastTable(adj, this.self);
@@ -74,7 +113,7 @@ export class Routes {
     return this.unicast.get(dst);
   }
 
-  /** Per-source tree, computed on first use after each update (O(V+E) per source). */
+  /** Per-source tree, computed on first use after each change of the adjacency. */
   broadcastNextHops(src: PeerName): PeerName[] {
     let hops = this.broadcastCache.get(src);
     if (!hops) {
@@ -97,5 +136,15 @@ export class Routes {
 function sameMap(a: Map<PeerName, PeerName>, b: Map<PeerName, PeerName>): boolean {
   if (a.size !== b.size) return false;
   for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
+}
+
+function sameAdjacency(a: Adjacency, b: Adjacency): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, la] of a) {
+    const lb = b.get(k);
+    if (!lb || lb.length !== la.length) return false;
+    for (let i = 0; i < la.length; i++) if (la[i] !== lb[i]) return false;
+  }
   return true;
 }

@@ -91,6 +91,13 @@ export const REKEY_GRACE_MS = 2000;
 const SMALL_FRAME = 64;
 /** PMTU sweeps while a path establishes: one every this many heartbeat periods */
 const ESTABLISH_PROBE_BEATS = 5;
+/**
+ * Events that change forwarding (routes, announcements, a path attaching or failing) wait this long
+ * for the rest of their burst: a router joining a mesh of N hears O(N) of them per second, and each
+ * rebuild is O(N) and a structured clone to every worker (issue 19: 1.8 s of one router's CPU while
+ * 50 formed a mesh). Far below the heartbeat periods, so no failure-detection bound moves.
+ */
+export const FWD_COALESCE_MS = 50;
 const PROBE_MTUS = [9000, 1500, 1492, 1480, 1460, 1440, 1420, 1400, 1380, 1350, 1300, 1280, 1200, 1100, 1000, 900, 800, 700, 576];
 
 // ---- inputs -------------------------------------------------------------------------------------
@@ -379,9 +386,12 @@ export class Sleeve {
 
   private timer: TimerHandle | undefined;
   private closed = false;
-  private readonly onRoutesChanged = (): void => this.recompute();
+  private readonly onRoutesChanged = (): void => this.scheduleRecompute();
   private readonly offPrefixes: () => void;
   private lastRoutesKey = '';
+  private fwdTimer: TimerHandle | undefined;
+  /** what the engines' forwarding spec was built from, the last time it was sent */
+  private lastFwdKey = '';
 
   constructor(o: SleeveOptions) {
     this.o = o;
@@ -414,7 +424,7 @@ export class Sleeve {
     if (this.mode === 'workers') this.startWorkers();
     else this.startInline();
 
-    this.offPrefixes = o.prefixes.onChange(() => this.recompute());
+    this.offPrefixes = o.prefixes.onChange(() => this.scheduleRecompute());
     o.routes.on('routesChanged', this.onRoutesChanged);
     this.recompute();
     // ticks on the clock's heartbeatMs boundaries: see heartbeat.ts (idle beats ride a shared cadence)
@@ -515,7 +525,7 @@ export class Sleeve {
     this.sendCtl(p, { t: 'hello', idx, port: this.udp.port });
     p.nextProbe = this.clock.now();
     this.log.debug({ peer, idx, remote: `${formatAddr(sh.ip[slot])}:${sh.port[slot]}`, encrypted: txKey !== null }, 'sleeve path attached');
-    this.recompute();
+    this.scheduleRecompute();
     return {
       onMessage: (payload) => this.onCtl(p, payload),
       close: () => this.detach(p),
@@ -528,6 +538,8 @@ export class Sleeve {
     if (this.closed) return;
     this.closed = true;
     this.clock.clearTimeout(this.timer);
+    this.clock.clearTimeout(this.fwdTimer);
+    this.fwdTimer = undefined;
     this.o.routes.off('routesChanged', this.onRoutesChanged);
     this.offPrefixes();
     this.offRouteFilter?.();
@@ -739,6 +751,8 @@ export class Sleeve {
     if (this.byPeer.get(p.peer) === p) this.byPeer.delete(p.peer);
     p.offKey?.();
     this.log.debug({ peer: p.peer }, 'sleeve path closed');
+    // at once: attach reuses the free slot, and the engines must not send a peer's packets into
+    // another peer's path meanwhile
     this.recompute();
   }
 
@@ -829,12 +843,14 @@ export class Sleeve {
       p.reason = '';
       const sh = this.shared;
       this.log.info({ peer: p.peer, remote: `${formatAddr(sh.ip[p.slot])}:${sh.port[p.slot]}`, mtu: this.innerMtu(p), encrypted: p.txKey !== null }, 'sleeve established');
+      // at once: the overlay switch moves the peer's traffic here on established(), and it must not
+      // meet a table without the path (once per connection, not per burst)
       this.recompute();
       p.cb.established();
     } else {
       p.reason = !p.weHear ? 'no sleeve heartbeats from the peer' : 'the peer does not receive our sleeve heartbeats';
       this.log.warn({ peer: p.peer, reason: p.reason }, 'sleeve lost');
-      this.recompute();
+      this.scheduleRecompute();
       p.failReported = true;
       p.cb.failed(p.reason);
     }
@@ -963,23 +979,35 @@ export class Sleeve {
 
   // ---- forwarding state -------------------------------------------------------------------------
 
-  /** Rebuilds prefix -> peer and peer -> next-hop path after announcements, routes or sleeves change. */
+  /** One recompute for a burst of forwarding events, FWD_COALESCE_MS after its first. */
+  private scheduleRecompute(): void {
+    if (this.closed || this.fwdTimer !== undefined) return;
+    this.fwdTimer = this.clock.setTimeout(() => {
+      this.fwdTimer = undefined;
+      this.recompute();
+    }, FWD_COALESCE_MS);
+  }
+
+  /**
+   * Rebuilds prefix -> peer and peer -> next-hop path after announcements, routes or sleeves change,
+   * and sends it to the engines unless it is what they have: most events of a forming mesh change
+   * nothing here (a route to a peer whose path is not up yet, a connection on another overlay).
+   */
   private recompute(): void {
+    this.clock.clearTimeout(this.fwdTimer);
+    this.fwdTimer = undefined;
     if (this.closed) return;
+    const all = this.o.prefixes.all();
     const names: PeerName[] = [];
     const versions: number[] = [];
     const ids = new Map<PeerName, number>();
-    const entries: ForwardingSpec['entries'] = [];
-    for (const [origin, e] of this.o.prefixes.all()) {
-      const id = names.length;
+    const keyParts: string[] = [];
+    for (const [origin, e] of all) {
+      ids.set(origin, names.length);
       names.push(origin);
       versions.push(e.version);
-      ids.set(origin, id);
-      for (const s of e.prefixes) entries.push({ prefix: parseCidr(s, { allowBare: true, allowHostBits: true, what: 'prefix' }), peer: id });
+      keyParts.push(origin, String(e.version), e.prefixes.join(' '));
     }
-    // Equal prefixes from two peers: the last entry wins; sort by origin so every router picks the same.
-    const rank = new Map([...names].sort().map((n, r) => [n, r]));
-    entries.sort((a, b) => rank.get(names[a.peer])! - rank.get(names[b.peer])!);
     const next = names.map((n) => {
       if (n === this.o.name) return -1;
       const hop = this.o.routes.unicastNextHop(n);
@@ -988,6 +1016,18 @@ export class Sleeve {
     });
     // which announcement each path's peer has here: the beating engine judges and reports forwarding per path
     const slotPeer = this.slots.map((p) => (p && !p.closed ? ids.get(p.peer) ?? -1 : -1));
+    keyParts.push(next.join(','), slotPeer.join(','));
+    const key = keyParts.join('|');
+    // the kernel routes come from the same announcements: unchanged too (the route filter publishes its own changes)
+    if (key === this.lastFwdKey) return;
+    this.lastFwdKey = key;
+    const entries: ForwardingSpec['entries'] = [];
+    names.forEach((origin, id) => {
+      for (const s of all.get(origin)!.prefixes) entries.push({ prefix: parseCidr(s, { allowBare: true, allowHostBits: true, what: 'prefix' }), peer: id });
+    });
+    // Equal prefixes from two peers: the last entry wins; sort by origin so every router picks the same.
+    const rank = new Map([...names].sort().map((n, r) => [n, r]));
+    entries.sort((a, b) => rank.get(names[a.peer])! - rank.get(names[b.peer])!);
     this.toEngines({ k: 'fwd', spec: { entries, next, self: names.indexOf(this.o.name), versions, slotPeer } });
     this.publishRoutes(false);
   }

@@ -33,7 +33,20 @@ const PING_MS = 15_000;
 /** how often the link gossip entry is compared with the connections (besides on every change) */
 const LINKS_REFRESH_MS = 5000;
 /** how long a connection change waits for the next ones before the link gossip entry is updated */
-const LINKS_COALESCE_MS = 500;
+export const LINKS_COALESCE_MS = 500;
+/** ...plus this much per peer in the mesh, up to LINKS_COALESCE_MAX_MS */
+export const LINKS_COALESCE_PER_PEER_MS = 20;
+export const LINKS_COALESCE_MAX_MS = 3000;
+
+/**
+ * The publish window for a mesh of this many peers. Each publish is an O(N) entry broadcast to all N
+ * routers, and while N routers form a mesh each one's connections change O(N) times: a fixed window
+ * made that O(N^2) decodes per router per window (issue 19: 100 routers on 2 cores). The page only
+ * loses freshness: a line's overlay shows up to the cap later.
+ */
+export function linksCoalesceMs(peers: number): number {
+  return Math.min(LINKS_COALESCE_MAX_MS, Math.max(LINKS_COALESCE_MS, LINKS_COALESCE_PER_PEER_MS * peers));
+}
 
 type Listener = (...args: any[]) => void;
 
@@ -204,6 +217,9 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
   const offEvents = i.events.subscribe((e) => streams.event(e));
 
   let refreshTimer: TimerHandle | undefined;
+  let soonTimer: TimerHandle | undefined;
+  // the mesh size as of the last peersChanged (peerSummaries() is O(N): not asked per connection event)
+  let peers = 0;
   let stopped = false;
   const refreshLinks = (): void => {
     try {
@@ -215,19 +231,23 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
   const periodic = (): void => {
     refreshTimer = undefined;
     if (stopped) return;
-    refreshLinks();
+    // a pending burst publishes anyway, at its end
+    if (soonTimer === undefined) refreshLinks();
     refreshTimer = clock.setTimeout(periodic, LINKS_REFRESH_MS);
   };
   // a change shows in the connection's status a moment after the event: publish a little later, once
   // for a burst of changes (a router joining a large mesh gets dozens of connections within seconds)
-  let soonTimer: TimerHandle | undefined;
   const soon = (): void => {
     soonTimer ??= clock.setTimeout(() => {
       soonTimer = undefined;
       if (!stopped) refreshLinks();
-    }, LINKS_COALESCE_MS);
+    }, linksCoalesceMs(peers));
   };
-  const onPeers = (): void => links.retain(new Set(i.mesh.peerSummaries().map((p) => p.name)));
+  const onPeers = (): void => {
+    const names = new Set(i.mesh.peerSummaries().map((p) => p.name));
+    peers = names.size;
+    links.retain(names);
+  };
   i.mesh.on('connectionEstablished', soon);
   i.mesh.on('connectionLost', soon);
   i.mesh.on('peersChanged', onPeers);

@@ -356,7 +356,7 @@ test('createSleeve in a namespace: detects the underlay MTU, opens and raises th
     await ipIn(ns, ['route', 'add', 'default', 'via', '198.18.7.254', 'dev', 'under0']);
     const dist = require('path').join(__dirname, '..', '..');
     const script = `
-      const { createSleeve } = require(${JSON.stringify(dist + '/router/sleeve.js')});
+      const { createSleeve, FWD_COALESCE_MS } = require(${JSON.stringify(dist + '/router/sleeve.js')});
       const { PrefixTable, PrefixUpdate } = require(${JSON.stringify(dist + '/router/prefixes.js')});
       const { realClock } = require(${JSON.stringify(dist + '/lib/clock.js')});
       const { loadCrypto } = require(${JSON.stringify(dist + '/mesh/crypto.js')});
@@ -371,6 +371,8 @@ test('createSleeve in a namespace: detects the underlay MTU, opens and raises th
         const s = await createSleeve({ name, clock: realClock, log, crypto: loadCrypto('sodium', log), routes: Object.assign(new EventEmitter(), { name, unicastNextHop: () => undefined }),
           prefixes, reconciler: { setDesired: (owner, r) => desired.push({ owner, r }) }, port: 0, tunName: 'wtc${id}' });
         prefixes.mergeUpdate(new PrefixUpdate(new Map([['02:00:00:00:02:0b', { version: 5, prefixes: ['10.32.2.0/24'] }]])));
+        // announcements reach forwarding and the kernel routes once their burst's window closed
+        await new Promise((r) => setTimeout(r, FWD_COALESCE_MS + 50));
         const link = JSON.parse(require('child_process').execFileSync('ip', ['-json', 'link', 'show', 'wtc${id}']).toString())[0];
         console.log(JSON.stringify({ underlayMtu: s.underlayMtu, tunMtu: s.tunMtu, mode: s.mode, linkMtu: link.mtu, up: link.flags.includes('UP'), desired }));
         await s.close();

@@ -126,3 +126,61 @@ test('property: a broadcast along the trees reaches every peer exactly once', ()
     { seed: 4321, numRuns: 100 },
   );
 });
+
+/** The definition: self's neighbours whose BFS parent (tree rooted at src) is self. */
+function childrenByBfs(adj: Adjacency, src: string, self: string): string[] {
+  const parent = bfsParents(adj, src);
+  if (!parent.has(self)) return [];
+  return (adj.get(self) ?? []).filter((m) => m !== src && parent.get(m) === self);
+}
+
+test('property: broadcast children without a BFS equal those of the BFS tree, for every src and self', () => {
+  // sparse and dense graphs, some not connected (a second component without a path to node 0)
+  const graphs = fc
+    .tuple(fc.integer({ min: 1, max: 30 }), fc.integer({ min: 0, max: 100 }))
+    .chain(([n, density]) =>
+      fc.tuple(fc.constant(n), fc.array(fc.tuple(fc.nat(n - 1), fc.nat(n - 1), fc.integer({ min: 0, max: 99 })), { maxLength: n * n })).map(([k, pairs]) => {
+        const name = (i: number) => `p${String(i).padStart(3, '0')}`;
+        const seen = new Set<string>();
+        const edges: Array<[string, string]> = [];
+        for (const [a, b, r] of pairs) {
+          const key = a < b ? `${a}-${b}` : `${b}-${a}`;
+          if (a === b || r >= density || seen.has(key)) continue;
+          seen.add(key);
+          edges.push([name(a), name(b)]);
+        }
+        return { nodes: Array.from({ length: k }, (_, i) => name(i)), adj: graph(edges, Array.from({ length: k }, (_, i) => name(i))) };
+      }),
+    );
+  fc.assert(
+    fc.property(graphs, ({ nodes, adj }) => {
+      for (const src of [...nodes, 'zz:unknown'])
+        for (const self of [...nodes, 'zz:unknown']) assert.deepEqual(broadcastChildren(adj, src, self), childrenByBfs(adj, src, self), `src ${src} self ${self}`);
+    }),
+    { seed: 99, numRuns: 200 },
+  );
+});
+
+test('full mesh: the source sends to everyone, nobody relays', () => {
+  const names = Array.from({ length: 50 }, (_, i) => `n${String(i).padStart(2, '0')}`);
+  const edges: Array<[string, string]> = [];
+  for (let i = 0; i < names.length; i++) for (let j = i + 1; j < names.length; j++) edges.push([names[i], names[j]]);
+  const adj = graph(edges);
+  assert.deepEqual(broadcastChildren(adj, 'n07', 'n07'), names.filter((n) => n !== 'n07'));
+  for (const self of names) if (self !== 'n07') assert.deepEqual(broadcastChildren(adj, 'n07', self), []);
+});
+
+test('an update with the same adjacency keeps the trees computed; a changed one recomputes them', () => {
+  const r = new Routes('b');
+  r.update(graph([['a', 'b'], ['b', 'c'], ['c', 'd']]));
+  const before = r.broadcastNextHops('a');
+  assert.deepEqual(before, ['c']);
+  // a fresh but equal map, as the mesh builds on each recompute
+  assert.equal(r.update(graph([['a', 'b'], ['b', 'c'], ['c', 'd']])), false);
+  assert.equal(r.broadcastNextHops('a'), before, 'same array: the cache survived');
+  // b's unicast table is unchanged here but a's tree is not: the cache must still go
+  assert.equal(r.update(graph([['a', 'b'], ['b', 'c'], ['c', 'd'], ['a', 'c']])), false);
+  assert.deepEqual(r.broadcastNextHops('a'), []);
+  assert.equal(r.update(graph([['a', 'b'], ['b', 'c'], ['c', 'd'], ['a', 'c'], ['b', 'd']])), true);
+  assert.deepEqual(r.broadcastNextHops('a'), ['d']);
+});

@@ -14,7 +14,7 @@ import { ipChecksum } from '../../router/icmp';
 import { PrefixTable } from '../../router/prefixes';
 import type { BoxKind } from '../../router/boxes';
 import { loadTunIo } from '../../router/native';
-import { LateRouteSource, REKEY_GRACE_MS, SLEEVE_OVERHEAD, Sleeve, type RouteSource, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
+import { FWD_COALESCE_MS, LateRouteSource, REKEY_GRACE_MS, SLEEVE_OVERHEAD, Sleeve, type RouteSource, type SleeveHandle, type SleeveRoute } from '../../router/sleeve';
 import { COUNTER_NAMES, LANE_TX } from '../../router/datapath';
 import { ChannelTun, ipv4Packet } from '../fakes/channel-tun';
 import { ChannelNet, ipNum } from '../fakes/channel-udp';
@@ -122,6 +122,12 @@ class Lab {
 
   async settle(): Promise<void> {
     for (let j = 0; j < 10; j++) await new Promise<void>((r) => setImmediate(r));
+  }
+
+  /** Route and announcement changes reach the engines once their burst's coalescing window passed. */
+  async forwarding(): Promise<void> {
+    this.clock.advance(FWD_COALESCE_MS);
+    await this.settle();
   }
 
   close(): void {
@@ -603,6 +609,7 @@ test('a sleeve built before its mesh hears route changes once the mesh is bound 
     // routes come later, as they do once the topology settles: only the event tells the sleeve
     mesh.hops.set(B, B);
     mesh.emit('routesChanged');
+    await lab.forwarding();
     a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('after-bind') }));
     await lab.until(() => b.tun.written.length === 1, 'the packet crosses once the route arrived');
     assert.equal(a.sleeve.counters.dropNoRoute, 0);
@@ -685,7 +692,7 @@ test('established but no route to the peer\'s prefixes: status says data does no
     // the route arrives: both ends see data flowing again (b without waiting for a's next heartbeat round)
     a.routes.hops.set(B, B);
     a.routes.emit('routesChanged');
-    await lab.settle();
+    await lab.forwarding();
     assert.equal(ha.status().stalled, undefined);
     assert.equal(hb.status().stalled, undefined);
     a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.2.7', payload: marker('through') }));
@@ -714,16 +721,79 @@ test('a peer that lacks our announcement (or an older one) is shown as not carry
     assert.equal(ha.status().stalled, 'the peer has none of our prefixes');
     assert.equal(hb.status().stalled, undefined, 'b routes everything it knows a announces (nothing)');
     b.prefixes.mergeUpdate(a.prefixes.full());
-    await lab.settle();
+    await lab.forwarding();
     assert.equal(ha.status().stalled, undefined);
     // a announces more: until b has installed it, a says so
     a.prefixes.setLocal(['10.32.1.0/24', '10.32.9.9/32']);
-    await lab.settle();
+    await lab.forwarding();
     assert.equal(ha.status().stalled, 'the peer routes an older announcement of our prefixes');
     b.prefixes.mergeUpdate(a.prefixes.full());
-    await lab.settle();
+    await lab.forwarding();
     assert.equal(ha.status().stalled, undefined);
   } finally {
     lab.close();
   }
+});
+
+/** Counts the forwarding specs the sleeve hands its (inline) packet engine. */
+function countForwarding(n: Node): { sent: number } {
+  const dp = (n.sleeve as unknown as { inline: { setForwarding(f: unknown): void } }).inline;
+  const seen = { sent: 0 };
+  const orig = dp.setForwarding.bind(dp);
+  dp.setForwarding = (f) => {
+    seen.sent++;
+    orig(f);
+  };
+  return seen;
+}
+
+test('forwarding: a burst of route and announcement events is one rebuild; one that changes nothing sends nothing', async () => {
+  const { lab, a, b } = await twoNodes(null);
+  try {
+    const fwd = countForwarding(a);
+    // a burst as a forming mesh makes it: routes recomputed, announcements arriving
+    const c = lab.add(C, '198.18.0.3', ['10.32.3.0/24']);
+    a.routes.hops.set(C, B);
+    a.routes.emit('routesChanged');
+    a.prefixes.mergeUpdate(c.prefixes.full());
+    a.routes.emit('routesChanged');
+    assert.equal(fwd.sent, 0, 'nothing before the window closes');
+    lab.clock.advance(FWD_COALESCE_MS - 1);
+    assert.equal(fwd.sent, 0);
+    lab.clock.advance(1);
+    assert.equal(fwd.sent, 1, 'one rebuild for the burst');
+    a.tun.inject(ipv4Packet({ src: '10.32.1.5', dst: '10.32.3.7', ttl: 5, payload: marker('to-c') }));
+    const before = b.sleeve.counters.udpInPackets;
+    await lab.until(() => b.sleeve.counters.dropUnknownDest + b.sleeve.counters.dropNoRoute + b.sleeve.counters.relayedPackets > 0, 'the packet goes to b, the next hop to c');
+    assert.ok(b.sleeve.counters.udpInPackets > before);
+    assert.equal(a.sleeve.counters.dropNoRoute + a.sleeve.counters.dropUnknownDest, 0);
+    // routes recomputed with the same result, the same announcement again: the engines keep what they have
+    a.routes.emit('routesChanged');
+    a.prefixes.mergeUpdate(c.prefixes.full());
+    lab.clock.advance(FWD_COALESCE_MS);
+    assert.equal(fwd.sent, 1, 'an unchanged spec is not sent');
+    // a change of the next hop alone is one
+    a.routes.hops.delete(C);
+    a.routes.emit('routesChanged');
+    lab.clock.advance(FWD_COALESCE_MS);
+    assert.equal(fwd.sent, 2);
+  } finally {
+    lab.close();
+  }
+});
+
+test('forwarding: closing the sleeve with a rebuild pending leaves no timer and sends nothing', async () => {
+  const { lab, a, b } = await twoNodes(null);
+  const fwd = countForwarding(a);
+  a.routes.emit('routesChanged');
+  a.routes.hops.delete(B);
+  a.routes.emit('routesChanged');
+  await a.sleeve.close();
+  await b.sleeve.close();
+  assert.equal(lab.clock.pending(), 0, 'no heartbeat tick, no forwarding rebuild left');
+  lab.clock.advance(10 * FWD_COALESCE_MS);
+  assert.equal(fwd.sent, 0);
+  // events after close are ignored
+  a.routes.emit('routesChanged');
+  assert.equal(lab.clock.pending(), 0);
 });
