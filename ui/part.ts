@@ -35,8 +35,8 @@ const LINKS_REFRESH_MS = 5000;
 /** how long a connection change waits for the next ones before the link gossip entry is updated */
 export const LINKS_COALESCE_MS = 500;
 /** ...plus this much per peer in the mesh, up to LINKS_COALESCE_MAX_MS */
-export const LINKS_COALESCE_PER_PEER_MS = 20;
-export const LINKS_COALESCE_MAX_MS = 3000;
+export const LINKS_COALESCE_PER_PEER_MS = 50;
+export const LINKS_COALESCE_MAX_MS = 5000;
 
 /**
  * The publish window for a mesh of this many peers. Each publish is an O(N) entry broadcast to all N

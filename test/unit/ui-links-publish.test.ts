@@ -30,11 +30,11 @@ class FakeMesh extends EventEmitter {
   }
 }
 
-test('the publish window: LINKS_COALESCE_MS for small meshes, 20 ms a peer beyond, capped', () => {
+test('the publish window: LINKS_COALESCE_MS for small meshes, LINKS_COALESCE_PER_PEER_MS a peer beyond, capped', () => {
   assert.equal(linksCoalesceMs(0), LINKS_COALESCE_MS);
   assert.equal(linksCoalesceMs(10), LINKS_COALESCE_MS);
-  assert.equal(linksCoalesceMs(50), 1000);
-  assert.equal(linksCoalesceMs(100), 2000);
+  assert.equal(linksCoalesceMs(50), 2500);
+  assert.equal(linksCoalesceMs(100), 5000);
   assert.equal(linksCoalesceMs(10_000), LINKS_COALESCE_MAX_MS);
 });
 
