@@ -120,7 +120,16 @@ export interface MeshStats {
   droppedRecordsRefused: number;
   gossipMessagesIn: number;
   gossipMessagesOut: number;
+  /**
+   * Message bytes received by kind (topology.records|digest|hash|refused, gossip.<channel> for the
+   * channels this router has, gossip.other, overlay) and sent by kind (the topology kinds, gossip,
+   * overlay is the overlays' own): what a mesh's control traffic is made of.
+   */
+  bytesIn: Record<string, number>;
+  bytesOut: Record<string, number>;
 }
+
+const TOPO_KIND_NAMES = ['topology.records', 'topology.digest', 'topology.hash', 'topology.refused'] as const;
 
 const SELF_COLLISION_WINDOW_MS = 60_000;
 const PULL_INTERVAL_MS = 1000;
@@ -185,7 +194,7 @@ export class Mesh extends EventEmitter {
   private readonly selfCollisions = new Map<string, { first: number; bumps: number; loggedAt: number }>();
   readonly stats: MeshStats = {
     protocolErrors: 0, refused: {}, unroutable: 0, noGossiper: 0, gossiperErrors: 0, handlerErrors: 0, unknownMessages: 0,
-    topologyMessagesIn: 0, topologyMessagesOut: 0, recomputes: 0, droppedRecordsRefused: 0, gossipMessagesIn: 0, gossipMessagesOut: 0,
+    topologyMessagesIn: 0, topologyMessagesOut: 0, recomputes: 0, droppedRecordsRefused: 0, gossipMessagesIn: 0, gossipMessagesOut: 0, bytesIn: {}, bytesOut: {},
   };
 
   constructor(o: MeshOptions) {
@@ -479,7 +488,9 @@ export class Mesh extends EventEmitter {
     conn.onMessage = () => {};
     conn.onClose = () => {};
     this.stats.topologyMessagesOut++;
-    conn.send(Msg.Topology, encodeTopology({ kind: TopoKind.Refused, code, message }));
+    const bytes = encodeTopology({ kind: TopoKind.Refused, code, message });
+    countBytes(this.stats.bytesOut, 'topology.refused', bytes.length);
+    conn.send(Msg.Topology, bytes);
     conn.close(`${code}: ${message}`);
     if (target) this.cm.attemptFailed(target, code, message, { peer: conn.remote.name, slow });
   }
@@ -640,15 +651,23 @@ export class Mesh extends EventEmitter {
       switch (type) {
         case Msg.Heartbeat:
           return;
-        case Msg.Topology:
+        case Msg.Topology: {
           this.stats.topologyMessagesIn++;
-          this.onTopology(e, decodeTopology(payload));
+          const m = decodeTopology(payload);
+          countBytes(this.stats.bytesIn, TOPO_KIND_NAMES[m.kind], payload.length);
+          this.onTopology(e, m);
           return;
-        case Msg.Gossip:
+        }
+        case Msg.Gossip: {
           this.stats.gossipMessagesIn++;
-          this.onGossip(e, payload, decodeGossip(payload));
+          const m = decodeGossip(payload);
+          // only our channels' names: a peer must not be able to mint label values
+          countBytes(this.stats.bytesIn, this.channels.has(m.channel) ? `gossip.${m.channel}` : 'gossip.other', payload.length);
+          this.onGossip(e, payload, m);
           return;
+        }
         case Msg.Overlay:
+          countBytes(this.stats.bytesIn, 'overlay', payload.length);
           if (e.handle) e.handle.onMessage(payload);
           else this.stats.unknownMessages++;
           return;
@@ -673,7 +692,9 @@ export class Mesh extends EventEmitter {
 
   private sendTopology(e: Entry, m: TopologyMsg): void {
     this.stats.topologyMessagesOut++;
-    e.conn.send(Msg.Topology, encodeTopology(m));
+    const bytes = encodeTopology(m);
+    countBytes(this.stats.bytesOut, TOPO_KIND_NAMES[m.kind], bytes.length);
+    e.conn.send(Msg.Topology, bytes);
   }
 
   private onTopology(e: Entry, m: TopologyMsg): void {
@@ -819,6 +840,7 @@ export class Mesh extends EventEmitter {
         encoded.set(key, bytes);
       }
       this.stats.topologyMessagesOut++;
+      countBytes(this.stats.bytesOut, 'topology.records', bytes.length);
       e.conn.send(Msg.Topology, bytes);
     }
     this.scheduleSettleCheck();
@@ -872,6 +894,7 @@ export class Mesh extends EventEmitter {
 
   private sendGossipMsg(e: Entry, bytes: Uint8Array): void {
     this.stats.gossipMessagesOut++;
+    countBytes(this.stats.bytesOut, 'gossip', bytes.length);
     e.conn.send(Msg.Gossip, bytes);
   }
 
@@ -1061,6 +1084,10 @@ export class Mesh extends EventEmitter {
     }
     return found;
   }
+}
+
+function countBytes(into: Record<string, number>, kind: string, n: number): void {
+  into[kind] = (into[kind] ?? 0) + n;
 }
 
 function safeOverlayStatus(h: OverlayHandle, log: Logger): OverlayStatus {
