@@ -5,8 +5,9 @@
 // broadcast from src follows the BFS tree rooted at src, so in a stable topology each peer gets it
 // exactly once.
 //
-// Cost: a forming mesh of N routers recomputes up to every 20 ms and each router relays broadcasts
-// from N sources, so a BFS per source per update was O(N^3) per router. Where self is src or one of
+// Cost: a forming mesh of N routers recomputes often (mesh.ts paces it: at most every 5 ms per peer)
+// and each router relays broadcasts from N sources, so a BFS per source per update was O(N^3) per
+// router. Where self is src or one of
 // its neighbours (every peer, in a full mesh) its children follow from the neighbour lists of src,
 // self and self's neighbours alone; the BFS runs only for peers further from src, and an update whose
 // adjacency is unchanged keeps the trees already computed.
