@@ -8,6 +8,10 @@
 //                     with the view's top-level keys that changed for this client, and each 'event' of
 //                     the event log as it happens
 // One view is built per tick for all open pages (never per client), and only while a page is open.
+// Building a view is also what pulls the other routers' link entries (ui/links.ts), at most every
+// LINKS_PULL_MS: with no page open the links channel costs the mesh nothing. The first view after a
+// page opens may lack remote lines' overlays; the answers come within a second or so and the stream's
+// next delta carries them.
 // Each stream's unsent bytes are bounded: a client that does not keep up is disconnected (its
 // EventSource reconnects and starts again from a snapshot).
 import * as fs from 'fs';
@@ -30,23 +34,18 @@ export const MAX_STREAM_BUFFER = 1 << 20;
 export const MAX_STREAMS = 32;
 /** a comment line keeps idle streams (and proxies in between) alive */
 const PING_MS = 15_000;
-/** how often the link gossip entry is compared with the connections (besides on every change) */
+/** how often our own link entry is compared with the connections (besides on every change) */
 const LINKS_REFRESH_MS = 5000;
-/** how long a connection change waits for the next ones before the link gossip entry is updated */
+/** how long a connection change waits for the next ones before our own link entry is recomputed */
 export const LINKS_COALESCE_MS = 500;
-/** ...plus this much per peer in the mesh, up to LINKS_COALESCE_MAX_MS */
-export const LINKS_COALESCE_PER_PEER_MS = 50;
-export const LINKS_COALESCE_MAX_MS = 5000;
-
 /**
- * The publish window for a mesh of this many peers. Each publish is an O(N) entry broadcast to all N
- * routers, and while N routers form a mesh each one's connections change O(N) times: a fixed window
- * made that O(N^2) decodes per router per window (issue 19: 100 routers on 2 cores). The page only
- * loses freshness: a line's overlay shows up to the cap later.
+ * How often a looked-at page pulls the other routers' link entries. A pull is an ask of ~30 bytes per
+ * known peer, broadcast (3 KB to every router at 100 peers), and back to the asker alone the entry
+ * (~45 bytes a link) of each router whose connections changed since its last pull: up to ~450 KB at
+ * 100 peers while all of them form. Every 5 s keeps that under 100 KB/s on the asker and under 1 KB/s
+ * on the others; a line's overlay on the page is then up to 5 s old (the rest of it, TICK_MS).
  */
-export function linksCoalesceMs(peers: number): number {
-  return Math.min(LINKS_COALESCE_MAX_MS, Math.max(LINKS_COALESCE_MS, LINKS_COALESCE_PER_PEER_MS * peers));
-}
+export const LINKS_PULL_MS = 5000;
 
 type Listener = (...args: any[]) => void;
 
@@ -185,7 +184,7 @@ export interface UiPart extends Part {
   view(r?: Report): UiView;
 }
 
-/** What this router tells the others about its connections (link gossip). */
+/** What this router tells an asking router about its connections (link gossip). */
 export function localLinks(conns: ReturnType<UiInputs['mesh']['connectionStatuses']>): LinkInfo[] {
   const out: LinkInfo[] = [];
   for (const c of conns) {
@@ -198,7 +197,7 @@ export function localLinks(conns: ReturnType<UiInputs['mesh']['connectionStatuse
   return out;
 }
 
-/** Builds the /ui part: its routes, the link gossip channel (before the mesh starts) and the stream ticker. */
+/** Builds the /ui part: its routes, the link gossip channel (before the mesh starts), our own link entry and the stream ticker. */
 export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
   const log = componentLogger(root, 'ui');
   const script = loadScript();
@@ -206,8 +205,20 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
   links.setChannel(i.mesh.newGossip(LINKS_CHANNEL, links));
 
   let prev: TrafficSample | undefined;
+  let lastPull = -Infinity;
+  const pull = (now: number): void => {
+    if (now - lastPull < LINKS_PULL_MS) return;
+    lastPull = now;
+    try {
+      links.ask();
+    } catch (e) {
+      log.warn({ err: errMsg(e) }, 'asking for link entries failed');
+    }
+  };
+  // every view is for a page (/ui/data, a stream's snapshot and ticks): building one pulls
   const view = (r: Report = i.report()): UiView => {
     const now = clock.now();
+    pull(now);
     const { view: v, sample } = buildView(r, links.all(), i.events.list(), now, prev);
     // rates over at least half a tick: /ui/data asked often must not shrink the interval to nothing
     if (!prev || now - prev.time >= TICK_MS / 2) prev = sample;
@@ -218,35 +229,32 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
 
   let refreshTimer: TimerHandle | undefined;
   let soonTimer: TimerHandle | undefined;
-  // the mesh size as of the last peersChanged (peerSummaries() is O(N): not asked per connection event)
-  let peers = 0;
   let stopped = false;
   const refreshLinks = (): void => {
     try {
       links.setLocal(i.software, localLinks(i.mesh.connectionStatuses()));
     } catch (e) {
-      log.warn({ err: errMsg(e) }, 'publishing link gossip failed');
+      log.warn({ err: errMsg(e) }, 'computing our link entry failed');
     }
   };
+  // the periodic look catches what changes without an event (a connection going stalled)
   const periodic = (): void => {
     refreshTimer = undefined;
     if (stopped) return;
-    // a pending burst publishes anyway, at its end
+    // a pending burst refreshes anyway, at its end
     if (soonTimer === undefined) refreshLinks();
     refreshTimer = clock.setTimeout(periodic, LINKS_REFRESH_MS);
   };
-  // a change shows in the connection's status a moment after the event: publish a little later, once
+  // a change shows in the connection's status a moment after the event: look a little later, once
   // for a burst of changes (a router joining a large mesh gets dozens of connections within seconds)
   const soon = (): void => {
     soonTimer ??= clock.setTimeout(() => {
       soonTimer = undefined;
       if (!stopped) refreshLinks();
-    }, linksCoalesceMs(peers));
+    }, LINKS_COALESCE_MS);
   };
   const onPeers = (): void => {
-    const names = new Set(i.mesh.peerSummaries().map((p) => p.name));
-    peers = names.size;
-    links.retain(names);
+    links.retain(new Set(i.mesh.peerSummaries().map((p) => p.name)));
   };
   i.mesh.on('connectionEstablished', soon);
   i.mesh.on('connectionLost', soon);

@@ -1,6 +1,6 @@
 // Fuzz targets: what each gossip channel's receiver does with a message, not just its decoder: the
 // same inputs as the decoder targets (targets-mesh.ts), fed to the real gossiper (weaveDNS's store,
-// the prefix table, the links table, the IPAM allocator with its ring, Paxos and held records), which
+// the prefix table, the links table (asks and answers), the IPAM allocator with its ring, Paxos and held records), which
 // must refuse with ProtocolError (the mesh closes that connection) or take it without throwing
 // anything else. The gossiper is rebuilt now and then so state from earlier cases stays bounded.
 import { FakeClock } from '../../lib/clock';
@@ -45,7 +45,7 @@ const clock = new FakeClock();
 export const GOSSIPER_TARGETS: Target[] = [
   gossiperTarget('gossiper-dns', 'gossip-dns', () => new DnsStore({ self: P1, clock, log: silentLogger() })),
   gossiperTarget('gossiper-prefixes', 'gossip-prefixes', () => new PrefixTable(P1, clock, silentLogger())),
-  gossiperTarget('gossiper-links', 'gossip-links', () => new LinksTable(P1, clock, silentLogger())),
+  gossiperTarget('gossiper-links', 'gossip-links', () => new LinksTable(P1, clock, silentLogger()), true),
   gossiperTarget('gossiper-ipam', 'gossip-ipam', () => {
     const net = new FakeIpamNet(clock, mulberry32(1));
     const { channel, knownPeers } = net.add(P1);

@@ -18,7 +18,7 @@ import { Ring } from '../../ipam/ring';
 import { decodeGossip as decodeIpamGossip, decodePaxosNode, decodeRecords, decodeUnicast, encodeGossip as encodeIpamGossip, encodePaxosNode, encodeRecords, encodeUnicast } from '../../ipam/wire';
 import { decodeEntries, encodeEntries } from '../../dns/records';
 import { PrefixUpdate, decodePrefixUpdate } from '../../router/prefixes';
-import { LinksUpdate, decodeLinksUpdate } from '../../ui/links';
+import { LinksAsk, LinksUpdate, decodeLinksMessage } from '../../ui/links';
 import { decodeFastDpCtl, encodeFastDpCtl } from '../../router/fastdp';
 import { chunks, int, perturb, pick, value, type Rng } from './mutate';
 import type { Target } from './engine';
@@ -210,8 +210,10 @@ const dnsGossip = decoderTarget('gossip-dns', () => encodeEntries(dnsEntries),
 const prefixes = decoderTarget('gossip-prefixes', () => new PrefixUpdate(new Map([[P1, { version: 2, prefixes: ['10.32.0.0/24', '10.40.1.7'] }], [P2, { version: 1, prefixes: [] }]])).encode(),
   () => [{ v: 1, entries: [{ o: P1, ver: 2, p: ['10.32.0.0/24'] }] }], decodePrefixUpdate);
 
-const links = decoderTarget('gossip-links', () => new LinksUpdate(new Map([[P1, { version: 2, software: '0.1.0 1..1', links: [{ peer: P2, state: 'established', overlay: 'sleeve', encryption: 'encrypted' as const, mtu: 1376, reason: 'x' }] }]])).encode(),
-  () => [{ v: 1, e: [[P1, 2, '0.1.0 1..1', [[P2, 'established', 'sleeve', 0, 1376, '']]]] }], decodeLinksUpdate);
+const links = decoderTarget('gossip-links', () => [
+  ...new LinksUpdate(new Map([[P1, { version: 2, software: '0.1.0 1..1', links: [{ peer: P2, state: 'established', overlay: 'sleeve', encryption: 'encrypted' as const, mtu: 1376, reason: 'x' }] }]])).encode(),
+  ...new LinksAsk(new Map([[P1, 2], [P2, 7]])).encode(),
+], () => [{ v: 1, e: [[P1, 2, '0.1.0 1..1', [[P2, 'established', 'sleeve', 0, 1376, '']]]] }, { v: 1, e: [], a: [[P1, 2]] }], decodeLinksMessage);
 
 const fastdpCtl = decoderTarget('overlay-fastdp-control', () => [
   encodeFastDpCtl({ t: 'hello', mac: '02:00:00:00:00:aa', vtep: '10.0.0.1', underlay: '192.168.1.2', port: 6784, hb: 6785, token: Buffer.alloc(8, 1) }),

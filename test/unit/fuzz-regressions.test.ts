@@ -13,7 +13,7 @@ import { decodeGossip } from '../../mesh/gossip';
 import { decodeEntries } from '../../dns/records';
 import { decodePrefixUpdate } from '../../router/prefixes';
 import { decodeFastDpCtl } from '../../router/fastdp';
-import { decodeLinksUpdate } from '../../ui/links';
+import { decodeLinksMessage, decodeLinksUpdate } from '../../ui/links';
 import { Ring } from '../../ipam/ring';
 import { validateState } from '../../router/endpoints';
 import { encodeStateFile } from '../../lib/state-file';
@@ -59,6 +59,7 @@ test('a hostile version (or type, origin, address) in any gossip channel is a Pr
     ['prefixes origin', () => decodePrefixUpdate(encodeMsg({ v: 1, entries: [{ o: HOSTILE(), ver: 1, p: [] }] }))],
     ['prefixes prefix', () => decodePrefixUpdate(encodeMsg({ v: 1, entries: [{ o: P1, ver: 1, p: [[HOSTILE()]] }] }))],
     ['links', () => decodeLinksUpdate(encodeMsg({ v: HOSTILE(), e: [] }))],
+    ['links ask', () => decodeLinksMessage(encodeMsg({ v: 1, e: [], a: [[HOSTILE(), 1]] }))],
     ['fastdp', () => decodeFastDpCtl(encodeMsg({ v: 1, o: 'fastdp', t: HOSTILE() }))],
     ['ipam ring', () => Ring.decode(encodeMsg({ v: HOSTILE() }))],
   ];

@@ -8,7 +8,7 @@ import { MemoryLogger, silentLogger } from '../../lib/log';
 import type { StreamSink } from '../../lib/subsystem';
 import { ApiServer } from '../../api/http';
 import { buildView, cidrSize, netnsName } from '../../ui/model';
-import { LinksTable, LinksUpdate, decodeLinksUpdate, type LinksEntry } from '../../ui/links';
+import { LinksAsk, LinksTable, LinksUpdate, decodeLinksUpdate, type LinksEntry } from '../../ui/links';
 import { MAX_STREAMS, MAX_STREAM_BUFFER, UiStreams, localLinks, sseEvent } from '../../ui/part';
 import type { UiView } from '../../ui/view';
 import type { Report } from '../../api/views';
@@ -91,20 +91,24 @@ test('traffic: counts from the report, rates over the sample interval; IPAM shar
   assert.equal(netnsName('x'), 'x');
 });
 
-test('link gossip: round trip, merge by version, our own stale entry outbid, malformed refused', () => {
+test('link gossip: an ask answered by unicast, merge by version, our own stale entry outbid, malformed refused', () => {
   const clock = new FakeClock(5000);
   const t1 = new LinksTable(H1, clock, silentLogger());
   const t2 = new LinksTable(H2, clock, silentLogger());
-  const sent: LinksUpdate[] = [];
-  t1.setChannel({ name: 'links', gossipUnicast: () => true, gossipBroadcast: (u) => { sent.push(u as LinksUpdate); }, gossip: () => {} });
+  const answers: Uint8Array[] = [];
+  const asks: LinksAsk[] = [];
+  t1.setChannel({ name: 'links', gossipUnicast: (dst, m) => { assert.equal(dst, H2); answers.push(m); return true; }, gossipBroadcast: () => assert.fail('t1 broadcasts nothing'), gossip: () => {} });
+  t2.setChannel({ name: 'links', gossipUnicast: () => assert.fail('t2 answers nothing'), gossipBroadcast: (u) => { asks.push(u as LinksAsk); }, gossip: () => {} });
   t1.setLocal('0.1.0 1..1', localLinks(report().router.connections));
+  const v = t1.get(H1)!.version;
   t1.setLocal('0.1.0 1..1', localLinks(report().router.connections)); // unchanged: no new version
-  assert.equal(sent.length, 1);
-  const wire = sent[0].encode()[0];
-  const delta = t2.onGossip(wire) as LinksUpdate;
-  assert.deepEqual([...delta.entries.keys()], [H1]);
+  assert.equal(t1.get(H1)!.version, v);
+  t2.ask();
+  assert.equal(t1.onGossipBroadcast(H2, asks[0].encode()[0]), null);
+  assert.equal(answers.length, 1);
+  t2.onGossipUnicast(H1, answers[0]);
   assert.deepEqual(t2.get(H1)!.links.map((l) => [l.peer, l.overlay, l.encryption, l.mtu, l.reason]), [[H2, 'fastdp', 'trusted', 1450, undefined], [H3, 'sleeve', 'encrypted', 1440, 'kernel lacks ESP']]);
-  assert.equal(t2.onGossip(wire), null, 'the same version again is nothing new');
+  assert.equal(t2.mergeUpdate(decodeLinksUpdate(answers[0])), null, 'the same version again is nothing new');
   // a newer entry of t1's own name (before a restart) makes t1 outbid it
   const stale = new LinksUpdate(new Map([[H1, { version: t1.get(H1)!.version + 10, software: 'old', links: [] }]]));
   t1.onGossip(stale.encode()[0]);
