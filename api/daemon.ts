@@ -16,6 +16,7 @@ import { SUBSYSTEMS } from './subsystems';
 import { buildMesh, buildWire, openDataDir, pidFilePart } from './parts/control';
 import { buildSleeve, hostState, startRouteSync } from './parts/sleeve';
 import { trimMalloc } from './parts/memory';
+import { watchLag } from './parts/lag';
 import { buildOverlays, wireForwarding } from './parts/fastdp';
 import { buildEndpoints, restoreEndpoints } from './parts/endpoints';
 import { VERSION, buildReport, serveApi } from './parts/api';
@@ -52,7 +53,7 @@ const MODULES: readonly SubsystemModule<unknown, DaemonContext>[] = SUBSYSTEMS;
 
 /** Every step's builder, in one object so a test can replace them (start-up failure at each step). */
 export const STEPS = {
-  openDataDir, hostState, buildWire, buildSleeve, buildOverlays, buildMesh, wireForwarding, buildEndpoints,
+  openDataDir, hostState, watchLag, buildWire, buildSleeve, buildOverlays, buildMesh, wireForwarding, buildEndpoints,
   subsystems: MODULES, buildEvents, buildUi, restoreEndpoints, startRouteSync, trimMalloc, startMesh, passwordRotation, serveApi, pidFilePart,
 };
 
@@ -82,9 +83,11 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
 
   const data = await build.add('data dir', () => s.openDataDir(cfg, root));
   const host = await build.add('host state', () => s.hostState(root, clock, cfg.keepDataPath));
-  const wire = await build.add('wire', () => s.buildWire(cfg, data.identity, root, clock));
-  const sleeve = await build.add('sleeve', () => s.buildSleeve(cfg, { name: data.identity.name, crypto: wire.crypto, routeEvents: wire.routeEvents }, host, root, clock));
-  const overlays = await build.add('overlays', () => s.buildOverlays(cfg, data.identity, sleeve, host, root, clock));
+  // before the wire: its timeouts and the overlays' leave this router's own stalls out (lib/lag.ts)
+  const { monitor: lag } = await build.add('lag monitor', () => s.watchLag(clock));
+  const wire = await build.add('wire', () => s.buildWire(cfg, data.identity, root, clock, lag));
+  const sleeve = await build.add('sleeve', () => s.buildSleeve(cfg, { name: data.identity.name, crypto: wire.crypto, routeEvents: wire.routeEvents, lag }, host, root, clock));
+  const overlays = await build.add('overlays', () => s.buildOverlays(cfg, data.identity, sleeve, host, root, clock, lag));
   const { mesh } = await build.add('mesh', () => s.buildMesh(cfg, data.identity, wire, overlays.choice(), root, clock));
   await build.add('forwarding', () => s.wireForwarding({ identity: data.identity, mesh, sleeve, overlays, host, clock }, root));
   const subsystems: Subsystem[] = [];

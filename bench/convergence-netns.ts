@@ -15,8 +15,9 @@
 // Run: node dist/bench/convergence-netns.js [--hosts 25,50,100] [--window 30] [--settle 45] [--fastdp]
 import * as fs from 'fs';
 import { Lab, Host } from '../test/lab/lab';
-import { run, waitFor } from '../test/lab/exec';
+import { run } from '../test/lab/exec';
 import { launch, procTicks, rssMb } from './sleeve';
+import { waitFullMesh } from './lib/mesh-formed';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -34,16 +35,6 @@ function raiseNeighbourTable(): () => void {
   return () => {
     for (let i = 0; i < GC.length; i++) fs.writeFileSync(gcPath(GC[i]), old[i]);
   };
-}
-
-async function curlJson(h: Host, p: string): Promise<any> {
-  const r = await run(['ip', 'netns', 'exec', h.ns, 'curl', '-s', '-m', '10', `http://127.0.0.1:6784${p}`], { allowFail: true, timeoutMs: 15_000 });
-  if (r.code !== 0) return null;
-  try {
-    return JSON.parse(r.stdout);
-  } catch {
-    return null;
-  }
 }
 
 // Named counters of the mesh's ports on each host's underlay: TCP 6783 both ways (the issue's table),
@@ -111,23 +102,7 @@ async function one(n: number, windowS: number, settleS: number, fastdp: boolean)
     let meshS: number | null = null;
     const done = new Set<Host>();
     try {
-      await waitFor('full mesh', async () => {
-        for (const h of hosts) {
-          if (done.has(h)) continue;
-          const r = await curlJson(h, '/report');
-          if (!r || r.router.peers.length !== n || r.router.connections.filter((c: any) => c.state === 'established').length !== n - 1) return false;
-          done.add(h);
-        }
-        // every router once: check all again (a connection may have dropped meanwhile)
-        for (const h of hosts) {
-          const r = await curlJson(h, '/report');
-          if (!r || r.router.peers.length !== n || r.router.connections.filter((c: any) => c.state === 'established').length !== n - 1) {
-            done.delete(h);
-            return false;
-          }
-        }
-        return true;
-      }, { timeoutMs: 300_000, intervalMs: 500 });
+      await waitFullMesh(hosts, { timeoutMs: 300_000, done });
       meshS = (Date.now() - launched) / 1000;
     } catch (e) {
       process.stderr.write(`# ${(e as Error).message}: ${done.size}/${n} routers fully meshed\n`);

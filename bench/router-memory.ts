@@ -1,6 +1,7 @@
 // bench/router-memory: where an idle router's RSS goes. A 3-host encrypted mesh as bench/sleeve's (m)
-// builds it (routers started by `weave launch` as users run it, one container each, every connection
-// on the sleeve, then 10 s idle); for each router /proc/PID/smaps is summed by kind of mapping:
+// builds it (routers started by `weave launch` as users run it; once the mesh has formed, one
+// container each: bench/lib/mesh-formed.ts; every connection on the sleeve, then 10 s idle); for
+// each router /proc/PID/smaps is summed by kind of mapping:
 //   node text      /usr/bin/node's pages (file-backed: shared with every node process on the host)
 //   libs           other files mapped (libc, libstdc++, the addon, lmdb, ...)
 //   malloc main    [heap]: glibc's main arena

@@ -20,6 +20,7 @@ import { spawn } from 'child_process';
 import * as fs from 'fs';
 import { Container, Host, Lab, WEAVE_JS } from '../test/lab/lab';
 import { RunResult, waitFor } from '../test/lab/exec';
+import { waitFullMesh } from './lib/mesh-formed';
 
 export function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -189,6 +190,8 @@ export async function threeHostMesh(lab: Lab, hosts: Host[], env: Record<string,
  */
 export async function hostMesh(lab: Lab, hosts: Host[], env: Record<string, string>, nodeFlags?: string[]): Promise<Container[]> {
   for (const [i, h] of hosts.entries()) await launch(h, ['--nickname', h.name, '--no-fastdp', ...hosts.slice(Math.max(0, i - 3), i).map((x) => x.ip)], env, { nodeFlags });
+  // attach only once the mesh has formed: an attach with an address waits for IPAM consensus on the ring
+  await waitFullMesh(hosts, { timeoutMs: 45_000 + hosts.length * 5000 });
   const cs: Container[] = [];
   for (const [i, h] of hosts.entries()) {
     const c = await lab.addContainer(`m${i}`);

@@ -49,6 +49,13 @@ export class FakeClock implements Clock {
     if (h) (h as unknown as FakeTimer).cancelled = true;
   }
   pending(): number { return this.timers.filter((t) => !t.cancelled).length; }
+  /**
+   * A blocked event loop: time moves on by ms and no timer fires. The timers that fell due meanwhile
+   * fire late, at the next advance(), in their (time, creation) order.
+   */
+  stall(ms: number): void {
+    this.t += ms;
+  }
   /** Advance time by ms, firing every timer that falls due (including ones scheduled meanwhile). */
   advance(ms: number): void {
     const end = this.t + ms;

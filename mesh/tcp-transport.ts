@@ -10,6 +10,7 @@ import { ProtocolError, RefusedError, WeaveError, errMsg } from '../lib/errors';
 import { parseHostPort } from '../lib/addr';
 import { CONTROL_PORT } from '../lib/ports';
 import { untilAligned, type Clock, type TimerHandle } from '../lib/clock';
+import { NO_LAG, creditedSilence, type LagCredit } from '../lib/lag';
 import type { Logger } from '../lib/log';
 import { type ConnectFailure, type DataKeyWatcher, type Features, type MeshConnection, Msg, type Transport } from './types';
 import { DEFAULT_MAX_FRAME, type Established, type RekeyStep, type Secret, WireSession } from './wire';
@@ -29,6 +30,11 @@ export interface TcpTransportOptions {
   crypto: CryptoEngine;
   clock: Clock;
   log: Logger;
+  /**
+   * this process's event-loop stalls (lib/lag.ts): the handshake and read timeouts do not count
+   * them; default NO_LAG
+   */
+  lag?: LagCredit;
   minVersion?: number;
   maxVersion?: number;
   handshakeTimeoutMs?: number;
@@ -196,6 +202,7 @@ class TcpConnection implements MeshConnection {
   private rtTimer: TimerHandle | undefined;
   private lingerTimer: TimerHandle | undefined;
   private lastRead: number;
+  private readonly startedAt: number;
   private closeReason: string | null = null;
   private msgHandler: ((type: number, payload: Uint8Array) => void) | null = null;
   private closeHandler: ((reason: string) => void) | null = null;
@@ -224,7 +231,7 @@ class TcpConnection implements MeshConnection {
     if (outbound) socket.once('connect', trust);
     else trust();
     this.log = t.log.child({ conn: target, outbound });
-    this.lastRead = t.clock.now();
+    this.lastRead = this.startedAt = t.clock.now();
     socket.setNoDelay(true);
     this.session = new WireSession(
       { crypto: t.opts.crypto, password: null, passwords: t.passwords.accepted(), outbound, local, minVersion: t.opts.minVersion, maxVersion: t.opts.maxVersion, maxFrame: t.maxFrame },
@@ -239,10 +246,7 @@ class TcpConnection implements MeshConnection {
     socket.on('error', (err: NodeJS.ErrnoException) => this.onSocketError(err));
     socket.on('end', () => this.onPeerEnd());
     socket.on('close', () => this.onSocketClose());
-    this.hsTimer = t.clock.setTimeout(() => {
-      this.hsTimer = undefined;
-      this.fail(new WeaveError('ETIMEDOUT', `handshake with ${this.remoteAddr} did not complete within ${t.handshakeTimeoutMs} ms`));
-    }, t.handshakeTimeoutMs);
+    this.hsTimer = t.clock.setTimeout(() => this.checkHandshake(false), t.handshakeTimeoutMs);
     this.session.start();
   }
 
@@ -476,20 +480,53 @@ class TcpConnection implements MeshConnection {
     }, untilAligned(t.clock.now(), t.heartbeatMs));
   }
 
+  // The handshake's deadline counts only time this router could work on it (lib/lag.ts): our own
+  // stalls are credited, and a verdict waits for one poll phase so a reply already received is read
+  // first (a late timeout here is a redial, and at 100 routers on 2 cores the redials fed the stalls).
+  private checkHandshake(deferred: boolean): void {
+    this.hsTimer = undefined;
+    if (this.state !== 'handshake') return;
+    const t = this.t;
+    const now = t.clock.now();
+    const took = creditedSilence(t.lag, now, this.startedAt, t.handshakeTimeoutMs);
+    if (took < t.handshakeTimeoutMs) {
+      this.hsTimer = t.clock.setTimeout(() => this.checkHandshake(false), t.handshakeTimeoutMs - took);
+      return;
+    }
+    if (!deferred) {
+      t.lag.afterIo(() => this.checkHandshake(true));
+      return;
+    }
+    this.fail(new WeaveError('ETIMEDOUT', `handshake with ${this.remoteAddr} did not complete within ${t.handshakeTimeoutMs} ms`, { stalledMs: Math.round(now - this.startedAt - took) }));
+  }
+
   // One timer per read-timeout period instead of one reset per packet: on expiry check how long
   // the line has really been silent and re-arm for the remainder (rounded up to the heartbeat
   // boundary, so the check shares the heartbeats' wake-up; a dead line is found within one more beat).
   private scheduleReadCheck(ms: number): void {
     const t = this.t;
     const now = t.clock.now();
-    this.rtTimer = t.clock.setTimeout(() => {
-      if (this.state !== 'open') return;
-      const idle = t.clock.now() - this.lastRead;
-      if (idle >= t.readTimeoutMs) {
-        this.log.warn({ idleMs: idle }, 'nothing received within the read timeout');
-        this.close('read timeout');
-      } else this.scheduleReadCheck(t.readTimeoutMs - idle);
-    }, ms + untilAligned(now + ms, t.heartbeatMs) % t.heartbeatMs);
+    this.rtTimer = t.clock.setTimeout(() => this.checkRead(false), ms + untilAligned(now + ms, t.heartbeatMs) % t.heartbeatMs);
+  }
+
+  // The silence is what remains after our own stalls (lib/lag.ts), and a verdict waits for one poll
+  // phase: a peer's beats that arrived while this loop was stalled are read before it is judged.
+  private checkRead(deferred: boolean): void {
+    this.rtTimer = undefined;
+    if (this.state !== 'open') return;
+    const t = this.t;
+    const now = t.clock.now();
+    const idle = creditedSilence(t.lag, now, this.lastRead, t.readTimeoutMs);
+    if (idle < t.readTimeoutMs) {
+      this.scheduleReadCheck(t.readTimeoutMs - idle);
+      return;
+    }
+    if (!deferred) {
+      t.lag.afterIo(() => this.checkRead(true));
+      return;
+    }
+    this.log.warn({ idleMs: now - this.lastRead, stalledMs: Math.round(now - this.lastRead - idle) }, 'nothing received within the read timeout');
+    this.close('read timeout');
   }
 
   /** Handshake failure: log, count, report, close. */
@@ -564,6 +601,7 @@ export class TcpTransport implements Transport {
   readonly opts: TcpTransportOptions;
   readonly log: Logger;
   readonly clock: Clock;
+  readonly lag: LagCredit;
   readonly passwords: PasswordRing;
   readonly handshakeTimeoutMs: number;
   readonly heartbeatMs: number;
@@ -601,6 +639,7 @@ export class TcpTransport implements Transport {
     this.opts = opts;
     this.log = opts.log.child({ component: 'tcp' });
     this.clock = opts.clock;
+    this.lag = opts.lag ?? NO_LAG;
     this.ownRing = !opts.passwords;
     this.passwords = opts.passwords ?? new PasswordRing({ password: opts.password, clock: opts.clock, log: opts.log });
     this.offRing = this.passwords.onChange(() => {

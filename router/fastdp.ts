@@ -24,6 +24,7 @@
 // it follows the device (DeviceHeartbeatIo): opened when it comes up, closed when it goes.
 import { randomBytes } from 'crypto';
 import type { Clock, TimerHandle } from '../lib/clock';
+import { NO_LAG, creditedSilence, type LagCredit } from '../lib/lag';
 import { ProtocolError, WeaveError, describeValue, errMsg } from '../lib/errors';
 import type { Logger } from '../lib/log';
 import type { PeerName } from '../mesh/peer';
@@ -122,6 +123,8 @@ export interface FastDpOptions {
   deadMs?: number;
   /** a new path fails when not established within this; default 10000 ms */
   establishTimeoutMs?: number;
+  /** this process's event-loop stalls (lib/lag.ts): silence and establishment do not count them; default NO_LAG */
+  lag?: LagCredit;
 }
 
 export interface FastDpStatus { overlay: string | null; encrypted: boolean; mtu?: number; reason?: string }
@@ -242,6 +245,7 @@ export class FastDp {
   private readonly o: FastDpOptions;
   private readonly log: Logger;
   private readonly clock: Clock;
+  private readonly lag: LagCredit;
   private readonly heartbeatMs: number;
   private readonly deadMs: number;
   private readonly establishTimeoutMs: number;
@@ -257,6 +261,7 @@ export class FastDp {
     this.o = o;
     this.log = o.log.child({ component: 'fastdp' });
     this.clock = o.clock;
+    this.lag = o.lag ?? NO_LAG;
     this.mtu = o.mtu;
     this.port = o.port ?? VXLAN_PORT;
     this.hbPort = o.hbPort ?? DEFAULT_FASTDP_HB_PORT;
@@ -584,6 +589,9 @@ export class FastDp {
     return `heartbeats failing since ${since}: ${why}`;
   }
 
+  // The heartbeats are read on this thread: drain() first takes what arrived while the loop was
+  // busy, so no verdict waits for a poll phase here (lib/lag.ts). Our own stalls are still credited:
+  // while this loop stalled it sent no beats, so the peer's answers and the establishment lag too.
   private tick(): void {
     if (this.closed) return;
     this.o.io.drain();
@@ -591,7 +599,7 @@ export class FastDp {
     for (const p of [...this.paths]) {
       if (p.closed || p.unusable) continue;
       if (p.ready) {
-        const hear = now - p.lastFullRx <= this.deadMs;
+        const hear = now - p.lastFullRx <= this.deadMs || (p.weHear && creditedSilence(this.lag, now, p.lastFullRx, this.deadMs) <= this.deadMs);
         if (hear !== p.weHear) {
           p.weHear = hear;
           this.sendCtl(p, { t: 'hear', on: hear });
@@ -602,7 +610,7 @@ export class FastDp {
         // a failed path's reason follows what we see now (small ones arriving or not)
         if (!p.established && p.everEstablished) p.reason = this.failReason(p);
       }
-      if (!p.established && !p.failReported && now - p.startedAt >= this.establishTimeoutMs) {
+      if (!p.established && !p.failReported && creditedSilence(this.lag, now, p.startedAt, this.establishTimeoutMs) >= this.establishTimeoutMs) {
         p.failReported = true;
         p.failingSince = p.startedAt;
         p.reason = !p.remote ? 'the peer sent no fastdp parameters' : !p.ready ? 'fastdp kernel state not ready' : this.failReason(p);

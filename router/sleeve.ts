@@ -21,7 +21,8 @@
 //   liveness  every heartbeatMs the control plane asks the engine that reads the TUN for a heartbeat
 //             round of the paths router/heartbeat.ts says are due (every 1 s while establishing, 10 s
 //             once established, none while anything else went to the peer: data proves the path;
-//             a peer heard is lost after 25 s of silence);
+//             a peer heard is lost after 25 s of silence, not counting this router's own event-loop
+//             stalls: lib/lag.ts);
 //             each path's heartbeat is sealed and sent like a packet (that engine's path state,
 //             keys, counter, TUN lane), and says whether the engine forwards to the peer's prefixes and
 //             which of its announcements it routes. So a peer hears us only when our packets' state
@@ -48,6 +49,7 @@
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { untilAligned, type Clock, type TimerHandle } from '../lib/clock';
+import { NO_LAG, creditedSilence, type LagCredit } from '../lib/lag';
 import type { CryptoEngine } from '../mesh/crypto';
 import { makeBoxes, resolveBoxKind, type BoxKind } from './boxes';
 import { ProtocolError, UsageError, WeaveError, describeValue, errMsg } from '../lib/errors';
@@ -180,6 +182,11 @@ export interface SleeveOptions {
   /** realClock in production (worker threads stamp receive times with Date.now()) */
   clock: Clock;
   log: Logger;
+  /**
+   * this process's event-loop stalls (lib/lag.ts): a path's silence and its establishment time do not
+   * count them; default NO_LAG
+   */
+  lag?: LagCredit;
   /** seals/opens every datagram; sodium engine for speed (mesh/crypto.ts loadCrypto) */
   crypto: CryptoEngine;
   routes: RouteSource;
@@ -351,6 +358,7 @@ export class Sleeve {
   private readonly o: SleeveOptions;
   private readonly log: Logger;
   private readonly clock: Clock;
+  private readonly lag: LagCredit;
   private readonly crypto: CryptoEngine;
   private readonly tun: TunDevice;
   private readonly udp: UdpBind;
@@ -397,6 +405,7 @@ export class Sleeve {
     this.o = o;
     this.log = o.log.child({ component: 'sleeve' });
     this.clock = o.clock;
+    this.lag = o.lag ?? NO_LAG;
     this.crypto = o.crypto;
     this.tun = o.tun;
     this.udp = o.udp;
@@ -859,7 +868,7 @@ export class Sleeve {
   private tick(): void {
     if (this.closed) return;
     const now = this.clock.now();
-    const due: number[] = [];
+    let verdicts = false;
     for (const p of this.slots) {
       if (!p || p.closed) continue;
       if (now >= p.dropRxAt) {
@@ -868,15 +877,13 @@ export class Sleeve {
         this.log.debug({ peer: p.peer }, 'sleeve re-key: the old receive key is gone');
         this.pushPath(p);
       }
-      // any authentic frame (data too) proves the peer -> us direction
-      const hear = now - this.shared.lastRx[p.slot] <= silenceLimit(this.beatPolicy, p.weHear);
-      if (hear !== p.weHear) {
-        p.weHear = hear;
-        this.shared.heard[p.slot] = hear ? 1 : 0;
-        this.sendCtl(p, { t: 'hear', on: hear });
-        this.evaluate(p);
-        if (p.closed) continue;
-      }
+      if (this.liveness(p, now, false)) verdicts = true;
+    }
+    // failures are judged once the I/O already waiting has been read (lib/lag.ts)
+    if (verdicts) this.lag.afterIo(() => this.judge());
+    const due: number[] = [];
+    for (const p of this.slots) {
+      if (!p || p.closed) continue;
       if (p.remoteIdx >= 0) {
         const pc = sumPathCounters(this.enginePathCounters, p.slot);
         this.noteData(p, pc.txPackets, pc.txBytes, pc.dropTooBig, now);
@@ -887,17 +894,49 @@ export class Sleeve {
         if (now >= p.nextProbe && (!p.established || p.urgent || now - p.lastData <= this.probeMs)) this.probe(p, now);
       }
       this.watchFlow(p, now);
-      if (!p.established && !p.failReported && now - p.startedAt >= this.establishTimeoutMs) {
-        p.failReported = true;
-        const sh = this.shared;
-        const reason = p.remoteIdx < 0 ? 'the peer sent no sleeve parameters' : `no sleeve heartbeats both ways within ${Math.round(this.establishTimeoutMs / 1000)}s (UDP ${formatAddr(sh.ip[p.slot])}:${sh.port[p.slot]})`;
-        p.reason = reason;
-        this.log.warn({ peer: p.peer, reason }, 'sleeve could not be established');
-        p.cb.failed(reason);
-      }
     }
     if (due.length) this.beat(due);
     this.timer = this.clock.setTimeout(() => this.tick(), untilAligned(this.clock.now(), this.heartbeatMs));
+  }
+
+  /**
+   * Whether we hear the peer, and whether the path missed its establishment deadline. Neither counts
+   * this router's own stalls (lib/lag.ts): the worker stamps lastRx as datagrams arrive, but a stalled
+   * main thread sent no beats meanwhile, so the peer's answers lag too. A failure is decided only when
+   * `final` (after the poll phase); otherwise the answer is true: a failure is pending, judge() later.
+   * Hearing again needs no deferral and no credit (a beat older than the limit proves nothing).
+   */
+  private liveness(p: PeerPath, now: number, final: boolean): boolean {
+    let pending = false;
+    // any authentic frame (data too) proves the peer -> us direction
+    const rx = this.shared.lastRx[p.slot];
+    const limit = silenceLimit(this.beatPolicy, p.weHear);
+    const hear = now - rx <= limit || (p.weHear && creditedSilence(this.lag, now, rx, limit) <= limit);
+    if (!hear && p.weHear && !final) pending = true;
+    else if (hear !== p.weHear) {
+      p.weHear = hear;
+      this.shared.heard[p.slot] = hear ? 1 : 0;
+      this.sendCtl(p, { t: 'hear', on: hear });
+      this.evaluate(p);
+      if (p.closed) return false;
+    }
+    if (!p.established && !p.failReported && creditedSilence(this.lag, now, p.startedAt, this.establishTimeoutMs) >= this.establishTimeoutMs) {
+      if (!final) return true;
+      p.failReported = true;
+      const sh = this.shared;
+      const reason = p.remoteIdx < 0 ? 'the peer sent no sleeve parameters' : `no sleeve heartbeats both ways within ${Math.round(this.establishTimeoutMs / 1000)}s (UDP ${formatAddr(sh.ip[p.slot])}:${sh.port[p.slot]})`;
+      p.reason = reason;
+      this.log.warn({ peer: p.peer, reason, stalledMs: Math.round(this.lag.stalledSince(p.startedAt, this.establishTimeoutMs)) }, 'sleeve could not be established');
+      p.cb.failed(reason);
+    }
+    return pending;
+  }
+
+  /** The pending failures of a tick, judged again now that the waiting I/O was read. */
+  private judge(): void {
+    if (this.closed) return;
+    const now = this.clock.now();
+    for (const p of this.slots) if (p && !p.closed) this.liveness(p, now, true);
   }
 
   /** Control frames (PMTU probes) from this thread: lane 0, allocating (a few per probe period). */

@@ -7,6 +7,7 @@ import type { Registry } from 'prom-client';
 import { WeaveError, errMsg } from '../../lib/errors';
 import { componentLogger, type Logger } from '../../lib/log';
 import type { Clock } from '../../lib/clock';
+import { NO_LAG, type LagCredit } from '../../lib/lag';
 import { counterFrom, gaugeFrom } from '../../lib/metrics';
 import type { ApiRoute, Part } from '../../lib/subsystem';
 import { loadIdentity, type Identity } from '../../mesh/peer';
@@ -48,10 +49,10 @@ export function pidFilePart(cfg: RouterConfig): Part {
  */
 export interface WirePart extends Part { crypto: CryptoEngine; transport: TcpTransport; routeEvents: LateRouteSource }
 
-export function buildWire(cfg: RouterConfig, identity: Identity, root: Logger, clock: Clock): WirePart {
+export function buildWire(cfg: RouterConfig, identity: Identity, root: Logger, clock: Clock, lag: LagCredit = NO_LAG): WirePart {
   const crypto = loadCrypto(cfg.crypto ?? 'sodium', componentLogger(root, 'crypto'));
   const transport = new TcpTransport({
-    host: cfg.host, port: cfg.port, password: cfg.password, crypto, clock,
+    host: cfg.host, port: cfg.port, password: cfg.password, crypto, clock, lag,
     log: componentLogger(root, 'transport'),
     trusts: (ip) => inSubnets(cfg.trustedSubnets, ip),
   });

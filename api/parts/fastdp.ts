@@ -7,6 +7,7 @@ import type { Registry } from 'prom-client';
 import { WeaveError, errMsg } from '../../lib/errors';
 import { componentLogger, type Logger } from '../../lib/log';
 import type { Clock } from '../../lib/clock';
+import { NO_LAG, type LagCredit } from '../../lib/lag';
 import { counterFrom } from '../../lib/metrics';
 import type { Part } from '../../lib/subsystem';
 import type { Identity } from '../../mesh/peer';
@@ -37,13 +38,13 @@ export interface OverlaysPart extends Part {
 }
 
 /** Builds fastdp if it can (else says why) and the overlay switch over it and the sleeve. */
-export async function buildOverlays(cfg: RouterConfig, identity: Identity, s: SleevePart, host: HostPart, root: Logger, clock: Clock): Promise<OverlaysPart> {
+export async function buildOverlays(cfg: RouterConfig, identity: Identity, s: SleevePart, host: HostPart, root: Logger, clock: Clock, lag: LagCredit = NO_LAG): Promise<OverlaysPart> {
   const log = componentLogger(root, 'fastdp');
   let disabled: string | undefined = cfg.fastdp ? undefined : 'disabled by flag';
   let fd: FastDpParts | undefined;
   if (cfg.fastdp) {
     try {
-      fd = await startFastDp(cfg, identity, s, host, log, clock);
+      fd = await startFastDp(cfg, identity, s, host, log, clock, lag);
     } catch (e) {
       disabled = `fastdp unavailable: ${errMsg(e)}`;
       log.warn({ err: errMsg(e) }, 'fast datapath cannot start; the sleeve carries all traffic');
@@ -85,7 +86,7 @@ export async function buildOverlays(cfg: RouterConfig, identity: Identity, s: Sl
   };
 }
 
-async function startFastDp(cfg: RouterConfig, identity: Identity, s: SleevePart, host: HostPart, log: Logger, clock: Clock): Promise<FastDpParts> {
+async function startFastDp(cfg: RouterConfig, identity: Identity, s: SleevePart, host: HostPart, log: Logger, clock: Clock, lag: LagCredit): Promise<FastDpParts> {
   const io = loadTunIo(log);
   if (!io) throw new WeaveError('ENOADDON', 'the native addon is needed for DF heartbeats');
   const underlay = cfg.host && cfg.host !== '0.0.0.0' && cfg.host !== '::' ? cfg.host : await detectUnderlayAddress(host.ctx);
@@ -101,7 +102,7 @@ async function startFastDp(cfg: RouterConfig, identity: Identity, s: SleevePart,
     vxlan.start(VXLAN_RESYNC_MS);
     const xfrm = esp.ok ? new XfrmManager({ ctx: host.ctx, log, port: vxlanPortFor(cfg.port) }) : undefined;
     const fastdp = new FastDp({
-      name: identity.name, clock, log, host: vxlan,
+      name: identity.name, clock, lag, log, host: vxlan,
       // the heartbeat socket binds to the VTEP address, so it opens and closes with the device
       io: new DeviceHeartbeatIo(() => new NativeHeartbeatIo(io, vtep, DEFAULT_FASTDP_HB_PORT, s.sleeve.underlayMtu), vxlan, log),
       underlay, mac: vtepMacFor(identity.name), vtep, port: vxlanPortFor(cfg.port), mtu, esp, xfrm,

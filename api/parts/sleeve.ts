@@ -4,6 +4,7 @@ import type { Registry } from 'prom-client';
 import { errMsg } from '../../lib/errors';
 import { componentLogger, type Logger } from '../../lib/log';
 import type { Clock } from '../../lib/clock';
+import type { LagCredit } from '../../lib/lag';
 import { counterFrom, gaugeFrom } from '../../lib/metrics';
 import type { Part } from '../../lib/subsystem';
 import type { PeerName } from '../../mesh/peer';
@@ -53,14 +54,14 @@ export function startRouteSync(host: HostPart): Part {
 
 export interface SleevePart extends Part { sleeve: Sleeve; prefixes: PrefixTable }
 
-export interface SleeveInputs { name: PeerName; crypto: CryptoEngine; routeEvents: RouteSource }
+export interface SleeveInputs { name: PeerName; crypto: CryptoEngine; routeEvents: RouteSource; lag?: LagCredit }
 
 /** The TUN device and UDP socket with their packet loops, and the table of announced prefixes they forward by. */
 export async function buildSleeve(cfg: RouterConfig, inputs: SleeveInputs, host: HostPart, root: Logger, clock: Clock): Promise<SleevePart> {
   const log = componentLogger(root, 'sleeve');
   const prefixes = new PrefixTable(inputs.name, clock, componentLogger(root, 'prefixes'));
   const sleeve = await createSleeve({
-    name: inputs.name, clock, log, crypto: inputs.crypto, routes: inputs.routeEvents, prefixes,
+    name: inputs.name, clock, lag: inputs.lag, log, crypto: inputs.crypto, routes: inputs.routeEvents, prefixes,
     reconciler: host.routes, ctx: host.ctx, port: cfg.port, bindIp: cfg.host || undefined,
     ioMode: cfg.sleeve.io, tunOffload: cfg.sleeve.offload, boxes: cfg.sleeve.boxes,
     spinUs: cfg.sleeve.spinUs, threads: cfg.sleeve.threads,

@@ -40,7 +40,7 @@ test('start-up failure at every step stops what was built, in reverse order, and
   const order: string[] = [];
   await (await runRouter(cfg, { log: new MemoryLogger(), steps: fakeSteps(undefined, order), installSignalHandlers: false })).stop('test');
   const built = order.filter((e) => e.startsWith('build ')).map((e) => e.slice(6));
-  assert.deepEqual(built, ['openDataDir', 'hostState', 'buildWire', 'buildSleeve', 'buildOverlays', 'buildMesh', 'wireForwarding', 'buildEndpoints', 'ipam', 'dns', 'buildEvents', 'buildUi', 'restoreEndpoints', 'startRouteSync', 'trimMalloc', 'startMesh', 'passwordRotation', 'serveApi', 'pidFilePart']);
+  assert.deepEqual(built, ['openDataDir', 'hostState', 'watchLag', 'buildWire', 'buildSleeve', 'buildOverlays', 'buildMesh', 'wireForwarding', 'buildEndpoints', 'ipam', 'dns', 'buildEvents', 'buildUi', 'restoreEndpoints', 'startRouteSync', 'trimMalloc', 'startMesh', 'passwordRotation', 'serveApi', 'pidFilePart']);
   assert.deepEqual(order.filter((e) => e.startsWith('stop ')).map((e) => e.slice(5)), [...built].reverse(), 'a clean stop runs the same reverse order');
 
   for (const [i, step] of built.entries()) {

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { FakeClock } from '../../lib/clock';
+import { LagMonitor, type LagCredit } from '../../lib/lag';
 import { loadCrypto, tweetnaclEngine, type CryptoEngine } from '../../mesh/crypto';
 import { MemoryLogger, silentLogger } from '../../lib/log';
 import type { PeerName } from '../../mesh/peer';
@@ -51,7 +52,7 @@ class Lab {
   readonly handles: SleeveHandle[] = [];
   readonly protocolErrors: string[] = [];
 
-  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger; boxes?: BoxKind; routeSource?: RouteSource } = {}): Node {
+  add(name: PeerName, ip: string, prefixes: string[], o: { crypto?: CryptoEngine; underlayMtu?: number; log?: MemoryLogger; boxes?: BoxKind; routeSource?: RouteSource; lag?: LagCredit } = {}): Node {
     const log = o.log ?? silentLogger();
     const tun = new ChannelTun();
     const udp = this.net.bind(ip, 6783);
@@ -62,7 +63,7 @@ class Lab {
     const sleeve = new Sleeve({
       name, clock: this.clock, log, crypto: o.crypto ?? sodium, routes: o.routeSource ?? routes, prefixes: pt, tun, udp,
       host: { tunUp: async () => {}, setRoutes: (r) => { routesSet.push(r); } },
-      underlayMtu: o.underlayMtu, boxes: o.boxes,
+      underlayMtu: o.underlayMtu, boxes: o.boxes, lag: o.lag,
     });
     const n: Node = { name, ip, tun, sleeve, prefixes: pt, routes, routesSet, events: [] };
     this.nodes.push(n);
@@ -504,6 +505,67 @@ test('heartbeats lost -> failed; never established -> failed with a reason', asy
     assert.match(c.events[0], /^fail:.*no sleeve heartbeats both ways/);
   } finally {
     lab.close();
+  }
+});
+
+/** Two established routers on one FakeClock, each with a lag monitor on it (lib/lag.ts) or none. */
+async function lagLab(withLag: boolean) {
+  const lab = new Lab();
+  const monitors = withLag ? [new LagMonitor({ clock: lab.clock }), new LagMonitor({ clock: lab.clock })] : [];
+  for (const m of monitors) m.start();
+  const a = lab.add(A, '198.18.0.1', ['10.32.1.0/24'], { lag: monitors[0] });
+  const b = lab.add(B, '198.18.0.2', ['10.32.2.0/24'], { lag: monitors[1] });
+  lab.syncPrefixes();
+  a.routes.hops.set(B, B);
+  b.routes.hops.set(A, A);
+  lab.connect(a, b, sodium.randomBytes(32));
+  await lab.until(() => a.events.includes(`up:${B}`) && b.events.includes(`up:${A}`), 'established');
+  await lab.forwarding();
+  // idle: beats once per 10 s window
+  for (let i = 0; i < 12; i++) { lab.clock.advance(1000); await lab.settle(); }
+  const close = (): void => { for (const m of monitors) m.stop(); lab.close(); };
+  return { lab, a, b, close };
+}
+
+for (const withLag of [true, false]) {
+  test(`a 30 s stall of the whole host (both routers) ${withLag ? 'keeps the path: the stall is credited and the data sent meanwhile arrives' : 'without lag credit loses the path on both ends'}`, async () => {
+    const { lab, a, b, close } = await lagLab(withLag);
+    try {
+      assert.deepEqual([a.events.length, b.events.length], [1, 1]);
+      lab.clock.stall(30_000); // longer than the 25 s silence limit, no timer fires meanwhile
+      b.tun.inject(ipv4Packet({ src: '10.32.2.7', dst: '10.32.1.5', payload: marker('during the stall') }));
+      for (let i = 0; i < 20; i++) { lab.clock.advance(250); await lab.settle(); }
+      const fails = [...a.events, ...b.events].filter((e) => e.startsWith('fail:'));
+      if (withLag) {
+        assert.deepEqual(fails, []);
+        assert.ok(a.tun.written.some((p) => p.includes(marker('during the stall'))), 'the packet sent during the stall was delivered');
+      } else {
+        assert.ok(fails.length >= 2, `both ends declared the path lost: ${fails.join(', ')}`);
+      }
+    } finally {
+      close();
+    }
+  });
+}
+
+test('a silent peer is still declared lost under permanent saturation: within the silence limit plus the cap', async () => {
+  const { lab, a, close } = await lagLab(true);
+  try {
+    const t0 = lab.clock.now();
+    lab.net.drop = () => true;
+    // the loop is blocked 2 s of every 2.25 s, for as long as it takes
+    while (!a.events.some((e) => e.startsWith('fail:')) && lab.clock.now() - t0 < 120_000) {
+      lab.clock.stall(2000);
+      lab.clock.advance(250);
+      await lab.settle();
+    }
+    const took = lab.clock.now() - t0;
+    assert.match(a.events.find((e) => e.startsWith('fail:')) ?? '', /heartbeat/);
+    // measured from the drop, which is no earlier than the last beat heard; plus one tick (1 s) and one step (2.25 s)
+    assert.ok(took > 30_000, `the stalls were credited (lost after ${took} ms)`);
+    assert.ok(took <= 25_000 + 25_000 + 1000 + 2250, `lost within limit + cap (${took} ms)`);
+  } finally {
+    close();
   }
 });
 
