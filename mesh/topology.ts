@@ -17,6 +17,18 @@
 // the same incarnation no newer than the dropped one is refused; a newer version or another uid (a
 // restart) is a live peer and is taken. When the far side of a healed partition comes back with an
 // unchanged record, the caller lifts the memory (forgetDropped) once a reachable peer lists it again.
+//
+// Deltas: a record lists all of its owner's connections (~3 KB at 100 peers) and every version of
+// it reaches every peer, so while 100 routers form, whole records were half of each router's control
+// traffic. A version can instead travel as the change from an earlier one (RecordDelta: connections
+// added or changed, names removed, the nickname if it changed). Since (name, uid, version) fixes a
+// record's content, a receiver holding exactly the delta's base makes exactly the owner's record
+// (connections in name order, as owners keep them), so digests and hashes agree with full records.
+// A receiver without that base (a gap, another incarnation, a dropped record) must not guess: it
+// reports the name missing and the caller fetches the full record. Deltas ride in Records messages
+// (field x) beside full records; a router that predates them must never get one (it ignores the field
+// today, but the mesh offers deltas in the handshake's features and sends them only where both
+// ends did), and decoding stays as strict as for full records.
 import { createHash } from 'crypto';
 import { ProtocolError } from '../lib/errors';
 import type { PeerName } from './peer';
@@ -38,6 +50,21 @@ export interface PeerRecord {
   connections: ConnInfo[];
 }
 
+/**
+ * A record version as the change from an earlier version of the same incarnation (see the header):
+ * connections added or changed, names of connections removed, the nickname only when it changed.
+ */
+export interface RecordDelta {
+  name: PeerName;
+  uid: string;
+  /** the version this delta applies to; the receiver must hold exactly (name, uid, base) */
+  base: number;
+  version: number;
+  nickname?: string;
+  changed: ConnInfo[];
+  removed: PeerName[];
+}
+
 export const TOPOLOGY_WIRE_VERSION = 1;
 const MAX_PEERS = 100_000;
 const MAX_CONNS = 10_000;
@@ -57,7 +84,7 @@ export const TopoKind = {
 export type DigestEntry = [PeerName, string, number];
 
 export type TopologyMsg =
-  | { kind: 0; peers: PeerRecord[]; want: PeerName[] }
+  | { kind: 0; peers: PeerRecord[]; want: PeerName[]; deltas?: RecordDelta[] }
   | { kind: 1; digest: DigestEntry[] }
   | { kind: 2; hash: string }
   | { kind: 3; code: string; message: string };
@@ -79,6 +106,13 @@ export interface MergeResult {
   dropped: PeerName[];
   /** highest version seen of a record about our own name with a uid other than ours */
   selfConflict?: { uid: string; version: number; nickname: string };
+}
+
+export interface DeltaMergeResult extends MergeResult {
+  /** names whose delta did not apply (we lack its base): ask the sender for the full record */
+  missing: PeerName[];
+  /** for each changed name, the record the delta was applied to (a relay passes the change on from it) */
+  bases: Map<PeerName, PeerRecord>;
 }
 
 /** A record dropped as unreachable, and when. */
@@ -143,36 +177,55 @@ export class Topology {
   }
 
   merge(records: PeerRecord[]): MergeResult {
-    const changed: PeerName[] = [];
-    const same: PeerName[] = [];
-    const older: PeerName[] = [];
-    const dropped: PeerName[] = [];
-    let selfConflict: MergeResult['selfConflict'];
-    for (const r of records) {
-      if (r.name === this.self) {
-        const me = this.ourself;
-        if (r.uid !== me.uid && (!selfConflict || r.version > selfConflict.version)) selfConflict = { uid: r.uid, version: r.version, nickname: r.nickname };
-        else if (r.uid === me.uid && r.version < me.version) older.push(r.name);
-        continue;
-      }
-      const cur = this.peers.get(r.name);
-      if (cur && !newerThan(r, cur)) {
-        if (cur.uid === r.uid && cur.version === r.version) same.push(r.name);
-        else older.push(r.name);
-        continue;
-      }
-      if (this.isDropped(r)) {
-        dropped.push(r.name);
-        continue;
-      }
-      // a newer version of the dropped incarnation is alive after all; a restart's record leaves the
-      // memory in place, so copies of the previous incarnation stay out
-      if (this.droppedRecords.get(r.name)?.record.uid === r.uid) this.droppedRecords.delete(r.name);
-      this.peers.set(r.name, r);
-      changed.push(r.name);
+    const res: MergeResult = { changed: [], same: [], older: [], dropped: [] };
+    for (const r of records) this.mergeOne(r, () => r, res);
+    if (res.changed.length) this.touched();
+    return res;
+  }
+
+  /**
+   * Applies deltas whose base we hold: the same rule as merge for each delta's (name, uid, version),
+   * and a delta we cannot apply (we lack its base, or it does not fit the base) is reported missing.
+   */
+  mergeDeltas(deltas: RecordDelta[]): DeltaMergeResult {
+    const res: DeltaMergeResult = { changed: [], same: [], older: [], dropped: [], missing: [], bases: new Map() };
+    for (const d of deltas) {
+      this.mergeOne({ name: d.name, uid: d.uid, version: d.version, nickname: d.nickname ?? '' }, (cur) => {
+        const next = cur ? applyDelta(cur, d) : null;
+        if (!next) res.missing.push(d.name);
+        else res.bases.set(d.name, cur!);
+        return next;
+      }, res);
     }
-    if (changed.length) this.touched();
-    return selfConflict ? { changed, same, older, dropped, selfConflict } : { changed, same, older, dropped };
+    if (res.changed.length) this.touched();
+    return res;
+  }
+
+  /** The merge rule for one record; build gives the record to store (null: cannot build it, skip). */
+  private mergeOne(r: { name: PeerName; uid: string; version: number; nickname: string }, build: (cur: PeerRecord | undefined) => PeerRecord | null, res: MergeResult): void {
+    if (r.name === this.self) {
+      const me = this.ourself;
+      if (r.uid !== me.uid && (!res.selfConflict || r.version > res.selfConflict.version)) res.selfConflict = { uid: r.uid, version: r.version, nickname: r.nickname };
+      else if (r.uid === me.uid && r.version < me.version) res.older.push(r.name);
+      return;
+    }
+    const cur = this.peers.get(r.name);
+    if (cur && !newerThan(r, cur)) {
+      if (cur.uid === r.uid && cur.version === r.version) res.same.push(r.name);
+      else res.older.push(r.name);
+      return;
+    }
+    if (this.isDropped(r)) {
+      res.dropped.push(r.name);
+      return;
+    }
+    const next = build(cur);
+    if (!next) return;
+    // a newer version of the dropped incarnation is alive after all; a restart's record leaves the
+    // memory in place, so copies of the previous incarnation stay out
+    if (this.droppedRecords.get(r.name)?.record.uid === r.uid) this.droppedRecords.delete(r.name);
+    this.peers.set(r.name, next);
+    res.changed.push(r.name);
   }
 
   /** Is r (or the record a digest entry names) the incarnation we dropped, at no newer a version? */
@@ -313,6 +366,47 @@ export class Topology {
   }
 }
 
+/**
+ * The change from base to r as a delta, or null when there is none to send: another peer or
+ * incarnation, or r is not newer than base.
+ */
+export function recordDelta(base: PeerRecord, r: PeerRecord): RecordDelta | null {
+  if (base.name !== r.name || base.uid !== r.uid || base.version >= r.version) return null;
+  const before = new Map<PeerName, ConnInfo>();
+  for (const c of base.connections) before.set(c.name, c);
+  const changed: ConnInfo[] = [];
+  for (const c of r.connections) {
+    const b = before.get(c.name);
+    if (!b || b.address !== c.address || b.outbound !== c.outbound || b.established !== c.established) changed.push(c);
+    before.delete(c.name);
+  }
+  const d: RecordDelta = { name: r.name, uid: r.uid, base: base.version, version: r.version, changed, removed: [...before.keys()] };
+  if (r.nickname !== base.nickname) d.nickname = r.nickname;
+  return d;
+}
+
+/**
+ * The record d makes of base, or null when d does not belong to base (another peer, incarnation or
+ * version) or does not fit it (removes a connection base lacks, or grows past MAX_CONNS): the
+ * receiver then asks for the full record. Connections come out sorted by name, as their owner keeps
+ * them (setLocalConnections), so the result is the owner's record exactly.
+ */
+export function applyDelta(base: PeerRecord, d: RecordDelta): PeerRecord | null {
+  if (base.name !== d.name || base.uid !== d.uid || base.version !== d.base) return null;
+  const conns = new Map<PeerName, ConnInfo>();
+  for (const c of base.connections) conns.set(c.name, c);
+  for (const n of d.removed) if (!conns.delete(n)) return null;
+  for (const c of d.changed) conns.set(c.name, c);
+  if (conns.size > MAX_CONNS) return null;
+  const connections = [...conns.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return { name: d.name, nickname: d.nickname ?? base.nickname, uid: d.uid, version: d.version, connections };
+}
+
+/** Is d (the change to r) worth sending instead of r, i.e. smaller on the wire? */
+export function preferDelta(d: RecordDelta, r: PeerRecord): boolean {
+  return encodeMsg(deltaToWire(d)).length < packedRecord(r).length;
+}
+
 function sortedNames(a: PeerName[]): boolean {
   for (let i = 1; i < a.length; i++) if (a[i - 1] > a[i]) return false;
   return true;
@@ -329,14 +423,23 @@ function sameConns(a: ConnInfo[], b: ConnInfo[]): boolean {
 }
 
 // ---- wire format ----
-// {v:1, k: 0, p: [[name, nickname, uid, version, [[name, address, outbound 0|1, established 0|1], ...]], ...], w?: [name...]}
+// {v:1, k: 0, p: [[name, nickname, uid, version, [[name, address, outbound 0|1, established 0|1], ...]], ...], w?: [name...],
+//               x?: [[name, uid, base, version, nickname|nil, [[connection as in p], ...], [removed name, ...]], ...]}
 // {v:1, k: 1, d: [[name, uid, version], ...]}
 // {v:1, k: 2, h: string}
 // {v:1, k: 3, c: code, m: message}
 // Records are arrays rather than maps: a 1000-peer view is sent often enough that repeating keys matters.
 
+function connToWire(c: ConnInfo): unknown[] {
+  return [c.name, c.address, c.outbound ? 1 : 0, c.established ? 1 : 0];
+}
+
 function recordToWire(r: PeerRecord): unknown[] {
-  return [r.name, r.nickname, r.uid, r.version, r.connections.map((c) => [c.name, c.address, c.outbound ? 1 : 0, c.established ? 1 : 0])];
+  return [r.name, r.nickname, r.uid, r.version, r.connections.map(connToWire)];
+}
+
+function deltaToWire(d: RecordDelta): unknown[] {
+  return [d.name, d.uid, d.base, d.version, d.nickname ?? null, d.changed.map(connToWire), d.removed];
 }
 
 // Records are immutable (a change replaces the record), so each version is packed once per router
@@ -354,8 +457,12 @@ function packedRecord(r: PeerRecord): Uint8Array {
 
 export function encodeTopology(m: TopologyMsg): Uint8Array {
   switch (m.kind) {
-    case TopoKind.Records:
-      return encodeMsgWithPacked(m.want.length ? { v: TOPOLOGY_WIRE_VERSION, k: 0, w: m.want } : { v: TOPOLOGY_WIRE_VERSION, k: 0 }, 'p', m.peers.map(packedRecord));
+    case TopoKind.Records: {
+      const fields: Record<string, unknown> = { v: TOPOLOGY_WIRE_VERSION, k: 0 };
+      if (m.want.length) fields.w = m.want;
+      if (m.deltas?.length) fields.x = m.deltas.map(deltaToWire);
+      return encodeMsgWithPacked(fields, 'p', m.peers.map(packedRecord));
+    }
     case TopoKind.Digest:
       return encodeMsg({ v: TOPOLOGY_WIRE_VERSION, k: 1, d: m.digest });
     case TopoKind.Hash:
@@ -374,20 +481,49 @@ function decodeRecord(v: unknown, i: number): PeerRecord {
   const uid = wantString(a[2], `${what} uid`, 64);
   if (uid.length === 0) throw new ProtocolError(`${what}: empty uid`);
   const version = wantInt(a[3], `${what} version`, 1, Number.MAX_SAFE_INTEGER);
-  const rawConns = wantArray(a[4], `${what} connections`, MAX_CONNS);
+  const connections = decodeConns(a[4], what, name, new Set());
+  return { name, nickname, uid, version, connections };
+}
+
+/** A list of connections of owner's record; names in seen (and those decoded) may not repeat. */
+function decodeConns(v: unknown, what: string, owner: PeerName, seen: Set<PeerName>): ConnInfo[] {
+  const rawConns = wantArray(v, `${what} connections`, MAX_CONNS);
   const connections: ConnInfo[] = [];
-  const seen = new Set<PeerName>();
   for (let j = 0; j < rawConns.length; j++) {
     const cw = `${what} connection ${j}`;
     const c = wantArray(rawConns[j], cw, 4);
     if (c.length !== 4) throw new ProtocolError(`${cw}: expected 4 fields`, { got: c.length });
     const cname = wantPeerName(c[0], `${cw} name`);
-    if (cname === name) throw new ProtocolError(`${cw}: connection to itself`);
+    if (cname === owner) throw new ProtocolError(`${cw}: connection to itself`);
     if (seen.has(cname)) throw new ProtocolError(`${cw}: duplicate connection`, { peer: cname });
     seen.add(cname);
     connections.push({ name: cname, address: wantString(c[1], `${cw} address`, 300), outbound: wantBool(c[2], `${cw} outbound`), established: wantBool(c[3], `${cw} established`) });
   }
-  return { name, nickname, uid, version, connections };
+  return connections;
+}
+
+function decodeDelta(v: unknown, i: number): RecordDelta {
+  const what = `topology delta ${i}`;
+  const a = wantArray(v, what, 7);
+  if (a.length !== 7) throw new ProtocolError(`${what}: expected 7 fields`, { got: a.length });
+  const name = wantPeerName(a[0], `${what} name`);
+  const uid = wantString(a[1], `${what} uid`, 64);
+  if (uid.length === 0) throw new ProtocolError(`${what}: empty uid`);
+  const base = wantInt(a[2], `${what} base version`, 1, Number.MAX_SAFE_INTEGER - 1);
+  const version = wantInt(a[3], `${what} version`, base + 1, Number.MAX_SAFE_INTEGER);
+  // one name may appear once, as changed or as removed
+  const seen = new Set<PeerName>();
+  const changed = decodeConns(a[5], what, name, seen);
+  const removed = wantArray(a[6], `${what} removed`, MAX_CONNS).map((n, j) => {
+    const rn = wantPeerName(n, `${what} removed ${j}`);
+    if (rn === name) throw new ProtocolError(`${what} removed ${j}: connection to itself`);
+    if (seen.has(rn)) throw new ProtocolError(`${what} removed ${j}: named twice`, { peer: rn });
+    seen.add(rn);
+    return rn;
+  });
+  const d: RecordDelta = { name, uid, base, version, changed, removed };
+  if (a[4] !== null) d.nickname = wantString(a[4], `${what} nickname`, 255);
+  return d;
 }
 
 export function decodeTopology(buf: Uint8Array): TopologyMsg {
@@ -398,7 +534,16 @@ export function decodeTopology(buf: Uint8Array): TopologyMsg {
     const raw = wantArray(o.p, 'topology records', MAX_PEERS);
     const peers = raw.map(decodeRecord);
     const want: PeerName[] = o.w === undefined ? [] : wantArray(o.w, 'topology want', MAX_PEERS).map((n, i) => wantPeerName(n, `topology want ${i}`));
-    return { kind: 0, peers, want };
+    if (o.x === undefined) return { kind: 0, peers, want };
+    // at most one record or delta per name: which of two would apply first is nobody's business
+    const names = new Set(peers.map((p) => p.name));
+    const deltas = wantArray(o.x, 'topology deltas', MAX_PEERS).map((v, i) => {
+      const d = decodeDelta(v, i);
+      if (names.has(d.name)) throw new ProtocolError(`topology delta ${i}: a second record or delta of one peer`, { peer: d.name });
+      names.add(d.name);
+      return d;
+    });
+    return { kind: 0, peers, want, deltas };
   }
   if (k === TopoKind.Digest) {
     const raw = wantArray(o.d, 'topology digest', MAX_PEERS);

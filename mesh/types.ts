@@ -19,6 +19,12 @@ export interface Features {
   trusted: boolean;
   /** where this router listens, so peers can dial back (discovery) */
   listenPort: number;
+  /**
+   * this side takes topology records as deltas (mesh/topology.ts RecordDelta). Absent on routers
+   * that predate them, which must get full records only: they close a connection on a topology
+   * message they cannot decode.
+   */
+  topologyDeltas?: boolean;
 }
 
 /** Message type numbers on a connection. 0-31 belong to the mesh; 32+ to overlays (router/, ipsec/). */

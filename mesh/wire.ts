@@ -178,6 +178,8 @@ export function encodeFeatures(f: Features): Uint8Array {
     overlayParams: f.overlayParams,
     trusted: f.trusted,
     listenPort: f.listenPort,
+    // only when set: a field an older decoder ignores (it reads the fields it knows)
+    ...(f.topologyDeltas ? { topologyDeltas: true } : {}),
   });
 }
 
@@ -250,7 +252,10 @@ export function decodeFeatures(b: Uint8Array): Features {
   if (typeof o.trusted !== 'boolean') throw new ProtocolError('features: trusted must be a boolean');
   const lp = o.listenPort;
   if (typeof lp !== 'number' || !Number.isInteger(lp) || lp < 0 || lp > 65535) throw new ProtocolError('features: listenPort must be an integer 0..65535');
-  return { name, nickname, uid, connId, overlays: ov.slice() as string[], overlayParams, trusted: o.trusted, listenPort: lp };
+  if (o.topologyDeltas !== undefined && typeof o.topologyDeltas !== 'boolean') throw new ProtocolError('features: topologyDeltas must be a boolean');
+  const f: Features = { name, nickname, uid, connId, overlays: ov.slice() as string[], overlayParams, trusted: o.trusted, listenPort: lp };
+  if (o.topologyDeltas === true) f.topologyDeltas = true;
+  return f;
 }
 
 // ---------------------------------------------------------------- framing

@@ -152,6 +152,10 @@ function meshMetrics(reg: Registry, mesh: Mesh, transport: TcpTransport): void {
     { labels: { direction: 'in' }, value: tc().framesIn }, { labels: { direction: 'out' }, value: tc().framesOut },
   ], ['direction']);
   counterFrom(reg, 'weave_topology_stale_records_refused_total', 'Topology records refused as stale copies of peers this router dropped as unreachable (gossip about dead peers that neighbours still held).', () => mesh.stats.droppedRecordsRefused);
+  counterFrom(reg, 'weave_topology_deltas_total', 'Topology record deltas by outcome: sent (one per neighbour), applied, or not applicable here (the base version was missing, so the full record was asked for).', () => [
+    { labels: { outcome: 'sent' }, value: mesh.stats.topologyDeltasOut }, { labels: { outcome: 'applied' }, value: mesh.stats.topologyDeltasApplied },
+    { labels: { outcome: 'gap' }, value: mesh.stats.topologyDeltaGaps },
+  ], ['outcome']);
   counterFrom(reg, 'weave_mesh_message_bytes_total', 'Mesh message bytes (payloads, before framing and sealing) by direction and kind: topology.records|digest|hash|refused, gossip.<channel> received (gossip sent is one kind), overlay received.', () => [
     ...Object.entries(mesh.stats.bytesIn).map(([kind, value]) => ({ labels: { direction: 'in', kind }, value })),
     ...Object.entries(mesh.stats.bytesOut).map(([kind, value]) => ({ labels: { direction: 'out', kind }, value })),

@@ -489,6 +489,8 @@ export interface MeshSimOptions {
   targets?: (i: number, random: () => number) => number[];
   log?: Logger;
   extra?: Partial<MeshOptions>;
+  /** per peer index, on top of extra (e.g. routers that predate a feature among those that have it) */
+  extraFor?: (i: number) => Partial<MeshOptions>;
   /** every peer runs the sleeve's liveness (test/fakes/sim-sleeve.ts) as its overlay */
   sleeve?: boolean;
 }
@@ -540,6 +542,7 @@ export class MeshSim {
       random: this.random,
       gossipIntervalMs: this.o.gossipIntervalMs ?? 5000,
       ...this.o.extra,
+      ...this.o.extraFor?.(i),
     });
   }
 

@@ -465,6 +465,34 @@ test('a restarted peer (same name, new uid) replaces its old record everywhere',
   for (const m of sim.alive()) await m.stop();
 });
 
+test('a full mesh of 50 forms with topology deltas, sending fewer record bytes than full records in the same run', async (t) => {
+  const form = async (deltas: boolean) => {
+    const sim = new MeshSim(new HeapClock(), { n: 50, seed: 31, discovery: true, extra: { topologyDeltas: deltas } });
+    await sim.start();
+    const full = () => sim.alive().every((m) => m.connectionStatuses().filter((c) => c.state === 'established').length === 49);
+    const ms = await sim.runUntil(() => full() && sim.converged(), 120_000, 100);
+    assert.ok(ms >= 0, `full mesh of 50 with one view (deltas ${deltas})`);
+    const peers = sim.alive();
+    const sum = (f: (m: Mesh) => number) => peers.reduce((a, m) => a + f(m), 0);
+    const own = new Map(peers.map((m) => [m.name, m.peerRecords().find((r) => r.name === m.name)]));
+    for (const m of peers) for (const r of m.peerRecords()) assert.deepEqual(r, own.get(r.name), 'each view holds every owner\'s record exactly');
+    const figures = {
+      ms, records: sum((m) => m.stats.bytesOut['topology.records'] ?? 0), digest: sum((m) => m.stats.bytesOut['topology.digest'] ?? 0),
+      messages: sum((m) => m.stats.topologyMessagesOut), deltas: sum((m) => m.stats.topologyDeltasOut), applied: sum((m) => m.stats.topologyDeltasApplied), gaps: sum((m) => m.stats.topologyDeltaGaps),
+    };
+    for (const m of peers) await m.stop();
+    return figures;
+  };
+  const withDeltas = await form(true);
+  const fullOnly = await form(false);
+  const line = (f: typeof withDeltas) => `${(f.ms / 1000).toFixed(1)} s, records ${f.records} B, digests ${f.digest} B, ${f.messages} topology messages, deltas sent ${f.deltas} applied ${f.applied} gaps ${f.gaps}`;
+  t.diagnostic(`full mesh of 50, deltas: ${line(withDeltas)}`);
+  t.diagnostic(`full mesh of 50, full records only: ${line(fullOnly)}`);
+  assert.equal(fullOnly.deltas, 0);
+  assert.ok(withDeltas.applied > 0);
+  assert.ok(withDeltas.records < fullOnly.records, 'deltas send fewer record bytes');
+});
+
 test('5 of 50 killed, each survivor noticing at its own time: every view drops each dead peer once (no return through stale gossip) and settles', async () => {
   const sim = new MeshSim(new HeapClock(), { n: 50, seed: 23, discovery: true });
   await sim.start();

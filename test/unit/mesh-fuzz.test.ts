@@ -31,6 +31,25 @@ function checkTopology(m: TopologyMsg): void {
       }
     }
     for (const w of m.want) assert.ok(isPeerName(w));
+    const names = new Set(m.peers.map((r) => r.name));
+    for (const d of m.deltas ?? []) {
+      assert.ok(isPeerName(d.name) && !names.has(d.name), 'one record or delta per peer');
+      names.add(d.name);
+      assert.ok(Number.isSafeInteger(d.base) && d.base >= 1 && Number.isSafeInteger(d.version) && d.version > d.base);
+      assert.ok(typeof d.uid === 'string' && d.uid.length > 0);
+      assert.ok(d.nickname === undefined || typeof d.nickname === 'string');
+      const seen = new Set<string>();
+      for (const c of d.changed) {
+        assert.ok(isPeerName(c.name) && c.name !== d.name && !seen.has(c.name));
+        seen.add(c.name);
+        assert.equal(typeof c.outbound, 'boolean');
+        assert.equal(typeof c.established, 'boolean');
+      }
+      for (const n of d.removed) {
+        assert.ok(isPeerName(n) && n !== d.name && !seen.has(n));
+        seen.add(n);
+      }
+    }
   } else if (m.kind === 1) {
     for (const [n, u, v] of m.digest) assert.ok(isPeerName(n) && typeof u === 'string' && Number.isSafeInteger(v));
   }
@@ -63,13 +82,15 @@ test('fuzz: random msgpack values (structured junk) into the decoders', () => {
       { depthSize: 'small' },
       fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.string({ maxLength: 20 }), peerName, fc.uint8Array({ maxLength: 8 }),
       fc.array(tie('v'), { maxLength: 5 }),
-      fc.dictionary(fc.constantFrom('v', 'k', 'p', 'w', 'd', 'h', 'c', 'm', 'channel', 'kind', 'src', 'dst', 'payload'), tie('v'), { maxKeys: 6 }),
+      fc.dictionary(fc.constantFrom('v', 'k', 'p', 'w', 'x', 'd', 'h', 'c', 'm', 'channel', 'kind', 'src', 'dst', 'payload'), tie('v'), { maxKeys: 6 }),
     ),
   })).v;
   const shaped = fc.record({
     v: fc.oneof(fc.constant(1), junk),
     k: fc.oneof(fc.integer({ min: 0, max: 3 }), junk),
     p: fc.oneof(fc.array(fc.tuple(peerName, fc.string(), fc.string(), fc.integer(), fc.array(fc.tuple(peerName, fc.string(), fc.oneof(fc.boolean(), fc.integer()), fc.boolean()), { maxLength: 3 })), { maxLength: 3 }), junk),
+    x: fc.oneof(fc.array(fc.tuple(peerName, fc.string({ maxLength: 3 }), fc.integer({ min: -1, max: 4 }), fc.integer({ min: -1, max: 6 }), fc.oneof(fc.constant(null), fc.string({ maxLength: 3 }), junk),
+      fc.array(fc.tuple(peerName, fc.string(), fc.oneof(fc.boolean(), fc.integer()), fc.boolean()), { maxLength: 3 }), fc.array(fc.oneof(peerName, junk), { maxLength: 3 })), { maxLength: 3 }), junk),
     channel: fc.oneof(fc.string({ maxLength: 10 }), junk),
     kind: fc.oneof(fc.integer({ min: -1, max: 3 }), junk),
     src: fc.oneof(peerName, junk),
@@ -93,6 +114,7 @@ test('fuzz: random msgpack values (structured junk) into the decoders', () => {
 test('fuzz: single-byte mutations of valid messages', () => {
   const valid: Uint8Array[] = [
     encodeTopology({ kind: TopoKind.Records, peers: [{ name: '02:00:00:00:00:01', nickname: 'a', uid: 'u1', version: 3, connections: [{ name: '02:00:00:00:00:02', address: '10.0.0.2:6783', outbound: true, established: true }] }], want: ['02:00:00:00:00:03'] }),
+    encodeTopology({ kind: TopoKind.Records, peers: [], want: [], deltas: [{ name: '02:00:00:00:00:01', uid: 'u1', base: 3, version: 4, nickname: 'b', changed: [{ name: '02:00:00:00:00:02', address: '10.0.0.2:6783', outbound: false, established: true }], removed: ['02:00:00:00:00:03'] }] }),
     encodeTopology({ kind: TopoKind.Digest, digest: [['02:00:00:00:00:01', 'u1', 3]] }),
     encodeGossip({ channel: 'ipam', kind: GossipKind.Unicast, src: '02:00:00:00:00:01', dst: '02:00:00:00:00:02', payload: new Uint8Array([1, 2, 3]) }),
     encodeGossip({ channel: 'dns', kind: GossipKind.Broadcast, src: '02:00:00:00:00:01', payload: new Uint8Array([9]) }),

@@ -352,10 +352,17 @@ test('features: round trip, unknown fields ignored, every field validated', () =
     ['listenPort', 70000],
     ['listenPort', 1.5],
     ['listenPort', -1],
+    ['topologyDeltas', 1],
+    ['topologyDeltas', 'yes'],
   ];
   for (const [k, v] of bad) {
     assert.throws(() => decodeFeatures(pack({ ...base, [k]: v })), ProtocolError, `${k}=${JSON.stringify(v)}`);
   }
+  // topology deltas: offered only when set; an old router's features (no field) decode without it
+  const fd = { ...f, topologyDeltas: true };
+  assert.deepEqual(decodeFeatures(encodeFeatures(fd)), fd);
+  assert.deepEqual(decodeFeatures(pack({ ...base, topologyDeltas: false })), f);
+  assert.deepEqual(encodeFeatures({ ...f, topologyDeltas: false }), encodeFeatures(f), 'not offered: the frame an old router sends');
   assert.throws(() => decodeFeatures(pack([1, 2, 3])), ProtocolError);
   assert.throws(() => decodeFeatures(Buffer.from([0xc1])), ProtocolError);
   assert.throws(() => decodeFeatures(Buffer.concat([encodeFeatures(f), Buffer.from([0])])), ProtocolError, 'trailing bytes');
