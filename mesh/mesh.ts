@@ -26,10 +26,15 @@
 //  - every gossipIntervalMs: a hash of our digest to fanout neighbours; a neighbour whose view
 //    differs answers with its digest (repairs whatever the random flood missed, at ~zero cost in a
 //    steady state);
-//  - SETTLE_CHECK_MS after news we sent (at most SETTLE_CHECK_MAX_MS after the first of a burst): the
-//    same hash round once, so a peer the random flood missed is repaired within seconds of a change
-//    (peers dying: it would route to them until the next periodic round) while an idle mesh sends
-//    nothing more.
+//  - SETTLE_CHECK_MS after news we sent (a news interval and 0.5 s when that is longer; at most
+//    SETTLE_CHECK_MAX_MS after the first of a burst): the same hash round once, so a peer the random
+//    flood missed is repaired within seconds of a change (peers dying: it would route to them until
+//    the next periodic round) while an idle mesh sends nothing more;
+//  - repairs (digest answers, answers to a neighbour behind) leave out a version difference of a
+//    record whose news is still in flight (we took our copy within that settle time): in a forming
+//    mesh nearly every record is a version apart somewhere, and full records sent to fix differences
+//    the news was about to fix were most of the control traffic. A missing record, or another
+//    incarnation, is still sent at once; a real miss is found by the settle check that follows.
 // Routes and GC are recomputed recomputeDelayMs after a change, and at most once per 5 ms per peer
 // (1 s at 200 peers and more): one recompute is O(connections in the mesh), 2 ms at 100 full-meshed
 // peers, and ten a second on each of 100 routers was two cores.
@@ -157,6 +162,8 @@ const PULL_INTERVAL_MS = 1000;
 // news of it have gone round, with room for the periodic digest rounds that carry stale copies
 const DROPPED_MEMORY_MS = 10 * 60_000;
 const SETTLE_CHECK_MS = 2000;
+/** the settle check waits a news interval and this much (settleMs) */
+const SETTLE_AFTER_NEWS_MS = 500;
 // Every news flush and every recompute costs O(peers) on every router, and a forming mesh changes
 // something on each of them every few milliseconds: the floor between two of them grows with the
 // mesh so a router's work per second stays about flat, not O(N) (N^2 for the whole mesh). A failure
@@ -211,6 +218,8 @@ export class Mesh extends EventEmitter {
   /** news that came as deltas: name -> the record the first of them applied to (we pass on the change since) */
   private readonly newsBase = new Map<PeerName, PeerRecord>();
   private readonly linkChanged = new Set<PeerName>();
+  /** when we took the version of each record we hold (news of it may still be on its way: inFlight()) */
+  private readonly takenAt = new Map<PeerName, number>();
   private lastReachable = new Set<PeerName>();
   private readonly unreachableSince = new Map<PeerName, number>();
   private lastEmittedGeneration = -1;
@@ -775,7 +784,7 @@ export class Mesh extends EventEmitter {
         return;
       }
       case TopoKind.Digest: {
-        const { send: newer, want, selfConflict } = this.topology.reconcile(m.digest);
+        const { send: newer, want, selfConflict } = this.topology.reconcile(m.digest, (n) => this.inFlight(n));
         if (selfConflict) this.onSelfConflict({ ...selfConflict, nickname: '' });
         const send: PeerRecord[] = [];
         for (const r of newer) {
@@ -808,9 +817,10 @@ export class Mesh extends EventEmitter {
     this.stats.droppedRecordsRefused += res.dropped.length;
     // the sender already holds these: don't send them back with the pending news
     for (const n of res.same) this.pendingNews.get(n)?.add(e.peer);
-    // the sender is behind on these: answer with ours right away instead of waiting for the flood
+    // the sender is behind on these: answer with ours right away instead of waiting for the flood,
+    // unless the flood is carrying it now (inFlight; our own record goes out with our news)
     if (res.older.length) {
-      const newer = res.older.map((n) => this.shared(n)).filter((r): r is PeerRecord => r !== undefined);
+      const newer = res.older.filter((n) => n === this.name || !this.inFlight(n)).map((n) => this.shared(n)).filter((r): r is PeerRecord => r !== undefined);
       // holds the pending version only if that is what we sent (ours may be ahead of the published one)
       for (const r of newer) if (r === this.topology.get(r.name)) this.pendingNews.get(r.name)?.add(e.peer);
       if (newer.length) this.sendTopology(e, { kind: TopoKind.Records, peers: newer, want: [] });
@@ -844,12 +854,39 @@ export class Mesh extends EventEmitter {
   private news(name: PeerName, from: PeerName | null): void {
     // a new version: only its source is known to hold it
     this.pendingNews.set(name, from === null ? new Set() : new Set([from]));
+    this.takenAt.set(name, this.clock.now());
     this.scheduleRecompute();
     if (!this.newsTimer && !this.stopped) {
-      const floor = Math.min(NEWS_MAX_INTERVAL_MS, NEWS_MIN_INTERVAL_MS + NEWS_INTERVAL_PER_PEER_MS * this.conns.size);
-      const wait = Math.max(this.newsDelayMs, this.lastNewsFlush + floor - this.clock.now());
+      const wait = Math.max(this.newsDelayMs, this.lastNewsFlush + this.newsFloor() - this.clock.now());
       this.newsTimer = this.clock.setTimeout(() => this.flushNews(), wait);
     }
+  }
+
+  /** The least time between two news flushes, for this many neighbours. */
+  private newsFloor(): number {
+    return Math.min(NEWS_MAX_INTERVAL_MS, NEWS_MIN_INTERVAL_MS + NEWS_INTERVAL_PER_PEER_MS * this.conns.size);
+  }
+
+  /**
+   * How long after our last news the settle check runs, and for how long a version we took counts as
+   * still in flight: one news interval and a half second at least, so a check finds the news of
+   * everything taken before our last flush delivered (what it still finds is a real miss).
+   */
+  private settleMs(): number {
+    return Math.max(SETTLE_CHECK_MS, this.newsFloor() + SETTLE_AFTER_NEWS_MS);
+  }
+
+  /**
+   * Our copy of this record changed within settleMs: the news of it (or of a newer version, to us)
+   * is still going round, so a neighbour one version apart is not repaired with a full record. While
+   * 100 routers form, every record changes every few seconds, and hash rounds and new connections
+   * found nearly every record a version apart: their digest answers were full records, most of each
+   * router's control traffic (issue 19). A record one side lacks, or of another incarnation, is
+   * exchanged at once all the same.
+   */
+  private inFlight(name: PeerName): boolean {
+    const t = this.takenAt.get(name);
+    return t !== undefined && this.clock.now() - t < this.settleMs();
   }
 
   private fanout(): number {
@@ -955,12 +992,12 @@ export class Mesh extends EventEmitter {
     this.scheduleSettleCheck();
   }
 
-  /** One hash round SETTLE_CHECK_MS after the last news (bounded by SETTLE_CHECK_MAX_MS under churn). */
+  /** One hash round settleMs() after the last news (bounded by SETTLE_CHECK_MAX_MS under churn). */
   private scheduleSettleCheck(): void {
     const now = this.clock.now();
     if (this.settleTimer) this.clock.clearTimeout(this.settleTimer);
     else this.settleFirst = now;
-    const at = Math.min(now + SETTLE_CHECK_MS, this.settleFirst + SETTLE_CHECK_MAX_MS);
+    const at = Math.min(now + this.settleMs(), this.settleFirst + SETTLE_CHECK_MAX_MS);
     this.settleTimer = this.clock.setTimeout(() => {
       this.settleTimer = undefined;
       if (this.stopped) return;
@@ -1120,6 +1157,7 @@ export class Mesh extends EventEmitter {
         this.unreachableSince.delete(n);
         this.pendingNews.delete(n);
         this.newsBase.delete(n);
+        this.takenAt.delete(n);
       }
       this.log.debug({ peers: drop }, 'dropped unreachable peers');
     }

@@ -343,15 +343,19 @@ export class Topology {
   /**
    * Given a neighbour's digest: the records we should send it (it lacks them or holds older ones)
    * and the names we should ask for (it holds newer ones, or ones we lack).
+   * `inFlight(name)`: our copy of that record changed so recently that news of it is still on its way
+   * (ours to the neighbour, or a newer one to us): a version difference of the same incarnation is
+   * then left to the news instead of being repaired by a full record (see mesh.ts, settle checks).
+   * A record one side lacks, or of another incarnation, is always exchanged.
    */
-  reconcile(digest: DigestEntry[]): { send: PeerRecord[]; want: PeerName[]; selfConflict?: { uid: string; version: number } } {
+  reconcile(digest: DigestEntry[], inFlight: (name: PeerName) => boolean = () => false): { send: PeerRecord[]; want: PeerName[]; selfConflict?: { uid: string; version: number } } {
     const theirs = new Map<PeerName, DigestEntry>();
     for (const e of digest) theirs.set(e[0], e);
     const send: PeerRecord[] = [];
     const want: PeerName[] = [];
     for (const r of this.peers.values()) {
       const t = theirs.get(r.name);
-      if (!t || newerThan(r, { uid: t[1], version: t[2] })) send.push(r);
+      if (!t || (newerThan(r, { uid: t[1], version: t[2] }) && !(t[1] === r.uid && inFlight(r.name)))) send.push(r);
     }
     let selfConflict: { uid: string; version: number } | undefined;
     for (const [n, u, v] of digest) {
@@ -360,7 +364,7 @@ export class Topology {
         continue;
       }
       const r = this.peers.get(n);
-      if ((!r || newerThan({ uid: u, version: v }, r)) && !this.isDropped({ name: n, uid: u, version: v })) want.push(n);
+      if ((!r || (newerThan({ uid: u, version: v }, r) && !(u === r.uid && inFlight(n)))) && !this.isDropped({ name: n, uid: u, version: v })) want.push(n);
     }
     return selfConflict ? { send, want, selfConflict } : { send, want };
   }

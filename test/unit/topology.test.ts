@@ -98,6 +98,24 @@ test('reconcile: sends what the other lacks or has older, asks for what it has n
   assert.equal(t.reconcile([[A, 'stale', 9]]).selfConflict?.version, 9);
 });
 
+test('reconcile: a version difference of a record in flight is left to the news; missing records and other incarnations are not', () => {
+  const t = new Topology({ name: A, nickname: 'a', uid: 'ua' });
+  t.merge([rec(B, 3, []), rec(C, 2, [])]);
+  const inFlight = (n: string): boolean => n === B || n === C;
+  // B: they are a version ahead, C: they are a version behind; both in flight here: neither moves
+  const quiet = t.reconcile([[B, 'uid-0b', 4], [C, 'uid-0c', 1], [D, 'uid-0d', 1], [A, 'ua', 1]], inFlight);
+  assert.deepEqual(quiet.send.map((r) => r.name), []);
+  assert.deepEqual(quiet.want, [D]);
+  // another incarnation of B, and C missing there: exchanged although in flight
+  const loud = t.reconcile([[B, 'uid-new', 4], [A, 'ua', 1]], inFlight);
+  assert.deepEqual(loud.send.map((r) => r.name).sort(), [C]);
+  assert.deepEqual(loud.want, [B]);
+  // once the news had its time, the same difference is a miss and is repaired
+  const later = t.reconcile([[B, 'uid-0b', 4], [C, 'uid-0c', 1], [A, 'ua', 1]], () => false);
+  assert.deepEqual(later.send.map((r) => r.name), [C]);
+  assert.deepEqual(later.want, [B]);
+});
+
 test('hash: equal views hash equal regardless of arrival order; different versions differ', () => {
   const t1 = new Topology({ name: A, nickname: 'a', uid: 'ua' });
   const t2 = new Topology({ name: A, nickname: 'a', uid: 'ua' });
