@@ -97,7 +97,7 @@ export async function runRouter(cfg: RouterConfig, opts: RunOptions = {}): Promi
   // the event log and the /ui page (its link gossip channel registers before the mesh starts)
   const ipamPart = subsystems.find((x) => (x.section ?? x.name) === 'ipam');
   const events = await build.add('events', () => s.buildEvents({ mesh, overlays: overlays.overlaySwitch, ipamOwners: ipamPart ? () => ipamOwnersOf(ipamPart.report?.()) : undefined }, root, clock));
-  await build.add('ui', () => s.buildUi({ self: data.identity.name, software: `${VERSION} ${PROTOCOL_MIN_VERSION}..${PROTOCOL_MAX_VERSION}`, mesh, overlays: overlays.overlaySwitch, report: () => buildReport(build.parts), events: events.ring }, root, clock));
+  await build.add('ui', () => s.buildUi({ self: data.identity.name, software: `${VERSION} ${PROTOCOL_MIN_VERSION}..${PROTOCOL_MAX_VERSION}`, mesh, report: () => buildReport(build.parts), events: events.ring }, root, clock));
   await build.add('restore endpoints', () => s.restoreEndpoints(eps, log));
   await build.add('route sync', () => s.startRouteSync(host));
   await build.add('malloc trim', () => s.trimMalloc(root, clock));

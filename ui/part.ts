@@ -34,10 +34,6 @@ export const MAX_STREAM_BUFFER = 1 << 20;
 export const MAX_STREAMS = 32;
 /** a comment line keeps idle streams (and proxies in between) alive */
 const PING_MS = 15_000;
-/** how often our own link entry is compared with the connections (besides on every change) */
-const LINKS_REFRESH_MS = 5000;
-/** how long a connection change waits for the next ones before our own link entry is recomputed */
-export const LINKS_COALESCE_MS = 500;
 /**
  * How often a looked-at page pulls the other routers' link entries. A pull is an ask of ~30 bytes per
  * known peer, broadcast (3 KB to every router at 100 peers), and back to the asker alone the entry
@@ -60,7 +56,6 @@ export interface UiInputs {
     connectionStatuses(): Array<{ peerName?: string; state: string; stalled?: string; overlay: string | null; encrypted: boolean; trusted?: boolean; mtu?: number; overlayReason?: string }>;
     newGossip(channel: string, g: Gossiper): GossipChannel;
   };
-  overlays?: { onChange(fn: (peer: string, overlay: string | null) => void): () => void };
   report: () => Report;
   events: EventRing;
 }
@@ -215,10 +210,17 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
       log.warn({ err: errMsg(e) }, 'asking for link entries failed');
     }
   };
+  // our own entry, computed when an ask is answered or a view built (not on every connection event)
+  links.setSource(() => ({ software: i.software, links: localLinks(i.mesh.connectionStatuses()) }));
   // every view is for a page (/ui/data, a stream's snapshot and ticks): building one pulls
   const view = (r: Report = i.report()): UiView => {
     const now = clock.now();
     pull(now);
+    try {
+      links.refreshLocal();
+    } catch (e) {
+      log.warn({ err: errMsg(e) }, 'computing our link entry failed');
+    }
     const { view: v, sample } = buildView(r, links.all(), i.events.list(), now, prev);
     // rates over at least half a tick: /ui/data asked often must not shrink the interval to nothing
     if (!prev || now - prev.time >= TICK_MS / 2) prev = sample;
@@ -227,40 +229,10 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
   const streams = new UiStreams(() => view(), clock, log);
   const offEvents = i.events.subscribe((e) => streams.event(e));
 
-  let refreshTimer: TimerHandle | undefined;
-  let soonTimer: TimerHandle | undefined;
-  let stopped = false;
-  const refreshLinks = (): void => {
-    try {
-      links.setLocal(i.software, localLinks(i.mesh.connectionStatuses()));
-    } catch (e) {
-      log.warn({ err: errMsg(e) }, 'computing our link entry failed');
-    }
-  };
-  // the periodic look catches what changes without an event (a connection going stalled)
-  const periodic = (): void => {
-    refreshTimer = undefined;
-    if (stopped) return;
-    // a pending burst refreshes anyway, at its end
-    if (soonTimer === undefined) refreshLinks();
-    refreshTimer = clock.setTimeout(periodic, LINKS_REFRESH_MS);
-  };
-  // a change shows in the connection's status a moment after the event: look a little later, once
-  // for a burst of changes (a router joining a large mesh gets dozens of connections within seconds)
-  const soon = (): void => {
-    soonTimer ??= clock.setTimeout(() => {
-      soonTimer = undefined;
-      if (!stopped) refreshLinks();
-    }, LINKS_COALESCE_MS);
-  };
   const onPeers = (): void => {
     links.retain(new Set(i.mesh.peerSummaries().map((p) => p.name)));
   };
-  i.mesh.on('connectionEstablished', soon);
-  i.mesh.on('connectionLost', soon);
   i.mesh.on('peersChanged', onPeers);
-  const offOverlay = i.overlays?.onChange(soon);
-  refreshTimer = clock.setTimeout(periodic, LINKS_REFRESH_MS);
 
   const routes: ApiRoute[] = [
     { method: 'GET', path: '/ui', contentType: 'text/html; charset=utf-8', handler: () => PAGE_HTML },
@@ -276,13 +248,7 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
     view,
     apiRoutes: () => routes,
     stop: () => {
-      stopped = true;
-      clock.clearTimeout(refreshTimer);
-      clock.clearTimeout(soonTimer);
       offEvents();
-      offOverlay?.();
-      i.mesh.off('connectionEstablished', soon);
-      i.mesh.off('connectionLost', soon);
       i.mesh.off('peersChanged', onPeers);
       streams.close();
     },

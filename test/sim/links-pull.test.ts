@@ -1,5 +1,6 @@
 // Link entries on real meshes (in-memory underlay, FakeClock): while a mesh forms and idles with no
-// page open the links channel moves no bytes, and one router's pull gathers every router's entry by
+// page open the links channel moves no bytes (and no router computes its own entry), and one router's
+// pull gathers every router's entry, computed as it answers, by
 // unicast over the mesh's routes (a line: most answers take several hops).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -26,16 +27,19 @@ test('links on a forming 16-router mesh: no bytes without a page; a pull gets ev
     // periodic rounds, connection events and the local refresh run for a while
     await sim.run(20_000, 50);
     assert.equal(linksBytes(peers), 0, 'no links bytes while forming and idle');
-    for (const m of peers) {
-      const est = m.connectionStatuses().filter((c) => c.state === 'established').length;
-      assert.equal(parts.get(m)!.links.get(m.name)!.links.length, est, `${m.name}'s own entry is current`);
-    }
+    // nobody asked: nobody computed its own entry either
+    for (const m of peers) assert.equal(parts.get(m)!.links.get(m.name)!.links.length, 0, `${m.name}'s own entry was not computed`);
 
     const asker = peers[n - 1];
     const table = parts.get(asker)!.links;
     table.ask();
     await sim.run(1000, 10);
     assert.equal(table.all().size, n, 'every router answered');
+    for (const m of peers) {
+      if (m === asker) continue;
+      const est = m.connectionStatuses().filter((c) => c.state === 'established').length;
+      assert.equal(parts.get(m)!.links.get(m.name)!.links.length, est, `${m.name}'s own entry is current when asked for`);
+    }
     for (const m of peers) assert.deepEqual(table.get(m.name), parts.get(m)!.links.get(m.name), `${m.name}'s entry as its origin has it`);
     const afterFirst = linksBytes(peers);
     assert.ok(afterFirst > 0);

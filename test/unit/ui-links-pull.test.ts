@@ -12,7 +12,7 @@ import type { GossipChannel, GossipData, Gossiper } from '../../mesh/types';
 import type { Report } from '../../api/views';
 import type { StreamSink } from '../../lib/subsystem';
 import { decodeMsg, encodeMsg } from '../../mesh/codec';
-import { LINKS_COALESCE_MS, LINKS_PULL_MS, buildUi } from '../../ui/part';
+import { LINKS_PULL_MS, buildUi } from '../../ui/part';
 import { ANSWER_MIN_MS, LinksAsk, LinksTable, LinksUpdate, decodeLinksMessage, decodeLinksUpdate, type LinkInfo } from '../../ui/links';
 import { FakeIpamNet, mulberry32 } from '../fakes/ipam-gossip';
 
@@ -59,9 +59,12 @@ class Sink implements StreamSink {
 
 const link = (peer: string, overlay = 'sleeve'): LinkInfo => ({ peer, state: 'established', overlay, encryption: 'encrypted' });
 
-test('connection changes with no page open send nothing; our own entry stays current', () => {
+test('connection changes with no page open send and compute nothing; our own entry is computed when asked for or viewed', () => {
   const clock = new FakeClock(1_000_000);
   const mesh = new FakeMesh();
+  let looks = 0;
+  const statuses = mesh.connectionStatuses.bind(mesh);
+  mesh.connectionStatuses = () => { looks++; return statuses(); };
   const part = buildUi({ self: SELF, software: SOFTWARE, mesh, report: minimalReport, events: new EventRing(10) }, silentLogger(), clock);
   try {
     mesh.peers = [{ name: SELF }, ...Array.from({ length: 99 }, (_, i) => ({ name: peerName(i) }))];
@@ -73,18 +76,26 @@ test('connection changes with no page open send nothing; our own entry stays cur
       mesh.emit('connectionEstablished', peerName(i));
       clock.advance(50);
     }
-    clock.advance(LINKS_COALESCE_MS);
-    assert.equal(part.links.get(SELF)!.links.length, 30, 'the burst is in our entry');
-    const v1 = part.links.get(SELF)!.version;
-    assert.ok(v1 > v0 && v1 - v0 <= 1 + (30 * 50) / LINKS_COALESCE_MS, `one new version per coalescing window, not per event: ${v1 - v0}`);
-    mesh.conns.pop();
-    mesh.emit('connectionLost', peerName(29));
     clock.advance(60_000);
-    assert.equal(part.links.get(SELF)!.links.length, 29);
-    assert.equal(part.links.get(SELF)!.version, v1 + 1, 'no change, no version (the periodic look)');
+    assert.equal(looks, 0, 'no page, no ask: the connections are not even looked at');
+    assert.equal(part.links.get(SELF)!.version, v0);
     assert.equal(mesh.sent(), 0, 'nothing on the links channel');
     assert.equal(part.links.gossip(), null, 'no full state for the periodic rounds');
     assert.equal((part.links as Gossiper).digest, undefined, 'no digest: the rounds send nothing either');
+    // another router's page asks: the answer is our entry as it is now
+    part.links.onGossipBroadcast(peerName(1), new LinksAsk(new Map([[SELF, v0]])).encode()[0]);
+    assert.equal(mesh.unicasts.length, 1);
+    const answer = decodeLinksUpdate(mesh.unicasts[0][1]).entries.get(SELF)!;
+    assert.equal(answer.links.length, 30);
+    assert.equal(answer.version, v0 + 1, 'one new version for the whole burst');
+    // our own page shows our entry as it is now; an unchanged one keeps its version
+    mesh.conns.pop();
+    const data = part.apiRoutes!().find((r) => r.path === '/ui/data')!;
+    data.handler({} as never);
+    assert.equal(part.links.get(SELF)!.links.length, 29);
+    assert.equal(part.links.get(SELF)!.version, v0 + 2);
+    data.handler({} as never);
+    assert.equal(part.links.get(SELF)!.version, v0 + 2, 'no change, no version');
   } finally {
     part.stop!();
   }
