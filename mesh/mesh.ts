@@ -36,8 +36,9 @@
 //    the news was about to fix were most of the control traffic. A missing record, or another
 //    incarnation, is still sent at once; a real miss is found by the settle check that follows.
 // Routes and GC are recomputed recomputeDelayMs after a change, and at most once per 5 ms per peer
-// (1 s at 200 peers and more): one recompute is O(connections in the mesh), 2 ms at 100 full-meshed
-// peers, and ten a second on each of 100 routers was two cores.
+// (1 s at 200 peers and more), and at least 20 times as long as the last one took (a starved router
+// spends ~5 % of its time on them, up to one per 3 s): one recompute is O(connections in the mesh),
+// 2 ms at 100 full-meshed peers, and ten a second on each of 100 routers was two cores.
 // GC: a record that was reachable at the last recompute and is not now is dropped at once; a
 // record that was never reachable since we learned it gets gcGraceMs, because records of one
 // change arrive in any order (C's record can come before B's record that makes C reachable).
@@ -173,6 +174,12 @@ const NEWS_INTERVAL_PER_PEER_MS = 25;
 const NEWS_MAX_INTERVAL_MS = 3000;
 const RECOMPUTE_INTERVAL_PER_PEER_MS = 5;
 const RECOMPUTE_MAX_INTERVAL_MS = 1000;
+// ...and at least this many times as long as the last recompute took (wall time), up to
+// RECOMPUTE_LOADED_MAX_MS: a router given a sliver of a core (100 routers on 2 cores: each was runnable
+// all the time, and route recomputes were a third of its time) spends at most ~5 % of its time on
+// them. An unloaded router's 2 ms at 100 peers never reaches the per-peer floor.
+const RECOMPUTE_DUTY = 20;
+const RECOMPUTE_LOADED_MAX_MS = 3000;
 const SETTLE_CHECK_MAX_MS = 10_000;
 const SELF_COLLISION_MAX_BUMPS = 3;
 
@@ -211,6 +218,8 @@ export class Mesh extends EventEmitter {
   private settleFirst = 0;
   private lastNewsFlush = -Infinity;
   private lastRecompute = -Infinity;
+  /** how long the last recompute took (the pacing's duty floor) */
+  private lastRecomputeMs = 0;
   /** news to pass on: name -> neighbours known to hold the version we will send */
   private readonly pendingNews = new Map<PeerName, Set<PeerName>>();
   /** our record as last sent as news (see shared()) */
@@ -1120,11 +1129,15 @@ export class Mesh extends EventEmitter {
 
   private scheduleRecompute(): void {
     if (this.recomputeTimer || this.stopped) return;
-    const floor = Math.min(RECOMPUTE_MAX_INTERVAL_MS, RECOMPUTE_INTERVAL_PER_PEER_MS * this.topology.size());
+    const floor = Math.max(
+      Math.min(RECOMPUTE_MAX_INTERVAL_MS, RECOMPUTE_INTERVAL_PER_PEER_MS * this.topology.size()),
+      Math.min(RECOMPUTE_LOADED_MAX_MS, RECOMPUTE_DUTY * this.lastRecomputeMs),
+    );
     const wait = Math.max(this.recomputeDelayMs, this.lastRecompute + floor - this.clock.now());
     this.recomputeTimer = this.clock.setTimeout(() => {
       this.recomputeTimer = undefined;
       this.recompute();
+      this.lastRecomputeMs = this.clock.now() - this.lastRecompute;
     }, wait);
   }
 

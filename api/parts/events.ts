@@ -7,7 +7,7 @@
 //                   status every few seconds, since IPAM has no event stream of its own
 // The ring holds the newest CAPACITY events; older ones fall off (counted). Subscribers (the page's
 // event stream) hear each event as it is pushed.
-import type { Clock, TimerHandle } from '../../lib/clock';
+import { untilAligned, type Clock, type TimerHandle } from '../../lib/clock';
 import { componentLogger, type Logger } from '../../lib/log';
 import { errMsg } from '../../lib/errors';
 import type { Part } from '../../lib/subsystem';
@@ -173,9 +173,10 @@ export function buildEvents(src: EventSources, root: Logger, clock: Clock, capac
     timer = undefined;
     if (stopped) return;
     sampleIpam();
-    timer = clock.setTimeout(tick, IPAM_SAMPLE_MS);
+    timer = clock.setTimeout(tick, untilAligned(clock.now(), IPAM_SAMPLE_MS));
   };
-  if (src.ipamOwners) timer = clock.setTimeout(tick, IPAM_SAMPLE_MS);
+  // on the clock's grid, so the sample shares the per-second wake-up of the sleeve's tick
+  if (src.ipamOwners) timer = clock.setTimeout(tick, untilAligned(clock.now(), IPAM_SAMPLE_MS));
 
   return {
     name: 'events',
