@@ -149,7 +149,7 @@ export class LinksTable implements Gossiper {
   private channel: GossipChannel | null = null;
   /** asker -> when we last answered it */
   private readonly answered = new Map<PeerName, number>();
-  readonly stats = { updatesApplied: 0, malformed: 0, asksSent: 0, answersSent: 0, asksThrottled: 0 };
+  readonly stats = { updatesApplied: 0, malformed: 0, asksSent: 0, answersSent: 0, asksThrottled: 0, failures: 0 };
 
   constructor(readonly self: PeerName, private readonly clock: Clock, private readonly log: Logger) {
     this.entries.set(self, { version: Math.max(1, Math.floor(clock.now())), software: '', links: [] });
@@ -173,8 +173,12 @@ export class LinksTable implements Gossiper {
   /** Brings our own entry up to date with the source (a new version if it changed). */
   refreshLocal(): void {
     if (!this.source) return;
-    const { software, links } = this.source();
-    this.setLocal(software, links);
+    try {
+      const { software, links } = this.source();
+      this.setLocal(software, links);
+    } catch (e) {
+      this.failed('computing our link entry failed; the last one stands', e);
+    }
   }
 
   /** Replaces what this router says about its connections: a new version when it changed, sent to no one. */
@@ -190,8 +194,18 @@ export class LinksTable implements Gossiper {
     if (!this.channel) return;
     const held = new Map<PeerName, number>();
     for (const [o, e] of this.entries) if (o !== this.self) held.set(o, e.version);
-    this.stats.asksSent++;
-    this.channel.gossipBroadcast(new LinksAsk(held));
+    try {
+      this.channel.gossipBroadcast(new LinksAsk(held));
+      this.stats.asksSent++;
+    } catch (e) {
+      this.failed('asking for link entries failed', e);
+    }
+  }
+
+  /** A failure of ours (not the peer's input): logged and counted; the page shows what we hold. */
+  private failed(what: string, e: unknown): void {
+    this.stats.failures++;
+    this.log.warn({ err: errMsg(e) }, what);
   }
 
   get(origin: PeerName): LinksEntry | undefined {
@@ -230,11 +244,7 @@ export class LinksTable implements Gossiper {
 
   /** Our own entry to the asker by unicast, when it is newer than the asker's copy. */
   private answer(asker: PeerName, ask: LinksAsk): void {
-    try {
-      this.refreshLocal();
-    } catch (e) {
-      this.log.warn({ err: errMsg(e) }, 'computing our link entry failed; answering with the last one');
-    }
+    this.refreshLocal();
     let mine = this.entries.get(this.self)!;
     const held = ask.held.get(this.self);
     if (held !== undefined && held >= mine.version) {

@@ -25,6 +25,7 @@ import type { EventRing, RouterEvent } from '../api/parts/events';
 import type { PeerName } from '../mesh/peer';
 import type { GossipChannel, Gossiper } from '../mesh/types';
 import { LINKS_CHANNEL, LinksTable, type LinkInfo } from './links';
+import { counterFrom } from '../lib/metrics';
 import { buildView, encryptionOf, type TrafficSample, type UiView } from './model';
 import { PAGE_HTML } from './page-html';
 
@@ -204,11 +205,7 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
   const pull = (now: number): void => {
     if (now - lastPull < LINKS_PULL_MS) return;
     lastPull = now;
-    try {
-      links.ask();
-    } catch (e) {
-      log.warn({ err: errMsg(e) }, 'asking for link entries failed');
-    }
+    links.ask();
   };
   // our own entry, computed when an ask is answered or a view built (not on every connection event)
   links.setSource(() => ({ software: i.software, links: localLinks(i.mesh.connectionStatuses()) }));
@@ -216,11 +213,7 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
   const view = (r: Report = i.report()): UiView => {
     const now = clock.now();
     pull(now);
-    try {
-      links.refreshLocal();
-    } catch (e) {
-      log.warn({ err: errMsg(e) }, 'computing our link entry failed');
-    }
+    links.refreshLocal();
     const { view: v, sample } = buildView(r, links.all(), i.events.list(), now, prev);
     // rates over at least half a tick: /ui/data asked often must not shrink the interval to nothing
     if (!prev || now - prev.time >= TICK_MS / 2) prev = sample;
@@ -247,6 +240,18 @@ export function buildUi(i: UiInputs, root: Logger, clock: Clock): UiPart {
     streams,
     view,
     apiRoutes: () => routes,
+    metrics: (reg) => {
+      const s = links.stats;
+      counterFrom(reg, 'weave_ui_link_messages_total', 'Link gossip (the /ui page\'s lines) by event: asks sent by our page, answers sent, asks not answered (too soon after the last), malformed messages dropped, updates taken, and our own failures to ask or to compute our entry.',
+        () => [
+          { labels: { event: 'ask_sent' }, value: s.asksSent },
+          { labels: { event: 'answer_sent' }, value: s.answersSent },
+          { labels: { event: 'ask_throttled' }, value: s.asksThrottled },
+          { labels: { event: 'malformed' }, value: s.malformed },
+          { labels: { event: 'update_applied' }, value: s.updatesApplied },
+          { labels: { event: 'failure' }, value: s.failures },
+        ], ['event']);
+    },
     stop: () => {
       offEvents();
       i.mesh.off('peersChanged', onPeers);

@@ -276,3 +276,28 @@ test('entries from routers before pulls (broadcast on change, gossip on connect 
   assert.equal(t.get(SELF)!.version, selfBefore + 4, 'our own name outbid');
   assert.equal(t.stats.malformed, 0);
 });
+
+test('our own failures to compute the entry are logged and counted, the last entry stands, and the counters are metrics', async () => {
+  const { Registry } = await import('prom-client');
+  const clock = new FakeClock(1_000_000);
+  const mesh = new FakeMesh();
+  const part = buildUi({ self: SELF, software: SOFTWARE, mesh, report: minimalReport, events: new EventRing(10) }, silentLogger(), clock);
+  try {
+    mesh.conns.push({ peerName: peerName(1), state: 'established', overlay: 'sleeve', encrypted: true });
+    part.links.refreshLocal();
+    const before = part.links.get(SELF)!;
+    mesh.connectionStatuses = () => { throw new Error('status broke'); };
+    part.links.refreshLocal();
+    part.links.onGossipBroadcast(peerName(2), new LinksAsk(new Map()).encode()[0]);
+    assert.equal(part.links.stats.failures, 2);
+    assert.equal(part.links.get(SELF), before, 'the last entry stands');
+    assert.equal(mesh.unicasts.length, 1, 'the ask is answered with it');
+    const reg = new Registry();
+    part.metrics!(reg);
+    const text = await reg.metrics();
+    assert.match(text, /weave_ui_link_messages_total\{event="failure"\} 2/);
+    assert.match(text, /weave_ui_link_messages_total\{event="answer_sent"\} 1/);
+  } finally {
+    part.stop!();
+  }
+});
